@@ -1,0 +1,16 @@
+//! kiln's Dockerfile frontend: text → AST → typed instructions → build graph.
+//!
+//! Owns: everything that can be known from the Dockerfile, the build
+//! arguments and the base images' configs alone — parsing
+//! ([`parser`]), BuildKit's variable expansion ([`shell`]), typed and
+//! validated instructions ([`instructions`]), the content-addressed graph of
+//! ops and each stage's image config ([`convert`]), and `.dockerignore`
+//! matching ([`dockerignore`]).
+//!
+//! Does not own: any I/O. It reads no files, starts no processes and needs no
+//! runtime; the caller passes text in and resolves base images through the
+//! [`convert::ImageResolver`] it provides. Running the graph is the solver's
+//! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
+
+pub mod parser;
+pub mod shell;

@@ -1,0 +1,90 @@
+//! One logical line → keyword, flags and argument text → a [`Node`].
+
+use super::{args, Node, ParseErrorKind};
+
+/// White space that separates words in the AST: space, tab, VT, FF, CR.
+pub(super) fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\x0b' | '\x0c' | '\r')
+}
+
+/// Builds the node for one instruction (also the one inside ONBUILD).
+pub(super) fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErrorKind> {
+    let trimmed = line.trim();
+    let (keyword, rest) = match trimmed.find(is_separator) {
+        Some(i) => {
+            let rest = trimmed[i..].trim_start_matches(is_separator);
+            (&trimmed[..i], rest)
+        }
+        None => (trimmed, ""),
+    };
+    let (flags, rest) = extract_flags(rest);
+    let rest = rest.trim();
+    let parsed = args::parse(&keyword.to_ascii_lowercase(), rest, escape)?;
+    Ok(Node {
+        keyword: keyword.to_owned(),
+        flags,
+        args: parsed.args,
+        child: parsed.child,
+        json: parsed.json,
+        heredocs: Vec::new(),
+        original: line.to_owned(),
+        location: super::Location::default(),
+    })
+}
+
+/// Reads `--flag` words from the start of `text`: quotes group and are
+/// dropped, `\` makes the next character literal, a bare `--` ends the flags.
+/// Returns the flags and the text after them.
+fn extract_flags(text: &str) -> (Vec<String>, &str) {
+    let mut flags = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    loop {
+        while chars.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+        let Some(&(start, _)) = chars.peek() else { return (flags, "") };
+        if !text[start..].starts_with("--") {
+            return (flags, &text[start..]);
+        }
+        let mut word = String::new();
+        let mut quoted = false;
+        let mut quote: Option<char> = None;
+        let mut end = text.len();
+        while let Some((i, c)) = chars.next() {
+            match quote {
+                None if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                None if c == '\'' || c == '"' => {
+                    quote = Some(c);
+                    quoted = true;
+                }
+                Some(q) if c == q => quote = None,
+                _ if c == '\\' => match chars.next() {
+                    Some((_, n)) => word.push(n),
+                    None => quote = None,
+                },
+                _ => word.push(c),
+            }
+        }
+        if word == "--" {
+            return (flags, &text[end..]);
+        }
+        if quoted || !word.is_empty() {
+            flags.push(word);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags() {
+        assert_eq!(extract_flags("--a=1 --b x y"), (vec!["--a=1".into(), "--b".into()], "x y"));
+        assert_eq!(extract_flags("--a -- --x"), (vec!["--a".into()], " --x"));
+        assert_eq!(extract_flags("--m=\"a b\" c"), (vec!["--m=a b".into()], "c"));
+        assert_eq!(extract_flags("--e=a\\ b"), (vec!["--e=a b".into()], ""));
+        assert_eq!(extract_flags("-x"), (vec![], "-x"));
+    }
+}
