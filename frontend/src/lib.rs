@@ -14,3 +14,4 @@
 
 pub mod parser;
 pub mod shell;
+pub mod instructions;
