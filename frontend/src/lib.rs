@@ -12,6 +12,6 @@
 //! [`convert::ImageResolver`] it provides. Running the graph is the solver's
 //! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
 
+pub mod instructions;
 pub mod parser;
 pub mod shell;
-pub mod instructions;

@@ -18,7 +18,10 @@ fn data_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("NOTICE: {} not found; BuildKit conformance cases skipped", dir.display());
+        eprintln!(
+            "NOTICE: {} not found; BuildKit conformance cases skipped",
+            dir.display()
+        );
         None
     }
 }
@@ -52,7 +55,13 @@ fn parser_dumps_match_buildkit() {
         }
     }
     assert_eq!(cases.len(), 33, "BuildKit has 33 parser cases");
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -62,7 +71,11 @@ fn negative_cases_are_rejected() {
     assert_eq!(cases.len(), 4);
     for case in cases {
         let text = fs::read_to_string(case.join("Dockerfile")).unwrap();
-        assert!(parser::parse(&text).is_err(), "{} parsed but must not", case.display());
+        assert!(
+            parser::parse(&text).is_err(),
+            "{} parsed but must not",
+            case.display()
+        );
     }
 }
 
@@ -86,10 +99,15 @@ fn line_numbers() {
 fn env_var_test() {
     let Some(data) = data_dir() else { return };
     let text = fs::read_to_string(data.join("shell/envVarTest")).unwrap();
-    let env: BTreeMap<String, String> = [("PWD", "/home"), ("SHELL", "bash"), ("KOREAN", "한국어"), ("NULL", "")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let env: BTreeMap<String, String> = [
+        ("PWD", "/home"),
+        ("SHELL", "bash"),
+        ("KOREAN", "한국어"),
+        ("NULL", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     let lexer = Lexer::new('\\');
     let (mut checked, mut failures) = (0, Vec::new());
     for line in text.lines() {
@@ -97,7 +115,9 @@ fn env_var_test() {
             continue;
         }
         let parts: Vec<&str> = line.trim().split('|').map(str::trim).collect();
-        let [platform, input, expected] = parts[..] else { panic!("bad line {line:?}") };
+        let [platform, input, expected] = parts[..] else {
+            panic!("bad line {line:?}")
+        };
         if platform == "W" {
             continue;
         }
@@ -113,7 +133,12 @@ fn env_var_test() {
         }
     }
     assert_eq!(checked, 228, "every Linux line is checked");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -133,14 +158,23 @@ fn words_test() {
             continue;
         }
         let parts: Vec<&str> = line.split('|').collect();
-        let [input, expected] = parts[..] else { panic!("bad line {line:?}") };
+        let [input, expected] = parts[..] else {
+            panic!("bad line {line:?}")
+        };
         let expected: Vec<&str> = expected.trim_start_matches(' ').split(',').collect();
-        let got = lexer.expand_words(input.trim(), &env).unwrap_or_else(|_| vec!["error".to_owned()]);
+        let got = lexer
+            .expand_words(input.trim(), &env)
+            .unwrap_or_else(|_| vec!["error".to_owned()]);
         checked += 1;
         if got != expected {
             failures.push(format!("{input:?}: expected {expected:?}, got {got:?}"));
         }
     }
     assert_eq!(checked, 24);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

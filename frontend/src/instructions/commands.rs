@@ -2,7 +2,10 @@
 //! of their own.
 
 use super::flags::{FlagType, Flags};
-use super::{copy, healthcheck, run, suggest, CopyCommand, Healthcheck, InstructionErrorKind as Kind, RunCommand, Stage};
+use super::{
+    CopyCommand, Healthcheck, InstructionErrorKind as Kind, RunCommand, Stage, copy, healthcheck,
+    run, suggest,
+};
 use crate::parser::{Heredoc, Location, Node};
 
 /// One instruction inside a stage.
@@ -66,7 +69,11 @@ pub struct ShellCommand {
 
 impl ShellCommand {
     pub(super) fn from_node(node: &Node) -> Self {
-        Self { args: node.args.clone(), prepend_shell: !node.json, files: node.heredocs.clone() }
+        Self {
+            args: node.args.clone(),
+            prepend_shell: !node.json,
+            files: node.heredocs.clone(),
+        }
     }
 }
 
@@ -79,7 +86,9 @@ pub(super) fn parse_from(node: &Node, index: usize) -> Result<Stage, Kind> {
         [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => {
             let lower = name.to_ascii_lowercase();
             let valid = lower.starts_with(|c: char| c.is_ascii_lowercase())
-                && lower.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+                && lower
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
             if !valid {
                 return Err(Kind::InvalidStageName(name.clone()));
             }
@@ -129,8 +138,14 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
                 return Err(Kind::AtLeastOneArgument("ARG"));
             }
             let decls = node.args.iter().map(|word| match word.split_once('=') {
-                Some((name, default)) => ArgDecl { name: name.to_owned(), default: Some(default.to_owned()) },
-                None => ArgDecl { name: word.clone(), default: None },
+                Some((name, default)) => ArgDecl {
+                    name: name.to_owned(),
+                    default: Some(default.to_owned()),
+                },
+                None => ArgDecl {
+                    name: word.clone(),
+                    default: None,
+                },
             });
             let decls: Vec<_> = decls.collect();
             if decls.iter().any(|d| d.name.is_empty()) {
@@ -172,7 +187,9 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
             };
             match child.command().as_str() {
                 "onbuild" => return Err(Kind::OnbuildChain),
-                "from" | "maintainer" => return Err(Kind::OnbuildTrigger(child.keyword.to_uppercase())),
+                "from" | "maintainer" => {
+                    return Err(Kind::OnbuildTrigger(child.keyword.to_uppercase()));
+                }
                 _ => {}
             }
             let mut expression = child.original.trim().to_owned();
@@ -191,7 +208,7 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
             return Err(Kind::UnknownInstruction {
                 word: node.keyword.clone(),
                 suggestion: suggest(&node.keyword),
-            })
+            });
         }
     })
 }
@@ -206,7 +223,10 @@ fn key_values(node: &Node, name: &'static str) -> Result<Vec<KeyValue>, Kind> {
         .chunks(3)
         .map(|triple| match triple {
             [key, ..] if key.is_empty() => Err(Kind::BlankName(name)),
-            [key, value, _] => Ok(KeyValue { key: key.clone(), value: value.clone() }),
+            [key, value, _] => Ok(KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            }),
             _ => Err(Kind::AtLeastOneArgument(name)),
         })
         .collect()

@@ -1,7 +1,7 @@
 //! COPY and ADD: sources, destination and their flags.
 
-use super::flags::{FlagType, Flags};
 use super::InstructionErrorKind as Kind;
+use super::flags::{FlagType, Flags};
 use crate::parser::{Heredoc, Node};
 
 /// `COPY`/`ADD [flags] src… dest`, unexpanded.
@@ -53,7 +53,11 @@ pub(super) fn parse(node: &Node, is_add: bool) -> Result<CopyCommand, Kind> {
         ("exclude", FlagType::List),
     ];
     let own: &[(&'static str, FlagType)] = if is_add {
-        &[("checksum", FlagType::String), ("keep-git-dir", FlagType::Bool), ("unpack", FlagType::Bool)]
+        &[
+            ("checksum", FlagType::String),
+            ("keep-git-dir", FlagType::Bool),
+            ("unpack", FlagType::Bool),
+        ]
     } else {
         &[("from", FlagType::String), ("parents", FlagType::Bool)]
     };
@@ -69,11 +73,19 @@ pub(super) fn parse(node: &Node, is_add: bool) -> Result<CopyCommand, Kind> {
     let mut paths = Vec::new();
     let mut heredocs = Vec::new();
     for source in sources {
-        match (!node.json).then(|| Heredoc::parse_word(source)).transpose()?.flatten() {
+        match (!node.json)
+            .then(|| Heredoc::parse_word(source))
+            .transpose()?
+            .flatten()
+        {
             Some(word) => {
                 let body = node.heredocs.iter().find(|d| d.name == word.name);
                 let data = body.map(Heredoc::body).unwrap_or_default();
-                heredocs.push(HeredocSource { name: word.name, data, expand: word.expand });
+                heredocs.push(HeredocSource {
+                    name: word.name,
+                    data,
+                    expand: word.expand,
+                });
             }
             None => paths.push(source.clone()),
         }

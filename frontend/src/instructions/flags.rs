@@ -65,7 +65,10 @@ impl Flags {
 
     /// A boolean flag, or `None` when not given at all.
     pub(super) fn bool_opt(&self, name: &str) -> Option<bool> {
-        self.values.get(name).and_then(|v| v.first()).map(|v| v == "true")
+        self.values
+            .get(name)
+            .and_then(|v| v.first())
+            .map(|v| v == "true")
     }
 
     /// Every value of a list flag, in order.
@@ -78,10 +81,17 @@ impl Flags {
 mod tests {
     use super::*;
 
-    const KNOWN: &[(&str, FlagType)] = &[("from", FlagType::String), ("link", FlagType::Bool), ("exclude", FlagType::List)];
+    const KNOWN: &[(&str, FlagType)] = &[
+        ("from", FlagType::String),
+        ("link", FlagType::Bool),
+        ("exclude", FlagType::List),
+    ];
 
     fn parse(raw: &[&str]) -> Result<Flags, Kind> {
-        Flags::parse(&raw.iter().map(|s| s.to_string()).collect::<Vec<_>>(), KNOWN)
+        Flags::parse(
+            &raw.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            KNOWN,
+        )
     }
 
     #[test]
@@ -91,14 +101,29 @@ mod tests {
         assert!(f.bool("link"));
         assert_eq!(f.list("exclude"), ["x", "y"]);
         assert!(!parse(&["--link=false"]).unwrap().bool("link"));
-        assert_eq!(parse(&["--from="]).unwrap().string("from").as_deref(), Some(""));
+        assert_eq!(
+            parse(&["--from="]).unwrap().string("from").as_deref(),
+            Some("")
+        );
     }
 
     #[test]
     fn errors() {
-        assert_eq!(parse(&["--nope"]).err(), Some(Kind::UnknownFlag("nope".into())));
-        assert_eq!(parse(&["--from"]).err(), Some(Kind::FlagMissingValue("from".into())));
-        assert_eq!(parse(&["--from=a", "--from=b"]).err(), Some(Kind::DuplicateFlag("from".into())));
-        assert_eq!(parse(&["--link=yes"]).err(), Some(Kind::FlagNotBool("link".into(), "yes".into())));
+        assert_eq!(
+            parse(&["--nope"]).err(),
+            Some(Kind::UnknownFlag("nope".into()))
+        );
+        assert_eq!(
+            parse(&["--from"]).err(),
+            Some(Kind::FlagMissingValue("from".into()))
+        );
+        assert_eq!(
+            parse(&["--from=a", "--from=b"]).err(),
+            Some(Kind::DuplicateFlag("from".into()))
+        );
+        assert_eq!(
+            parse(&["--link=yes"]).err(),
+            Some(Kind::FlagNotBool("link".into(), "yes".into()))
+        );
     }
 }

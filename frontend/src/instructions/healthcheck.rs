@@ -1,7 +1,7 @@
 //! HEALTHCHECK: `NONE`, or `CMD` with its timing flags.
 
-use super::flags::{FlagType, Flags};
 use super::InstructionErrorKind as Kind;
+use super::flags::{FlagType, Flags};
 use crate::parser::Node;
 
 /// Docker's `HealthConfig`; durations in nanoseconds, 0 = inherit/default.
@@ -28,7 +28,10 @@ pub(super) fn parse(node: &Node) -> Result<Healthcheck, Kind> {
         if !args.is_empty() || !node.flags.is_empty() {
             return Err(Kind::HealthcheckNoneArgs);
         }
-        return Ok(Healthcheck { test: vec![kind], ..Healthcheck::default() });
+        return Ok(Healthcheck {
+            test: vec![kind],
+            ..Healthcheck::default()
+        });
     }
     let flags = Flags::parse(
         &node.flags,
@@ -48,9 +51,15 @@ pub(super) fn parse(node: &Node) -> Result<Healthcheck, Kind> {
     }
     let test_kind = if node.json { "CMD" } else { "CMD-SHELL" };
     let duration = |flag: &'static str| -> Result<i64, Kind> {
-        let Some(value) = flags.string(flag) else { return Ok(0) };
-        let bad = |reason: &str| Kind::Duration { flag, value: value.clone(), reason: reason.to_owned() };
-        let nanos = parse_go_duration(&value).map_err(|r| bad(r))?;
+        let Some(value) = flags.string(flag) else {
+            return Ok(0);
+        };
+        let bad = |reason: &str| Kind::Duration {
+            flag,
+            value: value.clone(),
+            reason: reason.to_owned(),
+        };
+        let nanos = parse_go_duration(&value).map_err(&bad)?;
         if nanos < MINIMUM_NANOS {
             return Err(bad("cannot be less than 1ms"));
         }
@@ -64,7 +73,9 @@ pub(super) fn parse(node: &Node) -> Result<Healthcheck, Kind> {
         },
     };
     Ok(Healthcheck {
-        test: std::iter::once(test_kind.to_owned()).chain(args.iter().cloned()).collect(),
+        test: std::iter::once(test_kind.to_owned())
+            .chain(args.iter().cloned())
+            .collect(),
         interval: duration("interval")?,
         timeout: duration("timeout")?,
         start_period: duration("start-period")?,
@@ -89,14 +100,18 @@ pub fn parse_go_duration(s: &str) -> Result<i64, &'static str> {
     }
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let number = &rest[..number_len];
         if number.is_empty() || number == "." {
             return Err("invalid duration");
         }
         let value: f64 = number.parse().map_err(|_| "invalid duration")?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,

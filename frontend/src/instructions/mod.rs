@@ -16,7 +16,7 @@ use thiserror::Error;
 
 pub use self::commands::{ArgDecl, Command, CommandKind, KeyValue, ShellCommand};
 pub use self::copy::{AddOptions, CopyCommand, HeredocSource};
-pub use self::healthcheck::{parse_go_duration, Healthcheck};
+pub use self::healthcheck::{Healthcheck, parse_go_duration};
 pub use self::run::{MountSpec, RunCommand};
 use crate::parser::{Dockerfile, Location, Node};
 
@@ -40,7 +40,9 @@ pub struct Stage {
 impl Stage {
     /// The name, or the index when unnamed: how progress refers to it.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("stage-{}", self.index))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", self.index))
     }
 }
 
@@ -58,7 +60,10 @@ pub struct Instructions {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InstructionErrorKind {
     #[error("unknown instruction: {word}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
-    UnknownInstruction { word: String, suggestion: Option<String> },
+    UnknownInstruction {
+        word: String,
+        suggestion: Option<String>,
+    },
     #[error("no build stage in current context: {0} before the first FROM")]
     BeforeFrom(String),
     #[error("arg should start with -- : {0}")]
@@ -75,13 +80,17 @@ pub enum InstructionErrorKind {
     AtLeastOneArgument(&'static str),
     #[error("{0} requires exactly one argument")]
     ExactlyOneArgument(&'static str),
-    #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined")]
+    #[error(
+        "{0} requires at least two arguments, but only one was provided. Destination could not be determined"
+    )]
     NoDestination(&'static str),
     #[error("{0} names can not be blank")]
     BlankName(&'static str),
     #[error("FROM requires either one or three arguments")]
     FromArguments,
-    #[error("invalid name for build stage: {0:?}, name can't start with a number or contain symbols")]
+    #[error(
+        "invalid name for build stage: {0:?}, name can't start with a number or contain symbols"
+    )]
     InvalidStageName(String),
     #[error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")]
     OnbuildChain,
@@ -94,7 +103,11 @@ pub enum InstructionErrorKind {
     #[error("Unknown type {0:?} in HEALTHCHECK (try CMD)")]
     HealthcheckType(String),
     #[error("invalid duration {value:?} for --{flag}: {reason}")]
-    Duration { flag: &'static str, value: String, reason: String },
+    Duration {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("--retries must be at least 1 (not {0})")]
     Retries(String),
     #[error("SHELL requires the arguments to be in JSON form")]
@@ -127,7 +140,10 @@ pub fn parse(df: &Dockerfile) -> Result<Instructions, InstructionError> {
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for node in &df.instructions {
-        let at = |kind| InstructionError { line: node.location.start, kind };
+        let at = |kind| InstructionError {
+            line: node.location.start,
+            kind,
+        };
         if node.command() == "from" {
             let stage = commands::parse_from(node, stages.len()).map_err(at)?;
             stages.push(stage);
@@ -139,22 +155,50 @@ pub fn parse(df: &Dockerfile) -> Result<Instructions, InstructionError> {
             (None, CommandKind::Arg(decls)) => {
                 meta_args.extend(decls.into_iter().map(|d| (d, node.location)));
             }
-            (None, _) => return Err(at(InstructionErrorKind::BeforeFrom(node.keyword.to_uppercase()))),
+            (None, _) => {
+                return Err(at(InstructionErrorKind::BeforeFrom(
+                    node.keyword.to_uppercase(),
+                )));
+            }
         }
     }
-    Ok(Instructions { meta_args, stages, escape: df.directives.escape })
+    Ok(Instructions {
+        meta_args,
+        stages,
+        escape: df.directives.escape,
+    })
 }
 
 /// Parses one instruction other than FROM (also an ONBUILD trigger).
 pub fn parse_command(node: &Node) -> Result<Command, InstructionErrorKind> {
     let kind = commands::parse_kind(node)?;
-    Ok(Command { kind, location: node.location, original: node.original.trim().to_owned() })
+    Ok(Command {
+        kind,
+        location: node.location,
+        original: node.original.trim().to_owned(),
+    })
 }
 
 /// Every instruction word, for suggestions.
 pub(crate) const INSTRUCTIONS: &[&str] = &[
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL", "MAINTAINER",
-    "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
 ];
 
 /// The closest instruction word to a misspelt one, if any is close.

@@ -52,7 +52,10 @@ const MOUNT_KEYS: &[(&str, &str)] = &[
 impl MountSpec {
     /// Splits `raw` as one CSV record (fields may be double-quoted).
     pub fn parse(raw: &str) -> Result<Self, Kind> {
-        let bad = |reason: String| Kind::Mount { spec: raw.to_owned(), reason };
+        let bad = |reason: String| Kind::Mount {
+            spec: raw.to_owned(),
+            reason,
+        };
         let mut fields = Vec::new();
         for field in csv_fields(raw).map_err(|r| bad(r.to_owned()))? {
             let (key, value) = match field.split_once('=') {
@@ -68,12 +71,19 @@ impl MountSpec {
         if fields.is_empty() {
             return Err(bad("empty mount".to_owned()));
         }
-        Ok(Self { raw: raw.to_owned(), fields })
+        Ok(Self {
+            raw: raw.to_owned(),
+            fields,
+        })
     }
 
     /// The value of the last `key` field (`Some(None)`: given without `=`).
     pub fn get(&self, key: &str) -> Option<Option<&str>> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_deref())
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_deref())
     }
 }
 
@@ -126,23 +136,33 @@ fn csv_fields(record: &str) -> Result<Vec<String>, &'static str> {
 pub(super) fn parse(node: &Node) -> Result<RunCommand, Kind> {
     let flags = Flags::parse(
         &node.flags,
-        &[("mount", FlagType::List), ("network", FlagType::String), ("security", FlagType::String)],
+        &[
+            ("mount", FlagType::List),
+            ("network", FlagType::String),
+            ("security", FlagType::String),
+        ],
     )?;
     if node.args.is_empty() {
         return Err(Kind::AtLeastOneArgument("RUN"));
     }
-    let mounts = flags.list("mount").iter().map(|m| MountSpec::parse(m)).collect::<Result<_, _>>()?;
+    let mounts = flags
+        .list("mount")
+        .iter()
+        .map(|m| MountSpec::parse(m))
+        .collect::<Result<_, _>>()?;
     let network = flags.string("network");
-    if let Some(n) = &network {
-        if !matches!(n.as_str(), "default" | "none" | "host") {
-            return Err(Kind::Network(n.clone()));
-        }
+    if let Some(n) = network
+        .as_ref()
+        .filter(|n| !matches!(n.as_str(), "default" | "none" | "host"))
+    {
+        return Err(Kind::Network(n.clone()));
     }
     let security = flags.string("security");
-    if let Some(s) = &security {
-        if !matches!(s.as_str(), "sandbox" | "insecure") {
-            return Err(Kind::Security(s.clone()));
-        }
+    if let Some(s) = security
+        .as_ref()
+        .filter(|s| !matches!(s.as_str(), "sandbox" | "insecure"))
+    {
+        return Err(Kind::Security(s.clone()));
     }
     Ok(RunCommand {
         command: ShellCommand::from_node(node),
@@ -159,7 +179,10 @@ mod tests {
     #[test]
     fn csv() {
         assert_eq!(csv_fields("a=1,b,c=2").unwrap(), ["a=1", "b", "c=2"]);
-        assert_eq!(csv_fields("\"target=/a,b\",ro").unwrap(), ["target=/a,b", "ro"]);
+        assert_eq!(
+            csv_fields("\"target=/a,b\",ro").unwrap(),
+            ["target=/a,b", "ro"]
+        );
         assert!(csv_fields("\"x").is_err());
     }
 
@@ -170,6 +193,9 @@ mod tests {
         assert_eq!(m.get("readonly"), Some(None));
         assert_eq!(m.get("from"), None);
         let e = MountSpec::parse("type=bind,tagret=/x").unwrap_err();
-        assert_eq!(e.to_string(), "invalid mount \"type=bind,tagret=/x\": unexpected key 'tagret' in 'tagret=/x'");
+        assert_eq!(
+            e.to_string(),
+            "invalid mount \"type=bind,tagret=/x\": unexpected key 'tagret' in 'tagret=/x'"
+        );
     }
 }

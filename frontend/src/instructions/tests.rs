@@ -11,14 +11,26 @@ fn kind(text: &str) -> InstructionErrorKind {
 
 fn commands(text: &str) -> Vec<CommandKind> {
     let mut i = parse_text(text).unwrap();
-    i.stages.pop().unwrap().commands.into_iter().map(|c| c.kind).collect()
+    i.stages
+        .pop()
+        .unwrap()
+        .commands
+        .into_iter()
+        .map(|c| c.kind)
+        .collect()
 }
 
 #[test]
 fn stages_and_meta_args() {
     let i = parse_text("ARG V=1\nARG B\nFROM a:$V AS Build\nRUN x\nFROM build\n").unwrap();
     assert_eq!(i.meta_args.len(), 2);
-    assert_eq!(i.meta_args[0].0, ArgDecl { name: "V".into(), default: Some("1".into()) });
+    assert_eq!(
+        i.meta_args[0].0,
+        ArgDecl {
+            name: "V".into(),
+            default: Some("1".into())
+        }
+    );
     assert_eq!(i.stages[0].name.as_deref(), Some("build"));
     assert_eq!(i.stages[0].base, "a:$V");
     assert_eq!(i.stages[1].index, 1);
@@ -37,25 +49,37 @@ fn every_instruction() {
         "HEALTHCHECK --interval=5s --retries=2 CMD true\nSHELL [\"/bin/bash\", \"-c\"]\n",
     ));
     assert_eq!(cmds.len(), 17);
-    let CommandKind::Run(run) = &cmds[0] else { panic!() };
+    let CommandKind::Run(run) = &cmds[0] else {
+        panic!()
+    };
     assert_eq!(run.network.as_deref(), Some("none"));
     assert_eq!(run.mounts[0].get("type"), Some(Some("cache")));
     assert!(run.command.prepend_shell);
-    let CommandKind::Cmd(cmd) = &cmds[1] else { panic!() };
+    let CommandKind::Cmd(cmd) = &cmds[1] else {
+        panic!()
+    };
     assert!(!cmd.prepend_shell);
-    let CommandKind::Add(add) = &cmds[7] else { panic!() };
+    let CommandKind::Add(add) = &cmds[7] else {
+        panic!()
+    };
     assert_eq!(add.add.as_ref().unwrap().unpack, Some(false));
     assert!(add.add.as_ref().unwrap().keep_git_dir);
-    let CommandKind::Copy(copy) = &cmds[8] else { panic!() };
+    let CommandKind::Copy(copy) = &cmds[8] else {
+        panic!()
+    };
     assert_eq!(copy.sources, ["a", "b"]);
     assert_eq!(copy.dest, "/d/");
     assert_eq!(copy.from.as_deref(), Some("b"));
     assert!(copy.link && copy.parents);
     assert_eq!(copy.excludes, ["*.md"]);
-    let CommandKind::Arg(args) = &cmds[12] else { panic!() };
+    let CommandKind::Arg(args) = &cmds[12] else {
+        panic!()
+    };
     assert_eq!(args.len(), 2);
     assert_eq!(cmds[13], CommandKind::Onbuild("RUN echo".into()));
-    let CommandKind::Healthcheck(h) = &cmds[15] else { panic!() };
+    let CommandKind::Healthcheck(h) = &cmds[15] else {
+        panic!()
+    };
     assert_eq!(h.test, ["CMD-SHELL", "true"]);
     assert_eq!((h.interval, h.retries), (5_000_000_000, 2));
 }
@@ -63,7 +87,9 @@ fn every_instruction() {
 #[test]
 fn heredoc_sources() {
     let cmds = commands("FROM a\nCOPY <<EOF <<-\"X\" f /d/\nhello $x\nEOF\n\tbody\n\tX\n");
-    let CommandKind::Copy(copy) = &cmds[0] else { panic!() };
+    let CommandKind::Copy(copy) = &cmds[0] else {
+        panic!()
+    };
     assert_eq!(copy.sources, ["f"]);
     assert_eq!(copy.heredocs[0].data, "hello $x\n");
     assert!(copy.heredocs[0].expand);
@@ -76,12 +102,24 @@ fn errors() {
     use InstructionErrorKind as K;
     let e = parse_text("FROM a\n\nFRUM b\n").unwrap_err();
     assert_eq!(e.line, 3);
-    assert_eq!(e.to_string(), "dockerfile parse error on line 3: unknown instruction: FRUM (did you mean FROM?)");
+    assert_eq!(
+        e.to_string(),
+        "dockerfile parse error on line 3: unknown instruction: FRUM (did you mean FROM?)"
+    );
     assert_eq!(kind("RUN x\n"), K::BeforeFrom("RUN".into()));
-    assert_eq!(kind("FROM a\nCOPY --nope a b\n"), K::UnknownFlag("nope".into()));
-    assert_eq!(kind("FROM a\nADD --from=x a b\n"), K::UnknownFlag("from".into()));
+    assert_eq!(
+        kind("FROM a\nCOPY --nope a b\n"),
+        K::UnknownFlag("nope".into())
+    );
+    assert_eq!(
+        kind("FROM a\nADD --from=x a b\n"),
+        K::UnknownFlag("from".into())
+    );
     assert_eq!(kind("FROM a\nCOPY a\n"), K::NoDestination("COPY"));
-    assert_eq!(kind("FROM a\nCOPY a <<EOF\nx\nEOF\n"), K::HeredocDestination("COPY"));
+    assert_eq!(
+        kind("FROM a\nCOPY a <<EOF\nx\nEOF\n"),
+        K::HeredocDestination("COPY")
+    );
     assert_eq!(kind("FROM a b\n"), K::FromArguments);
     assert_eq!(kind("FROM a AS 1x\n"), K::InvalidStageName("1x".into()));
     assert_eq!(kind("FROM a\nRUN\n"), K::AtLeastOneArgument("RUN"));
@@ -94,19 +132,64 @@ fn errors() {
     assert_eq!(kind("FROM a\nVOLUME [\"\"]\n"), K::EmptyVolume);
     assert_eq!(kind("FROM a\nSHELL /bin/sh\n"), K::ShellNotJson);
     assert_eq!(kind("FROM a\nONBUILD ONBUILD RUN x\n"), K::OnbuildChain);
-    assert_eq!(kind("FROM a\nONBUILD FROM x\n"), K::OnbuildTrigger("FROM".into()));
+    assert_eq!(
+        kind("FROM a\nONBUILD FROM x\n"),
+        K::OnbuildTrigger("FROM".into())
+    );
     assert_eq!(kind("FROM a\nHEALTHCHECK NONE x\n"), K::HealthcheckNoneArgs);
-    assert_eq!(kind("FROM a\nHEALTHCHECK CMD\n"), K::HealthcheckMissingCommand);
-    assert_eq!(kind("FROM a\nHEALTHCHECK EXEC x\n"), K::HealthcheckType("EXEC".into()));
-    assert!(matches!(kind("FROM a\nHEALTHCHECK --interval=0s CMD x\n"), K::Duration { flag: "interval", .. }));
-    assert!(matches!(kind("FROM a\nHEALTHCHECK --timeout=5 CMD x\n"), K::Duration { flag: "timeout", .. }));
-    assert_eq!(kind("FROM a\nHEALTHCHECK --retries=0 CMD x\n"), K::Retries("0".into()));
-    assert_eq!(kind("FROM a\nRUN --network=bridge x\n"), K::Network("bridge".into()));
-    assert_eq!(kind("FROM a\nRUN --security=root x\n"), K::Security("root".into()));
-    assert!(matches!(kind("FROM a\nRUN --mount=type=bind,foo=1 x\n"), K::Mount { .. }));
-    assert_eq!(kind("FROM a\nCOPY --link=maybe a b\n"), K::FlagNotBool("link".into(), "maybe".into()));
-    assert_eq!(kind("FROM a\nCOPY --from a b\n"), K::FlagMissingValue("from".into()));
-    assert_eq!(kind("FROM a\nCOPY --from=x --from=y a b\n"), K::DuplicateFlag("from".into()));
+    assert_eq!(
+        kind("FROM a\nHEALTHCHECK CMD\n"),
+        K::HealthcheckMissingCommand
+    );
+    assert_eq!(
+        kind("FROM a\nHEALTHCHECK EXEC x\n"),
+        K::HealthcheckType("EXEC".into())
+    );
+    assert!(matches!(
+        kind("FROM a\nHEALTHCHECK --interval=0s CMD x\n"),
+        K::Duration {
+            flag: "interval",
+            ..
+        }
+    ));
+    assert!(matches!(
+        kind("FROM a\nHEALTHCHECK --timeout=5 CMD x\n"),
+        K::Duration {
+            flag: "timeout",
+            ..
+        }
+    ));
+    assert_eq!(
+        kind("FROM a\nHEALTHCHECK --retries=0 CMD x\n"),
+        K::Retries("0".into())
+    );
+    assert_eq!(
+        kind("FROM a\nRUN --network=bridge x\n"),
+        K::Network("bridge".into())
+    );
+    assert_eq!(
+        kind("FROM a\nRUN --security=root x\n"),
+        K::Security("root".into())
+    );
+    assert!(matches!(
+        kind("FROM a\nRUN --mount=type=bind,foo=1 x\n"),
+        K::Mount { .. }
+    ));
+    assert_eq!(
+        kind("FROM a\nCOPY --link=maybe a b\n"),
+        K::FlagNotBool("link".into(), "maybe".into())
+    );
+    assert_eq!(
+        kind("FROM a\nCOPY --from a b\n"),
+        K::FlagMissingValue("from".into())
+    );
+    assert_eq!(
+        kind("FROM a\nCOPY --from=x --from=y a b\n"),
+        K::DuplicateFlag("from".into())
+    );
     assert_eq!(kind("FROM a\nCMD --x y\n"), K::UnknownFlag("x".into()));
-    assert_eq!(kind("FROM --platform a AS b\n"), K::FlagMissingValue("platform".into()));
+    assert_eq!(
+        kind("FROM --platform a AS b\n"),
+        K::FlagMissingValue("platform".into())
+    );
 }

@@ -13,7 +13,11 @@ pub(super) struct Parsed {
 
 impl Parsed {
     fn args(args: Vec<String>) -> Self {
-        Self { args, child: None, json: false }
+        Self {
+            args,
+            child: None,
+            json: false,
+        }
     }
 }
 
@@ -22,16 +26,22 @@ pub(super) fn parse(command: &str, rest: &str, escape: char) -> Result<Parsed, P
     match command {
         "run" | "cmd" | "entrypoint" | "shell" => maybe_json(rest),
         "add" | "copy" | "volume" => match json_array(rest)? {
-            Some(args) => Ok(Parsed { args, child: None, json: true }),
+            Some(args) => Ok(Parsed {
+                args,
+                child: None,
+                json: true,
+            }),
             None => Ok(Parsed::args(split_separators(rest))),
         },
         "from" | "expose" => Ok(Parsed::args(split_separators(rest))),
         "env" => name_values(rest, "ENV", escape),
         "label" => name_values(rest, "LABEL", escape),
         "arg" => Ok(Parsed::args(words(rest, escape))),
-        "user" | "workdir" | "maintainer" | "stopsignal" => {
-            Ok(Parsed::args(if rest.is_empty() { vec![] } else { vec![rest.to_owned()] }))
-        }
+        "user" | "workdir" | "maintainer" | "stopsignal" => Ok(Parsed::args(if rest.is_empty() {
+            vec![]
+        } else {
+            vec![rest.to_owned()]
+        })),
         "healthcheck" => health(rest),
         "onbuild" if rest.is_empty() => Ok(Parsed::args(vec![])),
         "onbuild" => Ok(Parsed {
@@ -51,7 +61,11 @@ fn maybe_json(text: &str) -> Result<Parsed, ParseErrorKind> {
         return Ok(Parsed::args(vec![]));
     }
     Ok(match json_array(text)? {
-        Some(args) => Parsed { args, child: None, json: true },
+        Some(args) => Parsed {
+            args,
+            child: None,
+            json: true,
+        },
         None => Parsed::args(vec![text.to_owned()]),
     })
 }
@@ -79,7 +93,10 @@ fn json_array(text: &str) -> Result<Option<Vec<String>>, ParseErrorKind> {
 }
 
 fn split_separators(text: &str) -> Vec<String> {
-    text.split(is_separator).filter(|w| !w.is_empty()).map(str::to_owned).collect()
+    text.split(is_separator)
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// ENV and LABEL: `key value` (old form, one pair) or `k=v k2=v2 …`.
@@ -94,7 +111,11 @@ fn name_values(rest: &str, keyword: &str, escape: char) -> Result<Parsed, ParseE
             return Err(ParseErrorKind::MissingValue(keyword.to_owned()));
         };
         let value = rest[i..].trim_start_matches(is_separator);
-        return Ok(Parsed::args(vec![rest[..i].to_owned(), value.to_owned(), String::new()]));
+        return Ok(Parsed::args(vec![
+            rest[..i].to_owned(),
+            value.to_owned(),
+            String::new(),
+        ]));
     }
     let mut args = Vec::with_capacity(words.len() * 3);
     for word in words {
@@ -164,13 +185,21 @@ pub(super) fn words(text: &str, escape: char) -> Vec<String> {
 
 /// HEALTHCHECK: the type word, then the rest by the RUN rule.
 fn health(rest: &str) -> Result<Parsed, ParseErrorKind> {
-    let Some(kind) = rest.split(char::is_whitespace).next().filter(|k| !k.is_empty()) else {
+    let Some(kind) = rest
+        .split(char::is_whitespace)
+        .next()
+        .filter(|k| !k.is_empty())
+    else {
         return Ok(Parsed::args(vec![]));
     };
     let command = maybe_json(rest[kind.len()..].trim_start())?;
     let mut args = vec![kind.to_owned()];
     args.extend(command.args);
-    Ok(Parsed { args, child: None, json: command.json })
+    Ok(Parsed {
+        args,
+        child: None,
+        json: command.json,
+    })
 }
 
 #[cfg(test)]
@@ -179,7 +208,10 @@ mod tests {
 
     #[test]
     fn words_keep_quotes_and_escapes() {
-        assert_eq!(words("a=\"x y\" b=x\\ y c", '\\'), ["a=\"x y\"", "b=x\\ y", "c"]);
+        assert_eq!(
+            words("a=\"x y\" b=x\\ y c", '\\'),
+            ["a=\"x y\"", "b=x\\ y", "c"]
+        );
         assert_eq!(words("'a\\'b'", '\\'), ["'a\\'b'"]);
         assert_eq!(words("a\\", '\\'), ["a"]);
         assert_eq!(words("\"\"", '\\'), ["\"\""]);
@@ -187,17 +219,32 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        assert_eq!(json_array("[\"a\", \"b\"] trailing").unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            json_array("[\"a\", \"b\"] trailing").unwrap(),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert_eq!(json_array("['a']").unwrap(), None);
         assert_eq!(json_array("[\"a\"").unwrap(), None);
-        assert_eq!(json_array("[\"a\", 1]"), Err(ParseErrorKind::NotStringArray));
+        assert_eq!(
+            json_array("[\"a\", 1]"),
+            Err(ParseErrorKind::NotStringArray)
+        );
     }
 
     #[test]
     fn env_forms() {
-        assert_eq!(name_values("a b c", "ENV", '\\').unwrap().args, ["a", "b c", ""]);
-        assert_eq!(name_values("a=1 b=2", "ENV", '\\').unwrap().args, ["a", "1", "=", "b", "2", "="]);
-        assert_eq!(name_values("a", "ENV", '\\').err(), Some(ParseErrorKind::MissingValue("ENV".into())));
+        assert_eq!(
+            name_values("a b c", "ENV", '\\').unwrap().args,
+            ["a", "b c", ""]
+        );
+        assert_eq!(
+            name_values("a=1 b=2", "ENV", '\\').unwrap().args,
+            ["a", "1", "=", "b", "2", "="]
+        );
+        assert_eq!(
+            name_values("a", "ENV", '\\').err(),
+            Some(ParseErrorKind::MissingValue("ENV".into()))
+        );
         assert_eq!(
             name_values("a=1 b", "LABEL", '\\').err(),
             Some(ParseErrorKind::MissingEquals("b".into()))

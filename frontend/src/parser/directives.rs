@@ -19,7 +19,13 @@ pub struct Directives {
 
 impl Default for Directives {
     fn default() -> Self {
-        Self { escape: '\\', syntax: None, check: None, seen_escape: false, done: false }
+        Self {
+            escape: '\\',
+            syntax: None,
+            check: None,
+            seen_escape: false,
+            done: false,
+        }
     }
 }
 
@@ -76,7 +82,11 @@ fn parse_directive(line: &str) -> Option<(String, &str)> {
     let value = after.trim_matches(is_space);
     // BuildKit's `=\s*(.+?)\s*$` takes one white-space character as the
     // value when there is nothing else (`# escape=  ` is an invalid escape).
-    let value = if value.is_empty() { after.get(..1)? } else { value };
+    let value = if value.is_empty() {
+        after.get(..1)?
+    } else {
+        value
+    };
     Some((name.to_ascii_lowercase(), value))
 }
 
@@ -87,8 +97,14 @@ mod tests {
     #[test]
     fn shapes() {
         assert_eq!(parse_directive("# escape=`"), Some(("escape".into(), "`")));
-        assert_eq!(parse_directive("#ESCAPE = \\ "), Some(("escape".into(), "\\")));
-        assert_eq!(parse_directive("# syntax=docker/dockerfile:1"), Some(("syntax".into(), "docker/dockerfile:1")));
+        assert_eq!(
+            parse_directive("#ESCAPE = \\ "),
+            Some(("escape".into(), "\\"))
+        );
+        assert_eq!(
+            parse_directive("# syntax=docker/dockerfile:1"),
+            Some(("syntax".into(), "docker/dockerfile:1"))
+        );
         assert_eq!(parse_directive("# escape="), None);
         assert_eq!(parse_directive("# escape= "), Some(("escape".into(), " ")));
         assert_eq!(parse_directive("# 1x=y"), None);
@@ -107,8 +123,14 @@ mod tests {
     fn errors() {
         let mut d = Directives::default();
         d.check("# escape=`").unwrap();
-        assert_eq!(d.check("# escape=\\"), Err(ParseErrorKind::RepeatedDirective("escape".into())));
+        assert_eq!(
+            d.check("# escape=\\"),
+            Err(ParseErrorKind::RepeatedDirective("escape".into()))
+        );
         let mut d = Directives::default();
-        assert_eq!(d.check("# escape=x"), Err(ParseErrorKind::InvalidEscape("x".into())));
+        assert_eq!(
+            d.check("# escape=x"),
+            Err(ParseErrorKind::InvalidEscape("x".into()))
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use unicode_general_category::{get_general_category, GeneralCategory as G};
+use unicode_general_category::{GeneralCategory as G, get_general_category};
 
 use super::{Dockerfile, Node};
 
@@ -105,7 +105,13 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
-        assert_eq!(go_quote("\u{0}\u{7}\t\n\u{1b}\u{7f}"), r#""\x00\a\t\n\x1b\x7f""#);
-        assert_eq!(go_quote("♥ 한\u{a0}\u{200b}\u{e000}\u{10ffff}"), r#""♥ 한\u00a0\u200b\ue000\U0010ffff""#);
+        assert_eq!(
+            go_quote("\u{0}\u{7}\t\n\u{1b}\u{7f}"),
+            r#""\x00\a\t\n\x1b\x7f""#
+        );
+        assert_eq!(
+            go_quote("♥ 한\u{a0}\u{200b}\u{e000}\u{10ffff}"),
+            r#""♥ 한\u00a0\u200b\ue000\U0010ffff""#
+        );
     }
 }

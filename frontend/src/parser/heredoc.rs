@@ -23,7 +23,9 @@ impl Heredoc {
     /// Parses one word of an instruction; `Ok(None)` when it opens no heredoc.
     pub fn parse_word(word: &str) -> Result<Option<Self>, ExpandError> {
         let digits = word.bytes().take_while(u8::is_ascii_digit).count();
-        let Some(rest) = word[digits..].strip_prefix("<<") else { return Ok(None) };
+        let Some(rest) = word[digits..].strip_prefix("<<") else {
+            return Ok(None);
+        };
         let (chomp, rest) = match rest.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, rest),
@@ -33,7 +35,9 @@ impl Heredoc {
         }
         let lexer = Lexer::new('\\').with_keep_unset(true);
         let words = lexer.expand_words(rest, &NoVars)?;
-        let [name] = words.as_slice() else { return Ok(None) };
+        let [name] = words.as_slice() else {
+            return Ok(None);
+        };
         let raw = lexer.with_raw_quotes(true).expand_words(rest, &NoVars)?;
         let quotes = |s: &str| s.matches(['\'', '"']).count();
         let expand = raw.first().is_some_and(|r| quotes(r) == quotes(name));
@@ -51,11 +55,17 @@ impl Heredoc {
         if !self.chomp {
             return self.content.clone();
         }
-        self.content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
+        self.content
+            .split_inclusive('\n')
+            .map(|line| line.trim_start_matches('\t'))
+            .collect()
     }
 
     /// Reads body lines up to the terminator line.
-    pub(super) fn read_body(&mut self, lines: &mut PhysicalLines<'_>) -> Result<(), ParseErrorKind> {
+    pub(super) fn read_body(
+        &mut self,
+        lines: &mut PhysicalLines<'_>,
+    ) -> Result<(), ParseErrorKind> {
         loop {
             let Some((_, line)) = lines.next_raw().map_err(|e| e.kind)? else {
                 return Err(ParseErrorKind::UnterminatedHeredoc(self.name.clone()));
@@ -109,9 +119,15 @@ mod tests {
     #[test]
     fn words() {
         let d = doc("<<EOF").unwrap();
-        assert_eq!((d.name.as_str(), d.expand, d.chomp, d.file_descriptor), ("EOF", true, false, 0));
+        assert_eq!(
+            (d.name.as_str(), d.expand, d.chomp, d.file_descriptor),
+            ("EOF", true, false, 0)
+        );
         let d = doc("3<<-\"END\"").unwrap();
-        assert_eq!((d.name.as_str(), d.expand, d.chomp, d.file_descriptor), ("END", false, true, 3));
+        assert_eq!(
+            (d.name.as_str(), d.expand, d.chomp, d.file_descriptor),
+            ("END", false, true, 3)
+        );
         let d = doc("<<'E'OF").unwrap();
         assert_eq!((d.name.as_str(), d.expand), ("EOF", false));
         assert!(doc("<<").is_none());

@@ -125,7 +125,9 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
         let mut empty_continuation = false;
         while continues {
             // Directives ended with this instruction's first line.
-            let Some((_, raw)) = lines.next_line()? else { break };
+            let Some((_, raw)) = lines.next_line()? else {
+                break;
+            };
             let trimmed = raw.trim_start();
             if trimmed.starts_with('#') {
                 continue;
@@ -152,14 +154,21 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
                 node.heredocs.push(doc);
             }
         }
-        node.location = Location { start: number, end: lines.number };
+        node.location = Location {
+            start: number,
+            end: lines.number,
+        };
         instructions.push(node);
     }
 
     if instructions.is_empty() {
         return Err(at(lines.number, ParseErrorKind::NoInstructions));
     }
-    Ok(Dockerfile { directives, instructions, warnings })
+    Ok(Dockerfile {
+        directives,
+        instructions,
+        warnings,
+    })
 }
 
 fn at(line: usize, kind: ParseErrorKind) -> ParseError {
@@ -187,17 +196,24 @@ pub(crate) struct PhysicalLines<'a> {
 
 impl<'a> PhysicalLines<'a> {
     fn new(text: &'a str) -> Self {
-        Self { rest: (!text.is_empty()).then_some(text), number: 0 }
+        Self {
+            rest: (!text.is_empty()).then_some(text),
+            number: 0,
+        }
     }
 
     /// The next line without its line end.
     pub(crate) fn next_line(&mut self) -> Result<Option<(usize, &'a str)>> {
-        Ok(self.next_raw()?.map(|(n, line)| (n, line.trim_end_matches(['\r', '\n']))))
+        Ok(self
+            .next_raw()?
+            .map(|(n, line)| (n, line.trim_end_matches(['\r', '\n']))))
     }
 
     /// The next line with its `\n` (absent on a last line without one).
     pub(crate) fn next_raw(&mut self) -> Result<Option<(usize, &'a str)>> {
-        let Some(rest) = self.rest else { return Ok(None) };
+        let Some(rest) = self.rest else {
+            return Ok(None);
+        };
         let (line, rest) = match rest.find('\n') {
             Some(i) => (&rest[..=i], (i + 1 < rest.len()).then(|| &rest[i + 1..])),
             None => (rest, None),

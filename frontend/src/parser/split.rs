@@ -1,6 +1,6 @@
 //! One logical line → keyword, flags and argument text → a [`Node`].
 
-use super::{args, Node, ParseErrorKind};
+use super::{Node, ParseErrorKind, args};
 
 /// White space that separates words in the AST: space, tab, VT, FF, CR.
 pub(super) fn is_separator(c: char) -> bool {
@@ -40,7 +40,9 @@ fn extract_flags(text: &str) -> (Vec<String>, &str) {
     let mut chars = text.char_indices().peekable();
     loop {
         while chars.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
-        let Some(&(start, _)) = chars.peek() else { return (flags, "") };
+        let Some(&(start, _)) = chars.peek() else {
+            return (flags, "");
+        };
         if !text[start..].starts_with("--") {
             return (flags, &text[start..]);
         }
@@ -81,9 +83,15 @@ mod tests {
 
     #[test]
     fn flags() {
-        assert_eq!(extract_flags("--a=1 --b x y"), (vec!["--a=1".into(), "--b".into()], "x y"));
+        assert_eq!(
+            extract_flags("--a=1 --b x y"),
+            (vec!["--a=1".into(), "--b".into()], "x y")
+        );
         assert_eq!(extract_flags("--a -- --x"), (vec!["--a".into()], " --x"));
-        assert_eq!(extract_flags("--m=\"a b\" c"), (vec!["--m=a b".into()], "c"));
+        assert_eq!(
+            extract_flags("--m=\"a b\" c"),
+            (vec!["--m=a b".into()], "c")
+        );
         assert_eq!(extract_flags("--e=a\\ b"), (vec!["--e=a b".into()], ""));
         assert_eq!(extract_flags("-x"), (vec![], "-x"));
     }

@@ -37,22 +37,34 @@ fn onbuild_heredoc() {
 fn errors_name_the_line() {
     let e = parse("FROM x\n\nRUN <<EOF\nno end\n").unwrap_err();
     assert_eq!(e.line, 3);
-    assert_eq!(e.to_string(), "dockerfile parse error on line 3: unterminated heredoc \"EOF\"");
+    assert_eq!(
+        e.to_string(),
+        "dockerfile parse error on line 3: unterminated heredoc \"EOF\""
+    );
     let e = parse("FROM x\nCMD [\"a\", [\"b\"]]\n").unwrap_err();
     assert_eq!(e.line, 2);
     assert_eq!(parse("").unwrap_err().kind, ParseErrorKind::NoInstructions);
-    assert_eq!(parse("# c\n\n").unwrap_err().kind, ParseErrorKind::NoInstructions);
+    assert_eq!(
+        parse("# c\n\n").unwrap_err().kind,
+        ParseErrorKind::NoInstructions
+    );
     let long = format!("RUN {}\n", "x".repeat(MAX_LINE_BYTES));
     assert_eq!(parse(&long).unwrap_err().kind, ParseErrorKind::LineTooLong);
     assert_eq!(
         parse("# escape=`\n# escape=`\nFROM x").unwrap_err(),
-        ParseError { line: 2, kind: ParseErrorKind::RepeatedDirective("escape".into()) }
+        ParseError {
+            line: 2,
+            kind: ParseErrorKind::RepeatedDirective("escape".into())
+        }
     );
 }
 
 #[test]
 fn directives_and_bom() {
-    let df = parse("\u{feff}# syntax=docker/dockerfile:1\n# check=skip=all\n# escape=`\nFROM a\nRUN x `\n y").unwrap();
+    let df = parse(
+        "\u{feff}# syntax=docker/dockerfile:1\n# check=skip=all\n# escape=`\nFROM a\nRUN x `\n y",
+    )
+    .unwrap();
     assert_eq!(df.directives.escape, '`');
     assert_eq!(df.directives.syntax.as_deref(), Some("docker/dockerfile:1"));
     assert_eq!(df.directives.check.as_deref(), Some("skip=all"));

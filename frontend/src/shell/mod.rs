@@ -160,7 +160,11 @@ impl Expansion<'_> {
     /// Processes up to (and consuming) the first unquoted character in
     /// `stops`, or to the end when `stops` is empty. Returns the expanded
     /// text and its split into words.
-    fn process_until(&mut self, stops: &[char], raw_escapes: bool) -> Result<(String, Vec<String>)> {
+    fn process_until(
+        &mut self,
+        stops: &[char],
+        raw_escapes: bool,
+    ) -> Result<(String, Vec<String>)> {
         let mut result = String::new();
         let mut words = Words::default();
         while let Some(ch) = self.peek() {
@@ -375,7 +379,11 @@ impl Expansion<'_> {
                 }
                 let pattern = self.brace_word()?;
                 if keep {
-                    let op = if longest { format!("{op}{op}") } else { op.to_string() };
+                    let op = if longest {
+                        format!("{op}{op}")
+                    } else {
+                        op.to_string()
+                    };
                     return Ok(format!("${{{name}{op}{pattern}}}"));
                 }
                 let value = value.unwrap_or_default();
@@ -393,7 +401,11 @@ impl Expansion<'_> {
                 }
                 // `${x/pattern}` without a replacement deletes the match.
                 let (pattern, ended) = self.process_until_either('/', '}')?;
-                let replacement = if ended { String::new() } else { self.brace_word()? };
+                let replacement = if ended {
+                    String::new()
+                } else {
+                    self.brace_word()?
+                };
                 if keep {
                     let op = if all { "//" } else { "/" };
                     return Ok(format!("${{{name}{op}{pattern}/{replacement}}}"));
@@ -426,7 +438,11 @@ impl Expansion<'_> {
 }
 
 fn non_empty_or(word: String, default: &str) -> String {
-    if word.is_empty() { default.to_owned() } else { word }
+    if word.is_empty() {
+        default.to_owned()
+    } else {
+        word
+    }
 }
 
 /// Word splitting: text from quotes, escapes and literal characters is glued
@@ -477,10 +493,14 @@ mod tests {
     use super::*;
 
     fn env() -> BTreeMap<String, String> {
-        [("x", "hello world"), ("e", ""), ("p", "/usr/local/bin/tool.tar.gz")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        [
+            ("x", "hello world"),
+            ("e", ""),
+            ("p", "/usr/local/bin/tool.tar.gz"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
     }
 
     fn word(s: &str) -> Result<String> {
@@ -526,9 +546,18 @@ mod tests {
     #[test]
     fn words_split_unquoted_values_only() {
         let l = Lexer::new('\\');
-        assert_eq!(l.expand_words("a $x", &env()).unwrap(), ["a", "hello", "world"]);
-        assert_eq!(l.expand_words("a \"$x\"", &env()).unwrap(), ["a", "hello world"]);
-        assert_eq!(l.expand_words("'' \"\"", &env()).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            l.expand_words("a $x", &env()).unwrap(),
+            ["a", "hello", "world"]
+        );
+        assert_eq!(
+            l.expand_words("a \"$x\"", &env()).unwrap(),
+            ["a", "hello world"]
+        );
+        assert_eq!(
+            l.expand_words("'' \"\"", &env()).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -538,7 +567,8 @@ mod tests {
             .with_raw_escapes(true)
             .with_keep_unset(true);
         assert_eq!(
-            l.expand_words("cat <<\"EOF\" > $out ${y:-z}", &NoVars).unwrap(),
+            l.expand_words("cat <<\"EOF\" > $out ${y:-z}", &NoVars)
+                .unwrap(),
             ["cat", "<<\"EOF\"", ">", "$out", "${y:-z}"]
         );
         assert_eq!(l.expand_word("a\\ b", &NoVars).unwrap(), "a\\ b");

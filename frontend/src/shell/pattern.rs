@@ -7,7 +7,10 @@ enum Token {
     Literal(char),
     AnyOne,
     AnyRun,
-    Class { negated: bool, items: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        items: Vec<(char, char)>,
+    },
 }
 
 /// A compiled pattern.
@@ -89,7 +92,11 @@ impl Pattern {
         let mut replaced = false;
         while start <= chars.len() {
             let found = (!replaced || all)
-                .then(|| (start..=chars.len()).rev().find(|&end| self.matches(&chars[start..end])))
+                .then(|| {
+                    (start..=chars.len())
+                        .rev()
+                        .find(|&end| self.matches(&chars[start..end]))
+                })
                 .flatten();
             match found {
                 Some(end) if end > start => {
