@@ -9,11 +9,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["."])?;
-    tonic_prost_build::configure()
+    // `kiln debug graph --format json` prints ops through serde; enum fields
+    // (i32 on the wire) and bytes print by name and as text.
+    let mut config = tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
-        // `kiln debug graph --format json` prints ops through serde.
-        .type_attribute(".kiln.ops.v1", "#[derive(serde::Serialize)]")
-        .compile_fds(descriptors)?;
+        .type_attribute(".kiln.ops.v1", "#[derive(serde::Serialize)]");
+    for (field, with) in [
+        ("ExecOp.network", "network_mode"),
+        ("ExecOp.security", "security_mode"),
+        ("Mount.type", "mount_type"),
+        ("CacheOpt.sharing", "cache_sharing"),
+        ("FileMkfile.data", "text"),
+    ] {
+        config = config.field_attribute(
+            format!(".kiln.ops.v1.{field}"),
+            format!("#[serde(serialize_with = \"crate::ops::json::{with}\")]"),
+        );
+    }
+    config.compile_fds(descriptors)?;
     Ok(())
 }

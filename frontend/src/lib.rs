@@ -12,6 +12,22 @@
 //! [`convert::ImageResolver`] it provides. Running the graph is the solver's
 //! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
 
+pub mod convert;
+pub mod dockerignore;
 pub mod instructions;
 pub mod parser;
+mod paths;
+pub mod platform;
+pub mod reference;
 pub mod shell;
+
+/// Any error of the frontend, from text to graph.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Parse(#[from] parser::ParseError),
+    #[error(transparent)]
+    Instruction(#[from] instructions::InstructionError),
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
+}

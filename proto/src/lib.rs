@@ -15,4 +15,33 @@ pub mod ops {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/kiln.ops.v1.rs"));
     }
+
+    /// Readable JSON for the fields protobuf stores as numbers or bytes.
+    pub(crate) mod json {
+        use serde::Serializer;
+
+        use super::v1::{CacheSharing, MountType, NetworkMode, SecurityMode};
+
+        macro_rules! enum_names {
+            ($($name:ident: $ty:ty),* $(,)?) => {$(
+                pub(crate) fn $name<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
+                    match <$ty>::try_from(*value) {
+                        Ok(known) => s.serialize_str(known.as_str_name()),
+                        Err(_) => s.serialize_i32(*value),
+                    }
+                }
+            )*};
+        }
+
+        enum_names!(
+            network_mode: NetworkMode,
+            security_mode: SecurityMode,
+            mount_type: MountType,
+            cache_sharing: CacheSharing,
+        );
+
+        pub(crate) fn text<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&String::from_utf8_lossy(bytes))
+        }
+    }
 }

@@ -82,6 +82,7 @@ pub struct Lexer {
     raw_quotes: bool,
     raw_escapes: bool,
     keep_unset: bool,
+    literal_quotes: bool,
 }
 
 impl Lexer {
@@ -92,6 +93,7 @@ impl Lexer {
             raw_quotes: false,
             raw_escapes: false,
             keep_unset: false,
+            literal_quotes: false,
         }
     }
 
@@ -110,6 +112,13 @@ impl Lexer {
     /// Leave references to unset variables as written (`$X`, `${X:-d}`).
     pub fn with_keep_unset(mut self, keep: bool) -> Self {
         self.keep_unset = keep;
+        self
+    }
+
+    /// Treat quotes as ordinary characters (heredoc bodies are text, not
+    /// shell words).
+    pub fn with_literal_quotes(mut self, literal: bool) -> Self {
+        self.literal_quotes = literal;
         self
     }
 
@@ -173,6 +182,11 @@ impl Expansion<'_> {
                 return Ok((result, words.finish()));
             }
             match ch {
+                '\'' | '"' if self.lexer.literal_quotes => {
+                    self.pos += 1;
+                    words.push(ch);
+                    result.push(ch);
+                }
                 '\'' => {
                     let text = self.single_quoted()?;
                     words.push_raw_str(&text);

@@ -1,0 +1,230 @@
+//! Instructions that change only the image config (ENV, LABEL, CMD,
+//! ENTRYPOINT, EXPOSE, USER, VOLUME, STOPSIGNAL, SHELL, HEALTHCHECK,
+//! ONBUILD, MAINTAINER) and ARG, which changes only the stage's scope.
+
+use super::image::{Empty, HealthConfig};
+use super::state::StageState;
+use super::{ConvertErrorKind as Kind, Converter, Step, expand};
+use crate::instructions::{ArgDecl, CommandKind, KeyValue, ShellCommand};
+
+impl Converter<'_> {
+    pub(super) fn dispatch_config(
+        &mut self,
+        state: &mut StageState,
+        command: &CommandKind,
+    ) -> Result<Step, Kind> {
+        let lexer = self.lexer;
+        let config = &state.image.config;
+        match command {
+            CommandKind::Env(pairs) => {
+                // Every pair sees the environment from before the instruction.
+                let pairs = expand_pairs(self, state, pairs)?;
+                for (key, value) in pairs {
+                    state.image.config.set_env(&key, &value);
+                }
+            }
+            CommandKind::Label(pairs) => {
+                let pairs = expand_pairs(self, state, pairs)?;
+                state
+                    .image
+                    .config
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .extend(pairs);
+            }
+            CommandKind::Cmd(cmd) => {
+                state.image.config.cmd = Some(self.command_line(state, cmd));
+                state.cmd_set = true;
+            }
+            CommandKind::Entrypoint(cmd) => {
+                let line = self.command_line(state, cmd);
+                state.image.config.entrypoint = (!line.is_empty()).then_some(line);
+                // An ENTRYPOINT drops a CMD inherited from the base.
+                if !state.cmd_set {
+                    state.image.config.cmd = None;
+                }
+            }
+            CommandKind::Expose(ports) => {
+                let mut exposed = config.exposed_ports.clone().unwrap_or_default();
+                for port in ports {
+                    let words = lexer
+                        .expand_words(port, state)
+                        .map_err(|source| Kind::Expand {
+                            word: port.clone(),
+                            source,
+                        })?;
+                    for word in words {
+                        exposed.extend(parse_ports(&word)?.into_iter().map(|p| (p, Empty {})));
+                    }
+                }
+                state.image.config.exposed_ports = Some(exposed);
+            }
+            CommandKind::User(user) => {
+                state.image.config.user = Some(expand(&lexer, user, state)?);
+            }
+            CommandKind::Volume(volumes) => {
+                let mut all = config.volumes.clone().unwrap_or_default();
+                for volume in volumes {
+                    let volume = expand(&lexer, volume, state)?;
+                    if volume.trim().is_empty() {
+                        return Err(crate::instructions::InstructionErrorKind::EmptyVolume.into());
+                    }
+                    all.insert(volume, Empty {});
+                }
+                state.image.config.volumes = Some(all);
+            }
+            CommandKind::StopSignal(signal) => {
+                let signal = expand(&lexer, signal, state)?;
+                if !valid_signal(&signal) {
+                    return Err(Kind::Signal(signal));
+                }
+                state.image.config.stop_signal = Some(signal);
+            }
+            CommandKind::Shell(shell) => state.image.config.shell = Some(shell.clone()),
+            CommandKind::Healthcheck(h) => {
+                state.image.config.healthcheck = Some(HealthConfig {
+                    test: h.test.clone(),
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    start_period: h.start_period,
+                    start_interval: h.start_interval,
+                    retries: h.retries,
+                });
+            }
+            CommandKind::Onbuild(trigger) => {
+                state
+                    .image
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(trigger.clone());
+            }
+            CommandKind::Maintainer(author) => state.image.author = Some(author.clone()),
+            CommandKind::Run(_)
+            | CommandKind::Copy(_)
+            | CommandKind::Add(_)
+            | CommandKind::Workdir(_)
+            | CommandKind::Arg(_) => {
+                unreachable!("dispatched by their own functions")
+            }
+        }
+        Ok(Step::Config)
+    }
+
+    /// ARG: a build arg overrides the default; a bare ARG takes the global
+    /// ARG (or predefined arg) of the same name.
+    pub(super) fn dispatch_arg(
+        &mut self,
+        state: &mut StageState,
+        decls: &[ArgDecl],
+    ) -> Result<Step, Kind> {
+        for decl in decls {
+            self.declared.insert(decl.name.clone());
+            let value = match (self.options.build_args.get(&decl.name), &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(expand(&self.lexer, default, state)?),
+                (None, None) => self.globals.get(&decl.name).cloned().flatten(),
+            };
+            state.args.push((decl.name.clone(), value));
+        }
+        Ok(Step::Config)
+    }
+
+    /// CMD/ENTRYPOINT/RUN argv: exec form as is, shell form through the
+    /// stage's SHELL.
+    pub(super) fn command_line(&self, state: &StageState, cmd: &ShellCommand) -> Vec<String> {
+        if !cmd.prepend_shell {
+            return cmd.args.clone();
+        }
+        let mut line = state
+            .image
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+        line.extend(cmd.args.iter().cloned());
+        line
+    }
+}
+
+fn expand_pairs(
+    converter: &Converter<'_>,
+    state: &StageState,
+    pairs: &[KeyValue],
+) -> Result<Vec<(String, String)>, Kind> {
+    pairs
+        .iter()
+        .map(|kv| {
+            Ok((
+                expand(&converter.lexer, &kv.key, state)?,
+                expand(&converter.lexer, &kv.value, state)?,
+            ))
+        })
+        .collect()
+}
+
+/// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, … (one entry per port).
+fn parse_ports(spec: &str) -> Result<Vec<String>, Kind> {
+    let bad = || Kind::Port(spec.to_owned());
+    let (range, proto) = match spec.split_once('/') {
+        Some((range, proto)) => (range, proto.to_ascii_lowercase()),
+        None => (spec, "tcp".to_owned()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad());
+    }
+    let port = |s: &str| s.parse::<u16>().map_err(|_| bad());
+    let (start, end) = match range.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(range)?, port(range)?),
+    };
+    if end < start {
+        return Err(bad());
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// A signal name (with or without `SIG`), `RTMIN+n`, or a number.
+fn valid_signal(signal: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "RTMIN", "RTMAX",
+    ];
+    if let Ok(n) = signal.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let base = name.split(['+', '-']).next().unwrap_or(name);
+    NAMES.contains(&base) && (base == name || base.starts_with("RT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("80").unwrap(), ["80/tcp"]);
+        assert_eq!(parse_ports("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(
+            parse_ports("8000-8002").unwrap(),
+            ["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        for bad in ["x", "80/icmp", "70000", "9-8", ""] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        for good in ["SIGTERM", "term", "9", "SIGRTMIN+3"] {
+            assert!(valid_signal(good), "{good}");
+        }
+        for bad in ["SIGFOO", "0", "TERM+1", ""] {
+            assert!(!valid_signal(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! COPY, ADD and WORKDIR → file ops.
+
+use kiln_proto::ops::v1::{
+    FileAction, FileCopy, FileMkdir, FileMkfile, FileOp, GitSource, HttpSource, MergeOp, Op, Owner,
+    SourceOp, file_action, op, owner, source_op,
+};
+
+use super::mounts::input_index;
+use super::state::StageState;
+use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand};
+use crate::instructions::{Command, CopyCommand};
+use crate::paths::{base_name, clean, in_context, resolve_dest};
+use crate::shell::Lexer;
+
+/// Where one group of sources is read from.
+enum Origin {
+    /// The build context.
+    Context,
+    /// A stage or image (`--from`); `None` is the empty filesystem.
+    From(Option<String>),
+    /// A vertex made for this instruction (a download, a heredoc file).
+    Vertex(String),
+}
+
+impl Converter<'_> {
+    pub(super) fn dispatch_copy(
+        &mut self,
+        state: &mut StageState,
+        command: &Command,
+        copy: &CopyCommand,
+    ) -> Result<Step, Kind> {
+        let is_add = copy.add.is_some();
+        let name = if is_add { "ADD" } else { "COPY" };
+        let lexer = self.lexer;
+        let word = |w: &String| expand(&lexer, w, state);
+        let sources = copy
+            .sources
+            .iter()
+            .map(word)
+            .collect::<Result<Vec<_>, _>>()?;
+        let dest_text = word(&copy.dest)?;
+        if sources.len() + copy.heredocs.len() > 1 && !dest_text.ends_with('/') {
+            return Err(Kind::DestNotDirectory(name));
+        }
+        let dest = resolve_dest(state.workdir(), &dest_text);
+        let owner = copy
+            .chown
+            .as_ref()
+            .map(word)
+            .transpose()?
+            .filter(|c| !c.is_empty());
+        let owner = owner.map(|c| parse_owner(&c)).transpose()?;
+        let mode = copy
+            .chmod
+            .as_ref()
+            .map(word)
+            .transpose()?
+            .map(|m| parse_chmod(&m))
+            .transpose()?;
+        let excludes = copy
+            .excludes
+            .iter()
+            .map(word)
+            .collect::<Result<Vec<_>, _>>()?;
+        // kiln expands --from with the stage's variables: stages convert on
+        // demand, so the named stage need not be known in advance.
+        let from = copy.from.as_ref().map(word).transpose()?;
+        let add = copy.add.clone().unwrap_or_default();
+
+        let mut groups: Vec<(Origin, Vec<String>, bool)> = Vec::new();
+        let unpack_local = is_add && add.unpack != Some(false);
+        if let Some(from) = &from {
+            let root = self.resolve_from(state, from)?;
+            let paths = sources.iter().map(|s| clean(&format!("/{s}"))).collect();
+            groups.push((Origin::From(root), paths, unpack_local));
+        } else {
+            // Consecutive context sources share one copy action.
+            let push = |groups: &mut Vec<(Origin, Vec<String>, bool)>,
+                        origin: Origin,
+                        path: String,
+                        unpack: bool| {
+                match groups.last_mut() {
+                    Some((Origin::Context, paths, u))
+                        if matches!(origin, Origin::Context) && *u == unpack =>
+                    {
+                        paths.push(path);
+                    }
+                    _ => groups.push((origin, vec![path], unpack)),
+                }
+            };
+            for source in &sources {
+                if is_add && is_git_url(source) {
+                    let digest = self.git_source(
+                        state,
+                        command,
+                        source,
+                        add.keep_git_dir,
+                        add.checksum.clone(),
+                    );
+                    push(&mut groups, Origin::Vertex(digest), "/".to_owned(), false);
+                } else if is_add && is_http_url(source) {
+                    let (digest, file) =
+                        self.http_source(state, command, source, add.checksum.clone());
+                    push(
+                        &mut groups,
+                        Origin::Vertex(digest),
+                        format!("/{file}"),
+                        add.unpack == Some(true),
+                    );
+                } else if is_http_url(source) || is_git_url(source) {
+                    return Err(Kind::Source(name, source.clone()));
+                } else {
+                    if add.checksum.is_some() {
+                        return Err(Kind::ChecksumLocal(source.clone()));
+                    }
+                    let path =
+                        in_context(source).ok_or_else(|| Kind::OutsideContext(source.clone()))?;
+                    push(&mut groups, Origin::Context, path, unpack_local);
+                }
+            }
+        }
+        for heredoc in &copy.heredocs {
+            let data = if heredoc.expand {
+                // Heredoc bodies are text, not shell words: quotes stay.
+                let raw = Lexer::new('\\').with_literal_quotes(true);
+                expand(&raw, &heredoc.data, state)?
+            } else {
+                heredoc.data.clone()
+            };
+            let digest = self.heredoc_file(state, command, &heredoc.name, data);
+            groups.push((
+                Origin::Vertex(digest),
+                vec![format!("/{}", heredoc.name)],
+                false,
+            ));
+        }
+
+        let mut inputs = Vec::new();
+        let base = match (&state.root, copy.link) {
+            (Some(root), false) => input_index(&mut inputs, root.clone()),
+            _ => -1,
+        };
+        let mut actions = Vec::new();
+        for (origin, paths, unpack) in groups {
+            let digest = match origin {
+                Origin::Context => Some(self.context()),
+                Origin::From(root) => root,
+                Origin::Vertex(digest) => Some(digest),
+            };
+            actions.push(FileAction {
+                action: Some(file_action::Action::Copy(FileCopy {
+                    input: digest.map_or(-1, |d| input_index(&mut inputs, d)),
+                    sources: paths,
+                    dest: dest.clone(),
+                    owner: owner.clone(),
+                    mode,
+                    allow_wildcard: true,
+                    unpack_archives: unpack,
+                    parents: copy.parents,
+                    exclude_patterns: excludes.clone(),
+                })),
+            });
+        }
+        let op = Op {
+            inputs,
+            kind: Some(op::Kind::File(FileOp { base, actions })),
+            platform: None,
+        };
+        let meta = Self::meta(state, command);
+        let copied = self.graph.add(op, meta.clone());
+        state.root = Some(match (copy.link, &state.root) {
+            (true, Some(root)) => {
+                let merge = Op {
+                    inputs: vec![root.clone(), copied],
+                    kind: Some(op::Kind::Merge(MergeOp {})),
+                    platform: None,
+                };
+                self.graph.add(merge, meta)
+            }
+            _ => copied,
+        });
+        let mut created_by = vec![name.to_owned()];
+        created_by.extend(sources);
+        created_by.extend(copy.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        created_by.push(dest);
+        Ok(Step::Layer(created_by.join(" ")))
+    }
+
+    /// WORKDIR: relative to the previous one; the directory is created
+    /// (owned by the stage's USER) so it exists in the image.
+    pub(super) fn dispatch_workdir(
+        &mut self,
+        state: &mut StageState,
+        command: &Command,
+        path: &str,
+    ) -> Result<Step, Kind> {
+        let path = expand(&self.lexer, path, state)?;
+        let dir = if path.starts_with('/') {
+            clean(&path)
+        } else {
+            clean(&format!("{}/{path}", state.workdir()))
+        };
+        state.image.config.working_dir = Some(dir.clone());
+        if dir == "/" {
+            return Ok(Step::Config);
+        }
+        let owner = state
+            .image
+            .config
+            .user
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(parse_owner)
+            .transpose()?;
+        let mut inputs = Vec::new();
+        let base = match &state.root {
+            Some(root) => input_index(&mut inputs, root.clone()),
+            None => -1,
+        };
+        let mkdir = FileAction {
+            action: Some(file_action::Action::Mkdir(FileMkdir {
+                path: dir.clone(),
+                mode: 0o755,
+                make_parents: true,
+                owner,
+            })),
+        };
+        let op = Op {
+            inputs,
+            kind: Some(op::Kind::File(FileOp {
+                base,
+                actions: vec![mkdir],
+            })),
+            platform: None,
+        };
+        state.root = Some(self.graph.add(op, Self::meta(state, command)));
+        Ok(Step::Layer(format!("WORKDIR {dir}")))
+    }
+
+    fn heredoc_file(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        name: &str,
+        data: String,
+    ) -> String {
+        let mkfile = FileAction {
+            action: Some(file_action::Action::Mkfile(FileMkfile {
+                path: format!("/{name}"),
+                mode: 0o644,
+                data: data.into_bytes(),
+                owner: None,
+            })),
+        };
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::File(FileOp {
+                base: -1,
+                actions: vec![mkfile],
+            })),
+            platform: None,
+        };
+        self.graph.add(
+            op,
+            sub_meta(Self::meta(state, command), &format!("<<{name}")),
+        )
+    }
+
+    fn http_source(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        url: &str,
+        checksum: Option<String>,
+    ) -> (String, String) {
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        let file = match base_name(path.splitn(4, '/').nth(3).unwrap_or("")) {
+            "" => "index.html".to_owned(),
+            name => name.to_owned(),
+        };
+        let source = HttpSource {
+            url: url.to_owned(),
+            checksum: checksum.unwrap_or_default(),
+            filename: file.clone(),
+        };
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                source: Some(source_op::Source::Http(source)),
+            })),
+            platform: None,
+        };
+        (
+            self.graph
+                .add(op, sub_meta(Self::meta(state, command), url)),
+            file,
+        )
+    }
+
+    fn git_source(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        url: &str,
+        keep_git_dir: bool,
+        checksum: Option<String>,
+    ) -> String {
+        let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let source = GitSource {
+            remote: remote.to_owned(),
+            r#ref: reference.to_owned(),
+            subdir: subdir.to_owned(),
+            keep_git_dir,
+            checksum: checksum.unwrap_or_default(),
+        };
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                source: Some(source_op::Source::Git(source)),
+            })),
+            platform: None,
+        };
+        self.graph
+            .add(op, sub_meta(Self::meta(state, command), url))
+    }
+}
+
+fn sub_meta(meta: VertexMeta, what: &str) -> VertexMeta {
+    VertexMeta {
+        description: format!("{} ({what})", meta.description),
+        ..meta
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// BuildKit's test for a Git source in ADD.
+fn is_git_url(s: &str) -> bool {
+    let without_fragment = s.split('#').next().unwrap_or(s);
+    s.starts_with("git://")
+        || s.starts_with("git@")
+        || s.starts_with("ssh://")
+        || s.starts_with("github.com/")
+        || (is_http_url(s) && without_fragment.ends_with(".git"))
+}
+
+/// `user[:group]`, each a name or a numeric id.
+pub(super) fn parse_owner(spec: &str) -> Result<Owner, Kind> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(Kind::Chown(spec.to_owned()));
+    }
+    let user = match user.parse::<u32>() {
+        Ok(uid) => owner::User::Uid(uid),
+        Err(_) => owner::User::UserName(user.to_owned()),
+    };
+    let group = group.map(|g| match g.parse::<u32>() {
+        Ok(gid) => owner::Group::Gid(gid),
+        Err(_) => owner::Group::GroupName(g.to_owned()),
+    });
+    Ok(Owner {
+        user: Some(user),
+        group,
+    })
+}
+
+/// An octal mode up to 07777.
+fn parse_chmod(spec: &str) -> Result<u32, Kind> {
+    u32::from_str_radix(spec, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| Kind::Chmod(spec.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners() {
+        let o = parse_owner("1000:app").unwrap();
+        assert_eq!(o.user, Some(owner::User::Uid(1000)));
+        assert_eq!(o.group, Some(owner::Group::GroupName("app".into())));
+        assert_eq!(parse_owner("app").unwrap().group, None);
+        assert!(parse_owner(":x").is_err());
+        assert!(parse_owner("x:").is_err());
+    }
+
+    #[test]
+    fn modes_and_urls() {
+        assert_eq!(parse_chmod("755").unwrap(), 0o755);
+        assert!(parse_chmod("u+x").is_err());
+        assert!(parse_chmod("17777").is_err());
+        assert!(is_git_url(
+            "https://github.com/moby/buildkit.git#v0.10.1:docs"
+        ));
+        assert!(is_git_url("git@github.com:moby/buildkit.git"));
+        assert!(!is_git_url("https://example.com/file.tar.gz"));
+    }
+}

@@ -1,0 +1,151 @@
+//! RUN → an exec op over the stage's filesystem.
+
+use kiln_proto::ops::v1::{
+    ExecOp, FileAction, FileMkfile, FileOp, Meta, Mount, MountType, NetworkMode, Op, SecurityMode,
+    file_action, op,
+};
+
+use super::mounts::input_index;
+use super::state::{PROXY_ARGS, StageState};
+use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta};
+use crate::instructions::{Command, RunCommand};
+use crate::parser::Heredoc;
+
+/// Where a `RUN <<EOF` script with a `#!` line is mounted to be executed.
+const HEREDOC_SCRIPT_DIR: &str = "/dev/pipes";
+
+impl Converter<'_> {
+    pub(super) fn dispatch_run(
+        &mut self,
+        state: &mut StageState,
+        command: &Command,
+        run: &RunCommand,
+    ) -> Result<Step, Kind> {
+        let mut inputs = Vec::new();
+        let rootfs = match &state.root {
+            Some(root) => input_index(&mut inputs, root.clone()),
+            None => -1,
+        };
+        let mut mounts = run
+            .mounts
+            .iter()
+            .map(|spec| self.mount(state, spec, &mut inputs))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut cmd = run.command.clone();
+        if cmd.prepend_shell && !cmd.files.is_empty() {
+            cmd.args = self.heredoc_script(
+                state,
+                command,
+                &cmd.args,
+                &cmd.files,
+                &mut inputs,
+                &mut mounts,
+            );
+        }
+        let args = self.command_line(state, &cmd);
+
+        let proxy_env = PROXY_ARGS
+            .iter()
+            .filter(|name| !state.args.iter().any(|(n, _)| n == *name))
+            .filter_map(|name| {
+                self.options
+                    .build_args
+                    .get(*name)
+                    .map(|v| format!("{name}={v}"))
+            })
+            .collect();
+        let network = match run.network.as_deref() {
+            Some("none") => NetworkMode::None,
+            Some("host") => NetworkMode::Host,
+            _ => NetworkMode::Default,
+        };
+        let security = match run.security.as_deref() {
+            Some("insecure") => SecurityMode::Insecure,
+            _ => SecurityMode::Sandbox,
+        };
+        let exec = ExecOp {
+            meta: Some(Meta {
+                args: args.clone(),
+                env: state.run_env(),
+                cwd: state.workdir().to_owned(),
+                user: state.image.config.user.clone().unwrap_or_default(),
+            }),
+            rootfs,
+            mounts,
+            network: network as i32,
+            security: security as i32,
+            proxy_env,
+        };
+        let op = Op {
+            inputs,
+            kind: Some(op::Kind::Exec(exec)),
+            platform: Some(state.image.platform.clone()),
+        };
+        state.root = Some(self.graph.add(op, Self::meta(state, command)));
+        Ok(Step::Layer(format!("RUN {}", args.join(" "))))
+    }
+
+    /// The command for a RUN with heredocs, as BuildKit runs it: a lone
+    /// `<<EOF` is the script itself (executed from a read-only mount when
+    /// it starts with `#!`); otherwise the shell gets the text with the
+    /// heredoc bodies appended and handles them itself.
+    fn heredoc_script(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        args: &[String],
+        files: &[Heredoc],
+        inputs: &mut Vec<String>,
+        mounts: &mut Vec<Mount>,
+    ) -> Vec<String> {
+        let lone = match args {
+            [only] => Heredoc::parse_word(only).ok().flatten(),
+            _ => None,
+        };
+        let Some(_) = lone else {
+            let mut full = args.join(" ");
+            for file in files {
+                full.push('\n');
+                full.push_str(&file.content);
+                full.push_str(&file.name);
+            }
+            return vec![full];
+        };
+        let script = &files[0];
+        let body = script.body();
+        if !body.starts_with("#!") {
+            return vec![body];
+        }
+        let mkfile = FileAction {
+            action: Some(file_action::Action::Mkfile(FileMkfile {
+                path: format!("/{}", script.name),
+                mode: 0o755,
+                data: body.into_bytes(),
+                owner: None,
+            })),
+        };
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::File(FileOp {
+                base: -1,
+                actions: vec![mkfile],
+            })),
+            platform: None,
+        };
+        let meta = VertexMeta {
+            description: format!("{} (script)", Self::meta(state, command).description),
+            ..Self::meta(state, command)
+        };
+        let digest = self.graph.add(op, meta);
+        mounts.push(Mount {
+            r#type: MountType::Bind as i32,
+            target: HEREDOC_SCRIPT_DIR.to_owned(),
+            input: input_index(inputs, digest),
+            source: "/".to_owned(),
+            readonly: true,
+            ..Mount::default()
+        });
+        vec![format!("{HEREDOC_SCRIPT_DIR}/{}", script.name)]
+    }
+}

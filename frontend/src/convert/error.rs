@@ -1,0 +1,100 @@
+//! Conversion errors: what went wrong, on which line, in which instruction.
+
+use thiserror::Error;
+
+use crate::instructions::InstructionErrorKind;
+use crate::parser::Location;
+use crate::platform::PlatformError;
+use crate::reference::ReferenceError;
+use crate::shell::ExpandError;
+
+/// What is wrong, without the place.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConvertErrorKind {
+    #[error("the Dockerfile has no FROM instruction")]
+    NoStages,
+    #[error("target stage {0:?} could not be found")]
+    TargetNotFound(String),
+    #[error("circular dependency detected on stage: {0}")]
+    Cycle(String),
+    #[error("failed to expand {word:?}: {source}")]
+    Expand { word: String, source: ExpandError },
+    #[error("base name ({0}) should not be blank")]
+    EmptyBase(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error("resolving {reference}: {message}")]
+    Resolve { reference: String, message: String },
+    #[error("forbidden path outside the build context: {0}")]
+    OutsideContext(String),
+    #[error(
+        "when using {0} with more than one source file, the destination must be a directory and end with a /"
+    )]
+    DestNotDirectory(&'static str),
+    #[error("invalid chmod parameter: {0}. it should be octal string and between 0 and 07777")]
+    Chmod(String),
+    #[error("invalid user or group {0:?} for --chown")]
+    Chown(String),
+    #[error("{0} sources must be a URL or a path: {1:?}")]
+    Source(&'static str, String),
+    #[error("ADD --checksum is only for URL and Git sources, not {0:?}")]
+    ChecksumLocal(String),
+    #[error("invalid port {0:?}: expected PORT[-END][/tcp|udp|sctp]")]
+    Port(String),
+    #[error("invalid signal {0:?}: expected a name such as SIGTERM or a number")]
+    Signal(String),
+    #[error("invalid mount {spec:?}: {reason}")]
+    Mount { spec: String, reason: String },
+    #[error("ONBUILD trigger {trigger:?} of the base image: {reason}")]
+    Trigger { trigger: String, reason: String },
+    #[error(transparent)]
+    Instruction(#[from] InstructionErrorKind),
+}
+
+/// A conversion error and the instruction it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct ConvertError {
+    /// Where the instruction is; `None` for errors about the whole file.
+    pub location: Option<Location>,
+    /// The instruction as written, shortened.
+    pub instruction: Option<String>,
+    #[source]
+    pub kind: ConvertErrorKind,
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.location, &self.instruction) {
+            (Some(l), Some(i)) => write!(f, "line {}: {i}: {}", l.start, self.kind),
+            (Some(l), None) => write!(f, "line {}: {}", l.start, self.kind),
+            _ => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+impl ConvertError {
+    pub(super) fn at(location: Location, instruction: &str, kind: ConvertErrorKind) -> Self {
+        const MAX: usize = 80;
+        let mut text: String = instruction.chars().take(MAX).collect();
+        if instruction.chars().nth(MAX).is_some() {
+            text.push('…');
+        }
+        Self {
+            location: Some(location),
+            instruction: Some(text),
+            kind,
+        }
+    }
+}
+
+impl From<ConvertErrorKind> for ConvertError {
+    fn from(kind: ConvertErrorKind) -> Self {
+        Self {
+            location: None,
+            instruction: None,
+            kind,
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! Stages → a content-addressed graph of ops plus each stage's image config
+//! (BuildKit's `dockerfile2llb`).
+//!
+//! Conversion starts at the target stage and converts a stage only when
+//! something needs it (its FROM, a `COPY --from`, a `RUN --mount from=`), so
+//! stages the target does not need are not in the graph. One `dispatch_*`
+//! function per instruction lives in the file named after its feature.
+
+mod dispatch_config;
+mod dispatch_file;
+mod dispatch_run;
+mod error;
+mod graph;
+mod image;
+mod mounts;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_proto::ops::v1::{ImageSource, LocalSource, Op, Platform, SourceOp, op, source_op};
+use serde::Serialize;
+
+pub use self::error::{ConvertError, ConvertErrorKind};
+use self::graph::GraphBuilder;
+pub use self::graph::{Vertex, VertexMeta, op_digest, sha256_digest};
+pub use self::image::{Empty, HealthConfig, History, ImageConfig};
+pub use self::state::StageImage;
+use self::state::StageState;
+use crate::instructions::{self, CommandKind, Instructions};
+use crate::parser::{self, Location, Warning};
+use crate::platform;
+use crate::reference::Reference;
+use crate::shell::{Lexer, Vars};
+
+/// What a base image brings: its config and, when known, its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedImage {
+    /// Manifest digest (`sha256:…`); pins the source op when given.
+    pub digest: Option<String>,
+    pub config: ImageConfig,
+}
+
+/// Looks up base images while converting. Implementations read kiln's
+/// image store or a registry; the frontend itself does no I/O.
+pub trait ImageResolver {
+    /// The image `reference` for `platform`; `Ok(None)` when the image is not
+    /// known yet (the graph is still made, with an empty base config, and the
+    /// solver fetches the image or fails clearly).
+    fn resolve(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, String>;
+}
+
+/// A resolver that knows no image: configs come only from the Dockerfile.
+pub struct NoImages;
+
+impl ImageResolver for NoImages {
+    fn resolve(&self, _: &Reference, _: &Platform) -> Result<Option<ResolvedImage>, String> {
+        Ok(None)
+    }
+}
+
+/// The inputs of a conversion besides the Dockerfile.
+pub struct ConvertOptions<'a> {
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`: the stage to build; the last one when `None`.
+    pub target: Option<String>,
+    /// The platform the build runs on (`BUILDPLATFORM`).
+    pub build_platform: Platform,
+    /// The platform to build for (`TARGETPLATFORM`, default of `FROM`).
+    pub target_platform: Platform,
+    /// `.dockerignore` patterns, applied to the build context.
+    pub dockerignore: Vec<String>,
+    pub resolver: &'a dyn ImageResolver,
+}
+
+impl<'a> ConvertOptions<'a> {
+    /// Options for a build of the host's platform with no build args.
+    pub fn new(resolver: &'a dyn ImageResolver) -> Self {
+        Self {
+            build_args: BTreeMap::new(),
+            target: None,
+            build_platform: platform::host(),
+            target_platform: platform::host(),
+            dockerignore: Vec::new(),
+            resolver,
+        }
+    }
+}
+
+/// The result of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageResult {
+    pub index: usize,
+    pub name: Option<String>,
+    /// Digest of the vertex with the stage's final filesystem; `None` for an
+    /// empty one (`FROM scratch` and no filesystem change).
+    pub root: Option<String>,
+    pub image: StageImage,
+}
+
+/// The graph for a target, and every stage it needed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildGraph {
+    /// Every op, each after its inputs, without duplicates.
+    pub vertices: Vec<Vertex>,
+    /// The converted stages, by index.
+    pub stages: Vec<StageResult>,
+    /// Index into `stages` of the target.
+    pub target: usize,
+    pub warnings: Vec<Warning>,
+}
+
+impl BuildGraph {
+    /// The target stage's result.
+    pub fn target_stage(&self) -> &StageResult {
+        &self.stages[self.target]
+    }
+}
+
+/// Parses, checks and converts Dockerfile text in one go.
+pub fn convert_dockerfile(
+    text: &str,
+    options: &ConvertOptions<'_>,
+) -> Result<BuildGraph, crate::Error> {
+    let ast = parser::parse(text)?;
+    let instructions = instructions::parse(&ast)?;
+    let mut graph = convert(&instructions, options)?;
+    graph.warnings.splice(0..0, ast.warnings);
+    Ok(graph)
+}
+
+/// Converts checked instructions into the graph for the target stage.
+pub fn convert(
+    instructions: &Instructions,
+    options: &ConvertOptions<'_>,
+) -> Result<BuildGraph, ConvertError> {
+    let target = match &options.target {
+        None => instructions
+            .stages
+            .len()
+            .checked_sub(1)
+            .ok_or(ConvertErrorKind::NoStages)?,
+        Some(name) => {
+            let lower = name.to_ascii_lowercase();
+            instructions
+                .stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(&lower))
+                .ok_or_else(|| ConvertErrorKind::TargetNotFound(name.clone()))?
+        }
+    };
+    let mut converter = Converter::new(instructions, options)?;
+    converter.stage(target)?;
+
+    let mut warnings = Vec::new();
+    let unused: Vec<&str> = options
+        .build_args
+        .keys()
+        .filter(|k| !converter.declared.contains(k.as_str()) && !state::is_predefined(k))
+        .map(String::as_str)
+        .collect();
+    if !unused.is_empty() {
+        warnings.push(Warning {
+            line: 0,
+            message: format!(
+                "one or more build-args [{}] were not consumed",
+                unused.join(" ")
+            ),
+        });
+    }
+    let stages = converter
+        .slots
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, slot)| match slot {
+            Slot::Done(state) => Some(StageResult {
+                index,
+                name: instructions.stages[index].name.clone(),
+                root: state.root,
+                image: state.image,
+            }),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let target = stages
+        .iter()
+        .position(|s| s.index == target)
+        .unwrap_or_default();
+    Ok(BuildGraph {
+        vertices: converter.graph.vertices,
+        stages,
+        target,
+        warnings,
+    })
+}
+
+/// What an instruction did to the stage.
+pub(crate) enum Step {
+    /// Changed only the image config.
+    Config,
+    /// Made a new filesystem; the history entry's text.
+    Layer(String),
+}
+
+/// An image's source vertex.
+struct ImageVertex {
+    digest: String,
+    /// The reference as pinned in the op.
+    reference: String,
+    config: ImageConfig,
+}
+
+enum Slot {
+    NotStarted,
+    InProgress,
+    Done(Box<StageState>),
+}
+
+/// One conversion in progress.
+pub(crate) struct Converter<'a> {
+    instructions: &'a Instructions,
+    options: &'a ConvertOptions<'a>,
+    lexer: Lexer,
+    graph: GraphBuilder,
+    slots: Vec<Slot>,
+    /// Values of global ARGs (and the predefined platform args); `None` for
+    /// a global ARG declared without a value.
+    globals: BTreeMap<String, Option<String>>,
+    /// Every ARG name declared anywhere converted (for the unused warning).
+    declared: BTreeSet<String>,
+    context: Option<String>,
+}
+
+/// Variables from a map of possibly-unset values.
+struct OptionalVars<'a>(&'a BTreeMap<String, Option<String>>);
+
+impl Vars for OptionalVars<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Option::as_deref)
+    }
+}
+
+impl<'a> Converter<'a> {
+    fn new(
+        instructions: &'a Instructions,
+        options: &'a ConvertOptions<'a>,
+    ) -> Result<Self, ConvertError> {
+        let lexer = Lexer::new(instructions.escape);
+        let mut globals: BTreeMap<String, Option<String>> = state::predefined_args(options)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        let mut declared = BTreeSet::new();
+        for (decl, location) in &instructions.meta_args {
+            declared.insert(decl.name.clone());
+            let value = match (options.build_args.get(&decl.name), &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(
+                    expand(&lexer, default, &OptionalVars(&globals)).map_err(|kind| {
+                        ConvertError::at(*location, &format!("ARG {}", decl.name), kind)
+                    })?,
+                ),
+                (None, None) => None,
+            };
+            globals.insert(decl.name.clone(), value);
+        }
+        Ok(Self {
+            instructions,
+            options,
+            lexer,
+            graph: GraphBuilder::default(),
+            slots: instructions
+                .stages
+                .iter()
+                .map(|_| Slot::NotStarted)
+                .collect(),
+            globals,
+            declared,
+            context: None,
+        })
+    }
+
+    /// Converts stage `index` (once) and returns its final state.
+    fn stage(&mut self, index: usize) -> Result<&StageState, ConvertError> {
+        match self.slots[index] {
+            Slot::Done(_) => {}
+            Slot::InProgress => {
+                let name = self.instructions.stages[index].display_name();
+                return Err(ConvertErrorKind::Cycle(name).into());
+            }
+            Slot::NotStarted => {
+                self.slots[index] = Slot::InProgress;
+                let state = self.dispatch_stage(index)?;
+                self.slots[index] = Slot::Done(Box::new(state));
+            }
+        }
+        match &self.slots[index] {
+            Slot::Done(state) => Ok(state),
+            _ => unreachable!("stage {index} was just converted"),
+        }
+    }
+
+    /// The stage a `--from` / `FROM` word names: by name, or (for `--from`)
+    /// by index.
+    fn find_stage(&self, word: &str, by_index: bool) -> Option<usize> {
+        let lower = word.to_ascii_lowercase();
+        if let Some(i) = self
+            .instructions
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&lower))
+        {
+            return Some(i);
+        }
+        if by_index {
+            return word
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < self.instructions.stages.len());
+        }
+        None
+    }
+
+    fn dispatch_stage(&mut self, index: usize) -> Result<StageState, ConvertError> {
+        let stage = &self.instructions.stages[index];
+        let from_error = |kind| ConvertError::at(stage.location, &stage.source, kind);
+        let globals = OptionalVars(&self.globals);
+        let base = expand(&self.lexer, &stage.base, &globals).map_err(from_error)?;
+        if base.is_empty() {
+            return Err(from_error(ConvertErrorKind::EmptyBase(stage.base.clone())));
+        }
+        let platform = match &stage.platform {
+            Some(p) => {
+                let text = expand(&self.lexer, p, &globals).map_err(from_error)?;
+                Some(platform::parse(&text).map_err(|e| from_error(e.into()))?)
+            }
+            None => None,
+        };
+        let total = stage.commands.len() + 1;
+        let mut state = match self.find_stage(&base, false).filter(|&i| i < index) {
+            Some(base_index) => {
+                let base_state = self.stage(base_index)?;
+                let mut state = StageState::from_stage(base_state, index, stage, total);
+                if let Some(p) = platform {
+                    state.image.platform = p;
+                }
+                state
+            }
+            None if base.eq_ignore_ascii_case("scratch") => {
+                let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
+                StageState::new(index, stage, total, platform, ImageConfig::default())
+            }
+            None => {
+                let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
+                let label = format!("{} 1/{total}", stage.display_name());
+                let image = self
+                    .image_source(&base, &platform, index, &label, Some(stage.location))
+                    .map_err(from_error)?;
+                let mut state = StageState::new(index, stage, total, platform, image.config);
+                state.image.base = Some(image.reference);
+                state.root = Some(image.digest);
+                state
+            }
+        };
+        state.ensure_default_path();
+
+        // A base image's ONBUILD triggers run right after its FROM.
+        for trigger in state.image.config.on_build.take().unwrap_or_default() {
+            let command = parse_trigger(&trigger).map_err(from_error)?;
+            let command = instructions::Command {
+                location: stage.location,
+                ..command
+            };
+            self.dispatch(&mut state, &command)?;
+        }
+        for command in &stage.commands {
+            state.step += 1;
+            self.dispatch(&mut state, command)?;
+        }
+        Ok(state)
+    }
+
+    /// Adds the source op of image `name` (resolving its config).
+    fn image_source(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        stage: usize,
+        label: &str,
+        location: Option<Location>,
+    ) -> Result<ImageVertex, ConvertErrorKind> {
+        let reference = Reference::parse(name)?;
+        let resolved = self
+            .options
+            .resolver
+            .resolve(&reference, platform)
+            .map_err(|message| ConvertErrorKind::Resolve {
+                reference: reference.to_string(),
+                message,
+            })?
+            .unwrap_or_default();
+        let pinned = match &resolved.digest {
+            Some(digest) => reference.with_digest(digest),
+            None => reference,
+        };
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                source: Some(source_op::Source::Image(ImageSource {
+                    reference: pinned.to_string(),
+                })),
+            })),
+            platform: Some(platform.clone()),
+        };
+        let description = format!("[{label}] FROM {pinned}");
+        let digest = self.graph.add(
+            op,
+            VertexMeta {
+                description,
+                stage: Some(stage),
+                location,
+            },
+        );
+        Ok(ImageVertex {
+            digest,
+            reference: pinned.to_string(),
+            config: resolved.config,
+        })
+    }
+
+    /// The build context's source op (added once).
+    fn context(&mut self) -> String {
+        if let Some(digest) = &self.context {
+            return digest.clone();
+        }
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                source: Some(source_op::Source::Local(LocalSource {
+                    name: "context".to_owned(),
+                    exclude_patterns: self.options.dockerignore.clone(),
+                })),
+            })),
+            platform: None,
+        };
+        let meta = VertexMeta {
+            description: "[internal] load build context".to_owned(),
+            stage: None,
+            location: None,
+        };
+        let digest = self.graph.add(op, meta);
+        self.context = Some(digest.clone());
+        digest
+    }
+
+    /// The filesystem a `--from` value names: a stage (converted now if
+    /// needed) or an image. `None` is the empty filesystem.
+    fn resolve_from(
+        &mut self,
+        state: &StageState,
+        from: &str,
+    ) -> Result<Option<String>, ConvertErrorKind> {
+        if let Some(index) = self.find_stage(from, true) {
+            if index == state.index {
+                return Err(ConvertErrorKind::Cycle(state.name.clone()));
+            }
+            return self
+                .stage(index)
+                .map(|s| s.root.clone())
+                .map_err(|e| e.kind);
+        }
+        let platform = state.image.platform.clone();
+        let image = self.image_source(from, &platform, state.index, &state.name, None)?;
+        Ok(Some(image.digest))
+    }
+
+    fn dispatch(
+        &mut self,
+        state: &mut StageState,
+        command: &instructions::Command,
+    ) -> Result<(), ConvertError> {
+        let step = match &command.kind {
+            CommandKind::Run(run) => self.dispatch_run(state, command, run),
+            CommandKind::Copy(copy) | CommandKind::Add(copy) => {
+                self.dispatch_copy(state, command, copy)
+            }
+            CommandKind::Workdir(path) => self.dispatch_workdir(state, command, path),
+            CommandKind::Arg(decls) => self.dispatch_arg(state, decls),
+            other => self.dispatch_config(state, other),
+        }
+        .map_err(|kind| ConvertError::at(command.location, &command.original, kind))?;
+        state.image.history.push(match step {
+            Step::Config => History {
+                created_by: command.original.clone(),
+                comment: None,
+                empty_layer: true,
+            },
+            Step::Layer(created_by) => History {
+                created_by,
+                comment: None,
+                empty_layer: false,
+            },
+        });
+        Ok(())
+    }
+
+    /// `[stage k/n] INSTRUCTION` for the vertex a command makes.
+    fn meta(state: &StageState, command: &instructions::Command) -> VertexMeta {
+        VertexMeta {
+            description: format!(
+                "[{} {}/{}] {}",
+                state.name, state.step, state.total, command.original
+            ),
+            stage: Some(state.index),
+            location: Some(command.location),
+        }
+    }
+}
+
+/// Expands one word, naming the word in the error.
+fn expand(lexer: &Lexer, word: &str, vars: &dyn Vars) -> Result<String, ConvertErrorKind> {
+    lexer
+        .expand_word(word, vars)
+        .map_err(|source| ConvertErrorKind::Expand {
+            word: word.to_owned(),
+            source,
+        })
+}
+
+/// Parses an ONBUILD trigger stored in a base image.
+fn parse_trigger(trigger: &str) -> Result<instructions::Command, ConvertErrorKind> {
+    let bad = |reason: String| ConvertErrorKind::Trigger {
+        trigger: trigger.to_owned(),
+        reason,
+    };
+    let ast = parser::parse(trigger).map_err(|e| bad(e.kind.to_string()))?;
+    let [node] = ast.instructions.as_slice() else {
+        return Err(bad("expected one instruction".to_owned()));
+    };
+    instructions::parse_command(node).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

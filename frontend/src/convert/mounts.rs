@@ -1,0 +1,261 @@
+//! `RUN --mount=…` → an op mount: values expanded with the stage's
+//! variables, defaults filled in as BuildKit does.
+
+use kiln_proto::ops::v1::{CacheOpt, CacheSharing, Mount, MountType, SecretOpt, SshOpt, TmpfsOpt};
+
+use super::state::StageState;
+use super::{ConvertErrorKind as Kind, Converter, expand};
+use crate::instructions::MountSpec;
+use crate::paths::{base_name, clean, in_context};
+
+/// A mount spec with its values expanded.
+struct Expanded<'a> {
+    spec: &'a MountSpec,
+    fields: Vec<(String, Option<String>)>,
+}
+
+impl Expanded<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, _)| k == key)
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> Kind {
+        Kind::Mount {
+            spec: self.spec.raw.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A boolean field: absent → `None`; bare → true; else Go's ParseBool.
+    fn flag(&self, key: &str) -> Result<Option<bool>, Kind> {
+        let Some((_, value)) = self.fields.iter().rev().find(|(k, _)| k == key) else {
+            return Ok(None);
+        };
+        match value.as_deref() {
+            None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(Some(true)),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
+            Some(other) => Err(self.bad(format!("{key}={other} is not a boolean"))),
+        }
+    }
+
+    /// `readonly`/`ro` and `readwrite`/`rw`, over a default.
+    fn readonly(&self, default: bool) -> Result<bool, Kind> {
+        Ok(match (self.flag("readonly")?, self.flag("readwrite")?) {
+            (Some(ro), _) => ro,
+            (None, Some(rw)) => !rw,
+            (None, None) => default,
+        })
+    }
+
+    fn number(&self, key: &str, default: u32) -> Result<u32, Kind> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| self.bad(format!("{key}={v} is not a number"))),
+        }
+    }
+
+    fn mode(&self, default: u32) -> Result<u32, Kind> {
+        match self.get("mode") {
+            None => Ok(default),
+            Some(v) => u32::from_str_radix(v, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| self.bad(format!("mode={v} is not an octal mode"))),
+        }
+    }
+}
+
+impl Converter<'_> {
+    /// Builds the op mount for `spec`, adding any input it reads to
+    /// `inputs`.
+    pub(super) fn mount(
+        &mut self,
+        state: &StageState,
+        spec: &MountSpec,
+        inputs: &mut Vec<String>,
+    ) -> Result<Mount, Kind> {
+        let fields = spec
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    v.as_ref()
+                        .map(|v| expand(&self.lexer, v, state))
+                        .transpose()?,
+                ))
+            })
+            .collect::<Result<_, Kind>>()?;
+        let m = Expanded { spec, fields };
+        let kind = match m.get("type").unwrap_or("bind") {
+            "bind" => MountType::Bind,
+            "cache" => MountType::Cache,
+            "tmpfs" => MountType::Tmpfs,
+            "secret" => MountType::Secret,
+            "ssh" => MountType::Ssh,
+            other => return Err(m.bad(format!("unsupported mount type {other:?}"))),
+        };
+        let target = m.get("target").filter(|t| !t.is_empty()).map(|t| {
+            if t.starts_with('/') {
+                clean(t)
+            } else {
+                clean(&format!("{}/{t}", state.workdir()))
+            }
+        });
+        let mut mount = Mount {
+            r#type: kind as i32,
+            input: -1,
+            ..Mount::default()
+        };
+        match kind {
+            MountType::Bind | MountType::Cache => {
+                mount.target = target.ok_or_else(|| m.bad("mount target must be specified"))?;
+                let source = m.get("source").unwrap_or("/");
+                let from = m.get("from").filter(|f| !f.is_empty());
+                mount.source = match (kind, from) {
+                    (MountType::Bind, None) => {
+                        mount.input = input_index(inputs, self.context());
+                        in_context(source).ok_or_else(|| Kind::OutsideContext(source.to_owned()))?
+                    }
+                    (_, Some(from)) => {
+                        if let Some(digest) = self.resolve_from(state, from)? {
+                            mount.input = input_index(inputs, digest);
+                        }
+                        clean(&format!("/{source}"))
+                    }
+                    (_, None) => "/".to_owned(),
+                };
+                mount.readonly = m.readonly(kind == MountType::Bind)?;
+                if kind == MountType::Cache {
+                    let sharing = match m.get("sharing").unwrap_or("shared") {
+                        "shared" => CacheSharing::Shared,
+                        "private" => CacheSharing::Private,
+                        "locked" => CacheSharing::Locked,
+                        other => return Err(m.bad(format!("unsupported sharing value {other:?}"))),
+                    };
+                    mount.cache = Some(CacheOpt {
+                        id: m
+                            .get("id")
+                            .filter(|i| !i.is_empty())
+                            .unwrap_or(&mount.target)
+                            .to_owned(),
+                        sharing: sharing as i32,
+                        uid: m.number("uid", 0)?,
+                        gid: m.number("gid", 0)?,
+                        mode: m.mode(0o755)?,
+                    });
+                }
+            }
+            MountType::Tmpfs => {
+                mount.target = target.ok_or_else(|| m.bad("mount target must be specified"))?;
+                let size = m
+                    .get("size")
+                    .map(|s| parse_size(s).ok_or_else(|| m.bad(format!("invalid size {s:?}"))));
+                mount.tmpfs = Some(TmpfsOpt {
+                    size: size.transpose()?.unwrap_or(0),
+                });
+            }
+            MountType::Secret => {
+                let env = m.get("env").unwrap_or_default().to_owned();
+                let id = match (m.get("id").filter(|i| !i.is_empty()), &target) {
+                    (Some(id), _) => id.to_owned(),
+                    (None, Some(t)) => base_name(t).to_owned(),
+                    (None, None) if !env.is_empty() => env.clone(),
+                    (None, None) => return Err(m.bad("secret needs an id or a target")),
+                };
+                mount.target = match target {
+                    Some(t) => t,
+                    None if !env.is_empty() => String::new(),
+                    None => format!("/run/secrets/{id}"),
+                };
+                mount.readonly = true;
+                mount.secret = Some(SecretOpt {
+                    id,
+                    env,
+                    uid: m.number("uid", 0)?,
+                    gid: m.number("gid", 0)?,
+                    mode: m.mode(0o400)?,
+                    required: m.flag("required")?.unwrap_or(false),
+                });
+            }
+            MountType::Ssh => {
+                let id = m
+                    .get("id")
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("default")
+                    .to_owned();
+                mount.target = target.unwrap_or_else(|| "/run/buildkit/ssh_agent.0".to_owned());
+                mount.readonly = true;
+                mount.ssh = Some(SshOpt {
+                    id,
+                    uid: m.number("uid", 0)?,
+                    gid: m.number("gid", 0)?,
+                    mode: m.mode(0o600)?,
+                    required: m.flag("required")?.unwrap_or(false),
+                });
+            }
+        }
+        if kind != MountType::Bind && kind != MountType::Cache && m.has("from") {
+            return Err(m.bad("from= is only for bind and cache mounts"));
+        }
+        Ok(mount)
+    }
+}
+
+/// The index of `digest` in `inputs`, adding it when missing.
+pub(super) fn input_index(inputs: &mut Vec<String>, digest: String) -> i32 {
+    let index = inputs.iter().position(|d| *d == digest).unwrap_or_else(|| {
+        inputs.push(digest);
+        inputs.len() - 1
+    });
+    i32::try_from(index).expect("an op has far fewer than 2^31 inputs")
+}
+
+/// Docker's `RAMInBytes`: `64m`, `1.5g`, `512kb`, `100` (binary units).
+fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let number_len = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(number_len);
+    let value: f64 = number.parse().ok()?;
+    let unit = unit
+        .trim_start()
+        .trim_end_matches('b')
+        .trim_end_matches('i');
+    let scale: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0_f64.powi(4),
+        "p" => 1024.0_f64.powi(5),
+        _ => return None,
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size("2 kb"), Some(2048));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! The state of one stage while its instructions are dispatched: its
+//! filesystem so far, its image config, and the ARGs in scope.
+
+use kiln_proto::ops::v1::Platform;
+use serde::Serialize;
+
+use super::ConvertOptions;
+use super::image::{History, ImageConfig};
+use crate::instructions::Stage;
+use crate::platform;
+use crate::shell::Vars;
+
+/// Docker's default PATH for Linux images that set none.
+pub(super) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The image a stage makes, besides its filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageImage {
+    pub platform: Platform,
+    pub config: ImageConfig,
+    /// One entry per instruction since the base image's.
+    pub history: Vec<History>,
+    /// MAINTAINER.
+    pub author: Option<String>,
+    /// The base image reference (pinned when known); `None` for scratch.
+    pub base: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct StageState {
+    pub(super) index: usize,
+    /// Name for progress: the stage name or `stage-N`.
+    pub(super) name: String,
+    /// Current filesystem; `None` is empty.
+    pub(super) root: Option<String>,
+    pub(super) image: StageImage,
+    /// ARGs declared in this stage, in order, with their values.
+    pub(super) args: Vec<(String, Option<String>)>,
+    /// CMD was set in this stage (ENTRYPOINT then keeps it).
+    pub(super) cmd_set: bool,
+    /// Step number of the instruction being dispatched, and the count.
+    pub(super) step: usize,
+    pub(super) total: usize,
+}
+
+impl StageState {
+    pub(super) fn new(
+        index: usize,
+        stage: &Stage,
+        total: usize,
+        platform: Platform,
+        config: ImageConfig,
+    ) -> Self {
+        Self {
+            index,
+            name: stage.display_name(),
+            root: None,
+            image: StageImage {
+                platform,
+                config,
+                history: Vec::new(),
+                author: None,
+                base: None,
+            },
+            args: Vec::new(),
+            cmd_set: false,
+            step: 1,
+            total,
+        }
+    }
+
+    /// A stage whose FROM names an earlier stage: it starts where that one
+    /// ended (filesystem, config, history), with no ARGs in scope.
+    pub(super) fn from_stage(base: &StageState, index: usize, stage: &Stage, total: usize) -> Self {
+        Self {
+            root: base.root.clone(),
+            image: base.image.clone(),
+            ..Self::new(
+                index,
+                stage,
+                total,
+                base.image.platform.clone(),
+                ImageConfig::default(),
+            )
+        }
+    }
+
+    pub(super) fn ensure_default_path(&mut self) {
+        if self.image.config.env_var("PATH").is_none() {
+            self.image.config.set_env("PATH", DEFAULT_PATH);
+        }
+    }
+
+    /// The working directory (absolute), `/` when unset.
+    pub(super) fn workdir(&self) -> &str {
+        self.image
+            .config
+            .working_dir
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+    }
+
+    /// RUN's environment: the image's Env, then ARG values that no ENV
+    /// overrides (a redeclared ARG keeps its first place, last value).
+    pub(super) fn run_env(&self) -> Vec<String> {
+        let mut env = self.image.config.env.clone().unwrap_or_default();
+        let image_len = env.len();
+        for (name, value) in &self.args {
+            let Some(value) = value else { continue };
+            if self.image.config.env_var(name).is_some() {
+                continue;
+            }
+            let entry = format!("{name}={value}");
+            let same = |kv: &String| kv.split_once('=').is_some_and(|(k, _)| k == name);
+            match env[image_len..].iter().position(same) {
+                Some(i) => env[image_len + i] = entry,
+                None => env.push(entry),
+            }
+        }
+        env
+    }
+}
+
+/// Expansion sees ENV first (ENV overrides an ARG of the same name), then
+/// the stage's ARGs.
+impl Vars for StageState {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.image.config.env_var(name).or_else(|| {
+            self.args
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.as_deref())
+        })
+    }
+}
+
+/// Proxy variables: passed to RUN from build args without an ARG, and kept
+/// out of cache keys.
+pub(super) const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Build args the builder defines (usable in FROM, or in a stage after a
+/// bare `ARG NAME`).
+pub(super) fn predefined_args(options: &ConvertOptions<'_>) -> Vec<(String, String)> {
+    let mut args = Vec::new();
+    for (prefix, p) in [
+        ("BUILD", &options.build_platform),
+        ("TARGET", &options.target_platform),
+    ] {
+        args.push((format!("{prefix}PLATFORM"), platform::format(p)));
+        args.push((format!("{prefix}OS"), p.os.clone()));
+        args.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        args.push((format!("{prefix}VARIANT"), p.variant.clone()));
+    }
+    args
+}
+
+/// Names the builder knows without an ARG (never reported as unused).
+pub(super) fn is_predefined(name: &str) -> bool {
+    PROXY_ARGS.contains(&name)
+        || name.starts_with("BUILDKIT_")
+        || name == "SOURCE_DATE_EPOCH"
+        || ["BUILD", "TARGET"].iter().any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|rest| ["PLATFORM", "OS", "ARCH", "VARIANT"].contains(&rest))
+        })
+}

@@ -1,0 +1,400 @@
+//! `.dockerignore` with Docker's rules (moby/patternmatcher), which are not
+//! gitignore's: patterns are anchored at the context root (`*.log` matches
+//! only at the top), `*` and `?` stay within one path segment, `**` spans
+//! any number of segments, a path is excluded when it or one of its parent
+//! directories matches, and the last matching line wins (`!` re-includes).
+
+use regex::Regex;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DockerignoreError {
+    #[error(".dockerignore line {0}: illegal exclusion pattern: \"!\"")]
+    LoneExclamation(usize),
+    #[error(".dockerignore pattern {pattern:?}: {reason}")]
+    BadPattern { pattern: String, reason: String },
+}
+
+/// Reads a `.dockerignore` file: comments (`#` in the first column) and
+/// blank lines dropped, each pattern trimmed and cleaned, one leading `/`
+/// removed. Exceptions keep their `!`.
+pub fn read_patterns(text: &str) -> Result<Vec<String>, DockerignoreError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut patterns = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut pattern = line.trim();
+        if pattern.is_empty() {
+            continue;
+        }
+        let exception = pattern.starts_with('!');
+        if exception {
+            pattern = pattern[1..].trim();
+            if pattern.is_empty() {
+                return Err(DockerignoreError::LoneExclamation(i + 1));
+            }
+        }
+        let mut cleaned = crate::paths::clean(pattern);
+        if cleaned.len() > 1 && cleaned.starts_with('/') {
+            cleaned.remove(0);
+        }
+        patterns.push(if exception {
+            format!("!{cleaned}")
+        } else {
+            cleaned
+        });
+    }
+    Ok(patterns)
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    regex: Regex,
+    exception: bool,
+}
+
+/// Compiled patterns; answers "is this context path excluded?".
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    patterns: Vec<Pattern>,
+}
+
+impl Matcher {
+    /// Compiles patterns as [`read_patterns`] returns them.
+    pub fn new(patterns: &[String]) -> Result<Self, DockerignoreError> {
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                let (exception, body) = match p.strip_prefix('!') {
+                    Some(body) => (true, body.trim()),
+                    None => (false, p.trim()),
+                };
+                let bad = |reason: String| DockerignoreError::BadPattern {
+                    pattern: p.clone(),
+                    reason,
+                };
+                let body = crate::paths::clean(body);
+                check_syntax(&body).map_err(|r| bad(r.to_owned()))?;
+                let regex = Regex::new(&to_regex(&body)).map_err(|e| bad(e.to_string()))?;
+                Ok(Pattern { regex, exception })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    /// No pattern at all: nothing is excluded.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Whether `path` (relative to the context root, `/`-separated) is
+    /// excluded: the last pattern that matches it or a parent directory
+    /// decides.
+    pub fn excludes(&self, path: &str) -> bool {
+        let path = path.trim_start_matches('/');
+        let parents: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
+        let mut excluded = false;
+        for pattern in &self.patterns {
+            // Only a pattern that could flip the answer needs to run.
+            if pattern.exception != excluded {
+                continue;
+            }
+            let hit = pattern.regex.is_match(path)
+                || parents
+                    .iter()
+                    .any(|&end| pattern.regex.is_match(&path[..end]));
+            if hit {
+                excluded = !pattern.exception;
+            }
+        }
+        excluded
+    }
+}
+
+/// The syntax `filepath.Match` accepts: a `[…]` class is non-empty and
+/// closed, `-` and `]` inside it are escaped unless they form a range, and
+/// `\\` is followed by a character.
+fn check_syntax(pattern: &str) -> Result<(), &'static str> {
+    let mut chars = pattern.chars().peekable();
+    // One class character, escaped or not.
+    let class_char = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| match chars.next() {
+        None | Some('-' | ']') => Err("malformed character class"),
+        Some('\\') => chars
+            .next()
+            .map(|_| ())
+            .ok_or("trailing backslash in character class"),
+        Some(_) => Ok(()),
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next().ok_or("trailing backslash")?;
+            }
+            '[' => {
+                chars.next_if_eq(&'^');
+                let mut ranges = 0;
+                loop {
+                    if ranges > 0 && chars.next_if_eq(&']').is_some() {
+                        break;
+                    }
+                    class_char(&mut chars)?;
+                    if chars.next_if_eq(&'-').is_some() {
+                        class_char(&mut chars)?;
+                    }
+                    ranges += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// patternmatcher's translation of a `filepath.Match` pattern with `**`.
+fn to_regex(pattern: &str) -> String {
+    let mut re = String::from("^");
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        match c {
+            '*' if chars.get(i) == Some(&'*') => {
+                i += 1;
+                if chars.get(i) == Some(&'/') {
+                    i += 1;
+                }
+                if i == chars.len() {
+                    re.push_str(".*");
+                } else {
+                    re.push_str("(.*/)?");
+                }
+            }
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            '\\' if i < chars.len() => {
+                re.push_str(&regex::escape(&chars[i].to_string()));
+                i += 1;
+            }
+            '[' => {
+                // A class passes through; `!` negation is spelled `^` in
+                // regex syntax.
+                re.push('[');
+                if chars.get(i) == Some(&'!') || chars.get(i) == Some(&'^') {
+                    re.push('^');
+                    i += 1;
+                }
+                while i < chars.len() && chars[i] != ']' {
+                    if chars[i] == '\\' && i + 1 < chars.len() {
+                        re.push_str(&regex::escape(&chars[i + 1].to_string()));
+                        i += 2;
+                    } else {
+                        if chars[i] == '[' {
+                            re.push('\\');
+                        }
+                        re.push(chars[i]);
+                        i += 1;
+                    }
+                }
+                if i < chars.len() {
+                    i += 1;
+                }
+                re.push(']');
+            }
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    re
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(lines: &str) -> Matcher {
+        Matcher::new(&read_patterns(lines).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn reading() {
+        assert_eq!(
+            read_patterns("# comment\n\n  /foo/./bar/..  \n!  keep\n*.log\n").unwrap(),
+            ["foo", "!keep", "*.log"]
+        );
+        assert_eq!(
+            read_patterns("!\n"),
+            Err(DockerignoreError::LoneExclamation(1))
+        );
+    }
+
+    #[test]
+    fn anchored_at_root_not_like_gitignore() {
+        let m = matcher("*.log\n");
+        assert!(m.excludes("a.log"));
+        assert!(!m.excludes("dir/a.log"));
+        let m = matcher("**/*.log\n");
+        assert!(m.excludes("a.log"));
+        assert!(m.excludes("dir/sub/a.log"));
+    }
+
+    #[test]
+    fn parents_and_exceptions() {
+        let m = matcher("docs\n!docs/keep.md\n");
+        assert!(m.excludes("docs"));
+        assert!(m.excludes("docs/a.md"));
+        assert!(!m.excludes("docs/keep.md"));
+        let m = matcher("*\n!src\n");
+        assert!(m.excludes("README"));
+        assert!(!m.excludes("src"));
+        assert!(!m.excludes("src/main.rs"));
+        let m = matcher("!src\n*\n");
+        assert!(m.excludes("src/main.rs"), "later lines win");
+    }
+
+    /// moby/patternmatcher's `TestMatches` table (Unix cases), through
+    /// `MatchesOrParentMatches`: `true` where upstream expects any match.
+    #[test]
+    fn patternmatcher_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("**", "file", true),
+            ("**", "file/", true),
+            ("**/", "file", true),
+            ("**/", "file/", true),
+            ("**", "/", true),
+            ("**/", "/", true),
+            ("**", "dir/file", true),
+            ("**/", "dir/file", true),
+            ("**", "dir/file/", true),
+            ("**/", "dir/file/", true),
+            ("**/**", "dir/file", true),
+            ("**/**", "dir/file/", true),
+            ("dir/**", "dir/file", true),
+            ("dir/**", "dir/file/", true),
+            ("dir/**", "dir/dir2/file", true),
+            ("dir/**", "dir/dir2/file/", true),
+            ("**/dir", "dir", true),
+            ("**/dir", "dir/file", true),
+            ("**/dir2/*", "dir/dir2/file", true),
+            ("**/dir2/*", "dir/dir2/file/", true),
+            ("**/dir2/**", "dir/dir2/dir3/file", true),
+            ("**/dir2/**", "dir/dir2/dir3/file/", true),
+            ("**file", "file", true),
+            ("**file", "dir/file", true),
+            ("**/file", "dir/file", true),
+            ("**file", "dir/dir/file", true),
+            ("**/file", "dir/dir/file", true),
+            ("**/file*", "dir/dir/file", true),
+            ("**/file*", "dir/dir/file.txt", true),
+            ("**/file*txt", "dir/dir/file.txt", true),
+            ("**/file*.txt", "dir/dir/file.txt", true),
+            ("**/file*.txt*", "dir/dir/file.txt", true),
+            ("**/**/*.txt", "dir/dir/file.txt", true),
+            ("**/**/*.txt2", "dir/dir/file.txt", false),
+            ("**/*.txt", "file.txt", true),
+            ("**/**/*.txt", "file.txt", true),
+            ("a**/*.txt", "a/file.txt", true),
+            ("a**/*.txt", "a/dir/file.txt", true),
+            ("a**/*.txt", "a/dir/dir/file.txt", true),
+            ("a/*.txt", "a/dir/file.txt", false),
+            ("a/*.txt", "a/file.txt", true),
+            ("a/*.txt**", "a/file.txt", true),
+            ("a[b-d]e", "ae", false),
+            ("a[b-d]e", "ace", true),
+            ("a[b-d]e", "aae", false),
+            ("a[^b-d]e", "aze", true),
+            (".*", ".foo", true),
+            (".*", "foo", false),
+            ("abc.def", "abcdef", false),
+            ("abc.def", "abc.def", true),
+            ("abc.def", "abcZdef", false),
+            ("abc?def", "abcZdef", true),
+            ("abc?def", "abcdef", false),
+            ("**/foo/bar", "foo/bar", true),
+            ("**/foo/bar", "dir/foo/bar", true),
+            ("**/foo/bar", "dir/dir2/foo/bar", true),
+            ("abc/**", "abc", false),
+            ("abc/**", "abc/def", true),
+            ("abc/**", "abc/def/ghi", true),
+            ("**/.foo", ".foo", true),
+            ("**/.foo", "bar.foo", false),
+            ("a(b)c/def", "a(b)c/def", true),
+            ("a(b)c/def", "a(b)c/xyz", false),
+            ("a.|)$(}+{bc", "a.|)$(}+{bc", true),
+            (
+                "dist/*.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                true,
+            ),
+            ("a\\\\", "a\\", true),
+            ("a\\*b", "a*b", true),
+        ];
+        for &(pattern, path, expected) in cases {
+            let m = Matcher::new(&[pattern.to_owned()]).unwrap();
+            assert_eq!(
+                m.excludes(path),
+                expected,
+                "pattern {pattern:?} path {path:?}"
+            );
+        }
+        let multi: &[(&[&str], &str, bool)] = &[
+            (&["**", "!util/docker/web"], "util/docker/web/foo", false),
+            (
+                &["**", "!util/docker/web", "util/docker/web/foo"],
+                "util/docker/web/foo",
+                true,
+            ),
+            (
+                &["**", "!dist/*.whl"],
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                false,
+            ),
+        ];
+        for &(patterns, path, expected) in multi {
+            let m =
+                Matcher::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap();
+            assert_eq!(
+                m.excludes(path),
+                expected,
+                "patterns {patterns:?} path {path:?}"
+            );
+        }
+    }
+
+    /// Go's `filepath.Match` syntax errors, as patternmatcher reports them.
+    #[test]
+    fn bad_patterns() {
+        for bad in [
+            "[]a]", "[-]", "[x-]", "[-x]", "\\", "[a-b-c]", "[", "[^", "[^bc", "a[",
+        ] {
+            assert!(Matcher::new(&[bad.to_owned()]).is_err(), "{bad:?} accepted");
+        }
+        for good in ["[\\]a]", "[\\-]", "[x\\-]", "[\\-x]", "[a-ζ]*"] {
+            assert!(
+                Matcher::new(&[good.to_owned()]).is_ok(),
+                "{good:?} rejected"
+            );
+        }
+        let m = Matcher::new(&["[x\\-]".to_owned()]).unwrap();
+        assert!(m.excludes("-") && m.excludes("x") && !m.excludes("z"));
+    }
+
+    #[test]
+    fn glob_forms() {
+        let m = matcher("a?c\n[xy]z\nn[!0-9]\n**file\nlit\\*\n");
+        assert!(m.excludes("abc"));
+        assert!(!m.excludes("a/c"));
+        assert!(m.excludes("xz"));
+        assert!(m.excludes("na"));
+        assert!(!m.excludes("n1"));
+        assert!(m.excludes("dir/dir/file"));
+        assert!(m.excludes("lit*"));
+        assert!(!m.excludes("litx"));
+        let m = matcher("a/**/b\n");
+        assert!(m.excludes("a/b"));
+        assert!(m.excludes("a/x/y/b"));
+        assert!(!m.excludes("a/x/c"));
+    }
+}
