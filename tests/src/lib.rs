@@ -1,1 +1,49 @@
+//! Helpers for kiln's end-to-end tests: they run the real binaries that
+//! `cargo test --workspace` builds next to the test executables.
 
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The path of a kiln binary (`kiln`, later `kilnd`, `kiln-worker`) in the
+/// same target directory as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A `kiln` command.
+pub fn kiln() -> Command {
+    Command::new(binary("kiln"))
+}
+
+/// Runs `cmd` and returns its output, failing the test when it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// `../shared/conformance/buildkit` beside the repository, or `None` (with
+/// a printed notice) when it is absent.
+pub fn conformance_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "NOTICE: {} not found; conformance cases skipped",
+            dir.display()
+        );
+        None
+    }
+}

@@ -60,7 +60,6 @@ pub struct ConvertError {
     pub location: Option<Location>,
     /// The instruction as written, shortened.
     pub instruction: Option<String>,
-    #[source]
     pub kind: ConvertErrorKind,
 }
 

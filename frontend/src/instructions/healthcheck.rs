@@ -60,7 +60,8 @@ pub(super) fn parse(node: &Node) -> Result<Healthcheck, Kind> {
             reason: reason.to_owned(),
         };
         let nanos = parse_go_duration(&value).map_err(&bad)?;
-        if nanos < MINIMUM_NANOS {
+        // 0 means "the default"; anything else must be at least 1ms.
+        if nanos != 0 && nanos < MINIMUM_NANOS {
             return Err(bad("cannot be less than 1ms"));
         }
         Ok(nanos)
@@ -68,7 +69,7 @@ pub(super) fn parse(node: &Node) -> Result<Healthcheck, Kind> {
     let retries = match flags.string("retries") {
         None => 0,
         Some(r) => match r.parse::<i32>() {
-            Ok(n) if n >= 1 => i64::from(n),
+            Ok(n) if n >= 0 => i64::from(n),
             _ => return Err(Kind::Retries(r)),
         },
     };

@@ -108,7 +108,7 @@ pub enum InstructionErrorKind {
         value: String,
         reason: String,
     },
-    #[error("--retries must be at least 1 (not {0})")]
+    #[error("--retries must be a whole number of at least 0 (not {0})")]
     Retries(String),
     #[error("SHELL requires the arguments to be in JSON form")]
     ShellNotJson,
@@ -131,7 +131,6 @@ pub enum InstructionErrorKind {
 #[error("dockerfile parse error on line {line}: {kind}")]
 pub struct InstructionError {
     pub line: usize,
-    #[source]
     pub kind: InstructionErrorKind,
 }
 

@@ -146,7 +146,7 @@ fn errors() {
         K::HealthcheckType("EXEC".into())
     );
     assert!(matches!(
-        kind("FROM a\nHEALTHCHECK --interval=0s CMD x\n"),
+        kind("FROM a\nHEALTHCHECK --interval=1us CMD x\n"),
         K::Duration {
             flag: "interval",
             ..
@@ -160,8 +160,12 @@ fn errors() {
         }
     ));
     assert_eq!(
-        kind("FROM a\nHEALTHCHECK --retries=0 CMD x\n"),
-        K::Retries("0".into())
+        kind("FROM a\nHEALTHCHECK --retries=-1 CMD x\n"),
+        K::Retries("-1".into())
+    );
+    assert!(
+        parse_text("FROM a\nHEALTHCHECK --interval=0s --retries=0 CMD x\n").is_ok(),
+        "0 means the default"
     );
     assert_eq!(
         kind("FROM a\nRUN --network=bridge x\n"),

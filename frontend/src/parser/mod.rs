@@ -98,7 +98,6 @@ pub enum ParseErrorKind {
 #[error("dockerfile parse error on line {line}: {kind}")]
 pub struct ParseError {
     pub line: usize,
-    #[source]
     pub kind: ParseErrorKind,
 }
 

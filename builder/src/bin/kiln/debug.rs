@@ -1,0 +1,142 @@
+//! `kiln debug parse` and `kiln debug graph`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::context::DockerfileSource;
+use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, NoImages};
+use kiln_frontend::{instructions, parser, platform};
+
+#[derive(Subcommand)]
+pub(crate) enum Debug {
+    /// Print the Dockerfile's AST in BuildKit's dump format.
+    Parse {
+        /// The Dockerfile (`-` for standard input).
+        #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
+        file: PathBuf,
+    },
+    /// Print the build graph (ops with digests) and each stage's image config.
+    Graph(GraphArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct GraphArgs {
+    /// The Dockerfile (`-` for standard input); default: CONTEXT/Dockerfile.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Set a build argument (`KEY=VALUE`, or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    build_args: Vec<String>,
+    /// The stage to build; default: the last one.
+    #[arg(long)]
+    target: Option<String>,
+    /// The platform to build for (`os/arch[/variant]`); default: this machine's.
+    #[arg(long)]
+    platform: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// The build context (for `.dockerignore`).
+    #[arg(default_value = ".")]
+    context: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Dot,
+}
+
+impl Debug {
+    pub(crate) fn run(self) -> Result<()> {
+        match self {
+            Self::Parse { file } => {
+                let source = DockerfileSource::new(Some(&file), PathBuf::from(".").as_path());
+                let text = source.read()?;
+                let ast = parser::parse(&text)?;
+                for warning in &ast.warnings {
+                    eprintln!("warning: line {}: {}", warning.line, warning.message);
+                }
+                write_stdout(&ast.dump())
+            }
+            Self::Graph(args) => args.run(),
+        }
+    }
+}
+
+impl GraphArgs {
+    fn run(self) -> Result<()> {
+        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
+        let text = source.read()?;
+        let mut options = ConvertOptions::new(&NoImages);
+        options.build_args = parse_build_args(&self.build_args)?;
+        options.target = self.target;
+        options.dockerignore = source.dockerignore(&self.context)?;
+        if let Some(p) = &self.platform {
+            options.target_platform = platform::parse(p).context("--platform")?;
+        }
+        let ast = parser::parse(&text)?;
+        let stages = instructions::parse(&ast)?;
+        let graph = convert::convert(&stages, &options)?;
+        for warning in ast.warnings.iter().chain(&graph.warnings) {
+            eprintln!("warning: {}", warning.message);
+        }
+        let out = match self.format {
+            Format::Json => serde_json::to_string_pretty(&graph)? + "\n",
+            Format::Dot => to_dot(&graph),
+        };
+        write_stdout(&out)
+    }
+}
+
+/// `KEY=VALUE`, or `KEY` alone for the value of `$KEY` (skipped when unset),
+/// as `docker build --build-arg` does.
+fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for arg in args {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_owned())),
+            None => (arg.as_str(), std::env::var(arg).ok()),
+        };
+        if key.is_empty() {
+            bail!("--build-arg {arg:?}: the name is empty");
+        }
+        if let Some(value) = value {
+            map.insert(key.to_owned(), value);
+        }
+    }
+    Ok(map)
+}
+
+/// Graphviz: one node per op (its description and short digest), an edge
+/// from each input to its user.
+fn to_dot(graph: &BuildGraph) -> String {
+    let short = |d: &str| {
+        d.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    let mut out =
+        String::from("digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n");
+    for v in &graph.vertices {
+        let label = format!("{}\\n{}", v.meta.description, short(&v.digest)).replace('"', "\\\"");
+        let _ = writeln!(out, "  \"{}\" [label=\"{label}\"];", short(&v.digest));
+        for input in &v.op.inputs {
+            let _ = writeln!(out, "  \"{}\" -> \"{}\";", short(input), short(&v.digest));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

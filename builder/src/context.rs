@@ -1,0 +1,138 @@
+//! The client side of a build context: where the Dockerfile and its
+//! `.dockerignore` come from.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kiln_frontend::dockerignore::{self, DockerignoreError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ContextError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid UTF-8 text")]
+    NotText { path: PathBuf },
+    #[error("{path}: {source}")]
+    Dockerignore {
+        path: PathBuf,
+        source: DockerignoreError,
+    },
+}
+
+/// Where the Dockerfile is read from (`-f`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerfileSource {
+    /// `-f -`.
+    Stdin,
+    /// A file.
+    Path(PathBuf),
+}
+
+impl DockerfileSource {
+    /// `-f` as given, or `<context>/Dockerfile` without one.
+    pub fn new(flag: Option<&Path>, context: &Path) -> Self {
+        match flag {
+            Some(p) if p == Path::new("-") => Self::Stdin,
+            Some(p) => Self::Path(p.to_owned()),
+            None => Self::Path(context.join("Dockerfile")),
+        }
+    }
+
+    /// The Dockerfile's text.
+    pub fn read(&self) -> Result<String, ContextError> {
+        let (path, bytes) = match self {
+            Self::Stdin => {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut bytes)
+                    .map_err(|source| ContextError::Read {
+                        path: "<stdin>".into(),
+                        source,
+                    })?;
+                (PathBuf::from("<stdin>"), bytes)
+            }
+            Self::Path(path) => {
+                let bytes = std::fs::read(path).map_err(|source| ContextError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (path.clone(), bytes)
+            }
+        };
+        String::from_utf8(bytes).map_err(|_| ContextError::NotText { path })
+    }
+
+    /// The `.dockerignore` patterns for a build of `context` with this
+    /// Dockerfile: `<Dockerfile>.dockerignore` beside a named Dockerfile
+    /// wins over `<context>/.dockerignore`. No file: no patterns.
+    pub fn dockerignore(&self, context: &Path) -> Result<Vec<String>, ContextError> {
+        let beside = match self {
+            Self::Path(path) => {
+                let mut name = path.file_name().unwrap_or_default().to_owned();
+                name.push(".dockerignore");
+                Some(path.with_file_name(name))
+            }
+            Self::Stdin => None,
+        };
+        let candidates = beside.into_iter().chain([context.join(".dockerignore")]);
+        for path in candidates {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let text = String::from_utf8(bytes)
+                        .map_err(|_| ContextError::NotText { path: path.clone() })?;
+                    return dockerignore::read_patterns(&text)
+                        .map_err(|source| ContextError::Dockerignore { path, source });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ContextError::Read { path, source }),
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_beside_a_named_dockerfile_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path();
+        std::fs::write(ctx.join(".dockerignore"), "from-context\n").unwrap();
+        std::fs::write(ctx.join("app.Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(
+            ctx.join("app.Dockerfile.dockerignore"),
+            "# mine\nfrom-beside\n",
+        )
+        .unwrap();
+        let named = DockerfileSource::new(Some(&ctx.join("app.Dockerfile")), ctx);
+        assert_eq!(named.dockerignore(ctx).unwrap(), ["from-beside"]);
+        let default = DockerfileSource::new(None, ctx);
+        assert_eq!(default.dockerignore(ctx).unwrap(), ["from-context"]);
+        assert_eq!(
+            DockerfileSource::Stdin
+                .dockerignore(&ctx.join("none"))
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        std::fs::write(ctx.join(".dockerignore"), "!\n").unwrap();
+        let e = default.dockerignore(ctx).unwrap_err().to_string();
+        assert!(
+            e.ends_with(".dockerignore: .dockerignore line 1: illegal exclusion pattern: \"!\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_file() {
+        let e = DockerfileSource::Path("/no/such/Dockerfile".into())
+            .read()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("reading /no/such/Dockerfile: "));
+    }
+}
