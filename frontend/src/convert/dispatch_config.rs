@@ -14,13 +14,12 @@ impl Converter<'_> {
         command: &CommandKind,
     ) -> Result<Step, Kind> {
         let lexer = self.lexer;
-        let config = &state.image.config;
         match command {
             CommandKind::Env(pairs) => {
                 // Every pair sees the environment from before the instruction.
                 let pairs = expand_pairs(self, state, pairs)?;
                 for (key, value) in pairs {
-                    state.image.config.set_env(&key, &value);
+                    state.set_env(&key, &value);
                 }
             }
             CommandKind::Label(pairs) => {
@@ -45,7 +44,7 @@ impl Converter<'_> {
                 }
             }
             CommandKind::Expose(ports) => {
-                let mut exposed = config.exposed_ports.clone().unwrap_or_default();
+                let mut exposed = Vec::new();
                 for port in ports {
                     let words = lexer
                         .expand_words(port, state)
@@ -54,24 +53,33 @@ impl Converter<'_> {
                             source,
                         })?;
                     for word in words {
-                        exposed.extend(parse_ports(&word)?.into_iter().map(|p| (p, Empty {})));
+                        exposed.extend(parse_ports(&word)?);
                     }
                 }
-                state.image.config.exposed_ports = Some(exposed);
+                let all = state
+                    .image
+                    .config
+                    .exposed_ports
+                    .get_or_insert_with(Default::default);
+                all.extend(exposed.into_iter().map(|p| (p, Empty {})));
             }
             CommandKind::User(user) => {
                 state.image.config.user = Some(expand(&lexer, user, state)?);
             }
             CommandKind::Volume(volumes) => {
-                let mut all = config.volumes.clone().unwrap_or_default();
-                for volume in volumes {
-                    let volume = expand(&lexer, volume, state)?;
-                    if volume.trim().is_empty() {
-                        return Err(crate::instructions::InstructionErrorKind::EmptyVolume.into());
-                    }
-                    all.insert(volume, Empty {});
+                let volumes = volumes
+                    .iter()
+                    .map(|v| expand(&lexer, v, state))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if volumes.iter().any(|v| v.trim().is_empty()) {
+                    return Err(crate::instructions::InstructionErrorKind::EmptyVolume.into());
                 }
-                state.image.config.volumes = Some(all);
+                let all = state
+                    .image
+                    .config
+                    .volumes
+                    .get_or_insert_with(Default::default);
+                all.extend(volumes.into_iter().map(|v| (v, Empty {})));
             }
             CommandKind::StopSignal(signal) => {
                 let signal = expand(&lexer, signal, state)?;
@@ -125,7 +133,7 @@ impl Converter<'_> {
                 (None, Some(default)) => Some(expand(&self.lexer, default, state)?),
                 (None, None) => self.globals.get(&decl.name).cloned().flatten(),
             };
-            state.args.push((decl.name.clone(), value));
+            state.push_arg(decl.name.clone(), value);
         }
         Ok(Step::Config)
     }

@@ -47,7 +47,7 @@ impl Converter<'_> {
 
         let proxy_env = PROXY_ARGS
             .iter()
-            .filter(|name| !state.args.iter().any(|(n, _)| n == *name))
+            .filter(|name| !state.declares_arg(name))
             .filter_map(|name| {
                 self.options
                     .build_args

@@ -35,17 +35,25 @@ pub struct VertexMeta {
 /// The digest of an op: SHA-256 of its protobuf encoding with the fields
 /// that do not affect the result (proxy variables) cleared.
 pub fn op_digest(op: &Op) -> String {
-    let bytes = match &op.kind {
+    let mut buf = Vec::new();
+    op_digest_with(op, &mut buf)
+}
+
+/// [`op_digest`], encoding into `buf` (cleared first) to spare an
+/// allocation per op.
+fn op_digest_with(op: &Op, buf: &mut Vec<u8>) -> String {
+    buf.clear();
+    match &op.kind {
         Some(op::Kind::Exec(exec)) if !exec.proxy_env.is_empty() => {
             let mut stripped = op.clone();
             if let Some(op::Kind::Exec(exec)) = &mut stripped.kind {
                 exec.proxy_env.clear();
             }
-            stripped.encode_to_vec()
+            stripped.encode_raw(buf);
         }
-        _ => op.encode_to_vec(),
-    };
-    sha256_digest(&bytes)
+        _ => op.encode_raw(buf),
+    }
+    sha256_digest(buf)
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -66,13 +74,15 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 pub(super) struct GraphBuilder {
     pub(super) vertices: Vec<Vertex>,
     by_digest: HashMap<String, usize>,
+    /// Scratch space for encoding ops.
+    buf: Vec<u8>,
 }
 
 impl GraphBuilder {
     /// Adds `op` (whose inputs must already be added) and returns its digest.
     /// An op already present keeps its first metadata.
     pub(super) fn add(&mut self, op: Op, meta: VertexMeta) -> String {
-        let digest = op_digest(&op);
+        let digest = op_digest_with(&op, &mut self.buf);
         if !self.by_digest.contains_key(&digest) {
             self.by_digest.insert(digest.clone(), self.vertices.len());
             self.vertices.push(Vertex {

@@ -1,6 +1,8 @@
 //! The state of one stage while its instructions are dispatched: its
 //! filesystem so far, its image config, and the ARGs in scope.
 
+use std::collections::{HashMap, HashSet};
+
 use kiln_proto::ops::v1::Platform;
 use serde::Serialize;
 
@@ -8,7 +10,7 @@ use super::ConvertOptions;
 use super::image::{History, ImageConfig};
 use crate::instructions::Stage;
 use crate::platform;
-use crate::shell::Vars;
+use crate::shell::{Vars, env_key};
 
 /// Docker's default PATH for Linux images that set none.
 pub(super) const DEFAULT_PATH: &str =
@@ -36,9 +38,12 @@ pub(super) struct StageState {
     pub(super) root: Option<String>,
     pub(super) image: StageImage,
     /// ARGs declared in this stage, in order, with their values.
-    pub(super) args: Vec<(String, Option<String>)>,
+    args: Vec<(String, Option<String>)>,
     /// CMD was set in this stage (ENTRYPOINT then keeps it).
     pub(super) cmd_set: bool,
+    /// [`Self::run_env`] as last computed; cleared by every change to Env
+    /// or the ARGs.
+    run_env: Option<Vec<String>>,
     /// Step number of the instruction being dispatched, and the count.
     pub(super) step: usize,
     pub(super) total: usize,
@@ -65,6 +70,7 @@ impl StageState {
             },
             args: Vec::new(),
             cmd_set: false,
+            run_env: None,
             step: 1,
             total,
         }
@@ -88,8 +94,25 @@ impl StageState {
 
     pub(super) fn ensure_default_path(&mut self) {
         if self.image.config.env_var("PATH").is_none() {
-            self.image.config.set_env("PATH", DEFAULT_PATH);
+            self.set_env("PATH", DEFAULT_PATH);
         }
+    }
+
+    /// Sets an Env variable of the image.
+    pub(super) fn set_env(&mut self, name: &str, value: &str) {
+        self.run_env = None;
+        self.image.config.set_env(name, value);
+    }
+
+    /// Whether this stage declared ARG `name`.
+    pub(super) fn declares_arg(&self, name: &str) -> bool {
+        self.args.iter().any(|(n, _)| n == name)
+    }
+
+    /// Declares an ARG (and its value) in this stage.
+    pub(super) fn push_arg(&mut self, name: String, value: Option<String>) {
+        self.run_env = None;
+        self.args.push((name, value));
     }
 
     /// The working directory (absolute), `/` when unset.
@@ -104,21 +127,38 @@ impl StageState {
 
     /// RUN's environment: the image's Env, then ARG values that no ENV
     /// overrides (a redeclared ARG keeps its first place, last value).
-    pub(super) fn run_env(&self) -> Vec<String> {
+    pub(super) fn run_env(&mut self) -> Vec<String> {
+        if let Some(env) = &self.run_env {
+            return env.clone();
+        }
+        let env = self.compute_run_env();
+        self.run_env = Some(env.clone());
+        env
+    }
+
+    fn compute_run_env(&self) -> Vec<String> {
         let mut env = self.image.config.env.clone().unwrap_or_default();
-        let image_len = env.len();
+        if self.args.is_empty() {
+            return env;
+        }
+        let image_keys: HashSet<&str> = env.iter().map(|kv| env_key(kv)).collect();
+        let mut placed: HashMap<&str, usize> = HashMap::new();
+        let mut extra = Vec::new();
         for (name, value) in &self.args {
             let Some(value) = value else { continue };
-            if self.image.config.env_var(name).is_some() {
+            if image_keys.contains(name.as_str()) {
                 continue;
             }
             let entry = format!("{name}={value}");
-            let same = |kv: &String| kv.split_once('=').is_some_and(|(k, _)| k == name);
-            match env[image_len..].iter().position(same) {
-                Some(i) => env[image_len + i] = entry,
-                None => env.push(entry),
+            match placed.get(name.as_str()) {
+                Some(&i) => extra[i] = entry,
+                None => {
+                    placed.insert(name, extra.len());
+                    extra.push(entry);
+                }
             }
         }
+        env.extend(extra);
         env
     }
 }

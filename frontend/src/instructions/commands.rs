@@ -108,7 +108,6 @@ pub(super) fn parse_from(node: &Node, index: usize) -> Result<Stage, Kind> {
 }
 
 pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
-    let command = node.command();
     let no_flags = || Flags::parse(&node.flags, NO_FLAGS);
     let one_arg = |name: &'static str| -> Result<String, Kind> {
         no_flags()?;
@@ -117,7 +116,7 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
             _ => Err(Kind::ExactlyOneArgument(name)),
         }
     };
-    Ok(match command.as_str() {
+    Ok(match node.command.as_str() {
         "run" => CommandKind::Run(run::parse(node)?),
         "copy" => CommandKind::Copy(copy::parse(node, false)?),
         "add" => CommandKind::Add(copy::parse(node, true)?),
@@ -185,7 +184,7 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
             let Some(child) = &node.child else {
                 return Err(Kind::AtLeastOneArgument("ONBUILD"));
             };
-            match child.command().as_str() {
+            match child.command.as_str() {
                 "onbuild" => return Err(Kind::OnbuildChain),
                 "from" | "maintainer" => {
                     return Err(Kind::OnbuildTrigger(child.keyword.to_uppercase()));

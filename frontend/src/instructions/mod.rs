@@ -143,7 +143,7 @@ pub fn parse(df: &Dockerfile) -> Result<Instructions, InstructionError> {
             line: node.location.start,
             kind,
         };
-        if node.command() == "from" {
+        if node.command == "from" {
             let stage = commands::parse_from(node, stages.len()).map_err(at)?;
             stages.push(stage);
             continue;

@@ -85,14 +85,17 @@ impl Heredoc {
 /// RUN, COPY and ADD in shell form (also under ONBUILD) can have heredocs.
 pub(super) fn allowed(node: &Node) -> bool {
     let node = match &node.child {
-        Some(child) if node.command() == "onbuild" => child,
+        Some(child) if node.command == "onbuild" => child,
         _ => node,
     };
-    matches!(node.command().as_str(), "run" | "copy" | "add") && !node.json
+    matches!(node.command.as_str(), "run" | "copy" | "add") && !node.json
 }
 
 /// The heredocs an instruction line opens, in order.
 pub(super) fn from_line(line: &str) -> Result<Vec<Heredoc>, ParseErrorKind> {
+    if !line.contains("<<") {
+        return Ok(Vec::new());
+    }
     let lexer = Lexer::new('\\')
         .with_raw_quotes(true)
         .with_raw_escapes(true)

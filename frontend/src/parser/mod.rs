@@ -33,6 +33,8 @@ pub struct Location {
 pub struct Node {
     /// The instruction word as written (`RUN`, `run`, `Run`).
     pub keyword: String,
+    /// The instruction word in lower case, as instructions are matched.
+    pub command: String,
     /// Flags before the arguments (`--from=build`), quotes removed.
     pub flags: Vec<String>,
     /// Arguments; their shape depends on the keyword (see `args`).
@@ -46,13 +48,6 @@ pub struct Node {
     /// The instruction's text after joining continuation lines.
     pub original: String,
     pub location: Location,
-}
-
-impl Node {
-    /// The keyword in lower case, as instructions are matched.
-    pub fn command(&self) -> String {
-        self.keyword.to_ascii_lowercase()
-    }
 }
 
 /// Something accepted that deserves a word to the user.

@@ -19,9 +19,11 @@ pub(super) fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErro
     };
     let (flags, rest) = extract_flags(rest);
     let rest = rest.trim();
-    let parsed = args::parse(&keyword.to_ascii_lowercase(), rest, escape)?;
+    let command = keyword.to_ascii_lowercase();
+    let parsed = args::parse(&command, rest, escape)?;
     Ok(Node {
         keyword: keyword.to_owned(),
+        command,
         flags,
         args: parsed.args,
         child: parsed.child,

@@ -57,11 +57,23 @@ impl Vars for HashMap<String, String> {
 /// A `KEY=value` list as in an image config's `Env`; a later entry wins.
 impl Vars for [String] {
     fn var(&self, name: &str) -> Option<&str> {
-        self.iter().rev().find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-            (k == name).then_some(v)
-        })
+        self.iter().rev().find_map(|kv| env_value(kv, name))
     }
+}
+
+/// The value in `kv` (`KEY=value`) when its key is `name`.
+pub(crate) fn env_value<'a>(kv: &'a str, name: &str) -> Option<&'a str> {
+    let rest = kv.strip_prefix(name)?;
+    match rest.strip_prefix('=') {
+        Some(value) => Some(value),
+        None if rest.is_empty() => Some(""),
+        None => None,
+    }
+}
+
+/// The key of `kv` (`KEY=value`).
+pub(crate) fn env_key(kv: &str) -> &str {
+    kv.split_once('=').map_or(kv, |(k, _)| k)
 }
 
 /// No variables at all.
@@ -124,6 +136,9 @@ impl Lexer {
 
     /// Expands `word` as one word: white space is kept.
     pub fn expand_word(&self, word: &str, vars: &dyn Vars) -> Result<String> {
+        if self.is_plain(word) {
+            return Ok(word.to_owned());
+        }
         self.run(word, vars).map(|(word, _)| word)
     }
 
@@ -131,7 +146,15 @@ impl Lexer {
     /// unescaped white space; the value of an unquoted `$x` is split too.
     /// Empty words are never produced.
     pub fn expand_words(&self, word: &str, vars: &dyn Vars) -> Result<Vec<String>> {
+        if self.is_plain(word) {
+            return Ok(word.split_whitespace().map(str::to_owned).collect());
+        }
         self.run(word, vars).map(|(_, words)| words)
+    }
+
+    /// Nothing in `word` to expand, unquote or unescape (most paths).
+    fn is_plain(&self, word: &str) -> bool {
+        !word.contains(['$', '\'', '"', self.escape])
     }
 
     fn run(&self, word: &str, vars: &dyn Vars) -> Result<(String, Vec<String>)> {
