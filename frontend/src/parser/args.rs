@@ -1,7 +1,7 @@
 //! Per-keyword argument rules (BuildKit's `line_parsers.go`): how the text
 //! after the keyword and flags becomes the node's arguments.
 
-use super::split::{is_separator, node_from_line};
+use super::split::{is_separator, node_at_depth};
 use super::{Node, ParseErrorKind};
 
 /// The arguments of one node.
@@ -22,7 +22,12 @@ impl Parsed {
 }
 
 /// Parses `rest` (trimmed) for the instruction `command` (lower case).
-pub(super) fn parse(command: &str, rest: &str, escape: char) -> Result<Parsed, ParseErrorKind> {
+pub(super) fn parse(
+    command: &str,
+    rest: &str,
+    escape: char,
+    depth: usize,
+) -> Result<Parsed, ParseErrorKind> {
     match command {
         "run" | "cmd" | "entrypoint" | "shell" => maybe_json(rest),
         "add" | "copy" | "volume" => match json_array(rest)? {
@@ -46,7 +51,7 @@ pub(super) fn parse(command: &str, rest: &str, escape: char) -> Result<Parsed, P
         "onbuild" if rest.is_empty() => Ok(Parsed::args(vec![])),
         "onbuild" => Ok(Parsed {
             args: vec![],
-            child: Some(Box::new(node_from_line(rest, escape)?)),
+            child: Some(Box::new(node_at_depth(rest, escape, depth + 1)?)),
             json: false,
         }),
         // Unknown instructions parse (and dump) with one empty argument; the

@@ -84,6 +84,8 @@ pub enum ParseErrorKind {
     MissingEquals(String),
     #[error("unterminated heredoc {0:?}")]
     UnterminatedHeredoc(String),
+    #[error("ONBUILD nested more than {0} deep")]
+    TooDeep(usize),
     #[error("invalid heredoc: {0}")]
     Heredoc(#[from] crate::shell::ExpandError),
 }

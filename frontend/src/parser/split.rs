@@ -7,8 +7,24 @@ pub(super) fn is_separator(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\x0b' | '\x0c' | '\r')
 }
 
-/// Builds the node for one instruction (also the one inside ONBUILD).
+/// How deep `ONBUILD ONBUILD …` may nest in the AST (the instruction layer
+/// allows one level; this only bounds the recursion).
+const MAX_NESTING: usize = 16;
+
+/// Builds the node for one instruction.
 pub(super) fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErrorKind> {
+    node_at_depth(line, escape, 0)
+}
+
+/// Builds the node for an instruction `depth` ONBUILDs deep.
+pub(super) fn node_at_depth(
+    line: &str,
+    escape: char,
+    depth: usize,
+) -> Result<Node, ParseErrorKind> {
+    if depth > MAX_NESTING {
+        return Err(ParseErrorKind::TooDeep(MAX_NESTING));
+    }
     let trimmed = line.trim();
     let (keyword, rest) = match trimmed.find(is_separator) {
         Some(i) => {
@@ -20,7 +36,7 @@ pub(super) fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErro
     let (flags, rest) = extract_flags(rest);
     let rest = rest.trim();
     let command = keyword.to_ascii_lowercase();
-    let parsed = args::parse(&command, rest, escape)?;
+    let parsed = args::parse(&command, rest, escape, depth)?;
     Ok(Node {
         keyword: keyword.to_owned(),
         command,

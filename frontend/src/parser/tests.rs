@@ -75,3 +75,13 @@ fn directives_and_bom() {
 fn lower_case_and_unknown() {
     assert_eq!(dump("from a\nfoo bar\n"), "(from \"a\")\n(foo \"\")\n");
 }
+
+#[test]
+fn nesting_is_bounded() {
+    let deep = format!("FROM x\n{}RUN y\n", "ONBUILD ".repeat(100));
+    assert_eq!(parse(&deep).unwrap_err().kind, ParseErrorKind::TooDeep(16));
+    assert!(
+        parse("FROM x\nONBUILD ONBUILD RUN y\n").is_ok(),
+        "the AST keeps one nested ONBUILD"
+    );
+}

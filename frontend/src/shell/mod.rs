@@ -28,12 +28,17 @@ pub enum ExpandError {
     BadSubstitution,
     #[error("unsupported modifier ({0}) in substitution")]
     UnsupportedModifier(char),
+    #[error("substitutions nested more than {MAX_NESTING} deep")]
+    TooDeep,
     /// `${NAME?message}` / `${NAME:?message}` on an unset (or empty) variable.
     #[error("{name}: {message}")]
     Required { name: String, message: String },
 }
 
 type Result<T> = std::result::Result<T, ExpandError>;
+
+/// How deep `${a:-${b:-…}}` may nest (bounds the recursion).
+pub const MAX_NESTING: usize = 64;
 
 /// Where variable values come from.
 pub trait Vars {
@@ -163,6 +168,7 @@ impl Lexer {
             vars,
             chars: word.chars().collect(),
             pos: 0,
+            depth: 0,
         };
         scan.process_until(&[], self.raw_escapes)
     }
@@ -174,6 +180,7 @@ struct Expansion<'a> {
     vars: &'a dyn Vars,
     chars: Vec<char>,
     pos: usize,
+    depth: usize,
 }
 
 impl Expansion<'_> {
@@ -344,6 +351,16 @@ impl Expansion<'_> {
 
     /// `$NAME` or `${…}`, with the `$` under the cursor.
     fn dollar(&mut self) -> Result<String> {
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep);
+        }
+        self.depth += 1;
+        let result = self.dollar_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn dollar_inner(&mut self) -> Result<String> {
         self.pos += 1;
         if self.peek() != Some('{') {
             let name = self.name();
@@ -609,6 +626,14 @@ mod tests {
             ["cat", "<<\"EOF\"", ">", "$out", "${y:-z}"]
         );
         assert_eq!(l.expand_word("a\\ b", &NoVars).unwrap(), "a\\ b");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("{}x{}", "${a:-".repeat(200), "}".repeat(200));
+        assert_eq!(word(&deep), Err(ExpandError::TooDeep));
+        let ok = format!("{}x{}", "${a:-".repeat(10), "}".repeat(10));
+        assert_eq!(word(&ok).unwrap(), "x");
     }
 
     #[test]
