@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::process::Stdio;
 
-use kiln_e2e::{conformance_dir, kiln, run};
+use crate::harness::{conformance_dir, kiln, run};
 
 #[test]
 fn debug_parse_prints_buildkits_dump_for_every_case() {

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 /// The path of a kiln binary (`kiln`, later `kilnd`, `kiln-worker`) in the
 /// same target directory as the running test.
-pub fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
@@ -23,19 +23,19 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A `kiln` command.
-pub fn kiln() -> Command {
+pub(crate) fn kiln() -> Command {
     Command::new(binary("kiln"))
 }
 
 /// Runs `cmd` and returns its output, failing the test when it cannot start.
-pub fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 /// `../shared/conformance/buildkit` beside the repository, or `None` (with
 /// a printed notice) when it is absent.
-pub fn conformance_dir() -> Option<PathBuf> {
+pub(crate) fn conformance_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit");
     if dir.is_dir() {
         Some(dir)

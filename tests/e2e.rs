@@ -1,0 +1,7 @@
+//! End-to-end tests: they drive the real `kiln` binary as a user would.
+//!
+//! Built as an integration test of `kiln-builder` (see its Cargo.toml) so
+//! that cargo builds the binaries first and says where they are.
+
+mod debug;
+mod harness;
