@@ -2,12 +2,12 @@
 
 use kiln_proto::ops::v1::{
     FileAction, FileCopy, FileMkdir, FileMkfile, FileOp, GitSource, HttpSource, MergeOp, Op, Owner,
-    SourceOp, file_action, op, owner, source_op,
+    file_action, op, owner, source_op,
 };
 
 use super::mounts::input_index;
 use super::state::StageState;
-use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand};
+use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand, new_source};
 use crate::instructions::{Command, CopyCommand};
 use crate::paths::{base_name, clean, in_context, resolve_dest};
 use crate::shell::Lexer;
@@ -244,22 +244,7 @@ impl Converter<'_> {
         name: &str,
         data: String,
     ) -> String {
-        let mkfile = FileAction {
-            action: Some(file_action::Action::Mkfile(FileMkfile {
-                path: format!("/{name}"),
-                mode: 0o644,
-                data: data.into_bytes(),
-                owner: None,
-            })),
-        };
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::File(FileOp {
-                base: -1,
-                actions: vec![mkfile],
-            })),
-            platform: None,
-        };
+        let op = inline_file(name, 0o644, data.into_bytes());
         self.graph.add(
             op,
             sub_meta(Self::meta(state, command), &format!("<<{name}")),
@@ -283,13 +268,7 @@ impl Converter<'_> {
             checksum: checksum.unwrap_or_default(),
             filename: file.clone(),
         };
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::Source(SourceOp {
-                source: Some(source_op::Source::Http(source)),
-            })),
-            platform: None,
-        };
+        let op = new_source(source_op::Source::Http(source), None);
         (
             self.graph
                 .add(op, sub_meta(Self::meta(state, command), url)),
@@ -314,15 +293,30 @@ impl Converter<'_> {
             keep_git_dir,
             checksum: checksum.unwrap_or_default(),
         };
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::Source(SourceOp {
-                source: Some(source_op::Source::Git(source)),
-            })),
-            platform: None,
-        };
+        let op = new_source(source_op::Source::Git(source), None);
         self.graph
             .add(op, sub_meta(Self::meta(state, command), url))
+    }
+}
+
+/// An op that makes one file, `/name`, on an empty filesystem (heredoc
+/// files, RUN heredoc scripts).
+pub(super) fn inline_file(name: &str, mode: u32, data: Vec<u8>) -> Op {
+    let mkfile = FileAction {
+        action: Some(file_action::Action::Mkfile(FileMkfile {
+            path: format!("/{name}"),
+            mode,
+            data,
+            owner: None,
+        })),
+    };
+    Op {
+        inputs: vec![],
+        kind: Some(op::Kind::File(FileOp {
+            base: -1,
+            actions: vec![mkfile],
+        })),
+        platform: None,
     }
 }
 

@@ -1,10 +1,8 @@
 //! RUN → an exec op over the stage's filesystem.
 
-use kiln_proto::ops::v1::{
-    ExecOp, FileAction, FileMkfile, FileOp, Meta, Mount, MountType, NetworkMode, Op, SecurityMode,
-    file_action, op,
-};
+use kiln_proto::ops::v1::{ExecOp, Meta, Mount, MountType, NetworkMode, Op, SecurityMode, op};
 
+use super::dispatch_file::inline_file;
 use super::mounts::input_index;
 use super::state::{PROXY_ARGS, StageState};
 use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta};
@@ -117,22 +115,7 @@ impl Converter<'_> {
         if !body.starts_with("#!") {
             return vec![body];
         }
-        let mkfile = FileAction {
-            action: Some(file_action::Action::Mkfile(FileMkfile {
-                path: format!("/{}", script.name),
-                mode: 0o755,
-                data: body.into_bytes(),
-                owner: None,
-            })),
-        };
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::File(FileOp {
-                base: -1,
-                actions: vec![mkfile],
-            })),
-            platform: None,
-        };
+        let op = inline_file(&script.name, 0o755, body.into_bytes());
         let meta = VertexMeta {
             description: format!("{} (script)", Self::meta(state, command).description),
             ..Self::meta(state, command)

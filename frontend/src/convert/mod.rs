@@ -407,15 +407,10 @@ impl<'a> Converter<'a> {
             Some(digest) => reference.with_digest(digest),
             None => reference,
         };
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::Source(SourceOp {
-                source: Some(source_op::Source::Image(ImageSource {
-                    reference: pinned.to_string(),
-                })),
-            })),
-            platform: Some(platform.clone()),
+        let image = ImageSource {
+            reference: pinned.to_string(),
         };
+        let op = new_source(source_op::Source::Image(image), Some(platform.clone()));
         let description = format!("[{label}] FROM {pinned}");
         let digest = self.graph.add(
             op,
@@ -437,16 +432,11 @@ impl<'a> Converter<'a> {
         if let Some(digest) = &self.context {
             return digest.clone();
         }
-        let op = Op {
-            inputs: vec![],
-            kind: Some(op::Kind::Source(SourceOp {
-                source: Some(source_op::Source::Local(LocalSource {
-                    name: "context".to_owned(),
-                    exclude_patterns: self.options.dockerignore.clone(),
-                })),
-            })),
-            platform: None,
+        let local = LocalSource {
+            name: "context".to_owned(),
+            exclude_patterns: self.options.dockerignore.clone(),
         };
+        let op = new_source(source_op::Source::Local(local), None);
         let meta = VertexMeta {
             description: "[internal] load build context".to_owned(),
             stage: None,
@@ -518,6 +508,17 @@ impl<'a> Converter<'a> {
             stage: Some(state.index),
             location: Some(command.location),
         }
+    }
+}
+
+/// A source op (it has no inputs).
+fn new_source(source: source_op::Source, platform: Option<Platform>) -> Op {
+    Op {
+        inputs: vec![],
+        kind: Some(op::Kind::Source(SourceOp {
+            source: Some(source),
+        })),
+        platform,
     }
 }
 
