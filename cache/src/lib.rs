@@ -1,11 +1,24 @@
-//! kiln's storage: the content store and the build-cache metadata.
+//! kiln's storage: blobs by digest and the metadata index beside them.
 //!
-//! Owns (as it is built, see ARCHITECTURE.md): blobs addressed by sha256
-//! (temp file, fsync, rename, verified), the sled index of image names,
-//! cache records, leases and last-used times, crash recovery and garbage
-//! collection.
+//! Owns: one store root (`--root` / `KILN_ROOT`), its lock, the content
+//! store ([`content`]: blobs under `content/blobs/sha256/`, written through
+//! a temp file, fsynced, verified, renamed), the metadata index ([`meta`]:
+//! image names, leases, last-used times in sled), and recovery after a
+//! crash.
 //!
-//! Does not own: what the blobs mean (image model: `kiln-builder`) or how
-//! layers are unpacked for overlayfs (`kiln-worker`).
+//! Does not own: what the blobs mean (the image model lives in
+//! `kiln-builder`), or unpacking layers (`kiln-worker`).
 //!
-//! Nothing is implemented here yet; the content-store issue fills it.
+//! Concurrency: one process uses a root at a time. [`Store::open`] takes an
+//! exclusive `flock` on `<root>/lock`; a second process waits for it. Inside
+//! a process, the store is shared by threads.
+
+pub mod content;
+pub mod digest;
+pub mod meta;
+mod root;
+
+pub use self::content::{BlobWriter, ContentError, ContentStore};
+pub use self::digest::{Digest, DigestError, Hasher};
+pub use self::meta::{ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
+pub use self::root::{Recovery, Store, StoreError, default_root, referenced};

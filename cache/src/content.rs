@@ -1,0 +1,277 @@
+//! Blobs by digest under `content/blobs/sha256/<hex>`.
+//!
+//! A blob is written to `content/ingest/` while its digest is computed,
+//! fsynced, checked against the expected digest, then renamed into place and
+//! the directory fsynced: a blob path either holds exactly the bytes of its
+//! digest or does not exist. Leftover ingest files (a crash, a kill) are
+//! removed by [`ContentStore::recover`].
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use thiserror::Error;
+
+use crate::digest::{Digest, Hasher};
+
+#[derive(Debug, Error)]
+pub enum ContentError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("blob {0} is not in the store")]
+    NotFound(Digest),
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    Mismatch { expected: Digest, actual: Digest },
+}
+
+type Result<T> = std::result::Result<T, ContentError>;
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ContentError + use<> {
+    let path = path.to_owned();
+    move |source| ContentError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The blob store of one root.
+#[derive(Debug)]
+pub struct ContentStore {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+/// Distinguishes concurrent ingest files of one process.
+static INGEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl ContentStore {
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let blobs = dir.join("blobs/sha256");
+        let ingest = dir.join("ingest");
+        for d in [&blobs, &ingest] {
+            fs::create_dir_all(d).map_err(io_err("creating", d))?;
+        }
+        Ok(Self { blobs, ingest })
+    }
+
+    /// Removes unfinished writes left by a process that died. Call only
+    /// while holding the root's lock. Returns how many were removed.
+    pub fn recover(&self) -> Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.ingest).map_err(io_err("reading", &self.ingest))? {
+            let path = entry.map_err(io_err("reading", &self.ingest))?.path();
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Where the blob `digest` lives.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self, digest: &Digest) -> Result<u64> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ContentError::NotFound(digest.clone()))
+            }
+            Err(e) => Err(io_err("reading", &self.path(digest))(e)),
+        }
+    }
+
+    /// Opens the blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.path(digest);
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ContentError::NotFound(digest.clone()),
+            _ => io_err("opening", &path)(e),
+        })
+    }
+
+    /// A whole (small) blob: manifests, configs.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let path = self.path(digest);
+        self.open_blob(digest)?
+            .read_to_end(&mut bytes)
+            .map_err(io_err("reading", &path))?;
+        Ok(bytes)
+    }
+
+    /// Stores `bytes` and returns their digest.
+    pub fn write_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(io_err("writing", &w.temp))?;
+        Ok(w.commit(None)?.0)
+    }
+
+    /// A writer for a new blob; nothing is visible until [`BlobWriter::commit`].
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let temp = self.ingest.join(name);
+        let file = File::create(&temp).map_err(io_err("creating", &temp))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            temp,
+            blobs: self.blobs.clone(),
+            hasher: Hasher::default(),
+            size: 0,
+        })
+    }
+
+    /// Deletes a blob (no error when absent).
+    pub fn delete(&self, digest: &Digest) -> Result<()> {
+        let path = self.path(digest);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob with its size.
+    pub fn list(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut blobs = Vec::new();
+        for entry in fs::read_dir(&self.blobs).map_err(io_err("reading", &self.blobs))? {
+            let entry = entry.map_err(io_err("reading", &self.blobs))?;
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|h| format!("sha256:{h}").parse().ok())
+            else {
+                continue;
+            };
+            let size = entry
+                .metadata()
+                .map_err(io_err("reading", &entry.path()))?
+                .len();
+            blobs.push((digest, size));
+        }
+        blobs.sort();
+        Ok(blobs)
+    }
+}
+
+/// A blob being written: bytes go to a temp file and through SHA-256.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<File>,
+    temp: PathBuf,
+    blobs: PathBuf,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already committed"))?;
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Makes the blob durable and visible; fails (and keeps nothing) when
+    /// `expected` is given and differs. Returns the digest and size.
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let file = self.file.take().expect("commit consumes the writer");
+        file.sync_all().map_err(io_err("syncing", &self.temp))?;
+        drop(file);
+        let digest = std::mem::take(&mut self.hasher).finish();
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            return Err(ContentError::Mismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let target = self.blobs.join(digest.hex());
+        fs::rename(&self.temp, &target).map_err(io_err("renaming", &target))?;
+        File::open(&self.blobs)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing", &self.blobs))?;
+        self.temp = PathBuf::new();
+        Ok((digest, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let d = store.write_bytes(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(store.read(&d).unwrap(), b"hello");
+        assert_eq!(store.size(&d).unwrap(), 5);
+        assert_eq!(store.list().unwrap(), [(d.clone(), 5)]);
+
+        let mut w = store.writer().unwrap();
+        w.write_all(b"other").unwrap();
+        let e = w.commit(Some(&d)).unwrap_err();
+        assert!(matches!(e, ContentError::Mismatch { .. }), "{e}");
+        assert_eq!(
+            fs::read_dir(dir.path().join("ingest")).unwrap().count(),
+            0,
+            "a failed write leaves nothing"
+        );
+        assert_eq!(store.list().unwrap().len(), 1);
+
+        let w = store.writer().unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+
+        store.delete(&d).unwrap();
+        assert!(matches!(store.read(&d), Err(ContentError::NotFound(_))));
+    }
+
+    #[test]
+    fn recover_removes_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("ingest/123-0"), b"partial").unwrap();
+        assert_eq!(store.recover().unwrap(), 1);
+        assert_eq!(store.recover().unwrap(), 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! [`MetaStore`] in memory.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{ImageRecord, Lease, MetaStore, Result};
+use crate::digest::Digest;
+
+#[derive(Debug, Default)]
+struct Inner {
+    images: BTreeMap<String, ImageRecord>,
+    leases: BTreeMap<String, Lease>,
+    used: BTreeMap<Digest, u64>,
+}
+
+/// Metadata that lives as long as the process.
+#[derive(Debug, Default)]
+pub struct MemoryMeta(Mutex<Inner>);
+
+impl MemoryMeta {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T> {
+        // A panic while holding the lock cannot leave a map half-updated.
+        let mut inner = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(f(&mut inner))
+    }
+}
+
+impl MetaStore for MemoryMeta {
+    fn image(&self, name: &str) -> Result<Option<ImageRecord>> {
+        self.with(|i| i.images.get(name).cloned())
+    }
+
+    fn images(&self) -> Result<Vec<(String, ImageRecord)>> {
+        self.with(|i| {
+            i.images
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    fn put_image(&self, name: &str, record: &ImageRecord) -> Result<()> {
+        self.with(|i| {
+            i.images.insert(name.to_owned(), record.clone());
+        })
+    }
+
+    fn remove_image(&self, name: &str) -> Result<Option<ImageRecord>> {
+        self.with(|i| i.images.remove(name))
+    }
+
+    fn put_lease(&self, lease: &Lease) -> Result<()> {
+        self.with(|i| {
+            i.leases.insert(lease.id.clone(), lease.clone());
+        })
+    }
+
+    fn remove_lease(&self, id: &str) -> Result<()> {
+        self.with(|i| {
+            i.leases.remove(id);
+        })
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        self.with(|i| i.leases.values().cloned().collect())
+    }
+
+    fn touch(&self, digest: &Digest, when: u64) -> Result<()> {
+        self.with(|i| {
+            i.used.insert(digest.clone(), when);
+        })
+    }
+
+    fn last_used(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.with(|i| i.used.get(digest).copied())
+    }
+
+    fn forget(&self, digest: &Digest) -> Result<()> {
+        self.with(|i| {
+            i.used.remove(digest);
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn suite() {
+        super::super::suite::run(&super::MemoryMeta::default());
+    }
+}

@@ -1,0 +1,288 @@
+//! A store root: its layout, its lock, and recovery when it is opened.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+
+use crate::content::{ContentError, ContentStore};
+use crate::digest::Digest;
+use crate::meta::{MetaError, MetaStore, SledMeta};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("locking {path}: {source}")]
+    Lock { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The default root: `$KILN_ROOT`, else `/var/lib/kiln` for root and
+/// `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`) for other users.
+pub fn default_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("kiln")
+}
+
+/// What opening a root had to clean up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Unfinished blob writes removed.
+    pub ingest_files: usize,
+    /// Tags dropped because a blob they need is missing.
+    pub dangling_tags: Vec<String>,
+    /// Leases of operations that no longer run.
+    pub stale_leases: usize,
+}
+
+/// An open store root.
+pub struct Store {
+    root: PathBuf,
+    pub content: ContentStore,
+    pub meta: Box<dyn MetaStore>,
+    recovery: Recovery,
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`: waits for the root's lock,
+    /// removes unfinished writes, drops records that point at missing
+    /// blobs, and forgets leases of dead operations.
+    pub fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|source| StoreError::Io {
+            action: "creating",
+            path: root.to_owned(),
+            source,
+        })?;
+        let lock = lock(&root.join("lock"))?;
+        let content = ContentStore::open(&root.join("content"))?;
+        let meta = Box::new(SledMeta::open(&root.join("meta.sled"))?);
+        let mut store = Self {
+            root: root.to_owned(),
+            content,
+            meta,
+            recovery: Recovery::default(),
+            _lock: lock,
+        };
+        store.recovery = store.recover()?;
+        if store.recovery != Recovery::default() {
+            tracing::info!(recovery = ?store.recovery, "store recovered");
+        }
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What [`Store::open`] cleaned up.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The metadata database's directory (for disk accounting).
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join("meta.sled")
+    }
+
+    fn recover(&self) -> Result<Recovery> {
+        let ingest_files = self.content.recover()?;
+        let leases = self.meta.leases()?;
+        for lease in &leases {
+            self.meta.remove_lease(&lease.id)?;
+        }
+        let mut dangling_tags = Vec::new();
+        for (name, record) in self.meta.images()? {
+            if !self.complete(&record.target)? {
+                self.meta.remove_image(&name)?;
+                dangling_tags.push(name);
+            }
+        }
+        self.meta.flush()?;
+        Ok(Recovery {
+            ingest_files,
+            dangling_tags,
+            stale_leases: leases.len(),
+        })
+    }
+
+    /// Whether `digest` and everything it references (for a manifest or an
+    /// index, recursively) are in the content store.
+    pub fn complete(&self, digest: &Digest) -> Result<bool> {
+        if !self.content.has(digest) {
+            return Ok(false);
+        }
+        let bytes = match fs::metadata(self.content.path(digest)) {
+            // Layers are large and reference nothing; only JSON is read.
+            Ok(m) if m.len() > 4 << 20 => return Ok(true),
+            _ => self.content.read(digest)?,
+        };
+        for child in referenced(&bytes) {
+            if !self.complete(&child)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn lock(path: &Path) -> Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            action: "opening",
+            path: path.to_owned(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            tracing::warn!(path = %path.display(), "waiting for another kiln process using this root");
+            eprintln!(
+                "waiting for another kiln process to release {}",
+                path.display()
+            );
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| StoreError::Lock {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Err((_, source)) => Err(StoreError::Lock {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Digests a manifest or index names (config, layers, manifests), read
+/// without knowing which of the OCI/Docker shapes it is; nothing for other
+/// blobs.
+pub fn referenced(manifest: &[u8]) -> Vec<Digest> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+        return Vec::new();
+    };
+    let descriptor = |v: &serde_json::Value| {
+        v.get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse().ok())
+    };
+    let mut out: Vec<Digest> = value
+        .get("config")
+        .and_then(descriptor)
+        .into_iter()
+        .collect();
+    for list in ["layers", "manifests"] {
+        if let Some(items) = value.get(list).and_then(|l| l.as_array()) {
+            out.extend(items.iter().filter_map(descriptor));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{ImageRecord, Lease};
+
+    #[test]
+    fn open_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, broken) = {
+            let store = Store::open(dir.path()).unwrap();
+            let layer = store.content.write_bytes(b"layer").unwrap();
+            let manifest =
+                format!(r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
+            let kept = store.content.write_bytes(manifest.as_bytes()).unwrap();
+            let missing = Digest::of(b"never written");
+            let manifest = format!(
+                r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{missing}"}}]}}"#
+            );
+            let broken = store.content.write_bytes(manifest.as_bytes()).unwrap();
+            for (name, target) in [("kept", &kept), ("broken", &broken)] {
+                let record = ImageRecord {
+                    target: target.clone(),
+                    media_type: "m".into(),
+                    tagged: 1,
+                };
+                store.meta.put_image(name, &record).unwrap();
+            }
+            store
+                .meta
+                .put_lease(&Lease {
+                    id: "dead".into(),
+                    digests: vec![layer],
+                })
+                .unwrap();
+            store.meta.flush().unwrap();
+            (kept, broken)
+        };
+        fs::write(dir.path().join("content/ingest/999-1"), b"half a layer").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.recovery();
+        assert_eq!(
+            (r.ingest_files, r.dangling_tags.as_slice(), r.stale_leases),
+            (1, ["broken".to_owned()].as_slice(), 1)
+        );
+        assert_eq!(store.meta.image("kept").unwrap().unwrap().target, kept);
+        assert!(
+            store.content.has(&broken),
+            "blobs are collected by prune, not by recovery"
+        );
+    }
+
+    #[test]
+    fn a_second_open_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let path = dir.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let second = Store::open(&path);
+            tx.send(()).unwrap();
+            second.map(|_| ())
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "second open must wait"
+        );
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("second open proceeds");
+        waiter.join().unwrap().unwrap();
+    }
+}
