@@ -8,4 +8,7 @@
 //! Does not own: Dockerfile semantics (`kiln-frontend`), running ops
 //! (`kiln-worker`), or storage (`kiln-cache`).
 
+pub mod archive;
 pub mod context;
+pub mod image;
+pub mod images;

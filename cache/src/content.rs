@@ -114,9 +114,14 @@ impl ContentStore {
 
     /// Stores `bytes` and returns their digest.
     pub fn write_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        Ok(self.put_bytes(bytes)?.digest)
+    }
+
+    /// Stores `bytes`; says whether the blob is new.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Committed> {
         let mut w = self.writer()?;
         w.write_all(bytes).map_err(io_err("writing", &w.temp))?;
-        Ok(w.commit(None)?.0)
+        w.commit(None)
     }
 
     /// A writer for a new blob; nothing is visible until [`BlobWriter::commit`].
@@ -169,6 +174,15 @@ impl ContentStore {
     }
 }
 
+/// A blob written by [`BlobWriter::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub digest: Digest,
+    pub size: u64,
+    /// The store did not have the blob before.
+    pub new: bool,
+}
+
 /// A blob being written: bytes go to a temp file and through SHA-256.
 #[derive(Debug)]
 pub struct BlobWriter {
@@ -203,8 +217,8 @@ impl BlobWriter {
     }
 
     /// Makes the blob durable and visible; fails (and keeps nothing) when
-    /// `expected` is given and differs. Returns the digest and size.
-    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+    /// `expected` is given and differs.
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<Committed> {
         let file = self.file.take().expect("commit consumes the writer");
         file.sync_all().map_err(io_err("syncing", &self.temp))?;
         drop(file);
@@ -216,12 +230,19 @@ impl BlobWriter {
             });
         }
         let target = self.blobs.join(digest.hex());
-        fs::rename(&self.temp, &target).map_err(io_err("renaming", &target))?;
-        File::open(&self.blobs)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("syncing", &self.blobs))?;
-        self.temp = PathBuf::new();
-        Ok((digest, self.size))
+        let new = !target.exists();
+        if new {
+            fs::rename(&self.temp, &target).map_err(io_err("renaming", &target))?;
+            File::open(&self.blobs)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing", &self.blobs))?;
+            self.temp = PathBuf::new();
+        }
+        Ok(Committed {
+            digest,
+            size: self.size,
+            new,
+        })
     }
 }
 

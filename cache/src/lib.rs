@@ -18,7 +18,7 @@ pub mod digest;
 pub mod meta;
 mod root;
 
-pub use self::content::{BlobWriter, ContentError, ContentStore};
+pub use self::content::{BlobWriter, Committed, ContentError, ContentStore};
 pub use self::digest::{Digest, DigestError, Hasher};
 pub use self::meta::{ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
 pub use self::root::{Recovery, Store, StoreError, default_root, referenced};

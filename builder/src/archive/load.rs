@@ -1,0 +1,309 @@
+//! `kiln load`: a docker-archive (as `docker save` writes it) or an OCI
+//! layout tar into the store, streaming every file straight into a blob.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path};
+
+use kiln_cache::{Committed, Digest, Store};
+use serde::Deserialize;
+
+use crate::image::compression::{Compression, decompressed};
+use crate::image::{self, ImageError, OCI_MANIFEST, Result};
+
+/// Metadata files are read into memory; anything larger is a blob.
+const MAX_METADATA: u64 = 16 << 20;
+
+/// What a load added.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Names tagged, in full form.
+    pub tags: Vec<String>,
+    /// Manifests of images that came without a name.
+    pub untagged: Vec<Digest>,
+}
+
+/// `manifest.json` of a docker-archive.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Files of the archive: small metadata in memory, the rest as blobs.
+#[derive(Default)]
+struct Contents {
+    metadata: BTreeMap<String, Vec<u8>>,
+    blobs: BTreeMap<String, (Digest, u64)>,
+    links: BTreeMap<String, String>,
+    /// Blobs this load added (removed again if it fails).
+    new_blobs: Vec<Digest>,
+}
+
+impl Contents {
+    fn add(&mut self, name: String, blob: Committed) {
+        if blob.new {
+            self.new_blobs.push(blob.digest.clone());
+        }
+        self.blobs.insert(name, (blob.digest, blob.size));
+    }
+
+    fn blob(&self, path: &str) -> Option<&(Digest, u64)> {
+        let mut path = path.trim_start_matches("./").to_owned();
+        for _ in 0..8 {
+            if let Some(found) = self.blobs.get(&path) {
+                return Some(found);
+            }
+            path = self.links.get(&path)?.clone();
+        }
+        None
+    }
+}
+
+/// Loads `path` into the store and tags what it names. On error, blobs the
+/// load added are removed and no tag is set.
+pub fn load(store: &Store, path: &Path) -> Result<Loaded> {
+    let mut contents = Contents::default();
+    let result =
+        read_archive(store, path, &mut contents).and_then(|()| register(store, path, &contents));
+    if result.is_err() {
+        for digest in &contents.new_blobs {
+            let _ = store.content.delete(digest);
+        }
+    }
+    let loaded = result?;
+    store.meta.flush()?;
+    Ok(loaded)
+}
+
+fn read_archive(store: &Store, path: &Path, contents: &mut Contents) -> Result<()> {
+    let io = |action| {
+        move |source| ImageError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let bad = |reason: String| ImageError::Archive {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = File::open(path).map_err(io("opening"))?;
+    let mut archive = tar::Archive::new(
+        decompressed(BufReader::with_capacity(1 << 20, file)).map_err(io("reading"))?,
+    );
+    // The tar crate's messages quote raw header bytes; say it plainly.
+    let not_tar = |e: std::io::Error, first: bool| match first {
+        true => bad("not an image archive: not a tar file".into()),
+        false => bad(format!(
+            "damaged tar archive: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )),
+    };
+    let mut first = true;
+    for entry in archive.entries().map_err(|e| not_tar(e, true))? {
+        let mut entry = entry.map_err(|e| not_tar(e, first))?;
+        first = false;
+        let name = entry_name(&entry.path().map_err(|e| bad(e.to_string()))?).ok_or_else(|| {
+            bad(format!(
+                "unsafe path in archive: {}",
+                String::from_utf8_lossy(&entry.path_bytes())
+            ))
+        })?;
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {}
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                if let Ok(Some(target)) = entry.link_name() {
+                    let base = Path::new(&name).parent().unwrap_or(Path::new(""));
+                    if let Some(target) = entry_name(&base.join(target)) {
+                        contents.links.insert(name, target);
+                    }
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        let is_metadata =
+            matches!(
+                name.as_str(),
+                "manifest.json" | "index.json" | "oci-layout" | "repositories"
+            ) || (!name.contains('/') && name.ends_with(".json") && entry.size() <= MAX_METADATA);
+        if is_metadata && entry.size() <= MAX_METADATA {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(io("reading"))?;
+            if name.ends_with(".json") && !matches!(name.as_str(), "manifest.json" | "index.json") {
+                // A docker-archive config is also a blob.
+                let blob = store.content.put_bytes(&bytes)?;
+                contents.add(name.clone(), blob);
+            }
+            contents.metadata.insert(name, bytes);
+            continue;
+        }
+        // OCI layouts name blobs by digest: check what arrives.
+        let expected: Option<Digest> = name
+            .strip_prefix("blobs/sha256/")
+            .and_then(|hex| format!("sha256:{hex}").parse().ok());
+        if let Some(d) = expected.as_ref().filter(|d| store.content.has(d)) {
+            contents.blobs.insert(name, (d.clone(), entry.size()));
+            continue;
+        }
+        let mut writer = store.content.writer()?;
+        std::io::copy(&mut entry, &mut writer).map_err(io("reading"))?;
+        let blob = writer.commit(expected.as_ref())?;
+        contents.add(name, blob);
+    }
+    Ok(())
+}
+
+/// A tar entry's path as a clean relative string; `None` when it climbs
+/// out (`..`) or is absolute.
+fn entry_name(path: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Tags what the archive describes.
+fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
+    let bad = |reason: String| ImageError::Archive {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some(manifest) = contents.metadata.get("manifest.json") {
+        let entries: Vec<DockerEntry> =
+            serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
+        let mut loaded = Loaded::default();
+        for entry in entries {
+            let digest = docker_entry(store, contents, &entry).map_err(|reason| bad(reason))?;
+            match entry.repo_tags.filter(|t| !t.is_empty()) {
+                Some(tags) => {
+                    for tag in tags {
+                        let full = image::normalize(&tag)?;
+                        image::tag(store, &full, &digest, OCI_MANIFEST)?;
+                        loaded.tags.push(full);
+                    }
+                }
+                None => loaded.untagged.push(digest),
+            }
+        }
+        return Ok(loaded);
+    }
+    if let Some(index) = contents.metadata.get("index.json") {
+        return oci_layout(store, index).map_err(|reason| bad(reason));
+    }
+    Err(bad("not an image archive: it has neither manifest.json (docker-archive) nor index.json (OCI layout)".into()))
+}
+
+/// Writes the OCI manifest of one docker-archive image.
+fn docker_entry(
+    store: &Store,
+    contents: &Contents,
+    entry: &DockerEntry,
+) -> std::result::Result<Digest, String> {
+    let missing =
+        |what: &str, p: &str| format!("{what} {p} named in manifest.json is not in the archive");
+    let (config, config_size) = contents
+        .blob(&entry.config)
+        .ok_or_else(|| missing("config", &entry.config))?;
+    let mut layers = Vec::new();
+    for layer in &entry.layers {
+        let (digest, size) = contents
+            .blob(layer)
+            .ok_or_else(|| missing("layer", layer))?;
+        let file = store.content.open_blob(digest).map_err(|e| e.to_string())?;
+        let compression =
+            Compression::detect(&mut BufReader::new(file)).map_err(|e| e.to_string())?;
+        layers.push((
+            digest.clone(),
+            compression.layer_media_type().to_owned(),
+            *size,
+        ));
+    }
+    let config_bytes = store.content.read(config).map_err(|e| e.to_string())?;
+    serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
+        .map_err(|e| format!("config {}: {e}", entry.config))?;
+    image::write_manifest(store, (config, *config_size), &layers)
+        .map(|(d, _)| d)
+        .map_err(|e| e.to_string())
+}
+
+/// Tags the manifests of an OCI layout's `index.json`.
+fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(index).map_err(|e| format!("index.json: {e}"))?;
+    let manifests = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .ok_or("index.json has no manifests")?;
+    let mut loaded = Loaded::default();
+    for m in manifests {
+        let digest: Digest = m
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse().ok())
+            .ok_or("index.json: a manifest without a valid digest")?;
+        let media_type = m
+            .get("mediaType")
+            .and_then(|t| t.as_str())
+            .unwrap_or(OCI_MANIFEST);
+        if !store.complete(&digest).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "manifest {digest} or a blob it names is not in the archive"
+            ));
+        }
+        let annotations = m.get("annotations");
+        let annotation = |key: &str| {
+            annotations
+                .and_then(|a| a.get(key))
+                .and_then(|v| v.as_str())
+        };
+        let name = match (
+            annotation("io.containerd.image.name"),
+            annotation("org.opencontainers.image.ref.name"),
+        ) {
+            (Some(full), _) => Some(full.to_owned()),
+            // A bare tag names nothing by itself; a full reference does.
+            (None, Some(r)) if r.contains(['/', ':']) => Some(r.to_owned()),
+            _ => None,
+        };
+        match name {
+            Some(name) => {
+                let full = image::normalize(&name).map_err(|e| e.to_string())?;
+                image::tag(store, &full, &digest, media_type).map_err(|e| e.to_string())?;
+                loaded.tags.push(full);
+            }
+            None => loaded.untagged.push(digest),
+        }
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_name;
+    use std::path::Path;
+
+    #[test]
+    fn entry_names() {
+        assert_eq!(
+            entry_name(Path::new("./a/b.tar")).as_deref(),
+            Some("a/b.tar")
+        );
+        assert_eq!(entry_name(Path::new("a/../b")).as_deref(), Some("b"));
+        assert_eq!(entry_name(Path::new("../b")), None);
+        assert_eq!(entry_name(Path::new("/etc/passwd")), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! Images in and out of files: `load`, `save`, `import`.
+
+mod import;
+mod load;
+mod save;
+
+pub use self::import::import;
+pub use self::load::{Loaded, load};
+pub use self::save::{Format, save, save_to_file};

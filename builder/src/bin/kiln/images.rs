@@ -1,0 +1,385 @@
+//! The image commands: load, import, save, images, inspect, tag, rmi,
+//! prune, du.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use kiln_builder::archive::{self, Format};
+use kiln_builder::images::{self, Usage};
+use kiln_cache::Store;
+
+#[derive(Args)]
+pub(crate) struct Load {
+    /// The archive: a docker-archive or an OCI layout tar (plain, gzip or zstd).
+    #[arg(short = 'i', long = "input")]
+    input: PathBuf,
+    /// Print only the names loaded.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct Import {
+    /// A root filesystem tarball (plain, gzip or zstd).
+    file: PathBuf,
+    /// The image name, e.g. `base:busybox`.
+    name: String,
+}
+
+#[derive(Args)]
+pub(crate) struct Save {
+    /// Write to this file.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+    format: SaveFormat,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SaveFormat {
+    /// docker-archive, as `docker save` writes it.
+    Docker,
+    /// OCI image layout.
+    Oci,
+}
+
+#[derive(Args)]
+pub(crate) struct List {
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+    /// Print only image IDs.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub(crate) struct Inspect {
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct Tag {
+    source: String,
+    target: String,
+}
+
+#[derive(Args)]
+pub(crate) struct Rmi {
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct Prune {
+    /// Remove all unused content (kiln keeps no other kind yet).
+    #[arg(short, long)]
+    all: bool,
+    /// Keep this much, least recently used goes first (e.g. 10GB, 512MiB).
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
+}
+
+fn open(root: &std::path::Path) -> Result<Store> {
+    Ok(Store::open(root)?)
+}
+
+fn stdout(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+impl Load {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let loaded = archive::load(&store, &self.input)?;
+        let mut out = String::new();
+        for tag in &loaded.tags {
+            if self.quiet {
+                out.push_str(&format!("{}\n", kiln_builder::image::familiar(tag)));
+            } else {
+                out.push_str(&format!(
+                    "Loaded image: {}\n",
+                    kiln_builder::image::familiar(tag)
+                ));
+            }
+        }
+        for digest in &loaded.untagged {
+            out.push_str(&format!("Loaded image ID: {digest}\n"));
+        }
+        stdout(&out)
+    }
+}
+
+impl Import {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let created = source_date_epoch()?.unwrap_or_else(kiln_builder::image::now);
+        let digest = archive::import(&store, &self.file, &self.name, created)?;
+        stdout(&format!("{digest}\n"))
+    }
+}
+
+/// `SOURCE_DATE_EPOCH`, when set, fixes created times.
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => {
+            Ok(Some(v.parse().with_context(|| {
+                format!("SOURCE_DATE_EPOCH={v:?} is not a number")
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl Save {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let format = match self.format {
+            SaveFormat::Docker => Format::Docker,
+            SaveFormat::Oci => Format::Oci,
+        };
+        archive::save_to_file(&store, &self.names, format, &self.output)?;
+        Ok(())
+    }
+}
+
+impl List {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let rows = images::list(&store)?;
+        if self.quiet {
+            let ids: Vec<String> = rows.iter().map(|r| format!("{}\n", &r.id[7..19])).collect();
+            return stdout(&ids.concat());
+        }
+        if let ListFormat::Json = self.format {
+            return stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));
+        }
+        let now = kiln_builder::image::now();
+        let table: Vec<[String; 5]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.repository.clone(),
+                    r.tag.clone(),
+                    r.id[7..19].to_owned(),
+                    ago(now, r.created),
+                    human(r.size),
+                ]
+            })
+            .collect();
+        stdout(&render(
+            ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            &table,
+        ))
+    }
+}
+
+impl Inspect {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let all = self
+            .names
+            .iter()
+            .map(|n| images::inspect(&store, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        stdout(&(serde_json::to_string_pretty(&all)? + "\n"))
+    }
+}
+
+impl Tag {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        images::tag(&store, &self.source, &self.target)?;
+        Ok(())
+    }
+}
+
+impl Rmi {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let mut failed = false;
+        for name in &self.names {
+            match images::remove(&store, name) {
+                Ok(removed) => {
+                    let mut out = format!("Untagged: {}\n", removed.untagged);
+                    for d in &removed.deleted {
+                        out.push_str(&format!("Deleted: {d}\n"));
+                    }
+                    stdout(&out)?;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            bail!("some images were not removed");
+        }
+        Ok(())
+    }
+}
+
+impl Prune {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
+        let _ = self.all;
+        let pruned = images::prune(&store, keep)?;
+        let mut out = String::new();
+        for d in &pruned.deleted {
+            out.push_str(&format!("Deleted: {d}\n"));
+        }
+        out.push_str(&format!(
+            "Total reclaimed space: {}\n",
+            human(pruned.reclaimed)
+        ));
+        stdout(&out)
+    }
+}
+
+pub(crate) fn du(root: &std::path::Path) -> Result<()> {
+    let store = open(root)?;
+    let u: Usage = images::usage(&store)?;
+    let rows = [
+        ["Images".to_owned(), human(u.images), "0B".to_owned()],
+        ["Unused blobs".to_owned(), human(u.unused), human(u.unused)],
+        ["Snapshots".to_owned(), human(u.snapshots), "0B".to_owned()],
+        [
+            "Cache mounts".to_owned(),
+            human(u.cache_mounts),
+            "0B".to_owned(),
+        ],
+        ["Metadata".to_owned(), human(u.metadata), "0B".to_owned()],
+        ["Total".to_owned(), human(u.total()), human(u.unused)],
+    ];
+    stdout(&render(["TYPE", "SIZE", "RECLAIMABLE"], &rows))
+}
+
+/// Left-aligned columns, three spaces apart, as docker prints them.
+fn render<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Docker's sizes: decimal units, three significant digits (`5.2MB`).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+            + UNITS[unit]
+    }
+}
+
+/// `10GB`, `512MiB`, `1.5g`, `1000000`.
+fn parse_size(text: &str) -> Result<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("--keep-storage {text:?}: not a size"))?;
+    let scale: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0_f64.powi(4),
+        other => bail!("--keep-storage {text:?}: unknown unit {other:?}"),
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((value * scale) as u64)
+}
+
+/// `3 hours ago`, as docker prints creation times.
+fn ago(now: u64, then: u64) -> String {
+    if then == 0 {
+        return "N/A".to_owned();
+    }
+    let secs = now.saturating_sub(then);
+    let (n, unit) = match secs {
+        0..=59 => return "Less than a minute ago".to_owned(),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        86_400..=1_209_599 => (secs / 86_400, "day"),
+        1_209_600..=5_183_999 => (secs / 604_800, "week"),
+        5_184_000..=31_535_999 => (secs / 2_592_000, "month"),
+        _ => (secs / 31_536_000, "year"),
+    };
+    if n == 1 {
+        format!(
+            "{} {unit} ago",
+            if unit == "hour" { "About an" } else { "1" }
+        )
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(human(999), "999B");
+        assert_eq!(human(5_234_567), "5.235MB");
+        assert_eq!(human(1_000_000_000), "1GB");
+        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(ago(10_000, 10_000 - 7200), "2 hours ago");
+        assert_eq!(ago(10_000, 0), "N/A");
+    }
+}

@@ -1,0 +1,264 @@
+//! The OCI image model over kiln's store: manifests and indexes (oci-spec),
+//! configs (kiln's own type, see [`config`]), names, and the operations the
+//! image commands share.
+//!
+//! Both OCI and Docker schema-2 media types are read; kiln writes OCI.
+
+pub mod compression;
+pub mod config;
+
+use std::io;
+use std::path::PathBuf;
+
+use kiln_cache::{ContentError, Digest, MetaError, Store, StoreError};
+use kiln_frontend::reference::{Reference, ReferenceError};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde::Serialize;
+use thiserror::Error;
+
+use self::config::ImageConfiguration;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Name(#[from] ReferenceError),
+    #[error("no such image: {0}")]
+    NotFound(String),
+    #[error("{what} {digest} is not valid JSON of its kind: {source}")]
+    Json {
+        what: &'static str,
+        digest: String,
+        source: serde_json::Error,
+    },
+    #[error("{what} uses an unsupported media type {media_type:?}")]
+    MediaType {
+        what: &'static str,
+        media_type: String,
+    },
+    #[error("{path}: {reason}")]
+    Archive { path: PathBuf, reason: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("index {0} has no manifest for this platform")]
+    NoPlatform(String),
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
+
+/// Normalizes a user's image name: `busybox` →
+/// `docker.io/library/busybox:latest`.
+pub fn normalize(name: &str) -> Result<String> {
+    Ok(Reference::parse(name)?.to_string())
+}
+
+/// The short form docker shows: `docker.io/library/busybox:latest` →
+/// `busybox:latest`, `docker.io/team/app:1` → `team/app:1`.
+pub fn familiar(name: &str) -> String {
+    let rest = name.strip_prefix("docker.io/").unwrap_or(name);
+    rest.strip_prefix("library/")
+        .filter(|r| !r.contains('/'))
+        .unwrap_or(rest)
+        .to_owned()
+}
+
+/// JSON with object keys sorted, so the same value always has the same
+/// bytes (and digest), whatever map type it was built from.
+pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // serde_json's `Value` keeps objects in a BTreeMap (no preserve_order).
+    let value = serde_json::to_value(value).expect("image metadata serializes");
+    serde_json::to_vec(&value).expect("a JSON value serializes")
+}
+
+/// An image in the store: its manifest and config, read and parsed.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config_digest: Digest,
+    pub config: ImageConfiguration,
+}
+
+impl Image {
+    /// Layers as (digest, media type, size), bottom first.
+    pub fn layers(&self) -> Vec<(Digest, String, u64)> {
+        self.manifest
+            .layers()
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.digest().to_string().parse().ok()?,
+                    d.media_type().to_string(),
+                    d.size(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Bytes of the config and layer blobs.
+    pub fn size(&self) -> u64 {
+        self.manifest.config().size()
+            + self
+                .manifest
+                .layers()
+                .iter()
+                .map(Descriptor::size)
+                .sum::<u64>()
+    }
+}
+
+fn parse_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
+    d.to_string().parse().map_err(|_| ImageError::MediaType {
+        what: "descriptor digest",
+        media_type: d.to_string(),
+    })
+}
+
+/// Reads the image a manifest or index digest names; an index resolves to
+/// the manifest for `platform` (`os/arch`).
+pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Result<Image> {
+    let bytes = store.content.read(digest)?;
+    let json = |what, source| ImageError::Json {
+        what,
+        digest: digest.to_string(),
+        source,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| json("manifest", e))?;
+    if value.get("manifests").is_some() {
+        let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| json("index", e))?;
+        let chosen = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_none_or(|p| {
+                    p.os().to_string() == platform.0 && p.architecture().to_string() == platform.1
+                })
+            })
+            .ok_or_else(|| ImageError::NoPlatform(digest.to_string()))?;
+        return read_image(store, &parse_digest(chosen.digest())?, platform);
+    }
+    let manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| json("manifest", e))?;
+    let config_digest = parse_digest(manifest.config().digest())?;
+    let config_bytes = store.content.read(&config_digest)?;
+    let config = serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Json {
+        what: "image config",
+        digest: config_digest.to_string(),
+        source,
+    })?;
+    Ok(Image {
+        manifest_digest: digest.clone(),
+        manifest,
+        config_digest,
+        config,
+    })
+}
+
+/// The host's platform as an image names it (`linux`, `amd64`).
+pub fn host_platform() -> (String, String) {
+    let p = kiln_frontend::platform::host();
+    (p.os, p.architecture)
+}
+
+/// Resolves a user's name (or image ID prefix) to the image it tags.
+pub fn resolve(store: &Store, name: &str) -> Result<(String, Image)> {
+    let (os, arch) = host_platform();
+    if let Ok(full) = normalize(name) {
+        if let Some(record) = store.meta.image(&full)? {
+            return Ok((full, read_image(store, &record.target, (&os, &arch))?));
+        }
+    }
+    // `docker` also accepts an image ID (the config digest) or a prefix.
+    let id = name.strip_prefix("sha256:").unwrap_or(name);
+    if id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for (full, record) in store.meta.images()? {
+            let image = read_image(store, &record.target, (&os, &arch))?;
+            if image.config_digest.hex().starts_with(id) {
+                return Ok((full, image));
+            }
+        }
+    }
+    Err(ImageError::NotFound(name.to_owned()))
+}
+
+/// Writes an OCI manifest for `config` and `layers` (digest, media type,
+/// size) and returns its digest and size.
+pub fn write_manifest(
+    store: &Store,
+    config: (&Digest, u64),
+    layers: &[(Digest, String, u64)],
+) -> Result<(Digest, u64)> {
+    let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor> {
+        let d: oci_spec::image::Digest =
+            digest
+                .to_string()
+                .parse()
+                .map_err(|_| ImageError::MediaType {
+                    what: "digest",
+                    media_type: digest.to_string(),
+                })?;
+        Ok(Descriptor::new(MediaType::from(media), size, d))
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config.0, config.1)?,
+        "layers": layers.iter().map(|(d, m, s)| descriptor(m, d, *s)).collect::<Result<Vec<_>>>()?,
+    });
+    let bytes = canonical_json(&manifest);
+    let digest = store.content.write_bytes(&bytes)?;
+    Ok((digest, bytes.len() as u64))
+}
+
+/// Points `name` at a manifest.
+pub fn tag(store: &Store, name: &str, manifest: &Digest, media_type: &str) -> Result<()> {
+    let record = kiln_cache::ImageRecord {
+        target: manifest.clone(),
+        media_type: media_type.to_owned(),
+        tagged: now(),
+    };
+    store.meta.put_image(name, &record)?;
+    Ok(())
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            normalize("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            familiar("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
+        assert_eq!(familiar("docker.io/team/app:1"), "team/app:1");
+        assert_eq!(familiar("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
+    }
+}

@@ -1,0 +1,263 @@
+//! The image commands over a store: list, inspect, tag, remove, prune and
+//! disk usage. Each returns data; the CLI (and later kilnd) renders it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use kiln_cache::{Digest, Store, referenced};
+use serde::Serialize;
+
+use crate::image::config::parse_rfc3339;
+use crate::image::{self, Image, ImageError, Result, read_image};
+
+/// One row of `kiln images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSummary {
+    pub repository: String,
+    pub tag: String,
+    /// The config digest (docker's image ID).
+    pub id: String,
+    pub digest: String,
+    /// Creation time, seconds since the epoch (0 when unknown).
+    pub created: u64,
+    pub size: u64,
+}
+
+/// Every tagged image.
+pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
+    let (os, arch) = image::host_platform();
+    let mut rows = Vec::new();
+    for (name, record) in store.meta.images()? {
+        let image = read_image(store, &record.target, (&os, &arch))?;
+        let familiar = image::familiar(&name);
+        let (repository, tag) = match familiar.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((r, t)) => (r.to_owned(), t.to_owned()),
+            None => (familiar, "<none>".to_owned()),
+        };
+        rows.push(ImageSummary {
+            repository,
+            tag,
+            id: image.config_digest.to_string(),
+            digest: record.target.to_string(),
+            created: image
+                .config
+                .created
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or(0),
+            size: image.size(),
+        });
+    }
+    Ok(rows)
+}
+
+/// `kiln inspect`: docker's shape, plus the manifest and its layers.
+pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
+    let (_, image) = image::resolve(store, name)?;
+    let tags: Vec<String> = store
+        .meta
+        .images()?
+        .into_iter()
+        .filter(|(_, r)| r.target == image.manifest_digest)
+        .map(|(n, _)| image::familiar(&n))
+        .collect();
+    let layers: Vec<serde_json::Value> = image
+        .layers()
+        .into_iter()
+        .map(|(digest, media_type, size)| serde_json::json!({"digest": digest, "mediaType": media_type, "size": size}))
+        .collect();
+    let c = &image.config;
+    Ok(serde_json::json!({
+        "Id": image.config_digest,
+        "RepoTags": tags,
+        "Created": c.created,
+        "Author": c.author,
+        "Architecture": c.architecture,
+        "Os": c.os,
+        "Variant": c.variant,
+        "Config": c.config,
+        "RootFS": {"Type": c.rootfs.kind, "Layers": c.rootfs.diff_ids},
+        "History": c.history,
+        "Size": image.size(),
+        "Manifest": {"digest": image.manifest_digest, "layers": layers},
+    }))
+}
+
+/// `kiln tag SRC DST`.
+pub fn tag(store: &Store, source: &str, target: &str) -> Result<String> {
+    let (source_name, _) = image::resolve(store, source)?;
+    let record = store
+        .meta
+        .image(&source_name)?
+        .ok_or_else(|| ImageError::NotFound(source.to_owned()))?;
+    let full = image::normalize(target)?;
+    image::tag(store, &full, &record.target, &record.media_type)?;
+    store.meta.flush()?;
+    Ok(full)
+}
+
+/// What `kiln rmi` did to one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub untagged: String,
+    /// Blobs deleted because nothing else uses them.
+    pub deleted: Vec<Digest>,
+}
+
+/// `kiln rmi NAME`: removes the tag, then the blobs only it used.
+pub fn remove(store: &Store, name: &str) -> Result<Removed> {
+    let (full, image) = image::resolve(store, name)?;
+    store.meta.remove_image(&full)?;
+    store.meta.flush()?;
+    let candidates: BTreeSet<Digest> = std::iter::once(image.manifest_digest.clone())
+        .chain(std::iter::once(image.config_digest.clone()))
+        .chain(image.layers().into_iter().map(|(d, _, _)| d))
+        .collect();
+    let live = reachable(store)?;
+    let mut deleted = Vec::new();
+    // The manifest goes first: a crash then leaves only unreferenced blobs.
+    for digest in std::iter::once(&image.manifest_digest).chain(candidates.iter()) {
+        if !live.contains(digest) && store.content.has(digest) {
+            store.content.delete(digest)?;
+            store.meta.forget(digest)?;
+            deleted.push(digest.clone());
+        }
+    }
+    Ok(Removed {
+        untagged: image::familiar(&full),
+        deleted,
+    })
+}
+
+/// Every blob a tag or a lease keeps alive, with what they reference.
+pub fn reachable(store: &Store) -> Result<BTreeSet<Digest>> {
+    let mut roots: Vec<Digest> = store
+        .meta
+        .images()?
+        .into_iter()
+        .map(|(_, r)| r.target)
+        .collect();
+    roots.extend(store.meta.leases()?.into_iter().flat_map(|l| l.digests));
+    let mut live = BTreeSet::new();
+    while let Some(digest) = roots.pop() {
+        if !live.insert(digest.clone()) || !store.content.has(&digest) {
+            continue;
+        }
+        if store.content.size(&digest)? <= 4 << 20 {
+            roots.extend(referenced(&store.content.read(&digest)?));
+        }
+    }
+    Ok(live)
+}
+
+/// What `kiln prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub deleted: Vec<Digest>,
+    pub reclaimed: u64,
+}
+
+/// `kiln prune [--keep-storage N]`: deletes blobs no tag or lease uses,
+/// least recently used first, until kiln's disk use is at most `keep`
+/// bytes (all of them when `keep` is `None`). Tagged and leased content is
+/// never touched, so the bound may not be reachable.
+pub fn prune(store: &Store, keep: Option<u64>) -> Result<Pruned> {
+    let live = reachable(store)?;
+    let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
+    for (digest, _) in store.content.list()? {
+        if !live.contains(&digest) {
+            let used = store.meta.last_used(&digest)?.unwrap_or(0);
+            let size = allocated(&store.content.path(&digest));
+            unused.push((used, digest, size));
+        }
+    }
+    unused.sort();
+    let mut total = usage(store)?.total();
+    let mut pruned = Pruned::default();
+    for (_, digest, size) in unused {
+        if keep.is_some_and(|k| total <= k) {
+            break;
+        }
+        store.content.delete(&digest)?;
+        store.meta.forget(&digest)?;
+        total = total.saturating_sub(size);
+        pruned.reclaimed += size;
+        pruned.deleted.push(digest);
+    }
+    store.meta.flush()?;
+    Ok(pruned)
+}
+
+/// Space on disk by kind (allocated blocks, not apparent sizes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Blobs that tags (or leases) use.
+    pub images: u64,
+    /// Blobs nothing uses: what `prune` reclaims.
+    pub unused: u64,
+    /// Unpacked layers (`snapshots/`).
+    pub snapshots: u64,
+    /// `RUN --mount=type=cache` directories (`cache-mounts/`).
+    pub cache_mounts: u64,
+    /// The metadata database and everything else under the root.
+    pub metadata: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.images + self.unused + self.snapshots + self.cache_mounts + self.metadata
+    }
+}
+
+/// `kiln du`: everything under the root, by kind.
+pub fn usage(store: &Store) -> Result<Usage> {
+    let live = reachable(store)?;
+    let mut usage = Usage::default();
+    for (digest, _) in store.content.list()? {
+        let size = allocated(&store.content.path(&digest));
+        if live.contains(&digest) {
+            usage.images += size;
+        } else {
+            usage.unused += size;
+        }
+    }
+    let root = store.root();
+    usage.snapshots = tree_size(&root.join("snapshots"));
+    usage.cache_mounts = tree_size(&root.join("cache-mounts"));
+    let blobs = usage.images + usage.unused;
+    usage.metadata = tree_size(root).saturating_sub(blobs + usage.snapshots + usage.cache_mounts);
+    Ok(usage)
+}
+
+/// Bytes a file occupies on disk.
+fn allocated(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// Bytes everything under `dir` occupies (hard links counted once).
+fn tree_size(dir: &Path) -> u64 {
+    let mut seen: BTreeMap<(u64, u64), ()> = BTreeMap::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino()), ()).is_some() {
+            continue;
+        }
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        }
+    }
+    total
+}
+
+/// The images a name list resolves to (for commands taking several).
+pub fn resolve_all(store: &Store, names: &[String]) -> Result<Vec<(String, Image)>> {
+    names.iter().map(|n| image::resolve(store, n)).collect()
+}
