@@ -187,7 +187,7 @@ fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
             serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
         let mut loaded = Loaded::default();
         for entry in entries {
-            let digest = docker_entry(store, contents, &entry).map_err(|reason| bad(reason))?;
+            let digest = docker_entry(store, contents, &entry).map_err(&bad)?;
             match entry.repo_tags.filter(|t| !t.is_empty()) {
                 Some(tags) => {
                     for tag in tags {
@@ -202,7 +202,7 @@ fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
         return Ok(loaded);
     }
     if let Some(index) = contents.metadata.get("index.json") {
-        return oci_layout(store, index).map_err(|reason| bad(reason));
+        return oci_layout(store, index).map_err(&bad);
     }
     Err(bad("not an image archive: it has neither manifest.json (docker-archive) nor index.json (OCI layout)".into()))
 }

@@ -7,3 +7,6 @@ mod save;
 pub use self::import::import;
 pub use self::load::{Loaded, load};
 pub use self::save::{Format, save, save_to_file};
+
+#[cfg(test)]
+mod tests;

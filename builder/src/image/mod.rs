@@ -179,10 +179,10 @@ pub fn host_platform() -> (String, String) {
 /// Resolves a user's name (or image ID prefix) to the image it tags.
 pub fn resolve(store: &Store, name: &str) -> Result<(String, Image)> {
     let (os, arch) = host_platform();
-    if let Ok(full) = normalize(name) {
-        if let Some(record) = store.meta.image(&full)? {
-            return Ok((full, read_image(store, &record.target, (&os, &arch))?));
-        }
+    if let Ok(full) = normalize(name)
+        && let Some(record) = store.meta.image(&full)?
+    {
+        return Ok((full, read_image(store, &record.target, (&os, &arch))?));
     }
     // `docker` also accepts an image ID (the config digest) or a prefix.
     let id = name.strip_prefix("sha256:").unwrap_or(name);
