@@ -5,3 +5,4 @@
 
 mod debug;
 mod harness;
+mod images;

@@ -47,3 +47,14 @@ pub(crate) fn conformance_dir() -> Option<PathBuf> {
         None
     }
 }
+
+/// Whether `tool` is on PATH; prints a notice when it is not (the test
+/// that needs it is then skipped; CI installs every tool).
+pub(crate) fn have_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        eprintln!("NOTICE: {tool} is not installed; the test that needs it is skipped");
+    }
+    found
+}

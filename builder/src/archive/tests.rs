@@ -13,7 +13,8 @@ fn rootfs_tar(path: &Path, content: &[u8]) {
     let mut header = tar::Header::new_ustar();
     header.set_size(content.len() as u64);
     header.set_mode(0o644);
-    tar.append_data(&mut header, "etc/hello.txt", content).unwrap();
+    tar.append_data(&mut header, "etc/hello.txt", content)
+        .unwrap();
     let mut link = tar::Header::new_ustar();
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
@@ -33,7 +34,10 @@ fn import_save_load_round_trips_diff_ids_and_config() {
     let a = store(&dir.path().join("a"));
     import(&a, &tarball, "base:test", 1_700_000_000).unwrap();
     let (_, original) = image::resolve(&a, "base:test").unwrap();
-    assert_eq!(original.config.created.as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert_eq!(
+        original.config.created.as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
 
     for format in [Format::Docker, Format::Oci] {
         let archive = dir.path().join(format!("{format:?}.tar"));
@@ -42,10 +46,16 @@ fn import_save_load_round_trips_diff_ids_and_config() {
         let loaded = load(&b, &archive).unwrap();
         assert_eq!(loaded.tags, ["docker.io/library/base:test"]);
         let (_, copy) = image::resolve(&b, "base:test").unwrap();
-        assert_eq!(copy.config_digest, original.config_digest, "{format:?}: the config is byte-identical");
+        assert_eq!(
+            copy.config_digest, original.config_digest,
+            "{format:?}: the config is byte-identical"
+        );
         assert_eq!(copy.config.rootfs.diff_ids, original.config.rootfs.diff_ids);
         if format == Format::Oci {
-            assert_eq!(copy.manifest_digest, original.manifest_digest, "OCI keeps the manifest as is");
+            assert_eq!(
+                copy.manifest_digest, original.manifest_digest,
+                "OCI keeps the manifest as is"
+            );
         }
     }
 }
@@ -66,21 +76,39 @@ fn compressed_layers_are_saved_uncompressed_for_docker() {
     let config = image::config::ImageConfiguration {
         architecture: image::host_platform().1,
         os: "linux".into(),
-        rootfs: image::config::RootFs { kind: "layers".into(), diff_ids: vec![diff_id.to_string()] },
+        rootfs: image::config::RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![diff_id.to_string()],
+        },
         ..Default::default()
     };
     let config_bytes = image::canonical_json(&config);
     let config_digest = a.content.write_bytes(&config_bytes).unwrap();
-    let layers = [(layer, "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(), gz.len() as u64)];
-    let (manifest, _) = image::write_manifest(&a, (&config_digest, config_bytes.len() as u64), &layers).unwrap();
-    image::tag(&a, "docker.io/library/zipped:1", &manifest, image::OCI_MANIFEST).unwrap();
+    let layers = [(
+        layer,
+        "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+        gz.len() as u64,
+    )];
+    let (manifest, _) =
+        image::write_manifest(&a, (&config_digest, config_bytes.len() as u64), &layers).unwrap();
+    image::tag(
+        &a,
+        "docker.io/library/zipped:1",
+        &manifest,
+        image::OCI_MANIFEST,
+    )
+    .unwrap();
 
     let archive = dir.path().join("docker.tar");
     save_to_file(&a, &["zipped:1".to_owned()], Format::Docker, &archive).unwrap();
     let b = store(&dir.path().join("b"));
     load(&b, &archive).unwrap();
     let (_, copy) = image::resolve(&b, "zipped:1").unwrap();
-    assert_eq!(copy.layers()[0].0, diff_id, "the layer travels as its uncompressed tar");
+    assert_eq!(
+        copy.layers()[0].0,
+        diff_id,
+        "the layer travels as its uncompressed tar"
+    );
 }
 
 #[test]
@@ -90,7 +118,11 @@ fn bad_archives_leave_the_store_as_it_was() {
     let before = s.content.list().unwrap();
 
     let not_tar = dir.path().join("not.tar");
-    std::fs::write(&not_tar, "just text, no tar header in sight, padded to be long enough to hold one block ".repeat(10)).unwrap();
+    std::fs::write(
+        &not_tar,
+        "just text, no tar header in sight, padded to be long enough to hold one block ".repeat(10),
+    )
+    .unwrap();
     let e = load(&s, &not_tar).unwrap_err().to_string();
     assert!(e.ends_with("not an image archive: not a tar file"), "{e}");
 
@@ -104,7 +136,13 @@ fn bad_archives_leave_the_store_as_it_was() {
     let missing = dir.path().join("missing.tar");
     let mut tar = tar::Builder::new(std::fs::File::create(&missing).unwrap());
     let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["nope/layer.tar"]}]"#;
-    for (name, data) in [("c.json", &br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#[..]), ("manifest.json", &manifest[..])] {
+    for (name, data) in [
+        (
+            "c.json",
+            &br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#[..],
+        ),
+        ("manifest.json", &manifest[..]),
+    ] {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -112,7 +150,10 @@ fn bad_archives_leave_the_store_as_it_was() {
     }
     tar.finish().unwrap();
     let e = load(&s, &missing).unwrap_err().to_string();
-    assert!(e.contains("layer nope/layer.tar named in manifest.json is not in the archive"), "{e}");
+    assert!(
+        e.contains("layer nope/layer.tar named in manifest.json is not in the archive"),
+        "{e}"
+    );
 
     // An entry that climbs out of the archive.
     let hostile = dir.path().join("hostile.tar");
@@ -130,7 +171,12 @@ fn bad_archives_leave_the_store_as_it_was() {
 
     assert_eq!(s.content.list().unwrap(), before, "no blob was left behind");
     assert_eq!(s.meta.images().unwrap(), []);
-    assert_eq!(std::fs::read_dir(s.root().join("content/ingest")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.root().join("content/ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -147,11 +193,17 @@ fn rmi_keeps_shared_blobs_and_prune_respects_tags() {
     let orphan = s.content.write_bytes(b"unreferenced").unwrap();
     let pruned = images::prune(&s, None).unwrap();
     assert_eq!(pruned.deleted, [orphan]);
-    assert!(s.complete(&two.manifest_digest).unwrap(), "prune never touches tagged content");
+    assert!(
+        s.complete(&two.manifest_digest).unwrap(),
+        "prune never touches tagged content"
+    );
     let removed = images::remove(&s, "two:2").unwrap();
     assert_eq!(removed.deleted.len(), 3, "manifest, config and layer");
     assert_eq!(s.content.list().unwrap(), []);
-    assert!(matches!(images::remove(&s, "two:2"), Err(image::ImageError::NotFound(_))));
+    assert!(matches!(
+        images::remove(&s, "two:2"),
+        Err(image::ImageError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -164,7 +216,11 @@ fn prune_keep_storage_removes_least_recently_used_first() {
     s.meta.touch(&new, 200).unwrap();
     let total = images::usage(&s).unwrap().total();
     let pruned = images::prune(&s, Some(total - 1)).unwrap();
-    assert_eq!(pruned.deleted, [old], "the least recently used goes first, and only as much as needed");
+    assert_eq!(
+        pruned.deleted,
+        [old],
+        "the least recently used goes first, and only as much as needed"
+    );
     assert!(s.content.has(&new));
     let usage = images::usage(&s).unwrap();
     assert!(usage.unused >= 64 << 10 && usage.metadata > 0, "{usage:?}");
