@@ -7,9 +7,9 @@ use std::path::Path;
 
 use kiln_cache::{Digest, Store};
 
-use crate::image::compression::{Compression, decompressed};
 use crate::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use crate::image::{self, ImageError, OCI_MANIFEST, Result, canonical_json};
+use kiln_worker::layer::compression::{Compression, decompressed};
 
 /// Imports `path` as the image `name` and returns the manifest digest. The
 /// layer is stored uncompressed (its digest is its diff ID); `created` is

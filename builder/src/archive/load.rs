@@ -9,8 +9,8 @@ use std::path::{Component, Path};
 use kiln_cache::{Committed, Digest, Store};
 use serde::Deserialize;
 
-use crate::image::compression::{Compression, decompressed};
 use crate::image::{self, ImageError, OCI_MANIFEST, Result};
+use kiln_worker::layer::compression::{Compression, decompressed};
 
 /// Metadata files are read into memory; anything larger is a blob.
 const MAX_METADATA: u64 = 16 << 20;

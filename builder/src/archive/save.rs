@@ -8,8 +8,8 @@ use std::path::Path;
 
 use kiln_cache::{Digest, Store};
 
-use crate::image::compression::decompressed;
 use crate::image::{self, Image, ImageError, OCI_MANIFEST, Result, canonical_json, familiar};
+use kiln_worker::layer::compression::decompressed;
 
 /// The archive format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

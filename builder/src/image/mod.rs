@@ -4,7 +4,6 @@
 //!
 //! Both OCI and Docker schema-2 media types are read; kiln writes OCI.
 
-pub mod compression;
 pub mod config;
 
 use std::io;
