@@ -7,7 +7,7 @@
 //! removed by [`ContentStore::recover`].
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -134,7 +134,8 @@ impl ContentStore {
         let temp = self.ingest.join(name);
         let file = File::create(&temp).map_err(io_err("creating", &temp))?;
         Ok(BlobWriter {
-            file: Some(file),
+            // Large writes: callers often copy in 8 KiB pieces.
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
             temp,
             blobs: self.blobs.clone(),
             hasher: Hasher::default(),
@@ -186,7 +187,7 @@ pub struct Committed {
 /// A blob being written: bytes go to a temp file and through SHA-256.
 #[derive(Debug)]
 pub struct BlobWriter {
-    file: Option<File>,
+    file: Option<BufWriter<File>>,
     temp: PathBuf,
     blobs: PathBuf,
     hasher: Hasher,
@@ -220,6 +221,9 @@ impl BlobWriter {
     /// `expected` is given and differs.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<Committed> {
         let file = self.file.take().expect("commit consumes the writer");
+        let file = file
+            .into_inner()
+            .map_err(|e| io_err("writing", &self.temp)(e.into_error()))?;
         file.sync_all().map_err(io_err("syncing", &self.temp))?;
         drop(file);
         let digest = std::mem::take(&mut self.hasher).finish();
