@@ -259,3 +259,63 @@ fn a_load_killed_midway_leaves_a_store_that_recovers() {
     assert_eq!(a[0]["Id"], b[0]["Id"]);
     assert_eq!(a[0]["RootFS"], b[0]["RootFS"]);
 }
+
+#[test]
+fn a_full_disk_is_one_clear_error_and_changes_nothing() {
+    if !nix_is_root() {
+        eprintln!("NOTICE: not root; the full-disk test (a small tmpfs) is skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    noise(&files.join("big.bin"), 8 << 20);
+    let tarball = dir.path().join("big.tar");
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(&files)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    let source = dir.path().join("source");
+    ok(kiln_at(&source).arg("import").arg(&tarball).arg("big:1"));
+    let archive = dir.path().join("archive.tar");
+    ok(kiln_at(&source)
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg("big:1"));
+
+    // A 4 MiB filesystem for the store: the 8 MiB layer cannot fit.
+    let small = dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small));
+    let root = small.join("root");
+    ok(kiln_at(&root).arg("images"));
+    let before = fs::read_dir(root.join("content/blobs/sha256"))
+        .unwrap()
+        .count();
+    let out = run(kiln_at(&root).args(["load", "-i"]).arg(&archive));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let after = fs::read_dir(root.join("content/blobs/sha256"))
+        .unwrap()
+        .count();
+    let ingest = fs::read_dir(root.join("content/ingest")).unwrap().count();
+    let images = ok(kiln_at(&root).arg("images"));
+    ok(Command::new("umount").arg(&small));
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert_eq!(
+        (before, after, ingest),
+        (0, 0, 0),
+        "no blob and no partial file is left"
+    );
+    assert_eq!(images.lines().count(), 1, "nothing tagged");
+}
+
+fn nix_is_root() -> bool {
+    // /proc/self belongs to the effective user.
+    fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}

@@ -225,3 +225,47 @@ fn prune_keep_storage_removes_least_recently_used_first() {
     let usage = images::usage(&s).unwrap();
     assert!(usage.unused >= 64 << 10 && usage.metadata > 0, "{usage:?}");
 }
+
+#[test]
+fn an_oci_blob_that_does_not_match_its_digest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let tarball = dir.path().join("rootfs.tar");
+    rootfs_tar(&tarball, b"genuine\n");
+    import(&a, &tarball, "base:test", 1).unwrap();
+    let good = dir.path().join("good.tar");
+    save_to_file(&a, &["base:test".to_owned()], Format::Oci, &good).unwrap();
+
+    // Same archive, one layer byte changed (the name still claims the old digest).
+    let (_, image) = image::resolve(&a, "base:test").unwrap();
+    let layer = image.layers()[0].0.clone();
+    let mut archive = tar::Archive::new(std::fs::File::open(&good).unwrap());
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if entry.path().unwrap().ends_with(layer.hex()) {
+            let i = data.windows(8).position(|w| w == b"genuine\n").unwrap();
+            data[i] = b'G';
+        }
+        let mut header = entry.header().clone();
+        out.append_data(&mut header, entry.path().unwrap(), data.as_slice())
+            .unwrap();
+    }
+    let tampered = dir.path().join("tampered.tar");
+    std::fs::write(&tampered, out.into_inner().unwrap()).unwrap();
+
+    let b = store(&dir.path().join("b"));
+    let e = load(&b, &tampered).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("digest mismatch: expected {layer}, got sha256:")),
+        "{e}"
+    );
+    assert_eq!(
+        b.content.list().unwrap(),
+        [],
+        "nothing of the tampered archive stays"
+    );
+    assert_eq!(b.meta.images().unwrap(), []);
+}
