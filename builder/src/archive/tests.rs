@@ -269,3 +269,54 @@ fn an_oci_blob_that_does_not_match_its_digest_is_refused() {
     );
     assert_eq!(b.meta.images().unwrap(), []);
 }
+
+#[test]
+fn docker_schema2_manifests_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("s"));
+    let tarball = dir.path().join("rootfs.tar");
+    rootfs_tar(&tarball, b"docker\n");
+    let raw = std::fs::read(&tarball).unwrap();
+    let layer = s.content.write_bytes(&raw).unwrap();
+    let config = format!(
+        r#"{{"architecture":"{}","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#,
+        image::host_platform().1
+    );
+    let config_digest = s.content.write_bytes(config.as_bytes()).unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar","size":{},"digest":"{layer}"}}]}}"#,
+        image::DOCKER_MANIFEST,
+        config.len(),
+        raw.len()
+    );
+    let manifest_digest = s.content.write_bytes(manifest.as_bytes()).unwrap();
+    // A Docker manifest list around it, as a registry serves it.
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","size":{},"digest":"{manifest_digest}","platform":{{"architecture":"{}","os":"linux"}}}}]}}"#,
+        image::DOCKER_LIST,
+        image::DOCKER_MANIFEST,
+        manifest.len(),
+        image::host_platform().1
+    );
+    let list_digest = s.content.write_bytes(list.as_bytes()).unwrap();
+    image::tag(
+        &s,
+        "docker.io/library/fromdocker:1",
+        &list_digest,
+        image::DOCKER_LIST,
+    )
+    .unwrap();
+
+    let (_, img) = image::resolve(&s, "fromdocker:1").unwrap();
+    assert_eq!(img.manifest_digest, manifest_digest);
+    assert_eq!(
+        img.config.config.cmd.as_deref(),
+        Some(&["sh".to_owned()][..])
+    );
+    let out = dir.path().join("out.tar");
+    save_to_file(&s, &["fromdocker:1".to_owned()], Format::Docker, &out).unwrap();
+    let t = store(&dir.path().join("t"));
+    load(&t, &out).unwrap();
+    let (_, copy) = image::resolve(&t, "fromdocker:1").unwrap();
+    assert_eq!(copy.config.rootfs.diff_ids, [layer.to_string()]);
+}
