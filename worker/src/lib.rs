@@ -11,3 +11,4 @@
 //! storing blobs (`kiln-cache`).
 
 pub mod layer;
+pub mod sandbox;

@@ -1,0 +1,275 @@
+//! Running one command in a Linux sandbox over an overlay root filesystem.
+//!
+//! The worker never enters namespaces itself: [`Sandbox::run`] starts the
+//! small `kiln-sandbox` helper ([`setup`] is what it does), hands it a
+//! [`spec::RunSpec`] on standard input, streams the step's stdout and stderr
+//! back while it runs, and can kill it: killing the helper kills the step's
+//! PID 1 (parent-death signal), and with it every process of the step's PID
+//! namespace. Afterwards, mount points the helper had to create in the root
+//! filesystem are removed from the layer again.
+
+pub mod setup;
+pub mod spec;
+pub mod syscall;
+pub mod user;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+
+use thiserror::Error;
+
+use self::spec::{Network, RunSpec};
+
+/// The helper's exit status when setup (not the step) failed.
+pub const SETUP_FAILED: u8 = 125;
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("starting the sandbox helper {helper}: {source}")]
+    Spawn { helper: PathBuf, source: io::Error },
+    #[error("setting up the sandbox: {0}")]
+    Setup(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, SandboxError>;
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError + use<> {
+    let path = path.to_owned();
+    move |source| SandboxError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Which output a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Cancels a running step from another thread.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<Mutex<CancelState>>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    pid: Option<u32>,
+    cancelled: bool,
+}
+
+impl Cancel {
+    /// Kills the step and everything it started; `run` then returns
+    /// [`SandboxError::Cancelled`].
+    pub fn cancel(&self) {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.cancelled = true;
+        if let Some(pid) = state.pid {
+            kill(pid);
+        }
+    }
+
+    fn started(&self, pid: u32) -> bool {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.pid = Some(pid);
+        if state.cancelled {
+            kill(pid);
+        }
+        state.cancelled
+    }
+
+    fn finished(&self) -> bool {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.pid = None;
+        state.cancelled
+    }
+}
+
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Runs steps through the helper binary.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    helper: PathBuf,
+}
+
+impl Sandbox {
+    /// A sandbox that uses the `kiln-sandbox` binary at `helper`.
+    pub fn new(helper: impl Into<PathBuf>) -> Self {
+        Self {
+            helper: helper.into(),
+        }
+    }
+
+    /// The helper next to the running executable (where cargo and the
+    /// packages install it), or `$KILN_SANDBOX`.
+    pub fn beside_current_exe() -> Self {
+        if let Some(path) = std::env::var_os("KILN_SANDBOX") {
+            return Self::new(path);
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        Self::new(exe.with_file_name("kiln-sandbox"))
+    }
+
+    /// Runs `spec` to completion, passing output chunks to `output` as they
+    /// come. Returns the step's exit status (128 + signal when killed by
+    /// one). The step's own failure is not an error here.
+    pub fn run(
+        &self,
+        spec: &RunSpec,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &Cancel,
+    ) -> Result<i32> {
+        fs::create_dir_all(&spec.state_dir).map_err(io_err("creating", &spec.state_dir))?;
+        for name in ["error", "stubs"] {
+            let _ = fs::remove_file(spec.state_dir.join(name));
+        }
+        let mut child = Command::new(&self.helper)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                helper: self.helper.clone(),
+                source,
+            })?;
+        if cancel.started(child.id()) {
+            let _ = child.wait();
+            return Err(SandboxError::Cancelled);
+        }
+        let json = serde_json::to_vec(spec).expect("a run spec serializes");
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that died at once reports through its exit status.
+            let _ = stdin.write_all(&json);
+        }
+        let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
+        let readers: Vec<_> = [
+            (
+                Stream::Stdout,
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ),
+            (
+                Stream::Stderr,
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(stream, reader)| reader.map(|r| (stream, r)))
+        .map(|(stream, mut reader)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+        drop(tx);
+        for (stream, chunk) in rx {
+            output(stream, &chunk);
+        }
+        for reader in readers {
+            let _ = reader.join();
+        }
+        let status = child.wait().map_err(io_err("waiting for", &self.helper))?;
+        let cancelled = cancel.finished();
+        remove_stubs(&spec.state_dir, &spec.rootfs.upperdir);
+        if cancelled {
+            return Err(SandboxError::Cancelled);
+        }
+        let error = fs::read_to_string(spec.state_dir.join("error")).unwrap_or_default();
+        if !error.is_empty() {
+            return Err(SandboxError::Setup(error));
+        }
+        Ok(status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }))
+    }
+}
+
+/// Removes the mount points the helper created (listed in `stubs`, in
+/// creation order) from the layer, when they are still empty placeholders.
+fn remove_stubs(state_dir: &Path, upper: &Path) {
+    let list = fs::read_to_string(state_dir.join("stubs")).unwrap_or_default();
+    for rel in list.lines().rev() {
+        let path = upper.join(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir(&path);
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` for a step
+/// into `dir` and returns them as `RunSpec::etc_files`.
+pub fn etc_files(dir: &Path, hostname: &str, network: Network) -> Result<Vec<(String, PathBuf)>> {
+    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let resolv = match network {
+        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        Network::None => String::new(),
+    };
+    let files = [
+        (
+            "/etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+        ),
+        ("/etc/resolv.conf", resolv),
+        ("/etc/hostname", format!("{hostname}\n")),
+    ];
+    files
+        .into_iter()
+        .map(|(target, content)| {
+            let path = dir.join(target.trim_start_matches("/etc/"));
+            fs::write(&path, content).map_err(io_err("writing", &path))?;
+            Ok((target.to_owned(), path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! What the helper does, in order, generic over [`Syscall`] so that the
+//! sequence can be tested by recording it.
+//!
+//! In the helper: new mount, PID, UTS and IPC namespaces (and network, for
+//! `--network=none`), then a fork so the step's process is PID 1 of its
+//! namespace (when it exits, the kernel kills everything it left behind).
+//! In that child: the overlay, `/proc`, a minimal `/dev`, read-only `/sys`,
+//! the step's mounts and `/etc` files, `pivot_root`, hostname, the user,
+//! the bounding set, `no_new_privs`, and `execve`.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Gid, Uid};
+
+use super::spec::{MountKind, Network, RunSpec};
+use super::syscall::Syscall;
+use super::user;
+
+/// Docker's default capabilities (what a RUN step keeps).
+pub const DEFAULT_CAPS: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// Device nodes bound from the host into the step's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Why setup failed; written to the state directory's `error` file.
+pub type SetupError = String;
+
+fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SetupError {
+    format!("{what}: {e}")
+}
+
+/// Namespaces for `spec`.
+pub fn namespaces(spec: &RunSpec) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    flags
+}
+
+/// The helper's main part: namespaces, fork, and in the child everything
+/// up to `execve`. Returns the child's pid in the parent; in the child it
+/// returns only on failure.
+pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<nix::unistd::Pid>, SetupError> {
+    sys.unshare(namespaces(spec))
+        .map_err(|e| fail("creating namespaces", e))?;
+    match sys.fork().map_err(|e| fail("fork", e))? {
+        ForkResult::Parent { child } => Ok(Some(child)),
+        ForkResult::Child => {
+            sys.set_parent_death_kill()
+                .map_err(|e| fail("setting the parent-death signal", e))?;
+            child(sys, spec)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Records a created mount stub, relative to the root filesystem, so the
+/// worker can remove it from the layer afterwards.
+struct Stubs {
+    file: File,
+    root: PathBuf,
+}
+
+impl Stubs {
+    fn note(&mut self, path: &Path) -> Result<(), SetupError> {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        writeln!(self.file, "{}", rel.display()).map_err(|e| fail("recording a mount stub", e))
+    }
+
+    /// Makes `path` (a directory, or a file when `file`) inside the root if
+    /// missing, noting each created piece.
+    fn ensure(&mut self, path: &Path, file: bool) -> Result<(), SetupError> {
+        if fs::symlink_metadata(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            if fs::symlink_metadata(parent).is_ok() {
+                // Creating in a lower directory copies it up into the layer;
+                // listed so an empty copy-up is removed with the stub.
+                if parent != self.root {
+                    self.note(parent)?;
+                }
+            } else {
+                self.ensure(parent, false)?;
+            }
+        }
+        if file {
+            File::create(path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
+        } else {
+            fs::create_dir(path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
+        }
+        self.note(path)
+    }
+}
+
+/// `path` inside the root, never outside (`..` and absolute parts are
+/// taken inside).
+fn inside(root: &Path, path: &str) -> PathBuf {
+    let mut out = root.to_owned();
+    for part in Path::new(path).components() {
+        if let std::path::Component::Normal(p) = part {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
+    let root = &spec.rootfs.target;
+    let state = &spec.state_dir;
+    let mut stubs = Stubs {
+        file: OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(state.join("stubs"))
+            .map_err(|e| fail("opening the stub list", e))?,
+        root: root.clone(),
+    };
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    let mount = |source: Option<&Path>,
+                 target: &Path,
+                 fstype: Option<&str>,
+                 flags: MsFlags,
+                 data: Option<&str>| {
+        sys.mount(source, target, fstype, flags, data)
+            .map_err(|e| fail(format!("mounting {}", target.display()), e))
+    };
+
+    // Nothing below may propagate back to the host's mounts.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    if spec.network == Network::None {
+        sys.loopback_up()
+            .map_err(|e| fail("bringing up loopback", e))?;
+    }
+    let r = &spec.rootfs;
+    let lower: Vec<String> = r
+        .lowerdirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        r.upperdir.display(),
+        r.workdir.display()
+    );
+    mount(
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&options),
+    )?;
+
+    let proc_dir = root.join("proc");
+    stubs.ensure(&proc_dir, false)?;
+    mount(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    // /proc/sys stays readable but not writable.
+    let sys_dir = proc_dir.join("sys");
+    mount(Some(&sys_dir), &sys_dir, None, MsFlags::MS_BIND, None)?;
+    mount(
+        None,
+        &sys_dir,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )?;
+
+    let dev = root.join("dev");
+    stubs.ensure(&dev, false)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in DEVICES {
+        let node = dev.join(name);
+        File::create(&node).map_err(|e| fail(format!("creating {}", node.display()), e))?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
+            &node,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for (dir, fstype, data) in [
+        ("pts", "devpts", "newinstance,ptmxmode=0666,mode=620"),
+        ("shm", "tmpfs", "mode=1777,size=65536k"),
+    ] {
+        let path = dev.join(dir);
+        fs::create_dir(&path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
+        mount(
+            Some(Path::new(fstype)),
+            &path,
+            Some(fstype),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(data),
+        )?;
+    }
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| fail(format!("linking /dev/{link}"), e))?;
+    }
+
+    let sysfs = root.join("sys");
+    stubs.ensure(&sysfs, false)?;
+    mount(
+        Some(Path::new("sysfs")),
+        &sysfs,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+
+    for (target, source) in &spec.etc_files {
+        let path = inside(root, target);
+        stubs.ensure(&path, true)?;
+        mount(Some(source), &path, None, MsFlags::MS_BIND, None)?;
+    }
+    for m in &spec.mounts {
+        let path = inside(root, &m.target);
+        match &m.kind {
+            MountKind::Bind { source, readonly } => {
+                stubs.ensure(&path, !source.is_dir())?;
+                mount(Some(source), &path, None, bind, None)?;
+                if *readonly {
+                    mount(
+                        None,
+                        &path,
+                        None,
+                        bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    )?;
+                }
+            }
+            MountKind::Tmpfs { size } => {
+                stubs.ensure(&path, false)?;
+                let data = (*size > 0).then(|| format!("size={size}"));
+                mount(
+                    Some(Path::new("tmpfs")),
+                    &path,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    data.as_deref(),
+                )?;
+            }
+        }
+    }
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it
+    // leaves only the new root. See pivot_root(2), "NOTES".
+    sys.chdir(root)
+        .map_err(|e| fail("chdir to the root filesystem", e))?;
+    sys.pivot_root(Path::new("."), Path::new("."))
+        .map_err(|e| fail("pivot_root", e))?;
+    sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(|e| fail("detaching the old root", e))?;
+    sys.chdir(Path::new("/")).map_err(|e| fail("chdir /", e))?;
+    sys.sethostname(&spec.hostname)
+        .map_err(|e| fail("sethostname", e))?;
+
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let id = user::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))
+        .map_err(|e| e.to_string())?;
+    let cwd = Path::new(&spec.cwd);
+    if fs::metadata(cwd).is_err() {
+        fs::create_dir_all(cwd)
+            .map_err(|e| fail(format!("creating the working directory {}", spec.cwd), e))?;
+        let _ = std::os::unix::fs::chown(cwd, Some(id.uid), Some(id.gid));
+    }
+    let mut env = spec.env.clone();
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={}", id.home));
+    }
+    let program = find_program(&spec.args[0], &env)
+        .ok_or_else(|| format!("{:?}: executable file not found in $PATH", spec.args[0]))?;
+
+    if !spec.privileged {
+        sys.drop_bounding_caps(DEFAULT_CAPS)
+            .map_err(|e| fail("dropping capabilities", e))?;
+        sys.set_no_new_privs()
+            .map_err(|e| fail("setting no_new_privs", e))?;
+    }
+    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    sys.set_ids(Uid::from_raw(id.uid), Gid::from_raw(id.gid), &groups)
+        .map_err(|e| fail(format!("switching to user {:?}", spec.user), e))?;
+    sys.chdir(cwd)
+        .map_err(|e| fail(format!("chdir to {}", spec.cwd), e))?;
+
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let args = spec
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+    let program = cstr(&program)?;
+    sys.execve(&program, &args, &env)
+        .map_err(|e| fail(format!("exec {}", spec.args[0]), e))
+}
+
+/// `name` as is when it has a slash, else the first executable in `PATH`.
+fn find_program(name: &str, env: &[String]) -> Option<String> {
+    if name.contains('/') {
+        return Some(name.to_owned());
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| format!("{}/{name}", if dir.is_empty() { "." } else { dir }))
+        .find(|candidate| {
+            fs::metadata(candidate).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+}

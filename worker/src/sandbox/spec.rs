@@ -1,0 +1,73 @@
+//! The description of one sandboxed run, handed from the worker to the
+//! helper as JSON on its standard input.
+//!
+//! Its fields map one to one onto an OCI runtime spec's (`process.args`,
+//! `process.env`, `process.cwd`, `hostname`, `mounts`, the network
+//! namespace), so an OCI runtime could be plugged in behind the same
+//! contract.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub rootfs: Rootfs,
+    /// argv; `args[0]` is looked up in `PATH` of `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value`.
+    pub env: Vec<String>,
+    /// Absolute; created (owned by the user) when missing.
+    pub cwd: String,
+    /// `USER` syntax, resolved in the root filesystem; empty is root.
+    pub user: String,
+    pub hostname: String,
+    pub network: Network,
+    /// All capabilities and no `no_new_privs` (`--security=insecure`).
+    pub privileged: bool,
+    /// Extra mounts, in order.
+    pub mounts: Vec<Mount>,
+    /// Files bound over `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`
+    /// (target in the root, source on the host). Never part of the layer.
+    pub etc_files: Vec<(String, PathBuf)>,
+    /// A host directory for the helper's reports (`error`, `stubs`).
+    pub state_dir: PathBuf,
+}
+
+/// The overlay that is the step's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// Lower layers, top first; at least one (an empty directory for scratch).
+    pub lowerdirs: Vec<PathBuf>,
+    /// Receives every change: the new layer.
+    pub upperdir: PathBuf,
+    /// overlayfs's work directory, on the upperdir's filesystem.
+    pub workdir: PathBuf,
+    /// Where the overlay is mounted, in the helper's mount namespace only.
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network (Docker builds' default).
+    Host,
+    /// A new namespace with only loopback.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path in the sandbox.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host file or directory (another rootfs, the context, a cache
+    /// directory, a secret file).
+    Bind { source: PathBuf, readonly: bool },
+    /// A fresh tmpfs; `size` in bytes, 0 for the kernel's default.
+    Tmpfs { size: u64 },
+}

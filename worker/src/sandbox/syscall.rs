@@ -1,0 +1,282 @@
+//! Every system call the sandbox makes, behind one trait.
+//!
+//! [`Linux`] makes them; [`Recording`] only records them, so the order of a
+//! setup can be tested without root. `unsafe` appears only here, each block
+//! with a `SAFETY:` line.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Gid, Uid};
+
+pub type Result<T> = nix::Result<T>;
+
+/// The calls the sandbox setup needs.
+pub trait Syscall {
+    /// New namespaces for this process (`unshare(2)`).
+    fn unshare(&self, flags: CloneFlags) -> Result<()>;
+    /// `fork(2)`. Only ever called from the single-threaded helper.
+    fn fork(&self) -> Result<ForkResult>;
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()>;
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()>;
+    /// `pivot_root(2)`.
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()>;
+    fn chdir(&self, path: &Path) -> Result<()>;
+    fn sethostname(&self, name: &str) -> Result<()>;
+    /// Removes every capability not in `keep` from the bounding set.
+    fn drop_bounding_caps(&self, keep: &[u32]) -> Result<()>;
+    fn set_no_new_privs(&self) -> Result<()>;
+    /// Kill this process with SIGKILL when its parent dies.
+    fn set_parent_death_kill(&self) -> Result<()>;
+    fn set_ids(&self, uid: Uid, gid: Gid, groups: &[Gid]) -> Result<()>;
+    /// Sets the loopback interface up (in a fresh network namespace).
+    fn loopback_up(&self) -> Result<()>;
+    /// Replaces the process image; returns only on failure.
+    fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()>;
+}
+
+/// The real calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Linux;
+
+impl Syscall for Linux {
+    fn unshare(&self, flags: CloneFlags) -> Result<()> {
+        nix::sched::unshare(flags)
+    }
+
+    fn fork(&self) -> Result<ForkResult> {
+        // SAFETY: the helper that calls this is single-threaded (it is its own
+        // process, started by exec), so the child cannot inherit a lock held by
+        // another thread. See fork(2), "async-signal-safe".
+        unsafe { nix::unistd::fork() }
+    }
+
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+
+    fn chdir(&self, path: &Path) -> Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn sethostname(&self, name: &str) -> Result<()> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn drop_bounding_caps(&self, keep: &[u32]) -> Result<()> {
+        let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        for cap in (0..=last).filter(|c| !keep.contains(c)) {
+            // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no
+            // memory of ours; see prctl(2).
+            let r = unsafe {
+                nix::libc::prctl(
+                    nix::libc::PR_CAPBSET_DROP,
+                    nix::libc::c_ulong::from(cap),
+                    0,
+                    0,
+                    0,
+                )
+            };
+            nix::errno::Errno::result(r)?;
+        }
+        Ok(())
+    }
+
+    fn set_no_new_privs(&self) -> Result<()> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn set_parent_death_kill(&self) -> Result<()> {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    fn set_ids(&self, uid: Uid, gid: Gid, groups: &[Gid]) -> Result<()> {
+        // Groups and gid first: after setuid to a user, they can no longer change.
+        nix::unistd::setgroups(groups)?;
+        nix::unistd::setresgid(gid, gid, gid)?;
+        nix::unistd::setresuid(uid, uid, uid)
+    }
+
+    fn loopback_up(&self) -> Result<()> {
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+        let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as nix::libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write only `req`, which
+        // lives across both calls; see netdevice(7).
+        unsafe {
+            nix::errno::Errno::result(nix::libc::ioctl(
+                socket.as_raw_fd(),
+                nix::libc::SIOCGIFFLAGS,
+                &mut req,
+            ))?;
+            req.ifr_ifru.ifru_flags |=
+                (nix::libc::IFF_UP | nix::libc::IFF_RUNNING) as nix::libc::c_short;
+            nix::errno::Errno::result(nix::libc::ioctl(
+                socket.as_raw_fd(),
+                nix::libc::SIOCSIFFLAGS,
+                &req,
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()> {
+        nix::unistd::execve(path, args, env).map(|_| ())
+    }
+}
+
+/// Records calls instead of making them; every call succeeds (`fork`
+/// returns as the child).
+#[derive(Debug, Default)]
+pub struct Recording {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    /// The calls so far, one line each.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, call: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(call);
+    }
+}
+
+impl Syscall for Recording {
+    fn unshare(&self, flags: CloneFlags) -> Result<()> {
+        self.record(format!("unshare {flags:?}"));
+        Ok(())
+    }
+
+    fn fork(&self) -> Result<ForkResult> {
+        self.record("fork".into());
+        Ok(ForkResult::Child)
+    }
+
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        let names: Vec<&str> = flags.iter_names().map(|(name, _)| name).collect();
+        let flags = if names.is_empty() {
+            "(empty)".to_owned()
+        } else {
+            names.join(" | ")
+        };
+        self.record(format!(
+            "mount {} {} {} {flags} {}",
+            source.map_or("-".into(), |s| s.display().to_string()),
+            target.display(),
+            fstype.unwrap_or("-"),
+            data.unwrap_or("-")
+        ));
+        Ok(())
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()> {
+        let names: Vec<&str> = flags.iter_names().map(|(name, _)| name).collect();
+        self.record(format!(
+            "umount2 {} {}",
+            target.display(),
+            names.join(" | ")
+        ));
+        Ok(())
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        self.record(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ));
+        Ok(())
+    }
+
+    fn chdir(&self, path: &Path) -> Result<()> {
+        self.record(format!("chdir {}", path.display()));
+        Ok(())
+    }
+
+    fn sethostname(&self, name: &str) -> Result<()> {
+        self.record(format!("sethostname {name}"));
+        Ok(())
+    }
+
+    fn drop_bounding_caps(&self, keep: &[u32]) -> Result<()> {
+        self.record(format!("drop_bounding_caps keep {keep:?}"));
+        Ok(())
+    }
+
+    fn set_no_new_privs(&self) -> Result<()> {
+        self.record("set_no_new_privs".into());
+        Ok(())
+    }
+
+    fn set_parent_death_kill(&self) -> Result<()> {
+        self.record("set_parent_death_kill".into());
+        Ok(())
+    }
+
+    fn set_ids(&self, uid: Uid, gid: Gid, groups: &[Gid]) -> Result<()> {
+        self.record(format!("set_ids {uid} {gid} {groups:?}"));
+        Ok(())
+    }
+
+    fn loopback_up(&self) -> Result<()> {
+        self.record("loopback_up".into());
+        Ok(())
+    }
+
+    fn execve(&self, path: &CStr, args: &[CString], _env: &[CString]) -> Result<()> {
+        self.record(format!("execve {} {args:?}", path.to_string_lossy()));
+        Ok(())
+    }
+}
