@@ -89,6 +89,15 @@ impl Matcher {
         self.patterns.is_empty()
     }
 
+    /// Whether some (non-exception) pattern matches `path` itself — a
+    /// `filepath.Match` test, as COPY's wildcards are; parents do not count.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = path.trim_start_matches('/');
+        self.patterns
+            .iter()
+            .any(|p| !p.exception && p.regex.is_match(path))
+    }
+
     /// Whether `path` (relative to the context root, `/`-separated) is
     /// excluded: the last pattern that matches it or a parent directory
     /// decides.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use kiln_worker::layer;
 use kiln_worker::sandbox::spec::{Network, Rootfs, RunSpec};
-use kiln_worker::sandbox::{etc_files, Cancel, Sandbox};
+use kiln_worker::sandbox::{Cancel, Sandbox, etc_files};
 
 fn main() {
     if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/bin/busybox").is_file() {
@@ -33,7 +33,12 @@ fn main() {
         };
         let start = Instant::now();
         let spec = RunSpec {
-            rootfs: Rootfs { lowerdirs: vec![lower.clone()], upperdir: d("u"), workdir: d("w"), target: d("m") },
+            rootfs: Rootfs {
+                lowerdirs: vec![lower.clone()],
+                upperdir: d("u"),
+                workdir: d("w"),
+                target: d("m"),
+            },
             args: vec!["true".into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
@@ -45,7 +50,9 @@ fn main() {
             etc_files: etc_files(&d("etc"), "bench", Network::Host).unwrap(),
             state_dir: d("s"),
         };
-        let status = sandbox.run(&spec, &mut |_, _| {}, &Cancel::default()).unwrap();
+        let status = sandbox
+            .run(&spec, &mut |_, _| {}, &Cancel::default())
+            .unwrap();
         assert_eq!(status, 0);
         let tar = layer::diff(&spec.rootfs.upperdir, Vec::new()).unwrap();
         std::hint::black_box(tar);

@@ -10,5 +10,6 @@
 //! Does not own: deciding what to run (the solver in `kiln-builder`) or
 //! storing blobs (`kiln-cache`).
 
+pub mod fileop;
 pub mod layer;
 pub mod sandbox;

@@ -1,5 +1,5 @@
 //! Layer and archive compression: recognized by magic bytes, undone while
-//! streaming.
+//! streaming. Layers use gzip or zstd; `ADD` also unpacks bzip2 and xz.
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -9,6 +9,8 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    Bzip2,
+    Xz,
 }
 
 impl Compression {
@@ -19,15 +21,20 @@ impl Compression {
             Self::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Self::Zstd
+        } else if head.starts_with(b"BZh") {
+            Self::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Self::Xz
         } else {
             Self::None
         })
     }
 
-    /// The OCI layer media type for a tar compressed this way.
+    /// The OCI layer media type for a tar compressed this way. OCI has none
+    /// for bzip2 and xz (only `ADD` meets them); they map to plain tar.
     pub fn layer_media_type(self) -> &'static str {
         match self {
-            Self::None => "application/vnd.oci.image.layer.v1.tar",
+            Self::None | Self::Bzip2 | Self::Xz => "application/vnd.oci.image.layer.v1.tar",
             Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             Self::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
@@ -41,5 +48,7 @@ pub fn decompressed<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(reader)),
+        Compression::Xz => Box::new(lzma_rust2::XzReader::new(reader, true)),
     })
 }

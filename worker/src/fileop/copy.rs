@@ -1,0 +1,217 @@
+//! COPY and ADD with Docker's rules:
+//!
+//! - a directory source copies its *contents*;
+//! - the destination is a directory when it ends in `/`, when there are
+//!   several sources or a wildcard, or when it already is one; else it is
+//!   the target file's path;
+//! - missing parent directories are created;
+//! - a symlink named as the source is followed (inside its root), symlinks
+//!   inside a copied tree are copied as symlinks;
+//! - `--chown` and `--chmod` apply to everything copied; otherwise owner,
+//!   mode and mtime come from the source;
+//! - `--exclude` patterns (`.dockerignore` syntax) are matched against paths
+//!   relative to the copied source;
+//! - ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the
+//!   destination directory.
+
+use std::io::Read;
+use std::path::Path;
+
+use kiln_frontend::dockerignore::Matcher;
+use nix::fcntl::OFlag;
+use nix::sys::stat::FileStat;
+
+use super::root::{Root, components, proc_fd_path};
+use super::tree::{self, Meta};
+use super::{FileOpError, OwnerSpec, Result};
+use crate::layer;
+use crate::layer::compression::decompressed;
+
+/// One copy action.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// Paths in the source root; may hold `*`, `?`, `[…]` when
+    /// `allow_wildcard` is set.
+    pub sources: Vec<String>,
+    /// Path in the destination root; a trailing `/` means a directory.
+    pub dest: String,
+    pub owner: Option<OwnerSpec>,
+    pub mode: Option<u32>,
+    pub allow_wildcard: bool,
+    pub unpack_archives: bool,
+    /// `--parents`: keep each source's directories under `dest`.
+    pub parents: bool,
+    pub excludes: Vec<String>,
+}
+
+/// Copies `req.sources` from the root `src` into the root `dest`.
+pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
+    let src_root = Root::open(src)?;
+    let dst = Root::open(dest)?;
+    let excludes = Matcher::new(&req.excludes).map_err(|e| FileOpError::Invalid(e.to_string()))?;
+    let opts = Meta {
+        owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
+        mode: req.mode,
+        excludes: &excludes,
+    };
+    // (path, components `--parents` drops: those before a `/./` pivot)
+    let mut sources: Vec<(String, usize)> = Vec::new();
+    let mut wildcard = false;
+    for source in &req.sources {
+        let pivot = source
+            .split_once("/./")
+            .map_or(0, |(before, _)| components(before).len());
+        if req.allow_wildcard && has_glob(source) {
+            wildcard = true;
+            let found = expand(&src_root, source)?;
+            if found.is_empty() {
+                return Err(FileOpError::NotFound(source.clone()));
+            }
+            sources.extend(found.into_iter().map(|p| (p, pivot)));
+        } else {
+            if src_root.stat(source)?.is_none() {
+                return Err(FileOpError::NotFound(source.clone()));
+            }
+            sources.push((components(source).join("/"), pivot));
+        }
+    }
+    let dest_is_dir = req.dest.ends_with('/')
+        || sources.len() > 1
+        || wildcard
+        || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
+    let dest_base = components(&req.dest).join("/");
+    for (source, pivot) in &sources {
+        let st = src_root
+            .stat(source)?
+            .ok_or_else(|| FileOpError::NotFound(source.clone()))?;
+        let kept = components(source)[*pivot..].join("/");
+        let base = if req.parents {
+            join(&dest_base, parent_of(&kept))
+        } else {
+            dest_base.clone()
+        };
+        let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        if is_dir(&st) {
+            let target = if req.parents {
+                join(&dest_base, &kept)
+            } else {
+                base
+            };
+            dst.mkdir_all(&target, 0o755, opts.owner)?;
+            let from = src_root.open_follow(source, dir_flags)?;
+            let to = dst.open_follow(&target, dir_flags)?;
+            tree::copy_dir(&from, &to, "", &opts)?;
+            let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
+            tree::finish(
+                &to,
+                uid,
+                gid,
+                opts.mode.unwrap_or(st.st_mode & 0o7777),
+                &st,
+                target.as_bytes(),
+            )?;
+            continue;
+        }
+        if req.unpack_archives && is_tar_archive(&src_root, source)? {
+            dst.mkdir_all(&base, 0o755, opts.owner)?;
+            let dir = dst.open_follow(&base, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
+            let file = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
+            let reader =
+                decompressed(file).map_err(|e| FileOpError::io("reading", Path::new(source), e))?;
+            layer::unpack(reader, &proc_fd_path(&dir)).map_err(|e| FileOpError::Unpack {
+                path: source.clone(),
+                source: e,
+            })?;
+            continue;
+        }
+        let target = if dest_is_dir || req.parents {
+            join(
+                &base,
+                components(source).last().copied().unwrap_or_default(),
+            )
+        } else {
+            dest_base.clone()
+        };
+        if let Some(parent) = parent_of_opt(&target) {
+            dst.mkdir_all(parent, 0o755, opts.owner)?;
+        }
+        let (to_dir, name) = dst.parent(&target)?;
+        let from = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
+        tree::copy_file(from, &st, &to_dir, name.as_bytes(), &opts)?;
+    }
+    Ok(())
+}
+
+fn has_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+/// The paths of the source root a wildcard source matches, component by
+/// component (`*` never crosses `/`), sorted.
+fn expand(root: &Root, pattern: &str) -> Result<Vec<String>> {
+    let parts = components(pattern);
+    let mut found = vec![String::new()];
+    for (i, part) in parts.iter().enumerate() {
+        let mut next = Vec::new();
+        for dir in &found {
+            if !has_glob(part) {
+                let candidate = join(dir, part);
+                if root.lstat(&candidate)?.is_some() {
+                    next.push(candidate);
+                }
+                continue;
+            }
+            if !root.stat(dir)?.is_some_and(|st| is_dir(&st)) {
+                continue;
+            }
+            let matcher = Matcher::new(&[parts[..=i].join("/")])
+                .map_err(|e| FileOpError::Invalid(e.to_string()))?;
+            for name in root.list(dir)? {
+                let candidate = join(dir, &name);
+                if matcher.matches(&candidate) {
+                    next.push(candidate);
+                }
+            }
+        }
+        found = next;
+    }
+    found.retain(|p| !p.is_empty());
+    Ok(found)
+}
+
+/// Whether the file is a tar archive, possibly compressed.
+fn is_tar_archive(root: &Root, path: &str) -> Result<bool> {
+    let file = std::fs::File::from(root.open_follow(path, OFlag::O_RDONLY)?);
+    let Ok(mut reader) = decompressed(file) else {
+        return Ok(false);
+    };
+    let mut head = [0u8; 512];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    Ok(filled == 512 && &head[257..262] == b"ustar")
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn parent_of_opt(path: &str) -> Option<&str> {
+    Some(parent_of(path)).filter(|p| !p.is_empty())
+}

@@ -1,0 +1,131 @@
+//! File operations (COPY, ADD, WORKDIR, heredoc files) between two
+//! directory roots, with Docker's COPY rules.
+//!
+//! Every path, source and destination, is resolved inside its root
+//! ([`root::Root`], `openat2(RESOLVE_IN_ROOT)`): a symlink in the image that
+//! points to `/` or `..` can never make a copy land outside it, nor read
+//! from outside the source.
+
+mod copy;
+pub mod root;
+mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use thiserror::Error;
+
+pub use self::copy::{CopyRequest, copy};
+use self::root::Root;
+use crate::sandbox::user;
+
+#[derive(Debug, Error)]
+pub enum FileOpError {
+    #[error("{action} {path}: {errno}")]
+    Sys {
+        action: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error(transparent)]
+    User(#[from] user::UserError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unpacking {path}: {source}")]
+    Unpack {
+        path: String,
+        source: crate::layer::LayerError,
+    },
+}
+
+impl FileOpError {
+    pub(crate) fn sys(action: &'static str, path: &Path, errno: Errno) -> Self {
+        Self::Sys {
+            action,
+            path: path.to_owned(),
+            errno,
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, FileOpError>;
+
+/// An owner as written (`--chown`, `USER`): ids, or names resolved in the
+/// destination root's `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerSpec(pub String);
+
+impl OwnerSpec {
+    /// The uid and gid in `root`.
+    pub fn resolve(&self, root: &Root) -> Result<(u32, u32)> {
+        let read = |rel: &str| -> String {
+            root.open_follow(rel, nix::fcntl::OFlag::O_RDONLY)
+                .ok()
+                .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd)).ok())
+                .unwrap_or_default()
+        };
+        let id = user::resolve(&self.0, &read("/etc/passwd"), &read("/etc/group"))?;
+        Ok((id.uid, id.gid))
+    }
+}
+
+/// WORKDIR's mkdir: `path` and (with `parents`) missing parents, owned by
+/// `owner`.
+pub fn mkdir(
+    dest: &Path,
+    path: &str,
+    mode: u32,
+    parents: bool,
+    owner: Option<&OwnerSpec>,
+) -> Result<()> {
+    let root = Root::open(dest)?;
+    let owner = owner.map(|o| o.resolve(&root)).transpose()?;
+    let parts = root::components(path);
+    if !parents && parts.len() > 1 && root.stat(&parts[..parts.len() - 1].join("/"))?.is_none() {
+        return Err(FileOpError::NotFound(path.to_owned()));
+    }
+    root.mkdir_all(path, mode, owner)?;
+    Ok(())
+}
+
+/// A heredoc file: `path` (whose parent must exist) with `data`.
+pub fn mkfile(
+    dest: &Path,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+    owner: Option<&OwnerSpec>,
+) -> Result<()> {
+    let root = Root::open(dest)?;
+    let owner = owner.map(|o| o.resolve(&root)).transpose()?;
+    let mut file = root.create_file(path, mode)?;
+    io::Write::write_all(&mut file, data)
+        .map_err(|e| FileOpError::io("writing", &dest.join(path.trim_start_matches('/')), e))?;
+    root.chmod(path, mode)?;
+    if let Some((uid, gid)) = owner {
+        root.chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

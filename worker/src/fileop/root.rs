@@ -1,0 +1,285 @@
+//! A directory used as a root: every path is resolved inside it with
+//! `openat2(RESOLVE_IN_ROOT)`, so `..` and symlinks (even to `/`) never lead
+//! out of it. See openat2(2).
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, fchownat};
+
+use super::{FileOpError, Result};
+
+/// A root directory.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn how(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+/// The parts of a path inside the root (`/a/./b/` → `["a", "b"]`).
+pub fn components(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect()
+}
+
+impl Root {
+    pub fn open(path: &Path) -> Result<Self> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FileOpError::sys("opening", path, e))?;
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The root's host path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, action: &'static str, rel: &str, e: Errno) -> FileOpError {
+        FileOpError::sys(action, &self.path.join(rel.trim_start_matches('/')), e)
+    }
+
+    /// Opens `rel` following symlinks within the root.
+    pub fn open_follow(&self, rel: &str, flags: OFlag) -> Result<OwnedFd> {
+        let rel = if components(rel).is_empty() { "." } else { rel };
+        openat2(self.fd.as_fd(), rel, how(flags)).map_err(|e| self.err("opening", rel, e))
+    }
+
+    /// Metadata of `rel`, symlinks followed within the root; `None` when
+    /// missing.
+    pub fn stat(&self, rel: &str) -> Result<Option<FileStat>> {
+        match self.open_follow(rel, OFlag::O_PATH) {
+            Ok(fd) => nix::sys::stat::fstat(fd.as_fd())
+                .map(Some)
+                .map_err(|e| self.err("reading", rel, e)),
+            Err(FileOpError::Sys {
+                errno: Errno::ENOENT | Errno::ENOTDIR,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The directory holding `rel` and the last component's name.
+    pub fn parent(&self, rel: &str) -> Result<(OwnedFd, String)> {
+        let parts = components(rel);
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(FileOpError::Invalid(format!(
+                "{rel:?} names the root itself"
+            )));
+        };
+        Ok((
+            self.open_follow(&dirs.join("/"), OFlag::O_DIRECTORY | OFlag::O_RDONLY)?,
+            (*name).to_owned(),
+        ))
+    }
+
+    /// Metadata of `rel` itself (a symlink is not followed); `None` when
+    /// missing.
+    pub fn lstat(&self, rel: &str) -> Result<Option<FileStat>> {
+        if components(rel).is_empty() {
+            return self.stat(rel);
+        }
+        let (dir, name) = match self.parent(rel) {
+            Ok(found) => found,
+            Err(FileOpError::Sys {
+                errno: Errno::ENOENT | Errno::ENOTDIR,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match fstatat(dir.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(self.err("reading", rel, e)),
+        }
+    }
+
+    /// Makes directory `rel` and missing parents (like `mkdir -p`), each new
+    /// one with `mode` and `owner`. Returns the created ones, outermost
+    /// first. An existing non-directory in the way is an error.
+    pub fn mkdir_all(
+        &self,
+        rel: &str,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>> {
+        self.mkdir_all_depth(rel, mode, owner, 0)
+    }
+
+    fn mkdir_all_depth(
+        &self,
+        rel: &str,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        depth: u32,
+    ) -> Result<Vec<String>> {
+        // As the kernel's SYMLOOP_MAX: dangling symlinks followed at most this often.
+        const MAX_LINKS: u32 = 40;
+        let parts = components(rel);
+        let mut created = Vec::new();
+        for i in 0..parts.len() {
+            let prefix = parts[..=i].join("/");
+            match self.open_follow(&prefix, OFlag::O_DIRECTORY | OFlag::O_PATH) {
+                Ok(_) => continue,
+                Err(FileOpError::Sys {
+                    errno: Errno::ENOENT,
+                    ..
+                }) => {}
+                Err(FileOpError::Sys {
+                    errno: Errno::ENOTDIR,
+                    ..
+                }) => {
+                    return Err(FileOpError::NotADirectory(prefix));
+                }
+                Err(e) => return Err(e),
+            }
+            let (dir, name) = self.parent(&prefix)?;
+            match mkdirat(dir.as_fd(), name.as_str(), Mode::from_bits_truncate(mode)) {
+                Ok(()) => {}
+                // A dangling symlink: make its target, inside the root.
+                Err(Errno::EEXIST) if depth < MAX_LINKS => {
+                    let target = self.read_link(&prefix)?;
+                    let target = target.to_string_lossy();
+                    let inside = if target.starts_with('/') {
+                        target.into_owned()
+                    } else {
+                        format!("{}/{target}", parts[..i].join("/"))
+                    };
+                    created.extend(self.mkdir_all_depth(&inside, mode, owner, depth + 1)?);
+                    continue;
+                }
+                Err(e) => return Err(self.err("creating", &prefix, e)),
+            }
+            // mkdir applies the umask; the mode asked for is the mode wanted.
+            self.chmod(&prefix, mode)?;
+            if let Some((uid, gid)) = owner {
+                self.chown(&prefix, uid, gid)?;
+            }
+            created.push(prefix);
+        }
+        Ok(created)
+    }
+
+    /// Removes whatever non-directory is at `rel` (nothing there is fine);
+    /// a directory is removed with its contents.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        let Some(st) = self.lstat(rel)? else {
+            return Ok(());
+        };
+        let (dir, name) = self.parent(rel)?;
+        let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+        if is_dir {
+            // The directory's own path in the root is safe to walk: the
+            // parent was resolved inside, and the entry itself is no symlink.
+            let real = proc_fd_path(&dir).join(&name);
+            return std::fs::remove_dir_all(&real)
+                .map_err(|e| FileOpError::io("removing", &real, e));
+        }
+        nix::unistd::unlinkat(
+            dir.as_fd(),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .map_err(|e| self.err("removing", rel, e))
+    }
+
+    /// Creates (replacing) the regular file `rel`, never through a symlink.
+    pub fn create_file(&self, rel: &str, mode: u32) -> Result<File> {
+        if self
+            .lstat(rel)?
+            .is_some_and(|st| st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR)
+        {
+            self.remove(rel)?;
+        }
+        let (dir, name) = self.parent(rel)?;
+        let fd = nix::fcntl::openat(
+            dir.as_fd(),
+            name.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )
+        .map_err(|e| self.err("creating", rel, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// The target of the symlink `rel`.
+    pub fn read_link(&self, rel: &str) -> Result<std::ffi::OsString> {
+        let (dir, name) = self.parent(rel)?;
+        nix::fcntl::readlinkat(dir.as_fd(), name.as_str())
+            .map_err(|e| self.err("reading link", rel, e))
+    }
+
+    /// Names in directory `rel`, sorted.
+    pub fn list(&self, rel: &str) -> Result<Vec<String>> {
+        let fd = self.open_follow(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
+        let path = proc_fd_path(&fd);
+        let mut names: Vec<String> = std::fs::read_dir(&path)
+            .map_err(|e| FileOpError::io("reading", &path, e))?
+            .filter_map(|e| {
+                e.ok()
+                    .map(|e| String::from_utf8_lossy(e.file_name().as_bytes()).into_owned())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn chown(&self, rel: &str, uid: u32, gid: u32) -> Result<()> {
+        let (dir, name) = self.parent_or_self(rel)?;
+        fchownat(
+            dir.as_fd(),
+            name.as_str(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.err("chown", rel, e))
+    }
+
+    pub fn chmod(&self, rel: &str, mode: u32) -> Result<()> {
+        let fd = self.open_follow(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        // fchmod does not work on O_PATH descriptors; its /proc path does.
+        let path = proc_fd_path(&fd);
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+        )
+        .map_err(|e| FileOpError::io("chmod", &self.path.join(rel.trim_start_matches('/')), e))
+    }
+
+    fn parent_or_self(&self, rel: &str) -> Result<(OwnedFd, String)> {
+        if components(rel).is_empty() {
+            Ok((
+                self.open_follow(".", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?,
+                ".".to_owned(),
+            ))
+        } else {
+            self.parent(rel)
+        }
+    }
+}
+
+/// `/proc/self/fd/N`: a path to what an already-resolved descriptor names.
+pub fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}

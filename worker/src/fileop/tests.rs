@@ -1,0 +1,336 @@
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+struct Roots {
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    outside: PathBuf,
+}
+
+fn roots() -> Roots {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (
+        dir.path().join("src"),
+        dir.path().join("dst"),
+        dir.path().join("outside"),
+    );
+    for d in [&src, &dst, &outside] {
+        fs::create_dir_all(d).unwrap();
+    }
+    Roots {
+        _dir: dir,
+        src,
+        dst,
+        outside,
+    }
+}
+
+fn write(root: &Path, rel: &str, data: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+fn req(sources: &[&str], dest: &str) -> CopyRequest {
+    CopyRequest {
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+        dest: dest.into(),
+        allow_wildcard: true,
+        ..Default::default()
+    }
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every path under `root`, sorted, directories with a trailing `/`.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                walk(base, &p, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn directories_copy_their_contents_and_destinations_follow_docker() {
+    let r = roots();
+    write(&r.src, "dir/a", "a");
+    write(&r.src, "dir/sub/b", "b");
+    write(&r.src, "f.txt", "f");
+    copy(&r.src, &r.dst, &req(&["/dir"], "/app/")).unwrap();
+    assert_eq!(tree(&r.dst), ["app/", "app/a", "app/sub/", "app/sub/b"]);
+
+    copy(&r.src, &r.dst, &req(&["/f.txt"], "/app/")).unwrap();
+    assert_eq!(
+        read(&r.dst, "app/f.txt"),
+        "f",
+        "a trailing slash means: into the directory"
+    );
+    copy(&r.src, &r.dst, &req(&["/f.txt"], "/renamed")).unwrap();
+    assert_eq!(
+        read(&r.dst, "renamed"),
+        "f",
+        "no slash, no directory: the file's new name"
+    );
+    copy(&r.src, &r.dst, &req(&["/f.txt"], "/app")).unwrap();
+    assert_eq!(
+        read(&r.dst, "app/f.txt"),
+        "f",
+        "an existing directory is a directory"
+    );
+    copy(&r.src, &r.dst, &req(&["/f.txt", "/dir/a"], "/multi/deep/")).unwrap();
+    assert_eq!(
+        read(&r.dst, "multi/deep/a"),
+        "a",
+        "missing parents are made"
+    );
+    let e = copy(&r.src, &r.dst, &req(&["/nope.txt"], "/x")).unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory: /nope.txt");
+}
+
+#[test]
+fn wildcards_stay_in_one_directory() {
+    let r = roots();
+    for f in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
+        write(&r.src, f, f);
+    }
+    copy(&r.src, &r.dst, &req(&["/*.txt"], "/out")).unwrap();
+    assert_eq!(
+        tree(&r.dst),
+        ["out/", "out/a.txt", "out/b.txt"],
+        "a wildcard makes the destination a directory"
+    );
+    copy(&r.src, &r.dst, &req(&["/s?b/*.txt"], "/o2/")).unwrap();
+    assert_eq!(read(&r.dst, "o2/d.txt"), "sub/d.txt");
+    assert!(matches!(
+        copy(&r.src, &r.dst, &req(&["/*.rs"], "/o3/")),
+        Err(FileOpError::NotFound(_))
+    ));
+}
+
+#[test]
+fn symlinks_named_are_followed_inside_the_root_and_kept_inside_trees() {
+    let r = roots();
+    write(&r.src, "real/file", "real");
+    symlink("/real/file", r.src.join("abs-link")).unwrap();
+    fs::create_dir_all(r.src.join("tree")).unwrap();
+    symlink("../real/file", r.src.join("tree/rel-link")).unwrap();
+    // A source symlink to a host file resolves inside the source root.
+    write(&r.outside, "host-secret", "host");
+    symlink(r.outside.join("host-secret"), r.src.join("escape")).unwrap();
+
+    copy(&r.src, &r.dst, &req(&["/abs-link"], "/copied")).unwrap();
+    assert_eq!(read(&r.dst, "copied"), "real");
+    copy(&r.src, &r.dst, &req(&["/tree"], "/t/")).unwrap();
+    assert_eq!(
+        fs::read_link(r.dst.join("t/rel-link")).unwrap(),
+        Path::new("../real/file")
+    );
+    let e = copy(&r.src, &r.dst, &req(&["/escape"], "/stolen")).unwrap_err();
+    assert!(matches!(e, FileOpError::NotFound(_)), "{e}");
+    assert!(!r.dst.join("stolen").exists());
+}
+
+#[test]
+fn a_symlink_in_the_image_cannot_lead_a_copy_outside() {
+    let r = roots();
+    write(&r.src, "payload", "owned");
+    symlink("/", r.dst.join("etc")).unwrap();
+    symlink("../../../..", r.dst.join("up")).unwrap();
+    symlink(&r.outside, r.dst.join("host")).unwrap();
+    for dest in [
+        "/etc/payload",
+        "/up/payload",
+        "/host/payload",
+        "/up/up/etc/payload",
+    ] {
+        copy(&r.src, &r.dst, &req(&["/payload"], dest)).unwrap();
+    }
+    assert_eq!(
+        read(&r.dst, "payload"),
+        "owned",
+        "every path resolved inside the root"
+    );
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    assert!(
+        r.dst
+            .join("etc")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the image's symlinks stay"
+    );
+}
+
+#[test]
+fn owner_mode_mtime_and_excludes() {
+    let r = roots();
+    write(&r.src, "app/main.rs", "fn main() {}");
+    write(&r.src, "app/README.md", "docs");
+    write(&r.src, "app/docs/guide.md", "docs");
+    fs::set_permissions(r.src.join("app/main.rs"), fs::Permissions::from_mode(0o751)).unwrap();
+    let mtime = fs::metadata(r.src.join("app/main.rs")).unwrap().mtime();
+    write(
+        &r.dst,
+        "etc/passwd",
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    );
+    write(&r.dst, "etc/group", "root:x:0:\nstaff:x:50:\n");
+
+    copy(&r.src, &r.dst, &req(&["/app"], "/plain/")).unwrap();
+    let m = fs::metadata(r.dst.join("plain/main.rs")).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.mtime()),
+        (0o751, mtime),
+        "mode and mtime come from the source"
+    );
+
+    let mut chowned = req(&["/app"], "/owned/");
+    chowned.owner = Some(OwnerSpec("app:staff".into()));
+    chowned.mode = Some(0o640);
+    chowned.excludes = vec!["*.md".into(), "docs".into()];
+    copy(&r.src, &r.dst, &chowned).unwrap();
+    assert_eq!(
+        tree(&r.dst.join("owned")),
+        ["main.rs"],
+        "excluded: *.md and docs/"
+    );
+    let m = fs::metadata(r.dst.join("owned/main.rs")).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (1000, 50),
+            "names resolved in the destination's /etc"
+        );
+    }
+    assert_eq!(m.mode() & 0o7777, 0o640);
+
+    let mut unknown = req(&["/app/main.rs"], "/x");
+    unknown.owner = Some(OwnerSpec("ghost".into()));
+    assert_eq!(
+        copy(&r.src, &r.dst, &unknown).unwrap_err().to_string(),
+        "user \"ghost\" not found in /etc/passwd"
+    );
+}
+
+#[test]
+fn parents_keep_the_source_directories() {
+    let r = roots();
+    write(&r.src, "x/y/file", "1");
+    write(&r.src, "x/z/file", "2");
+    let mut keep = req(&["/x/*/file"], "/out/");
+    keep.parents = true;
+    copy(&r.src, &r.dst, &keep).unwrap();
+    assert_eq!(
+        tree(&r.dst.join("out")),
+        ["x/", "x/y/", "x/y/file", "x/z/", "x/z/file"]
+    );
+    let mut pivot = req(&["/x/./y/file"], "/p/");
+    pivot.parents = true;
+    copy(&r.src, &r.dst, &pivot).unwrap();
+    assert_eq!(tree(&r.dst.join("p")), ["y/", "y/file"]);
+}
+
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn add_unpacks_local_archives_in_every_compression() {
+    let r = roots();
+    let plain = tar_of(&[("pkg/hello", "hi")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+    bz.write_all(&plain).unwrap();
+    let mut xz = lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::default()).unwrap();
+    xz.write_all(&plain).unwrap();
+    let archives = [
+        ("a.tar", plain.clone()),
+        ("a.tar.gz", gz.finish().unwrap()),
+        ("a.tar.bz2", bz.finish().unwrap()),
+        ("a.tar.xz", xz.finish().unwrap()),
+        ("a.tar.zst", zstd::encode_all(plain.as_slice(), 1).unwrap()),
+    ];
+    for (name, bytes) in &archives {
+        fs::write(r.src.join(name), bytes).unwrap();
+        let mut add = req(&[&format!("/{name}")], &format!("/{name}.d/"));
+        add.unpack_archives = true;
+        copy(&r.src, &r.dst, &add).unwrap();
+        assert_eq!(read(&r.dst, &format!("{name}.d/pkg/hello")), "hi", "{name}");
+    }
+    write(&r.src, "notes.txt", "not an archive");
+    let mut add = req(&["/notes.txt"], "/n/");
+    add.unpack_archives = true;
+    copy(&r.src, &r.dst, &add).unwrap();
+    assert_eq!(read(&r.dst, "n/notes.txt"), "not an archive");
+    copy(&r.src, &r.dst, &req(&["/a.tar.gz"], "/kept/")).unwrap();
+    assert!(
+        r.dst.join("kept/a.tar.gz").is_file(),
+        "without unpack the archive is a file"
+    );
+}
+
+#[test]
+fn mkdir_and_mkfile() {
+    let r = roots();
+    write(&r.dst, "etc/passwd", "app:x:1000:1001::/home/app:/bin/sh\n");
+    symlink("/", r.dst.join("loop")).unwrap();
+    mkdir(
+        &r.dst,
+        "/work/dir",
+        0o755,
+        true,
+        Some(&OwnerSpec("app".into())),
+    )
+    .unwrap();
+    assert!(r.dst.join("work/dir").is_dir());
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(fs::metadata(r.dst.join("work/dir")).unwrap().uid(), 1000);
+    }
+    assert!(matches!(
+        mkdir(&r.dst, "/a/b", 0o755, false, None),
+        Err(FileOpError::NotFound(_))
+    ));
+    mkfile(&r.dst, "/loop/loop/script.sh", 0o755, b"#!/bin/sh\n", None).unwrap();
+    let m = fs::metadata(r.dst.join("script.sh")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    write(&r.dst, "file", "x");
+    assert!(matches!(
+        mkdir(&r.dst, "/file/sub", 0o755, true, None),
+        Err(FileOpError::NotADirectory(_))
+    ));
+}

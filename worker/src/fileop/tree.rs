@@ -1,0 +1,205 @@
+//! Copying inside a tree by directory descriptors: once a tree's top is
+//! resolved inside its root, every entry below is reached with `*at` calls
+//! on its parent's descriptor and `O_NOFOLLOW`, so nothing is resolved by
+//! path again (fast for many small files) and no symlink is ever followed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::sys::stat::{
+    FileStat, Mode, UtimensatFlags, fchmod, fstatat, futimens, mkdirat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, symlinkat, unlinkat};
+
+use super::root::proc_fd_path;
+use super::{FileOpError, Result};
+use kiln_frontend::dockerignore::Matcher;
+
+/// What every copied entry gets instead of the source's, when set.
+pub(super) struct Meta<'a> {
+    pub(super) owner: Option<(u32, u32)>,
+    pub(super) mode: Option<u32>,
+    pub(super) excludes: &'a Matcher,
+}
+
+fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError + use<> {
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name));
+    move |e| FileOpError::sys(action, &path, e)
+}
+
+/// Copies the contents of directory `src` into directory `dst`; `rel` is
+/// the path below the copied source (for excludes).
+pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>) -> Result<()> {
+    let path = proc_fd_path(src);
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&path)
+        .map_err(|e| FileOpError::io("reading", &path, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec()))
+        .collect();
+    names.sort();
+    for name in names {
+        let text = String::from_utf8_lossy(&name);
+        let child_rel = if rel.is_empty() {
+            text.into_owned()
+        } else {
+            format!("{rel}/{text}")
+        };
+        if !meta.excludes.is_empty() && meta.excludes.excludes(&child_rel) {
+            continue;
+        }
+        let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(sys("reading", &name))?;
+        copy_entry(src, dst, &name, &st, &child_rel, meta)?;
+    }
+    Ok(())
+}
+
+/// Copies entry `name` of directory `src` to the same name in `dst`.
+pub(super) fn copy_entry(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    name: &[u8],
+    st: &FileStat,
+    rel: &str,
+    meta: &Meta<'_>,
+) -> Result<()> {
+    let (uid, gid) = meta.owner.unwrap_or((st.st_uid, st.st_gid));
+    match st.st_mode & nix::libc::S_IFMT {
+        nix::libc::S_IFDIR => {
+            let to = open_or_make_dir(dst, name)?;
+            let from = openat(
+                src.as_fd(),
+                name,
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening", name))?;
+            copy_dir(&from, &to, rel, meta)?;
+            finish(
+                &to,
+                uid,
+                gid,
+                meta.mode.unwrap_or(st.st_mode & 0o7777),
+                st,
+                name,
+            )
+        }
+        nix::libc::S_IFREG => {
+            let from = openat(
+                src.as_fd(),
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening", name))?;
+            copy_file(File::from(from), st, dst, name, meta)
+        }
+        nix::libc::S_IFLNK => {
+            let target = readlinkat(src.as_fd(), name).map_err(sys("reading link", name))?;
+            replace(dst, name)?;
+            symlinkat(target.as_os_str(), dst.as_fd(), name)
+                .map_err(sys("creating symlink", name))?;
+            fchownat(
+                dst.as_fd(),
+                name,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(sys("chown", name))?;
+            let t = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            utimensat(dst.as_fd(), name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                .map_err(sys("setting mtime of", name))
+        }
+        // Devices, fifos and sockets are not part of a build context.
+        _ => Ok(()),
+    }
+}
+
+/// Copies the open regular file `from` (described by `st`) to `name` in
+/// the directory `dst`.
+pub(super) fn copy_file(
+    mut from: File,
+    st: &FileStat,
+    dst: &OwnedFd,
+    name: &[u8],
+    meta: &Meta<'_>,
+) -> Result<()> {
+    replace(dst, name)?;
+    let to = openat(
+        dst.as_fd(),
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(sys("creating", name))?;
+    let mut to = File::from(to);
+    io::copy(&mut from, &mut to).map_err(|e| {
+        FileOpError::io(
+            "copying",
+            std::path::Path::new(std::ffi::OsStr::from_bytes(name)),
+            e,
+        )
+    })?;
+    let (uid, gid) = meta.owner.unwrap_or((st.st_uid, st.st_gid));
+    finish(
+        &to.into(),
+        uid,
+        gid,
+        meta.mode.unwrap_or(st.st_mode & 0o7777),
+        st,
+        name,
+    )
+}
+
+/// The directory `name` in `dst`: opened when it is one, else made (a file
+/// or symlink in the way is replaced).
+fn open_or_make_dir(dst: &OwnedFd, name: &[u8]) -> Result<OwnedFd> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(dst.as_fd(), name, flags, Mode::empty()) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) => {}
+        Err(_) => replace(dst, name)?,
+    }
+    mkdirat(dst.as_fd(), name, Mode::from_bits_truncate(0o755)).map_err(sys("creating", name))?;
+    openat(dst.as_fd(), name, flags, Mode::empty()).map_err(sys("opening", name))
+}
+
+/// Removes a non-directory at `name` (nothing there is fine).
+fn replace(dst: &OwnedFd, name: &[u8]) -> Result<()> {
+    match fstatat(dst.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR => {
+            let path = proc_fd_path(dst).join(std::ffi::OsStr::from_bytes(name));
+            std::fs::remove_dir_all(&path).map_err(|e| FileOpError::io("replacing", &path, e))
+        }
+        Ok(_) => {
+            unlinkat(dst.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(sys("replacing", name))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Owner, then mode (chown clears set-id bits), then mtime, on an open
+/// file or directory.
+pub(super) fn finish(
+    fd: &OwnedFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    st: &FileStat,
+    name: &[u8],
+) -> Result<()> {
+    fchown(
+        fd.as_fd(),
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+    )
+    .map_err(sys("chown", name))?;
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(sys("chmod", name))?;
+    let t = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    futimens(fd.as_fd(), &t, &t).map_err(sys("setting mtime of", name))
+}
