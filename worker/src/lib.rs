@@ -10,6 +10,7 @@
 //! Does not own: deciding what to run (the solver in `kiln-builder`) or
 //! storing blobs (`kiln-cache`).
 
+pub mod exec;
 pub mod fileop;
 pub mod layer;
 pub mod sandbox;

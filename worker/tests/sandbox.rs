@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,43 +11,8 @@ use kiln_worker::layer;
 use kiln_worker::sandbox::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
 use kiln_worker::sandbox::{Cancel, Sandbox, SandboxError, Stream, etc_files};
 
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "id", "ls", "mount", "rm", "mkdir", "hostname", "ps", "sleep", "nc",
-    "pwd", "touch", "test", "grep", "wc", "true", "env", "chmod", "stat",
-];
-
-fn ready() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").is_file();
-    if !ok {
-        eprintln!("NOTICE: needs root and /bin/busybox (busybox-static); sandbox tests skipped");
-    }
-    ok
-}
-
-/// A busybox root filesystem with a user `app` (1000) in group `staff`.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("busybox");
-    for d in ["bin", "etc", "tmp", "home/app", "dir"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
-    )
-    .unwrap();
-    fs::write(root.join("delete.me"), "bye").unwrap();
-    fs::write(root.join("dir/old"), "old").unwrap();
-    root
-}
+mod common;
+use common::{busybox_rootfs, ready};
 
 struct Step {
     dir: tempfile::TempDir,

@@ -264,12 +264,54 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         stubs.ensure(&path, true)?;
         mount(Some(source), &path, None, MsFlags::MS_BIND, None)?;
     }
-    for m in &spec.mounts {
+    for (index, m) in spec.mounts.iter().enumerate() {
         let path = inside(root, &m.target);
         match &m.kind {
             MountKind::Bind { source, readonly } => {
                 stubs.ensure(&path, !source.is_dir())?;
                 mount(Some(source), &path, None, bind, None)?;
+                if *readonly {
+                    mount(
+                        None,
+                        &path,
+                        None,
+                        bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    )?;
+                }
+            }
+            MountKind::Layers {
+                lowerdirs,
+                path: inner,
+                readonly,
+            } => {
+                let top = match lowerdirs.as_slice() {
+                    [one] => one.clone(),
+                    _ => {
+                        let at = state.join(format!("layers-{index}"));
+                        fs::create_dir_all(&at)
+                            .map_err(|e| fail(format!("creating {}", at.display()), e))?;
+                        let lower: Vec<String> =
+                            lowerdirs.iter().map(|p| p.display().to_string()).collect();
+                        let options = format!("lowerdir={}", lower.join(":"));
+                        mount(
+                            Some(Path::new("overlay")),
+                            &at,
+                            Some("overlay"),
+                            MsFlags::MS_RDONLY,
+                            Some(&options),
+                        )?;
+                        at
+                    }
+                };
+                // Resolved inside the layers (a symlink there cannot point the
+                // mount at the host), then bound through the descriptor.
+                let source = crate::fileop::root::Root::open(&top)
+                    .and_then(|r| r.open_follow(inner, nix::fcntl::OFlag::O_PATH))
+                    .map_err(|e| fail(format!("finding {inner} for {}", m.target), e))?;
+                let source_path = crate::fileop::root::proc_fd_path(&source);
+                stubs.ensure(&path, !fs::metadata(&source_path).is_ok_and(|m| m.is_dir()))?;
+                mount(Some(&source_path), &path, None, bind, None)?;
                 if *readonly {
                     mount(
                         None,

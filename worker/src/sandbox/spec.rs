@@ -70,4 +70,12 @@ pub enum MountKind {
     Bind { source: PathBuf, readonly: bool },
     /// A fresh tmpfs; `size` in bytes, 0 for the kernel's default.
     Tmpfs { size: u64 },
+    /// `path` inside a stack of layer directories (top first), mounted as a
+    /// read-only overlay when there are several; `path` is resolved inside
+    /// them, never outside. (`RUN --mount=type=bind,from=…`, the context.)
+    Layers {
+        lowerdirs: Vec<PathBuf>,
+        path: String,
+        readonly: bool,
+    },
 }

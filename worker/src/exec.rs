@@ -1,0 +1,413 @@
+//! An Exec op (RUN) on this worker: the step's root filesystem from layer
+//! directories, its mounts — bind (from layers or the context), cache (kept
+//! between builds by id, with `sharing`), tmpfs, secrets (a file or an
+//! environment variable) — run in the sandbox. The result is the step's
+//! upperdir: exactly the new layer.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+
+use crate::sandbox::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
+use crate::sandbox::{Cancel, Sandbox, SandboxError, Stream, etc_files};
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("secret {0:?} was not provided (--secret id={0},src=…)")]
+    MissingSecret(String),
+    #[error("secret {0:?} is not text and cannot be an environment variable")]
+    SecretNotText(String),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("locking cache mount {id:?}: {source}")]
+    Lock { id: String, source: nix::Error },
+}
+
+pub type Result<T> = std::result::Result<T, ExecError>;
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExecError + use<> {
+    let path = path.to_owned();
+    move |source| ExecError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// How concurrent steps share a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Everyone uses the same directory at once.
+    Shared,
+    /// A step that finds the cache in use gets a fresh, empty one.
+    Private,
+    /// A step waits until the cache is free.
+    Locked,
+}
+
+/// One `RUN --mount`, with its sources resolved to this worker's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecMount {
+    /// `path` inside a stack of layer directories (top first), or inside
+    /// the context (one directory).
+    Bind {
+        target: String,
+        layers: Vec<PathBuf>,
+        path: String,
+        readonly: bool,
+    },
+    Cache {
+        target: String,
+        id: String,
+        sharing: Sharing,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        readonly: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: u64,
+    },
+    /// A file at `target` (default `/run/secrets/<id>`) unless `env` names
+    /// an environment variable to set instead (or as well, with a target).
+    Secret {
+        id: String,
+        target: Option<String>,
+        env: Option<String>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        required: bool,
+    },
+}
+
+/// A RUN step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// Layer directories of the root filesystem, top first; empty for scratch.
+    pub rootfs: Vec<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub network: Network,
+    pub privileged: bool,
+    pub mounts: Vec<ExecMount>,
+}
+
+/// A finished step.
+#[derive(Debug)]
+pub struct ExecOutcome {
+    pub exit_code: i32,
+    /// The new layer (the step's upperdir). Removed by [`Worker::discard`].
+    pub layer: PathBuf,
+    step_dir: PathBuf,
+}
+
+/// Runs steps under one directory (`steps/`, `cache-mounts/`), with the
+/// build's secrets.
+#[derive(Debug)]
+pub struct Worker {
+    dir: PathBuf,
+    sandbox: Sandbox,
+    secrets: BTreeMap<String, Vec<u8>>,
+}
+
+static STEP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Worker {
+    pub fn new(dir: impl Into<PathBuf>, sandbox: Sandbox) -> Self {
+        Self {
+            dir: dir.into(),
+            sandbox,
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// Makes a secret available to steps that mount it.
+    #[must_use]
+    pub fn with_secret(mut self, id: &str, value: Vec<u8>) -> Self {
+        self.secrets.insert(id.to_owned(), value);
+        self
+    }
+
+    /// Runs `req`; the step's failing is an exit code, not an error. On an
+    /// error, the step leaves no files behind.
+    pub fn exec(
+        &self,
+        req: &ExecRequest,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &Cancel,
+    ) -> Result<ExecOutcome> {
+        let step_dir = self.dir.join("steps").join(format!(
+            "{}-{}",
+            std::process::id(),
+            STEP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.exec_in(&step_dir, req, output, cancel);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&step_dir);
+        }
+        result
+    }
+
+    fn exec_in(
+        &self,
+        step_dir: &Path,
+        req: &ExecRequest,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &Cancel,
+    ) -> Result<ExecOutcome> {
+        let d = |name: &str| -> Result<PathBuf> {
+            let p = step_dir.join(name);
+            fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+            Ok(p)
+        };
+        let (upper, work, merged, state, secrets_dir) = (
+            d("upper")?,
+            d("work")?,
+            d("merged")?,
+            d("state")?,
+            d("secrets")?,
+        );
+        let lowerdirs = if req.rootfs.is_empty() {
+            vec![d("empty")?]
+        } else {
+            req.rootfs.clone()
+        };
+        let mut env = req.env.clone();
+        let mut mounts = Vec::new();
+        // Held until the step ends: cache locks and private cache copies.
+        let mut guards = Vec::new();
+        for m in &req.mounts {
+            match m {
+                ExecMount::Bind {
+                    target,
+                    layers,
+                    path,
+                    readonly,
+                } => mounts.push(Mount {
+                    target: target.clone(),
+                    kind: MountKind::Layers {
+                        lowerdirs: layers.clone(),
+                        path: path.clone(),
+                        readonly: *readonly,
+                    },
+                }),
+                ExecMount::Tmpfs { target, size } => mounts.push(Mount {
+                    target: target.clone(),
+                    kind: MountKind::Tmpfs { size: *size },
+                }),
+                ExecMount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    uid,
+                    gid,
+                    mode,
+                    readonly,
+                } => {
+                    let guard = self.cache(id, *sharing, *uid, *gid, *mode)?;
+                    mounts.push(Mount {
+                        target: target.clone(),
+                        kind: MountKind::Bind {
+                            source: guard.path.clone(),
+                            readonly: *readonly,
+                        },
+                    });
+                    guards.push(guard);
+                }
+                ExecMount::Secret {
+                    id,
+                    target,
+                    env: var,
+                    uid,
+                    gid,
+                    mode,
+                    required,
+                } => {
+                    let Some(value) = self.secrets.get(id) else {
+                        if *required {
+                            return Err(ExecError::MissingSecret(id.clone()));
+                        }
+                        continue;
+                    };
+                    if let Some(var) = var {
+                        let text = std::str::from_utf8(value)
+                            .map_err(|_| ExecError::SecretNotText(id.clone()))?;
+                        env.push(format!("{var}={text}"));
+                    }
+                    if var.is_none() || target.is_some() {
+                        let file = secrets_dir.join(format!("{}", mounts.len()));
+                        write_secret(&file, value, *uid, *gid, *mode)?;
+                        let target = target
+                            .clone()
+                            .unwrap_or_else(|| format!("/run/secrets/{id}"));
+                        mounts.push(Mount {
+                            target,
+                            kind: MountKind::Bind {
+                                source: file,
+                                readonly: true,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        let hostname = "kiln".to_owned();
+        let spec = RunSpec {
+            rootfs: Rootfs {
+                lowerdirs,
+                upperdir: upper.clone(),
+                workdir: work,
+                target: merged,
+            },
+            args: req.args.clone(),
+            env,
+            cwd: req.cwd.clone(),
+            user: req.user.clone(),
+            hostname: hostname.clone(),
+            network: req.network,
+            privileged: req.privileged,
+            mounts,
+            etc_files: etc_files(&state.join("etc"), &hostname, req.network)?,
+            state_dir: state,
+        };
+        let result = self.sandbox.run(&spec, output, cancel);
+        drop(guards);
+        // Secrets never outlive the step.
+        let _ = fs::remove_dir_all(&secrets_dir);
+        Ok(ExecOutcome {
+            exit_code: result?,
+            layer: upper,
+            step_dir: step_dir.to_owned(),
+        })
+    }
+
+    /// Removes a finished step's files (after its layer was taken).
+    pub fn discard(&self, outcome: ExecOutcome) -> Result<()> {
+        fs::remove_dir_all(&outcome.step_dir).map_err(io_err("removing", &outcome.step_dir))
+    }
+
+    /// The directory of cache mount `id`, created with owner and mode.
+    fn cache(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<CacheGuard> {
+        let base = self.dir.join("cache-mounts");
+        let name = cache_dir_name(id);
+        let path = base.join(&name);
+        if !path.exists() {
+            make_dir(&path, uid, gid, mode)?;
+        }
+        let lock_path = base.join(format!("{name}.lock"));
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        let lock = |file: File, how: FlockArg| {
+            Flock::lock(file, how).map_err(|(_, e)| ExecError::Lock {
+                id: id.to_owned(),
+                source: e,
+            })
+        };
+        Ok(match sharing {
+            Sharing::Shared => CacheGuard {
+                path,
+                _lock: Some(lock(lock_file, FlockArg::LockShared)?),
+                private: None,
+            },
+            Sharing::Locked => CacheGuard {
+                path,
+                _lock: Some(lock(lock_file, FlockArg::LockExclusive)?),
+                private: None,
+            },
+            Sharing::Private => match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => CacheGuard {
+                    path,
+                    _lock: Some(held),
+                    private: None,
+                },
+                Err(_) => {
+                    let private = base.join(format!(
+                        "{name}-private-{}-{}",
+                        std::process::id(),
+                        STEP_SEQ.fetch_add(1, Ordering::Relaxed)
+                    ));
+                    make_dir(&private, uid, gid, mode)?;
+                    CacheGuard {
+                        path: private.clone(),
+                        _lock: None,
+                        private: Some(private),
+                    }
+                }
+            },
+        })
+    }
+}
+
+/// A cache directory in use; a private copy is removed when dropped.
+struct CacheGuard {
+    path: PathBuf,
+    _lock: Option<Flock<File>>,
+    private: Option<PathBuf>,
+}
+
+impl Drop for CacheGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.private {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// A file-system-safe name for a cache id (ids are free text: `/root/.cache`).
+fn cache_dir_name(id: &str) -> String {
+    use std::fmt::Write;
+    let digest = kiln_frontend::convert::sha256_digest(id.as_bytes());
+    let mut name: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect();
+    let _ = write!(name, "-{}", &digest[7..23]);
+    name
+}
+
+fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    fs::create_dir_all(path).map_err(io_err("creating", path))?;
+    chown(path, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io_err("chmod", path))
+}
+
+fn write_secret(path: &Path, value: &[u8], uid: u32, gid: u32, mode: u32) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(io_err("creating", path))?;
+    std::io::Write::write_all(&mut file, value).map_err(io_err("writing", path))?;
+    chown(path, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io_err("chmod", path))
+}
