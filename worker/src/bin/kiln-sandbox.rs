@@ -13,8 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use kiln_worker::sandbox::SETUP_FAILED;
-use kiln_worker::sandbox::setup::enter;
-use kiln_worker::sandbox::spec::RunSpec;
+use kiln_worker::sandbox::setup::{enter, file_job};
+use kiln_worker::sandbox::spec::Job;
 use kiln_worker::sandbox::syscall::Linux;
 use nix::sys::wait::{WaitStatus, waitpid};
 
@@ -24,12 +24,16 @@ fn main() -> ExitCode {
         eprintln!("kiln-sandbox: reading the spec: {e}");
         return ExitCode::from(SETUP_FAILED);
     }
-    let spec: RunSpec = match serde_json::from_str(&input) {
-        Ok(spec) => spec,
+    let job: Job = match serde_json::from_str(&input) {
+        Ok(job) => job,
         Err(e) => {
-            eprintln!("kiln-sandbox: invalid spec: {e}");
+            eprintln!("kiln-sandbox: invalid job: {e}");
             return ExitCode::from(SETUP_FAILED);
         }
+    };
+    let state_dir = match &job {
+        Job::Run(spec) => spec.state_dir.clone(),
+        Job::File(file) => file.state_dir.clone(),
     };
     // Opened before pivot_root, so the child can still report through it;
     // close-on-exec, so the step never sees it.
@@ -38,16 +42,23 @@ fn main() -> ExitCode {
         .write(true)
         .truncate(true)
         .custom_flags(nix::libc::O_CLOEXEC)
-        .open(spec.state_dir.join("error"))
+        .open(state_dir.join("error"))
     {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
                 "kiln-sandbox: opening {}: {e}",
-                spec.state_dir.join("error").display()
+                state_dir.join("error").display()
             );
             return ExitCode::from(SETUP_FAILED);
         }
+    };
+    let spec = match job {
+        Job::File(file) => match file_job(&Linux, &file) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(message) => message.pipe_err(&mut error_file),
+        },
+        Job::Run(spec) => spec,
     };
     // The step reads nothing: its stdin is /dev/null.
     if let Ok(null) = std::fs::File::open("/dev/null") {

@@ -28,7 +28,7 @@ use crate::layer;
 use crate::layer::compression::decompressed;
 
 /// One copy action.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CopyRequest {
     /// Paths in the source root; may hold `*`, `?`, `[…]` when
     /// `allow_wildcard` is set.

@@ -71,7 +71,7 @@ pub type Result<T> = std::result::Result<T, FileOpError>;
 
 /// An owner as written (`--chown`, `USER`): ids, or names resolved in the
 /// destination root's `/etc/passwd` and `/etc/group`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OwnerSpec(pub String);
 
 impl OwnerSpec {
@@ -123,6 +123,65 @@ pub fn mkfile(
     root.chmod(path, mode)?;
     if let Some((uid, gid)) = owner {
         root.chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// One action of a file op.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FileAction {
+    /// Copy from `FileJob::sources[source]`.
+    Copy { source: usize, request: CopyRequest },
+    Mkdir {
+        path: String,
+        mode: u32,
+        parents: bool,
+        owner: Option<OwnerSpec>,
+    },
+    Mkfile {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+        owner: Option<OwnerSpec>,
+    },
+}
+
+/// A file op over layered roots, run by the helper in its own mount
+/// namespace: the destination is an overlay of `dest.lowerdirs` whose
+/// changes land in `dest.upperdir` (the new layer); each source is a stack
+/// of layer directories (or the context) mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileJob {
+    pub dest: crate::sandbox::spec::Rootfs,
+    pub sources: Vec<Vec<PathBuf>>,
+    pub actions: Vec<FileAction>,
+    pub state_dir: PathBuf,
+}
+
+/// Runs `job`'s actions on already-mounted roots: `dest` (the merged
+/// destination) and `sources` (one directory per source).
+pub fn apply(job: &FileJob, dest: &Path, sources: &[PathBuf]) -> Result<()> {
+    for action in &job.actions {
+        match action {
+            FileAction::Copy { source, request } => {
+                let src = sources.get(*source).ok_or_else(|| {
+                    FileOpError::Invalid(format!("copy from source {source}, of {}", sources.len()))
+                })?;
+                copy(src, dest, request)?;
+            }
+            FileAction::Mkdir {
+                path,
+                mode,
+                parents,
+                owner,
+            } => mkdir(dest, path, *mode, *parents, owner.as_ref())?,
+            FileAction::Mkfile {
+                path,
+                mode,
+                data,
+                owner,
+            } => mkfile(dest, path, *mode, data, owner.as_ref())?,
+        }
     }
     Ok(())
 }

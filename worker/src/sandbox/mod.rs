@@ -32,6 +32,9 @@ pub enum SandboxError {
     Spawn { helper: PathBuf, source: io::Error },
     #[error("setting up the sandbox: {0}")]
     Setup(String),
+    /// A file op failed (the message names the path and the cause).
+    #[error("{0}")]
+    File(String),
     #[error("cancelled")]
     Cancelled,
     #[error("{action} {path}: {source}")]
@@ -165,7 +168,8 @@ impl Sandbox {
             let _ = child.wait();
             return Err(SandboxError::Cancelled);
         }
-        let json = serde_json::to_vec(spec).expect("a run spec serializes");
+        let json =
+            serde_json::to_vec(&spec::Job::Run(spec.clone())).expect("a run spec serializes");
         if let Some(mut stdin) = child.stdin.take() {
             // A helper that died at once reports through its exit status.
             let _ = stdin.write_all(&json);
@@ -222,6 +226,40 @@ impl Sandbox {
             use std::os::unix::process::ExitStatusExt;
             128 + status.signal().unwrap_or(0)
         }))
+    }
+}
+
+impl Sandbox {
+    /// Applies a file job (its mounts live only in the helper's own mount
+    /// namespace). Changes land in `job.dest.upperdir`.
+    pub fn file(&self, job: &crate::fileop::FileJob) -> Result<()> {
+        fs::create_dir_all(&job.state_dir).map_err(io_err("creating", &job.state_dir))?;
+        let _ = fs::remove_file(job.state_dir.join("error"));
+        let mut child = Command::new(&self.helper)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                helper: self.helper.clone(),
+                source,
+            })?;
+        let json =
+            serde_json::to_vec(&spec::Job::File(job.clone())).expect("a file job serializes");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&json);
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(io_err("waiting for", &self.helper))?;
+        let error = fs::read_to_string(job.state_dir.join("error")).unwrap_or_default();
+        match (out.status.success(), error.is_empty()) {
+            (true, _) => Ok(()),
+            (false, false) => Err(SandboxError::File(error)),
+            (false, true) => Err(SandboxError::Setup(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            )),
+        }
     }
 }
 

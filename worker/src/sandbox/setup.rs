@@ -388,6 +388,107 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         .map_err(|e| fail(format!("exec {}", spec.args[0]), e))
 }
 
+/// The kernel reads mount options from one page.
+const MAX_MOUNT_OPTIONS: usize = 4095;
+
+/// Mounts an overlay of `lowerdirs` (top first) at `target`, with an
+/// upper and work directory or read-only. When the lowerdirs share a
+/// parent (a snapshot directory), it mounts from there with their bare
+/// names, so deep images fit in the one page of mount options.
+pub fn mount_overlay<S: Syscall>(
+    sys: &S,
+    lowerdirs: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Result<(), SetupError> {
+    let parent = lowerdirs
+        .first()
+        .and_then(|p| p.parent())
+        .filter(|p| lowerdirs.iter().all(|l| l.parent() == Some(*p)));
+    let names: Vec<String> = match parent {
+        Some(_) => lowerdirs
+            .iter()
+            .map(|l| {
+                l.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+        None => lowerdirs.iter().map(|l| l.display().to_string()).collect(),
+    };
+    let mut options = format!("lowerdir={}", names.join(":"));
+    let mut flags = MsFlags::MS_RDONLY;
+    if let Some((upper, work)) = upper {
+        options.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+        flags = MsFlags::empty();
+    }
+    if options.len() > MAX_MOUNT_OPTIONS {
+        return Err(format!(
+            "{} layers do not fit one overlay mount ({} bytes of options, the kernel reads {MAX_MOUNT_OPTIONS})",
+            lowerdirs.len(),
+            options.len()
+        ));
+    }
+    if let Some(parent) = parent {
+        sys.chdir(parent)
+            .map_err(|e| fail(format!("chdir {}", parent.display()), e))?;
+    }
+    sys.mount(
+        Some(Path::new("overlay")),
+        target,
+        Some("overlay"),
+        flags,
+        Some(&options),
+    )
+    .map_err(|e| fail(format!("mounting {}", target.display()), e))
+}
+
+/// A file job in a private mount namespace: the destination overlay, the
+/// sources (read-only overlays when layered), then the actions.
+pub fn file_job<S: Syscall>(sys: &S, job: &crate::fileop::FileJob) -> Result<(), SetupError> {
+    sys.unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail("creating a mount namespace", e))?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| fail("making mounts private", e))?;
+    let d = &job.dest;
+    mount_overlay(
+        sys,
+        &d.lowerdirs,
+        Some((&d.upperdir, &d.workdir)),
+        &d.target,
+    )?;
+    let mut roots = Vec::new();
+    for (i, layers) in job.sources.iter().enumerate() {
+        match layers.as_slice() {
+            [one] => roots.push(one.clone()),
+            [] => roots.push(job.state_dir.join("empty")),
+            _ => {
+                let at = job.state_dir.join(format!("source-{i}"));
+                fs::create_dir_all(&at)
+                    .map_err(|e| fail(format!("creating {}", at.display()), e))?;
+                mount_overlay(sys, layers, None, &at)?;
+                roots.push(at);
+            }
+        }
+    }
+    if job.sources.iter().any(Vec::is_empty) {
+        fs::create_dir_all(job.state_dir.join("empty"))
+            .map_err(|e| fail("creating an empty source", e))?;
+    }
+    crate::fileop::apply(job, &d.target, &roots).map_err(|e| e.to_string())
+}
+
 /// `name` as is when it has a slash, else the first executable in `PATH`.
 fn find_program(name: &str, env: &[String]) -> Option<String> {
     if name.contains('/') {

@@ -10,6 +10,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// What the helper is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Job {
+    /// Run a command in a sandbox (RUN).
+    Run(RunSpec),
+    /// Apply file actions to an overlay (COPY, ADD, WORKDIR, heredocs).
+    File(crate::fileop::FileJob),
+}
+
 /// One run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {

@@ -1,5 +1,8 @@
 //! What the worker's integration tests share: a busybox root filesystem.
 
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
