@@ -14,3 +14,4 @@ pub mod exec;
 pub mod fileop;
 pub mod layer;
 pub mod sandbox;
+pub mod snapshot;
