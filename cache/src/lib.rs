@@ -20,5 +20,5 @@ mod root;
 
 pub use self::content::{BlobWriter, Committed, ContentError, ContentStore};
 pub use self::digest::{Digest, DigestError, Hasher};
-pub use self::meta::{ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
+pub use self::meta::{CacheRecord, ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
 pub use self::root::{Recovery, Store, StoreError, default_root, referenced};

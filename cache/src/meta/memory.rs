@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{ImageRecord, Lease, MetaStore, Result};
+use super::{CacheRecord, ImageRecord, Lease, MetaStore, Result};
 use crate::digest::Digest;
 
 #[derive(Debug, Default)]
 struct Inner {
     images: BTreeMap<String, ImageRecord>,
     leases: BTreeMap<String, Lease>,
+    cache: BTreeMap<String, CacheRecord>,
     used: BTreeMap<Digest, u64>,
 }
 
@@ -66,6 +67,16 @@ impl MetaStore for MemoryMeta {
 
     fn leases(&self) -> Result<Vec<Lease>> {
         self.with(|i| i.leases.values().cloned().collect())
+    }
+
+    fn cache_record(&self, key: &str) -> Result<Option<CacheRecord>> {
+        self.with(|i| i.cache.get(key).cloned())
+    }
+
+    fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()> {
+        self.with(|i| {
+            i.cache.insert(key.to_owned(), record.clone());
+        })
     }
 
     fn touch(&self, digest: &Digest, when: u64) -> Result<()> {

@@ -39,6 +39,19 @@ pub struct ImageRecord {
     pub tagged: u64,
 }
 
+/// What a build step made, found again by its cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The layer blob as stored.
+    pub blob: Digest,
+    /// Digest of the uncompressed layer tar.
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// When the step ran (seconds since the epoch).
+    pub created: u64,
+}
+
 /// Blobs a running operation uses; they are not collected while it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -63,6 +76,10 @@ pub trait MetaStore: Send + Sync {
     fn put_lease(&self, lease: &Lease) -> Result<()>;
     fn remove_lease(&self, id: &str) -> Result<()>;
     fn leases(&self) -> Result<Vec<Lease>>;
+
+    /// The build step with cache key `key`, if one ran before.
+    fn cache_record(&self, key: &str) -> Result<Option<CacheRecord>>;
+    fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()>;
 
     /// Records that `digest` was used at `when` (seconds since the epoch).
     fn touch(&self, digest: &Digest, when: u64) -> Result<()>;
@@ -136,6 +153,17 @@ pub(crate) mod suite {
         assert_eq!(store.leases().unwrap(), [lease]);
         store.remove_lease("build-1").unwrap();
         assert_eq!(store.leases().unwrap(), []);
+
+        assert_eq!(store.cache_record("key").unwrap(), None);
+        let record = CacheRecord {
+            blob: digest(5),
+            diff_id: digest(6),
+            media_type: "m".into(),
+            size: 7,
+            created: 8,
+        };
+        store.put_cache_record("key", &record).unwrap();
+        assert_eq!(store.cache_record("key").unwrap(), Some(record));
 
         assert_eq!(store.last_used(&digest(4)).unwrap(), None);
         store.touch(&digest(4), 100).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ImageRecord, Lease, MetaError, MetaStore, Result};
+use super::{CacheRecord, ImageRecord, Lease, MetaError, MetaStore, Result};
 use crate::digest::Digest;
 
 /// Bumped when the layout of the trees changes incompatibly.
@@ -21,6 +21,7 @@ pub struct SledMeta {
     path: String,
     images: sled::Tree,
     leases: sled::Tree,
+    cache: sled::Tree,
     used: sled::Tree,
 }
 
@@ -86,6 +87,7 @@ impl SledMeta {
         Ok(Self {
             images: tree("images")?,
             leases: tree("leases")?,
+            cache: tree("cache")?,
             used: tree("used")?,
             db,
             path: display.clone(),
@@ -169,6 +171,14 @@ impl MetaStore for SledMeta {
             .into_iter()
             .map(|(_, l)| l)
             .collect())
+    }
+
+    fn cache_record(&self, key: &str) -> Result<Option<CacheRecord>> {
+        self.get(&self.cache, key)
+    }
+
+    fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()> {
+        self.put(&self.cache, key, record)
     }
 
     fn touch(&self, digest: &Digest, when: u64) -> Result<()> {
