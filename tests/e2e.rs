@@ -3,6 +3,7 @@
 //! Built as an integration test of `kiln-builder` (see its Cargo.toml) so
 //! that cargo builds the binaries first and says where they are.
 
+mod build;
 mod debug;
 mod harness;
 mod images;

@@ -9,6 +9,8 @@
 //! (`kiln-worker`), or storage (`kiln-cache`).
 
 pub mod archive;
+pub mod build;
 pub mod context;
 pub mod image;
 pub mod images;
+pub mod solve;

@@ -136,6 +136,11 @@ impl Worker {
         }
     }
 
+    /// The sandbox steps run in (file ops use it directly).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
     /// Makes a secret available to steps that mount it.
     #[must_use]
     pub fn with_secret(mut self, id: &str, value: Vec<u8>) -> Self {

@@ -94,7 +94,7 @@ impl GraphArgs {
 
 /// `KEY=VALUE`, or `KEY` alone for the value of `$KEY` (skipped when unset),
 /// as `docker build --build-arg` does.
-fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for arg in args {
         let (key, value) = match arg.split_once('=') {

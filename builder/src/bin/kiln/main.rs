@@ -1,5 +1,6 @@
 //! `kiln`: build Dockerfiles into OCI images, with docker-build habits.
 
+mod build;
 mod debug;
 mod images;
 
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile and a context directory.
+    Build(build::Build),
     /// List images.
     Images(images::List),
     /// Show images' config, layers and sizes as JSON.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cli.root.unwrap_or_else(kiln_cache::default_root);
     let result = match cli.command {
+        Command::Build(c) => c.run(&root),
         Command::Images(c) => c.run(&root),
         Command::Inspect(c) => c.run(&root),
         Command::Tag(c) => c.run(&root),

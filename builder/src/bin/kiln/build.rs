@@ -1,0 +1,123 @@
+//! `kiln build`: docker-build habits, no daemon.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use kiln_builder::build::{BuildRequest, build};
+use kiln_builder::context::DockerfileSource;
+use kiln_builder::solve::{Event, SolveError};
+use kiln_cache::Store;
+use kiln_worker::exec::Worker;
+use kiln_worker::sandbox::Sandbox;
+
+#[derive(Args)]
+pub(crate) struct Build {
+    /// The Dockerfile (`-` for standard input); default: CONTEXT/Dockerfile.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Name the image (several allowed).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Set a build argument (`KEY=VALUE`, or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    build_args: Vec<String>,
+    /// The stage to build; default: the last one.
+    #[arg(long)]
+    target: Option<String>,
+    /// Run every step, using no cached result.
+    #[arg(long)]
+    no_cache: bool,
+    #[arg(long, value_enum, default_value_t = Progress::Plain)]
+    progress: Progress,
+    /// Print only the image ID.
+    #[arg(short, long)]
+    quiet: bool,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Progress {
+    Plain,
+}
+
+impl Build {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
+        let dockerfile = source.read()?;
+        let dockerignore = source.dockerignore(&self.context)?;
+        let tags = self
+            .tags
+            .iter()
+            .map(|t| kiln_builder::image::normalize(t))
+            .collect::<Result<Vec<_>, _>>()
+            .context("-t")?;
+        let mut build_args = crate::debug::parse_build_args(&self.build_args)?;
+        let source_date_epoch = match build_args
+            .get("SOURCE_DATE_EPOCH")
+            .cloned()
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        {
+            Some(v) if !v.is_empty() => Some(
+                v.parse::<u64>()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+            ),
+            _ => None,
+        };
+        build_args.remove("SOURCE_DATE_EPOCH");
+        let store = Store::open(root)?;
+        let worker = Worker::new(root, Sandbox::beside_current_exe());
+        let request = BuildRequest {
+            dockerfile,
+            context: self
+                .context
+                .canonicalize()
+                .with_context(|| format!("build context {}", self.context.display()))?,
+            dockerignore,
+            build_args,
+            target: self.target,
+            tags: tags.clone(),
+            no_cache: self.no_cache,
+            source_date_epoch,
+        };
+        let quiet = self.quiet;
+        let mut progress = |event: Event| {
+            if quiet {
+                return;
+            }
+            match event {
+                Event::Started {
+                    vertex,
+                    description,
+                } => eprintln!("#{vertex} {description}"),
+                Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
+                Event::Log { vertex, line } => eprintln!("#{vertex} {line}"),
+                Event::Done { vertex, seconds } => eprintln!("#{vertex} DONE {seconds:.1}s"),
+            }
+        };
+        let built = match build(&store, &worker, &request, &mut progress) {
+            Ok(built) => built,
+            Err(kiln_builder::build::BuildError::Solve(SolveError::ExitCode {
+                description,
+                code,
+                log_tail,
+            })) => {
+                for line in &log_tail {
+                    eprintln!("  {line}");
+                }
+                anyhow::bail!("{description}: did not complete successfully: exit code {code}");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if quiet {
+            println!("{}", built.config);
+        } else {
+            eprintln!("writing image {} done", built.config);
+            for tag in &tags {
+                eprintln!("naming to {tag} done");
+            }
+        }
+        Ok(())
+    }
+}

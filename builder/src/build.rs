@@ -1,0 +1,162 @@
+//! `kiln build`: Dockerfile → graph → solve → image in the store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kiln_cache::{Digest, Store};
+use kiln_frontend::convert::{self, ConvertOptions, ImageResolver, ResolvedImage};
+use kiln_frontend::dockerignore::Matcher;
+use kiln_frontend::reference::Reference;
+use kiln_proto::ops::v1::Platform;
+use kiln_worker::exec::Worker;
+use kiln_worker::snapshot::Snapshots;
+use thiserror::Error;
+
+use crate::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
+use crate::image::{self, ImageError, OCI_MANIFEST, canonical_json};
+use crate::solve::{Event, Fs, SolveError, Solver};
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Frontend(#[from] kiln_frontend::Error),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(".dockerignore: {0}")]
+    Dockerignore(#[from] kiln_frontend::dockerignore::DockerignoreError),
+    #[error(transparent)]
+    Layer(#[from] kiln_worker::layer::LayerError),
+    #[error(transparent)]
+    Content(#[from] kiln_cache::ContentError),
+    #[error(transparent)]
+    Meta(#[from] kiln_cache::MetaError),
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub dockerfile: String,
+    pub context: PathBuf,
+    pub dockerignore: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// Full names to tag.
+    pub tags: Vec<String>,
+    pub no_cache: bool,
+    /// `SOURCE_DATE_EPOCH`: the image's created time.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// The image built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub manifest: Digest,
+    pub config: Digest,
+}
+
+/// Base images come from kiln's store.
+struct StoreImages<'a>(&'a Store);
+
+impl ImageResolver for StoreImages<'_> {
+    fn resolve(
+        &self,
+        reference: &Reference,
+        _platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, String> {
+        let name = Reference {
+            digest: None,
+            ..reference.clone()
+        }
+        .to_string();
+        match image::resolve(self.0, &name) {
+            Ok((_, img)) => Ok(Some(ResolvedImage {
+                digest: Some(img.manifest_digest.to_string()),
+                config: img.config.config,
+            })),
+            Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Builds `req` and tags the result.
+pub fn build(
+    store: &Store,
+    worker: &Worker,
+    req: &BuildRequest,
+    progress: &mut dyn FnMut(Event),
+) -> Result<Built, BuildError> {
+    let resolver = StoreImages(store);
+    let mut options = ConvertOptions::new(&resolver);
+    options.build_args = req.build_args.clone();
+    options.target = req.target.clone();
+    options.dockerignore = req.dockerignore.clone();
+    let graph = convert::convert_dockerfile(&req.dockerfile, &options)?;
+    let target = graph.target_stage().clone();
+    let mut solver = Solver {
+        store,
+        worker,
+        snapshots: Snapshots::open(store.root().join("snapshots"))?,
+        context: req.context.clone(),
+        dockerignore: Matcher::new(&req.dockerignore)?,
+        no_cache: req.no_cache,
+        progress,
+    };
+    let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
+        unreachable!("a stage's root is a filesystem, never the context")
+    };
+
+    let created = rfc3339(req.source_date_epoch.unwrap_or_else(image::now));
+    let mut history = match &target.image.base {
+        Some(base) => {
+            image::resolve(store, base.split('@').next().unwrap_or(base))?
+                .1
+                .config
+                .history
+        }
+        None => Vec::new(),
+    };
+    history.extend(target.image.history.iter().map(|h| HistoryEntry {
+        created: Some(created.clone()),
+        created_by: Some(h.created_by.clone()),
+        author: None,
+        comment: Some("kiln.dockerfile.v0".to_owned()),
+        empty_layer: h.empty_layer,
+    }));
+    let platform = &target.image.platform;
+    let config = ImageConfiguration {
+        created: Some(created),
+        author: target.image.author.clone(),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
+        config: target.image.config.clone(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        },
+        history,
+        other: BTreeMap::new(),
+    };
+    let config_bytes = canonical_json(&config);
+    let config_digest = store.content.write_bytes(&config_bytes)?;
+    let manifest_layers: Vec<_> = layers
+        .iter()
+        .map(|l| (l.blob.clone(), l.media_type.clone(), l.size))
+        .collect();
+    let (manifest, _) = image::write_manifest(
+        store,
+        (&config_digest, config_bytes.len() as u64),
+        &manifest_layers,
+    )?;
+    for tag in &req.tags {
+        image::tag(store, tag, &manifest, OCI_MANIFEST)?;
+    }
+    store.meta.flush()?;
+    Ok(Built {
+        manifest,
+        config: config_digest,
+    })
+}

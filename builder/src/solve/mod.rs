@@ -1,0 +1,270 @@
+//! The solver: runs a build graph's vertices, each after its inputs, on the
+//! local worker, with the step cache.
+//!
+//! A vertex's cache key is the SHA-256 of its op digest, its inputs' cache
+//! keys, and — for ops that read the build context — a digest of the
+//! context files they read ([`context::digest`]). A key found in the store
+//! with its layer blob present is a hit: nothing runs. A missing blob is a
+//! miss.
+
+mod context;
+mod ops;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kiln_cache::{Digest, Hasher, Store};
+use kiln_frontend::convert::BuildGraph;
+use kiln_frontend::dockerignore::Matcher;
+use kiln_worker::exec::Worker;
+use kiln_worker::snapshot::Snapshots;
+use thiserror::Error;
+
+/// One layer of a filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub blob: Digest,
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// What a vertex produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fs {
+    /// Layers, bottom first (empty: scratch).
+    Layers(Vec<Layer>),
+    /// The build context directory.
+    Context(PathBuf),
+}
+
+/// What the solver reports while it works.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started { vertex: usize, description: String },
+    Cached { vertex: usize },
+    Log { vertex: usize, line: String },
+    Done { vertex: usize, seconds: f64 },
+}
+
+#[derive(Debug, Error)]
+pub enum SolveError {
+    #[error("{description}: {reason}")]
+    Step { description: String, reason: String },
+    #[error("{description}: did not complete successfully: exit code {code}")]
+    ExitCode {
+        description: String,
+        code: i32,
+        log_tail: Vec<String>,
+    },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Content(#[from] kiln_cache::ContentError),
+    #[error(transparent)]
+    Meta(#[from] kiln_cache::MetaError),
+}
+
+pub type Result<T> = std::result::Result<T, SolveError>;
+
+/// Everything a solve needs.
+pub struct Solver<'a> {
+    pub store: &'a Store,
+    pub worker: &'a Worker,
+    pub snapshots: Snapshots,
+    pub context: PathBuf,
+    pub dockerignore: Matcher,
+    /// Run every step, using no cache hit.
+    pub no_cache: bool,
+    pub progress: &'a mut dyn FnMut(Event),
+}
+
+impl Solver<'_> {
+    /// Solves every vertex of `graph` and returns the filesystem of the
+    /// vertex `root` (`None`: scratch).
+    pub fn solve(&mut self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
+        let mut done: HashMap<String, (Fs, String)> = HashMap::new();
+        for (index, vertex) in graph.vertices.iter().enumerate() {
+            let inputs: Vec<(Fs, String)> = vertex
+                .op
+                .inputs
+                .iter()
+                .map(|d| {
+                    done.get(d)
+                        .cloned()
+                        .expect("vertices come after their inputs")
+                })
+                .collect();
+            let start = Instant::now();
+            let described = match vertex.meta.location {
+                Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
+                None => vertex.meta.description.clone(),
+            };
+            let fail = |reason: String| SolveError::Step {
+                description: described.clone(),
+                reason,
+            };
+            let key = {
+                let mut h = Hasher::default();
+                h.update(vertex.digest.as_bytes());
+                for (_, key) in &inputs {
+                    h.update(key.as_bytes());
+                }
+                h.update(self.context_part(&vertex.op, &inputs).as_bytes());
+                h.finish().to_string()
+            };
+            let result = self
+                .run_vertex(index, vertex, &inputs, &key, start)
+                .map_err(|e| match e {
+                    SolveError::Step { reason, .. } => fail(reason),
+                    SolveError::ExitCode { code, log_tail, .. } => SolveError::ExitCode {
+                        description: described.clone(),
+                        code,
+                        log_tail,
+                    },
+                    other => other,
+                })?;
+            done.insert(vertex.digest.clone(), (result, key));
+        }
+        Ok(match root {
+            None => Fs::Layers(Vec::new()),
+            Some(d) => done
+                .remove(d)
+                .map(|(fs, _)| fs)
+                .expect("the root is a vertex of the graph"),
+        })
+    }
+
+    fn run_vertex(
+        &mut self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        inputs: &[(Fs, String)],
+        key: &str,
+        start: Instant,
+    ) -> Result<Fs> {
+        use kiln_proto::ops::v1::op::Kind;
+        let chain_of = |i: i32| -> Vec<Layer> {
+            match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
+                Some((Fs::Layers(l), _)) => l.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let Some(kind) = &vertex.op.kind else {
+            return Err(SolveError::Step {
+                description: String::new(),
+                reason: "an op without a kind".into(),
+            });
+        };
+        // Sources and merges do no work worth reporting or caching.
+        match kind {
+            Kind::Source(source) => return self.source(source),
+            Kind::Merge(_) => {
+                return Ok(Fs::Layers(
+                    inputs
+                        .iter()
+                        .flat_map(|(fs, _)| match fs {
+                            Fs::Layers(l) => l.clone(),
+                            Fs::Context(_) => Vec::new(),
+                        })
+                        .collect(),
+                ));
+            }
+            _ => {}
+        }
+        (self.progress)(Event::Started {
+            vertex: index,
+            description: vertex.meta.description.clone(),
+        });
+        let base = match kind {
+            Kind::Exec(e) => chain_of(e.rootfs),
+            Kind::File(f) => chain_of(f.base),
+            _ => Vec::new(),
+        };
+        let cached = if self.no_cache {
+            None
+        } else {
+            self.store.meta.cache_record(key)?
+        };
+        if let Some(record) = cached.filter(|r| self.store.content.has(&r.blob)) {
+            self.store.meta.touch(&record.blob, crate::image::now())?;
+            (self.progress)(Event::Cached { vertex: index });
+            let mut chain = base;
+            chain.push(Layer {
+                blob: record.blob,
+                diff_id: record.diff_id,
+                media_type: record.media_type,
+                size: record.size,
+            });
+            return Ok(Fs::Layers(chain));
+        }
+        let layer = match kind {
+            Kind::Exec(exec) => self.exec(index, vertex, exec, inputs, &base)?,
+            Kind::File(file) => self.file(vertex, file, inputs, &base)?,
+            _ => unreachable!("sources and merges returned above"),
+        };
+        self.store.meta.put_cache_record(
+            key,
+            &kiln_cache::CacheRecord {
+                blob: layer.blob.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+                created: crate::image::now(),
+            },
+        )?;
+        self.store.meta.flush()?;
+        (self.progress)(Event::Done {
+            vertex: index,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        let mut chain = base;
+        chain.push(layer);
+        Ok(Fs::Layers(chain))
+    }
+
+    /// The part of the cache key that comes from context files the op reads.
+    fn context_part(&self, op: &kiln_proto::ops::v1::Op, inputs: &[(Fs, String)]) -> String {
+        use kiln_proto::ops::v1::{file_action::Action, op::Kind};
+        let is_context = |i: i32| {
+            matches!(
+                usize::try_from(i).ok().and_then(|i| inputs.get(i)),
+                Some((Fs::Context(_), _))
+            )
+        };
+        let mut parts = Vec::new();
+        match &op.kind {
+            Some(Kind::File(f)) => {
+                for action in &f.actions {
+                    if let Some(Action::Copy(c)) = &action.action
+                        && is_context(c.input)
+                    {
+                        parts.push(context::digest(
+                            &self.context,
+                            &c.sources,
+                            &self.dockerignore,
+                            c.mode.is_none(),
+                        ));
+                    }
+                }
+            }
+            Some(Kind::Exec(e)) => {
+                for m in &e.mounts {
+                    if m.r#type == kiln_proto::ops::v1::MountType::Bind as i32
+                        && is_context(m.input)
+                    {
+                        parts.push(context::digest(
+                            &self.context,
+                            std::slice::from_ref(&m.source),
+                            &self.dockerignore,
+                            true,
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        parts.join(",")
+    }
+}

@@ -1,0 +1,343 @@
+//! One function per kind of op: sources, RUN, file ops.
+
+use std::path::PathBuf;
+
+use kiln_frontend::convert::Vertex;
+use kiln_proto::ops::v1::{
+    ExecOp, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action, owner,
+    source_op,
+};
+use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
+use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
+use kiln_worker::layer;
+use kiln_worker::sandbox::spec::{Network, Rootfs};
+use kiln_worker::sandbox::{Cancel, Stream};
+
+use super::{Event, Fs, Layer, Result, SolveError, Solver};
+use crate::image;
+
+/// Lines of a failed step's output kept for its error.
+const LOG_TAIL: usize = 20;
+
+fn step_err(reason: impl std::fmt::Display) -> SolveError {
+    SolveError::Step {
+        description: String::new(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Solver<'_> {
+    pub(super) fn source(&mut self, source: &SourceOp) -> Result<Fs> {
+        match &source.source {
+            Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.context.clone())),
+            Some(source_op::Source::Image(img)) => {
+                // The reference may carry the digest the frontend pinned.
+                let name = img.reference.split('@').next().unwrap_or(&img.reference);
+                let (_, image) = image::resolve(self.store, name).map_err(|e| match e {
+                    image::ImageError::NotFound(_) => step_err(format!(
+                        "image {name} is not in the local store (registry pulls are not available yet; use kiln load or kiln import)"
+                    )),
+                    other => other.into(),
+                })?;
+                let layers = image
+                    .layers()
+                    .into_iter()
+                    .zip(&image.config.rootfs.diff_ids)
+                    .map(|((blob, media_type, size), diff_id)| {
+                        Ok(Layer {
+                            blob,
+                            diff_id: diff_id
+                                .parse()
+                                .map_err(|e| step_err(format!("image {name}: {e}")))?,
+                            media_type,
+                            size,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Fs::Layers(layers))
+            }
+            Some(source_op::Source::Http(h)) => Err(step_err(format!(
+                "downloading {} is not available yet",
+                h.url
+            ))),
+            Some(source_op::Source::Git(g)) => Err(step_err(format!(
+                "cloning {} is not available yet",
+                g.remote
+            ))),
+            None => Err(step_err("a source op without a source")),
+        }
+    }
+
+    /// The layer directories of `chain`, top first (unpacked on demand).
+    fn lowerdirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>> {
+        let mut dirs = Vec::with_capacity(chain.len());
+        for layer in chain.iter().rev() {
+            let blob = self.store.content.open_blob(&layer.blob)?;
+            dirs.push(
+                self.snapshots
+                    .ensure(&layer.diff_id.to_string(), blob)
+                    .map_err(step_err)?,
+            );
+        }
+        Ok(dirs)
+    }
+
+    /// An input as directories for a bind mount or a copy source.
+    fn input_dirs(&self, inputs: &[(Fs, String)], index: i32) -> Result<Vec<PathBuf>> {
+        match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
+            Some((Fs::Context(dir), _)) => Ok(vec![dir.clone()]),
+            Some((Fs::Layers(chain), _)) if !chain.is_empty() => self.lowerdirs(chain),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Stores an upperdir as a layer blob (uncompressed: its digest is its
+    /// diff ID).
+    fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
+        let writer = self.store.content.writer()?;
+        let writer = layer::diff(upper, writer).map_err(step_err)?;
+        let blob = writer.commit(None)?;
+        Ok(Layer {
+            blob: blob.digest.clone(),
+            diff_id: blob.digest,
+            media_type: layer::compression::Compression::None
+                .layer_media_type()
+                .to_owned(),
+            size: blob.size,
+        })
+    }
+
+    pub(super) fn exec(
+        &mut self,
+        index: usize,
+        vertex: &Vertex,
+        exec: &ExecOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+    ) -> Result<Layer> {
+        let meta = exec.meta.clone().unwrap_or_default();
+        let mut mounts = Vec::new();
+        for m in &exec.mounts {
+            let target = m.target.clone();
+            mounts.push(match MountType::try_from(m.r#type) {
+                Ok(MountType::Bind) => {
+                    let layers = self.input_dirs(inputs, m.input)?;
+                    let layers = if layers.is_empty() {
+                        vec![self.empty_dir()?]
+                    } else {
+                        layers
+                    };
+                    ExecMount::Bind {
+                        target,
+                        layers,
+                        path: m.source.clone(),
+                        readonly: m.readonly,
+                    }
+                }
+                Ok(MountType::Cache) => {
+                    let c = m.cache.clone().unwrap_or_default();
+                    let sharing = match kiln_proto::ops::v1::CacheSharing::try_from(c.sharing) {
+                        Ok(kiln_proto::ops::v1::CacheSharing::Private) => Sharing::Private,
+                        Ok(kiln_proto::ops::v1::CacheSharing::Locked) => Sharing::Locked,
+                        _ => Sharing::Shared,
+                    };
+                    ExecMount::Cache {
+                        target,
+                        id: c.id,
+                        sharing,
+                        uid: c.uid,
+                        gid: c.gid,
+                        mode: c.mode,
+                        readonly: m.readonly,
+                    }
+                }
+                Ok(MountType::Tmpfs) => ExecMount::Tmpfs {
+                    target,
+                    size: m.tmpfs.map_or(0, |t| t.size),
+                },
+                Ok(MountType::Secret) => {
+                    let s = m.secret.clone().unwrap_or_default();
+                    let env = (!s.env.is_empty()).then_some(s.env);
+                    let target = (!target.is_empty()).then_some(target);
+                    ExecMount::Secret {
+                        id: s.id,
+                        target,
+                        env,
+                        uid: s.uid,
+                        gid: s.gid,
+                        mode: s.mode,
+                        required: s.required,
+                    }
+                }
+                _ => return Err(step_err("ssh mounts are not supported yet")),
+            });
+        }
+        let mut env = meta.env;
+        env.extend(exec.proxy_env.iter().cloned());
+        let request = ExecRequest {
+            rootfs: self.lowerdirs(base)?,
+            args: meta.args,
+            env,
+            cwd: if meta.cwd.is_empty() {
+                "/".into()
+            } else {
+                meta.cwd
+            },
+            user: meta.user,
+            network: if exec.network == NetworkMode::None as i32 {
+                Network::None
+            } else {
+                Network::Host
+            },
+            privileged: exec.security == SecurityMode::Insecure as i32,
+            mounts,
+        };
+        let mut tail: Vec<String> = Vec::new();
+        let mut partial = String::new();
+        let progress = &mut self.progress;
+        let outcome = self
+            .worker
+            .exec(
+                &request,
+                &mut |_: Stream, chunk: &[u8]| {
+                    partial.push_str(&String::from_utf8_lossy(chunk));
+                    while let Some(i) = partial.find('\n') {
+                        let line: String = partial.drain(..=i).collect();
+                        let line = line.trim_end_matches('\n').to_owned();
+                        progress(Event::Log {
+                            vertex: index,
+                            line: line.clone(),
+                        });
+                        tail.push(line);
+                        if tail.len() > LOG_TAIL {
+                            tail.remove(0);
+                        }
+                    }
+                },
+                &Cancel::default(),
+            )
+            .map_err(step_err)?;
+        if outcome.exit_code != 0 {
+            let code = outcome.exit_code;
+            let _ = self.worker.discard(outcome);
+            return Err(SolveError::ExitCode {
+                description: vertex.meta.description.clone(),
+                code,
+                log_tail: tail,
+            });
+        }
+        let layer = self.store_layer(&outcome.layer);
+        self.worker.discard(outcome).map_err(step_err)?;
+        layer
+    }
+
+    pub(super) fn file(
+        &mut self,
+        _vertex: &Vertex,
+        file: &FileOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+    ) -> Result<Layer> {
+        let mut sources: Vec<Vec<PathBuf>> = Vec::new();
+        let mut actions = Vec::new();
+        for action in &file.actions {
+            actions.push(match &action.action {
+                Some(file_action::Action::Copy(c)) => {
+                    let from_context = matches!(
+                        usize::try_from(c.input).ok().and_then(|i| inputs.get(i)),
+                        Some((Fs::Context(_), _))
+                    );
+                    sources.push(self.input_dirs(inputs, c.input)?);
+                    // Docker: files from the context belong to root unless --chown.
+                    let owner = owner_spec(c.owner.as_ref())
+                        .or_else(|| from_context.then(|| OwnerSpec("0:0".into())));
+                    FileAction::Copy {
+                        source: sources.len() - 1,
+                        request: CopyRequest {
+                            sources: c.sources.clone(),
+                            dest: c.dest.clone(),
+                            owner,
+                            mode: c.mode,
+                            allow_wildcard: c.allow_wildcard,
+                            unpack_archives: c.unpack_archives,
+                            parents: c.parents,
+                            excludes: c.exclude_patterns.clone(),
+                        },
+                    }
+                }
+                Some(file_action::Action::Mkdir(m)) => FileAction::Mkdir {
+                    path: m.path.clone(),
+                    mode: m.mode,
+                    parents: m.make_parents,
+                    owner: owner_spec(m.owner.as_ref()),
+                },
+                Some(file_action::Action::Mkfile(m)) => FileAction::Mkfile {
+                    path: m.path.clone(),
+                    mode: m.mode,
+                    data: m.data.clone(),
+                    owner: owner_spec(m.owner.as_ref()),
+                },
+                None => continue,
+            });
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let step = self
+            .store
+            .root()
+            .join("steps")
+            .join(format!("file-{}-{seq}", std::process::id()));
+        let d = |name: &str| -> Result<PathBuf> {
+            let p = step.join(name);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| step_err(format!("creating {}: {e}", p.display())))?;
+            Ok(p)
+        };
+        let lowerdirs = if base.is_empty() {
+            vec![self.empty_dir()?]
+        } else {
+            self.lowerdirs(base)?
+        };
+        let job = FileJob {
+            dest: Rootfs {
+                lowerdirs,
+                upperdir: d("upper")?,
+                workdir: d("work")?,
+                target: d("merged")?,
+            },
+            sources,
+            actions,
+            state_dir: d("state")?,
+        };
+        let result = self
+            .worker
+            .sandbox()
+            .file(&job)
+            .map_err(step_err)
+            .and_then(|()| self.store_layer(&job.dest.upperdir));
+        let _ = std::fs::remove_dir_all(&step);
+        result
+    }
+
+    /// An empty directory, a lowerdir for scratch.
+    fn empty_dir(&self) -> Result<PathBuf> {
+        let dir = self.store.root().join("steps/empty");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| step_err(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+/// The op's owner in `USER` syntax.
+fn owner_spec(owner: Option<&Owner>) -> Option<OwnerSpec> {
+    let owner = owner?;
+    let user = match owner.user.as_ref()? {
+        owner::User::Uid(uid) => uid.to_string(),
+        owner::User::UserName(name) => name.clone(),
+    };
+    Some(OwnerSpec(match &owner.group {
+        Some(owner::Group::Gid(gid)) => format!("{user}:{gid}"),
+        Some(owner::Group::GroupName(name)) => format!("{user}:{name}"),
+        None => user,
+    }))
+}

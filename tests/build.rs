@@ -1,0 +1,254 @@
+//! `kiln build` through the real binary on a busybox base (Debian's
+//! busybox-static). Needs root (the sandbox); skipped with a notice
+//! otherwise.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{kiln, run};
+
+fn ready() -> bool {
+    let ok = fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        && Path::new("/bin/busybox").is_file();
+    if !ok {
+        eprintln!("NOTICE: needs root and /bin/busybox; kiln build tests skipped");
+    }
+    ok
+}
+
+/// A store with `base:busybox` imported, and a context directory.
+struct Setup {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    context: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "ls", "rm", "id", "sleep", "test", "true",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+        let tarball = dir.path().join("base.tar");
+        assert!(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&tarball)
+                .arg(".")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let root = dir.path().join("root");
+        let context = dir.path().join("context");
+        fs::create_dir_all(&context).unwrap();
+        let s = Self { dir, root, context };
+        s.ok(&["import", tarball.to_str().unwrap(), "base:busybox"]);
+        s
+    }
+
+    fn kiln(&self, args: &[&str]) -> std::process::Output {
+        run(kiln().env("KILN_ROOT", &self.root).args(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.kiln(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "kiln {args:?} failed:\n{stderr}");
+        (stdout, stderr)
+    }
+
+    fn build(&self, dockerfile: &str, extra: &[&str]) -> std::process::Output {
+        fs::write(self.context.join("Dockerfile"), dockerfile).unwrap();
+        let mut args = vec!["build"];
+        args.extend_from_slice(extra);
+        args.push(self.context.to_str().unwrap());
+        self.kiln(&args)
+    }
+}
+
+const APP: &str = "FROM base:busybox\nWORKDIR /app\nCOPY hello.txt .\nRUN cat hello.txt > copied && rm /etc/group && id -u > uid\nENV NAME=World\nUSER app\nCMD [\"cat\", \"/app/copied\"]\n";
+
+#[test]
+fn builds_caches_and_rebuilds_only_what_changed() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    fs::write(s.context.join("hello.txt"), "hello\n").unwrap();
+    fs::write(s.context.join("other.txt"), "other\n").unwrap();
+    let out = s.build(APP, &["-t", "app:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("RUN cat hello.txt")
+            && stderr.contains("naming to docker.io/library/app:1 done"),
+        "{stderr}"
+    );
+
+    let inspect: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", "app:1"]).0).unwrap();
+    let config = &inspect[0]["Config"];
+    assert_eq!(config["WorkingDir"], "/app");
+    assert_eq!(config["User"], "app");
+    assert_eq!(config["Cmd"], serde_json::json!(["cat", "/app/copied"]));
+    assert!(
+        config["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("NAME=World"))
+    );
+    assert_eq!(
+        inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(),
+        4,
+        "base + WORKDIR + COPY + RUN"
+    );
+
+    // Unchanged: every step cached, same image.
+    let out = s.build(APP, &["-t", "app:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(" CACHED").count(), 3, "{stderr}");
+    assert!(!stderr.contains(" DONE"), "{stderr}");
+
+    // A file the build does not read: still all cached. The copied one: COPY and RUN again.
+    fs::write(s.context.join("other.txt"), "changed\n").unwrap();
+    let stderr = String::from_utf8_lossy(&s.build(APP, &["-t", "app:1"]).stderr).into_owned();
+    assert_eq!(stderr.matches(" CACHED").count(), 3, "{stderr}");
+    fs::write(s.context.join("hello.txt"), "hello again\n").unwrap();
+    let stderr = String::from_utf8_lossy(&s.build(APP, &["-t", "app:1"]).stderr).into_owned();
+    assert_eq!(
+        stderr.matches(" CACHED").count(),
+        1,
+        "only WORKDIR: {stderr}"
+    );
+    assert_eq!(stderr.matches(" DONE").count(), 2, "{stderr}");
+
+    // The layers as a consumer sees them.
+    if Path::new("/usr/bin/umoci").is_file() {
+        let archive = s.dir.path().join("app.tar");
+        s.ok(&[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            archive.to_str().unwrap(),
+            "app:1",
+        ]);
+        let layout = s.dir.path().join("layout");
+        fs::create_dir(&layout).unwrap();
+        assert!(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-xf")
+                .arg(&archive)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let bundle = s.dir.path().join("bundle");
+        let status = Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let rootfs = bundle.join("rootfs");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("app/copied")).unwrap(),
+            "hello again\n"
+        );
+        assert_eq!(fs::read_to_string(rootfs.join("app/uid")).unwrap(), "0\n");
+        assert!(
+            !rootfs.join("etc/group").exists(),
+            "the deleted file is gone (whiteout)"
+        );
+        assert!(rootfs.join("etc/passwd").exists());
+        assert!(
+            !rootfs.join("proc").exists() && !rootfs.join("etc/hosts").exists(),
+            "no sandbox stubs in the image"
+        );
+    }
+}
+
+#[test]
+fn failures_name_the_step_and_tag_nothing() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let out = s.build(
+        "FROM base:busybox\n\nRUN echo about to fail && exit 3\n",
+        &["-t", "broken:1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("  about to fail"),
+        "the step's last lines: {stderr}"
+    );
+    assert!(stderr.ends_with("error: [stage-0 2/2] RUN echo about to fail && exit 3 (Dockerfile line 3): did not complete successfully: exit code 3\n"), "{stderr}");
+    assert!(!s.ok(&["images"]).0.contains("broken"), "nothing tagged");
+
+    let out = s.build("FROM nothere:1\n", &["-t", "x:1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("image docker.io/library/nothere:1 is not in the local store")
+    );
+    let out = s.build("FROM base:busybox\nCOPY missing.txt /\n", &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such file or directory: /missing.txt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.build("FROM base:busybox\nCOPY ../x /\n", &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden path outside the build context")
+    );
+}
+
+#[test]
+fn multi_stage_with_target_runs_only_what_it_needs() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let dockerfile = "FROM base:busybox AS build\nRUN echo artifact > /out\nFROM base:busybox AS broken\nRUN exit 1\nFROM base:busybox\nCOPY --from=build /out /artifact\n";
+    let out = s.build(dockerfile, &["-t", "multi:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.build(dockerfile, &["--target", "build", "-t", "stage:1"]);
+    assert!(
+        out.status.success(),
+        "the broken stage is not needed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ok(&["inspect", "multi:1"]).0).unwrap();
+    assert_eq!(inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(), 2);
+}
