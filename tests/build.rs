@@ -252,3 +252,49 @@ fn multi_stage_with_target_runs_only_what_it_needs() {
         serde_json::from_str(&s.ok(&["inspect", "multi:1"]).0).unwrap();
     assert_eq!(inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn secrets_and_mounts_through_the_cli() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let secret = s.dir.path().join("token.txt");
+    fs::write(&secret, "s3cr3t").unwrap();
+    fs::write(s.context.join("data.txt"), "from the context").unwrap();
+    let dockerfile = concat!(
+        "FROM base:busybox\n",
+        "RUN --mount=type=secret,id=token --mount=type=bind,target=/ctx --mount=type=cache,target=/cache ",
+        "cat /run/secrets/token > /seen && cat /ctx/data.txt >> /seen && echo x >> /cache/log\n",
+    );
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let out = s.build(dockerfile, &["--secret", &secret_arg, "-t", "sec:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive = s.dir.path().join("sec.tar");
+    s.ok(&["save", "-o", archive.to_str().unwrap(), "sec:1"]);
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("--wildcards")
+        .arg("*/layer.tar")
+        .output()
+        .unwrap();
+    let layers = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        layers.contains("s3cr3tfrom the context"),
+        "the step read both"
+    );
+    assert!(
+        !layers.contains("run/secrets"),
+        "no secret file or mount point in any layer"
+    );
+    let out = s.build(
+        "FROM base:busybox\nRUN --mount=type=secret,id=nope,required cat /run/secrets/nope\n",
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret \"nope\" was not provided"));
+}

@@ -47,6 +47,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// `SOURCE_DATE_EPOCH`: the image's created time.
     pub source_date_epoch: Option<u64>,
+    /// `--network=none`: RUN steps that ask for no network get none.
+    pub network_none: bool,
 }
 
 /// The image built.
@@ -102,6 +104,7 @@ pub fn build(
         context: req.context.clone(),
         dockerignore: Matcher::new(&req.dockerignore)?,
         no_cache: req.no_cache,
+        network_none: req.network_none,
         progress,
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {

@@ -77,6 +77,8 @@ pub struct Solver<'a> {
     pub dockerignore: Matcher,
     /// Run every step, using no cache hit.
     pub no_cache: bool,
+    /// RUN steps without `--network` get no network (`kiln build --network=none`).
+    pub network_none: bool,
     pub progress: &'a mut dyn FnMut(Event),
 }
 
@@ -112,6 +114,12 @@ impl Solver<'_> {
                     h.update(key.as_bytes());
                 }
                 h.update(self.context_part(&vertex.op, &inputs).as_bytes());
+                // `kiln build --network=none` changes what a default-network RUN is.
+                if self.network_none
+                    && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
+                {
+                    h.update(b"network=none");
+                }
                 h.finish().to_string()
             };
             let result = self

@@ -28,6 +28,12 @@ pub(crate) struct Build {
     /// Run every step, using no cached result.
     #[arg(long)]
     no_cache: bool,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    secrets: Vec<String>,
+    /// The network of RUN steps that do not ask for one: default (the host's), none, host.
+    #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
+    network: NetworkFlag,
     #[arg(long, value_enum, default_value_t = Progress::Plain)]
     progress: Progress,
     /// Print only the image ID.
@@ -40,6 +46,46 @@ pub(crate) struct Build {
 #[derive(Clone, Copy, ValueEnum)]
 enum Progress {
     Plain,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetworkFlag {
+    Default,
+    None,
+    Host,
+}
+
+/// `id=ID,src=FILE` (or `source=`), or `id=ID,env=VAR`, as docker build takes them.
+fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
+    let mut id = None;
+    let mut value = None;
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", path)) => {
+                value = Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("--secret {spec}: reading {path}"))?,
+                );
+            }
+            Some(("env", var)) => {
+                let v = std::env::var(var)
+                    .with_context(|| format!("--secret {spec}: ${var} is not set"))?;
+                value = Some(v.into_bytes());
+            }
+            Some(("type", "file" | "env")) => {}
+            _ => anyhow::bail!("--secret {spec}: expected id=ID,src=FILE or id=ID,env=VAR"),
+        }
+    }
+    let id = id.with_context(|| format!("--secret {spec}: no id="))?;
+    let value = match value {
+        Some(v) => v,
+        // docker's shorthand: `--secret id=TOKEN` reads $TOKEN.
+        None => std::env::var(&id)
+            .with_context(|| format!("--secret {spec}: no src= and ${id} is not set"))?
+            .into_bytes(),
+    };
+    Ok((id, value))
 }
 
 impl Build {
@@ -67,7 +113,11 @@ impl Build {
         };
         build_args.remove("SOURCE_DATE_EPOCH");
         let store = Store::open(root)?;
-        let worker = Worker::new(root, Sandbox::beside_current_exe());
+        let mut worker = Worker::new(root, Sandbox::beside_current_exe());
+        for spec in &self.secrets {
+            let (id, value) = read_secret(spec)?;
+            worker = worker.with_secret(&id, value);
+        }
         let request = BuildRequest {
             dockerfile,
             context: self
@@ -80,6 +130,7 @@ impl Build {
             tags: tags.clone(),
             no_cache: self.no_cache,
             source_date_epoch,
+            network_none: self.network == NetworkFlag::None,
         };
         let quiet = self.quiet;
         let mut progress = |event: Event| {
