@@ -298,3 +298,45 @@ fn secrets_and_mounts_through_the_cli() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret \"nope\" was not provided"));
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    // Each stage waits (up to 10 s) until all four have checked in on a
+    // shared cache mount: only steps that run together all see four.
+    let mut dockerfile = String::new();
+    for i in 0..4 {
+        dockerfile.push_str(&format!(
+            "FROM base:busybox AS s{i}\nRUN --mount=type=cache,target=/sync,id=sync-{run} touch /sync/s{i} && n=0; \\\n while [ $(ls /sync | wc -l) -lt 4 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done; ls /sync | wc -l > /seen\n",
+            run = std::process::id()
+        ));
+    }
+    dockerfile.push_str("FROM base:busybox\n");
+    for i in 0..4 {
+        dockerfile.push_str(&format!("COPY --from=s{i} /seen /seen{i}\n"));
+    }
+    dockerfile.push_str("RUN cat /seen0 /seen1 /seen2 /seen3 > /all\n");
+    let out = s.build(&dockerfile, &["-t", "par:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive = s.dir.path().join("par.tar");
+    s.ok(&["save", "-o", archive.to_str().unwrap(), "par:1"]);
+    let layers = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("--wildcards")
+        .arg("*/layer.tar")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&layers.stdout);
+    assert!(
+        all.contains("4\n4\n4\n4\n"),
+        "every stage saw the other three running"
+    );
+}

@@ -88,7 +88,7 @@ pub fn build(
     store: &Store,
     worker: &Worker,
     req: &BuildRequest,
-    progress: &mut dyn FnMut(Event),
+    progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Built, BuildError> {
     let resolver = StoreImages(store);
     let mut options = ConvertOptions::new(&resolver);
@@ -97,7 +97,7 @@ pub fn build(
     options.dockerignore = req.dockerignore.clone();
     let graph = convert::convert_dockerfile(&req.dockerfile, &options)?;
     let target = graph.target_stage().clone();
-    let mut solver = Solver {
+    let solver = Solver {
         store,
         worker,
         snapshots: Snapshots::open(store.root().join("snapshots"))?,
@@ -105,7 +105,7 @@ pub fn build(
         dockerignore: Matcher::new(&req.dockerignore)?,
         no_cache: req.no_cache,
         network_none: req.network_none,
-        progress,
+        progress: std::sync::Mutex::new(progress),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")

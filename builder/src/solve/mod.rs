@@ -68,6 +68,12 @@ pub enum SolveError {
 
 pub type Result<T> = std::result::Result<T, SolveError>;
 
+/// How many steps run at once: twice the CPUs, at least 4 (RUN steps often
+/// wait on the network or on `sleep`, not on a CPU).
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4))
+}
+
 /// Everything a solve needs.
 pub struct Solver<'a> {
     pub store: &'a Store,
@@ -79,73 +85,137 @@ pub struct Solver<'a> {
     pub no_cache: bool,
     /// RUN steps without `--network` get no network (`kiln build --network=none`).
     pub network_none: bool,
-    pub progress: &'a mut dyn FnMut(Event),
+    pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
 }
 
 impl Solver<'_> {
-    /// Solves every vertex of `graph` and returns the filesystem of the
-    /// vertex `root` (`None`: scratch).
-    pub fn solve(&mut self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
-        let mut done: HashMap<String, (Fs, String)> = HashMap::new();
-        for (index, vertex) in graph.vertices.iter().enumerate() {
-            let inputs: Vec<(Fs, String)> = vertex
-                .op
-                .inputs
-                .iter()
-                .map(|d| {
-                    done.get(d)
-                        .cloned()
-                        .expect("vertices come after their inputs")
-                })
-                .collect();
-            let start = Instant::now();
-            let described = match vertex.meta.location {
-                Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
-                None => vertex.meta.description.clone(),
-            };
-            let fail = |reason: String| SolveError::Step {
-                description: described.clone(),
-                reason,
-            };
-            let key = {
-                let mut h = Hasher::default();
-                h.update(vertex.digest.as_bytes());
-                for (_, key) in &inputs {
-                    h.update(key.as_bytes());
+    /// Reports `event` (from any step's thread).
+    pub(super) fn emit(&self, event: Event) {
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        progress(event);
+    }
+
+    /// Solves every vertex of `graph` — independent ones at the same time,
+    /// up to [`parallelism`] — and returns the filesystem of the vertex
+    /// `root` (`None`: scratch). After a failure no new step starts; the
+    /// first error is returned once running steps have ended.
+    pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
+        let index_of: HashMap<&str, usize> = graph
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.digest.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = graph
+            .vertices
+            .iter()
+            .map(|v| v.op.inputs.iter().map(|d| index_of[d.as_str()]).collect())
+            .collect();
+        let mut done: Vec<Option<(Fs, String)>> = vec![None; graph.vertices.len()];
+        let mut started = vec![false; graph.vertices.len()];
+        let mut running = 0;
+        let mut failure: Option<SolveError> = None;
+        let limit = parallelism();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Fs, String)>)>();
+            loop {
+                if failure.is_none() {
+                    for index in 0..graph.vertices.len() {
+                        if running >= limit {
+                            break;
+                        }
+                        if started[index] || !deps[index].iter().all(|d| done[*d].is_some()) {
+                            continue;
+                        }
+                        started[index] = true;
+                        running += 1;
+                        let inputs: Vec<(Fs, String)> = deps[index]
+                            .iter()
+                            .map(|d| done[*d].clone().expect("inputs are done"))
+                            .collect();
+                        let tx = tx.clone();
+                        let vertex = &graph.vertices[index];
+                        scope.spawn(move || {
+                            let _ = tx.send((index, self.vertex(index, vertex, &inputs)));
+                        });
+                    }
                 }
-                h.update(self.context_part(&vertex.op, &inputs).as_bytes());
-                // `kiln build --network=none` changes what a default-network RUN is.
-                if self.network_none
-                    && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
-                {
-                    h.update(b"network=none");
+                if running == 0 {
+                    break;
                 }
-                h.finish().to_string()
-            };
-            let result = self
-                .run_vertex(index, vertex, &inputs, &key, start)
-                .map_err(|e| match e {
-                    SolveError::Step { reason, .. } => fail(reason),
-                    SolveError::ExitCode { code, log_tail, .. } => SolveError::ExitCode {
-                        description: described.clone(),
-                        code,
-                        log_tail,
-                    },
-                    other => other,
-                })?;
-            done.insert(vertex.digest.clone(), (result, key));
+                let Ok((index, result)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                match result {
+                    Ok(r) => done[index] = Some(r),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
         }
         Ok(match root {
             None => Fs::Layers(Vec::new()),
-            Some(d) => done
-                .remove(d)
+            Some(d) => done[index_of[d]]
+                .take()
                 .map(|(fs, _)| fs)
-                .expect("the root is a vertex of the graph"),
+                .expect("the root is a solved vertex"),
         })
     }
 
+    /// Computes the cache key of one vertex and solves it.
+    fn vertex(
+        &self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        inputs: &[(Fs, String)],
+    ) -> Result<(Fs, String)> {
+        let start = Instant::now();
+        let described = match vertex.meta.location {
+            Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
+            None => vertex.meta.description.clone(),
+        };
+        let key = {
+            let mut h = Hasher::default();
+            h.update(vertex.digest.as_bytes());
+            for (_, key) in inputs {
+                h.update(key.as_bytes());
+            }
+            h.update(self.context_part(&vertex.op, inputs).as_bytes());
+            // `kiln build --network=none` changes what a default-network RUN is.
+            if self.network_none
+                && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
+            {
+                h.update(b"network=none");
+            }
+            h.finish().to_string()
+        };
+        let result = self
+            .run_vertex(index, vertex, inputs, &key, start)
+            .map_err(|e| match e {
+                SolveError::Step { reason, .. } => SolveError::Step {
+                    description: described.clone(),
+                    reason,
+                },
+                SolveError::ExitCode { code, log_tail, .. } => SolveError::ExitCode {
+                    description: described.clone(),
+                    code,
+                    log_tail,
+                },
+                other => other,
+            })?;
+        Ok((result, key))
+    }
+
     fn run_vertex(
-        &mut self,
+        &self,
         index: usize,
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
@@ -181,7 +251,7 @@ impl Solver<'_> {
             }
             _ => {}
         }
-        (self.progress)(Event::Started {
+        self.emit(Event::Started {
             vertex: index,
             description: vertex.meta.description.clone(),
         });
@@ -197,7 +267,7 @@ impl Solver<'_> {
         };
         if let Some(record) = cached.filter(|r| self.store.content.has(&r.blob)) {
             self.store.meta.touch(&record.blob, crate::image::now())?;
-            (self.progress)(Event::Cached { vertex: index });
+            self.emit(Event::Cached { vertex: index });
             let mut chain = base;
             chain.push(Layer {
                 blob: record.blob,
@@ -223,7 +293,7 @@ impl Solver<'_> {
             },
         )?;
         self.store.meta.flush()?;
-        (self.progress)(Event::Done {
+        self.emit(Event::Done {
             vertex: index,
             seconds: start.elapsed().as_secs_f64(),
         });

@@ -27,7 +27,7 @@ fn step_err(reason: impl std::fmt::Display) -> SolveError {
 }
 
 impl Solver<'_> {
-    pub(super) fn source(&mut self, source: &SourceOp) -> Result<Fs> {
+    pub(super) fn source(&self, source: &SourceOp) -> Result<Fs> {
         match &source.source {
             Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.context.clone())),
             Some(source_op::Source::Image(img)) => {
@@ -108,7 +108,7 @@ impl Solver<'_> {
     }
 
     pub(super) fn exec(
-        &mut self,
+        &self,
         index: usize,
         vertex: &Vertex,
         exec: &ExecOp,
@@ -194,7 +194,7 @@ impl Solver<'_> {
         };
         let mut tail: Vec<String> = Vec::new();
         let mut partial = String::new();
-        let progress = &mut self.progress;
+        let solver = &*self;
         let outcome = self
             .worker
             .exec(
@@ -204,7 +204,7 @@ impl Solver<'_> {
                     while let Some(i) = partial.find('\n') {
                         let line: String = partial.drain(..=i).collect();
                         let line = line.trim_end_matches('\n').to_owned();
-                        progress(Event::Log {
+                        solver.emit(Event::Log {
                             vertex: index,
                             line: line.clone(),
                         });
@@ -232,7 +232,7 @@ impl Solver<'_> {
     }
 
     pub(super) fn file(
-        &mut self,
+        &self,
         _vertex: &Vertex,
         file: &FileOp,
         inputs: &[(Fs, String)],
