@@ -194,7 +194,6 @@ impl Solver<'_> {
         };
         let mut tail: Vec<String> = Vec::new();
         let mut partial = String::new();
-        let solver = &*self;
         let outcome = self
             .worker
             .exec(
@@ -204,7 +203,7 @@ impl Solver<'_> {
                     while let Some(i) = partial.find('\n') {
                         let line: String = partial.drain(..=i).collect();
                         let line = line.trim_end_matches('\n').to_owned();
-                        solver.emit(Event::Log {
+                        self.emit(Event::Log {
                             vertex: index,
                             line: line.clone(),
                         });
