@@ -24,41 +24,63 @@ struct Setup {
     context: PathBuf,
 }
 
+/// A busybox root filesystem tarball in `dir`.
+fn base_tarball(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "ls", "rm", "id", "sleep", "test", "true", "touch", "wc", "mkdir",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let tarball = dir.join("base.tar");
+    // Fixed mtimes: the same tarball bytes wherever it is made.
+    let status = Command::new("tar")
+        .arg("--mtime=@1600000000")
+        .arg("--sort=name")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
 impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("rootfs");
-        fs::create_dir_all(rootfs.join("bin")).unwrap();
-        fs::create_dir_all(rootfs.join("etc")).unwrap();
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in [
-            "sh", "echo", "cat", "ls", "rm", "id", "sleep", "test", "true",
-        ] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-        let tarball = dir.path().join("base.tar");
-        assert!(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&tarball)
-                .arg(".")
-                .status()
-                .unwrap()
-                .success()
-        );
+        let tarball = base_tarball(dir.path());
+        Self::with_base(dir, &tarball)
+    }
+
+    /// A store with `tarball` imported as `base:busybox` (created at a fixed time).
+    fn with_base(dir: tempfile::TempDir, tarball: &Path) -> Self {
         let root = dir.path().join("root");
         let context = dir.path().join("context");
         fs::create_dir_all(&context).unwrap();
         let s = Self { dir, root, context };
-        s.ok(&["import", tarball.to_str().unwrap(), "base:busybox"]);
+        let import = kiln()
+            .env("KILN_ROOT", &s.root)
+            .env("SOURCE_DATE_EPOCH", "1600000000")
+            .args(["import", tarball.to_str().unwrap(), "base:busybox"])
+            .output()
+            .unwrap();
+        assert!(
+            import.status.success(),
+            "{}",
+            String::from_utf8_lossy(&import.stderr)
+        );
         s
     }
 
@@ -339,4 +361,39 @@ fn independent_stages_run_at_the_same_time() {
         all.contains("4\n4\n4\n4\n"),
         "every stage saw the other three running"
     );
+}
+
+#[test]
+fn source_date_epoch_gives_the_same_digest_on_fresh_stores() {
+    if !ready() {
+        return;
+    }
+    let dockerfile = "FROM base:busybox\nCOPY hello.txt /app/\nRUN echo built > /app/out && mkdir /app/dir\nCMD [\"cat\", \"/app/out\"]\n";
+    let shared = tempfile::tempdir().unwrap();
+    let tarball = base_tarball(shared.path());
+    let digests: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            let s = Setup::with_base(tempfile::tempdir().unwrap(), &tarball);
+            fs::write(s.context.join("hello.txt"), "hello\n").unwrap();
+            let out = s.build(
+                dockerfile,
+                &[
+                    "--build-arg",
+                    "SOURCE_DATE_EPOCH=1700000000",
+                    "-t",
+                    "repro:1",
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let inspect: serde_json::Value =
+                serde_json::from_str(&s.ok(&["inspect", "repro:1"]).0).unwrap();
+            assert_eq!(inspect[0]["Created"], "2023-11-14T22:13:20Z");
+            inspect[0]["Manifest"]["digest"].clone()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1], "two fresh stores, one image");
 }

@@ -105,6 +105,7 @@ pub fn build(
         dockerignore: Matcher::new(&req.dockerignore)?,
         no_cache: req.no_cache,
         network_none: req.network_none,
+        source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {

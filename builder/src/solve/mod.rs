@@ -85,6 +85,8 @@ pub struct Solver<'a> {
     pub no_cache: bool,
     /// RUN steps without `--network` get no network (`kiln build --network=none`).
     pub network_none: bool,
+    /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
+    pub source_date_epoch: Option<u64>,
     pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
 }
 
@@ -189,6 +191,10 @@ impl Solver<'_> {
                 h.update(key.as_bytes());
             }
             h.update(self.context_part(&vertex.op, inputs).as_bytes());
+            // Clamped mtimes make other layer bytes.
+            if let Some(epoch) = self.source_date_epoch {
+                h.update(format!("source-date-epoch={epoch}").as_bytes());
+            }
             // `kiln build --network=none` changes what a default-network RUN is.
             if self.network_none
                 && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)

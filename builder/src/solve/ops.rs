@@ -95,7 +95,8 @@ impl Solver<'_> {
     /// diff ID).
     fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
         let writer = self.store.content.writer()?;
-        let writer = layer::diff(upper, writer).map_err(step_err)?;
+        let writer =
+            layer::diff_clamped(upper, writer, self.source_date_epoch).map_err(step_err)?;
         let blob = writer.commit(None)?;
         Ok(Layer {
             blob: blob.digest.clone(),

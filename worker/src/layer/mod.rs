@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use self::diff::diff;
+pub use self::diff::{diff, diff_clamped};
 pub use self::unpack::{Unpacked, unpack};
 
 /// The prefix of an OCI whiteout file.
