@@ -397,3 +397,76 @@ fn source_date_epoch_gives_the_same_digest_on_fresh_stores() {
         .collect();
     assert_eq!(digests[0], digests[1], "two fresh stores, one image");
 }
+
+#[test]
+fn every_output_type() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    fs::write(s.context.join("hello.txt"), "hello\n").unwrap();
+    let out_dir = s.dir.path().join("out");
+    let (docker, oci, local, tarball) = (
+        out_dir.join("d.tar"),
+        out_dir.join("o.tar"),
+        out_dir.join("rootfs"),
+        out_dir.join("rootfs.tar"),
+    );
+    fs::create_dir_all(&out_dir).unwrap();
+    let outputs = [
+        format!("type=docker,dest={}", docker.display()),
+        format!("type=oci,dest={}", oci.display()),
+        format!("type=local,dest={}", local.display()),
+        format!("type=tar,dest={}", tarball.display()),
+    ];
+    let mut args: Vec<&str> = vec!["-t", "outs:1"];
+    for o in &outputs {
+        args.push("-o");
+        args.push(o);
+    }
+    let out = s.build(
+        "FROM base:busybox\nCOPY hello.txt /app/\nRUN rm /etc/group && echo ran > /app/ran\n",
+        &args,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("app/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(fs::read_to_string(local.join("app/ran")).unwrap(), "ran\n");
+    assert!(
+        local.join("etc/passwd").exists() && !local.join("etc/group").exists(),
+        "whiteouts applied in the local output"
+    );
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.lines().any(|l| l == "app/ran") && !listing.contains("etc/group"),
+        "{listing}"
+    );
+    if Path::new("/usr/bin/skopeo").is_file() {
+        for (kind, file) in [("docker-archive", &docker), ("oci-archive", &oci)] {
+            let inspect = Command::new("skopeo")
+                .arg("inspect")
+                .arg(format!("{kind}:{}", file.display()))
+                .output()
+                .unwrap();
+            assert!(
+                inspect.status.success(),
+                "{kind}: {}",
+                String::from_utf8_lossy(&inspect.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+            assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{kind}");
+        }
+    }
+    assert!(docker.is_file() && oci.is_file());
+}

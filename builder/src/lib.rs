@@ -13,4 +13,5 @@ pub mod build;
 pub mod context;
 pub mod image;
 pub mod images;
+pub mod output;
 pub mod solve;

@@ -23,6 +23,21 @@ pub enum Format {
 /// Writes the images `names` to `out` (a new file, written beside and
 /// renamed into place, so a failed save leaves nothing half-written).
 pub fn save_to_file(store: &Store, names: &[String], format: Format, out: &Path) -> Result<()> {
+    let images = names
+        .iter()
+        .map(|n| image::resolve(store, n))
+        .collect::<Result<Vec<_>>>()?;
+    save_images_to_file(store, &images, format, out)
+}
+
+/// [`save_to_file`] for images already read, each with the full name it is
+/// saved under (empty: no name).
+pub fn save_images_to_file(
+    store: &Store,
+    images: &[(String, Image)],
+    format: Format,
+    out: &Path,
+) -> Result<()> {
     let io = |action| {
         move |source| ImageError::Io {
             action,
@@ -37,7 +52,7 @@ pub fn save_to_file(store: &Store, names: &[String], format: Format, out: &Path)
         .map_err(io("creating"))
         .and_then(|file| {
             let mut writer = io::BufWriter::with_capacity(1 << 20, file);
-            save(store, names, format, &mut writer)?;
+            save_images(store, images, format, &mut writer)?;
             let file = writer
                 .into_inner()
                 .map_err(|e| io("writing")(e.into_error()))?;
@@ -54,14 +69,24 @@ pub fn save_to_file(store: &Store, names: &[String], format: Format, out: &Path)
 
 /// Writes the images `names` to `out`.
 pub fn save<W: Write>(store: &Store, names: &[String], format: Format, out: W) -> Result<()> {
-    let mut images: Vec<(String, Image)> = Vec::new();
-    for name in names {
-        images.push(image::resolve(store, name)?);
-    }
+    let images = names
+        .iter()
+        .map(|n| image::resolve(store, n))
+        .collect::<Result<Vec<_>>>()?;
+    save_images(store, &images, format, out)
+}
+
+/// Writes `images` (full name, image) to `out`.
+pub fn save_images<W: Write>(
+    store: &Store,
+    images: &[(String, Image)],
+    format: Format,
+    out: W,
+) -> Result<()> {
     let mut tar = tar::Builder::new(out);
     match format {
-        Format::Docker => docker_archive(store, &images, &mut tar)?,
-        Format::Oci => oci_layout(store, &images, &mut tar)?,
+        Format::Docker => docker_archive(store, images, &mut tar)?,
+        Format::Oci => oci_layout(store, images, &mut tar)?,
     }
     tar.into_inner()
         .and_then(|mut w| w.flush())
@@ -127,7 +152,9 @@ fn docker_archive<W: Write>(
         let entry = entries
             .entry(image.config_digest.clone())
             .or_insert_with(|| (Vec::new(), layer_paths));
-        entry.0.push(familiar(name));
+        if !name.is_empty() {
+            entry.0.push(familiar(name));
+        }
     }
     let manifest: Vec<serde_json::Value> = entries
         .iter()
@@ -200,15 +227,18 @@ fn oci_layout<W: Write>(
             .media_type()
             .as_ref()
             .map_or(OCI_MANIFEST.to_owned(), ToString::to_string);
-        manifests.push(serde_json::json!({
+        let mut descriptor = serde_json::json!({
             "mediaType": media_type,
             "digest": image.manifest_digest.to_string(),
             "size": store.content.size(&image.manifest_digest)?,
-            "annotations": {
+        });
+        if !name.is_empty() {
+            descriptor["annotations"] = serde_json::json!({
                 "io.containerd.image.name": name,
                 "org.opencontainers.image.ref.name": tag,
-            },
-        }));
+            });
+        }
+        manifests.push(descriptor);
     }
     let index = serde_json::json!({
         "schemaVersion": 2,

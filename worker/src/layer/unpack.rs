@@ -35,6 +35,21 @@ struct DirMeta {
 /// Unpacks the (uncompressed) layer tar `reader` into `dest`, which must
 /// exist.
 pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
+    unpack_with(reader, dest, Whiteouts::Overlay)
+}
+
+/// What to do with a layer's whiteouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Keep them as overlayfs marks: the directory is a lowerdir.
+    Overlay,
+    /// Apply them: delete the paths they name (`-o type=local`, where the
+    /// layers are unpacked one over the other into one directory).
+    Apply,
+}
+
+/// [`unpack`], with a choice of what whiteouts become.
+pub fn unpack_with<R: Read>(reader: R, dest: &Path, whiteouts: Whiteouts) -> Result<Unpacked> {
     let mut archive = tar::Archive::new(reader);
     let mut stats = Unpacked::default();
     let mut dirs: BTreeMap<PathBuf, DirMeta> = BTreeMap::new();
@@ -64,16 +79,29 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
         stats.entries += 1;
 
         if name == OPAQUE_MARKER {
-            xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
-                .map_err(io_err("marking opaque", &parent))?;
+            match whiteouts {
+                Whiteouts::Overlay => {
+                    xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
+                        .map_err(io_err("marking opaque", &parent))?;
+                }
+                // The marker follows its directory's entry: what is there now
+                // came from lower layers.
+                Whiteouts::Apply => {
+                    for child in fs::read_dir(&parent).map_err(io_err("reading", &parent))? {
+                        remove_existing(&child.map_err(io_err("reading", &parent))?.path())?;
+                    }
+                }
+            }
             stats.opaque_dirs += 1;
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
             let target = parent.join(hidden);
             remove_existing(&target)?;
-            mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-                .map_err(|e| io_err("making whiteout", &target)(e.into()))?;
+            if whiteouts == Whiteouts::Overlay {
+                mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+                    .map_err(|e| io_err("making whiteout", &target)(e.into()))?;
+            }
             stats.whiteouts += 1;
             continue;
         }

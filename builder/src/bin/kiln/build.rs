@@ -36,6 +36,11 @@ pub(crate) struct Build {
     network: NetworkFlag,
     #[arg(long, value_enum, default_value_t = Progress::Plain)]
     progress: Progress,
+    /// Where the result goes, buildctl's syntax: `type=image` (the store; the
+    /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
+    /// `type=tar,dest=F`, or a directory.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    outputs: Vec<String>,
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
@@ -112,6 +117,11 @@ impl Build {
             _ => None,
         };
         build_args.remove("SOURCE_DATE_EPOCH");
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
         let store = Store::open(root)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
@@ -161,6 +171,9 @@ impl Build {
             }
             Err(e) => return Err(e.into()),
         };
+        for output in &outputs {
+            kiln_builder::output::export(&store, &built, tags.first().map(String::as_str), output)?;
+        }
         if quiet {
             println!("{}", built.config);
         } else {

@@ -1,0 +1,166 @@
+//! Build outputs (`-o/--output`, buildctl's syntax): the image store, an
+//! OCI or docker archive, the final root filesystem as a directory or a tar.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_cache::Store;
+use kiln_worker::layer::compression::decompressed;
+use kiln_worker::layer::{Whiteouts, unpack_with};
+
+use crate::archive::{Format, save_images_to_file};
+use crate::build::Built;
+use crate::image::{self, ImageError, Result};
+
+/// One `-o` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The image store (tags from `-t`).
+    Image,
+    /// A docker-archive file (`docker load` reads it).
+    Docker(PathBuf),
+    /// An OCI layout tar.
+    Oci(PathBuf),
+    /// The final root filesystem in a directory.
+    Local(PathBuf),
+    /// The final root filesystem as a tar file.
+    Tar(PathBuf),
+}
+
+impl Output {
+    /// Parses `type=…[,dest=…]`; a bare path means `type=local,dest=PATH`,
+    /// as `docker build -o` takes it.
+    pub fn parse(spec: &str) -> std::result::Result<Self, String> {
+        if !spec.contains('=') {
+            return Ok(Self::Local(PathBuf::from(spec)));
+        }
+        let mut kind = None;
+        let mut dest = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("type", t)) => kind = Some(t.to_owned()),
+                Some(("dest", d)) => dest = Some(PathBuf::from(d)),
+                // Accepted for buildctl compatibility; the store tags come from -t.
+                Some(("name" | "push" | "compression", _)) => {}
+                _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
+            }
+        }
+        let need_dest = |kind: &str| {
+            dest.clone()
+                .ok_or_else(|| format!("--output {spec:?}: type={kind} needs dest=PATH"))
+        };
+        match kind.as_deref() {
+            Some("image") => Ok(Self::Image),
+            Some("docker") => Ok(Self::Docker(need_dest("docker")?)),
+            Some("oci") => Ok(Self::Oci(need_dest("oci")?)),
+            Some("local") => Ok(Self::Local(need_dest("local")?)),
+            Some("tar") => Ok(Self::Tar(need_dest("tar")?)),
+            Some(other) => Err(format!(
+                "--output {spec:?}: unknown type {other:?} (image, docker, oci, local, tar)"
+            )),
+            None => Err(format!("--output {spec:?}: no type=")),
+        }
+    }
+}
+
+/// Writes `built` (named `name`, a full reference, when tagged) to `output`.
+pub fn export(store: &Store, built: &Built, name: Option<&str>, output: &Output) -> Result<()> {
+    let (os, arch) = image::host_platform();
+    let img = || image::read_image(store, &built.manifest, (&os, &arch));
+    match output {
+        Output::Image => Ok(()),
+        Output::Docker(dest) => save_images_to_file(
+            store,
+            &[(name.unwrap_or_default().to_owned(), img()?)],
+            Format::Docker,
+            dest,
+        ),
+        Output::Oci(dest) => save_images_to_file(
+            store,
+            &[(name.unwrap_or_default().to_owned(), img()?)],
+            Format::Oci,
+            dest,
+        ),
+        Output::Local(dest) => rootfs(store, &img()?, dest),
+        Output::Tar(dest) => {
+            let tmp = store
+                .root()
+                .join("tmp")
+                .join(format!("rootfs-{}", std::process::id()));
+            let result = rootfs(store, &img()?, &tmp).and_then(|()| tar_dir(&tmp, dest));
+            let _ = fs::remove_dir_all(&tmp);
+            result
+        }
+    }
+}
+
+/// Every layer, bottom first, applied into `dest`.
+fn rootfs(store: &Store, img: &image::Image, dest: &Path) -> Result<()> {
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(dest).map_err(io("creating", dest))?;
+    for (digest, _, _) in img.layers() {
+        let reader =
+            decompressed(store.content.open_blob(&digest)?).map_err(io("reading", dest))?;
+        unpack_with(reader, dest, Whiteouts::Apply).map_err(|e| ImageError::Archive {
+            path: dest.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+fn tar_dir(dir: &Path, dest: &Path) -> Result<()> {
+    let io = |action| {
+        let path = dest.to_owned();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let file = fs::File::create(dest).map_err(io("creating"))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir).map_err(io("writing"))?;
+    tar.into_inner().map_err(io("writing"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!(
+            Output::parse("type=docker,dest=a.tar"),
+            Ok(Output::Docker("a.tar".into()))
+        );
+        assert_eq!(
+            Output::parse("type=oci,dest=o.tar,compression=zstd"),
+            Ok(Output::Oci("o.tar".into()))
+        );
+        assert_eq!(
+            Output::parse("type=image,name=x,push=false"),
+            Ok(Output::Image)
+        );
+        assert_eq!(Output::parse("out"), Ok(Output::Local("out".into())));
+        assert!(
+            Output::parse("type=local")
+                .unwrap_err()
+                .contains("needs dest")
+        );
+        assert!(
+            Output::parse("type=s3,dest=x")
+                .unwrap_err()
+                .contains("unknown type")
+        );
+    }
+}
