@@ -258,7 +258,10 @@ fn multi_stage_with_target_runs_only_what_it_needs() {
     }
     let s = Setup::new();
     let dockerfile = "FROM base:busybox AS build\nRUN echo artifact > /out\nFROM base:busybox AS broken\nRUN exit 1\nFROM base:busybox\nCOPY --from=build /out /artifact\n";
-    let out = s.build(dockerfile, &["-t", "multi:1"]);
+    let out = s.build(
+        dockerfile,
+        &["-t", "multi:1", "-o", "type=image,compression=zstd"],
+    );
     assert!(
         out.status.success(),
         "{}",

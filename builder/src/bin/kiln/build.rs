@@ -122,6 +122,15 @@ impl Build {
             .iter()
             .map(|o| kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
+        let mut compression = kiln_builder::build::LayerCompression::default();
+        for spec in &self.outputs {
+            if let Some(value) = spec.split(',').find_map(|f| f.strip_prefix("compression=")) {
+                compression =
+                    kiln_builder::build::LayerCompression::parse(value).with_context(|| {
+                        format!("--output {spec}: compression is gzip, zstd or uncompressed")
+                    })?;
+            }
+        }
         let store = Store::open(root)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
@@ -141,6 +150,7 @@ impl Build {
             no_cache: self.no_cache,
             source_date_epoch,
             network_none: self.network == NetworkFlag::None,
+            compression,
         };
         let quiet = self.quiet;
         let mut progress = |event: Event| {
