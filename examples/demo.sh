@@ -25,6 +25,13 @@ if ! "$kiln" inspect "$base" >/dev/null 2>&1; then
     # marker is for a distribution's system Python on a host).
     rm -f "$work"/rootfs/usr/lib/python3*/EXTERNALLY-MANAGED
     rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
+    # The image trusts the CAs of the host that made it (networks that
+    # inspect TLS add their own), and pip uses them.
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        mkdir -p "$work/rootfs/etc/ssl/certs"
+        cp /etc/ssl/certs/ca-certificates.crt "$work/rootfs/etc/ssl/certs/ca-certificates.crt"
+        printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$work/rootfs/etc/pip.conf"
+    fi
     tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
     "$kiln" import "$work/rootfs.tar" "$base"
 fi
