@@ -155,25 +155,12 @@ impl Sandbox {
         for name in ["error", "stubs"] {
             let _ = fs::remove_file(spec.state_dir.join(name));
         }
-        let mut child = Command::new(&self.helper)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| SandboxError::Spawn {
-                helper: self.helper.clone(),
-                source,
-            })?;
+        let mut child = self.spawn(Stdio::piped())?;
         if cancel.started(child.id()) {
             let _ = child.wait();
             return Err(SandboxError::Cancelled);
         }
-        let json =
-            serde_json::to_vec(&spec::Job::Run(spec.clone())).expect("a run spec serializes");
-        if let Some(mut stdin) = child.stdin.take() {
-            // A helper that died at once reports through its exit status.
-            let _ = stdin.write_all(&json);
-        }
+        send(&mut child, &spec::Job::Run(spec.clone()));
         let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
         let readers: Vec<_> = [
             (
@@ -235,20 +222,8 @@ impl Sandbox {
     pub fn file(&self, job: &crate::fileop::FileJob) -> Result<()> {
         fs::create_dir_all(&job.state_dir).map_err(io_err("creating", &job.state_dir))?;
         let _ = fs::remove_file(job.state_dir.join("error"));
-        let mut child = Command::new(&self.helper)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| SandboxError::Spawn {
-                helper: self.helper.clone(),
-                source,
-            })?;
-        let json =
-            serde_json::to_vec(&spec::Job::File(job.clone())).expect("a file job serializes");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(&json);
-        }
+        let mut child = self.spawn(Stdio::null())?;
+        send(&mut child, &spec::Job::File(job.clone()));
         let out = child
             .wait_with_output()
             .map_err(io_err("waiting for", &self.helper))?;
@@ -260,6 +235,30 @@ impl Sandbox {
                 String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             )),
         }
+    }
+}
+
+impl Sandbox {
+    /// Starts the helper; stdin and stderr are pipes.
+    fn spawn(&self, stdout: Stdio) -> Result<std::process::Child> {
+        Command::new(&self.helper)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                helper: self.helper.clone(),
+                source,
+            })
+    }
+}
+
+/// Hands the helper its job and closes its stdin. A helper that died at once
+/// reports through its exit status, so a write error is not one here.
+fn send(child: &mut std::process::Child, job: &spec::Job) {
+    let json = serde_json::to_vec(job).expect("a job serializes");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&json);
     }
 }
 
