@@ -189,10 +189,13 @@ pub fn build(
     options.dockerignore = req.dockerignore.clone();
     let graph = convert::convert_dockerfile(&req.dockerfile, &options)?;
     let target = graph.target_stage().clone();
+    let snapshots = Snapshots::open(store.root().join("snapshots"))?;
+    // Unpacks a killed build left half done (the root's lock is ours).
+    snapshots.recover()?;
     let solver = Solver {
         store,
         worker,
-        snapshots: Snapshots::open(store.root().join("snapshots"))?,
+        snapshots,
         context: req.context.clone(),
         dockerignore: Matcher::new(&req.dockerignore)?,
         no_cache: req.no_cache,

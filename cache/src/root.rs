@@ -118,6 +118,11 @@ impl Store {
 
     fn recover(&self) -> Result<Recovery> {
         let ingest_files = self.content.recover()?;
+        // Scratch of processes that died: their running steps (mounts lived
+        // in the helpers' own namespaces and are gone) and temp files.
+        for dir in ["steps", "tmp"] {
+            let _ = fs::remove_dir_all(self.root.join(dir));
+        }
         let leases = self.meta.leases()?;
         for lease in &leases {
             self.meta.remove_lease(&lease.id)?;

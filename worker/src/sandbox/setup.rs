@@ -361,8 +361,11 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
     if !env.iter().any(|kv| kv.starts_with("HOME=")) {
         env.push(format!("HOME={}", id.home));
     }
-    let program = find_program(&spec.args[0], &env)
-        .ok_or_else(|| format!("{:?}: executable file not found in $PATH", spec.args[0]))?;
+    let Some(name) = spec.args.first() else {
+        return Err("no command to run".to_owned());
+    };
+    let program = find_program(name, &env)
+        .ok_or_else(|| format!("{name:?}: executable file not found in $PATH"))?;
 
     if !spec.privileged {
         sys.drop_bounding_caps(DEFAULT_CAPS)
@@ -385,7 +388,7 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
     let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
     let program = cstr(&program)?;
     sys.execve(&program, &args, &env)
-        .map_err(|e| fail(format!("exec {}", spec.args[0]), e))
+        .map_err(|e| fail(format!("exec {name}"), e))
 }
 
 /// The kernel reads mount options from one page.
