@@ -473,3 +473,114 @@ fn every_output_type() {
     }
     assert!(docker.is_file() && oci.is_file());
 }
+
+#[test]
+fn context_from_stdin_heredocs_dockerignore_and_host_symlinks() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let ctx = s.dir.path().join("piped");
+    fs::create_dir_all(ctx.join("src")).unwrap();
+    fs::write(ctx.join("src/keep.txt"), "keep").unwrap();
+    fs::write(ctx.join("src/debug.log"), "noise").unwrap();
+    fs::write(ctx.join(".dockerignore"), "src/*.log\n").unwrap();
+    // A context symlink to a host file must never bring the host file in.
+    let host_secret = s.dir.path().join("host-secret");
+    fs::write(&host_secret, "host only").unwrap();
+    std::os::unix::fs::symlink(&host_secret, ctx.join("src/leak")).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM base:busybox\nCOPY src /src/\nCOPY <<EOF /etc/motd\nhello $NAME\nEOF\nARG NAME=kiln\nRUN <<EOF\necho \"heredoc ran for $NAME\" > /ran\nEOF\n",
+    )
+    .unwrap();
+    let tarball = s.dir.path().join("ctx.tar.gz");
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&ctx)
+            .arg("-czf")
+            .arg(&tarball)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new(crate::harness::binary("kiln"))
+        .env("KILN_ROOT", &s.root)
+        .args(["build", "-t", "piped:1", "-o"])
+        .arg(format!(
+            "type=local,dest={}",
+            s.dir.path().join("out").display()
+        ))
+        .arg("-")
+        .stdin(fs::File::open(&tarball).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rootfs = s.dir.path().join("out");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("src/keep.txt")).unwrap(),
+        "keep"
+    );
+    assert!(
+        !rootfs.join("src/debug.log").exists(),
+        ".dockerignore applies"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "hello \n",
+        "ARG NAME comes after the COPY"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("ran")).unwrap(),
+        "heredoc ran for kiln\n"
+    );
+    let leak = rootfs.join("src/leak");
+    assert!(
+        fs::symlink_metadata(&leak)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "copied as a symlink, not as the host file's content"
+    );
+    assert_eq!(
+        fs::read_link(&leak).unwrap(),
+        host_secret,
+        "the link text is kept; in the image it points at nothing"
+    );
+
+    // An ignored file is not in the context at all.
+    fs::write(
+        s.context.join("Dockerfile"),
+        "FROM base:busybox\nCOPY debug.log /\n",
+    )
+    .unwrap();
+    fs::write(s.context.join("debug.log"), "noise").unwrap();
+    fs::write(s.context.join(".dockerignore"), "*.log\n").unwrap();
+    let out = s.kiln(&["build", s.context.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such file or directory: /debug.log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Naming the symlink as the source follows it inside the context only.
+    fs::write(
+        s.context.join("Dockerfile"),
+        "FROM base:busybox\nCOPY leak /stolen\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&host_secret, s.context.join("leak")).unwrap();
+    let out = s.kiln(&["build", s.context.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such file or directory: /leak"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

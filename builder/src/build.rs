@@ -198,6 +198,7 @@ pub fn build(
         snapshots,
         context: req.context.clone(),
         dockerignore: Matcher::new(&req.dockerignore)?,
+        dockerignore_patterns: req.dockerignore.clone(),
         no_cache: req.no_cache,
         network_none: req.network_none,
         source_date_epoch: req.source_date_epoch,

@@ -39,8 +39,10 @@ pub enum Fs {
     Context(PathBuf),
 }
 
-/// What the solver reports while it works.
-#[derive(Debug, Clone, PartialEq)]
+/// What the solver reports while it works (`--progress=json` prints one
+/// per line: `{"event":"started","vertex":3,"description":"…"}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Started { vertex: usize, description: String },
     Cached { vertex: usize },
@@ -81,6 +83,8 @@ pub struct Solver<'a> {
     pub snapshots: Snapshots,
     pub context: PathBuf,
     pub dockerignore: Matcher,
+    /// The same patterns as written, for file ops that copy from the context.
+    pub dockerignore_patterns: Vec<String>,
     /// Run every step, using no cache hit.
     pub no_cache: bool,
     /// RUN steps without `--network` get no network (`kiln build --network=none`).

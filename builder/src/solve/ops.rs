@@ -262,6 +262,11 @@ impl Solver<'_> {
                             unpack_archives: c.unpack_archives,
                             parents: c.parents,
                             excludes: c.exclude_patterns.clone(),
+                            root_excludes: if from_context {
+                                self.dockerignore_patterns.clone()
+                            } else {
+                                Vec::new()
+                            },
                         },
                     }
                 }

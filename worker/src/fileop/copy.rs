@@ -41,18 +41,29 @@ pub struct CopyRequest {
     pub unpack_archives: bool,
     /// `--parents`: keep each source's directories under `dest`.
     pub parents: bool,
+    /// `--exclude`: patterns relative to each copied source.
     pub excludes: Vec<String>,
+    /// The source root's `.dockerignore`: patterns relative to the source
+    /// root. What they exclude is not there at all.
+    #[serde(default)]
+    pub root_excludes: Vec<String>,
 }
 
 /// Copies `req.sources` from the root `src` into the root `dest`.
 pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
     let src_root = Root::open(src)?;
     let dst = Root::open(dest)?;
-    let excludes = Matcher::new(&req.excludes).map_err(|e| FileOpError::Invalid(e.to_string()))?;
-    let opts = Meta {
+    let matcher = |patterns: &[String]| {
+        Matcher::new(patterns).map_err(|e| FileOpError::Invalid(e.to_string()))
+    };
+    let (excludes, root_excludes) = (matcher(&req.excludes)?, matcher(&req.root_excludes)?);
+    let hidden = |path: &str| !root_excludes.is_empty() && root_excludes.excludes(path);
+    let mut opts = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
         mode: req.mode,
         excludes: &excludes,
+        root_excludes: &root_excludes,
+        base: String::new(),
     };
     // (path, components `--parents` drops: those before a `/./` pivot)
     let mut sources: Vec<(String, usize)> = Vec::new();
@@ -63,16 +74,18 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             .map_or(0, |(before, _)| components(before).len());
         if req.allow_wildcard && has_glob(source) {
             wildcard = true;
-            let found = expand(&src_root, source)?;
+            let mut found = expand(&src_root, source)?;
+            found.retain(|p| !hidden(p));
             if found.is_empty() {
                 return Err(FileOpError::NotFound(source.clone()));
             }
             sources.extend(found.into_iter().map(|p| (p, pivot)));
         } else {
-            if src_root.stat(source)?.is_none() {
+            let path = components(source).join("/");
+            if src_root.stat(source)?.is_none() || hidden(&path) {
                 return Err(FileOpError::NotFound(source.clone()));
             }
-            sources.push((components(source).join("/"), pivot));
+            sources.push((path, pivot));
         }
     }
     let dest_is_dir = req.dest.ends_with('/')
@@ -100,6 +113,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             dst.mkdir_all(&target, 0o755, opts.owner)?;
             let from = src_root.open_follow(source, dir_flags)?;
             let to = dst.open_follow(&target, dir_flags)?;
+            opts.base.clone_from(source);
             tree::copy_dir(&from, &to, "", &opts)?;
             let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
             tree::finish(

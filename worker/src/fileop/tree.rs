@@ -24,7 +24,12 @@ use kiln_frontend::dockerignore::Matcher;
 pub(super) struct Meta<'a> {
     pub(super) owner: Option<(u32, u32)>,
     pub(super) mode: Option<u32>,
+    /// `--exclude`, against paths below the copied source.
     pub(super) excludes: &'a Matcher,
+    /// `.dockerignore`, against paths from the source root.
+    pub(super) root_excludes: &'a Matcher,
+    /// The copied source's path from the source root.
+    pub(super) base: String,
 }
 
 fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError + use<> {
@@ -50,6 +55,16 @@ pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>)
         };
         if !meta.excludes.is_empty() && meta.excludes.excludes(&child_rel) {
             continue;
+        }
+        if !meta.root_excludes.is_empty() {
+            let from_root = if meta.base.is_empty() {
+                child_rel.clone()
+            } else {
+                format!("{}/{child_rel}", meta.base)
+            };
+            if meta.root_excludes.excludes(&from_root) {
+                continue;
+            }
         }
         let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(sys("reading", &name))?;

@@ -44,13 +44,17 @@ pub(crate) struct Build {
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
-    /// The build context directory.
+    /// The build context directory, or `-` for a tar of it (plain, gzip,
+    /// bzip2, xz or zstd) on standard input.
     context: PathBuf,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Progress {
+    /// Plain lines for logs: `#N [stage 2/5] RUN …`, every output line, `#N DONE 1.2s`.
     Plain,
+    /// One JSON object per event, for programs.
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,8 +97,37 @@ fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
     Ok((id, value))
 }
 
+/// A directory removed when dropped (a context read from standard input).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Build {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+    pub(crate) fn run(mut self, root: &std::path::Path) -> Result<()> {
+        // Opened first: it clears the root's tmp/, where a piped context goes.
+        let store = Store::open(root)?;
+        let _stdin_context = if self.context.as_os_str() == "-" {
+            if self.file.as_deref() == Some(std::path::Path::new("-")) {
+                anyhow::bail!(
+                    "the context and the Dockerfile cannot both come from standard input"
+                );
+            }
+            let dir = root
+                .join("tmp")
+                .join(format!("context-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
+                .context("reading the context from standard input")?;
+            kiln_worker::layer::unpack(reader, &dir).context("the context on standard input")?;
+            self.context = dir.clone();
+            Some(TempDir(dir))
+        } else {
+            None
+        };
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
         let dockerfile = source.read()?;
         let dockerignore = source.dockerignore(&self.context)?;
@@ -131,7 +164,6 @@ impl Build {
                     })?;
             }
         }
-        let store = Store::open(root)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
             let (id, value) = read_secret(spec)?;
@@ -153,8 +185,15 @@ impl Build {
             compression,
         };
         let quiet = self.quiet;
+        let json = self.progress == Progress::Json;
         let mut progress = |event: Event| {
             if quiet {
+                return;
+            }
+            if json {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    eprintln!("{line}");
+                }
                 return;
             }
             match event {
@@ -187,6 +226,14 @@ impl Build {
         if quiet {
             println!("{}", built.config);
         } else {
+            if json {
+                let tags: Vec<&String> = tags.iter().collect();
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "image", "id": built.config, "manifest": built.manifest, "tags": tags})
+                );
+                return Ok(());
+            }
             eprintln!("writing image {} done", built.config);
             for tag in &tags {
                 eprintln!("naming to {tag} done");
