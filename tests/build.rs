@@ -584,3 +584,30 @@ fn context_from_stdin_heredocs_dockerignore_and_host_symlinks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn no_cache_filter_reruns_a_stage_and_what_its_result_changes() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let dockerfile = "FROM base:busybox AS deps\nRUN echo same > /dep\nFROM base:busybox\nCOPY --from=deps /dep /dep\nRUN cat /dep > /used\n";
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let first = s.build(dockerfile, &epoch);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The deps step runs again, makes the same bytes (mtimes clamped), and
+    // the steps after it stay cached.
+    let mut args = epoch.to_vec();
+    args.extend(["--no-cache-filter", "deps"]);
+    let stderr = String::from_utf8_lossy(&s.build(dockerfile, &args).stderr).into_owned();
+    assert_eq!(stderr.matches(" DONE").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches(" CACHED").count(), 2, "{stderr}");
+    assert!(
+        stderr.contains("RUN echo same > /dep\n") && !stderr.contains("#1 CACHED"),
+        "{stderr}"
+    );
+}

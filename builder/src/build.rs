@@ -45,6 +45,8 @@ pub struct BuildRequest {
     /// Full names to tag.
     pub tags: Vec<String>,
     pub no_cache: bool,
+    /// `--no-cache-filter`: stage names whose steps run again.
+    pub no_cache_filter: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: the image's created time.
     pub source_date_epoch: Option<u64>,
     /// `--network=none`: RUN steps that ask for no network get none.
@@ -200,6 +202,18 @@ pub fn build(
         dockerignore: Matcher::new(&req.dockerignore)?,
         dockerignore_patterns: req.dockerignore.clone(),
         no_cache: req.no_cache,
+        no_cache_stages: graph
+            .stages
+            .iter()
+            .filter(|st| {
+                st.name.as_ref().is_some_and(|n| {
+                    req.no_cache_filter
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(n))
+                })
+            })
+            .map(|st| st.index)
+            .collect(),
         network_none: req.network_none,
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),

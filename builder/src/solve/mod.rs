@@ -87,6 +87,8 @@ pub struct Solver<'a> {
     pub dockerignore_patterns: Vec<String>,
     /// Run every step, using no cache hit.
     pub no_cache: bool,
+    /// Stages (by index) whose steps run again (`--no-cache-filter`).
+    pub no_cache_stages: std::collections::BTreeSet<usize>,
     /// RUN steps without `--network` get no network (`kiln build --network=none`).
     pub network_none: bool,
     /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
@@ -221,6 +223,26 @@ impl Solver<'_> {
                 },
                 other => other,
             })?;
+        // What depends on this step is keyed by what it made, not only by
+        // what it was asked: a step re-run (--no-cache, --no-cache-filter)
+        // that makes the same layer leaves the steps after it cached, and
+        // one that makes another layer re-runs them.
+        let key = match (&vertex.op.kind, &result) {
+            (
+                Some(
+                    kiln_proto::ops::v1::op::Kind::Exec(_) | kiln_proto::ops::v1::op::Kind::File(_),
+                ),
+                Fs::Layers(chain),
+            ) => {
+                let mut h = Hasher::default();
+                h.update(key.as_bytes());
+                if let Some(top) = chain.last() {
+                    h.update(top.diff_id.to_string().as_bytes());
+                }
+                h.finish().to_string()
+            }
+            _ => key,
+        };
         Ok((result, key))
     }
 
@@ -270,7 +292,12 @@ impl Solver<'_> {
             Kind::File(f) => chain_of(f.base),
             _ => Vec::new(),
         };
-        let cached = if self.no_cache {
+        let no_cache = self.no_cache
+            || vertex
+                .meta
+                .stage
+                .is_some_and(|s| self.no_cache_stages.contains(&s));
+        let cached = if no_cache {
             None
         } else {
             self.store.meta.cache_record(key)?

@@ -28,6 +28,9 @@ pub(crate) struct Build {
     /// Run every step, using no cached result.
     #[arg(long)]
     no_cache: bool,
+    /// Run the steps of these stages again (a comma-separated list, or repeated).
+    #[arg(long, value_delimiter = ',', value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -180,6 +183,7 @@ impl Build {
             target: self.target,
             tags: tags.clone(),
             no_cache: self.no_cache,
+            no_cache_filter: self.no_cache_filter.clone(),
             source_date_epoch,
             network_none: self.network == NetworkFlag::None,
             compression,
