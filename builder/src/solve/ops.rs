@@ -19,6 +19,7 @@ use crate::image;
 /// Lines of a failed step's output kept for its error.
 const LOG_TAIL: usize = 20;
 
+/// A step's failure; `Solver::vertex` fills in which step (and line).
 fn step_err(reason: impl std::fmt::Display) -> SolveError {
     SolveError::Step {
         description: String::new(),
