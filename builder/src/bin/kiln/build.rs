@@ -100,6 +100,9 @@ fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
     Ok((id, value))
 }
 
+/// Output printed per step in plain progress before it is clipped.
+const LOG_CAP: usize = 2 << 20;
+
 /// A directory removed when dropped (a context read from standard input).
 struct TempDir(PathBuf);
 
@@ -190,6 +193,8 @@ impl Build {
         };
         let quiet = self.quiet;
         let json = self.progress == Progress::Json;
+        let mut log_bytes: std::collections::HashMap<usize, usize> =
+            std::collections::HashMap::new();
         let mut progress = |event: Event| {
             if quiet {
                 return;
@@ -206,7 +211,22 @@ impl Build {
                     description,
                 } => eprintln!("#{vertex} {description}"),
                 Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
-                Event::Log { vertex, line } => eprintln!("#{vertex} {line}"),
+                Event::Log { vertex, line } => {
+                    // Every line of every step, up to a cap per step (said
+                    // once when reached); a failed step's last lines come
+                    // with its error whatever the cap.
+                    let printed = log_bytes.entry(vertex).or_insert(0usize);
+                    if *printed < LOG_CAP {
+                        *printed += line.len() + 1;
+                        eprintln!("#{vertex} {line}");
+                        if *printed >= LOG_CAP {
+                            eprintln!(
+                                "#{vertex} [output clipped: {} MiB printed for this step]",
+                                LOG_CAP >> 20
+                            );
+                        }
+                    }
+                }
                 Event::Done { vertex, seconds } => eprintln!("#{vertex} DONE {seconds:.1}s"),
             }
         };
