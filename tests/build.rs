@@ -6,11 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{kiln, run};
+use crate::harness::{is_root, kiln, run};
 
 fn ready() -> bool {
-    let ok = fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        && Path::new("/bin/busybox").is_file();
+    let ok = is_root() && Path::new("/bin/busybox").is_file();
     if !ok {
         eprintln!("NOTICE: needs root and /bin/busybox; kiln build tests skipped");
     }
@@ -82,6 +81,24 @@ impl Setup {
             String::from_utf8_lossy(&import.stderr)
         );
         s
+    }
+
+    /// Every layer of image `name`, concatenated (from a docker-archive,
+    /// whose layers are plain tars), as text to search.
+    fn layers_text(&self, name: &str) -> String {
+        let archive = self
+            .dir
+            .path()
+            .join(format!("{}.tar", name.replace(':', "-")));
+        self.ok(&["save", "-o", archive.to_str().unwrap(), name]);
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("--wildcards")
+            .arg("*/layer.tar")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn kiln(&self, args: &[&str]) -> std::process::Output {
@@ -299,16 +316,7 @@ fn secrets_and_mounts_through_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let archive = s.dir.path().join("sec.tar");
-    s.ok(&["save", "-o", archive.to_str().unwrap(), "sec:1"]);
-    let listing = Command::new("tar")
-        .arg("-xOf")
-        .arg(&archive)
-        .arg("--wildcards")
-        .arg("*/layer.tar")
-        .output()
-        .unwrap();
-    let layers = String::from_utf8_lossy(&listing.stdout);
+    let layers = s.layers_text("sec:1");
     assert!(
         layers.contains("s3cr3tfrom the context"),
         "the step read both"
@@ -350,16 +358,7 @@ fn independent_stages_run_at_the_same_time() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let archive = s.dir.path().join("par.tar");
-    s.ok(&["save", "-o", archive.to_str().unwrap(), "par:1"]);
-    let layers = Command::new("tar")
-        .arg("-xOf")
-        .arg(&archive)
-        .arg("--wildcards")
-        .arg("*/layer.tar")
-        .output()
-        .unwrap();
-    let all = String::from_utf8_lossy(&layers.stdout);
+    let all = s.layers_text("par:1");
     assert!(
         all.contains("4\n4\n4\n4\n"),
         "every stage saw the other three running"

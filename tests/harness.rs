@@ -58,3 +58,9 @@ pub(crate) fn have_tool(tool: &str) -> bool {
     }
     found
 }
+
+/// Whether the tests run as root (the sandbox and mounts need it).
+pub(crate) fn is_root() -> bool {
+    // /proc/self belongs to the effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{have_tool, kiln, run};
+use crate::harness::{have_tool, is_root, kiln, run};
 
 /// A kiln command on the store `root`.
 fn kiln_at(root: &Path) -> Command {
@@ -184,27 +184,35 @@ fn noise(path: &Path, size: usize) {
     }
 }
 
-#[test]
-fn a_load_killed_midway_leaves_a_store_that_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("source");
-    let files = dir.path().join("files");
+/// A store in `dir/source` holding `big:1`, one layer of `size` bytes of
+/// noise, and that image saved as `dir/archive.tar`.
+fn big_image_archive(dir: &Path, size: usize) -> (PathBuf, PathBuf) {
+    let files = dir.join("files");
     fs::create_dir_all(&files).unwrap();
-    noise(&files.join("big.bin"), 192 << 20);
-    let tarball = dir.path().join("big.tar");
+    noise(&files.join("big.bin"), size);
+    let tarball = dir.join("big.tar");
     ok(Command::new("tar")
         .arg("-C")
         .arg(&files)
         .arg("-cf")
         .arg(&tarball)
         .arg("."));
+    fs::remove_dir_all(&files).unwrap();
+    let source = dir.join("source");
     ok(kiln_at(&source).arg("import").arg(&tarball).arg("big:1"));
-    let archive = dir.path().join("archive.tar");
+    fs::remove_file(&tarball).unwrap();
+    let archive = dir.join("archive.tar");
     ok(kiln_at(&source)
         .args(["save", "-o"])
         .arg(&archive)
         .arg("big:1"));
-    fs::remove_file(&tarball).unwrap();
+    (source, archive)
+}
+
+#[test]
+fn a_load_killed_midway_leaves_a_store_that_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, archive) = big_image_archive(dir.path(), 192 << 20);
 
     let root = dir.path().join("root");
     let ingest = root.join("content/ingest");
@@ -262,28 +270,12 @@ fn a_load_killed_midway_leaves_a_store_that_recovers() {
 
 #[test]
 fn a_full_disk_is_one_clear_error_and_changes_nothing() {
-    if !nix_is_root() {
+    if !is_root() {
         eprintln!("NOTICE: not root; the full-disk test (a small tmpfs) is skipped");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let files = dir.path().join("files");
-    fs::create_dir_all(&files).unwrap();
-    noise(&files.join("big.bin"), 8 << 20);
-    let tarball = dir.path().join("big.tar");
-    ok(Command::new("tar")
-        .arg("-C")
-        .arg(&files)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("."));
-    let source = dir.path().join("source");
-    ok(kiln_at(&source).arg("import").arg(&tarball).arg("big:1"));
-    let archive = dir.path().join("archive.tar");
-    ok(kiln_at(&source)
-        .args(["save", "-o"])
-        .arg(&archive)
-        .arg("big:1"));
+    let (_, archive) = big_image_archive(dir.path(), 8 << 20);
 
     // A 4 MiB filesystem for the store: the 8 MiB layer cannot fit.
     let small = dir.path().join("small");
@@ -313,9 +305,4 @@ fn a_full_disk_is_one_clear_error_and_changes_nothing() {
         "no blob and no partial file is left"
     );
     assert_eq!(images.lines().count(), 1, "nothing tagged");
-}
-
-fn nix_is_root() -> bool {
-    // /proc/self belongs to the effective user.
-    fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
