@@ -173,7 +173,11 @@ pub fn prune(store: &Store, keep: Option<u64>) -> Result<Pruned> {
         }
     }
     unused.sort();
-    let mut total = usage(store)?.total();
+    // The whole root is walked only when there is a bound to meet.
+    let mut total = match keep {
+        Some(_) => usage_of(store, &live)?.total(),
+        None => 0,
+    };
     let mut pruned = Pruned::default();
     for (_, digest, size) in unused {
         if keep.is_some_and(|k| total <= k) {
@@ -212,7 +216,11 @@ impl Usage {
 
 /// `kiln du`: everything under the root, by kind.
 pub fn usage(store: &Store) -> Result<Usage> {
-    let live = reachable(store)?;
+    usage_of(store, &reachable(store)?)
+}
+
+/// [`usage`], given the blobs tags and leases keep alive.
+fn usage_of(store: &Store, live: &BTreeSet<Digest>) -> Result<Usage> {
     let mut usage = Usage::default();
     for (digest, _) in store.content.list()? {
         let size = allocated(&store.content.path(&digest));
