@@ -185,7 +185,6 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
     ) -> Result<(Fs, String)> {
-        let start = Instant::now();
         let described = match vertex.meta.location {
             Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
             None => vertex.meta.description.clone(),
@@ -210,7 +209,7 @@ impl Solver<'_> {
             h.finish().to_string()
         };
         let result = self
-            .run_vertex(index, vertex, inputs, &key, start)
+            .run_vertex(index, vertex, inputs, &key)
             .map_err(|e| match e {
                 SolveError::Step { reason, .. } => SolveError::Step {
                     description: described.clone(),
@@ -252,9 +251,9 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
         key: &str,
-        start: Instant,
     ) -> Result<Fs> {
         use kiln_proto::ops::v1::op::Kind;
+        let start = Instant::now();
         let chain_of = |i: i32| -> Vec<Layer> {
             match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
                 Some((Fs::Layers(l), _)) => l.clone(),
