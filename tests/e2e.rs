@@ -7,3 +7,4 @@ mod build;
 mod debug;
 mod harness;
 mod images;
+mod noise;

@@ -2,12 +2,12 @@
 //! (skopeo, umoci) where the machine has them.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{have_tool, is_root, kiln, run};
+use crate::noise::noise;
 
 /// A kiln command on the store `root`.
 fn kiln_at(root: &Path) -> Command {
@@ -166,22 +166,6 @@ fn saved_archives_are_read_by_skopeo_and_umoci() {
     let inspect: serde_json::Value =
         serde_json::from_str(&ok(kiln_at(&fresh).args(["inspect", "copied:1"]))).unwrap();
     assert_eq!(inspect[0]["RootFS"]["Layers"], diff_ids);
-}
-
-/// Writes `size` bytes that do not compress (a layer like real binaries).
-fn noise(path: &Path, size: usize) {
-    let mut out = std::io::BufWriter::new(fs::File::create(path).unwrap());
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..size / block.len() {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        out.write_all(&block).unwrap();
-    }
 }
 
 /// A store in `dir/source` holding `big:1`, one layer of `size` bytes of

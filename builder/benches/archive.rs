@@ -5,7 +5,7 @@
 //! `KILN_BENCH_DIR` chooses the scratch directory (default /var/tmp).
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -15,21 +15,9 @@ use kiln_cache::Hasher;
 const LAYER_BYTES: usize = 1 << 30;
 const RUNS: usize = 3;
 
-/// Incompressible bytes, like binaries in a real layer.
-fn noise(path: &Path) {
-    let mut out = BufWriter::new(File::create(path).unwrap());
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..LAYER_BYTES / block.len() {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        out.write_all(&block).unwrap();
-    }
-}
+#[path = "../../tests/noise.rs"]
+mod noise;
+use noise::noise;
 
 /// Runs `kiln args…` under GNU time: (seconds, peak RSS in KiB).
 fn timed(root: &Path, args: &[&str]) -> (f64, u64) {
@@ -65,7 +53,7 @@ fn main() {
     let dir = tempfile::tempdir_in(scratch).unwrap();
     let files = dir.path().join("files");
     fs::create_dir(&files).unwrap();
-    noise(&files.join("big.bin"));
+    noise(&files.join("big.bin"), LAYER_BYTES);
     let tarball = dir.path().join("layer.tar");
     let tar = Command::new("tar")
         .arg("-C")
