@@ -4,7 +4,10 @@
 //! that cargo builds the binaries first and says where they are.
 
 mod build;
+mod busybox;
 mod debug;
 mod harness;
+mod httpd;
 mod images;
+mod instructions;
 mod noise;

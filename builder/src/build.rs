@@ -217,6 +217,7 @@ pub fn build(
         network_none: req.network_none,
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
+        context_view: Default::default(),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")

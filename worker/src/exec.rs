@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::sandbox::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
 use crate::sandbox::{Cancel, Sandbox, SandboxError, Stream, etc_files};
+use crate::ssh_agent::AgentRelay;
 
 #[derive(Debug, Error)]
 pub enum ExecError {
@@ -22,6 +23,8 @@ pub enum ExecError {
     Sandbox(#[from] SandboxError),
     #[error("secret {0:?} was not provided (--secret id={0},src=…)")]
     MissingSecret(String),
+    #[error("SSH agent {0:?} was not provided (--ssh {0}=SOCKET)")]
+    MissingSshAgent(String),
     #[error("secret {0:?} is not text and cannot be an environment variable")]
     SecretNotText(String),
     #[error("{action} {path}: {source}")]
@@ -91,6 +94,16 @@ pub enum ExecMount {
         mode: u32,
         required: bool,
     },
+    /// A socket at `target` relayed to the SSH agent given as `id`
+    /// ([`Worker::with_ssh_agent`]).
+    Ssh {
+        id: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        required: bool,
+    },
 }
 
 /// A RUN step.
@@ -123,6 +136,7 @@ pub struct Worker {
     dir: PathBuf,
     sandbox: Sandbox,
     secrets: BTreeMap<String, Vec<u8>>,
+    ssh_agents: BTreeMap<String, PathBuf>,
 }
 
 static STEP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -133,6 +147,7 @@ impl Worker {
             dir: dir.into(),
             sandbox,
             secrets: BTreeMap::new(),
+            ssh_agents: BTreeMap::new(),
         }
     }
 
@@ -145,6 +160,14 @@ impl Worker {
     #[must_use]
     pub fn with_secret(mut self, id: &str, value: Vec<u8>) -> Self {
         self.secrets.insert(id.to_owned(), value);
+        self
+    }
+
+    /// Makes the SSH agent listening at `socket` available to steps that
+    /// mount `id` (`RUN --mount=type=ssh,id=ID`).
+    #[must_use]
+    pub fn with_ssh_agent(mut self, id: &str, socket: PathBuf) -> Self {
+        self.ssh_agents.insert(id.to_owned(), socket);
         self
     }
 
@@ -196,6 +219,7 @@ impl Worker {
         let mut mounts = Vec::new();
         // Held until the step ends: cache locks and private cache copies.
         let mut guards = Vec::new();
+        let mut relays = Vec::new();
         for m in &req.mounts {
             match m {
                 ExecMount::Bind {
@@ -269,6 +293,33 @@ impl Worker {
                         });
                     }
                 }
+                ExecMount::Ssh {
+                    id,
+                    target,
+                    uid,
+                    gid,
+                    mode,
+                    required,
+                } => {
+                    let Some(agent) = self.ssh_agents.get(id) else {
+                        if *required {
+                            return Err(ExecError::MissingSshAgent(id.clone()));
+                        }
+                        continue;
+                    };
+                    let socket = secrets_dir.join(format!("ssh-{}", mounts.len()));
+                    relays.push(
+                        AgentRelay::start(&socket, agent, *uid, *gid, *mode)
+                            .map_err(io_err("forwarding the SSH agent to", &socket))?,
+                    );
+                    mounts.push(Mount {
+                        target: target.clone(),
+                        kind: MountKind::Bind {
+                            source: socket,
+                            readonly: true,
+                        },
+                    });
+                }
             }
         }
         let hostname = "kiln".to_owned();
@@ -292,6 +343,7 @@ impl Worker {
         };
         let result = self.sandbox.run(&spec, output, cancel);
         drop(guards);
+        drop(relays);
         // Secrets never outlive the step.
         let _ = fs::remove_dir_all(&secrets_dir);
         Ok(ExecOutcome {

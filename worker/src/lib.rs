@@ -15,3 +15,4 @@ pub mod fileop;
 pub mod layer;
 pub mod sandbox;
 pub mod snapshot;
+mod ssh_agent;

@@ -8,6 +8,7 @@
 //! miss.
 
 mod context;
+mod fetch;
 mod ops;
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub enum Fs {
     Layers(Vec<Layer>),
     /// The build context directory.
     Context(PathBuf),
+    /// A downloaded file or a Git checkout (`ADD <url>`).
+    Fetched(std::sync::Arc<fetch::Fetched>),
 }
 
 /// What the solver reports while it works (`--progress=json` prints one
@@ -44,10 +47,26 @@ pub enum Fs {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Started { vertex: usize, description: String },
-    Cached { vertex: usize },
-    Log { vertex: usize, line: String },
-    Done { vertex: usize, seconds: f64 },
+    Started {
+        vertex: usize,
+        description: String,
+    },
+    Cached {
+        vertex: usize,
+    },
+    Log {
+        vertex: usize,
+        line: String,
+    },
+    Done {
+        vertex: usize,
+        seconds: f64,
+    },
+    /// The step failed; the build stops (`error` is the cause alone).
+    Failed {
+        vertex: usize,
+        error: String,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +113,9 @@ pub struct Solver<'a> {
     /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
     pub source_date_epoch: Option<u64>,
     pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
+    /// The context minus `.dockerignore`d files, for RUN bind mounts; made
+    /// on first use (start with `Default::default()`).
+    pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
 }
 
 impl Solver<'_> {
@@ -210,6 +232,23 @@ impl Solver<'_> {
         };
         let result = self
             .run_vertex(index, vertex, inputs, &key)
+            .map_err(|e| {
+                if !matches!(e, SolveError::ExitCode { .. } | SolveError::Step { .. }) {
+                    return e;
+                }
+                let error = match &e {
+                    SolveError::ExitCode { code, .. } => {
+                        format!("did not complete successfully: exit code {code}")
+                    }
+                    SolveError::Step { reason, .. } => reason.clone(),
+                    _ => e.to_string(),
+                };
+                self.emit(Event::Failed {
+                    vertex: index,
+                    error,
+                });
+                e
+            })
             .map_err(|e| match e {
                 SolveError::Step { reason, .. } => SolveError::Step {
                     description: described.clone(),
@@ -238,6 +277,12 @@ impl Solver<'_> {
                 if let Some(top) = chain.last() {
                     h.update(top.diff_id.to_string().as_bytes());
                 }
+                h.finish().to_string()
+            }
+            (_, Fs::Fetched(fetched)) => {
+                let mut h = Hasher::default();
+                h.update(key.as_bytes());
+                h.update(fetched.digest.as_bytes());
                 h.finish().to_string()
             }
             _ => key,
@@ -275,7 +320,7 @@ impl Solver<'_> {
                         .iter()
                         .flat_map(|(fs, _)| match fs {
                             Fs::Layers(l) => l.clone(),
-                            Fs::Context(_) => Vec::new(),
+                            Fs::Context(_) | Fs::Fetched(_) => Vec::new(),
                         })
                         .collect(),
                 ));

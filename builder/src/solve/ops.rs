@@ -1,6 +1,7 @@
 //! One function per kind of op: sources, RUN, file ops.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kiln_frontend::convert::Vertex;
 use kiln_proto::ops::v1::{
@@ -13,7 +14,7 @@ use kiln_worker::layer;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
 use kiln_worker::sandbox::{Cancel, Stream};
 
-use super::{Event, Fs, Layer, Result, SolveError, Solver};
+use super::{Event, Fs, Layer, Result, SolveError, Solver, fetch};
 use crate::image;
 
 /// Lines of a failed step's output kept for its error.
@@ -57,14 +58,18 @@ impl Solver<'_> {
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Fs::Layers(layers))
             }
-            Some(source_op::Source::Http(h)) => Err(step_err(format!(
-                "downloading {} is not available yet",
-                h.url
-            ))),
-            Some(source_op::Source::Git(g)) => Err(step_err(format!(
-                "cloning {} is not available yet",
-                g.remote
-            ))),
+            Some(source_op::Source::Http(h)) => {
+                let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;
+                Ok(Fs::Fetched(Arc::new(
+                    fetch::http(h, scratch).map_err(step_err)?,
+                )))
+            }
+            Some(source_op::Source::Git(g)) => {
+                let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;
+                Ok(Fs::Fetched(Arc::new(
+                    fetch::git(g, scratch).map_err(step_err)?,
+                )))
+            }
             None => Err(step_err("a source op without a source")),
         }
     }
@@ -87,6 +92,7 @@ impl Solver<'_> {
     fn input_dirs(&self, inputs: &[(Fs, String)], index: i32) -> Result<Vec<PathBuf>> {
         match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
             Some((Fs::Context(dir), _)) => Ok(vec![dir.clone()]),
+            Some((Fs::Fetched(fetched), _)) => Ok(vec![fetched.dir.clone()]),
             Some((Fs::Layers(chain), _)) if !chain.is_empty() => self.lowerdirs(chain),
             _ => Ok(Vec::new()),
         }
@@ -123,7 +129,12 @@ impl Solver<'_> {
             let target = m.target.clone();
             mounts.push(match MountType::try_from(m.r#type) {
                 Ok(MountType::Bind) => {
-                    let layers = self.input_dirs(inputs, m.input)?;
+                    let input = usize::try_from(m.input).ok().and_then(|i| inputs.get(i));
+                    let layers = if matches!(input, Some((Fs::Context(_), _))) {
+                        vec![self.context_view()?]
+                    } else {
+                        self.input_dirs(inputs, m.input)?
+                    };
                     let layers = if layers.is_empty() {
                         vec![self.empty_dir()?]
                     } else {
@@ -171,7 +182,18 @@ impl Solver<'_> {
                         required: s.required,
                     }
                 }
-                _ => return Err(step_err("ssh mounts are not supported yet")),
+                Ok(MountType::Ssh) => {
+                    let s = m.ssh.clone().unwrap_or_default();
+                    ExecMount::Ssh {
+                        id: s.id,
+                        target,
+                        uid: s.uid,
+                        gid: s.gid,
+                        mode: s.mode,
+                        required: s.required,
+                    }
+                }
+                Err(_) => return Err(step_err(format!("unknown mount type {}", m.r#type))),
             });
         }
         let mut env = meta.env;
@@ -244,14 +266,14 @@ impl Solver<'_> {
         for action in &file.actions {
             actions.push(match &action.action {
                 Some(file_action::Action::Copy(c)) => {
-                    let from_context = matches!(
-                        usize::try_from(c.input).ok().and_then(|i| inputs.get(i)),
-                        Some((Fs::Context(_), _))
-                    );
+                    let input = usize::try_from(c.input).ok().and_then(|i| inputs.get(i));
+                    let from_context = matches!(input, Some((Fs::Context(_), _)));
+                    let from_outside = from_context || matches!(input, Some((Fs::Fetched(_), _)));
                     sources.push(self.input_dirs(inputs, c.input)?);
-                    // Docker: files from the context belong to root unless --chown.
+                    // Docker: files from the context or a URL belong to
+                    // root unless --chown.
                     let owner = owner_spec(c.owner.as_ref())
-                        .or_else(|| from_context.then(|| OwnerSpec("0:0".into())));
+                        .or_else(|| from_outside.then(|| OwnerSpec("0:0".into())));
                     FileAction::Copy {
                         source: sources.len() - 1,
                         request: CopyRequest {
@@ -286,23 +308,30 @@ impl Solver<'_> {
                 None => continue,
             });
         }
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let step = self
-            .store
-            .root()
-            .join("steps")
-            .join(format!("file-{}-{seq}", std::process::id()));
-        let d = |name: &str| -> Result<PathBuf> {
-            let p = step.join(name);
-            std::fs::create_dir_all(&p)
-                .map_err(|e| step_err(format!("creating {}: {e}", p.display())))?;
-            Ok(p)
-        };
         let lowerdirs = if base.is_empty() {
             vec![self.empty_dir()?]
         } else {
             self.lowerdirs(base)?
+        };
+        let step = self.file_job(lowerdirs, sources, actions)?;
+        self.store_layer(&step.path().join("upper"))
+    }
+
+    /// Runs file actions in the sandbox over `lowerdirs`; the changes are in
+    /// the returned directory's `upper`, which goes when it is dropped.
+    fn file_job(
+        &self,
+        lowerdirs: Vec<PathBuf>,
+        sources: Vec<Vec<PathBuf>>,
+        actions: Vec<FileAction>,
+    ) -> Result<tempfile::TempDir> {
+        let steps = self.store.root().join("steps");
+        let step = fetch::scratch(&steps).map_err(step_err)?;
+        let d = |name: &str| -> Result<PathBuf> {
+            let p = step.path().join(name);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| step_err(format!("creating {}: {e}", p.display())))?;
+            Ok(p)
         };
         let job = FileJob {
             dest: Rootfs {
@@ -315,14 +344,40 @@ impl Solver<'_> {
             actions,
             state_dir: d("state")?,
         };
-        let result = self
-            .worker
-            .sandbox()
-            .file(&job)
-            .map_err(step_err)
-            .and_then(|()| self.store_layer(&job.dest.upperdir));
-        let _ = std::fs::remove_dir_all(&step);
-        result
+        self.worker.sandbox().file(&job).map_err(step_err)?;
+        Ok(step)
+    }
+
+    /// The build context as RUN bind mounts see it: without what
+    /// `.dockerignore` excludes (as BuildKit, which never sends those
+    /// files). Made once per build, and only when there are patterns.
+    fn context_view(&self) -> Result<PathBuf> {
+        if self.dockerignore.is_empty() {
+            return Ok(self.context.clone());
+        }
+        let view = self.context_view.get_or_init(|| {
+            let copy = FileAction::Copy {
+                source: 0,
+                request: CopyRequest {
+                    sources: vec!["/".into()],
+                    dest: "/".into(),
+                    owner: None,
+                    mode: None,
+                    allow_wildcard: false,
+                    unpack_archives: false,
+                    parents: false,
+                    excludes: Vec::new(),
+                    root_excludes: self.dockerignore_patterns.clone(),
+                },
+            };
+            let empty = self.empty_dir().map_err(|e| e.to_string())?;
+            self.file_job(vec![empty], vec![vec![self.context.clone()]], vec![copy])
+                .map_err(|e| e.to_string())
+        });
+        match view {
+            Ok(dir) => Ok(dir.path().join("upper")),
+            Err(e) => Err(step_err(format!("the build context for a bind mount: {e}"))),
+        }
     }
 
     /// An empty directory, a lowerdir for scratch.

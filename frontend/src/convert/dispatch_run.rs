@@ -62,10 +62,18 @@ impl Converter<'_> {
             Some("insecure") => SecurityMode::Insecure,
             _ => SecurityMode::Sandbox,
         };
+        let mut env = state.run_env();
+        // As BuildKit's LLB: the first SSH mount is the step's agent unless
+        // the step names its own.
+        if let Some(ssh) = mounts.iter().find(|m| m.r#type == MountType::Ssh as i32)
+            && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+        {
+            env.push(format!("SSH_AUTH_SOCK={}", ssh.target));
+        }
         let exec = ExecOp {
             meta: Some(Meta {
                 args: args.clone(),
-                env: state.run_env(),
+                env,
                 cwd: state.workdir().to_owned(),
                 user: state.image.config.user.clone().unwrap_or_default(),
             }),

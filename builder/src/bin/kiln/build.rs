@@ -11,6 +11,8 @@ use kiln_cache::Store;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
 
+use crate::progress::{Mode, Printer};
+
 #[derive(Args)]
 pub(crate) struct Build {
     /// The Dockerfile (`-` for standard input); default: CONTEXT/Dockerfile.
@@ -34,11 +36,16 @@ pub(crate) struct Build {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` (`$SSH_AUTH_SOCK`)
+    /// or `ID=SOCKET`.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    ssh: Vec<String>,
     /// The network of RUN steps that do not ask for one: default (the host's), none, host.
     #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
     network: NetworkFlag,
-    #[arg(long, value_enum, default_value_t = Progress::Plain)]
-    progress: Progress,
+    /// How progress is shown: auto (tty on a terminal, else plain), tty, plain, json.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    progress: Mode,
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
     /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
     /// `type=tar,dest=F`, or a directory.
@@ -53,18 +60,33 @@ pub(crate) struct Build {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Progress {
-    /// Plain lines for logs: `#N [stage 2/5] RUN …`, every output line, `#N DONE 1.2s`.
-    Plain,
-    /// One JSON object per event, for programs.
-    Json,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum NetworkFlag {
     Default,
     None,
     Host,
+}
+
+/// `ID[=SOCKET]` of `--ssh`: the agent's socket (default `$SSH_AUTH_SOCK`).
+fn ssh_agent(spec: &str) -> Result<(String, PathBuf)> {
+    let (id, socket) = match spec.split_once('=') {
+        Some((id, socket)) => (id, PathBuf::from(socket)),
+        None => (
+            spec,
+            std::env::var_os("SSH_AUTH_SOCK")
+                .map(PathBuf::from)
+                .with_context(|| format!("--ssh {spec}: $SSH_AUTH_SOCK is not set"))?,
+        ),
+    };
+    anyhow::ensure!(!id.is_empty(), "--ssh {spec}: no id");
+    let kind = std::fs::metadata(&socket)
+        .with_context(|| format!("--ssh {spec}: {}", socket.display()))?
+        .file_type();
+    anyhow::ensure!(
+        std::os::unix::fs::FileTypeExt::is_socket(&kind),
+        "--ssh {spec}: {} is not an agent socket (kiln forwards agents; for a key file, `ssh-add` it to an agent)",
+        socket.display()
+    );
+    Ok((id.to_owned(), socket))
 }
 
 /// `id=ID,src=FILE` (or `source=`), or `id=ID,env=VAR`, as docker build takes them.
@@ -99,9 +121,6 @@ fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
     };
     Ok((id, value))
 }
-
-/// Output printed per step in plain progress before it is clipped.
-const LOG_CAP: usize = 2 << 20;
 
 /// A directory removed when dropped (a context read from standard input).
 struct TempDir(PathBuf);
@@ -175,6 +194,10 @@ impl Build {
             let (id, value) = read_secret(spec)?;
             worker = worker.with_secret(&id, value);
         }
+        for spec in &self.ssh {
+            let (id, socket) = ssh_agent(spec)?;
+            worker = worker.with_ssh_agent(&id, socket);
+        }
         let request = BuildRequest {
             dockerfile,
             context: self
@@ -192,45 +215,12 @@ impl Build {
             compression,
         };
         let quiet = self.quiet;
-        let json = self.progress == Progress::Json;
-        let mut log_bytes: std::collections::HashMap<usize, usize> =
-            std::collections::HashMap::new();
-        let mut progress = |event: Event| {
-            if quiet {
-                return;
-            }
-            if json {
-                if let Ok(line) = serde_json::to_string(&event) {
-                    eprintln!("{line}");
-                }
-                return;
-            }
-            match event {
-                Event::Started {
-                    vertex,
-                    description,
-                } => eprintln!("#{vertex} {description}"),
-                Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
-                Event::Log { vertex, line } => {
-                    // Every line of every step, up to a cap per step (said
-                    // once when reached); a failed step's last lines come
-                    // with its error whatever the cap.
-                    let printed = log_bytes.entry(vertex).or_insert(0usize);
-                    if *printed < LOG_CAP {
-                        *printed += line.len() + 1;
-                        eprintln!("#{vertex} {line}");
-                        if *printed >= LOG_CAP {
-                            eprintln!(
-                                "#{vertex} [output clipped: {} MiB printed for this step]",
-                                LOG_CAP >> 20
-                            );
-                        }
-                    }
-                }
-                Event::Done { vertex, seconds } => eprintln!("#{vertex} DONE {seconds:.1}s"),
-            }
-        };
-        let built = match build(&store, &worker, &request, &mut progress) {
+        let json = self.progress == Mode::Json;
+        let mut printer = Printer::new(self.progress, quiet);
+        let mut progress = |event: Event| printer.event(event);
+        let result = build(&store, &worker, &request, &mut progress);
+        printer.finish();
+        let built = match result {
             Ok(built) => built,
             Err(kiln_builder::build::BuildError::Solve(SolveError::ExitCode {
                 description,

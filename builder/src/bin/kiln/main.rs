@@ -3,6 +3,7 @@
 mod build;
 mod debug;
 mod images;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

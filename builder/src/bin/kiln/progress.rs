@@ -1,0 +1,436 @@
+//! Shows the solver's events: a live view on a terminal (BuildKit's: each
+//! step with its timer or CACHED, a running step's last lines under it),
+//! plain lines for CI logs (every line of every step, up to a cap), or one
+//! JSON object per line for programs.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kiln_builder::solve::Event;
+
+/// A step's output printed in plain mode before it is clipped.
+const LOG_CAP: usize = 2 << 20;
+/// A running step's last lines in the live view.
+const TAIL_LINES: usize = 6;
+/// How often the live view is redrawn.
+const FRAME: Duration = Duration::from_millis(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// The live view on a terminal, plain lines otherwise.
+    Auto,
+    /// The live view: steps with timers, CACHED markers, running steps' last lines.
+    Tty,
+    /// Plain lines for logs: `#N [stage 2/5] RUN …`, every output line, `#N DONE 1.2s`.
+    Plain,
+    /// One JSON object per event, for programs.
+    Json,
+}
+
+/// Where events go for one build.
+pub(crate) enum Printer {
+    Quiet,
+    Json,
+    Plain { log_bytes: HashMap<usize, usize> },
+    Tty(Live),
+}
+
+impl Printer {
+    pub(crate) fn new(mode: Mode, quiet: bool) -> Self {
+        let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        match mode {
+            _ if quiet => Self::Quiet,
+            Mode::Json => Self::Json,
+            Mode::Tty => Self::Tty(Live::start()),
+            Mode::Auto if on_terminal => Self::Tty(Live::start()),
+            Mode::Auto | Mode::Plain => Self::Plain {
+                log_bytes: HashMap::new(),
+            },
+        }
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        match self {
+            Self::Quiet => {}
+            Self::Json => {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    eprintln!("{line}");
+                }
+            }
+            Self::Plain { log_bytes } => plain(log_bytes, event),
+            Self::Tty(live) => live.view().apply(event, Instant::now()),
+        }
+    }
+
+    /// Ends the live view with its last frame (the other modes print as
+    /// they go).
+    pub(crate) fn finish(&mut self) {
+        if let Self::Tty(live) = self {
+            live.stop();
+        }
+    }
+}
+
+fn plain(log_bytes: &mut HashMap<usize, usize>, event: Event) {
+    match event {
+        Event::Started {
+            vertex,
+            description,
+        } => eprintln!("#{vertex} {description}"),
+        Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
+        Event::Log { vertex, line } => {
+            // Every line of every step, up to a cap per step (said once when
+            // reached); a failed step's last lines come with its error
+            // whatever the cap.
+            let printed = log_bytes.entry(vertex).or_insert(0usize);
+            if *printed < LOG_CAP {
+                *printed += line.len() + 1;
+                eprintln!("#{vertex} {line}");
+                if *printed >= LOG_CAP {
+                    eprintln!(
+                        "#{vertex} [output clipped: {} MiB printed for this step]",
+                        LOG_CAP >> 20
+                    );
+                }
+            }
+        }
+        Event::Done { vertex, seconds } => eprintln!("#{vertex} DONE {seconds:.1}s"),
+        Event::Failed { vertex, error } => eprintln!("#{vertex} ERROR: {error}"),
+    }
+}
+
+/// The live view: a thread redraws the frame in place while steps run.
+pub(crate) struct Live {
+    view: Arc<Mutex<View>>,
+    stop: Arc<AtomicBool>,
+    painter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Live {
+    fn start() -> Self {
+        let view = Arc::new(Mutex::new(View::new(Instant::now())));
+        let stop = Arc::new(AtomicBool::new(false));
+        let painter = {
+            let (view, stop) = (Arc::clone(&view), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut drawn = 0;
+                while !stop.load(Ordering::Acquire) {
+                    drawn = paint(&view, drawn, false);
+                    std::thread::sleep(FRAME);
+                }
+                paint(&view, drawn, true);
+            })
+        };
+        Self {
+            view,
+            stop,
+            painter: Some(painter),
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(painter) = self.painter.take() {
+            let _ = painter.join();
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Draws the frame over the `drawn` lines of the last one; returns how many
+/// lines this one has.
+fn paint(view: &Mutex<View>, drawn: usize, last: bool) -> usize {
+    let (width, height) = terminal_size::terminal_size_of(std::io::stderr())
+        .map_or((80, 24), |(w, h)| (usize::from(w.0), usize::from(h.0)));
+    let lines = view.lock().unwrap_or_else(PoisonError::into_inner).frame(
+        Instant::now(),
+        width,
+        height,
+        last,
+    );
+    let mut out = String::new();
+    if drawn > 0 {
+        // To the start of the first line drawn last time.
+        out.push_str(&format!("\x1b[{drawn}F"));
+    }
+    for line in &lines {
+        out.push_str("\x1b[2K");
+        out.push_str(line);
+        out.push('\n');
+    }
+    // What is left of a longer last frame.
+    out.push_str("\x1b[J");
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(out.as_bytes());
+    let _ = stderr.flush();
+    lines.len()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Running(Instant),
+    Cached,
+    Done(f64),
+    Failed(f64),
+}
+
+#[derive(Debug)]
+struct Step {
+    description: String,
+    state: State,
+    tail: VecDeque<String>,
+}
+
+/// What the live view shows, updated by events and drawn by [`View::frame`].
+#[derive(Debug)]
+struct View {
+    start: Instant,
+    finished: Option<Instant>,
+    steps: Vec<Step>,
+    index: HashMap<usize, usize>,
+}
+
+impl View {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            finished: None,
+            steps: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, event: Event, now: Instant) {
+        let step =
+            |view: &mut Self, vertex: usize| -> Option<usize> { view.index.get(&vertex).copied() };
+        match event {
+            Event::Started {
+                vertex,
+                description,
+            } => {
+                self.index.insert(vertex, self.steps.len());
+                self.steps.push(Step {
+                    description,
+                    state: State::Running(now),
+                    tail: VecDeque::new(),
+                });
+            }
+            Event::Cached { vertex } => {
+                if let Some(i) = step(self, vertex) {
+                    self.steps[i].state = State::Cached;
+                }
+            }
+            Event::Log { vertex, line } => {
+                if let Some(i) = step(self, vertex) {
+                    let tail = &mut self.steps[i].tail;
+                    tail.push_back(line);
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+            }
+            Event::Done { vertex, seconds } => {
+                if let Some(i) = step(self, vertex) {
+                    self.steps[i].state = State::Done(seconds);
+                }
+            }
+            Event::Failed { vertex, .. } => {
+                if let Some(i) = step(self, vertex) {
+                    let seconds = match self.steps[i].state {
+                        State::Running(since) => now.duration_since(since).as_secs_f64(),
+                        _ => 0.0,
+                    };
+                    self.steps[i].state = State::Failed(seconds);
+                }
+            }
+        }
+    }
+
+    /// The lines of the view at `now`, each at most `width` columns, at
+    /// most `height - 1` of them (older finished steps scroll off the top).
+    /// The `last` frame shows every step.
+    fn frame(&mut self, now: Instant, width: usize, height: usize, last: bool) -> Vec<String> {
+        if last {
+            self.finished.get_or_insert(now);
+        }
+        let elapsed = self.finished.unwrap_or(now).duration_since(self.start);
+        let finished = self
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.state, State::Running(_)))
+            .count();
+        let mut lines = vec![format!(
+            "[+] Building {:.1}s ({finished}/{}){}",
+            elapsed.as_secs_f64(),
+            self.steps.len(),
+            if last { " FINISHED" } else { "" }
+        )];
+        for step in &self.steps {
+            let (marker, timer) = match step.state {
+                State::Running(since) => (
+                    "",
+                    format!("{:.1}s", now.duration_since(since).as_secs_f64()),
+                ),
+                State::Cached => ("CACHED ", "0.0s".to_owned()),
+                State::Done(s) => ("", format!("{s:.1}s")),
+                State::Failed(s) => ("ERROR ", format!("{s:.1}s")),
+            };
+            lines.push(fit(
+                &format!(" => {marker}{}", step.description),
+                &timer,
+                width,
+            ));
+            if matches!(step.state, State::Running(_) | State::Failed(_)) {
+                for line in &step.tail {
+                    lines.push(fit(&format!(" => => # {line}"), "", width));
+                }
+            }
+        }
+        let room = height.saturating_sub(1).max(2);
+        if !last && lines.len() > room {
+            lines.drain(1..=lines.len() - room);
+        }
+        lines
+    }
+}
+
+/// `text` and `timer` on one line of `width` columns: the text cut to fit,
+/// the timer at the right edge.
+fn fit(text: &str, timer: &str, width: usize) -> String {
+    let room = width.saturating_sub(timer.chars().count() + 1).max(10);
+    let mut shown: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(room)
+        .collect();
+    if !timer.is_empty() {
+        let pad = room.saturating_sub(shown.chars().count());
+        shown.push_str(&" ".repeat(pad + 1));
+        shown.push_str(timer);
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(vertex: usize, description: &str) -> Event {
+        Event::Started {
+            vertex,
+            description: description.to_owned(),
+        }
+    }
+
+    #[test]
+    fn live_view_shows_timers_cached_steps_and_running_tails() {
+        let t0 = Instant::now();
+        let mut view = View::new(t0);
+        view.apply(started(1, "[stage-0 1/3] WORKDIR /app"), t0);
+        view.apply(Event::Cached { vertex: 1 }, t0);
+        view.apply(started(2, "[stage-0 2/3] RUN make"), t0);
+        for n in 0..10 {
+            view.apply(
+                Event::Log {
+                    vertex: 2,
+                    line: format!("compiling {n}"),
+                },
+                t0,
+            );
+        }
+        let frame = view.frame(t0 + Duration::from_millis(2500), 60, 40, false);
+        assert_eq!(frame[0], "[+] Building 2.5s (1/2)");
+        assert!(
+            frame[1].starts_with(" => CACHED [stage-0 1/3] WORKDIR /app")
+                && frame[1].ends_with(" 0.0s")
+        );
+        assert!(frame[2].starts_with(" => [stage-0 2/3] RUN make") && frame[2].ends_with(" 2.5s"));
+        assert_eq!(
+            frame.len(),
+            3 + TAIL_LINES,
+            "the last {TAIL_LINES} lines: {frame:?}"
+        );
+        assert_eq!(frame[3], " => => # compiling 4");
+        assert!(frame.iter().all(|l| l.chars().count() <= 60), "{frame:?}");
+
+        // Done: no tail; the last frame says FINISHED and keeps its time.
+        view.apply(
+            Event::Done {
+                vertex: 2,
+                seconds: 3.0,
+            },
+            t0,
+        );
+        let frame = view.frame(t0 + Duration::from_secs(3), 60, 40, true);
+        assert_eq!(frame[0], "[+] Building 3.0s (2/2) FINISHED");
+        assert_eq!(frame.len(), 3);
+        let later = view.frame(t0 + Duration::from_secs(9), 60, 40, true);
+        assert_eq!(later[0], frame[0]);
+    }
+
+    #[test]
+    fn a_failed_step_keeps_its_tail_and_small_terminals_scroll() {
+        let t0 = Instant::now();
+        let mut view = View::new(t0);
+        for v in 0..30 {
+            view.apply(started(v, &format!("step {v}")), t0);
+            view.apply(
+                Event::Done {
+                    vertex: v,
+                    seconds: 0.1,
+                },
+                t0,
+            );
+        }
+        view.apply(started(30, "RUN exit 3"), t0);
+        view.apply(
+            Event::Log {
+                vertex: 30,
+                line: "about to fail".into(),
+            },
+            t0,
+        );
+        view.apply(
+            Event::Failed {
+                vertex: 30,
+                error: "exit code 3".into(),
+            },
+            t0 + Duration::from_secs(1),
+        );
+        let frame = view.frame(t0 + Duration::from_secs(1), 80, 10, false);
+        assert_eq!(frame.len(), 9, "fits a 10-line terminal: {frame:?}");
+        assert!(frame[0].starts_with("[+] Building"));
+        assert!(frame[7].starts_with(" => ERROR RUN exit 3") && frame[7].ends_with("1.0s"));
+        assert_eq!(frame[8], " => => # about to fail");
+        assert_eq!(
+            view.frame(t0, 80, 10, true).len(),
+            1 + 31 + 1,
+            "the last frame has every step"
+        );
+    }
+
+    #[test]
+    fn lines_fit_the_terminal() {
+        assert_eq!(fit("abc", "1.0s", 20), format!("abc{}1.0s", " ".repeat(13)));
+        let long = fit(&"x".repeat(200), "10.2s", 40);
+        assert_eq!(long.chars().count(), 40);
+        assert!(long.ends_with(" 10.2s"));
+        assert_eq!(
+            fit("a\x1b[31mred", "", 80),
+            "a[31mred",
+            "no escapes from step output"
+        );
+    }
+}

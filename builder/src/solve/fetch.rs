@@ -1,0 +1,217 @@
+//! Remote sources of `ADD`: a URL downloaded, a Git repository checked
+//! out — each into a scratch directory under the store root that file ops
+//! then copy from, as they copy from the build context.
+//!
+//! A fetched source's cache key is what was fetched (the file's digest; the
+//! commit), not only the URL: a URL whose content changed makes the steps
+//! after it run again, as in BuildKit.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_cache::Hasher;
+use kiln_proto::ops::v1::{GitSource, HttpSource};
+
+/// A fetched source: its directory and the digest of what it holds. The
+/// scratch directory goes when the last step that reads it is done.
+#[derive(Debug)]
+pub struct Fetched {
+    pub dir: PathBuf,
+    pub digest: String,
+    _scratch: tempfile::TempDir,
+}
+
+impl PartialEq for Fetched {
+    fn eq(&self, other: &Self) -> bool {
+        self.dir == other.dir && self.digest == other.digest
+    }
+}
+
+impl Eq for Fetched {}
+
+/// A scratch directory under `parent` for one fetch.
+pub(super) fn scratch(parent: &Path) -> Result<tempfile::TempDir, String> {
+    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix("fetch-")
+        .tempdir_in(parent)
+        .map_err(|e| format!("creating a directory in {}: {e}", parent.display()))
+}
+
+/// Downloads `source.url` into `dir/<filename>` (mode 0600, mtime from
+/// `Last-Modified`, as Docker does), checking `--checksum` when given.
+pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
+    let dir = scratch.path();
+    let client = reqwest::blocking::Client::builder()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        // Downloads may be large and slow; only connecting is bounded.
+        .timeout(None)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut response = client
+        .get(&source.url)
+        .send()
+        .map_err(|e| format!("downloading {}: {}", source.url, error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("downloading {}: HTTP {status}", source.url));
+    }
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let name = if source.filename.is_empty() {
+        "index.html"
+    } else {
+        source.filename.as_str()
+    };
+    let path = dir.join(name);
+    let io_err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    let mut file = std::fs::File::create(&path).map_err(io_err)?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = response
+            .read(&mut buf)
+            .map_err(|e| format!("downloading {}: {e}", source.url))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io_err)?;
+    }
+    let digest = format!("sha256:{}", hasher.finish());
+    if !source.checksum.is_empty() && source.checksum != digest {
+        return Err(format!(
+            "{}: checksum mismatch: expected {}, got {digest}",
+            source.url, source.checksum
+        ));
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err)?;
+    if let Some(time) = modified {
+        file.set_modified(time).map_err(io_err)?;
+    }
+    Ok(Fetched {
+        dir: dir.to_owned(),
+        digest: format!("{name}\0{digest}"),
+        _scratch: scratch,
+    })
+}
+
+/// The error and its causes on one line (reqwest's own message alone says
+/// only "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Checks out `source` into `dir` with the `git` program (as BuildKit
+/// does): the ref's tree, or its `subdir`, without `.git` unless asked.
+pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
+    let repo = scratch.path().join("repo");
+    std::fs::create_dir(&repo).map_err(|e| format!("creating {}: {e}", repo.display()))?;
+    let git = |args: &[&str]| git_in(&repo, args);
+    git(&["init", "-q"])?;
+    git(&["remote", "add", "origin", &source.remote])?;
+    let wanted = if source.r#ref.is_empty() {
+        "HEAD"
+    } else {
+        source.r#ref.as_str()
+    };
+    // A shallow fetch of the one ref; dumb-HTTP remotes cannot do that (a
+    // full fetch of the ref then), and a commit that is no ref's tip is
+    // found by fetching everything.
+    let fetched = git(&["fetch", "-q", "--depth=1", "origin", wanted])
+        .or_else(|_| git(&["fetch", "-q", "origin", wanted]));
+    let commit = match fetched {
+        Ok(_) => git(&["rev-parse", "FETCH_HEAD^{commit}"])?,
+        Err(_) => {
+            git(&[
+                "fetch",
+                "-q",
+                "--tags",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+            ])
+            .map_err(|e| format!("fetching {}: {e}", source.remote))?;
+            let candidates = [
+                format!("refs/tags/{wanted}^{{commit}}"),
+                format!("refs/remotes/origin/{wanted}^{{commit}}"),
+                format!("{wanted}^{{commit}}"),
+            ];
+            candidates
+                .iter()
+                .find_map(|c| git(&["rev-parse", "-q", "--verify", c]).ok())
+                .ok_or_else(|| format!("{}: no branch, tag or commit {wanted}", source.remote))?
+        }
+    };
+    if !source.checksum.is_empty() && !commit.starts_with(&source.checksum) {
+        return Err(format!(
+            "{}#{wanted}: checksum mismatch: expected {}, got {commit}",
+            source.remote, source.checksum
+        ));
+    }
+    git(&["checkout", "-q", "--detach", &commit])?;
+    if !source.keep_git_dir {
+        let dot_git = repo.join(".git");
+        std::fs::remove_dir_all(&dot_git)
+            .map_err(|e| format!("removing {}: {e}", dot_git.display()))?;
+    }
+    let root = if source.subdir.is_empty() {
+        repo
+    } else {
+        let path = repo.join(source.subdir.trim_start_matches('/'));
+        // The subdirectory must be inside the checkout (no `..`, not
+        // through a link).
+        let real = path
+            .canonicalize()
+            .map_err(|_| format!("{}: no directory {}", source.remote, source.subdir))?;
+        if !real.starts_with(repo.canonicalize().map_err(|e| e.to_string())?) || !real.is_dir() {
+            return Err(format!(
+                "{}: {} is not a directory of the repository",
+                source.remote, source.subdir
+            ));
+        }
+        real
+    };
+    Ok(Fetched {
+        dir: root,
+        digest: format!("git\0{commit}\0{}\0{}", source.subdir, source.keep_git_dir),
+        _scratch: scratch,
+    })
+}
+
+/// Runs `git args` in `repo`; its trimmed stdout, or its stderr as the error.
+fn git_in(repo: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        // Never ask for a password on a terminal; no user or system config.
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running git: {e} (ADD of a Git repository needs git)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "git {}: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

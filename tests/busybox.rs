@@ -1,0 +1,128 @@
+//! A store with a busybox base image (Debian's busybox-static) for the
+//! build tests, and their context directory.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{is_root, kiln, run};
+
+pub(crate) fn ready() -> bool {
+    let ok = is_root() && Path::new("/bin/busybox").is_file();
+    if !ok {
+        eprintln!("NOTICE: needs root and /bin/busybox; kiln build tests skipped");
+    }
+    ok
+}
+
+/// A store with `base:busybox` imported, and a context directory.
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) root: PathBuf,
+    pub(crate) context: PathBuf,
+}
+
+/// A busybox root filesystem tarball in `dir`.
+pub(crate) fn base_tarball(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "ls", "rm", "id", "sleep", "test", "true", "touch", "wc", "mkdir",
+        "stat", "pwd",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let tarball = dir.join("base.tar");
+    // Fixed mtimes: the same tarball bytes wherever it is made.
+    let status = Command::new("tar")
+        .arg("--mtime=@1600000000")
+        .arg("--sort=name")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
+impl Setup {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = base_tarball(dir.path());
+        Self::with_base(dir, &tarball)
+    }
+
+    /// A store with `tarball` imported as `base:busybox` (created at a fixed time).
+    pub(crate) fn with_base(dir: tempfile::TempDir, tarball: &Path) -> Self {
+        let root = dir.path().join("root");
+        let context = dir.path().join("context");
+        fs::create_dir_all(&context).unwrap();
+        let s = Self { dir, root, context };
+        let import = kiln()
+            .env("KILN_ROOT", &s.root)
+            .env("SOURCE_DATE_EPOCH", "1600000000")
+            .args(["import", tarball.to_str().unwrap(), "base:busybox"])
+            .output()
+            .unwrap();
+        assert!(
+            import.status.success(),
+            "{}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+        s
+    }
+
+    /// Every layer of image `name`, concatenated (from a docker-archive,
+    /// whose layers are plain tars), as text to search.
+    pub(crate) fn layers_text(&self, name: &str) -> String {
+        let archive = self
+            .dir
+            .path()
+            .join(format!("{}.tar", name.replace(':', "-")));
+        self.ok(&["save", "-o", archive.to_str().unwrap(), name]);
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("--wildcards")
+            .arg("*/layer.tar")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub(crate) fn kiln(&self, args: &[&str]) -> std::process::Output {
+        run(kiln().env("KILN_ROOT", &self.root).args(args))
+    }
+
+    pub(crate) fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.kiln(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "kiln {args:?} failed:\n{stderr}");
+        (stdout, stderr)
+    }
+
+    pub(crate) fn build(&self, dockerfile: &str, extra: &[&str]) -> std::process::Output {
+        fs::write(self.context.join("Dockerfile"), dockerfile).unwrap();
+        let mut args = vec!["build"];
+        args.extend_from_slice(extra);
+        args.push(self.context.to_str().unwrap());
+        self.kiln(&args)
+    }
+}
