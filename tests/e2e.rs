@@ -6,6 +6,7 @@
 mod build;
 mod busybox;
 mod debug;
+mod docker;
 mod harness;
 mod httpd;
 mod images;
