@@ -12,6 +12,8 @@ use kiln_worker::exec::Worker;
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 
+pub use crate::compress::LayerCompression;
+use crate::compress::converted;
 use crate::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use crate::image::{self, ImageError, OCI_MANIFEST, canonical_json};
 use crate::solve::{Event, Fs, SolveError, Solver};
@@ -53,96 +55,6 @@ pub struct BuildRequest {
     pub network_none: bool,
     /// How the image's layers are compressed.
     pub compression: LayerCompression,
-}
-
-/// Layer compression of a built image (`-o …,compression=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LayerCompression {
-    #[default]
-    Gzip,
-    Zstd,
-    Uncompressed,
-}
-
-impl LayerCompression {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "gzip" => Some(Self::Gzip),
-            "zstd" => Some(Self::Zstd),
-            "uncompressed" => Some(Self::Uncompressed),
-            _ => None,
-        }
-    }
-}
-
-/// The layer compressed as asked; compressed once per layer and kind, then
-/// found again through the cache index.
-fn compressed(
-    store: &Store,
-    layer: &crate::solve::Layer,
-    how: LayerCompression,
-) -> Result<crate::solve::Layer, BuildError> {
-    use kiln_worker::layer::compression::Compression;
-    use std::io::Write as _;
-    let (kind, media) = match how {
-        LayerCompression::Uncompressed => return Ok(layer.clone()),
-        LayerCompression::Gzip => ("gzip", Compression::Gzip),
-        LayerCompression::Zstd => ("zstd", Compression::Zstd),
-    };
-    if layer.media_type != Compression::None.layer_media_type() {
-        return Ok(layer.clone());
-    }
-    let key = format!("compressed:{kind}:{}", layer.diff_id);
-    if let Some(r) = store
-        .meta
-        .cache_record(&key)?
-        .filter(|r| store.content.has(&r.blob))
-    {
-        return Ok(crate::solve::Layer {
-            blob: r.blob,
-            diff_id: r.diff_id,
-            media_type: r.media_type,
-            size: r.size,
-        });
-    }
-    let io = |e: std::io::Error| ImageError::Io {
-        action: "compressing",
-        path: store.content.path(&layer.blob),
-        source: e,
-    };
-    let mut input = store.content.open_blob(&layer.blob)?;
-    let writer = store.content.writer()?;
-    let writer = match how {
-        LayerCompression::Gzip => {
-            // No name and mtime 0 in the header: the same layer, the same bytes.
-            let mut gz = flate2::GzBuilder::new().write(writer, flate2::Compression::default());
-            std::io::copy(&mut input, &mut gz).map_err(io)?;
-            gz.finish().map_err(io)?
-        }
-        _ => {
-            let mut z = zstd::stream::Encoder::new(writer, 3).map_err(io)?;
-            std::io::copy(&mut input, &mut z).map_err(io)?;
-            let mut w = z.finish().map_err(io)?;
-            w.flush().map_err(io)?;
-            w
-        }
-    };
-    let blob = writer.commit(None)?;
-    let out = crate::solve::Layer {
-        blob: blob.digest,
-        diff_id: layer.diff_id.clone(),
-        media_type: media.layer_media_type().to_owned(),
-        size: blob.size,
-    };
-    let record = kiln_cache::CacheRecord {
-        blob: out.blob.clone(),
-        diff_id: out.diff_id.clone(),
-        media_type: out.media_type.clone(),
-        size: out.size,
-        created: image::now(),
-    };
-    store.meta.put_cache_record(&key, &record)?;
-    Ok(out)
 }
 
 /// The image built.
@@ -218,6 +130,7 @@ pub fn build(
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),
+        compression: req.compression,
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")
@@ -259,7 +172,7 @@ pub fn build(
     let config_digest = store.content.write_bytes(&config_bytes)?;
     let mut manifest_layers = Vec::with_capacity(layers.len());
     for layer in &layers {
-        let l = compressed(store, layer, req.compression)?;
+        let l = converted(store, layer, req.compression)?;
         manifest_layers.push((l.blob, l.media_type, l.size));
     }
     let (manifest, _) = image::write_manifest(

@@ -158,11 +158,15 @@ pub struct Pruned {
     pub reclaimed: u64,
 }
 
-/// `kiln prune [--keep-storage N]`: deletes blobs no tag or lease uses,
-/// least recently used first, until kiln's disk use is at most `keep`
-/// bytes (all of them when `keep` is `None`). Tagged and leased content is
-/// never touched, so the bound may not be reachable.
-pub fn prune(store: &Store, keep: Option<u64>) -> Result<Pruned> {
+/// `kiln prune [-a] [--keep-storage N]`: deletes blobs no tag or lease
+/// uses (build-cache layers among them), least recently used first, until
+/// kiln's disk use is at most `keep` bytes (all of them when `keep` is
+/// `None`), with the unpacked snapshots of deleted layers. Tagged and
+/// leased content is never touched, so the bound may not be reachable.
+/// `all` also empties every snapshot and `RUN --mount=type=cache`
+/// directory (as `docker builder prune -a` does): the next build starts
+/// cold. The caller holds the root, so no step is using them.
+pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     let live = reachable(store)?;
     let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
     for (digest, _) in store.content.list()? {
@@ -173,6 +177,7 @@ pub fn prune(store: &Store, keep: Option<u64>) -> Result<Pruned> {
         }
     }
     unused.sort();
+    let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
     // The whole root is walked only when there is a bound to meet.
     let mut total = match keep {
         Some(_) => usage_of(store, &live)?.total(),
@@ -187,9 +192,24 @@ pub fn prune(store: &Store, keep: Option<u64>) -> Result<Pruned> {
         store.meta.forget(&digest)?;
         total = total.saturating_sub(size);
         pruned.reclaimed += size;
+        // An uncompressed layer's digest is its diff ID, the snapshot's name.
+        let snapshot = snapshots.path(&digest.to_string());
+        if snapshot.is_dir() {
+            pruned.reclaimed += tree_size(&snapshot);
+            remove_tree(&snapshot)?;
+        }
         pruned.deleted.push(digest);
     }
     store.meta.flush()?;
+    if all {
+        for dir in ["snapshots", "cache-mounts"] {
+            let dir = store.root().join(dir);
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                pruned.reclaimed += tree_size(&entry.path());
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
     Ok(pruned)
 }
 
@@ -244,6 +264,20 @@ fn allocated(path: &Path) -> u64 {
 }
 
 /// Bytes everything under `dir` occupies (hard links counted once).
+/// Removes a file or a directory tree.
+fn remove_tree(path: &Path) -> Result<()> {
+    let removed = if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.map_err(|source| ImageError::Io {
+        action: "removing",
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn tree_size(dir: &Path) -> u64 {
     let mut seen: BTreeMap<(u64, u64), ()> = BTreeMap::new();
     let mut total = 0;

@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod compress;
 pub mod context;
 pub mod image;
 pub mod images;

@@ -41,7 +41,7 @@ impl Output {
                 Some(("type", t)) => kind = Some(t.to_owned()),
                 Some(("dest", d)) => dest = Some(PathBuf::from(d)),
                 // Accepted for buildctl compatibility; the store tags come from -t.
-                Some(("name" | "push" | "compression", _)) => {}
+                Some(("name" | "push" | "compression" | "compression-level", _)) => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }

@@ -191,7 +191,7 @@ fn rmi_keeps_shared_blobs_and_prune_respects_tags() {
     assert!(removed.deleted.is_empty(), "two:2 still uses every blob");
     let (_, two) = image::resolve(&s, "two:2").unwrap();
     let orphan = s.content.write_bytes(b"unreferenced").unwrap();
-    let pruned = images::prune(&s, None).unwrap();
+    let pruned = images::prune(&s, None, false).unwrap();
     assert_eq!(pruned.deleted, [orphan]);
     assert!(
         s.complete(&two.manifest_digest).unwrap(),
@@ -215,7 +215,7 @@ fn prune_keep_storage_removes_least_recently_used_first() {
     s.meta.touch(&old, 100).unwrap();
     s.meta.touch(&new, 200).unwrap();
     let total = images::usage(&s).unwrap().total();
-    let pruned = images::prune(&s, Some(total - 1)).unwrap();
+    let pruned = images::prune(&s, Some(total - 1), false).unwrap();
     assert_eq!(
         pruned.deleted,
         [old],

@@ -1,13 +1,18 @@
 //! Content digests of build-context files, for cache keys: path, type,
 //! mode (unless `--chmod` replaces it), size and content — never mtimes, so
 //! touching a file without changing it keeps the cache.
+//!
+//! A file's content digest is remembered in the store's index under what
+//! changes whenever its content does (device, inode, size, mtime, ctime),
+//! so a rebuild reads only files that changed — as BuildKit's content hash
+//! cache and git's index do.
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use kiln_cache::Hasher;
+use kiln_cache::{Digest, Hasher, MetaStore};
 use kiln_frontend::dockerignore::Matcher;
 
 /// The digest of what `sources` (context paths, possibly with wildcards)
@@ -17,6 +22,7 @@ pub(super) fn digest(
     sources: &[String],
     ignore: &Matcher,
     with_mode: bool,
+    memo: &dyn MetaStore,
 ) -> String {
     let mut h = Hasher::default();
     for source in sources {
@@ -32,68 +38,119 @@ pub(super) fn digest(
         let base = parts[..plain].join("/");
         h.update(source.as_bytes());
         h.update(b"\0");
-        walk(context, &base, ignore, with_mode, &mut h);
+        let mut walk = Walk {
+            context,
+            ignore,
+            with_mode,
+            memo,
+            h: &mut h,
+        };
+        walk.entry(&base);
     }
     h.finish().to_string()
 }
 
-fn walk(context: &Path, rel: &str, ignore: &Matcher, with_mode: bool, h: &mut Hasher) {
-    if !rel.is_empty() && ignore.excludes(rel) {
-        return;
-    }
-    let path = context.join(rel);
-    let Ok(meta) = fs::symlink_metadata(&path) else {
-        h.update(b"missing\0");
-        return;
-    };
-    h.update(rel.as_bytes());
-    h.update(b"\0");
-    let kind = if meta.is_dir() {
-        b'd'
-    } else if meta.file_type().is_symlink() {
-        b'l'
-    } else {
-        b'f'
-    };
-    h.update(&[kind]);
-    if with_mode {
-        h.update(&meta.permissions().mode().to_le_bytes());
-    }
-    match kind {
-        b'd' => {
-            let mut names: Vec<String> = fs::read_dir(&path)
-                .map(|d| {
-                    d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+struct Walk<'a> {
+    context: &'a Path,
+    ignore: &'a Matcher,
+    with_mode: bool,
+    memo: &'a dyn MetaStore,
+    h: &'a mut Hasher,
+}
+
+impl Walk<'_> {
+    fn entry(&mut self, rel: &str) {
+        let (context, ignore, with_mode) = (self.context, self.ignore, self.with_mode);
+        if !rel.is_empty() && ignore.excludes(rel) {
+            return;
+        }
+        let path = context.join(rel);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            self.h.update(b"missing\0");
+            return;
+        };
+        self.h.update(rel.as_bytes());
+        self.h.update(b"\0");
+        let kind = if meta.is_dir() {
+            b'd'
+        } else if meta.file_type().is_symlink() {
+            b'l'
+        } else {
+            b'f'
+        };
+        self.h.update(&[kind]);
+        if with_mode {
+            self.h.update(&meta.permissions().mode().to_le_bytes());
+        }
+        match kind {
+            b'd' => {
+                let mut names: Vec<String> = fs::read_dir(&path)
+                    .map(|d| {
+                        d.filter_map(|e| {
+                            e.ok().map(|e| e.file_name().to_string_lossy().into_owned())
+                        })
                         .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            for name in names {
-                let child = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                walk(context, &child, ignore, with_mode, h);
-            }
-        }
-        b'l' => {
-            if let Ok(target) = fs::read_link(&path) {
-                h.update(target.as_os_str().as_encoded_bytes());
-            }
-        }
-        _ => {
-            h.update(&meta.size().to_le_bytes());
-            if let Ok(mut file) = fs::File::open(&path) {
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n) = file.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                for name in names {
+                    let child = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    self.entry(&child);
                 }
             }
+            b'l' => {
+                if let Ok(target) = fs::read_link(&path) {
+                    self.h.update(target.as_os_str().as_encoded_bytes());
+                }
+            }
+            _ => {
+                self.h.update(&meta.size().to_le_bytes());
+                self.h
+                    .update(self.file_digest(&path, &meta).hex().as_bytes());
+            }
         }
+    }
+
+    /// The digest of a file's content, remembered or read. A file changed in
+    /// the last second is not remembered: timestamps are coarser than writes
+    /// (git's "racy" entries).
+    fn file_digest(&self, path: &Path, meta: &fs::Metadata) -> Digest {
+        let key = format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+        if let Ok(Some(digest)) = self.memo.file_digest(&key) {
+            return digest;
+        }
+        let mut h = Hasher::default();
+        if let Ok(mut file) = fs::File::open(path) {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = file.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+        let digest = h.finish();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if meta.ctime() < i64::try_from(now).unwrap_or(i64::MAX) - 1 {
+            // Only a lost shortcut if it cannot be written.
+            let _ = self.memo.put_file_digest(&key, &digest);
+        }
+        digest
     }
 }
 
@@ -108,8 +165,9 @@ mod tests {
         fs::write(dir.path().join("b.txt"), "b").unwrap();
         fs::write(dir.path().join("ignored.log"), "x").unwrap();
         let ignore = Matcher::new(&["*.log".into()]).unwrap();
-        let all = || digest(dir.path(), &["/".into()], &ignore, true);
-        let only_a = || digest(dir.path(), &["/a.txt".into()], &ignore, true);
+        let memo = kiln_cache::MemoryMeta::default();
+        let all = || digest(dir.path(), &["/".into()], &ignore, true, &memo);
+        let only_a = || digest(dir.path(), &["/a.txt".into()], &ignore, true, &memo);
         let (d1, a1) = (all(), only_a());
         let f = fs::File::options()
             .write(true)
@@ -129,8 +187,8 @@ mod tests {
         fs::set_permissions(dir.path().join("a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
         assert_ne!(only_a(), a1);
         assert_eq!(
-            digest(dir.path(), &["/a.txt".into()], &ignore, false),
-            digest(dir.path(), &["/a.txt".into()], &ignore, false)
+            digest(dir.path(), &["/a.txt".into()], &ignore, false, &memo),
+            digest(dir.path(), &["/a.txt".into()], &ignore, false, &memo)
         );
     }
 }

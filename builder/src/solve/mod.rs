@@ -116,6 +116,8 @@ pub struct Solver<'a> {
     /// The context minus `.dockerignore`d files, for RUN bind mounts; made
     /// on first use (start with `Default::default()`).
     pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
+    /// How new layers are written (the build's `-o …,compression=`).
+    pub compression: crate::compress::LayerCompression,
 }
 
 impl Solver<'_> {
@@ -169,7 +171,24 @@ impl Solver<'_> {
                         let tx = tx.clone();
                         let vertex = &graph.vertices[index];
                         scope.spawn(move || {
-                            let _ = tx.send((index, self.vertex(index, vertex, &inputs)));
+                            // A panicking step fails the build instead of
+                            // leaving the loop waiting for its result.
+                            let result =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    self.vertex(index, vertex, &inputs)
+                                }))
+                                .unwrap_or_else(|panic| {
+                                    let why = panic
+                                        .downcast_ref::<&str>()
+                                        .map(|s| (*s).to_owned())
+                                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                                        .unwrap_or_default();
+                                    Err(SolveError::Step {
+                                        description: vertex.meta.description.clone(),
+                                        reason: format!("internal error (a bug in kiln): {why}"),
+                                    })
+                                });
+                            let _ = tx.send((index, result));
                         });
                     }
                 }
@@ -404,6 +423,7 @@ impl Solver<'_> {
                             &c.sources,
                             &self.dockerignore,
                             c.mode.is_none(),
+                            &*self.store.meta,
                         ));
                     }
                 }
@@ -418,6 +438,7 @@ impl Solver<'_> {
                             std::slice::from_ref(&m.source),
                             &self.dockerignore,
                             true,
+                            &*self.store.meta,
                         ));
                     }
                 }

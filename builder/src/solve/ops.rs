@@ -15,6 +15,7 @@ use kiln_worker::sandbox::spec::{Network, Rootfs};
 use kiln_worker::sandbox::{Cancel, Stream};
 
 use super::{Event, Fs, Layer, Result, SolveError, Solver, fetch};
+use crate::compress::{Encoder, Hashing};
 use crate::image;
 
 /// Lines of a failed step's output kept for its error.
@@ -98,19 +99,22 @@ impl Solver<'_> {
         }
     }
 
-    /// Stores an upperdir as a layer blob (uncompressed: its digest is its
-    /// diff ID).
+    /// Stores an upperdir as a layer blob, compressed as the build asks, in
+    /// one pass: the tar is hashed (its diff ID) on its way to the encoder.
     fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
-        let writer = self.store.content.writer()?;
-        let writer =
-            layer::diff_clamped(upper, writer, self.source_date_epoch).map_err(step_err)?;
-        let blob = writer.commit(None)?;
+        let encoder = Encoder::new(self.compression, self.store.content.writer()?)
+            .map_err(|e| step_err(format!("compressing the layer: {e}")))?;
+        let hashing = layer::diff_clamped(upper, Hashing::new(encoder), self.source_date_epoch)
+            .map_err(step_err)?;
+        let (encoder, diff_id) = hashing.finish();
+        let blob = encoder
+            .finish()
+            .map_err(|e| step_err(format!("compressing the layer: {e}")))?
+            .commit(None)?;
         Ok(Layer {
-            blob: blob.digest.clone(),
-            diff_id: blob.digest,
-            media_type: layer::compression::Compression::None
-                .layer_media_type()
-                .to_owned(),
+            blob: blob.digest,
+            diff_id,
+            media_type: self.compression.media_type().to_owned(),
             size: blob.size,
         })
     }
@@ -249,9 +253,10 @@ impl Solver<'_> {
                 log_tail: tail,
             });
         }
-        let layer = self.store_layer(&outcome.layer);
+        let layer = self.store_layer(&outcome.layer)?;
+        self.adopt(&layer, &outcome.layer);
         self.worker.discard(outcome).map_err(step_err)?;
-        layer
+        Ok(layer)
     }
 
     pub(super) fn file(
@@ -314,7 +319,23 @@ impl Solver<'_> {
             self.lowerdirs(base)?
         };
         let step = self.file_job(lowerdirs, sources, actions)?;
-        self.store_layer(&step.path().join("upper"))
+        let upper = step.path().join("upper");
+        let layer = self.store_layer(&upper)?;
+        self.adopt(&layer, &upper);
+        Ok(layer)
+    }
+
+    /// Keeps a step's upperdir as its layer's snapshot. Not with
+    /// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the upperdir's
+    /// are not, and the steps after must see what a cache hit would show.
+    fn adopt(&self, layer: &Layer, upper: &std::path::Path) {
+        if self.source_date_epoch.is_some() {
+            return;
+        }
+        if let Err(e) = self.snapshots.adopt(&layer.diff_id.to_string(), upper) {
+            // Only a lost shortcut: the layer is unpacked when needed.
+            tracing::debug!("keeping a step's upperdir as a snapshot: {e}");
+        }
     }
 
     /// Runs file actions in the sandbox over `lowerdirs`; the changes are in

@@ -12,6 +12,7 @@ struct Inner {
     leases: BTreeMap<String, Lease>,
     cache: BTreeMap<String, CacheRecord>,
     used: BTreeMap<Digest, u64>,
+    files: BTreeMap<String, Digest>,
 }
 
 /// Metadata that lives as long as the process.
@@ -76,6 +77,16 @@ impl MetaStore for MemoryMeta {
     fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()> {
         self.with(|i| {
             i.cache.insert(key.to_owned(), record.clone());
+        })
+    }
+
+    fn file_digest(&self, key: &str) -> Result<Option<Digest>> {
+        self.with(|i| i.files.get(key).cloned())
+    }
+
+    fn put_file_digest(&self, key: &str, digest: &Digest) -> Result<()> {
+        self.with(|i| {
+            i.files.insert(key.to_owned(), digest.clone());
         })
     }
 

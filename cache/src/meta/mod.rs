@@ -81,6 +81,12 @@ pub trait MetaStore: Send + Sync {
     fn cache_record(&self, key: &str) -> Result<Option<CacheRecord>>;
     fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()>;
 
+    /// The remembered content digest of a build-context file, by a key of
+    /// what changes whenever its content does (device, inode, size, mtime,
+    /// ctime): an unchanged file is not read again to compute a cache key.
+    fn file_digest(&self, key: &str) -> Result<Option<Digest>>;
+    fn put_file_digest(&self, key: &str, digest: &Digest) -> Result<()>;
+
     /// Records that `digest` was used at `when` (seconds since the epoch).
     fn touch(&self, digest: &Digest, when: u64) -> Result<()>;
     /// When `digest` was last used, if ever recorded.
@@ -103,6 +109,9 @@ pub(crate) mod suite {
     }
 
     pub(crate) fn run(store: &dyn MetaStore) {
+        assert_eq!(store.file_digest("1:2:3").unwrap(), None);
+        store.put_file_digest("1:2:3", &digest(9)).unwrap();
+        assert_eq!(store.file_digest("1:2:3").unwrap(), Some(digest(9)));
         assert_eq!(store.images().unwrap(), []);
         let a = ImageRecord {
             target: digest(1),

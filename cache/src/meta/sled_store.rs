@@ -23,6 +23,7 @@ pub struct SledMeta {
     leases: sled::Tree,
     cache: sled::Tree,
     used: sled::Tree,
+    files: sled::Tree,
 }
 
 impl std::fmt::Debug for SledMeta {
@@ -89,6 +90,7 @@ impl SledMeta {
             leases: tree("leases")?,
             cache: tree("cache")?,
             used: tree("used")?,
+            files: tree("files")?,
             db,
             path: display.clone(),
         })
@@ -179,6 +181,14 @@ impl MetaStore for SledMeta {
 
     fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()> {
         self.put(&self.cache, key, record)
+    }
+
+    fn file_digest(&self, key: &str) -> Result<Option<Digest>> {
+        self.get(&self.files, key)
+    }
+
+    fn put_file_digest(&self, key: &str, digest: &Digest) -> Result<()> {
+        self.put(&self.files, key, digest)
     }
 
     fn touch(&self, digest: &Digest, when: u64) -> Result<()> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use kiln_builder::build::{BuildRequest, build};
+use kiln_builder::build::{BuildRequest, LayerCompression, build};
 use kiln_builder::context::DockerfileSource;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
@@ -64,6 +64,34 @@ enum NetworkFlag {
     Default,
     None,
     Host,
+}
+
+/// The layer compression the outputs ask for (`compression=`,
+/// `compression-level=`); gzip at level 6 when none does.
+fn compression_of(outputs: &[String]) -> Result<LayerCompression> {
+    let mut compression = LayerCompression::default();
+    let mut level = None;
+    for spec in outputs {
+        for field in spec.split(',') {
+            if let Some(value) = field.strip_prefix("compression=") {
+                compression = LayerCompression::parse(value).with_context(|| {
+                    format!("--output {spec}: compression is gzip, zstd or uncompressed")
+                })?;
+            } else if let Some(value) = field.strip_prefix("compression-level=") {
+                level = Some((spec, value));
+            }
+        }
+    }
+    if let Some((spec, value)) = level {
+        compression = value
+            .parse()
+            .ok()
+            .and_then(|l| compression.with_level(l))
+            .with_context(|| {
+                format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
+            })?;
+    }
+    Ok(compression)
 }
 
 /// `ID[=SOCKET]` of `--ssh`: the agent's socket (default `$SSH_AUTH_SOCK`).
@@ -180,15 +208,7 @@ impl Build {
             .iter()
             .map(|o| kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
-        let mut compression = kiln_builder::build::LayerCompression::default();
-        for spec in &self.outputs {
-            if let Some(value) = spec.split(',').find_map(|f| f.strip_prefix("compression=")) {
-                compression =
-                    kiln_builder::build::LayerCompression::parse(value).with_context(|| {
-                        format!("--output {spec}: compression is gzip, zstd or uncompressed")
-                    })?;
-            }
-        }
+        let compression = compression_of(&self.outputs)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
             let (id, value) = read_secret(spec)?;

@@ -82,7 +82,7 @@ pub(crate) struct Rmi {
 
 #[derive(Args)]
 pub(crate) struct Prune {
-    /// Remove all unused content (kiln keeps no other kind yet).
+    /// Also empty the unpacked layers and every RUN cache mount (the next build starts cold).
     #[arg(short, long)]
     all: bool,
     /// Keep this much, least recently used goes first (e.g. 10GB, 512MiB).
@@ -237,8 +237,7 @@ impl Prune {
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
         let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
-        let _ = self.all;
-        let pruned = images::prune(&store, keep)?;
+        let pruned = images::prune(&store, keep, self.all)?;
         let mut out = String::new();
         for d in &pruned.deleted {
             out.push_str(&format!("Deleted: {d}\n"));

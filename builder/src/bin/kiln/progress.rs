@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 use kiln_builder::solve::Event;
 
+/// Writes a line to stderr. A closed stderr (`kiln build … | head`) must
+/// not stop the build, as `eprintln!` would by panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// A step's output printed in plain mode before it is clipped.
 const LOG_CAP: usize = 2 << 20;
 /// A running step's last lines in the live view.
@@ -57,7 +65,7 @@ impl Printer {
             Self::Quiet => {}
             Self::Json => {
                 if let Ok(line) = serde_json::to_string(&event) {
-                    eprintln!("{line}");
+                    say!("{line}");
                 }
             }
             Self::Plain { log_bytes } => plain(log_bytes, event),
@@ -79,8 +87,8 @@ fn plain(log_bytes: &mut HashMap<usize, usize>, event: Event) {
         Event::Started {
             vertex,
             description,
-        } => eprintln!("#{vertex} {description}"),
-        Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
+        } => say!("#{vertex} {description}"),
+        Event::Cached { vertex } => say!("#{vertex} CACHED"),
         Event::Log { vertex, line } => {
             // Every line of every step, up to a cap per step (said once when
             // reached); a failed step's last lines come with its error
@@ -88,17 +96,17 @@ fn plain(log_bytes: &mut HashMap<usize, usize>, event: Event) {
             let printed = log_bytes.entry(vertex).or_insert(0usize);
             if *printed < LOG_CAP {
                 *printed += line.len() + 1;
-                eprintln!("#{vertex} {line}");
+                say!("#{vertex} {line}");
                 if *printed >= LOG_CAP {
-                    eprintln!(
+                    say!(
                         "#{vertex} [output clipped: {} MiB printed for this step]",
                         LOG_CAP >> 20
                     );
                 }
             }
         }
-        Event::Done { vertex, seconds } => eprintln!("#{vertex} DONE {seconds:.1}s"),
-        Event::Failed { vertex, error } => eprintln!("#{vertex} ERROR: {error}"),
+        Event::Done { vertex, seconds } => say!("#{vertex} DONE {seconds:.1}s"),
+        Event::Failed { vertex, error } => say!("#{vertex} ERROR: {error}"),
     }
 }
 

@@ -1,0 +1,308 @@
+//! Layer compression: how a built image's layers are stored
+//! (`-o …,compression=gzip|zstd|uncompressed[,compression-level=N]`), an
+//! encoder that compresses as a layer is written, and conversion of a
+//! stored layer to another compression.
+//!
+//! Steps write their layers compressed in one pass (tar → diff ID hash →
+//! encoder → blob), so a layer is never stored twice; another compression
+//! is made from it only when a build asks for one.
+
+use std::io::{self, Write};
+
+use kiln_cache::{Hasher, Store};
+use kiln_worker::layer::compression::{Compression, decompressed};
+
+use crate::image::{self, ImageError};
+use crate::solve::Layer;
+
+/// Layer compression of a built image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerCompression {
+    pub kind: Kind,
+    /// gzip 1–9, zstd 1–22.
+    pub level: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl Default for LayerCompression {
+    /// gzip, as BuildKit; level 6, BuildKit's (Go's default level).
+    fn default() -> Self {
+        Self::of(Kind::Gzip)
+    }
+}
+
+impl LayerCompression {
+    /// `kind` at its default level (gzip 6, zstd 3).
+    pub fn of(kind: Kind) -> Self {
+        let level = match kind {
+            Kind::Gzip => 6,
+            Kind::Zstd => 3,
+            Kind::Uncompressed => 0,
+        };
+        Self { kind, level }
+    }
+
+    /// `gzip`, `zstd` or `uncompressed`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(Self::of(match name {
+            "gzip" => Kind::Gzip,
+            "zstd" => Kind::Zstd,
+            "uncompressed" => Kind::Uncompressed,
+            _ => return None,
+        }))
+    }
+
+    /// With `compression-level=N`, checked against the kind's range.
+    pub fn with_level(self, level: u32) -> Option<Self> {
+        let max = match self.kind {
+            Kind::Gzip => 9,
+            Kind::Zstd => 22,
+            Kind::Uncompressed => return Some(self),
+        };
+        (1..=max).contains(&level).then_some(Self { level, ..self })
+    }
+
+    fn format(self) -> Compression {
+        match self.kind {
+            Kind::Gzip => Compression::Gzip,
+            Kind::Zstd => Compression::Zstd,
+            Kind::Uncompressed => Compression::None,
+        }
+    }
+
+    pub fn media_type(self) -> &'static str {
+        self.format().layer_media_type()
+    }
+}
+
+/// Compresses what is written into `W`. Gzip runs on every CPU: fixed-size
+/// blocks, each with the previous block's tail as its dictionary (pigz's
+/// scheme, by `gzp`), so the bytes do not depend on the number of threads;
+/// mtime 0 and no name in the header.
+pub enum Encoder<W: Write + Send + 'static> {
+    Plain(W),
+    Gzip(GzipWriter<W>),
+    Zstd(zstd::stream::Encoder<'static, W>),
+}
+
+impl<W: Write + Send + 'static> Encoder<W> {
+    pub fn new(how: LayerCompression, out: W) -> io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self::with_threads(how, out, threads)
+    }
+
+    fn with_threads(how: LayerCompression, out: W, threads: usize) -> io::Result<Self> {
+        Ok(match how.kind {
+            Kind::Uncompressed => Self::Plain(out),
+            Kind::Gzip => Self::Gzip(GzipWriter(Some(Box::new(
+                gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
+                    .num_threads(threads)
+                    .map_err(gzp_err)?
+                    .compression_level(gzp::Compression::new(how.level))
+                    .from_writer(out),
+            )))),
+            Kind::Zstd => Self::Zstd(zstd::stream::Encoder::new(
+                out,
+                i32::try_from(how.level).unwrap_or(3),
+            )?),
+        })
+    }
+
+    /// Writes what is buffered and the trailer; returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Plain(w) => Ok(w),
+            Self::Gzip(mut gz) => gz.finish(),
+            Self::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+/// gzp's writer, finished exactly once: gzp's own Drop panics when its
+/// writer failed, so one dropped on an error path is finished here, quietly.
+pub struct GzipWriter<W: Write + Send + 'static>(
+    Option<Box<gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>>>,
+);
+
+impl<W: Write + Send + 'static> GzipWriter<W> {
+    fn finish(&mut self) -> io::Result<W> {
+        let mut gz = self
+            .0
+            .take()
+            .ok_or_else(|| io::Error::other("gzip already finished"))?;
+        gzp::ZWriter::finish(&mut *gz).map_err(gzp_err)
+    }
+
+    fn writer(&mut self) -> io::Result<&mut dyn Write> {
+        match self.0.as_deref_mut() {
+            Some(gz) => Ok(gz),
+            None => Err(io::Error::other("gzip already finished")),
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for GzipWriter<W> {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(w) => w.write(buf),
+            Self::Gzip(gz) => gz.writer()?.write(buf),
+            Self::Zstd(z) => z.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.flush(),
+            Self::Gzip(gz) => gz.writer()?.flush(),
+            Self::Zstd(z) => z.flush(),
+        }
+    }
+}
+
+fn gzp_err(e: gzp::GzpError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Passes writes on while hashing them: the diff ID of a layer written
+/// compressed.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Hashing<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Hasher::default(),
+        }
+    }
+
+    /// The writer and the digest of everything written.
+    pub fn finish(self) -> (W, kiln_cache::Digest) {
+        (self.inner, self.hasher.finish())
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `layer` stored as `how` asks: itself when it already is, else converted
+/// once per layer and compression and found again through the cache index.
+pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<Layer, ImageError> {
+    if layer.media_type == how.media_type() {
+        return Ok(layer.clone());
+    }
+    let key = format!("compressed:{:?}-{}:{}", how.kind, how.level, layer.diff_id);
+    if let Some(r) = store
+        .meta
+        .cache_record(&key)?
+        .filter(|r| store.content.has(&r.blob))
+    {
+        return Ok(Layer {
+            blob: r.blob,
+            diff_id: r.diff_id,
+            media_type: r.media_type,
+            size: r.size,
+        });
+    }
+    let io = |e: io::Error| ImageError::Io {
+        action: "compressing",
+        path: store.content.path(&layer.blob),
+        source: e,
+    };
+    let mut input = decompressed(store.content.open_blob(&layer.blob)?).map_err(io)?;
+    let mut encoder = Encoder::new(how, store.content.writer()?).map_err(io)?;
+    io::copy(&mut input, &mut encoder).map_err(io)?;
+    let blob = encoder.finish().map_err(io)?.commit(None)?;
+    let out = Layer {
+        blob: blob.digest,
+        diff_id: layer.diff_id.clone(),
+        media_type: how.media_type().to_owned(),
+        size: blob.size,
+    };
+    store.meta.put_cache_record(
+        &key,
+        &kiln_cache::CacheRecord {
+            blob: out.blob.clone(),
+            diff_id: out.diff_id.clone(),
+            media_type: out.media_type.clone(),
+            size: out.size,
+            created: image::now(),
+        },
+    )?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_bytes_do_not_depend_on_threads() {
+        // Several blocks of mixed text and noise.
+        let mut data = Vec::new();
+        let mut x = 7u32;
+        for i in 0..200_000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let word = if i % 3 == 0 {
+                x.to_le_bytes()
+            } else {
+                *b"kiln"
+            };
+            data.extend_from_slice(&word);
+        }
+        let gz = |threads| {
+            let mut e =
+                Encoder::with_threads(LayerCompression::default(), Vec::new(), threads).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let one = gz(1);
+        assert_eq!(one, gz(2));
+        assert_eq!(one, gz(4));
+        let mut back = Vec::new();
+        io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one[..]), &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(&one[4..8], &[0, 0, 0, 0], "mtime 0");
+    }
+
+    #[test]
+    fn levels_are_checked() {
+        let gzip = LayerCompression::parse("gzip").unwrap();
+        assert_eq!(gzip.with_level(1).unwrap().level, 1);
+        assert!(gzip.with_level(10).is_none() && gzip.with_level(0).is_none());
+        assert_eq!(
+            LayerCompression::parse("zstd")
+                .unwrap()
+                .with_level(19)
+                .unwrap()
+                .level,
+            19
+        );
+        assert!(LayerCompression::parse("brotli").is_none());
+    }
+}
