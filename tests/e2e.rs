@@ -12,3 +12,4 @@ mod httpd;
 mod images;
 mod instructions;
 mod noise;
+mod registry;

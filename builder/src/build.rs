@@ -16,6 +16,7 @@ pub use crate::compress::LayerCompression;
 use crate::compress::converted;
 use crate::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use crate::image::{self, ImageError, OCI_MANIFEST, canonical_json};
+use crate::registry::{self, PullPolicy};
 use crate::solve::{Event, Fs, SolveError, Solver};
 
 #[derive(Debug, Error)]
@@ -55,6 +56,10 @@ pub struct BuildRequest {
     pub network_none: bool,
     /// How the image's layers are compressed.
     pub compression: LayerCompression,
+    /// When base images are pulled (`--pull`).
+    pub pull: PullPolicy,
+    /// How registries are reached.
+    pub registry: registry::Options,
 }
 
 /// The image built.
@@ -64,8 +69,26 @@ pub struct Built {
     pub config: Digest,
 }
 
-/// Base images come from kiln's store.
-struct StoreImages<'a>(&'a Store);
+/// Base images come from kiln's store, pulled into it as `--pull` says.
+struct StoreImages<'a> {
+    store: &'a Store,
+    pull: PullPolicy,
+    registry: &'a registry::Options,
+    /// Names pulled by this build (`--pull=always` pulls each once).
+    pulled: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl StoreImages<'_> {
+    fn pull(&self, name: &str) -> Result<(), String> {
+        tracing::info!("pulling {name}");
+        registry::pull(self.store, name, self.registry).map_err(|e| e.to_string())?;
+        self.pulled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
+        Ok(())
+    }
+}
 
 impl ImageResolver for StoreImages<'_> {
     fn resolve(
@@ -78,7 +101,22 @@ impl ImageResolver for StoreImages<'_> {
             ..reference.clone()
         }
         .to_string();
-        match image::resolve(self.0, &name) {
+        let already = self
+            .pulled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&name);
+        if self.pull == PullPolicy::Always && !already {
+            self.pull(&name)?;
+        }
+        let found = match image::resolve(self.store, &name) {
+            Err(ImageError::NotFound(_)) if self.pull == PullPolicy::Missing => {
+                self.pull(&name)?;
+                image::resolve(self.store, &name)
+            }
+            other => other,
+        };
+        match found {
             Ok((_, img)) => Ok(Some(ResolvedImage {
                 digest: Some(img.manifest_digest.to_string()),
                 config: img.config.config,
@@ -96,7 +134,12 @@ pub fn build(
     req: &BuildRequest,
     progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Built, BuildError> {
-    let resolver = StoreImages(store);
+    let resolver = StoreImages {
+        store,
+        pull: req.pull,
+        registry: &req.registry,
+        pulled: Default::default(),
+    };
     let mut options = ConvertOptions::new(&resolver);
     options.build_args = req.build_args.clone();
     options.target = req.target.clone();

@@ -15,4 +15,18 @@ pub mod context;
 pub mod image;
 pub mod images;
 pub mod output;
+pub mod registry;
 pub mod solve;
+
+/// An error and its causes on one line (an HTTP client's own message alone
+/// says only "error sending request").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

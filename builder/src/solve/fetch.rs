@@ -54,7 +54,7 @@ pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fe
     let mut response = client
         .get(&source.url)
         .send()
-        .map_err(|e| format!("downloading {}: {}", source.url, error_chain(&e)))?;
+        .map_err(|e| format!("downloading {}: {}", source.url, crate::error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("downloading {}: HTTP {status}", source.url));
@@ -101,19 +101,6 @@ pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fe
         digest: format!("{name}\0{digest}"),
         _scratch: scratch,
     })
-}
-
-/// The error and its causes on one line (reqwest's own message alone says
-/// only "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Checks out `source` into `dir` with the `git` program (as BuildKit

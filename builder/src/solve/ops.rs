@@ -38,7 +38,7 @@ impl Solver<'_> {
                 let name = img.reference.split('@').next().unwrap_or(&img.reference);
                 let (_, image) = image::resolve(self.store, name).map_err(|e| match e {
                     image::ImageError::NotFound(_) => step_err(format!(
-                        "image {name} is not in the local store (registry pulls are not available yet; use kiln load or kiln import)"
+                        "image {name} is not in the local store (--pull=never; use kiln pull, load or import)"
                     )),
                     other => other.into(),
                 })?;

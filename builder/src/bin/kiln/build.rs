@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use kiln_builder::build::{BuildRequest, LayerCompression, build};
 use kiln_builder::context::DockerfileSource;
+use kiln_builder::registry::PullPolicy;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
 use kiln_worker::exec::Worker;
@@ -36,6 +37,11 @@ pub(crate) struct Build {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// When to pull base images: missing (default), always, never.
+    #[arg(long, value_name = "POLICY", default_value = "missing", num_args = 0..=1, default_missing_value = "always")]
+    pull: String,
+    #[command(flatten)]
+    registry: crate::registry::RegistryArgs,
     /// An SSH agent for `RUN --mount=type=ssh`: `default` (`$SSH_AUTH_SOCK`)
     /// or `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
@@ -233,6 +239,10 @@ impl Build {
             source_date_epoch,
             network_none: self.network == NetworkFlag::None,
             compression,
+            pull: PullPolicy::parse(&self.pull).with_context(|| {
+                format!("--pull {}: expected missing, always or never", self.pull)
+            })?,
+            registry: self.registry.options(None)?,
         };
         let quiet = self.quiet;
         let json = self.progress == Mode::Json;

@@ -90,7 +90,7 @@ pub(crate) struct Prune {
     keep_storage: Option<String>,
 }
 
-fn open(root: &std::path::Path) -> Result<Store> {
+pub(crate) fn open(root: &std::path::Path) -> Result<Store> {
     Ok(Store::open(root)?)
 }
 

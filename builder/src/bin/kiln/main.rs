@@ -4,6 +4,7 @@ mod build;
 mod debug;
 mod images;
 mod progress;
+mod registry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,12 @@ enum Command {
     Save(images::Save),
     /// Make a one-layer image from a root filesystem tarball.
     Import(images::Import),
+    /// Pull an image from a registry.
+    Pull(registry::Pull),
+    /// Push an image to a registry.
+    Push(registry::Push),
+    /// Log in to a registry (credentials kept as Docker keeps them).
+    Login(registry::Login),
     /// Remove content nothing uses, least recently used first.
     Prune(images::Prune),
     /// Show disk space by kind.
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
         Command::Load(c) => c.run(&root),
         Command::Save(c) => c.run(&root),
         Command::Import(c) => c.run(&root),
+        Command::Pull(c) => c.run(&root),
+        Command::Push(c) => c.run(&root),
+        Command::Login(c) => c.run(),
         Command::Prune(c) => c.run(&root),
         Command::Du => images::du(&root),
         Command::Debug(debug) => debug.run(),

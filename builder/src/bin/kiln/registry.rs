@@ -1,0 +1,118 @@
+//! The registry commands: pull, push, login.
+
+use std::io::Read as _;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use kiln_builder::registry::{self, Credentials};
+
+use crate::images::open;
+
+/// How kiln reaches registries (shared by pull, push, login and build).
+#[derive(Args, Clone, Default)]
+pub(crate) struct RegistryArgs {
+    /// Speak plain HTTP to this registry (`host[:port]`); loopback
+    /// registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+impl RegistryArgs {
+    pub(crate) fn options(&self, platform: Option<&str>) -> Result<registry::Options> {
+        let platform = platform
+            .map(|p| {
+                let mut parts = p.split('/');
+                match (parts.next(), parts.next()) {
+                    (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
+                        Ok((os.to_owned(), arch.to_owned()))
+                    }
+                    _ => anyhow::bail!("--platform {p}: expected os/arch, e.g. linux/amd64"),
+                }
+            })
+            .transpose()?;
+        Ok(registry::Options {
+            insecure: self.insecure.clone(),
+            platform,
+        })
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct Pull {
+    /// `NAME[:TAG]` or `NAME@DIGEST`.
+    name: String,
+    /// The platform to pick from a multi-platform image (`os/arch`).
+    #[arg(long)]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+impl Pull {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let options = self.registry.options(self.platform.as_deref())?;
+        let pulled = registry::pull(&store, &self.name, &options)?;
+        println!(
+            "{}: {} blobs fetched ({} bytes)\nDigest: {}",
+            kiln_builder::image::familiar(&pulled.name),
+            pulled.fetched,
+            pulled.bytes,
+            pulled.manifest
+        );
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct Push {
+    /// The image, named with its registry (`127.0.0.1:5000/app:1`).
+    name: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+impl Push {
+    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
+        let store = open(root)?;
+        let pushed = registry::push(&store, &self.name, &self.registry.options(None)?)?;
+        println!(
+            "{}: {} uploaded, {} mounted, {} already there\nDigest: {}",
+            self.name, pushed.uploaded, pushed.mounted, pushed.skipped, pushed.manifest
+        );
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct Login {
+    /// The registry (`host[:port]`); default Docker Hub.
+    #[arg(default_value = "docker.io")]
+    server: String,
+    #[arg(short, long)]
+    username: String,
+    /// Read the password from standard input (the only way: a password on
+    /// the command line ends up in shell history and `ps`).
+    #[arg(long, required = true)]
+    password_stdin: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+impl Login {
+    pub(crate) fn run(self) -> Result<()> {
+        let mut secret = String::new();
+        std::io::stdin()
+            .read_to_string(&mut secret)
+            .context("reading the password from standard input")?;
+        let secret = secret.trim_end_matches(['\n', '\r']).to_owned();
+        anyhow::ensure!(!secret.is_empty(), "no password on standard input");
+        let credentials = Credentials {
+            username: self.username,
+            secret,
+        };
+        let path = registry::login(&self.server, &credentials, &self.registry.options(None)?)?;
+        println!("Login Succeeded (credentials in {})", path.display());
+        Ok(())
+    }
+}

@@ -1,0 +1,272 @@
+//! Pull, push and login against a real registry: Debian's
+//! `docker-registry`, started on a free loopback port, with and without
+//! htpasswd basic auth; skopeo reads what kiln pushed and writes what kiln
+//! pulls.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::busybox::{Setup, ready};
+use crate::harness::have_tool;
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A running registry, stopped when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// Starts one; with `htpasswd`, it asks for basic auth.
+    fn start(htpasswd: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = htpasswd.map_or(String::new(), |p| {
+            format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                p.display()
+            )
+        });
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+fn registry_ready() -> bool {
+    let ok = ready() && Path::new(REGISTRY).is_file() && have_tool("skopeo");
+    if !ok {
+        eprintln!("NOTICE: needs {REGISTRY} (Debian's docker-registry) and skopeo; skipped");
+    }
+    ok
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn manifest_digest(s: &Setup, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", name]).0).unwrap();
+    v[0]["Manifest"]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn push_rmi_pull_and_skopeo_agree() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let s = Setup::new();
+    fs::write(s.context.join("hello.txt"), "hello\n").unwrap();
+    let app = format!("{}/team/app:1", registry.addr);
+    let out = s.build(
+        "FROM base:busybox\nCOPY hello.txt /\nRUN echo built > /built\n",
+        &["-t", &app],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = manifest_digest(&s, &app);
+
+    let (pushed, _) = s.ok(&["push", &app]);
+    assert!(
+        pushed.contains("4 uploaded, 0 mounted, 0 already there"),
+        "{pushed}"
+    );
+    let (again, _) = s.ok(&["push", &app]);
+    assert!(
+        again.contains("0 uploaded, 0 mounted, 4 already there"),
+        "{again}"
+    );
+
+    // skopeo reads what kiln pushed.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{app}"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&inspect.stdout)),
+        digest,
+        "the registry serves kiln's manifest byte for byte"
+    );
+
+    // A sibling repository: the layers are mounted, not uploaded.
+    let sibling = format!("{}/team/copy:1", registry.addr);
+    s.ok(&["tag", &app, &sibling]);
+    let (mounted, _) = s.ok(&["push", &sibling]);
+    assert!(mounted.contains("0 uploaded, 4 mounted"), "{mounted}");
+
+    // rmi, pull: the same image.
+    s.ok(&["rmi", &app, &sibling]);
+    let (pulled, _) = s.ok(&["pull", &app]);
+    assert!(pulled.contains(&digest), "{pulled}");
+    assert_eq!(manifest_digest(&s, &app), digest);
+    let (pulled, _) = s.ok(&["pull", &app]);
+    assert!(
+        pulled.contains("0 blobs fetched"),
+        "nothing fetched twice: {pulled}"
+    );
+
+    // kiln pulls what skopeo pushed (a docker-archive made by kiln save).
+    let archive = s.dir.path().join("app.tar");
+    s.ok(&["save", "-o", archive.to_str().unwrap(), &app]);
+    let copied = format!("{}/skopeo/app:2", registry.addr);
+    let copy = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{copied}"))
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "{}", stderr(&copy));
+    s.ok(&["pull", &copied]);
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", &copied]).0).unwrap();
+    assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+
+    // FROM an image in the registry pulls it; a second build pulls
+    // nothing (the registry is gone by then).
+    let base = format!("{}/base/busybox:1", registry.addr);
+    s.ok(&["tag", "base:busybox", &base]);
+    s.ok(&["push", &base]);
+    s.ok(&["rmi", &base]);
+    let dockerfile = format!("FROM {base}\nRUN echo from-registry > /x\n");
+    let out = s.build(&dockerfile, &["-t", "child:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(registry);
+    let out = s.build(&dockerfile, &["-t", "child:2"]);
+    assert!(
+        out.status.success(),
+        "no pull the second time: {}",
+        stderr(&out)
+    );
+    let out = s.build("FROM 127.0.0.1:9/nothere:1\n", &["--pull=never"]);
+    assert!(
+        stderr(&out).contains("not in the local store"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn basic_auth_and_login() {
+    if !registry_ready() || !have_tool("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let made = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["kiln", "s3cret-pass"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let registry = Registry::start(Some(&htpasswd));
+    let s = Setup::new();
+    let docker_config: PathBuf = dir.path().join("docker");
+    let transcript = std::cell::RefCell::new(String::new());
+    let kiln = |args: &[&str], stdin: &str| {
+        let mut child = crate::harness::kiln()
+            .env("KILN_ROOT", &s.root)
+            .env("DOCKER_CONFIG", &docker_config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let mut t = transcript.borrow_mut();
+        t.push_str(&String::from_utf8_lossy(&out.stdout));
+        t.push_str(&String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let app = format!("{}/private/app:1", registry.addr);
+    s.ok(&["tag", "base:busybox", &app]);
+
+    let out = kiln(&["push", &app], "");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("{}/private/app", registry.addr))
+            && stderr(&out).contains("kiln login"),
+        "names the registry and the way out: {}",
+        stderr(&out)
+    );
+
+    let out = kiln(
+        &["login", &registry.addr, "-u", "kiln", "--password-stdin"],
+        "wrong\n",
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong"), "no password in errors");
+
+    let out = kiln(
+        &["login", &registry.addr, "-u", "kiln", "--password-stdin"],
+        "s3cret-pass\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(config.contains(&registry.addr), "{config}");
+    assert!(
+        !config.contains("s3cret-pass"),
+        "stored as Docker does (base64)"
+    );
+
+    let out = kiln(&["push", &app], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = kiln(&["rmi", &app], "");
+    assert!(out.status.success());
+    let out = kiln(&["pull", &app], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !transcript.borrow().contains("s3cret-pass"),
+        "credentials never printed"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut h = kiln_cache::Hasher::default();
+    h.update(bytes);
+    h.finish().hex().to_owned()
+}
