@@ -171,6 +171,24 @@ fn push_rmi_pull_and_skopeo_agree() {
     let dockerfile = format!("FROM {base}\nRUN echo from-registry > /x\n");
     let out = s.build(&dockerfile, &["-t", "child:1"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Build and push in one command, buildctl's way.
+    let built = format!("{}/team/built:1", registry.addr);
+    let out = s.build(
+        &dockerfile,
+        &["-o", &format!("type=image,name={built},push=true")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pushing {built} done")),
+        "{}",
+        stderr(&out)
+    );
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{built}"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
     drop(registry);
     let out = s.build(&dockerfile, &["-t", "child:2"]);
     assert!(

@@ -15,8 +15,9 @@ use crate::image::{self, ImageError, Result};
 /// One `-o` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// The image store (tags from `-t`).
-    Image,
+    /// The image store: tagged with `-t` and `name=`, then pushed to the
+    /// names' registries with `push=true`.
+    Image { names: Vec<String>, push: bool },
     /// A docker-archive file (`docker load` reads it).
     Docker(PathBuf),
     /// An OCI layout tar.
@@ -36,12 +37,22 @@ impl Output {
         }
         let mut kind = None;
         let mut dest = None;
+        let mut names = Vec::new();
+        let mut push = false;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", t)) => kind = Some(t.to_owned()),
                 Some(("dest", d)) => dest = Some(PathBuf::from(d)),
-                // Accepted for buildctl compatibility; the store tags come from -t.
-                Some(("name" | "push" | "compression" | "compression-level", _)) => {}
+                Some(("name", n)) => names.push(n.to_owned()),
+                Some(("push", p)) => {
+                    push = match p {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("--output {spec:?}: push is true or false")),
+                    };
+                }
+                // Read by the build (`LayerCompression`), for every output.
+                Some(("compression" | "compression-level", _)) => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }
@@ -50,7 +61,7 @@ impl Output {
                 .ok_or_else(|| format!("--output {spec:?}: type={kind} needs dest=PATH"))
         };
         match kind.as_deref() {
-            Some("image") => Ok(Self::Image),
+            Some("image") => Ok(Self::Image { names, push }),
             Some("docker") => Ok(Self::Docker(need_dest("docker")?)),
             Some("oci") => Ok(Self::Oci(need_dest("oci")?)),
             Some("local") => Ok(Self::Local(need_dest("local")?)),
@@ -68,7 +79,8 @@ pub fn export(store: &Store, built: &Built, name: Option<&str>, output: &Output)
     let (os, arch) = image::host_platform();
     let img = || image::read_image(store, &built.manifest, (&os, &arch));
     match output {
-        Output::Image => Ok(()),
+        // Tagging and pushing are the caller's (they need the tags).
+        Output::Image { .. } => Ok(()),
         Output::Docker(dest) => save_images_to_file(
             store,
             &[(name.unwrap_or_default().to_owned(), img()?)],
@@ -148,8 +160,11 @@ mod tests {
             Ok(Output::Oci("o.tar".into()))
         );
         assert_eq!(
-            Output::parse("type=image,name=x,push=false"),
-            Ok(Output::Image)
+            Output::parse("type=image,name=x,push=true"),
+            Ok(Output::Image {
+                names: vec!["x".into()],
+                push: true
+            })
         );
         assert_eq!(Output::parse("out"), Ok(Output::Local("out".into())));
         assert!(

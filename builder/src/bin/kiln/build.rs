@@ -190,7 +190,7 @@ impl Build {
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
         let dockerfile = source.read()?;
         let dockerignore = source.dockerignore(&self.context)?;
-        let tags = self
+        let mut tags = self
             .tags
             .iter()
             .map(|t| kiln_builder::image::normalize(t))
@@ -214,6 +214,19 @@ impl Build {
             .iter()
             .map(|o| kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
+        let mut push = false;
+        for output in &outputs {
+            if let kiln_builder::output::Output::Image { names, push: p } = output {
+                for name in names {
+                    tags.push(kiln_builder::image::normalize(name).context("--output name=")?);
+                }
+                push |= p;
+            }
+        }
+        anyhow::ensure!(
+            !push || !tags.is_empty(),
+            "--output push=true needs a name (name= or -t)"
+        );
         let compression = compression_of(&self.outputs)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
@@ -266,6 +279,17 @@ impl Build {
         };
         for output in &outputs {
             kiln_builder::output::export(&store, &built, tags.first().map(String::as_str), output)?;
+        }
+        if push {
+            for tag in &tags {
+                let pushed = kiln_builder::registry::push(&store, tag, &request.registry)?;
+                if !quiet {
+                    eprintln!(
+                        "pushing {tag} done ({} uploaded, {} mounted, {} already there)",
+                        pushed.uploaded, pushed.mounted, pushed.skipped
+                    );
+                }
+            }
         }
         if quiet {
             println!("{}", built.config);
