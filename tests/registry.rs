@@ -483,3 +483,56 @@ fn bearer_tokens_from_a_token_service() {
     let out = run(&["pull", &app], "");
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn build_cache_round_trip_through_a_registry() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let cache = format!("{}/cache/app:buildcache", registry.addr);
+    let dockerfile = "FROM base:busybox AS deps\nRUN echo deps > /deps\nFROM base:busybox\nCOPY --from=deps /deps /deps\nCOPY version.txt /\nRUN --mount=type=cache,target=/c,id=pkgs cat /c/seen > /before 2>/dev/null; cat /version.txt > /c/seen\nRUN echo final > /final\n";
+    let a = Setup::new();
+    fs::write(a.context.join("version.txt"), "1\n").unwrap();
+    let out = a.build(
+        dockerfile,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},cache-mounts=true"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("exporting cache to {cache} done")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A fresh store: every step comes from the registry's cache, no RUN runs.
+    let b = Setup::new();
+    fs::write(b.context.join("version.txt"), "1\n").unwrap();
+    let from = format!("type=registry,ref={cache}");
+    let out = b.build(dockerfile, &["--cache-from", &from, "-t", "b:1"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("importing cache from") && log.contains("1 cache mounts"),
+        "{log}"
+    );
+    assert_eq!(log.matches(" DONE").count(), 0, "nothing ran: {log}");
+    assert_eq!(log.matches(" CACHED").count(), 5, "{log}");
+
+    // A changed input re-runs its step, which finds the imported cache mount.
+    fs::write(b.context.join("version.txt"), "2\n").unwrap();
+    let rootfs = b.dir.path().join("rootfs");
+    let out = b.build(
+        dockerfile,
+        &["-o", &format!("type=local,dest={}", rootfs.display())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("before")).unwrap(),
+        "1\n",
+        "the step found what store A's run left in the cache mount"
+    );
+}

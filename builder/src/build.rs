@@ -67,6 +67,8 @@ pub struct BuildRequest {
 pub struct Built {
     pub manifest: Digest,
     pub config: Digest,
+    /// Every step's cache key and layer, for `--cache-to`.
+    pub steps: Vec<(String, crate::solve::Layer)>,
 }
 
 /// Base images come from kiln's store, pulled into it as `--pull` says.
@@ -174,6 +176,7 @@ pub fn build(
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),
         compression: req.compression,
+        steps: Default::default(),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")
@@ -230,5 +233,9 @@ pub fn build(
     Ok(Built {
         manifest,
         config: config_digest,
+        steps: solver
+            .steps
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     })
 }

@@ -13,6 +13,7 @@
 //! their digests.
 
 mod auth;
+pub mod cache;
 mod pull;
 mod push;
 mod session;

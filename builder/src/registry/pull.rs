@@ -126,7 +126,7 @@ pub fn pull(store: &Store, name: &str, options: &Options) -> Result<Pulled> {
 }
 
 /// A manifest's bytes and media type.
-fn manifest(session: &Session, reference: &str) -> Result<(Vec<u8>, String)> {
+pub(super) fn manifest(session: &Session, reference: &str) -> Result<(Vec<u8>, String)> {
     let what = format!("manifest {reference}");
     let url = session.url(&format!("manifests/{reference}"));
     let accept = MANIFEST_TYPES.join(", ");
@@ -178,7 +178,7 @@ fn pick_platform(session: &Session, index: &[u8], options: &Options) -> Result<S
 
 /// Fetches `blobs` into the store, up to [`PARALLEL`] at once; the bytes
 /// fetched.
-fn fetch_all(store: &Store, session: &Session, blobs: &[(Digest, u64)]) -> Result<u64> {
+pub(super) fn fetch_all(store: &Store, session: &Session, blobs: &[(Digest, u64)]) -> Result<u64> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<u64>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..PARALLEL.min(blobs.len()))

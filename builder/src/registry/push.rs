@@ -31,24 +31,36 @@ pub struct Pushed {
 pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
     let (full, image) = image::resolve(store, name)?;
     let reference = Reference::parse(&full)?;
-    let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
     let manifest_bytes = store.content.read(&image.manifest_digest)?;
-    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
+    let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
+    blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
+    push_manifest(store, &reference, &manifest_bytes, &blobs, options)
+}
+
+/// Pushes `blobs` (from the store) and then `manifest` under the
+/// reference's tag (or its digest): an image, or kiln's build cache.
+pub(super) fn push_manifest(
+    store: &Store,
+    reference: &Reference,
+    manifest: &[u8],
+    blobs: &[(Digest, u64)],
+    options: &Options,
+) -> Result<Pushed> {
+    let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(manifest)
         .ok()
         .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
         .unwrap_or_else(|| image::OCI_MANIFEST.to_owned());
-    let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
-    blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
     let mut pushed = Pushed {
-        manifest: image.manifest_digest.clone(),
+        manifest: Digest::of(manifest),
         uploaded: 0,
         mounted: 0,
         skipped: 0,
     };
-    for (digest, size) in &blobs {
+    for (digest, size) in blobs {
         if exists(&session, digest)? {
             pushed.skipped += 1;
-        } else if mount(store, &session, &reference, digest)? {
+        } else if mount(store, &session, reference, digest)? {
             pushed.mounted += 1;
         } else {
             upload(store, &session, digest, *size)?;
@@ -58,13 +70,14 @@ pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
     let tag = reference
         .tag
         .clone()
-        .unwrap_or_else(|| image.manifest_digest.to_string());
+        .unwrap_or_else(|| pushed.manifest.to_string());
     let what = format!("manifest {tag}");
     let url = session.url(&format!("manifests/{tag}"));
+    let body = manifest.to_vec();
     let response = session.send(&what, &|http| {
         http.put(&url)
             .header(CONTENT_TYPE, &media_type)
-            .body(manifest_bytes.clone())
+            .body(body.clone())
     })?;
     if !response.status().is_success() {
         return Err(session.status_error(&what, response));

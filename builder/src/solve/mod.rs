@@ -118,6 +118,9 @@ pub struct Solver<'a> {
     pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
     /// How new layers are written (the build's `-o …,compression=`).
     pub compression: crate::compress::LayerCompression,
+    /// Every step's cache key and layer, run or cached, as the build went
+    /// (what `--cache-to` exports). Start with `Default::default()`.
+    pub steps: std::sync::Mutex<Vec<(String, Layer)>>,
 }
 
 impl Solver<'_> {
@@ -368,13 +371,15 @@ impl Solver<'_> {
         if let Some(record) = cached.filter(|r| self.store.content.has(&r.blob)) {
             self.store.meta.touch(&record.blob, crate::image::now())?;
             self.emit(Event::Cached { vertex: index });
-            let mut chain = base;
-            chain.push(Layer {
+            let layer = Layer {
                 blob: record.blob,
                 diff_id: record.diff_id,
                 media_type: record.media_type,
                 size: record.size,
-            });
+            };
+            self.record_step(key, &layer);
+            let mut chain = base;
+            chain.push(layer);
             return Ok(Fs::Layers(chain));
         }
         let layer = match kind {
@@ -393,6 +398,7 @@ impl Solver<'_> {
             },
         )?;
         self.store.meta.flush()?;
+        self.record_step(key, &layer);
         self.emit(Event::Done {
             vertex: index,
             seconds: start.elapsed().as_secs_f64(),
@@ -400,6 +406,13 @@ impl Solver<'_> {
         let mut chain = base;
         chain.push(layer);
         Ok(Fs::Layers(chain))
+    }
+
+    fn record_step(&self, key: &str, layer: &Layer) {
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((key.to_owned(), layer.clone()));
     }
 
     /// The part of the cache key that comes from context files the op reads.

@@ -37,6 +37,12 @@ pub(crate) struct Build {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// Export the build cache of every step: `type=registry,ref=REF[,cache-mounts=true]`.
+    #[arg(long = "cache-to", value_name = "type=registry,ref=REF")]
+    cache_to: Vec<String>,
+    /// Import a build cache exported with --cache-to: `type=registry,ref=REF`.
+    #[arg(long = "cache-from", value_name = "type=registry,ref=REF")]
+    cache_from: Vec<String>,
     /// When to pull base images: missing (default), always, never.
     #[arg(long, value_name = "POLICY", default_value = "missing", num_args = 0..=1, default_missing_value = "always")]
     pull: String,
@@ -98,6 +104,28 @@ fn compression_of(outputs: &[String]) -> Result<LayerCompression> {
             })?;
     }
     Ok(compression)
+}
+
+/// A `--cache-to`/`--cache-from` value: the registry reference and whether
+/// cache mounts go along.
+fn cache_spec(flag: &str, spec: &str) -> Result<(String, bool)> {
+    let (mut kind, mut reference, mut mounts) = (None, None, false);
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("type", t)) => kind = Some(t),
+            Some(("ref", r)) => reference = Some(r.to_owned()),
+            Some(("cache-mounts", v)) => mounts = v == "true",
+            // BuildKit's export modes: kiln always exports every step.
+            Some(("mode", "max" | "min")) => {}
+            _ => anyhow::bail!("{flag} {spec}: unknown field {field:?}"),
+        }
+    }
+    anyhow::ensure!(
+        kind == Some("registry"),
+        "{flag} {spec}: kiln keeps caches in registries only (type=registry,ref=REF)"
+    );
+    let reference = reference.with_context(|| format!("{flag} {spec}: no ref="))?;
+    Ok((reference, mounts))
 }
 
 /// `ID[=SOCKET]` of `--ssh`: the agent's socket (default `$SSH_AUTH_SOCK`).
@@ -259,6 +287,18 @@ impl Build {
         };
         let quiet = self.quiet;
         let json = self.progress == Mode::Json;
+        for spec in &self.cache_from {
+            let (reference, _) = cache_spec("--cache-from", spec)?;
+            // As BuildKit: a cache that cannot be imported is a warning.
+            match kiln_builder::registry::cache::import(&store, &reference, &request.registry) {
+                Ok(i) if !quiet => eprintln!(
+                    "importing cache from {reference}: {} steps, {} cache mounts",
+                    i.records, i.mounts
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: importing cache from {reference}: {e}"),
+            }
+        }
         let mut printer = Printer::new(self.progress, quiet);
         let mut progress = |event: Event| printer.event(event);
         let result = build(&store, &worker, &request, &mut progress);
@@ -279,6 +319,24 @@ impl Build {
         };
         for output in &outputs {
             kiln_builder::output::export(&store, &built, tags.first().map(String::as_str), output)?;
+        }
+        for spec in &self.cache_to {
+            let (reference, mounts) = cache_spec("--cache-to", spec)?;
+            let pushed = kiln_builder::registry::cache::export(
+                &store,
+                &reference,
+                &built.steps,
+                mounts,
+                &request.registry,
+            )?;
+            if !quiet {
+                eprintln!(
+                    "exporting cache to {reference} done ({} steps; {} uploaded, {} already there)",
+                    built.steps.len(),
+                    pushed.uploaded,
+                    pushed.skipped
+                );
+            }
         }
         if push {
             for tag in &tags {
