@@ -19,6 +19,8 @@ pub struct Options {
     pub insecure: Vec<String>,
     /// `os/arch` to pick from a multi-platform image; default: the host's.
     pub platform: Option<(String, String)>,
+    /// Upload chunk size in bytes; 0: kiln's default (128 MiB).
+    pub chunk_size: u64,
 }
 
 impl Options {
@@ -222,7 +224,7 @@ mod tests {
     fn loopback_and_listed_hosts_use_plain_http() {
         let o = Options {
             insecure: vec!["registry.lan:5000".into()],
-            platform: None,
+            ..Options::default()
         };
         assert!(o.plain_http("127.0.0.1:5000"));
         assert!(o.plain_http("localhost"));

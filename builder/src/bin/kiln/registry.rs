@@ -33,6 +33,7 @@ impl RegistryArgs {
         Ok(registry::Options {
             insecure: self.insecure.clone(),
             platform,
+            chunk_size: 0,
         })
     }
 }
