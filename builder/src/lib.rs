@@ -1,9 +1,11 @@
 //! kiln's builder: everything between a build request and an image.
 //!
 //! Owns: the build context on the client side ([`context`]: the Dockerfile
-//! and `.dockerignore` lookup), and — as kiln grows — the solver, the image
-//! model, exporters, the registry client and the control service, with the
-//! `kiln` CLI and `kilnd` daemon binaries on top.
+//! and `.dockerignore` lookup), the solver ([`solve`]), building an image
+//! ([`build`], [`compress`]), the image model ([`image`]), archives
+//! ([`archive`]), outputs ([`output`]), the image commands ([`images`]) and
+//! the registry client ([`registry`]), with the `kiln` CLI on top; later
+//! the control service and the `kilnd` daemon.
 //!
 //! Does not own: Dockerfile semantics (`kiln-frontend`), running ops
 //! (`kiln-worker`), or storage (`kiln-cache`).
