@@ -126,3 +126,9 @@ impl Setup {
         self.kiln(&args)
     }
 }
+
+/// Asserts that `out`'s standard error says `needle` (and shows it if not).
+pub(crate) fn assert_stderr_has(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+}

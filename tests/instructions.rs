@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::busybox::{Setup, ready};
+use crate::busybox::{Setup, assert_stderr_has, ready};
 use crate::harness::have_tool;
 use crate::httpd::Httpd;
 
@@ -275,11 +275,7 @@ CMD ["cat /srv/app/greeting"]
         &format!("FROM base:busybox\nADD {} /x\n", http.url("missing.txt")),
         &[],
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("404"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_has(&out, "404");
 }
 
 #[test]
@@ -310,18 +306,10 @@ COPY --from=first /before /after /shadow /forms /pwd /
 RUN echo "[$LOCAL][$VERSION]" > /second
 "#;
     let rootfs = s.dir.path().join("rootfs");
+    let build_args = ["--build-arg", "VERSION=2.0", "--build-arg", "LOCAL=given"];
     let out = s.build(
         dockerfile,
-        &[
-            "--build-arg",
-            "VERSION=2.0",
-            "--build-arg",
-            "LOCAL=given",
-            "--target",
-            "first",
-            "-t",
-            "scoped:1",
-        ],
+        &[&build_args[..], &["--target", "first", "-t", "scoped:1"]].concat(),
     );
     assert!(
         out.status.success(),
@@ -347,17 +335,7 @@ RUN echo "[$LOCAL][$VERSION]" > /second
     assert_eq!(inspect[0]["Config"]["WorkingDir"], "/w/given");
 
     let local = format!("type=local,dest={}", rootfs.display());
-    let out = s.build(
-        dockerfile,
-        &[
-            "--build-arg",
-            "VERSION=2.0",
-            "--build-arg",
-            "LOCAL=given",
-            "-o",
-            &local,
-        ],
-    );
+    let out = s.build(dockerfile, &[&build_args[..], &["-o", &local]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -462,11 +440,7 @@ fn ssh_agent_mounts() {
         "FROM base:busybox\n",
         &["--ssh", &format!("default={}", not_socket.display())],
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not an agent socket"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_has(&out, "is not an agent socket");
 }
 
 #[test]

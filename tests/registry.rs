@@ -90,6 +90,27 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `kiln ARGS` on `s`'s store with Docker's config in `docker_config` and
+/// `stdin` as its input (a password for `login`).
+fn kiln_with_config(
+    s: &Setup,
+    docker_config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    let mut child = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .env("DOCKER_CONFIG", docker_config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn manifest_digest(s: &Setup, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", name]).0).unwrap();
     v[0]["Manifest"]["digest"].as_str().unwrap().to_owned()
@@ -228,17 +249,7 @@ fn basic_auth_and_login() {
     let docker_config: PathBuf = dir.path().join("docker");
     let transcript = std::cell::RefCell::new(String::new());
     let kiln = |args: &[&str], stdin: &str| {
-        let mut child = crate::harness::kiln()
-            .env("KILN_ROOT", &s.root)
-            .env("DOCKER_CONFIG", &docker_config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = kiln_with_config(&s, &docker_config, args, stdin);
         let mut t = transcript.borrow_mut();
         t.push_str(&String::from_utf8_lossy(&out.stdout));
         t.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -445,19 +456,7 @@ fn bearer_tokens_from_a_token_service() {
     ));
     let s = Setup::new();
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], stdin: &str| {
-        let mut child = crate::harness::kiln()
-            .env("KILN_ROOT", &s.root)
-            .env("DOCKER_CONFIG", dir.path())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let run = |args: &[&str], stdin: &str| kiln_with_config(&s, dir.path(), args, stdin);
     let app = format!("{}/tokens/app:1", registry.addr);
     s.ok(&["tag", "base:busybox", &app]);
     let out = run(&["push", &app], "");
