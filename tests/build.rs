@@ -135,6 +135,12 @@ fn failures_name_the_step_and_tag_nothing() {
     assert!(stderr.ends_with("error: [stage-0 2/2] RUN echo about to fail && exit 3 (Dockerfile line 3): did not complete successfully: exit code 3\n"), "{stderr}");
     assert!(!s.ok(&["images"]).0.contains("broken"), "nothing tagged");
 
+    let out = s.build("FROM base:busybox\nRUN true\nCOPPY a b\n", &["-t", "x:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("line 3") && stderr.contains("COPY"),
+        "the line and a suggestion: {stderr}"
+    );
     let out = s.build("FROM nothere:1\n", &["-t", "x:1", "--pull=never"]);
     assert!(
         String::from_utf8_lossy(&out.stderr)

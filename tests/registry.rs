@@ -535,3 +535,123 @@ fn build_cache_round_trip_through_a_registry() {
         "the step found what store A's run left in the cache mount"
     );
 }
+
+#[test]
+fn indexes_pick_the_platform_and_helpers_give_credentials() {
+    if !registry_ready() || !have_tool("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let made = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["helper-user", "helper-pass"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let registry = Registry::start(Some(&htpasswd));
+
+    // A credential helper, as `docker-credential-*` programs answer `get`.
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-kilntest");
+    fs::write(
+        &helper,
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"{\\\"ServerURL\\\":\\\"$server\\\",\\\"Username\\\":\\\"helper-user\\\",\\\"Secret\\\":\\\"helper-pass\\\"}\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.path().join("docker");
+    fs::create_dir_all(&config).unwrap();
+    fs::write(
+        config.join("config.json"),
+        format!(
+            "{{\"credHelpers\": {{\"{}\": \"kilntest\"}}}}",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let s = Setup::new();
+    let kiln = |args: &[&str]| {
+        crate::harness::kiln()
+            .env("KILN_ROOT", &s.root)
+            .env("DOCKER_CONFIG", &config)
+            .env("PATH", &path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let one = format!("{}/multi/app:amd64", registry.addr);
+    s.ok(&["tag", "base:busybox", &one]);
+    let out = kiln(&["push", &one]);
+    assert!(
+        out.status.success(),
+        "the helper's credentials: {}",
+        stderr(&out)
+    );
+
+    // Another image for another platform.
+    let two = format!("{}/multi/app:other", registry.addr);
+    let out = s.build("FROM base:busybox\nRUN echo other > /o\n", &["-t", &two]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(kiln(&["push", &two]).status.success());
+
+    // An index with this machine's platform and another one.
+    let entry = |name: &str, arch: &str| {
+        let digest = manifest_digest(&s, name);
+        let size = fs::metadata(
+            s.root
+                .join("content/blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+        .len();
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": {"os": "linux", "architecture": arch}})
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other = if arch == "amd64" { "arm64" } else { "amd64" };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&two, other), entry(&one, arch)],
+    });
+    let put = reqwest::blocking::Client::new()
+        .put(format!(
+            "http://{}/v2/multi/app/manifests/both",
+            registry.addr
+        ))
+        .basic_auth("helper-user", Some("helper-pass"))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(index.to_string())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let both = format!("{}/multi/app:both", registry.addr);
+    let out = kiln(&["pull", &both]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        manifest_digest(&s, &both),
+        manifest_digest(&s, &one),
+        "this machine's entry"
+    );
+    let out = kiln(&["pull", "--platform", &format!("linux/{other}"), &both]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(manifest_digest(&s, &both), manifest_digest(&s, &two));
+    let out = kiln(&["pull", "--platform", "linux/s390x", &both]);
+    assert!(
+        stderr(&out).contains("no linux/s390x image"),
+        "{}",
+        stderr(&out)
+    );
+}
