@@ -220,6 +220,35 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// A server that answers 429 (Retry-After: 0) twice, then 200.
+    #[test]
+    fn rate_limits_are_retried() {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            for n in 0..3 {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(&conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let answer: &[u8] = if n < 2 {
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                };
+                (&conn).write_all(answer).unwrap();
+            }
+        });
+        let session = Session::new(&addr, "r", &Options::default(), "pull").unwrap();
+        let url = session.url("manifests/1");
+        let response = session.send("manifest 1", &|http| http.get(&url)).unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        server.join().unwrap();
+    }
+
     #[test]
     fn loopback_and_listed_hosts_use_plain_http() {
         let o = Options {
