@@ -42,7 +42,13 @@ pub(super) fn scratch(parent: &Path) -> Result<tempfile::TempDir, String> {
 
 /// Downloads `source.url` into `dir/<filename>` (mode 0600, mtime from
 /// `Last-Modified`, as Docker does), checking `--checksum` when given.
-pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
+/// `progress` hears the bytes so far (and the total, when the server says)
+/// about once a second, and at the end.
+pub(super) fn http(
+    source: &HttpSource,
+    scratch: tempfile::TempDir,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<Fetched, String> {
     let dir = scratch.path();
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
@@ -74,6 +80,8 @@ pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fe
     let mut file = std::fs::File::create(&path).map_err(io_err)?;
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; 1 << 16];
+    let total = response.content_length();
+    let (mut current, mut said) = (0u64, std::time::Instant::now());
     loop {
         let n = response
             .read(&mut buf)
@@ -83,7 +91,13 @@ pub(super) fn http(source: &HttpSource, scratch: tempfile::TempDir) -> Result<Fe
         }
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(io_err)?;
+        current += n as u64;
+        if said.elapsed() >= std::time::Duration::from_secs(1) {
+            progress(current, total);
+            said = std::time::Instant::now();
+        }
     }
+    progress(current, total);
     let digest = format!("sha256:{}", hasher.finish());
     if !source.checksum.is_empty() && source.checksum != digest {
         return Err(format!(

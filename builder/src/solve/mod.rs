@@ -62,6 +62,13 @@ pub enum Event {
         vertex: usize,
         seconds: f64,
     },
+    /// Bytes of a download so far (`ADD <url>`), about once a second and
+    /// at the end; `total` when the server said.
+    Bytes {
+        vertex: usize,
+        current: u64,
+        total: Option<u64>,
+    },
     /// The step failed; the build stops (`error` is the cause alone).
     Failed {
         vertex: usize,
@@ -335,7 +342,24 @@ impl Solver<'_> {
         };
         // Sources and merges do no work worth reporting or caching.
         match kind {
-            Kind::Source(source) => return self.source(source),
+            Kind::Source(source) => {
+                use kiln_proto::ops::v1::source_op::Source;
+                // Downloads and clones are work to show; images and the
+                // context are not.
+                if !matches!(source.source, Some(Source::Http(_) | Source::Git(_))) {
+                    return self.source(index, source);
+                }
+                self.emit(Event::Started {
+                    vertex: index,
+                    description: vertex.meta.description.clone(),
+                });
+                let fs = self.source(index, source)?;
+                self.emit(Event::Done {
+                    vertex: index,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                return Ok(fs);
+            }
             Kind::Merge(_) => {
                 return Ok(Fs::Layers(
                     inputs

@@ -30,7 +30,7 @@ fn step_err(reason: impl std::fmt::Display) -> SolveError {
 }
 
 impl Solver<'_> {
-    pub(super) fn source(&self, source: &SourceOp) -> Result<Fs> {
+    pub(super) fn source(&self, index: usize, source: &SourceOp) -> Result<Fs> {
         match &source.source {
             Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.context.clone())),
             Some(source_op::Source::Image(img)) => {
@@ -61,9 +61,15 @@ impl Solver<'_> {
             }
             Some(source_op::Source::Http(h)) => {
                 let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;
-                Ok(Fs::Fetched(Arc::new(
-                    fetch::http(h, scratch).map_err(step_err)?,
-                )))
+                let mut bytes = |current, total| {
+                    self.emit(Event::Bytes {
+                        vertex: index,
+                        current,
+                        total,
+                    });
+                };
+                let fetched = fetch::http(h, scratch, &mut bytes).map_err(step_err)?;
+                Ok(Fs::Fetched(Arc::new(fetched)))
             }
             Some(source_op::Source::Git(g)) => {
                 let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;

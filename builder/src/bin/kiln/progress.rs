@@ -106,6 +106,11 @@ fn plain(log_bytes: &mut HashMap<usize, usize>, event: Event) {
             }
         }
         Event::Done { vertex, seconds } => say!("#{vertex} DONE {seconds:.1}s"),
+        Event::Bytes {
+            vertex,
+            current,
+            total,
+        } => say!("#{vertex} {}", bytes_text(current, total)),
         Event::Failed { vertex, error } => say!("#{vertex} ERROR: {error}"),
     }
 }
@@ -199,6 +204,30 @@ struct Step {
     description: String,
     state: State,
     tail: VecDeque<String>,
+    /// A download's progress, shown after the description.
+    bytes: Option<String>,
+}
+
+/// `12.0 MiB / 1.0 GiB`, or `12.0 MiB` when the total is unknown.
+fn bytes_text(current: u64, total: Option<u64>) -> String {
+    fn human(n: u64) -> String {
+        const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+        let mut value = n as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            format!("{n} B")
+        } else {
+            format!("{value:.1} {}", UNITS[unit])
+        }
+    }
+    match total {
+        Some(t) => format!("{} / {}", human(current), human(t)),
+        None => human(current),
+    }
 }
 
 /// What the live view shows, updated by events and drawn by [`View::frame`].
@@ -233,6 +262,7 @@ impl View {
                     description,
                     state: State::Running(now),
                     tail: VecDeque::new(),
+                    bytes: None,
                 });
             }
             Event::Cached { vertex } => {
@@ -252,6 +282,15 @@ impl View {
             Event::Done { vertex, seconds } => {
                 if let Some(i) = step(self, vertex) {
                     self.steps[i].state = State::Done(seconds);
+                }
+            }
+            Event::Bytes {
+                vertex,
+                current,
+                total,
+            } => {
+                if let Some(i) = step(self, vertex) {
+                    self.steps[i].bytes = Some(bytes_text(current, total));
                 }
             }
             Event::Failed { vertex, .. } => {
@@ -295,8 +334,12 @@ impl View {
                 State::Done(s) => ("", format!("{s:.1}s")),
                 State::Failed(s) => ("ERROR ", format!("{s:.1}s")),
             };
+            let bytes = step
+                .bytes
+                .as_ref()
+                .map_or(String::new(), |b| format!(" {b}"));
             lines.push(fit(
-                &format!(" => {marker}{}", step.description),
+                &format!(" => {marker}{}{bytes}", step.description),
                 &timer,
                 width,
             ));
@@ -427,6 +470,27 @@ mod tests {
             1 + 31 + 1,
             "the last frame has every step"
         );
+    }
+
+    #[test]
+    fn downloads_show_their_bytes() {
+        let t0 = Instant::now();
+        let mut view = View::new(t0);
+        view.apply(
+            started(4, "[stage-0 2/2] ADD https://example.com/x.tgz /x"),
+            t0,
+        );
+        view.apply(
+            Event::Bytes {
+                vertex: 4,
+                current: 3 << 20,
+                total: Some(1 << 30),
+            },
+            t0,
+        );
+        let frame = view.frame(t0, 120, 40, false);
+        assert!(frame[1].contains("/x 3.0 MiB / 1.0 GiB"), "{frame:?}");
+        assert_eq!(bytes_text(512, None), "512 B");
     }
 
     #[test]
