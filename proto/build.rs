@@ -4,16 +4,22 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["kiln/ops/v1/ops.proto"];
+    let protos = ["kiln/ops/v1/ops.proto", "kiln/control/v1/control.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["."])?;
+    // For gRPC server reflection.
+    std::fs::write(
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("kiln_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     // `kiln debug graph --format json` prints ops through serde; enum fields
     // (i32 on the wire) and bytes print by name and as text.
+    // Services (the control API) get a server and a client; ops are data.
     let mut config = tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(false)
+        .build_client(true)
+        .build_server(true)
         .type_attribute(".kiln.ops.v1", "#[derive(serde::Serialize)]");
     for (field, with) in [
         ("ExecOp.network", "network_mode"),

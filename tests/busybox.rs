@@ -104,6 +104,27 @@ impl Setup {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Like [`Setup::layers_text`], with the image read through kilnd.
+    pub(crate) fn layers_text_through(&self, addr: &str, name: &str) -> String {
+        let (json, _) = self.ok(&["--addr", addr, "inspect", name]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut text = String::new();
+        for layer in v[0]["Manifest"]["layers"].as_array().into_iter().flatten() {
+            let digest = layer["digest"].as_str().unwrap_or_default();
+            let path = self
+                .root
+                .join("content/blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"));
+            let out = Command::new("tar")
+                .arg("-xOzf")
+                .arg(&path)
+                .output()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        text
+    }
+
     pub(crate) fn kiln(&self, args: &[&str]) -> std::process::Output {
         run(kiln().env("KILN_ROOT", &self.root).args(args))
     }

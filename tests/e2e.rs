@@ -11,5 +11,6 @@ mod harness;
 mod httpd;
 mod images;
 mod instructions;
+mod kilnd;
 mod noise;
 mod registry;

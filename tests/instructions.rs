@@ -124,7 +124,10 @@ CMD ["cat /srv/app/greeting"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("+ echo shelled"), "SHELL -x: {stderr}");
-    assert!(stderr.contains(" 13 B / 13 B\n"), "a download's bytes: {stderr}");
+    assert!(
+        stderr.contains(" 13 B / 13 B\n"),
+        "a download's bytes: {stderr}"
+    );
 
     let read = |p: &str| fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     let mode = |p: &str| {

@@ -95,6 +95,46 @@ impl DockerfileSource {
     }
 }
 
+/// Writes the context directory as one tar stream, leaving out what
+/// `.dockerignore` excludes (kiln sends a context to kilnd this way, as
+/// BuildKit's client does). Symlinks are sent as links, never followed.
+pub fn write_tar<W: std::io::Write>(
+    dir: &Path,
+    ignore: &kiln_frontend::dockerignore::Matcher,
+    out: W,
+) -> std::io::Result<W> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            dir.to_owned()
+        } else {
+            dir.join(&rel)
+        };
+        let mut names: Vec<String> = std::fs::read_dir(&path)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for name in names.into_iter().rev() {
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if ignore.excludes(&child) {
+                continue;
+            }
+            let full = dir.join(&child);
+            tar.append_path_with_name(&full, &child)?;
+            if std::fs::symlink_metadata(&full)?.is_dir() {
+                stack.push(child);
+            }
+        }
+    }
+    tar.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

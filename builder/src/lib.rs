@@ -14,6 +14,7 @@ pub mod archive;
 pub mod build;
 pub mod compress;
 pub mod context;
+pub mod control;
 pub mod image;
 pub mod images;
 pub mod output;

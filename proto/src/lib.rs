@@ -8,6 +8,21 @@
 //! the code that produces or consumes them (`kiln-frontend` builds ops,
 //! the solver and workers run them).
 
+/// kilnd's control API (`kiln/control/v1/control.proto`): builds and the
+/// image store, for the CLI and CI systems.
+pub mod control {
+    /// Version 1. Field numbers are stable.
+    #[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/kiln.control.v1.rs"));
+    }
+}
+
+/// The encoded descriptors of every kiln `.proto`, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kiln_descriptor.bin"));
+
 /// The build graph: one [`ops::v1::Op`] per vertex, inputs by digest.
 pub mod ops {
     /// Version 1 of the graph encoding. Field numbers are stable.

@@ -194,7 +194,96 @@ impl Drop for TempDir {
 }
 
 impl Build {
-    pub(crate) fn run(mut self, root: &std::path::Path) -> Result<()> {
+    /// `--build-arg`s, and `SOURCE_DATE_EPOCH` (an arg or the environment)
+    /// taken out of them.
+    fn args_and_epoch(&self) -> Result<(std::collections::BTreeMap<String, String>, Option<u64>)> {
+        let mut build_args = crate::debug::parse_build_args(&self.build_args)?;
+        let source_date_epoch = match build_args
+            .get("SOURCE_DATE_EPOCH")
+            .cloned()
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        {
+            Some(v) if !v.is_empty() => Some(
+                v.parse::<u64>()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+            ),
+            _ => None,
+        };
+        build_args.remove("SOURCE_DATE_EPOCH");
+        Ok((build_args, source_date_epoch))
+    }
+
+    /// The build through kilnd: the context goes over the wire (without
+    /// what `.dockerignore` excludes), events come back.
+    fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        anyhow::ensure!(
+            self.context.as_os_str() != "-",
+            "a context on standard input does not go through kilnd yet"
+        );
+        anyhow::ensure!(
+            self.ssh.is_empty() && self.cache_to.is_empty() && self.cache_from.is_empty(),
+            "--ssh, --cache-to and --cache-from do not go through kilnd yet"
+        );
+        for o in &self.outputs {
+            let parsed = kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                matches!(
+                    parsed,
+                    kiln_builder::output::Output::Image { push: false, .. }
+                ),
+                "--output {o}: only type=image goes through kilnd yet"
+            );
+        }
+        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
+        let dockerfile = source.read()?;
+        let dockerignore = source.dockerignore(&self.context)?;
+        let ignore = kiln_frontend::dockerignore::Matcher::new(&dockerignore)?;
+        let (build_args, source_date_epoch) = self.args_and_epoch()?;
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|s| read_secret(s))
+            .collect::<Result<_>>()?;
+        let spec = kiln_proto::control::v1::BuildSpec {
+            dockerfile,
+            dockerignore,
+            build_args: build_args.into_iter().collect(),
+            target: self.target.clone().unwrap_or_default(),
+            tags: self.tags.clone(),
+            no_cache: self.no_cache,
+            no_cache_filter: self.no_cache_filter.clone(),
+            secrets,
+            network_none: self.network == NetworkFlag::None,
+            outputs: self.outputs.clone(),
+            pull: self.pull.clone(),
+            source_date_epoch,
+        };
+        let mut printer = Printer::new(self.progress, self.quiet);
+        let result = remote.build(spec, &self.context, &ignore, &mut printer)?;
+        if self.quiet {
+            println!("{}", result.config);
+        } else if self.progress == Mode::Json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "image", "id": result.config, "manifest": result.manifest, "tags": result.tags})
+            );
+        } else {
+            eprintln!("writing image {} done", result.config);
+            for tag in &result.tags {
+                eprintln!("naming to {tag} done");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn run(
+        mut self,
+        root: &std::path::Path,
+        remote: Option<crate::remote::Remote>,
+    ) -> Result<()> {
+        if let Some(remote) = remote {
+            return self.run_remote(remote);
+        }
         // Opened first: it clears the root's tmp/, where a piped context goes.
         let store = Store::open(root)?;
         let _stdin_context = if self.context.as_os_str() == "-" {
@@ -224,19 +313,7 @@ impl Build {
             .map(|t| kiln_builder::image::normalize(t))
             .collect::<Result<Vec<_>, _>>()
             .context("-t")?;
-        let mut build_args = crate::debug::parse_build_args(&self.build_args)?;
-        let source_date_epoch = match build_args
-            .get("SOURCE_DATE_EPOCH")
-            .cloned()
-            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        {
-            Some(v) if !v.is_empty() => Some(
-                v.parse::<u64>()
-                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
-            ),
-            _ => None,
-        };
-        build_args.remove("SOURCE_DATE_EPOCH");
+        let (build_args, source_date_epoch) = self.args_and_epoch()?;
         let outputs = self
             .outputs
             .iter()

@@ -159,7 +159,26 @@ impl Save {
 impl List {
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
-        let rows = images::list(&store)?;
+        self.print(images::list(&store)?)
+    }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let rows = remote
+            .list_images()?
+            .into_iter()
+            .map(|r| images::ImageSummary {
+                repository: r.repository,
+                tag: r.tag,
+                id: r.id,
+                digest: r.digest,
+                created: r.created,
+                size: r.size,
+            })
+            .collect();
+        self.print(rows)
+    }
+
+    fn print(self, rows: Vec<images::ImageSummary>) -> Result<()> {
         if self.quiet {
             let ids: Vec<String> = rows.iter().map(|r| format!("{}\n", &r.id[7..19])).collect();
             return stdout(&ids.concat());
@@ -188,6 +207,10 @@ impl List {
 }
 
 impl Inspect {
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        stdout(&(remote.inspect(self.names)? + "\n"))
+    }
+
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
         let all = self

@@ -5,6 +5,7 @@ mod debug;
 mod images;
 mod progress;
 mod registry;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,11 @@ struct Cli {
     /// $XDG_DATA_HOME/kiln otherwise.
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
+    /// kilnd to send commands to (`unix:///PATH`, `tcp://HOST:PORT`); by
+    /// default the one at /run/kiln/kilnd.sock if it answers, else none
+    /// (kiln works on the store itself).
+    #[arg(long, global = true, env = "KILN_ADDR", value_name = "ADDR")]
+    addr: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,21 +71,38 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let root = cli.root.unwrap_or_else(kiln_cache::default_root);
-    let result = match cli.command {
-        Command::Build(c) => c.run(&root),
-        Command::Images(c) => c.run(&root),
-        Command::Inspect(c) => c.run(&root),
-        Command::Tag(c) => c.run(&root),
-        Command::Rmi(c) => c.run(&root),
-        Command::Load(c) => c.run(&root),
-        Command::Save(c) => c.run(&root),
-        Command::Import(c) => c.run(&root),
-        Command::Pull(c) => c.run(&root),
-        Command::Push(c) => c.run(&root),
-        Command::Login(c) => c.run(),
-        Command::Prune(c) => c.run(&root),
-        Command::Du => images::du(&root),
-        Command::Debug(debug) => debug.run(),
+    let remote = match &cli.command {
+        Command::Debug(_) | Command::Login(_) => Ok(None),
+        _ => remote::connect(cli.addr.as_deref()),
+    };
+    let remote = match remote {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match (cli.command, remote) {
+        (Command::Build(c), remote) => c.run(&root, remote),
+        (Command::Images(c), Some(remote)) => c.run_remote(remote),
+        (Command::Inspect(c), Some(remote)) => c.run_remote(remote),
+        (_, Some(_)) => Err(anyhow::anyhow!(
+            "this command does not go through kilnd yet, and kilnd holds the store: \
+             stop kilnd, or give kiln another --root and no --addr"
+        )),
+        (Command::Images(c), None) => c.run(&root),
+        (Command::Inspect(c), None) => c.run(&root),
+        (Command::Tag(c), None) => c.run(&root),
+        (Command::Rmi(c), None) => c.run(&root),
+        (Command::Load(c), None) => c.run(&root),
+        (Command::Save(c), None) => c.run(&root),
+        (Command::Import(c), None) => c.run(&root),
+        (Command::Pull(c), None) => c.run(&root),
+        (Command::Push(c), None) => c.run(&root),
+        (Command::Login(c), None) => c.run(),
+        (Command::Prune(c), None) => c.run(&root),
+        (Command::Du, None) => images::du(&root),
+        (Command::Debug(debug), None) => debug.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,219 @@
+//! The CLI as kilnd's client: `--addr` / `KILN_ADDR`, or a kilnd listening
+//! at the default socket. Output and exit codes are those of the embedded
+//! commands.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use hyper_util::rt::TokioIo;
+use kiln_builder::control::event_from_message;
+use kiln_frontend::dockerignore::Matcher;
+use kiln_proto::control::v1::{
+    self as pb, BuildInput, build_input, build_output, control_client::ControlClient,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::progress::Printer;
+
+/// Where kilnd listens unless told otherwise.
+pub(crate) const DEFAULT_SOCKET: &str = "/run/kiln/kilnd.sock";
+
+/// A connection to kilnd, with the runtime its calls run on.
+pub(crate) struct Remote {
+    runtime: tokio::runtime::Runtime,
+    client: ControlClient<Channel>,
+}
+
+/// The kilnd to talk to: `addr` when given; else the default socket when a
+/// kilnd answers there; else none (the CLI runs embedded).
+pub(crate) fn connect(addr: Option<&str>) -> Result<Option<Remote>> {
+    let addr = match addr {
+        Some(a) => a.to_owned(),
+        None if std::os::unix::net::UnixStream::connect(DEFAULT_SOCKET).is_ok() => {
+            format!("unix://{DEFAULT_SOCKET}")
+        }
+        None => return Ok(None),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let channel = runtime
+        .block_on(channel(&addr))
+        .with_context(|| format!("connecting to kilnd at {addr}"))?;
+    Ok(Some(Remote {
+        runtime,
+        client: ControlClient::new(channel).max_decoding_message_size(64 << 20),
+    }))
+}
+
+async fn channel(addr: &str) -> Result<Channel> {
+    if let Some(path) = addr.strip_prefix("unix://") {
+        let path = path.to_owned();
+        // The URI is not used: the connector dials the socket.
+        return Ok(Endpoint::try_from("http://kilnd")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await?);
+    }
+    if let Some(hostport) = addr.strip_prefix("tcp://") {
+        return Ok(Endpoint::from_shared(format!("http://{hostport}"))?
+            .connect()
+            .await?);
+    }
+    bail!("--addr {addr}: expected unix:///PATH or tcp://HOST:PORT")
+}
+
+/// A failed call as the embedded command would say it.
+fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::Error::msg(status.message().to_owned())
+}
+
+impl Remote {
+    /// Sends the spec and the context, shows the events, returns the result.
+    pub(crate) fn build(
+        &mut self,
+        spec: pb::BuildSpec,
+        context: &Path,
+        ignore: &Matcher,
+        printer: &mut Printer,
+    ) -> Result<pb::BuildResult> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<BuildInput>(16);
+        tx.blocking_send(BuildInput {
+            input: Some(build_input::Input::Spec(spec)),
+        })
+        .ok()
+        .context("kilnd closed the build")?;
+        // The context tar is made on a thread of its own while it is sent.
+        let sender = {
+            let (context, ignore) = (context.to_owned(), ignore.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let chunks = kiln_builder::context::write_tar(
+                    &context,
+                    &ignore,
+                    Chunks {
+                        tx: tx.clone(),
+                        buf: Vec::with_capacity(CHUNK),
+                    },
+                )?;
+                chunks.finish()
+            })
+        };
+        let client = &mut self.client;
+        let mut tails: HashMap<usize, Vec<String>> = HashMap::new();
+        let mut failed_vertex = None;
+        let outcome = self.runtime.block_on(async {
+            let request = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let mut stream = client.build(request).await?.into_inner();
+            while let Some(message) = stream.message().await? {
+                match message.output {
+                    Some(build_output::Output::Event(e)) => {
+                        if let Some(event) = event_from_message(&e) {
+                            match &event {
+                                kiln_builder::solve::Event::Log { vertex, line } => {
+                                    let tail = tails.entry(*vertex).or_default();
+                                    tail.push(line.clone());
+                                    if tail.len() > 20 {
+                                        tail.remove(0);
+                                    }
+                                }
+                                kiln_builder::solve::Event::Failed { vertex, .. } => {
+                                    failed_vertex = Some(*vertex);
+                                }
+                                _ => {}
+                            }
+                            printer.event(event);
+                        }
+                    }
+                    Some(build_output::Output::Result(r)) => return Ok(Some(r)),
+                    None => {}
+                }
+            }
+            Ok::<_, tonic::Status>(None)
+        });
+        printer.finish();
+        let sent = sender.join();
+        match outcome {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => bail!("kilnd ended the build without a result"),
+            Err(status) => {
+                // A failed step's last lines come with its error, as embedded.
+                if status.code() == tonic::Code::Aborted
+                    && let Some(tail) = failed_vertex.and_then(|v| tails.get(&v))
+                {
+                    for line in tail {
+                        eprintln!("  {line}");
+                    }
+                }
+                if let Ok(Err(e)) = sent {
+                    bail!("sending the build context: {e}");
+                }
+                Err(failed(status))
+            }
+        }
+    }
+
+    pub(crate) fn list_images(&mut self) -> Result<Vec<pb::ImageSummary>> {
+        let client = &mut self.client;
+        let response = self
+            .runtime
+            .block_on(client.list_images(pb::ListImagesRequest {}))
+            .map_err(failed)?;
+        Ok(response.into_inner().images)
+    }
+
+    pub(crate) fn inspect(&mut self, names: Vec<String>) -> Result<String> {
+        let client = &mut self.client;
+        let response = self
+            .runtime
+            .block_on(client.inspect(pb::InspectRequest { names }))
+            .map_err(failed)?;
+        Ok(response.into_inner().json)
+    }
+}
+
+/// Context chunks of this size go to kilnd.
+const CHUNK: usize = 1 << 20;
+
+/// A writer that sends what it is given as context chunks.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<BuildInput>,
+    buf: Vec<u8>,
+}
+
+impl Chunks {
+    fn send(&mut self, eof: bool) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(BuildInput {
+                input: Some(build_input::Input::Context(pb::ContextChunk { data, eof })),
+            })
+            .map_err(|_| std::io::Error::other("kilnd closed the build"))
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send(true)
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send(false)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! `kilnd`: kiln's build service. Serves the control API
+//! (`kiln.control.v1`) over a Unix socket (default
+//! `/run/kiln/kilnd.sock`, mode 0660) and, with `--insecure`, plain TCP on
+//! loopback; gRPC health (`grpc.health.v1`) and server reflection. SIGTERM
+//! or Ctrl-C stops taking calls and lets running builds finish.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use kiln_builder::control::ControlService;
+use kiln_proto::control::v1::control_server::ControlServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kilnd", version, about = "kiln's build service (gRPC)")]
+struct Args {
+    /// The store (images, build cache); default as the `kiln` CLI's.
+    #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Where to listen: `unix:///PATH` or `tcp://HOST:PORT` (TCP needs --insecure and a loopback host).
+    #[arg(long = "addr", default_value = "unix:///run/kiln/kilnd.sock")]
+    addr: String,
+    /// Allow plain (unencrypted) TCP; only on loopback.
+    #[arg(long)]
+    insecure: bool,
+}
+
+enum Listen {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+fn listen_of(args: &Args) -> Result<Listen> {
+    if let Some(path) = args.addr.strip_prefix("unix://") {
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    if let Some(hostport) = args.addr.strip_prefix("tcp://") {
+        let addr: std::net::SocketAddr = hostport
+            .parse()
+            .with_context(|| format!("--addr {}: expected tcp://IP:PORT", args.addr))?;
+        if !args.insecure || !addr.ip().is_loopback() {
+            bail!(
+                "--addr {}: plain TCP is only for --insecure on a loopback address (mutual TLS is not available yet)",
+                args.addr
+            );
+        }
+        return Ok(Listen::Tcp(addr));
+    }
+    bail!(
+        "--addr {}: expected unix:///PATH or tcp://HOST:PORT",
+        args.addr
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let root = args.root.clone().unwrap_or_else(kiln_cache::default_root);
+    let listen = listen_of(&args)?;
+    // One process owns a store root (its lock); kilnd holds it while it runs.
+    let store = tokio::task::spawn_blocking(move || kiln_cache::Store::open(&root))
+        .await?
+        .context("opening the store")?;
+    std::fs::create_dir_all(store.root().join("tmp"))?;
+    let service = ControlService::new(Arc::new(store));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ControlServer<ControlService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ControlServer::new(service).max_decoding_message_size(64 << 20));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: no new calls; running builds finish");
+    };
+    match listen {
+        Listen::Unix(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            // A socket left by a kilnd that died: nobody answers on it.
+            if std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+            tracing::info!(socket = %path.display(), "kilnd ready");
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await?;
+            let _ = std::fs::remove_file(&path);
+        }
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(%addr, "kilnd ready (plain TCP, loopback)");
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}

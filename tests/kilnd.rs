@@ -1,0 +1,158 @@
+//! kilnd, the build service, started for real on a temporary socket: the
+//! CLI's commands through it give what they give embedded; the health
+//! service answers; SIGTERM stops it cleanly.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::busybox::{Setup, ready};
+use crate::harness::binary;
+
+/// A running kilnd on `s`'s store, stopped (SIGTERM) when dropped.
+struct Kilnd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Kilnd {
+    fn start(s: &Setup) -> Self {
+        let socket = s.dir.path().join("kilnd.sock");
+        let child = Command::new(binary("kilnd"))
+            .env("KILN_ROOT", &s.root)
+            .arg("--addr")
+            .arg(format!("unix://{}", socket.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        Self { child, socket }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Kilnd {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+fn health(socket: &Path) -> i32 {
+    let socket = socket.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let channel = tonic::transport::Endpoint::try_from("http://kilnd")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "kiln.control.v1.Control".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    })
+}
+
+#[test]
+fn the_cli_through_kilnd() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    fs::write(s.context.join("hello.txt"), "hello\n").unwrap();
+    fs::write(s.context.join("secret.log"), "not sent").unwrap();
+    fs::write(s.context.join(".dockerignore"), "*.log\n").unwrap();
+    let mut kilnd = Kilnd::start(&s);
+    assert_eq!(health(&kilnd.socket), 1, "SERVING");
+    let addr = kilnd.addr();
+    let dockerfile =
+        "FROM base:busybox\nCOPY . /ctx/\nRUN ls /ctx > /listing && cat /ctx/hello.txt\n";
+    let out = s.build(dockerfile, &["--addr", &addr, "-t", "remote:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("#2 hello") || stderr.contains(" hello\n"),
+        "the step's output: {stderr}"
+    );
+    assert!(
+        stderr.contains("naming to docker.io/library/remote:1 done"),
+        "{stderr}"
+    );
+
+    let (images, _) = s.ok(&["--addr", &addr, "images"]);
+    assert!(
+        images.contains("remote") && images.contains("base"),
+        "{images}"
+    );
+    let (inspect, _) = s.ok(&["--addr", &addr, "inspect", "remote:1"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+    let layers = s.layers_text_through(&addr, "remote:1");
+    assert!(
+        layers.contains("hello\n") && !layers.contains("not sent"),
+        ".dockerignore'd files never leave the client"
+    );
+
+    // Rebuilt: all cached. A failing step: the same words and exit code as embedded.
+    let out = s.build(dockerfile, &["--addr", &addr, "-t", "remote:1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches(" CACHED")
+            .count(),
+        2
+    );
+    let out = s.build(
+        "FROM base:busybox\nRUN echo failing && exit 4\n",
+        &["--addr", &addr],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("  failing\n"),
+        "the step's last lines: {stderr}"
+    );
+    assert!(
+        stderr.ends_with("error: [stage-0 2/2] RUN echo failing && exit 4 (Dockerfile line 2): did not complete successfully: exit code 4\n"),
+        "{stderr}"
+    );
+    // A command kilnd does not serve yet says so instead of waiting for the store.
+    let out = s.kiln(&["--addr", &addr, "du"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not go through kilnd yet"));
+
+    assert!(kilnd.stop().success(), "SIGTERM: a clean stop");
+    assert!(!kilnd.socket.exists(), "the socket is removed");
+}
