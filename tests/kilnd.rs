@@ -150,8 +150,20 @@ fn the_cli_through_kilnd() {
         "{stderr}"
     );
     // A command kilnd does not serve yet says so instead of waiting for the store.
-    let out = s.kiln(&["--addr", &addr, "du"]);
+    let out = s.kiln(&["--addr", &addr, "save", "-o", "/dev/null", "remote:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not go through kilnd yet"));
+
+    // tag, rmi, du, prune: as embedded.
+    s.ok(&["--addr", &addr, "tag", "remote:1", "remote:2"]);
+    let (removed, _) = s.ok(&["--addr", &addr, "rmi", "remote:2"]);
+    assert_eq!(removed, "Untagged: remote:2\n", "as embedded");
+    let out = s.kiln(&["--addr", &addr, "rmi", "nothere:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such image: nothere:1"));
+    let (du, _) = s.ok(&["--addr", &addr, "du"]);
+    assert!(du.starts_with("TYPE") && du.contains("Images"), "{du}");
+    let (pruned, _) = s.ok(&["--addr", &addr, "prune"]);
+    assert!(pruned.contains("Total reclaimed space:"), "{pruned}");
 
     assert!(kilnd.stop().success(), "SIGTERM: a clean stop");
     assert!(!kilnd.socket.exists(), "the socket is removed");

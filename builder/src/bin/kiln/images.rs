@@ -228,17 +228,37 @@ impl Tag {
         images::tag(&store, &self.source, &self.target)?;
         Ok(())
     }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        remote.tag(self.source, self.target)
+    }
 }
 
 impl Rmi {
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
+        self.each(|name| {
+            let removed = images::remove(&store, name)?;
+            Ok((
+                removed.untagged,
+                removed.deleted.iter().map(ToString::to_string).collect(),
+            ))
+        })
+    }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        self.each(|name| remote.remove(name))
+    }
+
+    /// Removes each name with `remove` (the name untagged, the digests
+    /// deleted), going on after a failure, as `docker rmi` does.
+    fn each(&self, mut remove: impl FnMut(&str) -> Result<(String, Vec<String>)>) -> Result<()> {
         let mut failed = false;
         for name in &self.names {
-            match images::remove(&store, name) {
-                Ok(removed) => {
-                    let mut out = format!("Untagged: {}\n", removed.untagged);
-                    for d in &removed.deleted {
+            match remove(name) {
+                Ok((untagged, deleted)) => {
+                    let mut out = format!("Untagged: {untagged}\n");
+                    for d in &deleted {
                         out.push_str(&format!("Deleted: {d}\n"));
                     }
                     stdout(&out)?;
@@ -261,21 +281,38 @@ impl Prune {
         let store = open(root)?;
         let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
         let pruned = images::prune(&store, keep, self.all)?;
-        let mut out = String::new();
-        for d in &pruned.deleted {
-            out.push_str(&format!("Deleted: {d}\n"));
-        }
-        out.push_str(&format!(
-            "Total reclaimed space: {}\n",
-            human(pruned.reclaimed)
-        ));
-        stdout(&out)
+        print_pruned(
+            pruned.deleted.iter().map(ToString::to_string),
+            pruned.reclaimed,
+        )
     }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
+        let (deleted, reclaimed) = remote.prune(self.all, keep.unwrap_or(0))?;
+        print_pruned(deleted.into_iter(), reclaimed)
+    }
+}
+
+fn print_pruned(deleted: impl Iterator<Item = String>, reclaimed: u64) -> Result<()> {
+    let mut out = String::new();
+    for d in deleted {
+        out.push_str(&format!("Deleted: {d}\n"));
+    }
+    out.push_str(&format!("Total reclaimed space: {}\n", human(reclaimed)));
+    stdout(&out)
 }
 
 pub(crate) fn du(root: &std::path::Path) -> Result<()> {
     let store = open(root)?;
-    let u: Usage = images::usage(&store)?;
+    print_usage(&images::usage(&store)?)
+}
+
+pub(crate) fn du_remote(mut remote: crate::remote::Remote) -> Result<()> {
+    print_usage(&remote.disk_usage()?)
+}
+
+fn print_usage(u: &Usage) -> Result<()> {
     let rows = [
         ["Images".to_owned(), human(u.images), "0B".to_owned()],
         ["Unused blobs".to_owned(), human(u.unused), human(u.unused)],

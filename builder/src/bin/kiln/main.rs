@@ -86,6 +86,10 @@ fn main() -> ExitCode {
         (Command::Build(c), remote) => c.run(&root, remote),
         (Command::Images(c), Some(remote)) => c.run_remote(remote),
         (Command::Inspect(c), Some(remote)) => c.run_remote(remote),
+        (Command::Tag(c), Some(remote)) => c.run_remote(remote),
+        (Command::Rmi(c), Some(remote)) => c.run_remote(remote),
+        (Command::Prune(c), Some(remote)) => c.run_remote(remote),
+        (Command::Du, Some(remote)) => images::du_remote(remote),
         (_, Some(_)) => Err(anyhow::anyhow!(
             "this command does not go through kilnd yet, and kilnd holds the store: \
              stop kilnd, or give kiln another --root and no --addr"

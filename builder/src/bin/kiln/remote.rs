@@ -170,6 +170,54 @@ impl Remote {
         Ok(response.into_inner().images)
     }
 
+    pub(crate) fn tag(&mut self, source: String, target: String) -> Result<()> {
+        let client = &mut self.client;
+        self.runtime
+            .block_on(client.tag(pb::TagRequest { source, target }))
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// The name untagged and the digests deleted.
+    pub(crate) fn remove(&mut self, name: &str) -> Result<(String, Vec<String>)> {
+        let client = &mut self.client;
+        let r = self
+            .runtime
+            .block_on(client.remove(pb::RemoveRequest {
+                names: vec![name.to_owned()],
+            }))
+            .map_err(failed)?
+            .into_inner();
+        Ok((r.untagged.concat(), r.deleted))
+    }
+
+    /// The digests deleted and the bytes reclaimed.
+    pub(crate) fn prune(&mut self, all: bool, keep_storage: u64) -> Result<(Vec<String>, u64)> {
+        let client = &mut self.client;
+        let r = self
+            .runtime
+            .block_on(client.prune(pb::PruneRequest { all, keep_storage }))
+            .map_err(failed)?
+            .into_inner();
+        Ok((r.deleted, r.reclaimed))
+    }
+
+    pub(crate) fn disk_usage(&mut self) -> Result<kiln_builder::images::Usage> {
+        let client = &mut self.client;
+        let u = self
+            .runtime
+            .block_on(client.disk_usage(pb::DiskUsageRequest {}))
+            .map_err(failed)?
+            .into_inner();
+        Ok(kiln_builder::images::Usage {
+            images: u.images,
+            unused: u.unused,
+            snapshots: u.snapshots,
+            cache_mounts: u.cache_mounts,
+            metadata: u.metadata,
+        })
+    }
+
     pub(crate) fn inspect(&mut self, names: Vec<String>) -> Result<String> {
         let client = &mut self.client;
         let response = self
