@@ -168,3 +168,96 @@ fn the_cli_through_kilnd() {
     assert!(kilnd.stop().success(), "SIGTERM: a clean stop");
     assert!(!kilnd.socket.exists(), "the socket is removed");
 }
+
+#[test]
+fn concurrent_builds_share_steps_and_a_dropped_client_cancels_only_its_own() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    // Twenty builds at once, each with its own context, sharing a first step.
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let dir = s.dir.path().join(format!("ctx{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(
+                dir.join("Dockerfile"),
+                format!(
+                    "FROM base:busybox\nRUN sleep 1 && echo shared > /shared\nRUN echo {i} > /own\n"
+                ),
+            )
+            .unwrap();
+            crate::harness::kiln()
+                .args(["--addr", &addr, "build", "--progress", "plain", "-t"])
+                .arg(format!("many:{i}"))
+                .arg(&dir)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut shared_ran = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        // The shared step is vertex #1 in every build.
+        shared_ran += log.matches("#1 DONE").count();
+    }
+    assert_eq!(shared_ran, 1, "the shared step ran once for all twenty");
+
+    // A client killed mid-build: its step's processes go, another build finishes.
+    let dir = s.dir.path().join("slow");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("Dockerfile"),
+        "FROM base:busybox\nRUN sleep 41.5\n",
+    )
+    .unwrap();
+    let mut slow = crate::harness::kiln()
+        .args(["--addr", &addr, "build"])
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 41.5"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for _ in 0..100 {
+        if running() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(running(), "the slow step started");
+    let other = s.build(
+        "FROM base:busybox\nRUN echo other > /o\n",
+        &["--addr", &addr],
+    );
+    slow.kill().unwrap();
+    let _ = slow.wait();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !running() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(gone, "the cancelled step's processes were killed");
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(s.root.to_str().unwrap()),
+        "no mount of the store left behind"
+    );
+}

@@ -60,6 +60,11 @@ pub struct BuildRequest {
     pub pull: PullPolicy,
     /// How registries are reached.
     pub registry: registry::Options,
+    /// Cancels the build from another thread.
+    pub cancellation: std::sync::Arc<crate::solve::Cancellation>,
+    /// Steps running in this process, shared with concurrent builds (kilnd
+    /// passes one for all its builds).
+    pub in_flight: std::sync::Arc<crate::solve::InFlight>,
 }
 
 /// The image built.
@@ -177,6 +182,8 @@ pub fn build(
         context_view: Default::default(),
         compression: req.compression,
         steps: Default::default(),
+        cancellation: std::sync::Arc::clone(&req.cancellation),
+        in_flight: std::sync::Arc::clone(&req.in_flight),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")

@@ -25,7 +25,7 @@ use crate::build::{BuildError, BuildRequest, LayerCompression, build};
 use crate::image::ImageError;
 use crate::images;
 use crate::registry::{self, PullPolicy};
-use crate::solve::{Event, SolveError};
+use crate::solve::{Cancellation, Event, InFlight, SolveError};
 
 /// Errors of the control service; [`Status`] is made from them in one place.
 #[derive(Debug, Error)]
@@ -64,11 +64,16 @@ impl From<ControlError> for Status {
 /// The service over one store root.
 pub struct ControlService {
     store: Arc<Store>,
+    /// Steps running now, shared by all builds: one runs, the others wait.
+    in_flight: Arc<InFlight>,
 }
 
 impl ControlService {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            in_flight: Arc::default(),
+        }
     }
 
     /// Runs `f` with the store on a blocking thread.
@@ -156,7 +161,12 @@ pub fn event_from_message(m: &pb::Event) -> Option<Event> {
 }
 
 /// What the spec asks, as the solver's request.
-fn request_of(spec: pb::BuildSpec, context: PathBuf) -> Result<BuildRequest, ControlError> {
+fn request_of(
+    spec: pb::BuildSpec,
+    context: PathBuf,
+    cancellation: Arc<Cancellation>,
+    in_flight: Arc<InFlight>,
+) -> Result<BuildRequest, ControlError> {
     let invalid = ControlError::Invalid;
     let tags = spec
         .tags
@@ -191,6 +201,8 @@ fn request_of(spec: pb::BuildSpec, context: PathBuf) -> Result<BuildRequest, Con
         compression,
         pull,
         registry: registry::Options::default(),
+        cancellation,
+        in_flight,
     })
 }
 
@@ -255,6 +267,23 @@ impl Control for ControlService {
         let secrets = spec.secrets.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::clone(&self.store);
+        let in_flight = Arc::clone(&self.in_flight);
+        // A client that goes away (Ctrl-C, a dropped connection) cancels
+        // its build: running steps are killed, no new one starts.
+        let cancellation = Arc::new(Cancellation::default());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let (watch, cancellation) = (tx.clone(), Arc::clone(&cancellation));
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = watch.closed() => {
+                        tracing::info!("the client went away: cancelling its build");
+                        cancellation.cancel();
+                    }
+                    _ = done_rx => {}
+                }
+            });
+        }
         tokio::task::spawn_blocking(move || {
             let result = (|| -> Result<pb::BuildResult, ControlError> {
                 let context = scratch.path().join("context");
@@ -263,7 +292,7 @@ impl Control for ControlService {
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
                     .map_err(|e| ControlError::Context(e.to_string()))?;
-                let request = request_of(spec, context)?;
+                let request = request_of(spec, context, cancellation, in_flight)?;
                 let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
                 for (id, value) in secrets {
                     worker = worker.with_secret(&id, value);
@@ -288,6 +317,7 @@ impl Control for ControlService {
                 })
                 .map_err(Status::from);
             let _ = tx.blocking_send(last);
+            let _ = done_tx.send(());
             drop(scratch);
         });
         Ok(Response::new(ReceiverStream::new(rx)))

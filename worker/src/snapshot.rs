@@ -114,7 +114,8 @@ impl Snapshots {
         }
     }
 
-    /// Removes unfinished unpacks. Returns how many there were.
+    /// Removes unfinished unpacks of processes that died. Returns how many
+    /// there were.
     pub fn recover(&self) -> layer::Result<usize> {
         let mut removed = 0;
         let entries = fs::read_dir(&self.dir).map_err(|source| LayerError::Io {
@@ -122,8 +123,12 @@ impl Snapshots {
             path: self.dir.clone(),
             source,
         })?;
+        // This process's own are in use by its other builds (kilnd runs
+        // several at once); only a dead process's are left over.
+        let ours = format!("tmp-{}-", std::process::id());
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tmp-") && !name.starts_with(&ours) {
                 let _ = fs::remove_dir_all(entry.path());
                 removed += 1;
             }

@@ -7,9 +7,14 @@
 //! with its layer blob present is a hit: nothing runs. A missing blob is a
 //! miss.
 
+mod cancel;
 mod context;
 mod fetch;
+mod flight;
 mod ops;
+
+pub use cancel::Cancellation;
+pub use flight::InFlight;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -128,6 +133,10 @@ pub struct Solver<'a> {
     /// Every step's cache key and layer, run or cached, as the build went
     /// (what `--cache-to` exports). Start with `Default::default()`.
     pub steps: std::sync::Mutex<Vec<(String, Layer)>>,
+    /// Cancels this build.
+    pub cancellation: std::sync::Arc<Cancellation>,
+    /// Steps running now in this process, shared by concurrent builds.
+    pub in_flight: std::sync::Arc<InFlight>,
 }
 
 impl Solver<'_> {
@@ -164,6 +173,12 @@ impl Solver<'_> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Fs, String)>)>();
             loop {
+                if failure.is_none() && self.cancellation.is_cancelled() {
+                    failure = Some(SolveError::Step {
+                        description: "the build".into(),
+                        reason: "cancelled".into(),
+                    });
+                }
                 if failure.is_none() {
                     for index in 0..graph.vertices.len() {
                         if running >= limit {
@@ -387,12 +402,30 @@ impl Solver<'_> {
                 .meta
                 .stage
                 .is_some_and(|s| self.no_cache_stages.contains(&s));
-        let cached = if no_cache {
-            None
-        } else {
-            self.store.meta.cache_record(key)?
+        let lookup = || -> Result<Option<kiln_cache::CacheRecord>> {
+            if no_cache {
+                return Ok(None);
+            }
+            Ok(self
+                .store
+                .meta
+                .cache_record(key)?
+                .filter(|r| self.store.content.has(&r.blob)))
         };
-        if let Some(record) = cached.filter(|r| self.store.content.has(&r.blob)) {
+        let mut cached = lookup()?;
+        // Another build may be running this very step: wait for it, then
+        // look again, rather than run it twice.
+        let mut claim = None;
+        while cached.is_none() {
+            match self.in_flight.claim(key) {
+                Some(c) => {
+                    claim = Some(c);
+                    break;
+                }
+                None => cached = lookup()?,
+            }
+        }
+        if let Some(record) = cached {
             self.store.meta.touch(&record.blob, crate::image::now())?;
             self.emit(Event::Cached { vertex: index });
             let layer = Layer {
@@ -422,6 +455,7 @@ impl Solver<'_> {
             },
         )?;
         self.store.meta.flush()?;
+        drop(claim);
         self.record_step(key, &layer);
         self.emit(Event::Done {
             vertex: index,

@@ -11,8 +11,8 @@ use kiln_proto::ops::v1::{
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
 use kiln_worker::layer;
+use kiln_worker::sandbox::Stream;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
-use kiln_worker::sandbox::{Cancel, Stream};
 
 use super::{Event, Fs, Layer, Result, SolveError, Solver, fetch};
 use crate::compress::{Encoder, Hashing};
@@ -226,6 +226,10 @@ impl Solver<'_> {
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts,
         };
+        let cancel = self
+            .cancellation
+            .step()
+            .ok_or_else(|| step_err("cancelled"))?;
         let mut tail: Vec<String> = Vec::new();
         let mut partial = String::new();
         let outcome = self
@@ -247,9 +251,17 @@ impl Solver<'_> {
                         }
                     }
                 },
-                &Cancel::default(),
+                &cancel,
             )
-            .map_err(step_err)?;
+            .map_err(|e| {
+                if self.cancellation.is_cancelled() {
+                    step_err("cancelled")
+                } else {
+                    step_err(e)
+                }
+            });
+        self.cancellation.finished(&cancel);
+        let outcome = outcome?;
         if outcome.exit_code != 0 {
             let code = outcome.exit_code;
             let _ = self.worker.discard(outcome);

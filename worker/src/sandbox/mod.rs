@@ -87,6 +87,11 @@ impl Cancel {
         }
     }
 
+    /// Whether both are handles of the same step.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     fn started(&self, pid: u32) -> bool {
         let mut state = self
             .0

@@ -361,6 +361,8 @@ impl Build {
                 format!("--pull {}: expected missing, always or never", self.pull)
             })?,
             registry: self.registry.options(None)?,
+            cancellation: Default::default(),
+            in_flight: Default::default(),
         };
         let quiet = self.quiet;
         let json = self.progress == Mode::Json;
