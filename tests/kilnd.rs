@@ -261,3 +261,46 @@ fn concurrent_builds_share_steps_and_a_dropped_client_cancels_only_its_own() {
         "no mount of the store left behind"
     );
 }
+
+#[test]
+fn kill_9_of_kilnd_mid_build_then_restart() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let mut kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let dockerfile = "FROM base:busybox\nRUN echo one > /one\nRUN sleep 2 && echo two > /two\n";
+    fs::write(s.context.join("Dockerfile"), dockerfile).unwrap();
+    let client = crate::harness::kiln()
+        .args(["--addr", &addr, "build", "-t", "crash:1"])
+        .arg(&s.context)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    kilnd.child.kill().unwrap(); // SIGKILL
+    kilnd.child.wait().unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the client sees its build fail");
+
+    // Restarted on the same store: consistent, and the build succeeds.
+    let kilnd = Kilnd::start(&s);
+    let out = s.build(dockerfile, &["--addr", &kilnd.addr(), "-t", "crash:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (images, _) = s.ok(&["--addr", &kilnd.addr(), "images"]);
+    assert!(images.contains("crash"), "{images}");
+    drop(kilnd);
+    // With kilnd stopped: nothing half-done left in the store.
+    assert!(
+        fs::read_dir(s.root.join("steps"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "no step scratch left"
+    );
+}
