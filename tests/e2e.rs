@@ -5,6 +5,7 @@
 
 mod build;
 mod busybox;
+mod ci_client;
 mod debug;
 mod docker;
 mod harness;

@@ -10,13 +10,13 @@ use crate::busybox::{Setup, ready};
 use crate::harness::binary;
 
 /// A running kilnd on `s`'s store, stopped (SIGTERM) when dropped.
-struct Kilnd {
+pub(crate) struct Kilnd {
     child: Child,
     socket: PathBuf,
 }
 
 impl Kilnd {
-    fn start(s: &Setup) -> Self {
+    pub(crate) fn start(s: &Setup) -> Self {
         let socket = s.dir.path().join("kilnd.sock");
         let child = Command::new(binary("kilnd"))
             .env("KILN_ROOT", &s.root)
@@ -34,7 +34,7 @@ impl Kilnd {
         Self { child, socket }
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
