@@ -25,6 +25,8 @@ struct Cli {
     /// (kiln works on the store itself).
     #[arg(long, global = true, env = "KILN_ADDR", value_name = "ADDR")]
     addr: Option<String>,
+    #[command(flatten)]
+    tls: remote::Tls,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
     let root = cli.root.unwrap_or_else(kiln_cache::default_root);
     let remote = match &cli.command {
         Command::Debug(_) | Command::Login(_) => Ok(None),
-        _ => remote::connect(cli.addr.as_deref()),
+        _ => remote::connect(cli.addr.as_deref(), &cli.tls),
     };
     let remote = match remote {
         Ok(r) => r,

@@ -26,9 +26,57 @@ pub(crate) struct Remote {
     client: ControlClient<Channel>,
 }
 
+/// Mutual TLS for `tcp://` addresses: the CA kilnd's certificate is signed
+/// by, and this client's certificate and key (PEM files; `KILN_TLS_CA`,
+/// `KILN_TLS_CERT`, `KILN_TLS_KEY`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct Tls {
+    #[arg(
+        long = "tls-ca",
+        global = true,
+        env = "KILN_TLS_CA",
+        value_name = "PEM"
+    )]
+    ca: Option<std::path::PathBuf>,
+    #[arg(
+        long = "tls-cert",
+        global = true,
+        env = "KILN_TLS_CERT",
+        value_name = "PEM"
+    )]
+    cert: Option<std::path::PathBuf>,
+    #[arg(
+        long = "tls-key",
+        global = true,
+        env = "KILN_TLS_KEY",
+        value_name = "PEM"
+    )]
+    key: Option<std::path::PathBuf>,
+}
+
+impl Tls {
+    fn config(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        Ok(Some(config))
+    }
+}
+
 /// The kilnd to talk to: `addr` when given; else the default socket when a
 /// kilnd answers there; else none (the CLI runs embedded).
-pub(crate) fn connect(addr: Option<&str>) -> Result<Option<Remote>> {
+pub(crate) fn connect(addr: Option<&str>, tls: &Tls) -> Result<Option<Remote>> {
     let addr = match addr {
         Some(a) => a.to_owned(),
         None if std::os::unix::net::UnixStream::connect(DEFAULT_SOCKET).is_ok() => {
@@ -40,8 +88,9 @@ pub(crate) fn connect(addr: Option<&str>) -> Result<Option<Remote>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let tls = tls.config()?;
     let channel = runtime
-        .block_on(channel(&addr))
+        .block_on(channel(&addr, tls))
         .with_context(|| format!("connecting to kilnd at {addr}"))?;
     Ok(Some(Remote {
         runtime,
@@ -49,7 +98,7 @@ pub(crate) fn connect(addr: Option<&str>) -> Result<Option<Remote>> {
     }))
 }
 
-async fn channel(addr: &str) -> Result<Channel> {
+async fn channel(addr: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<Channel> {
     if let Some(path) = addr.strip_prefix("unix://") {
         let path = path.to_owned();
         // The URI is not used: the connector dials the socket.
@@ -65,9 +114,11 @@ async fn channel(addr: &str) -> Result<Channel> {
             .await?);
     }
     if let Some(hostport) = addr.strip_prefix("tcp://") {
-        return Ok(Endpoint::from_shared(format!("http://{hostport}"))?
-            .connect()
-            .await?);
+        let endpoint = match tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{hostport}"))?.tls_config(tls)?,
+            None => Endpoint::from_shared(format!("http://{hostport}"))?,
+        };
+        return Ok(endpoint.connect().await?);
     }
     bail!("--addr {addr}: expected unix:///PATH or tcp://HOST:PORT")
 }

@@ -1,7 +1,7 @@
 //! `kilnd`: kiln's build service. Serves the control API
 //! (`kiln.control.v1`) over a Unix socket (default
-//! `/run/kiln/kilnd.sock`, mode 0660) and, with `--insecure`, plain TCP on
-//! loopback; gRPC health (`grpc.health.v1`) and server reflection. SIGTERM
+//! `/run/kiln/kilnd.sock`, mode 0660) or TCP with mutual TLS (plain TCP
+//! only with `--insecure`, on loopback); gRPC health (`grpc.health.v1`) and server reflection. SIGTERM
 //! or Ctrl-C stops taking calls and lets running builds finish.
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -27,6 +27,15 @@ struct Args {
     /// Allow plain (unencrypted) TCP; only on loopback.
     #[arg(long)]
     insecure: bool,
+    /// TCP with mutual TLS: kilnd's certificate (PEM)…
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// …its key (PEM)…
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// …and the CA that client certificates must be signed by.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
 }
 
 enum Listen {
@@ -42,9 +51,9 @@ fn listen_of(args: &Args) -> Result<Listen> {
         let addr: std::net::SocketAddr = hostport
             .parse()
             .with_context(|| format!("--addr {}: expected tcp://IP:PORT", args.addr))?;
-        if !args.insecure || !addr.ip().is_loopback() {
+        if args.tls_cert.is_none() && (!args.insecure || !addr.ip().is_loopback()) {
             bail!(
-                "--addr {}: plain TCP is only for --insecure on a loopback address (mutual TLS is not available yet)",
+                "--addr {}: TCP needs mutual TLS (--tls-cert, --tls-key, --tls-ca); plain TCP only with --insecure on a loopback address",
                 args.addr
             );
         }
@@ -82,7 +91,20 @@ async fn main() -> Result<()> {
         .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        // Clients must present a certificate the CA signed.
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        server = server.tls_config(tls).context("the TLS configuration")?;
+    }
+    let router = server
         .add_service(health)
         .add_service(reflection)
         .add_service(ControlServer::new(service).max_decoding_message_size(64 << 20));
@@ -118,7 +140,7 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            tracing::info!(%addr, "kilnd ready (plain TCP, loopback)");
+            tracing::info!(%addr, tls = args.tls_cert.is_some(), "kilnd ready");
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
                 .await?;
