@@ -397,3 +397,100 @@ fn mutual_tls_over_tcp() {
     let _ = kilnd.kill();
     let _ = kilnd.wait();
 }
+
+/// The bytes of context kilnd said it received.
+fn context_bytes(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("transferring context: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
+}
+
+#[test]
+fn a_rebuild_sends_only_what_changed() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    for d in 0..200 {
+        let dir = s.context.join(format!("src/d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(
+                dir.join(format!("f{f:03}.txt")),
+                format!("file {d} {f}\n").repeat(8),
+            )
+            .unwrap();
+        }
+    }
+    // Old enough that no file counts as just written (see `remote::changes`).
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for entry in walk(&s.context.join("src")) {
+        fs::File::options()
+            .write(true)
+            .open(&entry)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let dockerfile = "FROM base:busybox\nCOPY src /src\nRUN find /src -type f | wc -l > /count && cat /src/d000/f000.txt | head -1\n";
+    let build = || {
+        let out = s.build(dockerfile, &["--addr", &addr, "-t", "sync:1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let first = context_bytes(&build());
+    assert!(
+        first > 20_000 * 512,
+        "the first build sends everything: {first}"
+    );
+    let unchanged = build();
+    assert!(
+        context_bytes(&unchanged) <= 2048,
+        "nothing changed, nothing sent: {unchanged}"
+    );
+    assert_eq!(unchanged.matches(" CACHED").count(), 2, "{unchanged}");
+
+    let touched = s.context.join("src/d000/f000.txt");
+    fs::write(&touched, "changed\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&touched)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    fs::remove_file(s.context.join("src/d199/f099.txt")).unwrap();
+    let second = build();
+    let sent = context_bytes(&second);
+    assert!(
+        sent <= 4096,
+        "only the changed file: {sent} bytes\n{second}"
+    );
+    assert!(
+        second.contains("changed"),
+        "the step saw the new content: {second}"
+    );
+    let layers = s.layers_text_through(&addr, "sync:1");
+    assert!(
+        layers.contains("19999\n"),
+        "the removed file is gone on kilnd's side too"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -95,16 +95,26 @@ impl DockerfileSource {
     }
 }
 
-/// Writes the context directory as one tar stream, leaving out what
-/// `.dockerignore` excludes (kiln sends a context to kilnd this way, as
-/// BuildKit's client does). Symlinks are sent as links, never followed.
-pub fn write_tar<W: std::io::Write>(
+/// One entry of a context tree, as a session compares it (see
+/// `kiln.control.v1.FileStat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub size: u64,
+    /// Seconds: a tar keeps no finer time, so both sides compare these.
+    pub mtime: i64,
+    /// st_mode: type and permission bits.
+    pub mode: u32,
+}
+
+/// Every entry under `dir` (parents before children), leaving out what
+/// `ignore` excludes. Symlinks are entries, never followed.
+pub fn entries(
     dir: &Path,
     ignore: &kiln_frontend::dockerignore::Matcher,
-    out: W,
-) -> std::io::Result<W> {
-    let mut tar = tar::Builder::new(out);
-    tar.follow_symlinks(false);
+) -> std::io::Result<Vec<Entry>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let path = if rel.is_empty() {
@@ -125,12 +135,33 @@ pub fn write_tar<W: std::io::Write>(
             if ignore.excludes(&child) {
                 continue;
             }
-            let full = dir.join(&child);
-            tar.append_path_with_name(&full, &child)?;
-            if std::fs::symlink_metadata(&full)?.is_dir() {
-                stack.push(child);
+            let meta = std::fs::symlink_metadata(dir.join(&child))?;
+            if meta.is_dir() {
+                stack.push(child.clone());
             }
+            out.push(Entry {
+                path: child,
+                size: if meta.is_dir() { 0 } else { meta.size() },
+                mtime: meta.mtime(),
+                mode: meta.mode(),
+            });
         }
+    }
+    Ok(out)
+}
+
+/// Writes `entries` of the context directory as one tar stream (kiln
+/// sends a context to kilnd this way, as BuildKit's client does).
+/// Symlinks are sent as links, never followed.
+pub fn write_tar<'a, W: std::io::Write>(
+    dir: &Path,
+    entries: impl IntoIterator<Item = &'a Entry>,
+    out: W,
+) -> std::io::Result<W> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    for entry in entries {
+        tar.append_path_with_name(dir.join(&entry.path), &entry.path)?;
     }
     tar.into_inner()
 }

@@ -66,6 +66,44 @@ pub struct ControlService {
     store: Arc<Store>,
     /// Steps running now, shared by all builds: one runs, the others wait.
     in_flight: Arc<InFlight>,
+    /// A lock per context session: one build at a time changes and reads
+    /// a session's tree.
+    sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
+}
+
+/// The directory of a context session's tree (named by a digest of the
+/// client's key, which may be any text).
+fn session_dir(store: &Store, session: &str) -> PathBuf {
+    let digest = kiln_cache::Digest::of(session.as_bytes());
+    store.root().join("sessions").join(&digest.hex()[..32])
+}
+
+/// Removes `rel` under `root` — never outside it: every parent must be a
+/// real directory (not a link), and `..` is refused.
+fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> {
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return Err(ControlError::Invalid(format!("removed path {rel:?}")));
+    }
+    let mut path = root.to_owned();
+    for parent in &parts[..parts.len() - 1] {
+        path.push(parent);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            // Gone already with its parent, or not a directory here.
+            _ => return Ok(()),
+        }
+    }
+    path.push(parts[parts.len() - 1]);
+    let removed = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(_) => Ok(()),
+    };
+    removed.map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
 }
 
 impl ControlService {
@@ -73,6 +111,7 @@ impl ControlService {
         Self {
             store,
             in_flight: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -236,6 +275,7 @@ impl Control for ControlService {
             .tempdir_in(self.store.root().join("tmp"))
             .map_err(|e| ControlError::Context(e.to_string()))?;
         let tar_path = scratch.path().join("context.tar");
+        let mut context_bytes = 0u64;
         let mut tar = tokio::fs::File::create(&tar_path)
             .await
             .map_err(|e| ControlError::Context(e.to_string()))?;
@@ -244,6 +284,7 @@ impl Control for ControlService {
                 Some(BuildInput {
                     input: Some(build_input::Input::Context(chunk)),
                 }) => {
+                    context_bytes += chunk.data.len() as u64;
                     tar.write_all(&chunk.data)
                         .await
                         .map_err(|e| ControlError::Context(e.to_string()))?;
@@ -265,6 +306,16 @@ impl Control for ControlService {
             .map_err(|e| ControlError::Context(e.to_string()))?;
         drop(tar);
         let secrets = spec.secrets.clone();
+        let session = (!spec.session.is_empty()).then(|| {
+            let mut sessions = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                session_dir(&self.store, &spec.session),
+                Arc::clone(sessions.entry(spec.session.clone()).or_default()),
+            )
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::clone(&self.store);
         let in_flight = Arc::clone(&self.in_flight);
@@ -286,8 +337,29 @@ impl Control for ControlService {
         }
         tokio::task::spawn_blocking(move || {
             let result = (|| -> Result<pb::BuildResult, ControlError> {
-                let context = scratch.path().join("context");
-                std::fs::create_dir(&context).map_err(|e| ControlError::Context(e.to_string()))?;
+                // A session's tree is changed in place (what was removed or
+                // changed goes first, then the new entries); else a fresh
+                // directory for this build.
+                let _session_lock;
+                let context = match &session {
+                    Some((dir, lock)) => {
+                        _session_lock = lock
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| ControlError::Context(e.to_string()))?;
+                        for rel in &spec.removed {
+                            remove_inside(dir, rel)?;
+                        }
+                        dir.clone()
+                    }
+                    None => {
+                        let dir = scratch.path().join("context");
+                        std::fs::create_dir(&dir)
+                            .map_err(|e| ControlError::Context(e.to_string()))?;
+                        dir
+                    }
+                };
                 let file = std::fs::File::open(&tar_path)
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
@@ -309,6 +381,7 @@ impl Control for ControlService {
                     manifest: built.manifest.to_string(),
                     config: built.config.to_string(),
                     tags: request.tags,
+                    context_bytes,
                 })
             })();
             let last = result
@@ -419,6 +492,39 @@ impl Control for ControlService {
             snapshots: u.snapshots,
             cache_mounts: u.cache_mounts,
             metadata: u.metadata,
+        }))
+    }
+
+    async fn context_state(
+        &self,
+        request: Request<pb::ContextStateRequest>,
+    ) -> Result<Response<pb::ContextStateResponse>, Status> {
+        let session = request.into_inner().session;
+        if session.is_empty() {
+            return Err(ControlError::Invalid("no session".into()).into());
+        }
+        let files = self
+            .blocking(move |s| {
+                let dir = session_dir(s, &session);
+                if !dir.is_dir() {
+                    return Ok(Vec::new());
+                }
+                let none = kiln_frontend::dockerignore::Matcher::new(&[])
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                crate::context::entries(&dir, &none)
+                    .map_err(|e| ControlError::Context(e.to_string()))
+            })
+            .await?;
+        Ok(Response::new(pb::ContextStateResponse {
+            files: files
+                .into_iter()
+                .map(|e| pb::FileStat {
+                    path: e.path,
+                    size: e.size,
+                    mtime: e.mtime,
+                    mode: e.mode,
+                })
+                .collect(),
         }))
     }
 

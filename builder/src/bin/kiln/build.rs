@@ -257,6 +257,9 @@ impl Build {
             outputs: self.outputs.clone(),
             pull: self.pull.clone(),
             source_date_epoch,
+            // Set by the client from the context (see `remote::changes`).
+            session: String::new(),
+            removed: Vec::new(),
         };
         let mut printer = Printer::new(self.progress, self.quiet);
         let result = remote.build(spec, &self.context, &ignore, &mut printer)?;
@@ -265,9 +268,10 @@ impl Build {
         } else if self.progress == Mode::Json {
             eprintln!(
                 "{}",
-                serde_json::json!({"event": "image", "id": result.config, "manifest": result.manifest, "tags": result.tags})
+                serde_json::json!({"event": "image", "id": result.config, "manifest": result.manifest, "tags": result.tags, "context_bytes": result.context_bytes})
             );
         } else {
+            eprintln!("transferring context: {} bytes done", result.context_bytes);
             eprintln!("writing image {} done", result.config);
             for tag in &result.tags {
                 eprintln!("naming to {tag} done");

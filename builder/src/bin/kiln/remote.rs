@@ -132,11 +132,27 @@ impl Remote {
     /// Sends the spec and the context, shows the events, returns the result.
     pub(crate) fn build(
         &mut self,
-        spec: pb::BuildSpec,
+        mut spec: pb::BuildSpec,
         context: &Path,
         ignore: &Matcher,
         printer: &mut Printer,
     ) -> Result<pb::BuildResult> {
+        // The context session: kilnd keeps the tree from the last build of
+        // this directory on this machine; only what changed goes over.
+        let local = kiln_builder::context::entries(context, ignore)
+            .with_context(|| format!("reading the build context {}", context.display()))?;
+        spec.session = session_key(context);
+        let client = &mut self.client;
+        let held = self
+            .runtime
+            .block_on(client.context_state(pb::ContextStateRequest {
+                session: spec.session.clone(),
+            }))
+            .map_err(failed)?
+            .into_inner()
+            .files;
+        let (send, removed) = changes(&local, &held);
+        spec.removed = removed;
         let (tx, rx) = tokio::sync::mpsc::channel::<BuildInput>(16);
         tx.blocking_send(BuildInput {
             input: Some(build_input::Input::Spec(spec)),
@@ -145,11 +161,11 @@ impl Remote {
         .context("kilnd closed the build")?;
         // The context tar is made on a thread of its own while it is sent.
         let sender = {
-            let (context, ignore) = (context.to_owned(), ignore.clone());
+            let context = context.to_owned();
             std::thread::spawn(move || -> std::io::Result<()> {
                 let chunks = kiln_builder::context::write_tar(
                     &context,
-                    &ignore,
+                    &send,
                     Chunks {
                         tx: tx.clone(),
                         buf: Vec::with_capacity(CHUNK),
@@ -277,6 +293,61 @@ impl Remote {
             .map_err(failed)?;
         Ok(response.into_inner().json)
     }
+}
+
+/// The session of a context: this machine and the directory.
+fn session_key(context: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let dir = context
+        .canonicalize()
+        .unwrap_or_else(|_| context.to_owned());
+    format!("{}:{}", host.trim(), dir.display())
+}
+
+/// What to send (new or changed entries, parents first) and what kilnd
+/// must remove first (entries gone here, and changed ones), given what it
+/// holds. A file modified in the last 2 seconds is always sent: a tar keeps
+/// whole seconds, so a change within one would not show.
+fn changes(
+    local: &[kiln_builder::context::Entry],
+    held: &[pb::FileStat],
+) -> (Vec<kiln_builder::context::Entry>, Vec<String>) {
+    let held: HashMap<&str, &pb::FileStat> = held.iter().map(|f| (f.path.as_str(), f)).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    const DIR: u32 = 0o040000;
+    let is_dir = |mode: u32| mode & 0o170000 == DIR;
+    let mut send = Vec::new();
+    let mut removed = Vec::new();
+    // A directory sent anew takes everything under it along.
+    let mut fresh: Vec<String> = Vec::new();
+    for entry in local {
+        let under_fresh = fresh
+            .iter()
+            .any(|d| entry.path.starts_with(&format!("{d}/")));
+        let same = held.get(entry.path.as_str()).is_some_and(|h| {
+            h.mode == entry.mode
+                && (is_dir(entry.mode) || (h.size == entry.size && h.mtime == entry.mtime))
+        });
+        let racy = !is_dir(entry.mode) && entry.mtime >= now - 2;
+        if under_fresh || !same || racy {
+            if !under_fresh && held.contains_key(entry.path.as_str()) {
+                removed.push(entry.path.clone());
+            }
+            if is_dir(entry.mode) {
+                fresh.push(entry.path.clone());
+            }
+            send.push(entry.clone());
+        }
+    }
+    let here: std::collections::HashSet<&str> = local.iter().map(|e| e.path.as_str()).collect();
+    removed.extend(
+        held.keys()
+            .filter(|p| !here.contains(*p))
+            .map(|p| (*p).to_owned()),
+    );
+    (send, removed)
 }
 
 /// Context chunks of this size go to kilnd.
