@@ -65,6 +65,9 @@ pub struct BuildRequest {
     /// Steps running in this process, shared with concurrent builds (kilnd
     /// passes one for all its builds).
     pub in_flight: std::sync::Arc<crate::solve::InFlight>,
+    /// Context digests kept between builds of an unchanged context (kilnd's
+    /// sessions); empty for a one-off build.
+    pub context_digests: std::sync::Arc<crate::solve::ContextDigests>,
 }
 
 /// The image built.
@@ -184,6 +187,7 @@ pub fn build(
         steps: Default::default(),
         cancellation: std::sync::Arc::clone(&req.cancellation),
         in_flight: std::sync::Arc::clone(&req.in_flight),
+        context_digests: std::sync::Arc::clone(&req.context_digests),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")

@@ -25,7 +25,7 @@ use crate::build::{BuildError, BuildRequest, LayerCompression, build};
 use crate::image::ImageError;
 use crate::images;
 use crate::registry::{self, PullPolicy};
-use crate::solve::{Cancellation, Event, InFlight, SolveError};
+use crate::solve::{Cancellation, ContextDigests, Event, InFlight, SolveError};
 
 /// Errors of the control service; [`Status`] is made from them in one place.
 #[derive(Debug, Error)]
@@ -66,6 +66,8 @@ pub struct ControlService {
     store: Arc<Store>,
     /// Steps running now, shared by all builds: one runs, the others wait.
     in_flight: Arc<InFlight>,
+    /// Context digests of session trees, forgotten when a tree changes.
+    context_digests: Arc<ContextDigests>,
     /// A lock per context session: one build at a time changes and reads
     /// a session's tree.
     sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
@@ -111,6 +113,7 @@ impl ControlService {
         Self {
             store,
             in_flight: Arc::default(),
+            context_digests: Arc::default(),
             sessions: Arc::default(),
         }
     }
@@ -199,12 +202,18 @@ pub fn event_from_message(m: &pb::Event) -> Option<Event> {
     })
 }
 
+/// What builds share in kilnd.
+struct ControlShared {
+    in_flight: Arc<InFlight>,
+    context_digests: Arc<ContextDigests>,
+}
+
 /// What the spec asks, as the solver's request.
 fn request_of(
     spec: pb::BuildSpec,
     context: PathBuf,
     cancellation: Arc<Cancellation>,
-    in_flight: Arc<InFlight>,
+    shared: &ControlShared,
 ) -> Result<BuildRequest, ControlError> {
     let invalid = ControlError::Invalid;
     let tags = spec
@@ -241,7 +250,8 @@ fn request_of(
         pull,
         registry: registry::Options::default(),
         cancellation,
-        in_flight,
+        in_flight: Arc::clone(&shared.in_flight),
+        context_digests: Arc::clone(&shared.context_digests),
     })
 }
 
@@ -318,7 +328,10 @@ impl Control for ControlService {
         });
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::clone(&self.store);
-        let in_flight = Arc::clone(&self.in_flight);
+        let shared = ControlShared {
+            in_flight: Arc::clone(&self.in_flight),
+            context_digests: Arc::clone(&self.context_digests),
+        };
         // A client that goes away (Ctrl-C, a dropped connection) cancels
         // its build: running steps are killed, no new one starts.
         let cancellation = Arc::new(Cancellation::default());
@@ -351,6 +364,10 @@ impl Control for ControlService {
                         for rel in &spec.removed {
                             remove_inside(dir, rel)?;
                         }
+                        // An empty tar is its two zero blocks: nothing new.
+                        if !spec.removed.is_empty() || context_bytes > 1024 {
+                            shared.context_digests.forget(dir);
+                        }
                         dir.clone()
                     }
                     None => {
@@ -364,7 +381,7 @@ impl Control for ControlService {
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
                     .map_err(|e| ControlError::Context(e.to_string()))?;
-                let request = request_of(spec, context, cancellation, in_flight)?;
+                let request = request_of(spec, context, cancellation, &shared)?;
                 let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
                 for (id, value) in secrets {
                     worker = worker.with_secret(&id, value);
@@ -376,7 +393,12 @@ impl Control for ControlService {
                     };
                     let _ = progress_tx.blocking_send(Ok(message));
                 };
-                let built = build(&store, &worker, &request, &mut progress)?;
+                let built = build(&store, &worker, &request, &mut progress);
+                if session.is_none() {
+                    // The scratch context goes with this build.
+                    shared.context_digests.forget(&request.context);
+                }
+                let built = built?;
                 Ok(pb::BuildResult {
                     manifest: built.manifest.to_string(),
                     config: built.config.to_string(),

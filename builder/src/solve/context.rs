@@ -12,8 +12,42 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
 use kiln_cache::{Digest, Hasher, MetaStore};
 use kiln_frontend::dockerignore::Matcher;
+
+/// Context digests already computed, by context directory and what was
+/// asked. kilnd shares one across builds and forgets a directory when its
+/// session's tree changes, so a rebuild of an unchanged context reads
+/// nothing at all; the CLI starts with an empty one per build.
+#[derive(Debug, Default)]
+pub struct ContextDigests(Mutex<HashMap<(PathBuf, String), String>>);
+
+impl ContextDigests {
+    /// The digest for `ask` (sources, mode, ignore patterns) in `context`,
+    /// computed by `compute` on a miss.
+    pub(super) fn get_or(&self, context: &Path, ask: String, compute: impl FnOnce() -> String) -> String {
+        let key = (context.to_owned(), ask);
+        if let Some(d) = self.lock().get(&key) {
+            return d.clone();
+        }
+        let digest = compute();
+        self.lock().insert(key, digest.clone());
+        digest
+    }
+
+    /// Forgets every digest of `context` (its files changed, or it is gone).
+    pub fn forget(&self, context: &Path) {
+        self.lock().retain(|(dir, _), _| dir != context);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, String), String>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The digest of what `sources` (context paths, possibly with wildcards)
 /// cover in `context`, minus what `.dockerignore` excludes.

@@ -14,6 +14,7 @@ mod flight;
 mod ops;
 
 pub use cancel::Cancellation;
+pub use context::ContextDigests;
 pub use flight::InFlight;
 
 use std::collections::HashMap;
@@ -137,6 +138,8 @@ pub struct Solver<'a> {
     pub cancellation: std::sync::Arc<Cancellation>,
     /// Steps running now in this process, shared by concurrent builds.
     pub in_flight: std::sync::Arc<InFlight>,
+    /// Context digests computed before, for contexts that did not change.
+    pub context_digests: std::sync::Arc<ContextDigests>,
 }
 
 impl Solver<'_> {
@@ -473,6 +476,23 @@ impl Solver<'_> {
             .push((key.to_owned(), layer.clone()));
     }
 
+    /// The digest of context files `sources` cover (see `context.rs`).
+    fn context_digest(&self, sources: &[String], with_mode: bool) -> String {
+        let ask = format!(
+            "{sources:?}\0{with_mode}\0{:?}",
+            self.dockerignore_patterns
+        );
+        self.context_digests.get_or(&self.context, ask, || {
+            context::digest(
+                &self.context,
+                sources,
+                &self.dockerignore,
+                with_mode,
+                &*self.store.meta,
+            )
+        })
+    }
+
     /// The part of the cache key that comes from context files the op reads.
     fn context_part(&self, op: &kiln_proto::ops::v1::Op, inputs: &[(Fs, String)]) -> String {
         use kiln_proto::ops::v1::{file_action::Action, op::Kind};
@@ -489,13 +509,7 @@ impl Solver<'_> {
                     if let Some(Action::Copy(c)) = &action.action
                         && is_context(c.input)
                     {
-                        parts.push(context::digest(
-                            &self.context,
-                            &c.sources,
-                            &self.dockerignore,
-                            c.mode.is_none(),
-                            &*self.store.meta,
-                        ));
+                        parts.push(self.context_digest(&c.sources, c.mode.is_none()));
                     }
                 }
             }
@@ -504,13 +518,7 @@ impl Solver<'_> {
                     if m.r#type == kiln_proto::ops::v1::MountType::Bind as i32
                         && is_context(m.input)
                     {
-                        parts.push(context::digest(
-                            &self.context,
-                            std::slice::from_ref(&m.source),
-                            &self.dockerignore,
-                            true,
-                            &*self.store.meta,
-                        ));
+                        parts.push(self.context_digest(std::slice::from_ref(&m.source), true));
                     }
                 }
             }

@@ -367,6 +367,7 @@ impl Build {
             registry: self.registry.options(None)?,
             cancellation: Default::default(),
             in_flight: Default::default(),
+            context_digests: Default::default(),
         };
         let quiet = self.quiet;
         let json = self.progress == Mode::Json;
