@@ -111,6 +111,19 @@ fn kiln_with_config(
     child.wait_with_output().unwrap()
 }
 
+/// An htpasswd file (bcrypt) in `dir` with one user.
+fn htpasswd(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let path = dir.join("htpasswd");
+    let made = Command::new("htpasswd")
+        .arg("-Bbc")
+        .arg(&path)
+        .args([user, password])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    path
+}
+
 fn manifest_digest(s: &Setup, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", name]).0).unwrap();
     v[0]["Manifest"]["digest"].as_str().unwrap().to_owned()
@@ -236,14 +249,7 @@ fn basic_auth_and_login() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    let made = Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["kiln", "s3cret-pass"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    let htpasswd = htpasswd(dir.path(), "kiln", "s3cret-pass");
     let registry = Registry::start(Some(&htpasswd));
     let s = Setup::new();
     let docker_config: PathBuf = dir.path().join("docker");
@@ -542,14 +548,7 @@ fn indexes_pick_the_platform_and_helpers_give_credentials() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    let made = Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["helper-user", "helper-pass"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    let htpasswd = htpasswd(dir.path(), "helper-user", "helper-pass");
     let registry = Registry::start(Some(&htpasswd));
 
     // A credential helper, as `docker-credential-*` programs answer `get`.

@@ -131,6 +131,57 @@ impl ControlService {
     }
 }
 
+// The image commands' data on the wire and back: one mapping each way.
+impl From<images::ImageSummary> for pb::ImageSummary {
+    fn from(r: images::ImageSummary) -> Self {
+        Self {
+            repository: r.repository,
+            tag: r.tag,
+            id: r.id,
+            digest: r.digest,
+            created: r.created,
+            size: r.size,
+        }
+    }
+}
+
+impl From<pb::ImageSummary> for images::ImageSummary {
+    fn from(r: pb::ImageSummary) -> Self {
+        Self {
+            repository: r.repository,
+            tag: r.tag,
+            id: r.id,
+            digest: r.digest,
+            created: r.created,
+            size: r.size,
+        }
+    }
+}
+
+impl From<images::Usage> for pb::DiskUsageResponse {
+    fn from(u: images::Usage) -> Self {
+        Self {
+            images: u.images,
+            unused: u.unused,
+            snapshots: u.snapshots,
+            cache_mounts: u.cache_mounts,
+            metadata: u.metadata,
+        }
+    }
+}
+
+impl From<pb::DiskUsageResponse> for images::Usage {
+    fn from(u: pb::DiskUsageResponse) -> Self {
+        Self {
+            images: u.images,
+            unused: u.unused,
+            snapshots: u.snapshots,
+            cache_mounts: u.cache_mounts,
+            metadata: u.metadata,
+        }
+    }
+}
+
 /// The solver's event on the wire.
 fn event_message(event: Event) -> pb::Event {
     use pb::event::Kind;
@@ -424,17 +475,7 @@ impl Control for ControlService {
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let rows = self.blocking(|s| Ok(images::list(s)?)).await?;
         Ok(Response::new(pb::ListImagesResponse {
-            images: rows
-                .into_iter()
-                .map(|r| pb::ImageSummary {
-                    repository: r.repository,
-                    tag: r.tag,
-                    id: r.id,
-                    digest: r.digest,
-                    created: r.created,
-                    size: r.size,
-                })
-                .collect(),
+            images: rows.into_iter().map(Into::into).collect(),
         }))
     }
 
@@ -507,14 +548,8 @@ impl Control for ControlService {
         &self,
         _: Request<pb::DiskUsageRequest>,
     ) -> Result<Response<pb::DiskUsageResponse>, Status> {
-        let u = self.blocking(|s| Ok(images::usage(s)?)).await?;
-        Ok(Response::new(pb::DiskUsageResponse {
-            images: u.images,
-            unused: u.unused,
-            snapshots: u.snapshots,
-            cache_mounts: u.cache_mounts,
-            metadata: u.metadata,
-        }))
+        let usage = self.blocking(|s| Ok(images::usage(s)?)).await?;
+        Ok(Response::new(usage.into()))
     }
 
     async fn context_state(

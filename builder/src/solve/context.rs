@@ -29,7 +29,12 @@ pub struct ContextDigests(Mutex<HashMap<(PathBuf, String), String>>);
 impl ContextDigests {
     /// The digest for `ask` (sources, mode, ignore patterns) in `context`,
     /// computed by `compute` on a miss.
-    pub(super) fn get_or(&self, context: &Path, ask: String, compute: impl FnOnce() -> String) -> String {
+    pub(super) fn get_or(
+        &self,
+        context: &Path,
+        ask: String,
+        compute: impl FnOnce() -> String,
+    ) -> String {
         let key = (context.to_owned(), ask);
         if let Some(d) = self.lock().get(&key) {
             return d.clone();
@@ -45,7 +50,9 @@ impl ContextDigests {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, String), String>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -478,10 +478,7 @@ impl Solver<'_> {
 
     /// The digest of context files `sources` cover (see `context.rs`).
     fn context_digest(&self, sources: &[String], with_mode: bool) -> String {
-        let ask = format!(
-            "{sources:?}\0{with_mode}\0{:?}",
-            self.dockerignore_patterns
-        );
+        let ask = format!("{sources:?}\0{with_mode}\0{:?}", self.dockerignore_patterns);
         self.context_digests.get_or(&self.context, ask, || {
             context::digest(
                 &self.context,

@@ -163,18 +163,7 @@ impl List {
     }
 
     pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let rows = remote
-            .list_images()?
-            .into_iter()
-            .map(|r| images::ImageSummary {
-                repository: r.repository,
-                tag: r.tag,
-                id: r.id,
-                digest: r.digest,
-                created: r.created,
-                size: r.size,
-            })
-            .collect();
+        let rows = remote.list_images()?.into_iter().map(Into::into).collect();
         self.print(rows)
     }
 

@@ -271,18 +271,12 @@ impl Remote {
 
     pub(crate) fn disk_usage(&mut self) -> Result<kiln_builder::images::Usage> {
         let client = &mut self.client;
-        let u = self
+        let usage = self
             .runtime
             .block_on(client.disk_usage(pb::DiskUsageRequest {}))
             .map_err(failed)?
             .into_inner();
-        Ok(kiln_builder::images::Usage {
-            images: u.images,
-            unused: u.unused,
-            snapshots: u.snapshots,
-            cache_mounts: u.cache_mounts,
-            metadata: u.metadata,
-        })
+        Ok(usage.into())
     }
 
     pub(crate) fn inspect(&mut self, names: Vec<String>) -> Result<String> {
