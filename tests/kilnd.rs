@@ -150,8 +150,29 @@ fn the_cli_through_kilnd() {
         "{stderr}"
     );
     // A command kilnd does not serve yet says so instead of waiting for the store.
-    let out = s.kiln(&["--addr", &addr, "save", "-o", "/dev/null", "remote:1"]);
+    let out = s.kiln(&["--addr", &addr, "import", "/nonexistent.tar", "x:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not go through kilnd yet"));
+
+    // save and load stream the archive through kilnd.
+    let archive = s.dir.path().join("remote.tar");
+    let id_and_layers = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        (v[0]["Id"].clone(), v[0]["RootFS"]["Layers"].clone())
+    };
+    let before = id_and_layers(&s.ok(&["--addr", &addr, "inspect", "remote:1"]).0);
+    s.ok(&[
+        "--addr",
+        &addr,
+        "save",
+        "-o",
+        archive.to_str().unwrap(),
+        "remote:1",
+    ]);
+    s.ok(&["--addr", &addr, "rmi", "remote:1"]);
+    let (loaded, _) = s.ok(&["--addr", &addr, "load", "-i", archive.to_str().unwrap()]);
+    assert_eq!(loaded, "Loaded image: remote:1\n");
+    let after = id_and_layers(&s.ok(&["--addr", &addr, "inspect", "remote:1"]).0);
+    assert_eq!(after, before, "the same image (ID, layers) came back");
 
     // tag, rmi, du, prune: as embedded.
     s.ok(&["--addr", &addr, "tag", "remote:1", "remote:2"]);

@@ -307,6 +307,42 @@ fn request_of(
 }
 
 type BuildStream = ReceiverStream<Result<BuildOutput, Status>>;
+type SaveStream = ReceiverStream<Result<pb::DataChunk, Status>>;
+
+/// A writer whose bytes go to a stream of chunks (an archive to a client).
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<pb::DataChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    const SIZE: usize = 1 << 20;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
+        self.tx
+            .blocking_send(Ok(pb::DataChunk { data }))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::SIZE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Control for ControlService {
@@ -550,6 +586,73 @@ impl Control for ControlService {
     ) -> Result<Response<pb::DiskUsageResponse>, Status> {
         let usage = self.blocking(|s| Ok(images::usage(s)?)).await?;
         Ok(Response::new(usage.into()))
+    }
+
+    type SaveStream = SaveStream;
+
+    async fn save(
+        &self,
+        request: Request<pb::SaveRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let format = match r.format.as_str() {
+            "" | "docker" => crate::archive::Format::Docker,
+            "oci" => crate::archive::Format::Oci,
+            other => return Err(ControlError::Invalid(format!("--format {other}")).into()),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(ChunkSender::SIZE),
+            };
+            let saved = crate::archive::save(&store, &r.names, format, &mut out)
+                .map_err(ControlError::from)
+                .and_then(|()| {
+                    std::io::Write::flush(&mut out)
+                        .map_err(|e| ControlError::Invalid(e.to_string()))
+                });
+            if let Err(e) = saved {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn load(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
+        let mut input = request.into_inner();
+        let scratch = tempfile::Builder::new()
+            .prefix("load-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        let path = scratch.path().join("archive");
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        while let Some(chunk) = input.message().await? {
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| ControlError::Context(e.to_string()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        drop(file);
+        let loaded = self
+            .blocking(move |s| {
+                let loaded = crate::archive::load(s, &path)?;
+                drop(scratch);
+                Ok(loaded)
+            })
+            .await?;
+        Ok(Response::new(pb::LoadResponse {
+            tags: loaded.tags,
+            untagged: loaded.untagged.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn context_state(

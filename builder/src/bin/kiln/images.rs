@@ -105,8 +105,18 @@ impl Load {
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
         let loaded = archive::load(&store, &self.input)?;
+        let untagged: Vec<String> = loaded.untagged.iter().map(ToString::to_string).collect();
+        self.print(&loaded.tags, &untagged)
+    }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let (tags, untagged) = remote.load(&self.input)?;
+        self.print(&tags, &untagged)
+    }
+
+    fn print(&self, tags: &[String], untagged: &[String]) -> Result<()> {
         let mut out = String::new();
-        for tag in &loaded.tags {
+        for tag in tags {
             if self.quiet {
                 out.push_str(&format!("{}\n", kiln_builder::image::familiar(tag)));
             } else {
@@ -116,7 +126,7 @@ impl Load {
                 ));
             }
         }
-        for digest in &loaded.untagged {
+        for digest in untagged {
             out.push_str(&format!("Loaded image ID: {digest}\n"));
         }
         stdout(&out)
@@ -145,6 +155,14 @@ fn source_date_epoch() -> Result<Option<u64>> {
 }
 
 impl Save {
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let format = match self.format {
+            SaveFormat::Docker => "docker",
+            SaveFormat::Oci => "oci",
+        };
+        remote.save(self.names, format, &self.output)
+    }
+
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
         let format = match self.format {

@@ -92,6 +92,8 @@ fn main() -> ExitCode {
         (Command::Rmi(c), Some(remote)) => c.run_remote(remote),
         (Command::Prune(c), Some(remote)) => c.run_remote(remote),
         (Command::Du, Some(remote)) => images::du_remote(remote),
+        (Command::Save(c), Some(remote)) => c.run_remote(remote),
+        (Command::Load(c), Some(remote)) => c.run_remote(remote),
         (_, Some(_)) => Err(anyhow::anyhow!(
             "this command does not go through kilnd yet, and kilnd holds the store: \
              stop kilnd, or give kiln another --root and no --addr"

@@ -279,6 +279,70 @@ impl Remote {
         Ok(usage.into())
     }
 
+    /// Writes the archive kilnd streams into `output` (through a temporary
+    /// file beside it: no half-written archive under its name).
+    pub(crate) fn save(&mut self, names: Vec<String>, format: &str, output: &Path) -> Result<()> {
+        let client = &mut self.client;
+        let dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        self.runtime.block_on(async {
+            let mut stream = client
+                .save(pb::SaveRequest {
+                    names,
+                    format: format.to_owned(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            while let Some(chunk) = stream.message().await.map_err(failed)? {
+                tmp.write_all(&chunk.data)
+                    .with_context(|| format!("writing {}", output.display()))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        tmp.persist(output)
+            .with_context(|| format!("writing {}", output.display()))?;
+        Ok(())
+    }
+
+    /// Streams the archive at `input` to kilnd; the names tagged and the
+    /// digests of untagged images.
+    pub(crate) fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
+        let mut file =
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::DataChunk>(8);
+        let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if tx
+                    .blocking_send(pb::DataChunk {
+                        data: buf[..n].to_vec(),
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        });
+        let client = &mut self.client;
+        let response = self
+            .runtime
+            .block_on(client.load(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        if let Ok(Err(e)) = reader.join() {
+            bail!("reading {}: {e}", input.display());
+        }
+        let r = response.map_err(failed)?.into_inner();
+        Ok((r.tags, r.untagged))
+    }
+
     pub(crate) fn inspect(&mut self, names: Vec<String>) -> Result<String> {
         let client = &mut self.client;
         let response = self
