@@ -56,7 +56,11 @@ impl Drop for Kilnd {
     }
 }
 
-fn health(socket: &Path) -> i32 {
+/// Runs `call` on a gRPC channel to kilnd's socket.
+fn grpc<T, F: std::future::Future<Output = T>>(
+    socket: &Path,
+    call: impl FnOnce(tonic::transport::Channel) -> F,
+) -> T {
     let socket = socket.to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,6 +79,12 @@ fn health(socket: &Path) -> i32 {
             }))
             .await
             .unwrap();
+        call(channel).await
+    })
+}
+
+fn health(socket: &Path) -> i32 {
+    grpc(socket, |channel| async move {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         client
             .check(tonic_health::pb::HealthCheckRequest {
@@ -84,6 +94,37 @@ fn health(socket: &Path) -> i32 {
             .unwrap()
             .into_inner()
             .status
+    })
+}
+
+/// The services server reflection lists.
+fn reflected_services(socket: &Path) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    grpc(socket, |channel| async move {
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match stream
+            .message()
+            .await
+            .unwrap()
+            .and_then(|r| r.message_response)
+        {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("not a service list: {other:?}"),
+        }
     })
 }
 
@@ -98,6 +139,11 @@ fn the_cli_through_kilnd() {
     fs::write(s.context.join(".dockerignore"), "*.log\n").unwrap();
     let mut kilnd = Kilnd::start(&s);
     assert_eq!(health(&kilnd.socket), 1, "SERVING");
+    let services = reflected_services(&kilnd.socket);
+    assert!(
+        services.iter().any(|s| s == "kiln.control.v1.Control"),
+        "reflection lists the control API: {services:?}"
+    );
     let addr = kilnd.addr();
     let dockerfile =
         "FROM base:busybox\nCOPY . /ctx/\nRUN ls /ctx > /listing && cat /ctx/hello.txt\n";
