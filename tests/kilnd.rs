@@ -561,3 +561,33 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn sigterm_lets_a_running_build_finish() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let mut kilnd = Kilnd::start(&s);
+    fs::write(
+        s.context.join("Dockerfile"),
+        "FROM base:busybox\nRUN sleep 2 && echo drained > /d\n",
+    )
+    .unwrap();
+    let client = crate::harness::kiln()
+        .args(["--addr", &kilnd.addr(), "build", "-t", "drain:1"])
+        .arg(&s.context)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = kilnd.stop();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the build in flight finished: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status.success(), "then kilnd exited cleanly");
+    assert!(s.layers_text("drain:1").contains("drained"));
+}
