@@ -196,8 +196,18 @@ fn the_cli_through_kilnd() {
         "{stderr}"
     );
     // A command kilnd does not serve yet says so instead of waiting for the store.
-    let out = s.kiln(&["--addr", &addr, "import", "/nonexistent.tar", "x:1"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not go through kilnd yet"));
+    // import streams the tarball.
+    let tarball = crate::busybox::base_tarball(&s.dir.path().join("again"));
+    let (digest, _) = s.ok(&[
+        "--addr",
+        &addr,
+        "import",
+        tarball.to_str().unwrap(),
+        "again:1",
+    ]);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let (images, _) = s.ok(&["--addr", &addr, "images"]);
+    assert!(images.contains("again"), "{images}");
 
     // save and load stream the archive through kilnd.
     let archive = s.dir.path().join("remote.tar");

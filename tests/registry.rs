@@ -654,3 +654,34 @@ fn indexes_pick_the_platform_and_helpers_give_credentials() {
         stderr(&out)
     );
 }
+
+#[test]
+fn push_and_pull_through_kilnd() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let s = Setup::new();
+    let kilnd = crate::kilnd::Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let app = format!("{}/via/kilnd:1", registry.addr);
+    s.ok(&["--addr", &addr, "tag", "base:busybox", &app]);
+    let (pushed, _) = s.ok(&["--addr", &addr, "push", &app]);
+    assert!(
+        pushed.contains("2 uploaded, 0 mounted, 0 already there"),
+        "{pushed}"
+    );
+    s.ok(&["--addr", &addr, "rmi", &app]);
+    let (pulled, _) = s.ok(&["--addr", &addr, "pull", &app]);
+    assert!(
+        pulled.contains("blobs fetched") && pulled.contains("Digest: sha256:"),
+        "{pulled}"
+    );
+    let out = s.kiln(&["--addr", &addr, "pull", "127.0.0.1:9/nothere:1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("127.0.0.1:9/nothere"),
+        "{}",
+        stderr(&out)
+    );
+}

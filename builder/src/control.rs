@@ -38,6 +38,8 @@ pub enum ControlError {
     Image(#[from] ImageError),
     #[error("receiving the build context: {0}")]
     Context(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl From<ControlError> for Status {
@@ -116,6 +118,30 @@ impl ControlService {
             context_digests: Arc::default(),
             sessions: Arc::default(),
         }
+    }
+
+    /// Writes a stream's data (what `data` picks from each message; `each`
+    /// sees every message) into a file in a scratch directory of the
+    /// store, removed with the directory.
+    async fn receive<M>(
+        &self,
+        input: &mut Streaming<M>,
+        data: impl Fn(&M) -> &[u8],
+        mut each: impl FnMut(&M),
+    ) -> Result<(tempfile::TempDir, PathBuf), Status> {
+        let io = |e: std::io::Error| Status::from(ControlError::Context(e.to_string()));
+        let scratch = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(io)?;
+        let path = scratch.path().join("data");
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        while let Some(message) = input.message().await? {
+            each(&message);
+            file.write_all(data(&message)).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        Ok((scratch, path))
     }
 
     /// Runs `f` with the store on a blocking thread.
@@ -625,23 +651,9 @@ impl Control for ControlService {
         request: Request<Streaming<pb::DataChunk>>,
     ) -> Result<Response<pb::LoadResponse>, Status> {
         let mut input = request.into_inner();
-        let scratch = tempfile::Builder::new()
-            .prefix("load-")
-            .tempdir_in(self.store.root().join("tmp"))
-            .map_err(|e| ControlError::Context(e.to_string()))?;
-        let path = scratch.path().join("archive");
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| ControlError::Context(e.to_string()))?;
-        while let Some(chunk) = input.message().await? {
-            file.write_all(&chunk.data)
-                .await
-                .map_err(|e| ControlError::Context(e.to_string()))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| ControlError::Context(e.to_string()))?;
-        drop(file);
+        let (scratch, path) = self
+            .receive(&mut input, |chunk: &pb::DataChunk| &chunk.data, |_| {})
+            .await?;
         let loaded = self
             .blocking(move |s| {
                 let loaded = crate::archive::load(s, &path)?;
@@ -652,6 +664,81 @@ impl Control for ControlService {
         Ok(Response::new(pb::LoadResponse {
             tags: loaded.tags,
             untagged: loaded.untagged.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        let mut input = request.into_inner();
+        let mut first: Option<(String, Option<u64>)> = None;
+        let (scratch, path) = self
+            .receive(
+                &mut input,
+                |chunk: &pb::ImportChunk| &chunk.data,
+                |chunk| {
+                    first.get_or_insert((chunk.name.clone(), chunk.created));
+                },
+            )
+            .await?;
+        let (name, created) = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
+        let digest = self
+            .blocking(move |s| {
+                let created = created.unwrap_or_else(crate::image::now);
+                let digest = crate::archive::import(s, &path, &name, created)?;
+                drop(scratch);
+                Ok(digest)
+            })
+            .await?;
+        Ok(Response::new(pb::ImportResponse {
+            digest: digest.to_string(),
+        }))
+    }
+
+    async fn pull(
+        &self,
+        request: Request<pb::PullRequest>,
+    ) -> Result<Response<pb::PullResponse>, Status> {
+        let r = request.into_inner();
+        let platform = match r.platform.split_once('/') {
+            Some((os, arch)) => Some((os.to_owned(), arch.to_owned())),
+            None if r.platform.is_empty() => None,
+            None => return Err(ControlError::Invalid(format!("--platform {}", r.platform)).into()),
+        };
+        let options = registry::Options {
+            insecure: r.insecure_registries,
+            platform,
+            chunk_size: 0,
+        };
+        let pulled = self
+            .blocking(move |s| Ok(registry::pull(s, &r.name, &options)?))
+            .await?;
+        Ok(Response::new(pb::PullResponse {
+            name: pulled.name,
+            manifest: pulled.manifest.to_string(),
+            fetched: pulled.fetched as u64,
+            bytes: pulled.bytes,
+        }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let r = request.into_inner();
+        let options = registry::Options {
+            insecure: r.insecure_registries,
+            ..registry::Options::default()
+        };
+        let pushed = self
+            .blocking(move |s| Ok(registry::push(s, &r.name, &options)?))
+            .await?;
+        Ok(Response::new(pb::PushResponse {
+            manifest: pushed.manifest.to_string(),
+            uploaded: pushed.uploaded as u64,
+            mounted: pushed.mounted as u64,
+            skipped: pushed.skipped as u64,
         }))
     }
 

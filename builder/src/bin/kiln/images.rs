@@ -134,6 +134,11 @@ impl Load {
 }
 
 impl Import {
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let digest = remote.import(&self.file, &self.name, source_date_epoch()?)?;
+        stdout(&format!("{digest}\n"))
+    }
+
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
         let created = source_date_epoch()?.unwrap_or_else(kiln_builder::image::now);

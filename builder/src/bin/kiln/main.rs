@@ -94,6 +94,9 @@ fn main() -> ExitCode {
         (Command::Du, Some(remote)) => images::du_remote(remote),
         (Command::Save(c), Some(remote)) => c.run_remote(remote),
         (Command::Load(c), Some(remote)) => c.run_remote(remote),
+        (Command::Import(c), Some(remote)) => c.run_remote(remote),
+        (Command::Pull(c), Some(remote)) => c.run_remote(remote),
+        (Command::Push(c), Some(remote)) => c.run_remote(remote),
         (_, Some(_)) => Err(anyhow::anyhow!(
             "this command does not go through kilnd yet, and kilnd holds the store: \
              stop kilnd, or give kiln another --root and no --addr"

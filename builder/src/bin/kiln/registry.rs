@@ -54,15 +54,33 @@ impl Pull {
         let store = open(root)?;
         let options = self.registry.options(self.platform.as_deref())?;
         let pulled = registry::pull(&store, &self.name, &options)?;
-        println!(
-            "{}: {} blobs fetched ({} bytes)\nDigest: {}",
-            kiln_builder::image::familiar(&pulled.name),
-            pulled.fetched,
+        print_pulled(
+            &pulled.name,
+            pulled.fetched as u64,
             pulled.bytes,
-            pulled.manifest
+            &pulled.manifest.to_string(),
         );
         Ok(())
     }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        // Checked here, as embedded: the same error for a bad --platform.
+        self.registry.options(self.platform.as_deref())?;
+        let pulled = remote.pull(kiln_proto::control::v1::PullRequest {
+            name: self.name,
+            platform: self.platform.unwrap_or_default(),
+            insecure_registries: self.registry.insecure,
+        })?;
+        print_pulled(&pulled.name, pulled.fetched, pulled.bytes, &pulled.manifest);
+        Ok(())
+    }
+}
+
+fn print_pulled(name: &str, fetched: u64, bytes: u64, manifest: &str) {
+    println!(
+        "{}: {fetched} blobs fetched ({bytes} bytes)\nDigest: {manifest}",
+        kiln_builder::image::familiar(name)
+    );
 }
 
 #[derive(Args)]
@@ -76,13 +94,26 @@ pub(crate) struct Push {
 impl Push {
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
         let store = open(root)?;
-        let pushed = registry::push(&store, &self.name, &self.registry.options(None)?)?;
-        println!(
-            "{}: {} uploaded, {} mounted, {} already there\nDigest: {}",
-            self.name, pushed.uploaded, pushed.mounted, pushed.skipped, pushed.manifest
-        );
+        let p = registry::push(&store, &self.name, &self.registry.options(None)?)?;
+        let counts = [p.uploaded, p.mounted, p.skipped].map(|n| n as u64);
+        print_pushed(&self.name, counts, &p.manifest.to_string());
         Ok(())
     }
+
+    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        let p = remote.push(kiln_proto::control::v1::PushRequest {
+            name: self.name.clone(),
+            insecure_registries: self.registry.insecure,
+        })?;
+        print_pushed(&self.name, [p.uploaded, p.mounted, p.skipped], &p.manifest);
+        Ok(())
+    }
+}
+
+fn print_pushed(name: &str, [uploaded, mounted, skipped]: [u64; 3], manifest: &str) {
+    println!(
+        "{name}: {uploaded} uploaded, {mounted} mounted, {skipped} already there\nDigest: {manifest}"
+    );
 }
 
 #[derive(Args)]

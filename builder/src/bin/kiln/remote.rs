@@ -312,35 +312,49 @@ impl Remote {
     /// Streams the archive at `input` to kilnd; the names tagged and the
     /// digests of untagged images.
     pub(crate) fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
-        let mut file =
-            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::DataChunk>(8);
-        let reader = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = std::io::Read::read(&mut file, &mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                if tx
-                    .blocking_send(pb::DataChunk {
-                        data: buf[..n].to_vec(),
-                    })
-                    .is_err()
-                {
-                    return Ok(());
-                }
-            }
-        });
+        let (chunks, reader) = file_chunks(input, |data| pb::DataChunk { data })?;
         let client = &mut self.client;
-        let response = self
-            .runtime
-            .block_on(client.load(tokio_stream::wrappers::ReceiverStream::new(rx)));
-        if let Ok(Err(e)) = reader.join() {
-            bail!("reading {}: {e}", input.display());
-        }
+        let response = self.runtime.block_on(client.load(chunks));
+        read_fully(input, reader)?;
         let r = response.map_err(failed)?.into_inner();
         Ok((r.tags, r.untagged))
+    }
+
+    /// `kiln import`: the tarball streamed to kilnd; the manifest digest.
+    pub(crate) fn import(
+        &mut self,
+        file: &Path,
+        name: &str,
+        created: Option<u64>,
+    ) -> Result<String> {
+        let name = name.to_owned();
+        let (chunks, reader) = file_chunks(file, move |data| pb::ImportChunk {
+            name: name.clone(),
+            data,
+            created,
+        })?;
+        let client = &mut self.client;
+        let response = self.runtime.block_on(client.import(chunks));
+        read_fully(file, reader)?;
+        Ok(response.map_err(failed)?.into_inner().digest)
+    }
+
+    pub(crate) fn pull(&mut self, request: pb::PullRequest) -> Result<pb::PullResponse> {
+        let client = &mut self.client;
+        Ok(self
+            .runtime
+            .block_on(client.pull(request))
+            .map_err(failed)?
+            .into_inner())
+    }
+
+    pub(crate) fn push(&mut self, request: pb::PushRequest) -> Result<pb::PushResponse> {
+        let client = &mut self.client;
+        Ok(self
+            .runtime
+            .block_on(client.push(request))
+            .map_err(failed)?
+            .into_inner())
     }
 
     pub(crate) fn inspect(&mut self, names: Vec<String>) -> Result<String> {
@@ -406,6 +420,38 @@ fn changes(
             .map(|p| (*p).to_owned()),
     );
     (send, removed)
+}
+
+/// A file as a stream of messages `make` wraps its chunks in, read on a
+/// thread of its own; join the thread with [`read_fully`].
+fn file_chunks<M: Send + 'static>(
+    path: &Path,
+    make: impl Fn(Vec<u8>) -> M + Send + 'static,
+) -> Result<(
+    tokio_stream::wrappers::ReceiverStream<M>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<M>(8);
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            // kilnd hung up: its answer says why.
+            if n == 0 || tx.blocking_send(make(buf[..n].to_vec())).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    Ok((tokio_stream::wrappers::ReceiverStream::new(rx), reader))
+}
+
+fn read_fully(path: &Path, reader: std::thread::JoinHandle<std::io::Result<()>>) -> Result<()> {
+    match reader.join() {
+        Ok(Err(e)) => bail!("reading {}: {e}", path.display()),
+        _ => Ok(()),
+    }
 }
 
 /// Context chunks of this size go to kilnd.
