@@ -173,6 +173,47 @@ fn the_cli_through_kilnd() {
         ".dockerignore'd files never leave the client"
     );
 
+    // File outputs come back from kilnd.
+    let out_dir = s.dir.path().join("outputs");
+    let (docker, local, tarball) = (
+        out_dir.join("d.tar"),
+        out_dir.join("rootfs"),
+        out_dir.join("rootfs.tar"),
+    );
+    let outputs = [
+        format!("type=docker,dest={}", docker.display()),
+        format!("type=local,dest={}", local.display()),
+        format!("type=tar,dest={}", tarball.display()),
+    ];
+    let mut args = vec!["--addr", addr.as_str(), "-t", "remote:1"];
+    for o in &outputs {
+        args.extend(["-o", o.as_str()]);
+    }
+    let out = s.build(dockerfile, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("ctx/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(!local.join("ctx/secret.log").exists());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("listing"));
+    let manifest = Command::new("tar")
+        .args(["-xOf"])
+        .arg(&docker)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&manifest.stdout).contains("remote:1"));
+
     // Rebuilt: all cached. A failing step: the same words and exit code as embedded.
     let out = s.build(dockerfile, &["--addr", &addr, "-t", "remote:1"]);
     assert_eq!(

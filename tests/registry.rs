@@ -677,6 +677,16 @@ fn push_and_pull_through_kilnd() {
         pulled.contains("blobs fetched") && pulled.contains("Digest: sha256:"),
         "{pulled}"
     );
+    // The build cache goes to the registry from kilnd, and comes back embedded.
+    let cache = format!("type=registry,ref={}/via/cache:1", registry.addr);
+    let dockerfile = "FROM base:busybox\nRUN echo cached > /c\n";
+    let out = s.build(dockerfile, &["--addr", &addr, "--cache-to", &cache]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = Setup::new();
+    let out = b.build(dockerfile, &["--cache-from", &cache]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches(" DONE").count(), 0, "{}", stderr(&out));
+
     let out = s.kiln(&["--addr", &addr, "pull", "127.0.0.1:9/nothere:1"]);
     assert!(!out.status.success());
     assert!(

@@ -429,6 +429,7 @@ impl Control for ControlService {
             .map_err(|e| ControlError::Context(e.to_string()))?;
         drop(tar);
         let secrets = spec.secrets.clone();
+        let (cache_from, cache_to) = (spec.cache_from.clone(), spec.cache_to.clone());
         let session = (!spec.session.is_empty()).then(|| {
             let mut sessions = self
                 .sessions
@@ -506,12 +507,35 @@ impl Control for ControlService {
                     };
                     let _ = progress_tx.blocking_send(Ok(message));
                 };
+                let registry_options = request.registry.clone();
+                for spec in &cache_from {
+                    let (reference, _) = crate::registry::cache::parse_spec("--cache-from", spec)
+                        .map_err(ControlError::Invalid)?;
+                    // As BuildKit: a cache that cannot be imported is a warning.
+                    if let Err(e) =
+                        crate::registry::cache::import(&store, &reference, &registry_options)
+                    {
+                        tracing::warn!("importing cache from {reference}: {e}");
+                    }
+                }
                 let built = build(&store, &worker, &request, &mut progress);
                 if session.is_none() {
                     // The scratch context goes with this build.
                     shared.context_digests.forget(&request.context);
                 }
                 let built = built?;
+                for spec in &cache_to {
+                    let (reference, mounts) =
+                        crate::registry::cache::parse_spec("--cache-to", spec)
+                            .map_err(ControlError::Invalid)?;
+                    crate::registry::cache::export(
+                        &store,
+                        &reference,
+                        &built.steps,
+                        mounts,
+                        &registry_options,
+                    )?;
+                }
                 Ok(pb::BuildResult {
                     manifest: built.manifest.to_string(),
                     config: built.config.to_string(),
@@ -615,6 +639,51 @@ impl Control for ControlService {
     }
 
     type SaveStream = SaveStream;
+    type ExportStream = SaveStream;
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let manifest: kiln_cache::Digest = r
+            .manifest
+            .parse()
+            .map_err(|_| ControlError::Invalid(format!("manifest {}", r.manifest)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let sent = (|| -> Result<(), ControlError> {
+                let scratch = tempfile::Builder::new()
+                    .prefix("export-")
+                    .tempdir_in(store.root().join("tmp"))
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                let file = scratch.path().join("out");
+                let output = match r.kind.as_str() {
+                    "docker" => crate::output::Output::Docker(file.clone()),
+                    "oci" => crate::output::Output::Oci(file.clone()),
+                    "tar" => crate::output::Output::Tar(file.clone()),
+                    other => return Err(ControlError::Invalid(format!("output type {other}"))),
+                };
+                let name = (!r.name.is_empty()).then_some(r.name.as_str());
+                crate::output::export(&store, &manifest, name, &output)?;
+                let mut out = ChunkSender {
+                    tx: tx.clone(),
+                    buf: Vec::with_capacity(ChunkSender::SIZE),
+                };
+                let mut input =
+                    std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
+                std::io::copy(&mut input, &mut out)
+                    .and_then(|_| std::io::Write::flush(&mut out))
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                Ok(())
+            })();
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn save(
         &self,

@@ -4,12 +4,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kiln_cache::Store;
+use kiln_cache::{Digest, Store};
 use kiln_worker::layer::compression::decompressed;
 use kiln_worker::layer::{Whiteouts, unpack_with};
 
 use crate::archive::{Format, save_images_to_file};
-use crate::build::Built;
 use crate::image::{self, ImageError, Result};
 
 /// One `-o` value.
@@ -74,10 +73,11 @@ impl Output {
     }
 }
 
-/// Writes `built` (named `name`, a full reference, when tagged) to `output`.
-pub fn export(store: &Store, built: &Built, name: Option<&str>, output: &Output) -> Result<()> {
+/// Writes the image `manifest` names (named `name`, a full reference, when
+/// tagged) to `output`.
+pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Output) -> Result<()> {
     let (os, arch) = image::host_platform();
-    let img = || image::read_image(store, &built.manifest, (&os, &arch));
+    let img = || image::read_image(store, manifest, (&os, &arch));
     match output {
         // Tagging and pushing are the caller's (they need the tags).
         Output::Image { .. } => Ok(()),

@@ -50,6 +50,30 @@ struct MountDir {
     size: u64,
 }
 
+/// A `--cache-to`/`--cache-from` value (`type=registry,ref=REF[,cache-mounts=true]`):
+/// the registry reference and whether cache mounts go along. `flag` names
+/// the option in the error.
+pub fn parse_spec(flag: &str, spec: &str) -> std::result::Result<(String, bool), String> {
+    let (mut kind, mut reference, mut mounts) = (None, None, false);
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("type", t)) => kind = Some(t),
+            Some(("ref", r)) => reference = Some(r.to_owned()),
+            Some(("cache-mounts", v)) => mounts = v == "true",
+            // BuildKit's export modes: kiln always exports every step.
+            Some(("mode", "max" | "min")) => {}
+            _ => return Err(format!("{flag} {spec}: unknown field {field:?}")),
+        }
+    }
+    if kind != Some("registry") {
+        return Err(format!(
+            "{flag} {spec}: kiln keeps caches in registries only (type=registry,ref=REF)"
+        ));
+    }
+    let reference = reference.ok_or_else(|| format!("{flag} {spec}: no ref="))?;
+    Ok((reference, mounts))
+}
+
 /// What an import brought.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {

@@ -106,26 +106,8 @@ fn compression_of(outputs: &[String]) -> Result<LayerCompression> {
     Ok(compression)
 }
 
-/// A `--cache-to`/`--cache-from` value: the registry reference and whether
-/// cache mounts go along.
 fn cache_spec(flag: &str, spec: &str) -> Result<(String, bool)> {
-    let (mut kind, mut reference, mut mounts) = (None, None, false);
-    for field in spec.split(',') {
-        match field.split_once('=') {
-            Some(("type", t)) => kind = Some(t),
-            Some(("ref", r)) => reference = Some(r.to_owned()),
-            Some(("cache-mounts", v)) => mounts = v == "true",
-            // BuildKit's export modes: kiln always exports every step.
-            Some(("mode", "max" | "min")) => {}
-            _ => anyhow::bail!("{flag} {spec}: unknown field {field:?}"),
-        }
-    }
-    anyhow::ensure!(
-        kind == Some("registry"),
-        "{flag} {spec}: kiln keeps caches in registries only (type=registry,ref=REF)"
-    );
-    let reference = reference.with_context(|| format!("{flag} {spec}: no ref="))?;
-    Ok((reference, mounts))
+    kiln_builder::registry::cache::parse_spec(flag, spec).map_err(anyhow::Error::msg)
 }
 
 /// `ID[=SOCKET]` of `--ssh`: the agent's socket (default `$SSH_AUTH_SOCK`).
@@ -215,25 +197,43 @@ impl Build {
 
     /// The build through kilnd: the context goes over the wire (without
     /// what `.dockerignore` excludes), events come back.
-    fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+    fn run_remote(mut self, mut remote: crate::remote::Remote) -> Result<()> {
         anyhow::ensure!(
-            self.context.as_os_str() != "-",
-            "a context on standard input does not go through kilnd yet"
+            self.ssh.is_empty(),
+            "--ssh does not go through kilnd yet (kilnd would need the agent forwarded over the API)"
         );
-        anyhow::ensure!(
-            self.ssh.is_empty() && self.cache_to.is_empty() && self.cache_from.is_empty(),
-            "--ssh, --cache-to and --cache-from do not go through kilnd yet"
-        );
-        for o in &self.outputs {
-            let parsed = kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg)?;
+        // A context on standard input is unpacked here, then sent as a directory.
+        let _stdin_context = if self.context.as_os_str() == "-" {
             anyhow::ensure!(
-                matches!(
-                    parsed,
-                    kiln_builder::output::Output::Image { push: false, .. }
-                ),
-                "--output {o}: only type=image goes through kilnd yet"
+                self.file.as_deref() != Some(std::path::Path::new("-")),
+                "the context and the Dockerfile cannot both come from standard input"
             );
+            let dir = tempfile::tempdir().context("a directory for the context")?;
+            let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
+                .context("reading the context from standard input")?;
+            kiln_worker::layer::unpack(reader, dir.path())
+                .context("the context on standard input")?;
+            self.context = dir.path().to_owned();
+            Some(dir)
+        } else {
+            None
+        };
+        let mut files = Vec::new();
+        let mut push = false;
+        let mut tags = self.tags.clone();
+        for o in &self.outputs {
+            match kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg)? {
+                kiln_builder::output::Output::Image { names, push: p } => {
+                    tags.extend(names);
+                    push |= p;
+                }
+                file => files.push(file),
+            }
         }
+        anyhow::ensure!(
+            !push || !tags.is_empty(),
+            "--output push=true needs a name (name= or -t)"
+        );
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
         let dockerfile = source.read()?;
         let dockerignore = source.dockerignore(&self.context)?;
@@ -249,7 +249,7 @@ impl Build {
             dockerignore,
             build_args: build_args.into_iter().collect(),
             target: self.target.clone().unwrap_or_default(),
-            tags: self.tags.clone(),
+            tags,
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             secrets,
@@ -260,9 +260,32 @@ impl Build {
             // Set by the client from the context (see `remote::changes`).
             session: String::new(),
             removed: Vec::new(),
+            cache_from: self.cache_from.clone(),
+            cache_to: self.cache_to.clone(),
         };
         let mut printer = Printer::new(self.progress, self.quiet);
         let result = remote.build(spec, &self.context, &ignore, &mut printer)?;
+        for output in &files {
+            remote.export(
+                &result.manifest,
+                result.tags.first().map(String::as_str),
+                output,
+            )?;
+        }
+        if push {
+            for tag in &result.tags {
+                let pushed = remote.push(kiln_proto::control::v1::PushRequest {
+                    name: tag.clone(),
+                    insecure_registries: Vec::new(),
+                })?;
+                if !self.quiet {
+                    eprintln!(
+                        "pushing {tag} done ({} uploaded, {} mounted, {} already there)",
+                        pushed.uploaded, pushed.mounted, pushed.skipped
+                    );
+                }
+            }
+        }
         if self.quiet {
             println!("{}", result.config);
         } else if self.progress == Mode::Json {
@@ -402,7 +425,12 @@ impl Build {
             Err(e) => return Err(e.into()),
         };
         for output in &outputs {
-            kiln_builder::output::export(&store, &built, tags.first().map(String::as_str), output)?;
+            kiln_builder::output::export(
+                &store,
+                &built.manifest,
+                tags.first().map(String::as_str),
+                output,
+            )?;
         }
         for spec in &self.cache_to {
             let (reference, mounts) = cache_spec("--cache-to", spec)?;

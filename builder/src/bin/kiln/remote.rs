@@ -279,33 +279,60 @@ impl Remote {
         Ok(usage.into())
     }
 
-    /// Writes the archive kilnd streams into `output` (through a temporary
-    /// file beside it: no half-written archive under its name).
+    /// Writes the archive kilnd streams into `output`.
     pub(crate) fn save(&mut self, names: Vec<String>, format: &str, output: &Path) -> Result<()> {
         let client = &mut self.client;
-        let dir = output
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a file in {}", dir.display()))?;
-        self.runtime.block_on(async {
-            let mut stream = client
-                .save(pb::SaveRequest {
-                    names,
-                    format: format.to_owned(),
-                })
-                .await
-                .map_err(failed)?
-                .into_inner();
-            while let Some(chunk) = stream.message().await.map_err(failed)? {
-                tmp.write_all(&chunk.data)
-                    .with_context(|| format!("writing {}", output.display()))?;
-            }
-            Ok::<_, anyhow::Error>(())
+        let request = pb::SaveRequest {
+            names,
+            format: format.to_owned(),
+        };
+        let tmp = self.runtime.block_on(async {
+            let stream = client.save(request).await.map_err(failed)?.into_inner();
+            receive_file(stream, output).await
         })?;
         tmp.persist(output)
             .with_context(|| format!("writing {}", output.display()))?;
+        Ok(())
+    }
+
+    /// A built image as a file output (`-o type=docker|oci|tar|local`).
+    pub(crate) fn export(
+        &mut self,
+        manifest: &str,
+        name: Option<&str>,
+        output: &kiln_builder::output::Output,
+    ) -> Result<()> {
+        use kiln_builder::output::Output;
+        let (kind, dest) = match output {
+            Output::Docker(d) => ("docker", d),
+            Output::Oci(d) => ("oci", d),
+            // A directory: the root filesystem's tar, unpacked here.
+            Output::Tar(d) | Output::Local(d) => ("tar", d),
+            Output::Image { .. } => return Ok(()),
+        };
+        let request = pb::ExportRequest {
+            manifest: manifest.to_owned(),
+            kind: kind.to_owned(),
+            name: name.unwrap_or_default().to_owned(),
+        };
+        // A directory's tar goes to a temporary file first.
+        let place = match output {
+            Output::Local(_) => std::env::temp_dir().join("kiln-export"),
+            _ => dest.clone(),
+        };
+        let client = &mut self.client;
+        let tmp = self.runtime.block_on(async {
+            let stream = client.export(request).await.map_err(failed)?.into_inner();
+            receive_file(stream, &place).await
+        })?;
+        if let Output::Local(dir) = output {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            kiln_worker::layer::unpack(std::io::BufReader::new(tmp.reopen()?), dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            return Ok(());
+        }
+        tmp.persist(dest)
+            .with_context(|| format!("writing {}", dest.display()))?;
         Ok(())
     }
 
@@ -420,6 +447,26 @@ fn changes(
             .map(|p| (*p).to_owned()),
     );
     (send, removed)
+}
+
+/// A stream of chunks into a temporary file beside `dest` (no half-written
+/// file under its name; the caller persists it).
+async fn receive_file(
+    mut stream: tonic::Streaming<pb::DataChunk>,
+    dest: &Path,
+) -> Result<tempfile::NamedTempFile> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    while let Some(chunk) = stream.message().await.map_err(failed)? {
+        tmp.write_all(&chunk.data)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(tmp)
 }
 
 /// A file as a stream of messages `make` wraps its chunks in, read on a
