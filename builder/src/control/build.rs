@@ -1,0 +1,326 @@
+//! Builds through kilnd: the spec and the context (whole, or a session's
+//! changes) in, events and the result out; context sessions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::Store;
+use kiln_proto::control::v1::{self as pb, BuildInput, BuildOutput, build_input, build_output};
+use kiln_worker::exec::Worker;
+use kiln_worker::sandbox::Sandbox;
+use tokio::io::AsyncWriteExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::wire::event_message;
+use super::{ControlError, ControlService};
+use crate::build::{BuildRequest, LayerCompression, build};
+use crate::registry::{self, PullPolicy};
+use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
+
+pub(super) type BuildStream = ReceiverStream<Result<BuildOutput, Status>>;
+
+/// The directory of a context session's tree (named by a digest of the
+/// client's key, which may be any text).
+fn session_dir(store: &Store, session: &str) -> PathBuf {
+    let digest = kiln_cache::Digest::of(session.as_bytes());
+    store.root().join("sessions").join(&digest.hex()[..32])
+}
+
+/// Removes `rel` under `root` — never outside it: every parent must be a
+/// real directory (not a link), and `..` is refused.
+fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> {
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return Err(ControlError::Invalid(format!("removed path {rel:?}")));
+    }
+    let mut path = root.to_owned();
+    for parent in &parts[..parts.len() - 1] {
+        path.push(parent);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            // Gone already with its parent, or not a directory here.
+            _ => return Ok(()),
+        }
+    }
+    path.push(parts[parts.len() - 1]);
+    let removed = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(_) => Ok(()),
+    };
+    removed.map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
+}
+
+/// What builds share in kilnd.
+struct ControlShared {
+    in_flight: Arc<InFlight>,
+    context_digests: Arc<ContextDigests>,
+}
+
+/// What the spec asks, as the solver's request.
+fn request_of(
+    spec: pb::BuildSpec,
+    context: PathBuf,
+    cancellation: Arc<Cancellation>,
+    shared: &ControlShared,
+) -> Result<BuildRequest, ControlError> {
+    let invalid = ControlError::Invalid;
+    let tags = spec
+        .tags
+        .iter()
+        .map(|t| crate::image::normalize(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut compression = LayerCompression::default();
+    for output in &spec.outputs {
+        for field in output.split(',') {
+            if let Some(v) = field.strip_prefix("compression=") {
+                compression = LayerCompression::parse(v)
+                    .ok_or_else(|| invalid(format!("--output {output}: unknown compression")))?;
+            }
+        }
+    }
+    let pull = if spec.pull.is_empty() {
+        PullPolicy::default()
+    } else {
+        PullPolicy::parse(&spec.pull).ok_or_else(|| invalid(format!("--pull {}", spec.pull)))?
+    };
+    Ok(BuildRequest {
+        dockerfile: spec.dockerfile,
+        context,
+        dockerignore: spec.dockerignore,
+        build_args: spec.build_args.into_iter().collect::<BTreeMap<_, _>>(),
+        target: (!spec.target.is_empty()).then_some(spec.target),
+        tags,
+        no_cache: spec.no_cache,
+        no_cache_filter: spec.no_cache_filter,
+        source_date_epoch: spec.source_date_epoch,
+        network_none: spec.network_none,
+        compression,
+        pull,
+        registry: registry::Options::default(),
+        cancellation,
+        in_flight: Arc::clone(&shared.in_flight),
+        context_digests: Arc::clone(&shared.context_digests),
+    })
+}
+
+impl ControlService {
+    pub(super) async fn build_call(
+        &self,
+        request: Request<Streaming<BuildInput>>,
+    ) -> Result<Response<BuildStream>, Status> {
+        let mut input = request.into_inner();
+        let spec = match input.message().await? {
+            Some(BuildInput {
+                input: Some(build_input::Input::Spec(spec)),
+            }) => spec,
+            _ => {
+                return Err(ControlError::Invalid(
+                    "the first message of a build is its spec".into(),
+                )
+                .into());
+            }
+        };
+        // The context: received into a scratch directory of the store
+        // (removed with it), unpacked with the layer unpacker, which
+        // refuses paths that leave it.
+        let scratch = tempfile::Builder::new()
+            .prefix("context-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        let tar_path = scratch.path().join("context.tar");
+        let mut context_bytes = 0u64;
+        let mut tar = tokio::fs::File::create(&tar_path)
+            .await
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        loop {
+            match input.message().await? {
+                Some(BuildInput {
+                    input: Some(build_input::Input::Context(chunk)),
+                }) => {
+                    context_bytes += chunk.data.len() as u64;
+                    tar.write_all(&chunk.data)
+                        .await
+                        .map_err(|e| ControlError::Context(e.to_string()))?;
+                    if chunk.eof {
+                        break;
+                    }
+                }
+                None => break,
+                Some(_) => {
+                    return Err(ControlError::Invalid(
+                        "after the spec, a build sends only context chunks".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        tar.flush()
+            .await
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        drop(tar);
+        let secrets = spec.secrets.clone();
+        let (cache_from, cache_to) = (spec.cache_from.clone(), spec.cache_to.clone());
+        let session = (!spec.session.is_empty()).then(|| {
+            let mut sessions = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                session_dir(&self.store, &spec.session),
+                Arc::clone(sessions.entry(spec.session.clone()).or_default()),
+            )
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let store = Arc::clone(&self.store);
+        let shared = ControlShared {
+            in_flight: Arc::clone(&self.in_flight),
+            context_digests: Arc::clone(&self.context_digests),
+        };
+        // A client that goes away (Ctrl-C, a dropped connection) cancels
+        // its build: running steps are killed, no new one starts.
+        let cancellation = Arc::new(Cancellation::default());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let (watch, cancellation) = (tx.clone(), Arc::clone(&cancellation));
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = watch.closed() => {
+                        tracing::info!("the client went away: cancelling its build");
+                        cancellation.cancel();
+                    }
+                    _ = done_rx => {}
+                }
+            });
+        }
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<pb::BuildResult, ControlError> {
+                // A session's tree is changed in place (what was removed or
+                // changed goes first, then the new entries); else a fresh
+                // directory for this build.
+                let _session_lock;
+                let context = match &session {
+                    Some((dir, lock)) => {
+                        _session_lock = lock
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| ControlError::Context(e.to_string()))?;
+                        for rel in &spec.removed {
+                            remove_inside(dir, rel)?;
+                        }
+                        // An empty tar is its two zero blocks: nothing new.
+                        if !spec.removed.is_empty() || context_bytes > 1024 {
+                            shared.context_digests.forget(dir);
+                        }
+                        dir.clone()
+                    }
+                    None => {
+                        let dir = scratch.path().join("context");
+                        std::fs::create_dir(&dir)
+                            .map_err(|e| ControlError::Context(e.to_string()))?;
+                        dir
+                    }
+                };
+                let file = std::fs::File::open(&tar_path)
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                let request = request_of(spec, context, cancellation, &shared)?;
+                let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
+                for (id, value) in secrets {
+                    worker = worker.with_secret(&id, value);
+                }
+                let progress_tx = tx.clone();
+                let mut progress = move |event: Event| {
+                    let message = BuildOutput {
+                        output: Some(build_output::Output::Event(event_message(event))),
+                    };
+                    let _ = progress_tx.blocking_send(Ok(message));
+                };
+                let registry_options = request.registry.clone();
+                for spec in &cache_from {
+                    let (reference, _) = crate::registry::cache::parse_spec("--cache-from", spec)
+                        .map_err(ControlError::Invalid)?;
+                    // As BuildKit: a cache that cannot be imported is a warning.
+                    if let Err(e) =
+                        crate::registry::cache::import(&store, &reference, &registry_options)
+                    {
+                        tracing::warn!("importing cache from {reference}: {e}");
+                    }
+                }
+                let built = build(&store, &worker, &request, &mut progress);
+                if session.is_none() {
+                    // The scratch context goes with this build.
+                    shared.context_digests.forget(&request.context);
+                }
+                let built = built?;
+                for spec in &cache_to {
+                    let (reference, mounts) =
+                        crate::registry::cache::parse_spec("--cache-to", spec)
+                            .map_err(ControlError::Invalid)?;
+                    crate::registry::cache::export(
+                        &store,
+                        &reference,
+                        &built.steps,
+                        mounts,
+                        &registry_options,
+                    )?;
+                }
+                Ok(pb::BuildResult {
+                    manifest: built.manifest.to_string(),
+                    config: built.config.to_string(),
+                    tags: request.tags,
+                    context_bytes,
+                })
+            })();
+            let last = result
+                .map(|r| BuildOutput {
+                    output: Some(build_output::Output::Result(r)),
+                })
+                .map_err(Status::from);
+            let _ = tx.blocking_send(last);
+            let _ = done_tx.send(());
+            drop(scratch);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn context_state_call(
+        &self,
+        request: Request<pb::ContextStateRequest>,
+    ) -> Result<Response<pb::ContextStateResponse>, Status> {
+        let session = request.into_inner().session;
+        if session.is_empty() {
+            return Err(ControlError::Invalid("no session".into()).into());
+        }
+        let files = self
+            .blocking(move |s| {
+                let dir = session_dir(s, &session);
+                if !dir.is_dir() {
+                    return Ok(Vec::new());
+                }
+                let none = kiln_frontend::dockerignore::Matcher::new(&[])
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                crate::context::entries(&dir, &none)
+                    .map_err(|e| ControlError::Context(e.to_string()))
+            })
+            .await?;
+        Ok(Response::new(pb::ContextStateResponse {
+            files: files
+                .into_iter()
+                .map(|e| pb::FileStat {
+                    path: e.path,
+                    size: e.size,
+                    mtime: e.mtime,
+                    mode: e.mode,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,323 @@
+//! kilnd's side of the control API (`kiln.control.v1`): builds and the
+//! image commands over one store, for the `kiln` CLI and CI systems.
+//!
+//! Builds run on blocking threads (the solver and sandbox are synchronous
+//! and never fork from the async runtime); their events stream back as
+//! they happen. Every error reaches the client through one conversion,
+//! [`ControlError`] → [`tonic::Status`].
+//!
+//! Here: the service, its errors, the image commands. `build` has builds
+//! and context sessions, `transfer` the streamed archives and files, `wire`
+//! the mapping between the API's messages and kiln's types.
+
+mod build;
+mod transfer;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::Store;
+use kiln_proto::control::v1::{self as pb, BuildInput, control_server::Control};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::build::BuildError;
+use crate::image::ImageError;
+use crate::images;
+use crate::registry;
+use crate::solve::{ContextDigests, InFlight, SolveError};
+
+use build::BuildStream;
+use transfer::SaveStream;
+pub use wire::event_from_message;
+
+/// Errors of the control service; [`Status`] is made from them in one place.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("receiving the build context: {0}")]
+    Context(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+impl From<ControlError> for Status {
+    fn from(e: ControlError) -> Self {
+        let text = match &e {
+            // A failed RUN: the same words `kiln build` prints embedded.
+            ControlError::Build(BuildError::Solve(SolveError::ExitCode {
+                description,
+                code,
+                ..
+            })) => format!("{description}: did not complete successfully: exit code {code}"),
+            other => other.to_string(),
+        };
+        match e {
+            ControlError::Invalid(_) | ControlError::Context(_) => Status::invalid_argument(text),
+            ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
+            ControlError::Build(BuildError::Frontend(_)) => Status::invalid_argument(text),
+            ControlError::Build(BuildError::Solve(_)) => Status::aborted(text),
+            _ => Status::internal(text),
+        }
+    }
+}
+
+/// The service over one store root.
+pub struct ControlService {
+    store: Arc<Store>,
+    /// Steps running now, shared by all builds: one runs, the others wait.
+    in_flight: Arc<InFlight>,
+    /// Context digests of session trees, forgotten when a tree changes.
+    context_digests: Arc<ContextDigests>,
+    /// A lock per context session: one build at a time changes and reads
+    /// a session's tree.
+    sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
+}
+
+impl ControlService {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            in_flight: Arc::default(),
+            context_digests: Arc::default(),
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Writes a stream's data (what `data` picks from each message; `each`
+    /// sees every message) into a file in a scratch directory of the
+    /// store, removed with the directory.
+    async fn receive<M>(
+        &self,
+        input: &mut Streaming<M>,
+        data: impl Fn(&M) -> &[u8],
+        mut each: impl FnMut(&M),
+    ) -> Result<(tempfile::TempDir, PathBuf), Status> {
+        let io = |e: std::io::Error| Status::from(ControlError::Context(e.to_string()));
+        let scratch = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(io)?;
+        let path = scratch.path().join("data");
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        while let Some(message) = input.message().await? {
+            each(&message);
+            file.write_all(data(&message)).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        Ok((scratch, path))
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("a kilnd task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    type BuildStream = BuildStream;
+
+    async fn build(
+        &self,
+        request: Request<Streaming<BuildInput>>,
+    ) -> Result<Response<BuildStream>, Status> {
+        self.build_call(request).await
+    }
+
+    async fn list_images(
+        &self,
+        _: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let rows = self.blocking(|s| Ok(images::list(s)?)).await?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: rows.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let names = request.into_inner().names;
+        let all = self
+            .blocking(move |s| {
+                names
+                    .iter()
+                    .map(|n| images::inspect(s, n).map_err(ControlError::from))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(Response::new(pb::InspectResponse {
+            json: serde_json::to_string_pretty(&all).unwrap_or_default(),
+        }))
+    }
+
+    async fn tag(
+        &self,
+        request: Request<pb::TagRequest>,
+    ) -> Result<Response<pb::TagResponse>, Status> {
+        let r = request.into_inner();
+        self.blocking(move |s| Ok(images::tag(s, &r.source, &r.target)?))
+            .await?;
+        Ok(Response::new(pb::TagResponse {}))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let names = request.into_inner().names;
+        let removed = self
+            .blocking(move |s| {
+                names
+                    .iter()
+                    .map(|n| images::remove(s, n).map_err(ControlError::from))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(Response::new(pb::RemoveResponse {
+            untagged: removed.iter().map(|r| r.untagged.clone()).collect(),
+            deleted: removed
+                .iter()
+                .flat_map(|r| r.deleted.iter().map(ToString::to_string))
+                .collect(),
+        }))
+    }
+
+    async fn prune(
+        &self,
+        request: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let r = request.into_inner();
+        let keep = (r.keep_storage > 0).then_some(r.keep_storage);
+        let pruned = self
+            .blocking(move |s| Ok(images::prune(s, keep, r.all)?))
+            .await?;
+        Ok(Response::new(pb::PruneResponse {
+            deleted: pruned.deleted.iter().map(ToString::to_string).collect(),
+            reclaimed: pruned.reclaimed,
+        }))
+    }
+
+    async fn disk_usage(
+        &self,
+        _: Request<pb::DiskUsageRequest>,
+    ) -> Result<Response<pb::DiskUsageResponse>, Status> {
+        let usage = self.blocking(|s| Ok(images::usage(s)?)).await?;
+        Ok(Response::new(usage.into()))
+    }
+
+    type SaveStream = SaveStream;
+    type ExportStream = SaveStream;
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        self.export_call(request).await
+    }
+
+    async fn save(
+        &self,
+        request: Request<pb::SaveRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        self.save_call(request).await
+    }
+
+    async fn load(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
+        self.load_call(request).await
+    }
+
+    async fn import(
+        &self,
+        request: Request<Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        self.import_call(request).await
+    }
+
+    async fn pull(
+        &self,
+        request: Request<pb::PullRequest>,
+    ) -> Result<Response<pb::PullResponse>, Status> {
+        let r = request.into_inner();
+        let platform = match r.platform.split_once('/') {
+            Some((os, arch)) => Some((os.to_owned(), arch.to_owned())),
+            None if r.platform.is_empty() => None,
+            None => return Err(ControlError::Invalid(format!("--platform {}", r.platform)).into()),
+        };
+        let options = registry::Options {
+            insecure: r.insecure_registries,
+            platform,
+            chunk_size: 0,
+        };
+        let pulled = self
+            .blocking(move |s| Ok(registry::pull(s, &r.name, &options)?))
+            .await?;
+        Ok(Response::new(pb::PullResponse {
+            name: pulled.name,
+            manifest: pulled.manifest.to_string(),
+            fetched: pulled.fetched as u64,
+            bytes: pulled.bytes,
+        }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let r = request.into_inner();
+        let options = registry::Options {
+            insecure: r.insecure_registries,
+            ..registry::Options::default()
+        };
+        let pushed = self
+            .blocking(move |s| Ok(registry::push(s, &r.name, &options)?))
+            .await?;
+        Ok(Response::new(pb::PushResponse {
+            manifest: pushed.manifest.to_string(),
+            uploaded: pushed.uploaded as u64,
+            mounted: pushed.mounted as u64,
+            skipped: pushed.skipped as u64,
+        }))
+    }
+
+    async fn context_state(
+        &self,
+        request: Request<pb::ContextStateRequest>,
+    ) -> Result<Response<pb::ContextStateResponse>, Status> {
+        self.context_state_call(request).await
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let (os, arch) = crate::image::host_platform();
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: vec![pb::Worker {
+                id: "local".into(),
+                platform: format!("{os}/{arch}"),
+                parallelism: u32::try_from(crate::solve::parallelism()).unwrap_or(u32::MAX),
+            }],
+        }))
+    }
+}

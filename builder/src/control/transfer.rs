@@ -1,0 +1,173 @@
+//! Archives and files through kilnd, streamed both ways: save, load,
+//! import, and a built image's file outputs (export).
+
+use std::sync::Arc;
+
+use kiln_proto::control::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ControlError, ControlService};
+
+pub(super) type SaveStream = ReceiverStream<Result<pb::DataChunk, Status>>;
+
+/// A writer whose bytes go to a stream of chunks (an archive to a client).
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<pb::DataChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    const SIZE: usize = 1 << 20;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
+        self.tx
+            .blocking_send(Ok(pb::DataChunk { data }))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::SIZE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+impl ControlService {
+    pub(super) async fn export_call(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let manifest: kiln_cache::Digest = r
+            .manifest
+            .parse()
+            .map_err(|_| ControlError::Invalid(format!("manifest {}", r.manifest)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let sent = (|| -> Result<(), ControlError> {
+                let scratch = tempfile::Builder::new()
+                    .prefix("export-")
+                    .tempdir_in(store.root().join("tmp"))
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                let file = scratch.path().join("out");
+                let output = match r.kind.as_str() {
+                    "docker" => crate::output::Output::Docker(file.clone()),
+                    "oci" => crate::output::Output::Oci(file.clone()),
+                    "tar" => crate::output::Output::Tar(file.clone()),
+                    other => return Err(ControlError::Invalid(format!("output type {other}"))),
+                };
+                let name = (!r.name.is_empty()).then_some(r.name.as_str());
+                crate::output::export(&store, &manifest, name, &output)?;
+                let mut out = ChunkSender {
+                    tx: tx.clone(),
+                    buf: Vec::with_capacity(ChunkSender::SIZE),
+                };
+                let mut input =
+                    std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
+                std::io::copy(&mut input, &mut out)
+                    .and_then(|_| std::io::Write::flush(&mut out))
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                Ok(())
+            })();
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn save_call(
+        &self,
+        request: Request<pb::SaveRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let format = match r.format.as_str() {
+            "" | "docker" => crate::archive::Format::Docker,
+            "oci" => crate::archive::Format::Oci,
+            other => return Err(ControlError::Invalid(format!("--format {other}")).into()),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(ChunkSender::SIZE),
+            };
+            let saved = crate::archive::save(&store, &r.names, format, &mut out)
+                .map_err(ControlError::from)
+                .and_then(|()| {
+                    std::io::Write::flush(&mut out)
+                        .map_err(|e| ControlError::Invalid(e.to_string()))
+                });
+            if let Err(e) = saved {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn load_call(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
+        let mut input = request.into_inner();
+        let (scratch, path) = self
+            .receive(&mut input, |chunk: &pb::DataChunk| &chunk.data, |_| {})
+            .await?;
+        let loaded = self
+            .blocking(move |s| {
+                let loaded = crate::archive::load(s, &path)?;
+                drop(scratch);
+                Ok(loaded)
+            })
+            .await?;
+        Ok(Response::new(pb::LoadResponse {
+            tags: loaded.tags,
+            untagged: loaded.untagged.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    pub(super) async fn import_call(
+        &self,
+        request: Request<Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        let mut input = request.into_inner();
+        let mut first: Option<(String, Option<u64>)> = None;
+        let (scratch, path) = self
+            .receive(
+                &mut input,
+                |chunk: &pb::ImportChunk| &chunk.data,
+                |chunk| {
+                    first.get_or_insert((chunk.name.clone(), chunk.created));
+                },
+            )
+            .await?;
+        let (name, created) = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
+        let digest = self
+            .blocking(move |s| {
+                let created = created.unwrap_or_else(crate::image::now);
+                let digest = crate::archive::import(s, &path, &name, created)?;
+                drop(scratch);
+                Ok(digest)
+            })
+            .await?;
+        Ok(Response::new(pb::ImportResponse {
+            digest: digest.to_string(),
+        }))
+    }
+}

@@ -1,0 +1,128 @@
+//! The control API's messages ⇄ kiln's own types: one mapping each way.
+
+use kiln_proto::control::v1 as pb;
+
+use crate::images;
+use crate::solve::Event;
+
+// The image commands' data on the wire and back: one mapping each way.
+impl From<images::ImageSummary> for pb::ImageSummary {
+    fn from(r: images::ImageSummary) -> Self {
+        Self {
+            repository: r.repository,
+            tag: r.tag,
+            id: r.id,
+            digest: r.digest,
+            created: r.created,
+            size: r.size,
+        }
+    }
+}
+
+impl From<pb::ImageSummary> for images::ImageSummary {
+    fn from(r: pb::ImageSummary) -> Self {
+        Self {
+            repository: r.repository,
+            tag: r.tag,
+            id: r.id,
+            digest: r.digest,
+            created: r.created,
+            size: r.size,
+        }
+    }
+}
+
+impl From<images::Usage> for pb::DiskUsageResponse {
+    fn from(u: images::Usage) -> Self {
+        Self {
+            images: u.images,
+            unused: u.unused,
+            snapshots: u.snapshots,
+            cache_mounts: u.cache_mounts,
+            metadata: u.metadata,
+        }
+    }
+}
+
+impl From<pb::DiskUsageResponse> for images::Usage {
+    fn from(u: pb::DiskUsageResponse) -> Self {
+        Self {
+            images: u.images,
+            unused: u.unused,
+            snapshots: u.snapshots,
+            cache_mounts: u.cache_mounts,
+            metadata: u.metadata,
+        }
+    }
+}
+
+/// The solver's event on the wire.
+pub(super) fn event_message(event: Event) -> pb::Event {
+    use pb::event::Kind;
+    let mut m = pb::Event::default();
+    let (kind, vertex) = match event {
+        Event::Started {
+            vertex,
+            description,
+        } => {
+            m.text = description;
+            (Kind::Started, vertex)
+        }
+        Event::Cached { vertex } => (Kind::Cached, vertex),
+        Event::Log { vertex, line } => {
+            m.text = line;
+            (Kind::Log, vertex)
+        }
+        Event::Done { vertex, seconds } => {
+            m.seconds = seconds;
+            (Kind::Done, vertex)
+        }
+        Event::Bytes {
+            vertex,
+            current,
+            total,
+        } => {
+            m.current = current;
+            m.total = total.unwrap_or(0);
+            (Kind::Bytes, vertex)
+        }
+        Event::Failed { vertex, error } => {
+            m.text = error;
+            (Kind::Failed, vertex)
+        }
+    };
+    m.kind = kind as i32;
+    m.vertex = u32::try_from(vertex).unwrap_or(u32::MAX);
+    m
+}
+
+/// The wire event back as the solver's (for the CLI's printer).
+pub fn event_from_message(m: &pb::Event) -> Option<Event> {
+    use pb::event::Kind;
+    let vertex = m.vertex as usize;
+    Some(match Kind::try_from(m.kind).ok()? {
+        Kind::Started => Event::Started {
+            vertex,
+            description: m.text.clone(),
+        },
+        Kind::Cached => Event::Cached { vertex },
+        Kind::Log => Event::Log {
+            vertex,
+            line: m.text.clone(),
+        },
+        Kind::Done => Event::Done {
+            vertex,
+            seconds: m.seconds,
+        },
+        Kind::Bytes => Event::Bytes {
+            vertex,
+            current: m.current,
+            total: (m.total > 0).then_some(m.total),
+        },
+        Kind::Failed => Event::Failed {
+            vertex,
+            error: m.text.clone(),
+        },
+        Kind::Unspecified => return None,
+    })
+}
