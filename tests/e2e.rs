@@ -13,5 +13,7 @@ mod httpd;
 mod images;
 mod instructions;
 mod kilnd;
+mod kilnd_tls;
 mod noise;
 mod registry;
+mod registry_token;

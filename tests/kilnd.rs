@@ -423,109 +423,6 @@ fn kill_9_of_kilnd_mid_build_then_restart() {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, by
-/// `openssl`, in `dir`.
-fn certificates(dir: &Path) {
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca 2>/dev/null
-        printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
-        printf 'extendedKeyUsage=clientAuth\\n' > client.ext
-        for who in server client; do
-          openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=kiln-$who 2>/dev/null
-          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
-        done");
-}
-
-#[test]
-fn mutual_tls_over_tcp() {
-    if !ready() || !crate::harness::have_tool("openssl") {
-        return;
-    }
-    let s = Setup::new();
-    let certs = s.dir.path().join("certs");
-    fs::create_dir_all(&certs).unwrap();
-    certificates(&certs);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("tcp://127.0.0.1:{port}");
-    let c = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-
-    // Plain TCP off loopback, or without --insecure, is refused up front.
-    let refused = Command::new(binary("kilnd"))
-        .env("KILN_ROOT", &s.root)
-        .args(["--addr", &addr])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("TCP needs mutual TLS"));
-
-    let mut kilnd = Command::new(binary("kilnd"))
-        .env("KILN_ROOT", &s.root)
-        .args([
-            "--addr",
-            &addr,
-            "--tls-cert",
-            &c("server.pem"),
-            "--tls-key",
-            &c("server.key"),
-        ])
-        .args(["--tls-ca", &c("ca.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    // With its certificate the client is served…
-    let (images, _) = s.ok(&[
-        "--addr",
-        &addr,
-        "--tls-ca",
-        &c("ca.pem"),
-        "--tls-cert",
-        &c("client.pem"),
-        "--tls-key",
-        &c("client.key"),
-        "images",
-    ]);
-    assert!(images.contains("base"), "{images}");
-    // …without one it is refused, and so is plain HTTP/2.
-    let out = s.kiln(&["--addr", &addr, "--tls-ca", &c("ca.pem"), "images"]);
-    assert!(!out.status.success(), "no client certificate: refused");
-    let out = s.kiln(&["--addr", &addr, "images"]);
-    assert!(!out.status.success(), "no TLS at all: refused");
-    let _ = kilnd.kill();
-    let _ = kilnd.wait();
-}
-
-/// The bytes of context kilnd said it received.
-fn context_bytes(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("transferring context: "))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
-}
-
 #[test]
 fn a_rebuild_sends_only_what_changed() {
     if !ready() {
@@ -641,4 +538,14 @@ fn sigterm_lets_a_running_build_finish() {
     );
     assert!(status.success(), "then kilnd exited cleanly");
     assert!(s.layers_text("drain:1").contains("drained"));
+}
+
+/// The bytes of context kilnd said it received.
+fn context_bytes(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("transferring context: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
 }
