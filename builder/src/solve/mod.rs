@@ -3,7 +3,7 @@
 //!
 //! A vertex's cache key is the SHA-256 of its op digest, its inputs' cache
 //! keys, and — for ops that read the build context — a digest of the
-//! context files they read ([`context::digest`]). A key found in the store
+//! context files they read (`context::digest`). A key found in the store
 //! with its layer blob present is a hit: nothing runs. A missing blob is a
 //! miss.
 
