@@ -68,6 +68,34 @@ impl LayerCompression {
         (1..=max).contains(&level).then_some(Self { level, ..self })
     }
 
+    /// What the `-o` values ask (`compression=`, `compression-level=`, in
+    /// any of them); gzip at level 6 when none does.
+    pub fn from_outputs(outputs: &[String]) -> Result<Self, String> {
+        let mut compression = Self::default();
+        let mut level = None;
+        for spec in outputs {
+            for field in spec.split(',') {
+                if let Some(value) = field.strip_prefix("compression=") {
+                    compression = Self::parse(value).ok_or_else(|| {
+                        format!("--output {spec}: compression is gzip, zstd or uncompressed")
+                    })?;
+                } else if let Some(value) = field.strip_prefix("compression-level=") {
+                    level = Some((spec, value));
+                }
+            }
+        }
+        match level {
+            None => Ok(compression),
+            Some((spec, value)) => value
+                .parse()
+                .ok()
+                .and_then(|l| compression.with_level(l))
+                .ok_or_else(|| {
+                    format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
+                }),
+        }
+    }
+
     fn format(self) -> Compression {
         match self.kind {
             Kind::Gzip => Compression::Gzip,
@@ -288,6 +316,28 @@ mod tests {
         io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one[..]), &mut back).unwrap();
         assert_eq!(back, data);
         assert_eq!(&one[4..8], &[0, 0, 0, 0], "mtime 0");
+    }
+
+    #[test]
+    fn outputs_name_the_compression() {
+        let of = |specs: &[&str]| {
+            LayerCompression::from_outputs(
+                &specs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(of(&[]), Ok(LayerCompression::default()));
+        let zstd = of(&["type=image,compression=zstd,compression-level=19"]).unwrap();
+        assert_eq!((zstd.kind, zstd.level), (Kind::Zstd, 19));
+        assert!(
+            of(&["type=image,compression=brotli"])
+                .unwrap_err()
+                .contains("gzip, zstd")
+        );
+        assert!(
+            of(&["type=image,compression-level=12"])
+                .unwrap_err()
+                .contains("1-9")
+        );
     }
 
     #[test]

@@ -75,15 +75,7 @@ fn request_of(
         .iter()
         .map(|t| crate::image::normalize(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut compression = LayerCompression::default();
-    for output in &spec.outputs {
-        for field in output.split(',') {
-            if let Some(v) = field.strip_prefix("compression=") {
-                compression = LayerCompression::parse(v)
-                    .ok_or_else(|| invalid(format!("--output {output}: unknown compression")))?;
-            }
-        }
-    }
+    let compression = LayerCompression::from_outputs(&spec.outputs).map_err(invalid)?;
     let pull = if spec.pull.is_empty() {
         PullPolicy::default()
     } else {

@@ -31,6 +31,7 @@ use crate::registry;
 use crate::solve::{ContextDigests, InFlight, SolveError};
 
 use build::BuildStream;
+pub use transfer::ChunkWriter;
 use transfer::SaveStream;
 pub use wire::event_from_message;
 

@@ -11,39 +11,58 @@ use super::{ControlError, ControlService};
 
 pub(super) type SaveStream = ReceiverStream<Result<pb::DataChunk, Status>>;
 
-/// A writer whose bytes go to a stream of chunks (an archive to a client).
-struct ChunkSender {
-    tx: tokio::sync::mpsc::Sender<Result<pb::DataChunk, Status>>,
+/// A writer whose bytes go out as a stream of 1 MiB messages; `wrap` makes
+/// each message from a chunk and whether it is the last. Both ends use it,
+/// from a thread outside the async runtime: kilnd for archives to a client,
+/// the CLI for a build context to kilnd.
+pub struct ChunkWriter<M> {
+    tx: tokio::sync::mpsc::Sender<M>,
     buf: Vec<u8>,
+    wrap: fn(Vec<u8>, bool) -> M,
 }
 
-impl ChunkSender {
+impl<M> ChunkWriter<M> {
     const SIZE: usize = 1 << 20;
 
-    fn send(&mut self) -> std::io::Result<()> {
+    pub fn new(tx: tokio::sync::mpsc::Sender<M>, wrap: fn(Vec<u8>, bool) -> M) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(Self::SIZE),
+            wrap,
+        }
+    }
+
+    fn send(&mut self, last: bool) -> std::io::Result<()> {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
         self.tx
-            .blocking_send(Ok(pb::DataChunk { data }))
-            .map_err(|_| std::io::Error::other("the client went away"))
+            .blocking_send((self.wrap)(data, last))
+            .map_err(|_| std::io::Error::other("the receiving end went away"))
+    }
+
+    /// Sends what is left, as the last message.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.send(true)
     }
 }
 
-impl std::io::Write for ChunkSender {
+impl<M> std::io::Write for ChunkWriter<M> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= Self::SIZE {
-            self.send()?;
+            self.send(false)?;
         }
         Ok(data.len())
     }
 
+    /// Chunks go out full, or at [`ChunkWriter::finish`].
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            self.send()
-        }
+        Ok(())
     }
+}
+
+/// An archive's chunk for the client.
+fn data_chunk(data: Vec<u8>, _last: bool) -> Result<pb::DataChunk, Status> {
+    Ok(pb::DataChunk { data })
 }
 
 impl ControlService {
@@ -73,14 +92,11 @@ impl ControlService {
                 };
                 let name = (!r.name.is_empty()).then_some(r.name.as_str());
                 crate::output::export(&store, &manifest, name, &output)?;
-                let mut out = ChunkSender {
-                    tx: tx.clone(),
-                    buf: Vec::with_capacity(ChunkSender::SIZE),
-                };
+                let mut out = ChunkWriter::new(tx.clone(), data_chunk);
                 let mut input =
                     std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
                 std::io::copy(&mut input, &mut out)
-                    .and_then(|_| std::io::Write::flush(&mut out))
+                    .and_then(|_| out.finish())
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 Ok(())
             })();
@@ -104,14 +120,11 @@ impl ControlService {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
-            let mut out = ChunkSender {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(ChunkSender::SIZE),
-            };
+            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
             let saved = crate::archive::save(&store, &r.names, format, &mut out)
                 .map_err(ControlError::from)
                 .and_then(|()| {
-                    std::io::Write::flush(&mut out)
+                    out.finish()
                         .map_err(|e| ControlError::Invalid(e.to_string()))
                 });
             if let Err(e) = saved {

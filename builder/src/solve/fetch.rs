@@ -31,15 +31,6 @@ impl PartialEq for Fetched {
 
 impl Eq for Fetched {}
 
-/// A scratch directory under `parent` for one fetch.
-pub(super) fn scratch(parent: &Path) -> Result<tempfile::TempDir, String> {
-    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    tempfile::Builder::new()
-        .prefix("fetch-")
-        .tempdir_in(parent)
-        .map_err(|e| format!("creating a directory in {}: {e}", parent.display()))
-}
-
 /// Downloads `source.url` into `dir/<filename>` (mode 0600, mtime from
 /// `Last-Modified`, as Docker does), checking `--checksum` when given.
 /// `progress` hears the bytes so far (and the total, when the server says)

@@ -60,7 +60,7 @@ impl Solver<'_> {
                 Ok(Fs::Layers(layers))
             }
             Some(source_op::Source::Http(h)) => {
-                let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;
+                let scratch = self.scratch()?;
                 let mut bytes = |current, total| {
                     self.emit(Event::Bytes {
                         vertex: index,
@@ -72,7 +72,7 @@ impl Solver<'_> {
                 Ok(Fs::Fetched(Arc::new(fetched)))
             }
             Some(source_op::Source::Git(g)) => {
-                let scratch = fetch::scratch(&self.store.root().join("steps")).map_err(step_err)?;
+                let scratch = self.scratch()?;
                 Ok(Fs::Fetched(Arc::new(
                     fetch::git(g, scratch).map_err(step_err)?,
                 )))
@@ -364,8 +364,7 @@ impl Solver<'_> {
         sources: Vec<Vec<PathBuf>>,
         actions: Vec<FileAction>,
     ) -> Result<tempfile::TempDir> {
-        let steps = self.store.root().join("steps");
-        let step = fetch::scratch(&steps).map_err(step_err)?;
+        let step = self.scratch()?;
         let d = |name: &str| -> Result<PathBuf> {
             let p = step.path().join(name);
             std::fs::create_dir_all(&p)
@@ -417,6 +416,18 @@ impl Solver<'_> {
             Ok(dir) => Ok(dir.path().join("upper")),
             Err(e) => Err(step_err(format!("the build context for a bind mount: {e}"))),
         }
+    }
+
+    /// A directory for one step's or one fetch's files under the store's
+    /// `steps/` (emptied when a store opens), removed when dropped.
+    fn scratch(&self) -> Result<tempfile::TempDir> {
+        let steps = self.store.root().join("steps");
+        std::fs::create_dir_all(&steps)
+            .map_err(|e| step_err(format!("creating {}: {e}", steps.display())))?;
+        tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&steps)
+            .map_err(|e| step_err(format!("creating a directory in {}: {e}", steps.display())))
     }
 
     /// An empty directory, a lowerdir for scratch.

@@ -78,32 +78,37 @@ enum NetworkFlag {
     Host,
 }
 
-/// The layer compression the outputs ask for (`compression=`,
-/// `compression-level=`); gzip at level 6 when none does.
-fn compression_of(outputs: &[String]) -> Result<LayerCompression> {
-    let mut compression = LayerCompression::default();
-    let mut level = None;
-    for spec in outputs {
-        for field in spec.split(',') {
-            if let Some(value) = field.strip_prefix("compression=") {
-                compression = LayerCompression::parse(value).with_context(|| {
-                    format!("--output {spec}: compression is gzip, zstd or uncompressed")
-                })?;
-            } else if let Some(value) = field.strip_prefix("compression-level=") {
-                level = Some((spec, value));
+/// The `-o` values: the file outputs, the names `type=image,name=…` adds,
+/// and whether the image is pushed.
+struct Outputs {
+    files: Vec<kiln_builder::output::Output>,
+    names: Vec<String>,
+    push: bool,
+}
+
+impl Outputs {
+    /// `tagged`: whether `-t` named the image (push needs a name).
+    fn parse(specs: &[String], tagged: bool) -> Result<Self> {
+        let mut outputs = Self {
+            files: Vec::new(),
+            names: Vec::new(),
+            push: false,
+        };
+        for spec in specs {
+            match kiln_builder::output::Output::parse(spec).map_err(anyhow::Error::msg)? {
+                kiln_builder::output::Output::Image { names, push } => {
+                    outputs.names.extend(names);
+                    outputs.push |= push;
+                }
+                file => outputs.files.push(file),
             }
         }
+        anyhow::ensure!(
+            !outputs.push || tagged || !outputs.names.is_empty(),
+            "--output push=true needs a name (name= or -t)"
+        );
+        Ok(outputs)
     }
-    if let Some((spec, value)) = level {
-        compression = value
-            .parse()
-            .ok()
-            .and_then(|l| compression.with_level(l))
-            .with_context(|| {
-                format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
-            })?;
-    }
-    Ok(compression)
 }
 
 fn cache_spec(flag: &str, spec: &str) -> Result<(String, bool)> {
@@ -218,22 +223,9 @@ impl Build {
         } else {
             None
         };
-        let mut files = Vec::new();
-        let mut push = false;
+        let Outputs { files, names, push } = Outputs::parse(&self.outputs, !self.tags.is_empty())?;
         let mut tags = self.tags.clone();
-        for o in &self.outputs {
-            match kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg)? {
-                kiln_builder::output::Output::Image { names, push: p } => {
-                    tags.extend(names);
-                    push |= p;
-                }
-                file => files.push(file),
-            }
-        }
-        anyhow::ensure!(
-            !push || !tags.is_empty(),
-            "--output push=true needs a name (name= or -t)"
-        );
+        tags.extend(names);
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
         let dockerfile = source.read()?;
         let dockerignore = source.dockerignore(&self.context)?;
@@ -341,25 +333,12 @@ impl Build {
             .collect::<Result<Vec<_>, _>>()
             .context("-t")?;
         let (build_args, source_date_epoch) = self.args_and_epoch()?;
-        let outputs = self
-            .outputs
-            .iter()
-            .map(|o| kiln_builder::output::Output::parse(o).map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<_>>>()?;
-        let mut push = false;
-        for output in &outputs {
-            if let kiln_builder::output::Output::Image { names, push: p } = output {
-                for name in names {
-                    tags.push(kiln_builder::image::normalize(name).context("--output name=")?);
-                }
-                push |= p;
-            }
+        let Outputs { files, names, push } = Outputs::parse(&self.outputs, !tags.is_empty())?;
+        for name in &names {
+            tags.push(kiln_builder::image::normalize(name).context("--output name=")?);
         }
-        anyhow::ensure!(
-            !push || !tags.is_empty(),
-            "--output push=true needs a name (name= or -t)"
-        );
-        let compression = compression_of(&self.outputs)?;
+        let compression =
+            LayerCompression::from_outputs(&self.outputs).map_err(anyhow::Error::msg)?;
         let mut worker = Worker::new(root, Sandbox::beside_current_exe());
         for spec in &self.secrets {
             let (id, value) = read_secret(spec)?;
@@ -424,7 +403,7 @@ impl Build {
             }
             Err(e) => return Err(e.into()),
         };
-        for output in &outputs {
+        for output in &files {
             kiln_builder::output::export(
                 &store,
                 &built.manifest,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use hyper_util::rt::TokioIo;
-use kiln_builder::control::event_from_message;
+use kiln_builder::control::{ChunkWriter, event_from_message};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{
     self as pb, BuildInput, build_input, build_output, control_client::ControlClient,
@@ -166,10 +166,9 @@ impl Remote {
                 let chunks = kiln_builder::context::write_tar(
                     &context,
                     &send,
-                    Chunks {
-                        tx: tx.clone(),
-                        buf: Vec::with_capacity(CHUNK),
-                    },
+                    ChunkWriter::new(tx.clone(), |data, eof| BuildInput {
+                        input: Some(build_input::Input::Context(pb::ContextChunk { data, eof })),
+                    }),
                 )?;
                 chunks.finish()
             })
@@ -420,11 +419,13 @@ fn changes(
     let mut send = Vec::new();
     let mut removed = Vec::new();
     // A directory sent anew takes everything under it along.
-    let mut fresh: Vec<String> = Vec::new();
+    let mut fresh: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for entry in local {
-        let under_fresh = fresh
-            .iter()
-            .any(|d| entry.path.starts_with(&format!("{d}/")));
+        // Its parent directories, nearest first: `a/b/c` → `a/b`, `a`.
+        let under_fresh = entry
+            .path
+            .rmatch_indices('/')
+            .any(|(i, _)| fresh.contains(&entry.path[..i]));
         let same = held.get(entry.path.as_str()).is_some_and(|h| {
             h.mode == entry.mode
                 && (is_dir(entry.mode) || (h.size == entry.size && h.mtime == entry.mtime))
@@ -435,7 +436,7 @@ fn changes(
                 removed.push(entry.path.clone());
             }
             if is_dir(entry.mode) {
-                fresh.push(entry.path.clone());
+                fresh.insert(entry.path.as_str());
             }
             send.push(entry.clone());
         }
@@ -501,40 +502,5 @@ fn read_fully(path: &Path, reader: std::thread::JoinHandle<std::io::Result<()>>)
     }
 }
 
-/// Context chunks of this size go to kilnd.
+/// Files go to kilnd in chunks of this size.
 const CHUNK: usize = 1 << 20;
-
-/// A writer that sends what it is given as context chunks.
-struct Chunks {
-    tx: tokio::sync::mpsc::Sender<BuildInput>,
-    buf: Vec<u8>,
-}
-
-impl Chunks {
-    fn send(&mut self, eof: bool) -> std::io::Result<()> {
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(BuildInput {
-                input: Some(build_input::Input::Context(pb::ContextChunk { data, eof })),
-            })
-            .map_err(|_| std::io::Error::other("kilnd closed the build"))
-    }
-
-    fn finish(mut self) -> std::io::Result<()> {
-        self.send(true)
-    }
-}
-
-impl Write for Chunks {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send(false)?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
