@@ -17,3 +17,4 @@ mod kilnd_tls;
 mod noise;
 mod registry;
 mod registry_token;
+mod ssh;

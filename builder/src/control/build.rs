@@ -13,13 +13,16 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::agent_tunnel::{ForwardedAgents, Tunnels};
 use super::wire::event_message;
 use super::{ControlError, ControlService};
 use crate::build::{BuildRequest, LayerCompression, build};
 use crate::registry::{self, PullPolicy};
 use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
 
-pub(super) type BuildStream = ReceiverStream<Result<BuildOutput, Status>>;
+type BuildMessage = Result<BuildOutput, Status>;
+type BuildSender = tokio::sync::mpsc::Sender<BuildMessage>;
+pub(super) type BuildStream = ReceiverStream<BuildMessage>;
 
 /// The directory of a context session's tree (named by a digest of the
 /// client's key, which may be any text).
@@ -101,6 +104,38 @@ fn request_of(
     })
 }
 
+/// A message carrying kilnd's side of an SSH agent tunnel.
+fn ssh_output(frame: pb::SshFrame) -> Result<BuildOutput, Status> {
+    Ok(BuildOutput {
+        output: Some(build_output::Output::Ssh(frame)),
+    })
+}
+
+/// The agents the client forwards (`BuildSpec.ssh`): sockets in the
+/// build's scratch directory (only kilnd enters it), tunnelled over the
+/// call; the rest of the client's stream carries its side of them.
+fn forward_agents(
+    ids: &[String],
+    dir: &std::path::Path,
+    mut input: Streaming<BuildInput>,
+    tx: &BuildSender,
+) -> Result<Option<ForwardedAgents>, ControlError> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let tunnels = Tunnels::new(tx, ssh_output);
+    let agents = ForwardedAgents::listen(ids, dir, &tunnels).map_err(ControlError::Agents)?;
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = input.message().await {
+            match message.input {
+                Some(build_input::Input::Ssh(frame)) => tunnels.deliver(frame).await,
+                _ => tracing::warn!("after the context, a build's client sends only SSH frames"),
+            }
+        }
+    });
+    Ok(Some(agents))
+}
+
 impl ControlService {
     pub(super) async fn build_call(
         &self,
@@ -156,6 +191,8 @@ impl ControlService {
             .await
             .map_err(|e| ControlError::Context(e.to_string()))?;
         drop(tar);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let agents = forward_agents(&spec.ssh, scratch.path(), input, &tx)?;
         let secrets = spec.secrets.clone();
         let (cache_from, cache_to) = (spec.cache_from.clone(), spec.cache_to.clone());
         let session = (!spec.session.is_empty()).then(|| {
@@ -168,7 +205,6 @@ impl ControlService {
                 Arc::clone(sessions.entry(spec.session.clone()).or_default()),
             )
         });
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::clone(&self.store);
         let shared = ControlShared {
             in_flight: Arc::clone(&self.in_flight),
@@ -228,6 +264,9 @@ impl ControlService {
                 for (id, value) in secrets {
                     worker = worker.with_secret(&id, value);
                 }
+                for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
+                    worker = worker.with_ssh_agent(id, socket.clone());
+                }
                 let progress_tx = tx.clone();
                 let mut progress = move |event: Event| {
                     let message = BuildOutput {
@@ -278,6 +317,7 @@ impl ControlService {
                 .map_err(Status::from);
             let _ = tx.blocking_send(last);
             let _ = done_tx.send(());
+            drop(agents);
             drop(scratch);
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -7,9 +7,11 @@
 //! [`ControlError`] → [`tonic::Status`].
 //!
 //! Here: the service, its errors, the image commands. `build` has builds
-//! and context sessions, `transfer` the streamed archives and files, `wire`
-//! the mapping between the API's messages and kiln's types.
+//! and context sessions, `agent_tunnel` the SSH agents a client forwards
+//! over its build, `transfer` the streamed archives and files, `wire` the
+//! mapping between the API's messages and kiln's types.
 
+mod agent_tunnel;
 mod build;
 mod transfer;
 mod wire;
@@ -30,6 +32,7 @@ use crate::images;
 use crate::registry;
 use crate::solve::{ContextDigests, InFlight, SolveError};
 
+pub use agent_tunnel::Tunnels;
 use build::BuildStream;
 pub use transfer::ChunkWriter;
 use transfer::SaveStream;
@@ -48,6 +51,8 @@ pub enum ControlError {
     Context(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("forwarding SSH agents: {0}")]
+    Agents(std::io::Error),
 }
 
 impl From<ControlError> for Status {

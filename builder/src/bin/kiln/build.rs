@@ -203,10 +203,6 @@ impl Build {
     /// The build through kilnd: the context goes over the wire (without
     /// what `.dockerignore` excludes), events come back.
     fn run_remote(mut self, mut remote: crate::remote::Remote) -> Result<()> {
-        anyhow::ensure!(
-            self.ssh.is_empty(),
-            "--ssh does not go through kilnd yet (kilnd would need the agent forwarded over the API)"
-        );
         // A context on standard input is unpacked here, then sent as a directory.
         let _stdin_context = if self.context.as_os_str() == "-" {
             anyhow::ensure!(
@@ -236,6 +232,12 @@ impl Build {
             .iter()
             .map(|s| read_secret(s))
             .collect::<Result<_>>()?;
+        // Forwarded over the build's call: the agents stay on this machine.
+        let agents = self
+            .ssh
+            .iter()
+            .map(|s| ssh_agent(s))
+            .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
         let spec = kiln_proto::control::v1::BuildSpec {
             dockerfile,
             dockerignore,
@@ -254,9 +256,10 @@ impl Build {
             removed: Vec::new(),
             cache_from: self.cache_from.clone(),
             cache_to: self.cache_to.clone(),
+            ssh: agents.keys().cloned().collect(),
         };
         let mut printer = Printer::new(self.progress, self.quiet);
-        let result = remote.build(spec, &self.context, &ignore, &mut printer)?;
+        let result = remote.build(spec, &self.context, &ignore, &agents, &mut printer)?;
         for output in &files {
             remote.export(
                 &result.manifest,

@@ -2,13 +2,13 @@
 //! at the default socket. Output and exit codes are those of the embedded
 //! commands.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use hyper_util::rt::TokioIo;
-use kiln_builder::control::{ChunkWriter, event_from_message};
+use kiln_builder::control::{ChunkWriter, Tunnels, event_from_message};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{
     self as pb, BuildInput, build_input, build_output, control_client::ControlClient,
@@ -123,18 +123,27 @@ async fn channel(addr: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> 
     bail!("--addr {addr}: expected unix:///PATH or tcp://HOST:PORT")
 }
 
+/// A message carrying this end of an SSH agent tunnel.
+fn ssh_input(frame: pb::SshFrame) -> BuildInput {
+    BuildInput {
+        input: Some(build_input::Input::Ssh(frame)),
+    }
+}
+
 /// A failed call as the embedded command would say it.
 fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::Error::msg(status.message().to_owned())
 }
 
 impl Remote {
-    /// Sends the spec and the context, shows the events, returns the result.
+    /// Sends the spec and the context, shows the events, relays the
+    /// connections of forwarded SSH `agents` (by id), returns the result.
     pub(crate) fn build(
         &mut self,
         mut spec: pb::BuildSpec,
         context: &Path,
         ignore: &Matcher,
+        agents: &BTreeMap<String, PathBuf>,
         printer: &mut Printer,
     ) -> Result<pb::BuildResult> {
         // The context session: kilnd keeps the tree from the last build of
@@ -159,6 +168,10 @@ impl Remote {
         })
         .ok()
         .context("kilnd closed the build")?;
+        // With agents, the call stays open after the context for their
+        // frames, until the result.
+        let tunnels = Tunnels::new(&tx, ssh_input);
+        let open_for_agents = (!agents.is_empty()).then(|| tx.clone());
         // The context tar is made on a thread of its own while it is sent.
         let sender = {
             let context = context.to_owned();
@@ -200,12 +213,29 @@ impl Remote {
                         }
                     }
                     Some(build_output::Output::Result(r)) => return Ok(Some(r)),
+                    Some(build_output::Output::Ssh(frame)) if frame.id.is_empty() => {
+                        tunnels.deliver(frame).await;
+                    }
+                    Some(build_output::Output::Ssh(frame)) => {
+                        let agent = agents.get(&frame.id);
+                        match agent.map(tokio::net::UnixStream::connect) {
+                            Some(connecting) => match connecting.await {
+                                Ok(stream) => tunnels.attach(frame.conn, stream),
+                                Err(e) => {
+                                    eprintln!("warning: SSH agent {:?}: {e}", frame.id);
+                                    tunnels.refuse(frame.conn).await;
+                                }
+                            },
+                            None => tunnels.refuse(frame.conn).await,
+                        }
+                    }
                     None => {}
                 }
             }
             Ok::<_, tonic::Status>(None)
         });
         printer.finish();
+        drop(open_for_agents);
         let sent = sender.join();
         match outcome {
             Ok(Some(result)) => Ok(result),
