@@ -4,7 +4,11 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["kiln/ops/v1/ops.proto", "kiln/control/v1/control.proto"];
+    let protos = [
+        "kiln/ops/v1/ops.proto",
+        "kiln/control/v1/control.proto",
+        "kiln/farm/v1/farm.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

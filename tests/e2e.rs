@@ -8,6 +8,7 @@ mod busybox;
 mod ci_client;
 mod debug;
 mod docker;
+mod farm;
 mod harness;
 mod httpd;
 mod images;

@@ -17,11 +17,17 @@ pub(crate) struct Kilnd {
 
 impl Kilnd {
     pub(crate) fn start(s: &Setup) -> Self {
+        Self::start_with(s, &[])
+    }
+
+    /// With more arguments.
+    pub(crate) fn start_with(s: &Setup, args: &[&str]) -> Self {
         let socket = s.dir.path().join("kilnd.sock");
         let child = Command::new(binary("kilnd"))
             .env("KILN_ROOT", &s.root)
             .arg("--addr")
             .arg(format!("unix://{}", socket.display()))
+            .args(args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();

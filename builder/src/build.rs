@@ -68,6 +68,8 @@ pub struct BuildRequest {
     /// Context digests kept between builds of an unchanged context (kilnd's
     /// sessions); empty for a one-off build.
     pub context_digests: std::sync::Arc<crate::solve::ContextDigests>,
+    /// Where RUN steps may run besides here (kilnd's attached workers).
+    pub farm: Option<std::sync::Arc<crate::farm::Farm>>,
 }
 
 /// The image built.
@@ -188,6 +190,7 @@ pub fn build(
         cancellation: std::sync::Arc::clone(&req.cancellation),
         in_flight: std::sync::Arc::clone(&req.in_flight),
         context_digests: std::sync::Arc::clone(&req.context_digests),
+        farm: req.farm.as_deref(),
     };
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")

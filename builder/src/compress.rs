@@ -15,6 +15,37 @@ use kiln_worker::layer::compression::{Compression, decompressed};
 use crate::image::{self, ImageError};
 use crate::solve::Layer;
 
+/// Stores the directory `upper` (a step's changes) as a layer blob of
+/// `store`, compressed `how`, in one pass: the tar is hashed (its diff ID)
+/// on its way to the encoder. With `source_date_epoch`, mtimes are clamped
+/// to it.
+pub fn store_layer(
+    store: &Store,
+    upper: &std::path::Path,
+    how: LayerCompression,
+    source_date_epoch: Option<u64>,
+) -> Result<Layer, ImageError> {
+    let compressing = |source: io::Error| ImageError::Io {
+        action: "compressing the layer of",
+        path: upper.to_owned(),
+        source,
+    };
+    let encoder = Encoder::new(how, store.content.writer()?).map_err(compressing)?;
+    let hashing = kiln_worker::layer::diff_clamped(upper, Hashing::new(encoder), source_date_epoch)
+        .map_err(|e| ImageError::Archive {
+            path: upper.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let (encoder, diff_id) = hashing.finish();
+    let blob = encoder.finish().map_err(compressing)?.commit(None)?;
+    Ok(Layer {
+        blob: blob.digest,
+        diff_id,
+        media_type: how.media_type().to_owned(),
+        size: blob.size,
+    })
+}
+
 /// Layer compression of a built image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerCompression {
@@ -56,6 +87,15 @@ impl LayerCompression {
             "uncompressed" => Kind::Uncompressed,
             _ => return None,
         }))
+    }
+
+    /// The name [`LayerCompression::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self.kind {
+            Kind::Gzip => "gzip",
+            Kind::Zstd => "zstd",
+            Kind::Uncompressed => "uncompressed",
+        }
     }
 
     /// With `compression-level=N`, checked against the kind's range.

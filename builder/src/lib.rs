@@ -4,8 +4,9 @@
 //! and `.dockerignore` lookup), the solver ([`solve`]), building an image
 //! ([`build`], [`compress`]), the image model ([`image`]), archives
 //! ([`archive`]), outputs ([`output`]), the image commands ([`images`]) and
-//! the registry client ([`registry`]), with the `kiln` CLI on top; later
-//! the control service and the `kilnd` daemon.
+//! the registry client ([`registry`]), kilnd's control service
+//! ([`control`]) and the build farm ([`farm`]: kilnd's side and the
+//! worker's), with the `kiln`, `kilnd` and `kiln-worker` binaries on top.
 //!
 //! Does not own: Dockerfile semantics (`kiln-frontend`), running ops
 //! (`kiln-worker`), or storage (`kiln-cache`).
@@ -15,6 +16,7 @@ pub mod build;
 pub mod compress;
 pub mod context;
 pub mod control;
+pub mod farm;
 pub mod image;
 pub mod images;
 pub mod output;

@@ -1,8 +1,8 @@
 //! kiln's wire types, generated from the `.proto` files under `proto/kiln/`.
 //!
 //! Owns: the protobuf messages that cross a process boundary or enter a
-//! digest — today the build graph (`kiln.ops.v1`). The control API for
-//! `kilnd` and the worker API for the farm join it as those parts are built.
+//! digest: the build graph (`kiln.ops.v1`), kilnd's control API
+//! (`kiln.control.v1`) and the build farm's (`kiln.farm.v1`).
 //!
 //! Does not own: any logic. Helpers that interpret these messages live with
 //! the code that produces or consumes them (`kiln-frontend` builds ops,
@@ -15,6 +15,16 @@ pub mod control {
     #[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/kiln.control.v1.rs"));
+    }
+}
+
+/// The build farm (`kiln/farm/v1/farm.proto`): `kiln-worker`s attached to
+/// kilnd run RUN steps and move layers by digest.
+pub mod farm {
+    /// Version 1. Field numbers are stable.
+    #[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/kiln.farm.v1.rs"));
     }
 }
 

@@ -163,6 +163,11 @@ impl Worker {
         self
     }
 
+    /// The secret `id`, when the build has it.
+    pub fn secret(&self, id: &str) -> Option<&[u8]> {
+        self.secrets.get(id).map(Vec::as_slice)
+    }
+
     /// Makes the SSH agent listening at `socket` available to steps that
     /// mount `id` (`RUN --mount=type=ssh,id=ID`).
     #[must_use]

@@ -43,10 +43,27 @@ impl Snapshots {
         Self { dir: dir.into() }
     }
 
-    /// The directory for the layer with diff ID `diff_id` (`sha256:<hex>`).
-    pub fn path(&self, diff_id: &str) -> PathBuf {
+    /// The snapshot name of the layer with diff ID `diff_id` (`sha256:<hex>`).
+    pub fn name(diff_id: &str) -> &str {
         let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
-        self.dir.join(&hex[..hex.len().min(NAME_LEN)])
+        &hex[..hex.len().min(NAME_LEN)]
+    }
+
+    /// The directory for the layer with diff ID `diff_id`.
+    pub fn path(&self, diff_id: &str) -> PathBuf {
+        self.dir.join(Self::name(diff_id))
+    }
+
+    /// The names of the snapshots there are (not those being unpacked).
+    pub fn names(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with("tmp-"))
+            .collect()
     }
 
     /// Whether the layer is unpacked.

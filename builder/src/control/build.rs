@@ -63,6 +63,7 @@ fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> 
 struct ControlShared {
     in_flight: Arc<InFlight>,
     context_digests: Arc<ContextDigests>,
+    farm: Arc<crate::farm::Farm>,
 }
 
 /// What the spec asks, as the solver's request.
@@ -101,6 +102,7 @@ fn request_of(
         cancellation,
         in_flight: Arc::clone(&shared.in_flight),
         context_digests: Arc::clone(&shared.context_digests),
+        farm: Some(Arc::clone(&shared.farm)),
     })
 }
 
@@ -209,6 +211,7 @@ impl ControlService {
         let shared = ControlShared {
             in_flight: Arc::clone(&self.in_flight),
             context_digests: Arc::clone(&self.context_digests),
+            farm: Arc::clone(&self.farm),
         };
         // A client that goes away (Ctrl-C, a dropped connection) cancels
         // its build: running steps are killed, no new one starts.

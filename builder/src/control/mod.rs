@@ -13,6 +13,7 @@
 
 mod agent_tunnel;
 mod build;
+mod client;
 mod transfer;
 mod wire;
 
@@ -34,6 +35,7 @@ use crate::solve::{ContextDigests, InFlight, SolveError};
 
 pub use agent_tunnel::Tunnels;
 use build::BuildStream;
+pub use client::{ConnectError, channel, client_tls};
 pub use transfer::ChunkWriter;
 use transfer::SaveStream;
 pub use wire::event_from_message;
@@ -53,6 +55,8 @@ pub enum ControlError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("forwarding SSH agents: {0}")]
     Agents(std::io::Error),
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl From<ControlError> for Status {
@@ -68,6 +72,7 @@ impl From<ControlError> for Status {
         };
         match e {
             ControlError::Invalid(_) | ControlError::Context(_) => Status::invalid_argument(text),
+            ControlError::Unauthenticated(_) => Status::unauthenticated(text),
             ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
             ControlError::Build(BuildError::Frontend(_)) => Status::invalid_argument(text),
             ControlError::Build(BuildError::Solve(_)) => Status::aborted(text),
@@ -83,17 +88,20 @@ pub struct ControlService {
     in_flight: Arc<InFlight>,
     /// Context digests of session trees, forgotten when a tree changes.
     context_digests: Arc<ContextDigests>,
+    /// Attached workers, which RUN steps go to.
+    farm: Arc<crate::farm::Farm>,
     /// A lock per context session: one build at a time changes and reads
     /// a session's tree.
     sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
 }
 
 impl ControlService {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, farm: Arc<crate::farm::Farm>) -> Self {
         Self {
             store,
             in_flight: Arc::default(),
             context_digests: Arc::default(),
+            farm,
             sessions: Arc::default(),
         }
     }
@@ -318,12 +326,22 @@ impl Control for ControlService {
         _: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let (os, arch) = crate::image::host_platform();
+        let local = pb::Worker {
+            id: "local".into(),
+            platform: format!("{os}/{arch}"),
+            parallelism: u32::try_from(crate::solve::parallelism()).unwrap_or(u32::MAX),
+            running: 0,
+            steps_run: 0,
+        };
+        let attached = self.farm.workers().into_iter().map(|w| pb::Worker {
+            id: w.id,
+            platform: w.platform,
+            parallelism: u32::try_from(w.parallelism).unwrap_or(u32::MAX),
+            running: u32::try_from(w.running).unwrap_or(u32::MAX),
+            steps_run: w.steps_run,
+        });
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: vec![pb::Worker {
-                id: "local".into(),
-                platform: format!("{os}/{arch}"),
-                parallelism: u32::try_from(crate::solve::parallelism()).unwrap_or(u32::MAX),
-            }],
+            workers: std::iter::once(local).chain(attached).collect(),
         }))
     }
 }

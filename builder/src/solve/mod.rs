@@ -11,6 +11,7 @@ mod cancel;
 mod context;
 mod fetch;
 mod flight;
+mod on_farm;
 mod ops;
 
 pub use cancel::Cancellation;
@@ -140,6 +141,8 @@ pub struct Solver<'a> {
     pub in_flight: std::sync::Arc<InFlight>,
     /// Context digests computed before, for contexts that did not change.
     pub context_digests: std::sync::Arc<ContextDigests>,
+    /// Attached workers RUN steps go to (`None`: all run here).
+    pub farm: Option<&'a crate::farm::Farm>,
 }
 
 impl Solver<'_> {

@@ -10,19 +10,53 @@ use kiln_proto::ops::v1::{
 };
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
-use kiln_worker::layer;
 use kiln_worker::sandbox::Stream;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
 
 use super::{Event, Fs, Layer, Result, SolveError, Solver, fetch};
-use crate::compress::{Encoder, Hashing};
 use crate::image;
 
 /// Lines of a failed step's output kept for its error.
 const LOG_TAIL: usize = 20;
 
+/// A step's output as log events, line by line, with its last lines kept
+/// for its error.
+pub(super) struct StepLog<'s, 'a> {
+    solver: &'s Solver<'a>,
+    vertex: usize,
+    partial: String,
+    tail: Vec<String>,
+}
+
+impl<'s, 'a> StepLog<'s, 'a> {
+    fn new(solver: &'s Solver<'a>, vertex: usize) -> Self {
+        Self {
+            solver,
+            vertex,
+            partial: String::new(),
+            tail: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, chunk: &[u8]) {
+        self.partial.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            let line = line.trim_end_matches('\n').to_owned();
+            self.solver.emit(Event::Log {
+                vertex: self.vertex,
+                line: line.clone(),
+            });
+            self.tail.push(line);
+            if self.tail.len() > LOG_TAIL {
+                self.tail.remove(0);
+            }
+        }
+    }
+}
+
 /// A step's failure; `Solver::vertex` fills in which step (and line).
-fn step_err(reason: impl std::fmt::Display) -> SolveError {
+pub(super) fn step_err(reason: impl std::fmt::Display) -> SolveError {
     SolveError::Step {
         description: String::new(),
         reason: reason.to_string(),
@@ -105,24 +139,95 @@ impl Solver<'_> {
         }
     }
 
-    /// Stores an upperdir as a layer blob, compressed as the build asks, in
-    /// one pass: the tar is hashed (its diff ID) on its way to the encoder.
+    /// Stores an upperdir as a layer blob, compressed as the build asks.
     fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
-        let encoder = Encoder::new(self.compression, self.store.content.writer()?)
-            .map_err(|e| step_err(format!("compressing the layer: {e}")))?;
-        let hashing = layer::diff_clamped(upper, Hashing::new(encoder), self.source_date_epoch)
-            .map_err(step_err)?;
-        let (encoder, diff_id) = hashing.finish();
-        let blob = encoder
-            .finish()
-            .map_err(|e| step_err(format!("compressing the layer: {e}")))?
-            .commit(None)?;
-        Ok(Layer {
-            blob: blob.digest,
-            diff_id,
-            media_type: self.compression.media_type().to_owned(),
-            size: blob.size,
+        crate::compress::store_layer(self.store, upper, self.compression, self.source_date_epoch)
+            .map_err(step_err)
+    }
+
+    /// A `RUN --mount` other than a bind mount, as the worker takes it.
+    pub(super) fn plain_mount(&self, m: &kiln_proto::ops::v1::Mount) -> Result<ExecMount> {
+        let target = m.target.clone();
+        Ok(match MountType::try_from(m.r#type) {
+            Ok(MountType::Cache) => {
+                let c = m.cache.clone().unwrap_or_default();
+                let sharing = match kiln_proto::ops::v1::CacheSharing::try_from(c.sharing) {
+                    Ok(kiln_proto::ops::v1::CacheSharing::Private) => Sharing::Private,
+                    Ok(kiln_proto::ops::v1::CacheSharing::Locked) => Sharing::Locked,
+                    _ => Sharing::Shared,
+                };
+                ExecMount::Cache {
+                    target,
+                    id: c.id,
+                    sharing,
+                    uid: c.uid,
+                    gid: c.gid,
+                    mode: c.mode,
+                    readonly: m.readonly,
+                }
+            }
+            Ok(MountType::Tmpfs) => ExecMount::Tmpfs {
+                target,
+                size: m.tmpfs.map_or(0, |t| t.size),
+            },
+            Ok(MountType::Secret) => {
+                let s = m.secret.clone().unwrap_or_default();
+                let env = (!s.env.is_empty()).then_some(s.env);
+                let target = (!target.is_empty()).then_some(target);
+                ExecMount::Secret {
+                    id: s.id,
+                    target,
+                    env,
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    required: s.required,
+                }
+            }
+            Ok(MountType::Ssh) => {
+                let s = m.ssh.clone().unwrap_or_default();
+                ExecMount::Ssh {
+                    id: s.id,
+                    target,
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    required: s.required,
+                }
+            }
+            Ok(MountType::Bind) | Err(_) => {
+                return Err(step_err(format!("unknown mount type {}", m.r#type)));
+            }
         })
+    }
+
+    /// The step's mounts, with their sources as this machine's directories.
+    fn exec_mounts(&self, exec: &ExecOp, inputs: &[(Fs, String)]) -> Result<Vec<ExecMount>> {
+        let mut mounts = Vec::new();
+        for m in &exec.mounts {
+            if m.r#type != MountType::Bind as i32 {
+                mounts.push(self.plain_mount(m)?);
+                continue;
+            }
+            let input = usize::try_from(m.input).ok().and_then(|i| inputs.get(i));
+            let layers = if matches!(input, Some((Fs::Context(_), _))) {
+                vec![self.context_view()?]
+            } else {
+                self.input_dirs(inputs, m.input)?
+            };
+            let layers = if layers.is_empty() {
+                vec![self.empty_dir()?]
+            } else {
+                layers
+            };
+            mounts.push(ExecMount::Bind {
+                target: m.target.clone(),
+                layers,
+                path: m.source.clone(),
+                readonly: m.readonly,
+            });
+        }
+        Ok(mounts)
     }
 
     pub(super) fn exec(
@@ -134,82 +239,11 @@ impl Solver<'_> {
         base: &[Layer],
     ) -> Result<Layer> {
         let meta = exec.meta.clone().unwrap_or_default();
-        let mut mounts = Vec::new();
-        for m in &exec.mounts {
-            let target = m.target.clone();
-            mounts.push(match MountType::try_from(m.r#type) {
-                Ok(MountType::Bind) => {
-                    let input = usize::try_from(m.input).ok().and_then(|i| inputs.get(i));
-                    let layers = if matches!(input, Some((Fs::Context(_), _))) {
-                        vec![self.context_view()?]
-                    } else {
-                        self.input_dirs(inputs, m.input)?
-                    };
-                    let layers = if layers.is_empty() {
-                        vec![self.empty_dir()?]
-                    } else {
-                        layers
-                    };
-                    ExecMount::Bind {
-                        target,
-                        layers,
-                        path: m.source.clone(),
-                        readonly: m.readonly,
-                    }
-                }
-                Ok(MountType::Cache) => {
-                    let c = m.cache.clone().unwrap_or_default();
-                    let sharing = match kiln_proto::ops::v1::CacheSharing::try_from(c.sharing) {
-                        Ok(kiln_proto::ops::v1::CacheSharing::Private) => Sharing::Private,
-                        Ok(kiln_proto::ops::v1::CacheSharing::Locked) => Sharing::Locked,
-                        _ => Sharing::Shared,
-                    };
-                    ExecMount::Cache {
-                        target,
-                        id: c.id,
-                        sharing,
-                        uid: c.uid,
-                        gid: c.gid,
-                        mode: c.mode,
-                        readonly: m.readonly,
-                    }
-                }
-                Ok(MountType::Tmpfs) => ExecMount::Tmpfs {
-                    target,
-                    size: m.tmpfs.map_or(0, |t| t.size),
-                },
-                Ok(MountType::Secret) => {
-                    let s = m.secret.clone().unwrap_or_default();
-                    let env = (!s.env.is_empty()).then_some(s.env);
-                    let target = (!target.is_empty()).then_some(target);
-                    ExecMount::Secret {
-                        id: s.id,
-                        target,
-                        env,
-                        uid: s.uid,
-                        gid: s.gid,
-                        mode: s.mode,
-                        required: s.required,
-                    }
-                }
-                Ok(MountType::Ssh) => {
-                    let s = m.ssh.clone().unwrap_or_default();
-                    ExecMount::Ssh {
-                        id: s.id,
-                        target,
-                        uid: s.uid,
-                        gid: s.gid,
-                        mode: s.mode,
-                        required: s.required,
-                    }
-                }
-                Err(_) => return Err(step_err(format!("unknown mount type {}", m.r#type))),
-            });
-        }
         let mut env = meta.env;
         env.extend(exec.proxy_env.iter().cloned());
-        let request = ExecRequest {
-            rootfs: self.lowerdirs(base)?,
+        // Root filesystem and mounts are filled in where the step runs.
+        let mut request = ExecRequest {
+            rootfs: Vec::new(),
             args: meta.args,
             env,
             cwd: if meta.cwd.is_empty() {
@@ -224,33 +258,44 @@ impl Solver<'_> {
                 Network::Host
             },
             privileged: exec.security == SecurityMode::Insecure as i32,
-            mounts,
+            mounts: Vec::new(),
         };
+        let mut log = StepLog::new(self, index);
+        let exit_code = match self.on_farm(&request, exec, inputs, base, &mut log)? {
+            Some(Ok(layer)) => return Ok(layer),
+            Some(Err(code)) => code,
+            None => {
+                request.rootfs = self.lowerdirs(base)?;
+                request.mounts = self.exec_mounts(exec, inputs)?;
+                match self.exec_here(&request, &mut log)? {
+                    Ok(layer) => return Ok(layer),
+                    Err(code) => code,
+                }
+            }
+        };
+        Err(SolveError::ExitCode {
+            description: vertex.meta.description.clone(),
+            code: exit_code,
+            log_tail: log.tail,
+        })
+    }
+
+    /// Runs a step on this machine's worker: its layer, or its exit code
+    /// when that is not 0.
+    fn exec_here(
+        &self,
+        request: &ExecRequest,
+        log: &mut StepLog<'_, '_>,
+    ) -> Result<std::result::Result<Layer, i32>> {
         let cancel = self
             .cancellation
             .step()
             .ok_or_else(|| step_err("cancelled"))?;
-        let mut tail: Vec<String> = Vec::new();
-        let mut partial = String::new();
         let outcome = self
             .worker
             .exec(
-                &request,
-                &mut |_: Stream, chunk: &[u8]| {
-                    partial.push_str(&String::from_utf8_lossy(chunk));
-                    while let Some(i) = partial.find('\n') {
-                        let line: String = partial.drain(..=i).collect();
-                        let line = line.trim_end_matches('\n').to_owned();
-                        self.emit(Event::Log {
-                            vertex: index,
-                            line: line.clone(),
-                        });
-                        tail.push(line);
-                        if tail.len() > LOG_TAIL {
-                            tail.remove(0);
-                        }
-                    }
-                },
+                request,
+                &mut |_: Stream, chunk: &[u8]| log.push(chunk),
                 &cancel,
             )
             .map_err(|e| {
@@ -265,16 +310,12 @@ impl Solver<'_> {
         if outcome.exit_code != 0 {
             let code = outcome.exit_code;
             let _ = self.worker.discard(outcome);
-            return Err(SolveError::ExitCode {
-                description: vertex.meta.description.clone(),
-                code,
-                log_tail: tail,
-            });
+            return Ok(Err(code));
         }
         let layer = self.store_layer(&outcome.layer)?;
         self.adopt(&layer, &outcome.layer);
         self.worker.discard(outcome).map_err(step_err)?;
-        Ok(layer)
+        Ok(Ok(layer))
     }
 
     pub(super) fn file(

@@ -373,6 +373,7 @@ impl Build {
             cancellation: Default::default(),
             in_flight: Default::default(),
             context_digests: Default::default(),
+            farm: None,
         };
         let quiet = self.quiet;
         let json = self.progress == Mode::Json;

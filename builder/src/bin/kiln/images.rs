@@ -324,6 +324,41 @@ pub(crate) fn du_remote(mut remote: crate::remote::Remote) -> Result<()> {
     print_usage(&remote.disk_usage()?)
 }
 
+/// Embedded, steps run on this machine only.
+pub(crate) fn workers() -> Result<()> {
+    let (os, arch) = kiln_builder::image::host_platform();
+    print_workers(&[kiln_proto::control::v1::Worker {
+        id: "local".into(),
+        platform: format!("{os}/{arch}"),
+        parallelism: u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX),
+        running: 0,
+        steps_run: 0,
+    }])
+}
+
+pub(crate) fn workers_remote(mut remote: crate::remote::Remote) -> Result<()> {
+    print_workers(&remote.list_workers()?)
+}
+
+fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
+    let rows: Vec<[String; 5]> = workers
+        .iter()
+        .map(|w| {
+            [
+                w.id.clone(),
+                w.platform.clone(),
+                w.parallelism.to_string(),
+                w.running.to_string(),
+                w.steps_run.to_string(),
+            ]
+        })
+        .collect();
+    stdout(&render(
+        ["ID", "PLATFORM", "PARALLELISM", "RUNNING", "STEPS"],
+        &rows,
+    ))
+}
+
 fn print_usage(u: &Usage) -> Result<()> {
     let rows = [
         ["Images".to_owned(), human(u.images), "0B".to_owned()],

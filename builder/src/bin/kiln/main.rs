@@ -59,6 +59,9 @@ enum Command {
     Prune(images::Prune),
     /// Show disk space by kind.
     Du,
+    /// List the workers that run steps: this machine's, and through kilnd
+    /// the attached `kiln-worker`s of the farm.
+    Workers,
     /// Look inside the frontend: the AST and the build graph.
     #[command(subcommand)]
     Debug(debug::Debug),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         (Command::Rmi(c), Some(remote)) => c.run_remote(remote),
         (Command::Prune(c), Some(remote)) => c.run_remote(remote),
         (Command::Du, Some(remote)) => images::du_remote(remote),
+        (Command::Workers, Some(remote)) => images::workers_remote(remote),
         (Command::Save(c), Some(remote)) => c.run_remote(remote),
         (Command::Load(c), Some(remote)) => c.run_remote(remote),
         (Command::Import(c), Some(remote)) => c.run_remote(remote),
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         (Command::Login(c), None) => c.run(),
         (Command::Prune(c), None) => c.run(&root),
         (Command::Du, None) => images::du(&root),
+        (Command::Workers, None) => images::workers(),
         (Command::Debug(debug), None) => debug.run(),
     };
     match result {

@@ -7,13 +7,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use hyper_util::rt::TokioIo;
 use kiln_builder::control::{ChunkWriter, Tunnels, event_from_message};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{
     self as pb, BuildInput, build_input, build_output, control_client::ControlClient,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::progress::Printer;
 
@@ -59,18 +58,8 @@ impl Tls {
         let Some(ca) = &self.ca else {
             return Ok(None);
         };
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            config = config.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        Ok(Some(config))
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(Some(kiln_builder::control::client_tls(ca, identity)?))
     }
 }
 
@@ -90,37 +79,12 @@ pub(crate) fn connect(addr: Option<&str>, tls: &Tls) -> Result<Option<Remote>> {
         .build()?;
     let tls = tls.config()?;
     let channel = runtime
-        .block_on(channel(&addr, tls))
+        .block_on(kiln_builder::control::channel(&addr, tls))
         .with_context(|| format!("connecting to kilnd at {addr}"))?;
     Ok(Some(Remote {
         runtime,
         client: ControlClient::new(channel).max_decoding_message_size(64 << 20),
     }))
-}
-
-async fn channel(addr: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<Channel> {
-    if let Some(path) = addr.strip_prefix("unix://") {
-        let path = path.to_owned();
-        // The URI is not used: the connector dials the socket.
-        return Ok(Endpoint::try_from("http://kilnd")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?);
-    }
-    if let Some(hostport) = addr.strip_prefix("tcp://") {
-        let endpoint = match tls {
-            Some(tls) => Endpoint::from_shared(format!("https://{hostport}"))?.tls_config(tls)?,
-            None => Endpoint::from_shared(format!("http://{hostport}"))?,
-        };
-        return Ok(endpoint.connect().await?);
-    }
-    bail!("--addr {addr}: expected unix:///PATH or tcp://HOST:PORT")
 }
 
 /// A message carrying this end of an SSH agent tunnel.
@@ -296,6 +260,16 @@ impl Remote {
             .map_err(failed)?
             .into_inner();
         Ok((r.deleted, r.reclaimed))
+    }
+
+    pub(crate) fn list_workers(&mut self) -> Result<Vec<pb::Worker>> {
+        let client = &mut self.client;
+        Ok(self
+            .runtime
+            .block_on(client.list_workers(pb::ListWorkersRequest {}))
+            .map_err(failed)?
+            .into_inner()
+            .workers)
     }
 
     pub(crate) fn disk_usage(&mut self) -> Result<kiln_builder::images::Usage> {

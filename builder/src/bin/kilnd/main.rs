@@ -1,8 +1,10 @@
 //! `kilnd`: kiln's build service. Serves the control API
 //! (`kiln.control.v1`) over a Unix socket (default
 //! `/run/kiln/kilnd.sock`, mode 0660) or TCP with mutual TLS (plain TCP
-//! only with `--insecure`, on loopback); gRPC health (`grpc.health.v1`) and server reflection. SIGTERM
-//! or Ctrl-C stops taking calls and lets running builds finish.
+//! only with `--insecure`, on loopback); gRPC health (`grpc.health.v1`) and server reflection.
+//! `kiln-worker`s attach on the same address (`kiln.farm.v1`) and run RUN
+//! steps. SIGTERM or Ctrl-C stops taking calls, detaches the workers, and
+//! lets running builds finish.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use kiln_builder::control::ControlService;
+use kiln_builder::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
+use kiln_proto::farm::v1::farm_server::FarmServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +40,10 @@ struct Args {
     /// …and the CA that client certificates must be signed by.
     #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
+    /// A file holding the token `kiln-worker`s must present to attach
+    /// (besides the socket's permissions or mTLS).
+    #[arg(long, value_name = "FILE")]
+    worker_token_file: Option<PathBuf>,
 }
 
 enum Listen {
@@ -81,7 +89,19 @@ async fn main() -> Result<()> {
         .await?
         .context("opening the store")?;
     std::fs::create_dir_all(store.root().join("tmp"))?;
-    let service = ControlService::new(Arc::new(store));
+    let token = match &args.worker_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--worker-token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let store = Arc::new(store);
+    let farm = Farm::new(token);
+    let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm));
+    let farm_service = FarmService::new(store, Arc::clone(&farm));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -107,7 +127,8 @@ async fn main() -> Result<()> {
     let router = server
         .add_service(health)
         .add_service(reflection)
-        .add_service(ControlServer::new(service).max_decoding_message_size(64 << 20));
+        .add_service(ControlServer::new(service).max_decoding_message_size(64 << 20))
+        .add_service(FarmServer::new(farm_service).max_decoding_message_size(64 << 20));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");
@@ -116,6 +137,8 @@ async fn main() -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("stopping: no new calls; running builds finish");
+        // Workers' sessions would keep the server up; their steps run here.
+        farm.close();
     };
     match listen {
         Listen::Unix(path) => {

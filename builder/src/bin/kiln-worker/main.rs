@@ -1,0 +1,121 @@
+//! `kiln-worker`: a machine of the build farm. Attaches to kilnd (the same
+//! address the CLI uses: a Unix socket, or TCP with mutual TLS), runs the
+//! RUN steps kilnd sends in its own sandbox over its own store, and sends
+//! back the layers they make. When kilnd goes away it attaches again,
+//! waiting longer each time (up to 30 s); SIGTERM or Ctrl-C stops it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use kiln_builder::farm::attach::{WorkerConfig, serve};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kiln-worker", version, about = "a worker of kiln's build farm")]
+struct Args {
+    /// This worker's store (layers, snapshots, cache mounts); not kilnd's.
+    #[arg(long, env = "KILN_WORKER_ROOT", default_value = "/var/lib/kiln-worker")]
+    root: PathBuf,
+    /// kilnd's address: `unix:///PATH` or `tcp://HOST:PORT`.
+    #[arg(long, env = "KILN_ADDR", default_value = "unix:///run/kiln/kilnd.sock")]
+    kilnd: String,
+    /// This worker's name among kilnd's workers (default: the host name).
+    #[arg(long)]
+    id: Option<String>,
+    /// Steps at once (default: twice the CPUs, at least 4).
+    #[arg(long)]
+    parallelism: Option<u32>,
+    /// A file holding kilnd's `--worker-token`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// TCP with mutual TLS: the CA kilnd's certificate is signed by…
+    #[arg(long, env = "KILN_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// …this worker's certificate…
+    #[arg(long, env = "KILN_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// …and its key.
+    #[arg(long, env = "KILN_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let token = match &args.token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let config = WorkerConfig {
+        id: args.id.clone().unwrap_or_else(host_name),
+        parallelism: args.parallelism.unwrap_or_else(|| {
+            u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX)
+        }),
+        token,
+    };
+    anyhow::ensure!(config.parallelism > 0, "--parallelism must be above 0");
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            Some(kiln_builder::control::client_tls(ca, identity)?)
+        }
+        None => None,
+    };
+    let root = args.root.clone();
+    let store = tokio::task::spawn_blocking(move || kiln_cache::Store::open(&root))
+        .await?
+        .with_context(|| format!("opening the worker's store {}", args.root.display()))?;
+    std::fs::create_dir_all(store.root().join("tmp"))?;
+    let store = Arc::new(store);
+
+    let attach = async {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let session = async {
+                let channel = kiln_builder::control::channel(&args.kilnd, tls.clone()).await?;
+                serve(Arc::clone(&store), channel, &config).await?;
+                anyhow::Ok(())
+            };
+            let started = std::time::Instant::now();
+            if let Err(e) = session.await {
+                tracing::warn!(kilnd = args.kilnd, "{e:#}; attaching again in {wait:?}");
+            }
+            // A session that lasted starts the waiting over.
+            if started.elapsed() > Duration::from_secs(30) {
+                wait = Duration::from_secs(1);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = attach => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}

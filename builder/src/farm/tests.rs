@@ -1,0 +1,133 @@
+//! Placement, retries and refusals of [`Farm`], with the test standing in
+//! for the workers at the other end of their channels.
+
+use std::sync::Arc;
+
+use kiln_proto::farm::v1 as pb;
+use tokio::sync::mpsc;
+
+use super::*;
+
+type FromFarm = mpsc::Receiver<Result<pb::FarmMessage, Status>>;
+
+fn hello(id: &str, layers: &[&str]) -> pb::Hello {
+    pb::Hello {
+        id: id.into(),
+        platform: "linux/amd64".into(),
+        parallelism: 1,
+        layers: layers.iter().map(|l| (*l).to_owned()).collect(),
+        token: String::new(),
+    }
+}
+
+fn attach(farm: &Farm, hello: &pb::Hello) -> (u64, FromFarm) {
+    let (tx, rx) = mpsc::channel(8);
+    (farm.attach(hello, tx).unwrap(), rx)
+}
+
+/// The step a worker was sent.
+fn received(rx: &mut FromFarm) -> pb::RunStep {
+    match rx.blocking_recv() {
+        Some(Ok(pb::FarmMessage {
+            message: Some(pb::farm_message::Message::Run(step)),
+        })) => step,
+        other => panic!("expected a step, got {other:?}"),
+    }
+}
+
+fn done(step: u64) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        message: Some(pb::worker_message::Message::Done(pb::StepDone {
+            step,
+            exit_code: 7,
+            ..Default::default()
+        })),
+    }
+}
+
+/// Runs a step on another thread; its result comes back on the handle.
+fn run(
+    farm: &Arc<Farm>,
+    layers: StepLayers,
+) -> std::thread::JoinHandle<Result<Option<FarmOutcome>, FarmError>> {
+    let farm = Arc::clone(farm);
+    std::thread::spawn(move || {
+        farm.run(
+            pb::RunStep::default(),
+            "linux/amd64",
+            &layers,
+            &mut |_| {},
+            &|| false,
+        )
+    })
+}
+
+#[test]
+fn no_worker_of_the_platform_means_the_step_runs_here() {
+    let farm = Farm::new(None);
+    assert!(run(&farm, Vec::new()).join().unwrap().unwrap().is_none());
+    let mut other = hello("arm", &[]);
+    other.platform = "linux/arm64".into();
+    let _attached = attach(&farm, &other);
+    assert!(run(&farm, Vec::new()).join().unwrap().unwrap().is_none());
+}
+
+#[test]
+fn a_step_goes_where_its_layers_are() {
+    let farm = Farm::new(None);
+    let (s1, _rx1) = attach(&farm, &hello("w1", &["small"]));
+    let (s2, mut rx2) = attach(&farm, &hello("w2", &["big"]));
+    let _ = s1;
+    let step = run(&farm, vec![("small".into(), 10), ("big".into(), 1000)]);
+    let sent = received(&mut rx2);
+    farm.deliver("w2", s2, done(sent.step));
+    let outcome = step.join().unwrap().unwrap().unwrap();
+    assert_eq!(outcome.exit_code, 7);
+    assert_eq!(farm.workers()[1].steps_run, 1);
+}
+
+#[test]
+fn a_busy_worker_is_passed_over_and_a_lost_step_runs_elsewhere() {
+    let farm = Farm::new(None);
+    let (s1, mut rx1) = attach(&farm, &hello("w1", &["l"]));
+    let first = run(&farm, vec![("l".into(), 1)]);
+    let on_w1 = received(&mut rx1);
+    // w1 (parallelism 1) is busy: a second worker takes the next step.
+    let (s2, mut rx2) = attach(&farm, &hello("w2", &[]));
+    let second = run(&farm, vec![("l".into(), 1)]);
+    let on_w2 = received(&mut rx2);
+    farm.deliver("w2", s2, done(on_w2.step));
+    assert!(second.join().unwrap().unwrap().is_some());
+    // w1 goes away mid-step: its step is sent to w2.
+    farm.detach("w1", s1);
+    let retried = received(&mut rx2);
+    assert_ne!(retried.step, on_w1.step, "a new number for the new attempt");
+    farm.deliver("w2", s2, done(retried.step));
+    assert_eq!(first.join().unwrap().unwrap().unwrap().exit_code, 7);
+    assert_eq!(farm.workers().len(), 1);
+}
+
+#[test]
+fn refusals() {
+    let farm = Farm::new(Some("t0ken".into()));
+    let (tx, _rx) = mpsc::channel(1);
+    assert!(matches!(
+        farm.attach(&hello("w1", &[]), tx.clone()),
+        Err(AttachRefused::Token)
+    ));
+    let mut with_token = hello("w1", &[]);
+    with_token.token = "t0ken".into();
+    farm.attach(&with_token, tx.clone()).unwrap();
+    assert!(matches!(
+        farm.attach(&with_token, tx.clone()),
+        Err(AttachRefused::Taken(_))
+    ));
+    farm.close();
+    let mut other = with_token.clone();
+    other.id = "w2".into();
+    assert!(matches!(
+        farm.attach(&other, tx),
+        Err(AttachRefused::Closed)
+    ));
+    assert!(farm.workers().is_empty());
+}

@@ -1,0 +1,183 @@
+//! Steps and layers between kiln's types and `kiln.farm.v1`'s messages.
+
+use std::path::PathBuf;
+
+use kiln_proto::farm::v1 as pb;
+use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
+use kiln_worker::sandbox::spec::Network;
+
+use crate::compress::LayerCompression;
+use crate::solve::Layer;
+
+pub fn layer_message(layer: &Layer) -> pb::Layer {
+    pb::Layer {
+        digest: layer.blob.to_string(),
+        diff_id: layer.diff_id.to_string(),
+        media_type: layer.media_type.clone(),
+        size: layer.size,
+    }
+}
+
+/// A layer as the message names it; `None` if a digest is not one.
+pub fn layer_of(message: &pb::Layer) -> Option<Layer> {
+    Some(Layer {
+        blob: message.digest.parse().ok()?,
+        diff_id: message.diff_id.parse().ok()?,
+        media_type: message.media_type.clone(),
+        size: message.size,
+    })
+}
+
+/// The step's layer compression; `None` if the message names none kiln has.
+pub fn compression_of(step: &pb::RunStep) -> Option<LayerCompression> {
+    LayerCompression::parse(&step.compression)?.with_level(step.compression_level)
+}
+
+fn sharing_message(sharing: Sharing) -> i32 {
+    (match sharing {
+        Sharing::Shared => pb::cache_mount::Sharing::Shared,
+        Sharing::Private => pb::cache_mount::Sharing::Private,
+        Sharing::Locked => pb::cache_mount::Sharing::Locked,
+    }) as i32
+}
+
+/// A mount the farm can serve, as a message (secrets carried from
+/// `secret`); `None` for one that needs this machine (an SSH agent, a bind
+/// mount of its directories).
+pub fn mount_message<'a>(
+    mount: &ExecMount,
+    secret: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Option<pb::Mount> {
+    let (target, kind) = match mount {
+        ExecMount::Cache {
+            target,
+            id,
+            sharing,
+            uid,
+            gid,
+            mode,
+            readonly,
+        } => (
+            target.clone(),
+            pb::mount::Kind::Cache(pb::CacheMount {
+                id: id.clone(),
+                sharing: sharing_message(*sharing),
+                uid: *uid,
+                gid: *gid,
+                mode: *mode,
+                readonly: *readonly,
+            }),
+        ),
+        ExecMount::Tmpfs { target, size } => (
+            target.clone(),
+            pb::mount::Kind::Tmpfs(pb::TmpfsMount { size: *size }),
+        ),
+        ExecMount::Secret {
+            id,
+            target,
+            env,
+            uid,
+            gid,
+            mode,
+            required,
+        } => (
+            target.clone().unwrap_or_default(),
+            pb::mount::Kind::Secret(pb::SecretMount {
+                id: id.clone(),
+                value: secret(id).map(<[u8]>::to_vec),
+                env: env.clone().unwrap_or_default(),
+                uid: *uid,
+                gid: *gid,
+                mode: *mode,
+                required: *required,
+            }),
+        ),
+        ExecMount::Bind { .. } | ExecMount::Ssh { .. } => return None,
+    };
+    Some(pb::Mount {
+        target,
+        kind: Some(kind),
+    })
+}
+
+fn sharing_of(value: i32) -> Sharing {
+    match pb::cache_mount::Sharing::try_from(value) {
+        Ok(pb::cache_mount::Sharing::Private) => Sharing::Private,
+        Ok(pb::cache_mount::Sharing::Locked) => Sharing::Locked,
+        _ => Sharing::Shared,
+    }
+}
+
+/// Secrets a step carries, by id.
+pub type Secrets = Vec<(String, Vec<u8>)>;
+
+/// A step as the worker runs it: its request, with layer lists made
+/// directories (top first) by `dirs` (`empty` for a bind mount of none),
+/// and the secrets it carries.
+pub fn exec_request<E>(
+    step: &pb::RunStep,
+    empty: &std::path::Path,
+    mut dirs: impl FnMut(&[pb::Layer]) -> Result<Vec<PathBuf>, E>,
+) -> Result<(ExecRequest, Secrets), E> {
+    let mut mounts = Vec::new();
+    let mut secrets = Vec::new();
+    for m in &step.mounts {
+        let target = m.target.clone();
+        let mount = match &m.kind {
+            Some(pb::mount::Kind::Bind(b)) => ExecMount::Bind {
+                target,
+                layers: if b.layers.is_empty() {
+                    vec![empty.to_owned()]
+                } else {
+                    dirs(&b.layers)?
+                },
+                path: b.path.clone(),
+                readonly: b.readonly,
+            },
+            Some(pb::mount::Kind::Cache(c)) => ExecMount::Cache {
+                target,
+                id: c.id.clone(),
+                sharing: sharing_of(c.sharing),
+                uid: c.uid,
+                gid: c.gid,
+                mode: c.mode,
+                readonly: c.readonly,
+            },
+            Some(pb::mount::Kind::Tmpfs(t)) => ExecMount::Tmpfs {
+                target,
+                size: t.size,
+            },
+            Some(pb::mount::Kind::Secret(s)) => {
+                if let Some(value) = &s.value {
+                    secrets.push((s.id.clone(), value.clone()));
+                }
+                ExecMount::Secret {
+                    id: s.id.clone(),
+                    target: (!target.is_empty()).then_some(target),
+                    env: (!s.env.is_empty()).then(|| s.env.clone()),
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    required: s.required,
+                }
+            }
+            None => continue,
+        };
+        mounts.push(mount);
+    }
+    let request = ExecRequest {
+        rootfs: dirs(&step.rootfs)?,
+        args: step.args.clone(),
+        env: step.env.clone(),
+        cwd: step.cwd.clone(),
+        user: step.user.clone(),
+        network: if step.network_none {
+            Network::None
+        } else {
+            Network::Host
+        },
+        privileged: step.privileged,
+        mounts,
+    };
+    Ok((request, secrets))
+}

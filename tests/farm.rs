@@ -1,0 +1,199 @@
+//! The build farm for real: kilnd and `kiln-worker` processes (each worker
+//! with its own store) on a temporary socket. RUN steps spread over the
+//! workers, which fetch their input layers from kilnd and send back what
+//! they make; a worker killed mid-step costs only a retry elsewhere; a
+//! worker without kilnd's token is refused.
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::busybox::{Setup, ready};
+use crate::harness::binary;
+use crate::kilnd::Kilnd;
+
+/// A running `kiln-worker`, killed when dropped.
+struct FarmWorker {
+    child: Child,
+}
+
+impl FarmWorker {
+    fn start(s: &Setup, kilnd: &Kilnd, id: &str, extra: &[&str]) -> Self {
+        let child = Command::new(binary("kiln-worker"))
+            .arg("--root")
+            .arg(s.dir.path().join(id))
+            .arg("--kilnd")
+            .arg(kilnd.addr())
+            .args(["--id", id, "--parallelism", "2"])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FarmWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `kiln workers` through kilnd: (id, running, steps) of each farm worker.
+fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
+    let (out, _) = s.ok(&["--addr", addr, "workers"]);
+    out.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() == 5 && cols[0] != "local").then(|| {
+                (
+                    cols[0].to_owned(),
+                    cols[3].parse().unwrap(),
+                    cols[4].parse().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) until `done` holds of the farm workers.
+fn wait_for(s: &Setup, addr: &str, what: &str, done: impl Fn(&[(String, u32, u64)]) -> bool) {
+    let start = Instant::now();
+    loop {
+        let now = workers(s, addr);
+        if done(&now) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waiting for {what}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn file_in_layers(s: &Setup, addr: &str, image: &str, text: &str) -> bool {
+    s.layers_text_through(addr, image).contains(text)
+}
+
+#[test]
+fn steps_run_on_the_workers_and_a_lost_worker_costs_a_retry() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let token = s.dir.path().join("token");
+    fs::write(&token, "farm-secret\n").unwrap();
+    let kilnd = Kilnd::start_with(&s, &["--worker-token-file", token.to_str().unwrap()]);
+    let addr = kilnd.addr();
+    let mut w1 = FarmWorker::start(&s, &kilnd, "w1", &["--token-file", token.to_str().unwrap()]);
+    let mut w2 = FarmWorker::start(&s, &kilnd, "w2", &["--token-file", token.to_str().unwrap()]);
+    let wrong = s.dir.path().join("wrong");
+    fs::write(&wrong, "guess").unwrap();
+    let _w3 = FarmWorker::start(&s, &kilnd, "w3", &["--token-file", wrong.to_str().unwrap()]);
+    wait_for(&s, &addr, "w1 and w2 to attach", |w| w.len() == 2);
+    assert!(
+        workers(&s, &addr).iter().all(|(id, _, _)| id != "w3"),
+        "a worker without the token is refused"
+    );
+
+    // Two stages at once (one each: the idle worker takes the second), then
+    // a step over layers kilnd made itself (COPY), with a cache mount and
+    // a secret.
+    let secret = s.dir.path().join("secret.txt");
+    fs::write(&secret, "s3cret").unwrap();
+    let dockerfile = "FROM base:busybox AS a\n\
+        RUN echo from-a > /a && sleep 1\n\
+        FROM base:busybox AS b\n\
+        RUN echo from-b > /b && sleep 1\n\
+        FROM base:busybox\n\
+        COPY --from=a /a /a\n\
+        COPY --from=b /b /b\n\
+        RUN --mount=type=cache,target=/cache --mount=type=secret,id=tok \
+            cat /a /b /run/secrets/tok > /all && echo kept > /cache/x && echo on the farm\n";
+    let secret_arg = format!("id=tok,src={}", secret.display());
+    let out = s.build(
+        dockerfile,
+        &["--addr", &addr, "--secret", &secret_arg, "-t", "farm:1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("on the farm"),
+        "a worker's output reaches the client: {stderr}"
+    );
+    let now = workers(&s, &addr);
+    let steps: Vec<u64> = now.iter().map(|(_, _, steps)| *steps).collect();
+    assert_eq!(steps.iter().sum::<u64>(), 3, "all three RUN steps: {now:?}");
+    assert!(
+        steps.iter().all(|n| *n >= 1),
+        "both workers ran steps: {now:?}"
+    );
+    assert!(file_in_layers(
+        &s,
+        &addr,
+        "farm:1",
+        "from-a\nfrom-b\ns3cret"
+    ));
+    assert!(
+        !file_in_layers(&s, &addr, "farm:1", "kept"),
+        "the cache mount stays out of the layer"
+    );
+    let cached = s
+        .dir
+        .path()
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('w'))
+        .any(|e| e.path().join("cache-mounts").is_dir());
+    assert!(cached, "cache mounts live in the worker's store");
+
+    // A worker killed mid-step: the step runs again on the other.
+    let (w1_steps, w2_steps) = (steps[0], steps[1]);
+    let build = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["--addr", &addr, "build", "--no-cache", "-t", "farm:2"])
+        .arg(write_context(
+            &s,
+            "FROM base:busybox\nRUN sleep 2 && echo survived > /s\n",
+        ))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&s, &addr, "the step to start", |w| {
+        w.iter().any(|(_, running, _)| *running > 0)
+    });
+    let on_w2 = workers(&s, &addr)
+        .iter()
+        .any(|(id, running, _)| id == "w2" && *running > 0);
+    if on_w2 {
+        w2.kill()
+    } else {
+        w1.kill()
+    }
+    let out = build.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(file_in_layers(&s, &addr, "farm:2", "survived"));
+    let now = workers(&s, &addr);
+    assert_eq!(now.len(), 1, "the killed worker is gone: {now:?}");
+    assert_eq!(
+        now[0].2,
+        if on_w2 { w1_steps } else { w2_steps } + 1,
+        "the survivor ran the step: {now:?}"
+    );
+}
+
+/// The context directory with `dockerfile` in it.
+fn write_context(s: &Setup, dockerfile: &str) -> std::path::PathBuf {
+    fs::write(s.context.join("Dockerfile"), dockerfile).unwrap();
+    s.context.clone()
+}
