@@ -197,3 +197,82 @@ fn write_context(s: &Setup, dockerfile: &str) -> std::path::PathBuf {
     fs::write(s.context.join("Dockerfile"), dockerfile).unwrap();
     s.context.clone()
 }
+
+/// Whether a process whose command line has `pattern` runs.
+fn running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let worker = FarmWorker::start(&s, &kilnd, "w1", &[]);
+    wait_for(&s, &addr, "w1 to attach", |w| w.len() == 1);
+
+    // The client goes away mid-step: kilnd cancels the step on the worker.
+    let mut client = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["--addr", &addr, "build"])
+        .arg(write_context(&s, "FROM base:busybox\nRUN sleep 42.5\n"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&s, &addr, "the step to reach w1", |w| w[0].1 == 1);
+    let start = Instant::now();
+    while !running("sleep 42.5") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the step started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    let _ = client.wait();
+    wait_for(&s, &addr, "the step to end on w1", |w| w[0].1 == 0);
+    let start = Instant::now();
+    while running("sleep 42.5") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!running("sleep 42.5"), "the step's processes were killed");
+
+    // A worker that stops answering (SIGSTOP: its connection stays up) is
+    // dropped after three missed heartbeats; its step then runs on kilnd.
+    let build = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["--addr", &addr, "build", "-t", "frozen:1"])
+        .arg(write_context(
+            &s,
+            "FROM base:busybox\nRUN sleep 1.5 && echo finished > /f\n",
+        ))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&s, &addr, "the step to start on w1", |w| w[0].1 == 1);
+    signal(&worker.child, "-STOP");
+    let out = build.wait_with_output().unwrap();
+    signal(&worker.child, "-CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(file_in_layers(&s, &addr, "frozen:1", "finished"));
+    // Back, it attaches again.
+    wait_for(&s, &addr, "w1 to attach again", |w| {
+        w.len() == 1 && w[0].1 == 0
+    });
+}
