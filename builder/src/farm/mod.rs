@@ -8,7 +8,8 @@
 //! sends the new layers back. `wire` maps steps between the two.
 //!
 //! A step goes to the worker with free capacity that holds the most bytes
-//! of its layers unpacked (then the least busy). A worker that goes away
+//! of its layers unpacked, less [`BUSY_BYTES`] for each step it runs now
+//! (then the least busy). A worker that goes away
 //! mid-step (its call ends, or it misses three heartbeats) takes nothing
 //! with it: the step runs again elsewhere, up to [`ATTEMPTS`] times.
 
@@ -29,6 +30,11 @@ pub use service::FarmService;
 
 /// How often a worker says it is alive; three missed is gone.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What a step already running on a worker weighs against sending it
+/// there, in layer bytes it would have to fetch elsewhere: an idle worker
+/// is worth fetching a small base, not a large one.
+pub const BUSY_BYTES: u64 = 64 << 20;
 
 /// Workers a step may be lost with before its build fails.
 pub const ATTEMPTS: u32 = 3;
@@ -216,7 +222,7 @@ impl Farm {
                 return Err(FarmError::Cancelled);
             }
             let mut any = false;
-            let mut best: Option<(&String, u64, usize)> = None;
+            let mut best: Option<(&String, i128, usize)> = None;
             for (id, w) in &state.workers {
                 if w.platform != platform {
                     continue;
@@ -230,12 +236,13 @@ impl Farm {
                     .filter(|(name, _)| w.snapshots.contains(name))
                     .map(|(_, size)| size)
                     .sum();
-                let better = best.is_none_or(|(_, best_held, best_running)| {
-                    (held, std::cmp::Reverse(w.running.len()))
-                        > (best_held, std::cmp::Reverse(best_running))
+                let score = i128::from(held) - w.running.len() as i128 * i128::from(BUSY_BYTES);
+                let better = best.is_none_or(|(_, best_score, best_running)| {
+                    (score, std::cmp::Reverse(w.running.len()))
+                        > (best_score, std::cmp::Reverse(best_running))
                 });
                 if better {
-                    best = Some((id, held, w.running.len()));
+                    best = Some((id, score, w.running.len()));
                 }
             }
             if !any {

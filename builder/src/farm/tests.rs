@@ -87,6 +87,32 @@ fn a_step_goes_where_its_layers_are() {
 }
 
 #[test]
+fn a_small_base_is_fetched_rather_than_wait_behind_a_running_step() {
+    let farm = Farm::new(None);
+    let mut two = hello("w1", &["base"]);
+    two.parallelism = 2;
+    let (_, mut rx1) = attach(&farm, &two);
+    let (s2, mut rx2) = attach(&farm, &hello("w2", &[]));
+    let small = vec![("base".to_owned(), 1 << 20)];
+    let _first = run(&farm, small.clone());
+    received(&mut rx1);
+    // w1 has a free slot and the base, but is busy: idle w2 fetches 1 MiB.
+    let second = run(&farm, small);
+    let on_w2 = received(&mut rx2);
+    farm.deliver("w2", s2, done(on_w2.step));
+    assert!(second.join().unwrap().unwrap().is_some());
+    // A large base is worth waiting for a slot on the worker that holds it.
+    let large = vec![("base".to_owned(), 1 << 30)];
+    let third = run(&farm, large);
+    received(&mut rx1);
+    farm.close();
+    assert!(
+        third.join().unwrap().unwrap().is_none(),
+        "closed: runs here"
+    );
+}
+
+#[test]
 fn a_busy_worker_is_passed_over_and_a_lost_step_runs_elsewhere() {
     let farm = Farm::new(None);
     let (s1, mut rx1) = attach(&farm, &hello("w1", &["l"]));
