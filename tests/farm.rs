@@ -116,7 +116,11 @@ fn steps_run_on_the_workers_and_a_lost_worker_costs_a_retry() {
         COPY --from=a /a /a\n\
         COPY --from=b /b /b\n\
         RUN --mount=type=cache,target=/cache --mount=type=secret,id=tok \
-            cat /a /b /run/secrets/tok > /all && echo kept > /cache/x && echo on the farm\n";
+            cat /a /b /run/secrets/tok > /all && echo kept > /cache/x && echo on the farm\n\
+        RUN --mount=type=bind,target=/src ls /src > /listing && cat /src/ctx.txt >> /listing\n";
+    fs::write(s.context.join("ctx.txt"), "from-the-context\n").unwrap();
+    fs::write(s.context.join("ignored.txt"), "never sent").unwrap();
+    fs::write(s.context.join(".dockerignore"), "ignored.txt\n").unwrap();
     let secret_arg = format!("id=tok,src={}", secret.display());
     let out = s.build(
         dockerfile,
@@ -130,10 +134,15 @@ fn steps_run_on_the_workers_and_a_lost_worker_costs_a_retry() {
     );
     let now = workers(&s, &addr);
     let steps: Vec<u64> = now.iter().map(|(_, _, steps)| *steps).collect();
-    assert_eq!(steps.iter().sum::<u64>(), 3, "all three RUN steps: {now:?}");
+    assert_eq!(steps.iter().sum::<u64>(), 4, "all four RUN steps: {now:?}");
     assert!(
         steps.iter().all(|n| *n >= 1),
         "both workers ran steps: {now:?}"
+    );
+    let layers = s.layers_text_through(&addr, "farm:1");
+    assert!(
+        layers.contains("Dockerfile\nctx.txt\nfrom-the-context\n"),
+        "a bind mount of the context on a worker, without what .dockerignore leaves out: {layers}"
     );
     assert!(file_in_layers(
         &s,

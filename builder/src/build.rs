@@ -185,6 +185,7 @@ pub fn build(
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),
+        context_layer: Default::default(),
         compression: req.compression,
         steps: Default::default(),
         cancellation: std::sync::Arc::clone(&req.cancellation),

@@ -130,6 +130,9 @@ pub struct Solver<'a> {
     /// The context minus `.dockerignore`d files, for RUN bind mounts; made
     /// on first use (start with `Default::default()`).
     pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
+    /// That view as a layer for farm workers; made on first use (start with
+    /// `Default::default()`).
+    pub context_layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
     /// How new layers are written (the build's `-o …,compression=`).
     pub compression: crate::compress::LayerCompression,
     /// Every step's cache key and layer, run or cached, as the build went

@@ -1,5 +1,6 @@
 //! RUN steps on kilnd's farm: which may go (those whose sources are all
-//! layers, which a worker fetches by digest), and running them there.
+//! layers, which a worker fetches by digest; the build context becomes one),
+//! and running them there.
 
 use kiln_proto::farm::v1 as pb;
 use kiln_proto::ops::v1::{ExecOp, MountType};
@@ -9,6 +10,7 @@ use kiln_worker::snapshot::Snapshots;
 
 use super::ops::{StepLog, step_err};
 use super::{Fs, Layer, Result, Solver};
+use crate::compress::{Kind, LayerCompression};
 use crate::farm::{FarmError, StepLayers, wire};
 
 /// A layer's snapshot name and size, for placing a step by what workers hold.
@@ -65,9 +67,24 @@ impl Solver<'_> {
         Ok(Some(Ok(layer)))
     }
 
+    /// The build context as bind mounts see it, as one layer in this store
+    /// for workers to fetch (zstd: fast both ways, small on a network).
+    /// Made once per build; the same files make the same layer, which a
+    /// worker then holds already.
+    fn context_layer(&self) -> Result<Layer> {
+        let layer = self.context_layer.get_or_init(|| {
+            let view = self.context_view().map_err(|e| e.to_string())?;
+            crate::compress::store_layer(self.store, &view, LayerCompression::of(Kind::Zstd), None)
+                .map_err(|e| e.to_string())
+        });
+        layer
+            .clone()
+            .map_err(|e| step_err(format!("the build context for a worker: {e}")))
+    }
+
     /// The step as the farm takes it, and its layers (for placement);
-    /// `None` when it needs this machine: a bind mount of the context or of
-    /// a download, or an SSH agent.
+    /// `None` when it needs this machine: a bind mount of a download, or an
+    /// SSH agent.
     fn farm_step(
         &self,
         request: &ExecRequest,
@@ -79,10 +96,15 @@ impl Solver<'_> {
         let mut mounts = Vec::new();
         for m in &exec.mounts {
             if m.r#type == MountType::Bind as i32 {
+                let context;
                 let chain = match usize::try_from(m.input).ok().and_then(|i| inputs.get(i)) {
                     Some((Fs::Layers(chain), _)) => chain.as_slice(),
+                    Some((Fs::Context(_), _)) => {
+                        context = [self.context_layer()?];
+                        &context
+                    }
                     None => &[],
-                    Some(_) => return Ok(None),
+                    Some((Fs::Fetched(_), _)) => return Ok(None),
                 };
                 layers.extend(chain.iter().map(weight));
                 mounts.push(pb::Mount {

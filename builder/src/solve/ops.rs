@@ -430,7 +430,7 @@ impl Solver<'_> {
     /// The build context as RUN bind mounts see it: without what
     /// `.dockerignore` excludes (as BuildKit, which never sends those
     /// files). Made once per build, and only when there are patterns.
-    fn context_view(&self) -> Result<PathBuf> {
+    pub(super) fn context_view(&self) -> Result<PathBuf> {
         if self.dockerignore.is_empty() {
             return Ok(self.context.clone());
         }
