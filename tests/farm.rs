@@ -231,7 +231,8 @@ fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
     let s = Setup::new();
     let kilnd = Kilnd::start(&s);
     let addr = kilnd.addr();
-    let worker = FarmWorker::start(&s, &kilnd, "w1", &[]);
+    // A store bound of one byte: collected (at most once a minute) after a step.
+    let worker = FarmWorker::start(&s, &kilnd, "w1", &["--keep-storage", "1B"]);
     wait_for(&s, &addr, "w1 to attach", |w| w.len() == 1);
 
     // The client goes away mid-step: kilnd cancels the step on the worker.
@@ -259,6 +260,18 @@ fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!running("sleep 42.5"), "the step's processes were killed");
+    let (snapshots, blobs) = (
+        s.dir.path().join("w1/snapshots"),
+        s.dir.path().join("w1/content/blobs/sha256"),
+    );
+    let empty = |dir: &std::path::Path| fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    while !(empty(&snapshots) && empty(&blobs)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the worker's store collected after its step (--keep-storage)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A worker that stops answering (SIGSTOP: its connection stays up) is
     // dropped after three missed heartbeats; its step then runs on kilnd.

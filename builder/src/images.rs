@@ -213,6 +213,30 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     Ok(pruned)
 }
 
+/// A size as `--keep-storage` takes it: `10GB`, `512MiB`, `1.5g`, `1000000`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((value * scale) as u64)
+}
+
 /// Space on disk by kind (allocated blocks, not apparent sizes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -263,9 +287,8 @@ fn allocated(path: &Path) -> u64 {
     std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
-/// Bytes everything under `dir` occupies (hard links counted once).
 /// Removes a file or a directory tree.
-fn remove_tree(path: &Path) -> Result<()> {
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     let removed = if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
         std::fs::remove_dir_all(path)
     } else {
@@ -278,7 +301,8 @@ fn remove_tree(path: &Path) -> Result<()> {
     })
 }
 
-fn tree_size(dir: &Path) -> u64 {
+/// Bytes everything under `dir` occupies (hard links counted once).
+pub(crate) fn tree_size(dir: &Path) -> u64 {
     let mut seen: BTreeMap<(u64, u64), ()> = BTreeMap::new();
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::gc::Gc;
 use super::{HEARTBEAT, wire};
 use crate::control::ChunkWriter;
 use crate::image::ImageError;
@@ -33,6 +34,8 @@ pub struct WorkerConfig {
     pub parallelism: u32,
     /// kilnd's `--worker-token`, if it has one.
     pub token: Option<String>,
+    /// Keep the store under this many bytes (`--keep-storage`).
+    pub keep_storage: Option<u64>,
 }
 
 #[derive(Debug, Error)]
@@ -101,6 +104,7 @@ pub async fn serve(
         }
     });
     let running: Arc<Mutex<HashMap<u64, Cancel>>> = Arc::default();
+    let gc = Arc::new(Gc::new(config.keep_storage));
     let ended = loop {
         let next = match steps.message().await {
             Ok(Some(next)) => next,
@@ -117,13 +121,17 @@ pub async fn serve(
                     client: client.clone(),
                     tx: tx.clone(),
                     runtime: tokio::runtime::Handle::current(),
+                    gc: Arc::clone(&gc),
                 };
                 let running = Arc::clone(&running);
                 tokio::task::spawn_blocking(move || {
                     let id = step.step;
+                    let step_running = runner.gc.step();
                     let done = runner.run(step, &cancel);
+                    drop(step_running);
                     lock(&running).remove(&id);
                     let _ = runner.tx.blocking_send(message(Message::Done(done)));
+                    runner.gc.after_step(&runner.store, &runner.snapshots);
                 });
             }
             Some(pb::farm_message::Message::Cancel(c)) => {
@@ -152,6 +160,7 @@ struct StepRunner {
     client: FarmClient<Channel>,
     tx: mpsc::Sender<pb::WorkerMessage>,
     runtime: tokio::runtime::Handle,
+    gc: Arc<Gc>,
 }
 
 impl StepRunner {
@@ -219,7 +228,9 @@ impl StepRunner {
         if step.source_date_epoch.is_none()
             && self.snapshots.adopt(&diff_id, &outcome.layer).is_ok()
         {
-            held.push(Snapshots::name(&diff_id).to_owned());
+            let name = Snapshots::name(&diff_id);
+            self.gc.used(name);
+            held.push(name.to_owned());
         }
         worker.discard(outcome)?;
         Ok(pb::StepDone {
@@ -243,6 +254,7 @@ impl StepRunner {
             let layer = wire::layer_of(message)
                 .ok_or_else(|| AttachError::Invalid(format!("layer {message:?}")))?;
             let diff_id = layer.diff_id.to_string();
+            self.gc.used(Snapshots::name(&diff_id));
             if !self.snapshots.has(&diff_id) {
                 if !self.store.content.has(&layer.blob) {
                     self.fetch(&layer.blob)?;

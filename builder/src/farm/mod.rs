@@ -14,6 +14,7 @@
 //! with it: the step runs again elsewhere, up to [`ATTEMPTS`] times.
 
 pub mod attach;
+mod gc;
 mod service;
 pub mod wire;
 

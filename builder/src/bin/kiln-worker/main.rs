@@ -28,6 +28,10 @@ struct Args {
     /// Steps at once (default: twice the CPUs, at least 4).
     #[arg(long)]
     parallelism: Option<u32>,
+    /// Keep this worker's store under this size (e.g. 20GB): blobs and the
+    /// least recently used unpacked layers go (kilnd holds them all).
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
     /// A file holding kilnd's `--worker-token`.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -74,6 +78,14 @@ async fn main() -> Result<()> {
             u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX)
         }),
         token,
+        keep_storage: args
+            .keep_storage
+            .as_deref()
+            .map(|text| {
+                kiln_builder::images::parse_size(text)
+                    .with_context(|| format!("--keep-storage {text:?}: not a size (e.g. 20GB)"))
+            })
+            .transpose()?,
     };
     anyhow::ensure!(config.parallelism > 0, "--parallelism must be above 0");
     let tls = match &args.tls_ca {

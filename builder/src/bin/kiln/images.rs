@@ -424,28 +424,8 @@ fn human(bytes: u64) -> String {
 
 /// `10GB`, `512MiB`, `1.5g`, `1000000`.
 fn parse_size(text: &str) -> Result<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let value: f64 = number
-        .parse()
-        .with_context(|| format!("--keep-storage {text:?}: not a size"))?;
-    let scale: f64 = match unit.trim() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0_f64.powi(4),
-        other => bail!("--keep-storage {text:?}: unknown unit {other:?}"),
-    };
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok((value * scale) as u64)
+    kiln_builder::images::parse_size(text)
+        .with_context(|| format!("--keep-storage {text:?}: not a size (e.g. 10GB, 512MiB)"))
 }
 
 /// `3 hours ago`, as docker prints creation times.
