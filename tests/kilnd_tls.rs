@@ -1,5 +1,5 @@
 //! kilnd over TCP with mutual TLS: certificates made by `openssl`; a
-//! client with one is served, without one refused.
+//! client (the CLI, a farm worker) with one is served, without one refused.
 
 use std::fs;
 use std::path::Path;
@@ -97,6 +97,64 @@ fn mutual_tls_over_tcp() {
     assert!(!out.status.success(), "no client certificate: refused");
     let out = s.kiln(&["--addr", &addr, "images"]);
     assert!(!out.status.success(), "no TLS at all: refused");
+
+    // A farm worker attaches over the same port with its certificate (as
+    // in deploy/kubernetes), one without is refused; steps run on it.
+    let worker = |id: &str, identity: bool| {
+        let mut command = Command::new(binary("kiln-worker"));
+        command
+            .args(["--kilnd", &addr, "--id", id, "--tls-ca", &c("ca.pem")])
+            .arg("--root")
+            .arg(s.dir.path().join(id));
+        if identity {
+            command.args([
+                "--tls-cert",
+                &c("client.pem"),
+                "--tls-key",
+                &c("client.key"),
+            ]);
+        }
+        command.stderr(Stdio::null()).spawn().unwrap()
+    };
+    let mut with_cert = worker("tls-worker", true);
+    let mut without = worker("no-cert-worker", false);
+    let tls = [
+        "--addr",
+        &addr,
+        "--tls-ca",
+        &c("ca.pem"),
+        "--tls-cert",
+        &c("client.pem"),
+        "--tls-key",
+        &c("client.key"),
+    ];
+    let listing = || s.ok(&[&tls[..], &["workers"]].concat()).0;
+    for _ in 0..200 {
+        if listing().contains("tls-worker") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = s.build(
+        "FROM base:busybox\nRUN echo over mTLS > /m\n",
+        &[&tls[..], &["-t", "tls:1"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers = listing();
+    let row = workers
+        .lines()
+        .find(|l| l.starts_with("tls-worker"))
+        .unwrap_or_else(|| panic!("the worker with a certificate attached: {workers}"));
+    assert!(row.ends_with(" 1"), "it ran the step: {workers}");
+    assert!(!workers.contains("no-cert-worker"), "{workers}");
+    for w in [&mut with_cert, &mut without] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
     let _ = kilnd.kill();
     let _ = kilnd.wait();
 }
