@@ -80,7 +80,7 @@ fn mutual_tls_over_tcp() {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     // With its certificate the client is served…
-    let (images, _) = s.ok(&[
+    let tls = [
         "--addr",
         &addr,
         "--tls-ca",
@@ -89,8 +89,8 @@ fn mutual_tls_over_tcp() {
         &c("client.pem"),
         "--tls-key",
         &c("client.key"),
-        "images",
-    ]);
+    ];
+    let (images, _) = s.ok(&[&tls[..], &["images"]].concat());
     assert!(images.contains("base"), "{images}");
     // …without one it is refused, and so is plain HTTP/2.
     let out = s.kiln(&["--addr", &addr, "--tls-ca", &c("ca.pem"), "images"]);
@@ -118,16 +118,6 @@ fn mutual_tls_over_tcp() {
     };
     let mut with_cert = worker("tls-worker", true);
     let mut without = worker("no-cert-worker", false);
-    let tls = [
-        "--addr",
-        &addr,
-        "--tls-ca",
-        &c("ca.pem"),
-        "--tls-cert",
-        &c("client.pem"),
-        "--tls-key",
-        &c("client.key"),
-    ];
     let listing = || s.ok(&[&tls[..], &["workers"]].concat()).0;
     for _ in 0..200 {
         if listing().contains("tls-worker") {

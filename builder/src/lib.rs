@@ -23,6 +23,19 @@ pub mod output;
 pub mod registry;
 pub mod solve;
 
+/// Logs (`tracing`) to standard error, filtered by `KILN_LOG` (e.g.
+/// `debug`, `kiln_builder::farm=debug`), else at `default`: one setup for
+/// every kiln binary.
+pub fn init_logs(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// An error and its causes on one line (an HTTP client's own message alone
 /// says only "error sending request").
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

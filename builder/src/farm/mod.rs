@@ -40,6 +40,12 @@ pub const BUSY_BYTES: u64 = 64 << 20;
 /// Workers a step may be lost with before its build fails.
 pub const ATTEMPTS: u32 = 3;
 
+/// The worker token in `file` (kilnd's `--worker-token-file`, a worker's
+/// `--token-file`), without surrounding white space.
+pub fn read_token(file: &std::path::Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(file)?.trim().to_owned())
+}
+
 /// Why a step did not run on the farm.
 #[derive(Debug, Error)]
 pub enum FarmError {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use kiln_builder::farm::attach::{WorkerConfig, serve};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "kiln-worker", version, about = "a worker of kiln's build farm")]
@@ -56,22 +55,16 @@ fn host_name() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kiln_builder::init_logs("info");
     let args = Args::parse();
-    let token = match &args.token_file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("--token-file {}", file.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = args
+        .token_file
+        .as_deref()
+        .map(|file| {
+            kiln_builder::farm::read_token(file)
+                .with_context(|| format!("--token-file {}", file.display()))
+        })
+        .transpose()?;
     let config = WorkerConfig {
         id: args.id.clone().unwrap_or_else(host_name),
         parallelism: args.parallelism.unwrap_or_else(|| {

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Build Dockerfiles into OCI images")]
@@ -68,12 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kiln_builder::init_logs("warn");
     let cli = Cli::parse();
     let root = cli.root.unwrap_or_else(kiln_cache::default_root);
     let remote = match &cli.command {

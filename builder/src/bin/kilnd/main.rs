@@ -17,7 +17,6 @@ use kiln_builder::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "kilnd", version, about = "kiln's build service (gRPC)")]
@@ -75,12 +74,7 @@ fn listen_of(args: &Args) -> Result<Listen> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kiln_builder::init_logs("info");
     let args = Args::parse();
     let root = args.root.clone().unwrap_or_else(kiln_cache::default_root);
     let listen = listen_of(&args)?;
@@ -89,15 +83,14 @@ async fn main() -> Result<()> {
         .await?
         .context("opening the store")?;
     std::fs::create_dir_all(store.root().join("tmp"))?;
-    let token = match &args.worker_token_file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("--worker-token-file {}", file.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = args
+        .worker_token_file
+        .as_deref()
+        .map(|file| {
+            kiln_builder::farm::read_token(file)
+                .with_context(|| format!("--worker-token-file {}", file.display()))
+        })
+        .transpose()?;
     let store = Arc::new(store);
     let farm = Farm::new(token);
     let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm));
