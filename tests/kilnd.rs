@@ -55,10 +55,24 @@ impl Kilnd {
 }
 
 impl Drop for Kilnd {
+    /// SIGTERM; SIGKILL when a build it waits for never ends (a test
+    /// that failed midway), so that a failure does not hang the run.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
         }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..400 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -554,4 +568,141 @@ fn context_bytes(stderr: &str) -> u64 {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
+}
+
+/// Files in the store's blob directory.
+fn blob_count(s: &Setup) -> usize {
+    fs::read_dir(s.root.join("content/blobs/sha256")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn prune_waits_for_running_builds_and_rmi_leaves_their_blobs() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let kilnd = Kilnd::start_with(&s, &["--keep-storage", "off"]);
+    let addr = kilnd.addr();
+    let out = s.build(
+        "FROM base:busybox\nRUN echo old > /old\n",
+        &["--addr", &addr, "-t", "old:1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A build that waits, in its step, for a file in its cache mount.
+    let gated = s.dir.path().join("gated");
+    fs::create_dir_all(&gated).unwrap();
+    fs::write(
+        gated.join("Dockerfile"),
+        "FROM base:busybox\nRUN echo first > /first\n\
+         RUN --mount=type=cache,id=gate,target=/gate touch /gate/started && \
+         while [ ! -e /gate/go ]; do sleep 0.05; done && echo passed > /passed\n",
+    )
+    .unwrap();
+    let build = crate::harness::kiln()
+        .args(["--addr", &addr, "build", "-t", "gated:1"])
+        .arg(&gated)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gate = || {
+        fs::read_dir(s.root.join("cache-mounts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("started").exists())
+    };
+    for _ in 0..200 {
+        if gate().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gate = gate().expect("the gated step started");
+
+    // rmi while a build runs: the tag goes, the blobs stay for later.
+    let blobs = blob_count(&s);
+    let (removed, _) = s.ok(&["--addr", &addr, "rmi", "old:1"]);
+    assert!(
+        removed.contains("Untagged") && !removed.contains("Deleted"),
+        "{removed}"
+    );
+    assert_eq!(
+        blob_count(&s),
+        blobs,
+        "no blob deleted under a running build"
+    );
+
+    // prune -a waits for the build: its layers, snapshots and cache mount stay.
+    let mut prune = crate::harness::kiln()
+        .args(["--addr", &addr, "prune", "-a"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "prune returned while a build was running"
+    );
+    fs::write(gate.join("go"), b"").unwrap();
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = prune.wait().unwrap();
+    assert!(status.success());
+    let mut pruned = String::new();
+    std::io::Read::read_to_string(&mut prune.stdout.take().unwrap(), &mut pruned).unwrap();
+    assert!(
+        pruned.contains("Deleted: sha256:"),
+        "old:1's blobs went then:\n{pruned}"
+    );
+    let text = s.layers_text_through(&addr, "gated:1");
+    assert!(text.contains("first") && text.contains("passed"), "{text}");
+}
+
+#[test]
+fn keep_storage_collects_unused_cache_after_a_build() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let kilnd = Kilnd::start_with(&s, &["--keep-storage", "1B"]);
+    let addr = kilnd.addr();
+    let base = blob_count(&s);
+    let dockerfile = "FROM base:busybox\nRUN echo collected > /c\n";
+    // No tag: the step's layer is build cache only.
+    let out = s.build(dockerfile, &["--addr", &addr, "--progress", "plain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut collected = false;
+    for _ in 0..200 {
+        if blob_count(&s) == base {
+            collected = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(collected, "the build's unused blobs were collected");
+    assert_eq!(
+        s.ok(&["--addr", &addr, "images"])
+            .0
+            .matches("busybox")
+            .count(),
+        1
+    );
+    // The step runs again: its cache went with them.
+    let out = s.build(dockerfile, &["--addr", &addr, "--progress", "plain"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("#1 DONE"), "{log}");
 }

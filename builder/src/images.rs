@@ -107,9 +107,25 @@ pub struct Removed {
 
 /// `kiln rmi NAME`: removes the tag, then the blobs only it used.
 pub fn remove(store: &Store, name: &str) -> Result<Removed> {
+    remove_tag(store, name, true)
+}
+
+/// `kiln rmi NAME` while builds may be using the image's blobs: removes
+/// the tag only; `prune` (or kilnd's collection) deletes the blobs later.
+pub fn untag(store: &Store, name: &str) -> Result<Removed> {
+    remove_tag(store, name, false)
+}
+
+fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
     let (full, image) = image::resolve(store, name)?;
     store.meta.remove_image(&full)?;
     store.meta.flush()?;
+    if !delete {
+        return Ok(Removed {
+            untagged: image::familiar(&full),
+            deleted: Vec::new(),
+        });
+    }
     let candidates: BTreeSet<Digest> = std::iter::once(image.manifest_digest.clone())
         .chain(std::iter::once(image.config_digest.clone()))
         .chain(image.layers().into_iter().map(|(d, _, _)| d))
@@ -213,8 +229,17 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     Ok(pruned)
 }
 
+/// A size flag's value that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a size (e.g. 20GB, 512MiB)")]
+pub struct NotASize(pub String);
+
 /// A size as `--keep-storage` takes it: `10GB`, `512MiB`, `1.5g`, `1000000`.
-pub fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> std::result::Result<u64, NotASize> {
+    size_of_text(text).ok_or_else(|| NotASize(text.to_owned()))
+}
+
+fn size_of_text(text: &str) -> Option<u64> {
     let lower = text.trim().to_ascii_lowercase();
     let split = lower
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

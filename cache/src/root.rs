@@ -111,6 +111,17 @@ impl Store {
         &self.recovery
     }
 
+    /// The size of the filesystem the root is on (what a default bound of
+    /// kiln's disk use is a share of).
+    pub fn filesystem_size(&self) -> Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.root).map_err(|e| StoreError::Io {
+            action: "measuring the filesystem of",
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        Ok(stat.blocks().saturating_mul(stat.fragment_size()))
+    }
+
     /// The metadata database's directory (for disk accounting).
     pub fn meta_dir(&self) -> PathBuf {
         self.root.join("meta.sled")

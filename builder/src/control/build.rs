@@ -229,6 +229,10 @@ impl ControlService {
                 }
             });
         }
+        // Waits while a prune runs; holds prunes off until the build ends.
+        let building = self.collector.using().await;
+        let collector = Arc::clone(&self.collector);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let result = (|| -> Result<pb::BuildResult, ControlError> {
                 // A session's tree is changed in place (what was removed or
@@ -322,6 +326,8 @@ impl ControlService {
             let _ = done_tx.send(());
             drop(agents);
             drop(scratch);
+            drop(building);
+            collector.after_build(store, &runtime);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

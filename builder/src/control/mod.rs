@@ -8,12 +8,13 @@
 //!
 //! Here: the service, its errors, the image commands. `build` has builds
 //! and context sessions, `agent_tunnel` the SSH agents a client forwards
-//! over its build, `transfer` the streamed archives and files, `wire` the
+//! over its build, `gc` what keeps collection away from running builds, `transfer` the streamed archives and files, `wire` the
 //! mapping between the API's messages and kiln's types.
 
 mod agent_tunnel;
 mod build;
 mod client;
+mod gc;
 mod transfer;
 mod wire;
 
@@ -36,6 +37,7 @@ use crate::solve::{ContextDigests, InFlight, SolveError};
 pub use agent_tunnel::Tunnels;
 use build::BuildStream;
 pub use client::{ConnectError, channel, client_tls};
+pub use gc::Collector;
 pub use transfer::ChunkWriter;
 use transfer::SaveStream;
 pub use wire::event_from_message;
@@ -93,16 +95,19 @@ pub struct ControlService {
     /// A lock per context session: one build at a time changes and reads
     /// a session's tree.
     sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
+    /// Builds against collection (`prune`, `rmi`, `--keep-storage`).
+    collector: Arc<Collector>,
 }
 
 impl ControlService {
-    pub fn new(store: Arc<Store>, farm: Arc<crate::farm::Farm>) -> Self {
+    pub fn new(store: Arc<Store>, farm: Arc<crate::farm::Farm>, collector: Collector) -> Self {
         Self {
             store,
             in_flight: Arc::default(),
             context_digests: Arc::default(),
             farm,
             sessions: Arc::default(),
+            collector: Arc::new(collector),
         }
     }
 
@@ -140,6 +145,20 @@ impl ControlService {
             .await
             .map_err(|e| Status::internal(format!("a kilnd task failed: {e}")))?
             .map_err(Status::from)
+    }
+
+    /// [`Self::blocking`] with collection held off: for calls that write
+    /// blobs before their tag or read an image's.
+    async fn blocking_using<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let using = self.collector.using().await;
+        self.blocking(move |s| {
+            let _using = using;
+            f(s)
+        })
+        .await
     }
 }
 
@@ -197,11 +216,19 @@ impl Control for ControlService {
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let names = request.into_inner().names;
+        // While builds run, their layers may be the image's: the blobs
+        // stay for the next collection.
+        let exclusive = self.collector.try_exclusive();
         let removed = self
             .blocking(move |s| {
+                let remove = if exclusive.is_some() {
+                    images::remove
+                } else {
+                    images::untag
+                };
                 names
                     .iter()
-                    .map(|n| images::remove(s, n).map_err(ControlError::from))
+                    .map(|n| remove(s, n).map_err(ControlError::from))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?;
@@ -220,8 +247,14 @@ impl Control for ControlService {
     ) -> Result<Response<pb::PruneResponse>, Status> {
         let r = request.into_inner();
         let keep = (r.keep_storage > 0).then_some(r.keep_storage);
+        // Held by the task, not this call: a client that goes away does
+        // not let builds start under a running prune.
+        let exclusive = self.collector.exclusive().await;
         let pruned = self
-            .blocking(move |s| Ok(images::prune(s, keep, r.all)?))
+            .blocking(move |s| {
+                let _exclusive = exclusive;
+                Ok(images::prune(s, keep, r.all)?)
+            })
             .await?;
         Ok(Response::new(pb::PruneResponse {
             deleted: pruned.deleted.iter().map(ToString::to_string).collect(),
@@ -284,7 +317,7 @@ impl Control for ControlService {
             chunk_size: 0,
         };
         let pulled = self
-            .blocking(move |s| Ok(registry::pull(s, &r.name, &options)?))
+            .blocking_using(move |s| Ok(registry::pull(s, &r.name, &options)?))
             .await?;
         Ok(Response::new(pb::PullResponse {
             name: pulled.name,
@@ -304,7 +337,7 @@ impl Control for ControlService {
             ..registry::Options::default()
         };
         let pushed = self
-            .blocking(move |s| Ok(registry::push(s, &r.name, &options)?))
+            .blocking_using(move |s| Ok(registry::push(s, &r.name, &options)?))
             .await?;
         Ok(Response::new(pb::PushResponse {
             manifest: pushed.manifest.to_string(),

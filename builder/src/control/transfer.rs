@@ -77,7 +77,9 @@ impl ControlService {
             .map_err(|_| ControlError::Invalid(format!("manifest {}", r.manifest)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
         tokio::task::spawn_blocking(move || {
+            let _using = using;
             let sent = (|| -> Result<(), ControlError> {
                 let scratch = tempfile::Builder::new()
                     .prefix("export-")
@@ -119,7 +121,9 @@ impl ControlService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
         tokio::task::spawn_blocking(move || {
+            let _using = using;
             let mut out = ChunkWriter::new(tx.clone(), data_chunk);
             let saved = crate::archive::save(&store, &r.names, format, &mut out)
                 .map_err(ControlError::from)
@@ -143,7 +147,7 @@ impl ControlService {
             .receive(&mut input, |chunk: &pb::DataChunk| &chunk.data, |_| {})
             .await?;
         let loaded = self
-            .blocking(move |s| {
+            .blocking_using(move |s| {
                 let loaded = crate::archive::load(s, &path)?;
                 drop(scratch);
                 Ok(loaded)
@@ -172,7 +176,7 @@ impl ControlService {
             .await?;
         let (name, created) = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
         let digest = self
-            .blocking(move |s| {
+            .blocking_using(move |s| {
                 let created = created.unwrap_or_else(crate::image::now);
                 let digest = crate::archive::import(s, &path, &name, created)?;
                 drop(scratch);

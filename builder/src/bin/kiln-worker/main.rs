@@ -74,11 +74,9 @@ async fn main() -> Result<()> {
         keep_storage: args
             .keep_storage
             .as_deref()
-            .map(|text| {
-                kiln_builder::images::parse_size(text)
-                    .with_context(|| format!("--keep-storage {text:?}: not a size (e.g. 20GB)"))
-            })
-            .transpose()?,
+            .map(kiln_builder::images::parse_size)
+            .transpose()
+            .context("--keep-storage")?,
     };
     anyhow::ensure!(config.parallelism > 0, "--parallelism must be above 0");
     let tls = match &args.tls_ca {

@@ -424,8 +424,7 @@ fn human(bytes: u64) -> String {
 
 /// `10GB`, `512MiB`, `1.5g`, `1000000`.
 fn parse_size(text: &str) -> Result<u64> {
-    kiln_builder::images::parse_size(text)
-        .with_context(|| format!("--keep-storage {text:?}: not a size (e.g. 10GB, 512MiB)"))
+    kiln_builder::images::parse_size(text).context("--keep-storage")
 }
 
 /// `3 hours ago`, as docker prints creation times.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_builder::control::ControlService;
+use kiln_builder::control::{Collector, ControlService};
 use kiln_builder::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
@@ -43,6 +43,23 @@ struct Args {
     /// (besides the socket's permissions or mTLS).
     #[arg(long, value_name = "FILE")]
     worker_token_file: Option<PathBuf>,
+    /// After builds, keep the store under SIZE (`20GB`, `512MiB`) by
+    /// deleting unused build cache, least recently used first; `off`: only
+    /// `kiln prune` deletes. Default: a tenth of the root's filesystem.
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
+}
+
+/// `--keep-storage` in bytes; `None`: off.
+fn keep_storage(args: &Args, store: &kiln_cache::Store) -> Result<Option<u64>> {
+    match args.keep_storage.as_deref() {
+        Some("off") => Ok(None),
+        Some(text) => Ok(Some(
+            kiln_builder::images::parse_size(text).context("--keep-storage (a size, or off)")?,
+        )),
+        // BuildKit's default: 10% of the disk.
+        None => Ok(Some(store.filesystem_size()? / 10)),
+    }
 }
 
 enum Listen {
@@ -91,9 +108,14 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("--worker-token-file {}", file.display()))
         })
         .transpose()?;
+    let keep = keep_storage(&args, &store)?;
+    tracing::info!(
+        keep_storage = keep.map_or_else(|| "off".to_owned(), |k| k.to_string()),
+        "the store is kept under --keep-storage after builds"
+    );
     let store = Arc::new(store);
     let farm = Farm::new(token);
-    let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm));
+    let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep));
     let farm_service = FarmService::new(store, Arc::clone(&farm));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
