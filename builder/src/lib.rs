@@ -33,6 +33,9 @@ pub fn init_logs(default: &str) {
             EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: a daemon's log usually goes to a file
+        // or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
