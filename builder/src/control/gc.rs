@@ -58,14 +58,12 @@ impl Collector {
         Arc::clone(&self.builds).try_write_owned().ok()
     }
 
-    /// After a build (its guard dropped): collects on a blocking thread of
-    /// `runtime` when a bound is set, no build runs, and the last measure
-    /// is a minute old.
+    /// After a build (its guard dropped): when a bound is set and the last
+    /// measure is a minute old, measures the store on a blocking thread of
+    /// `runtime` (builds go on meanwhile) and, if it is over the bound and
+    /// no build runs, collects.
     pub(super) fn after_build(&self, store: Arc<Store>, runtime: &tokio::runtime::Handle) {
         let Some(keep) = self.keep else { return };
-        let Some(exclusive) = self.try_exclusive() else {
-            return;
-        };
         {
             let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
             if checked.is_some_and(|at| at.elapsed() < EVERY) {
@@ -73,15 +71,26 @@ impl Collector {
             }
             *checked = Some(Instant::now());
         }
+        let builds = Arc::clone(&self.builds);
         runtime.spawn_blocking(move || {
-            let _exclusive = exclusive;
+            match images::usage(&store) {
+                Ok(usage) if usage.total() <= keep => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("measuring the store: {e}");
+                    return;
+                }
+            }
+            // Busy: the next build's end, a minute on, tries again.
+            let Ok(_exclusive) = builds.try_write_owned() else {
+                return;
+            };
             match images::prune(&store, Some(keep), false) {
-                Ok(p) if p.deleted.is_empty() => {}
                 Ok(p) => tracing::info!(
                     deleted = p.deleted.len(),
                     reclaimed = p.reclaimed,
                     keep,
-                    "the store was over --keep-storage: unused blobs collected"
+                    "the store was over --keep-storage: collected"
                 ),
                 Err(e) => tracing::warn!("collecting the store: {e}"),
             }

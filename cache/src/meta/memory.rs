@@ -80,6 +80,21 @@ impl MetaStore for MemoryMeta {
         })
     }
 
+    fn cache_records(&self) -> Result<Vec<(String, CacheRecord)>> {
+        self.with(|i| {
+            i.cache
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    fn remove_cache_record(&self, key: &str) -> Result<()> {
+        self.with(|i| {
+            i.cache.remove(key);
+        })
+    }
+
     fn file_digest(&self, key: &str) -> Result<Option<Digest>> {
         self.with(|i| i.files.get(key).cloned())
     }

@@ -80,6 +80,11 @@ pub trait MetaStore: Send + Sync {
     /// The build step with cache key `key`, if one ran before.
     fn cache_record(&self, key: &str) -> Result<Option<CacheRecord>>;
     fn put_cache_record(&self, key: &str, record: &CacheRecord) -> Result<()>;
+    /// Every step record, by key (for collection: which layers the build
+    /// cache knows, and their diff IDs).
+    fn cache_records(&self) -> Result<Vec<(String, CacheRecord)>>;
+    /// Forgets a step record (its layer was deleted).
+    fn remove_cache_record(&self, key: &str) -> Result<()>;
 
     /// The remembered content digest of a build-context file, by a key of
     /// what changes whenever its content does (device, inode, size, mtime,
@@ -172,7 +177,10 @@ pub(crate) mod suite {
             created: 8,
         };
         store.put_cache_record("key", &record).unwrap();
-        assert_eq!(store.cache_record("key").unwrap(), Some(record));
+        assert_eq!(store.cache_record("key").unwrap(), Some(record.clone()));
+        assert_eq!(store.cache_records().unwrap(), [("key".to_owned(), record)]);
+        store.remove_cache_record("key").unwrap();
+        assert_eq!(store.cache_record("key").unwrap(), None);
 
         assert_eq!(store.last_used(&digest(4)).unwrap(), None);
         store.touch(&digest(4), 100).unwrap();

@@ -183,6 +183,15 @@ impl MetaStore for SledMeta {
         self.put(&self.cache, key, record)
     }
 
+    fn cache_records(&self) -> Result<Vec<(String, CacheRecord)>> {
+        self.all(&self.cache)
+    }
+
+    fn remove_cache_record(&self, key: &str) -> Result<()> {
+        self.cache.remove(key).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn file_digest(&self, key: &str) -> Result<Option<Digest>> {
         self.get(&self.files, key)
     }

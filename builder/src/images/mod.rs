@@ -1,5 +1,8 @@
 //! The image commands over a store: list, inspect, tag, remove, prune and
-//! disk usage. Each returns data; the CLI (and later kilnd) renders it.
+//! disk usage. Each returns data; the CLI and kilnd render it. What a
+//! prune deletes is in `prune`.
+
+mod prune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -10,6 +13,8 @@ use serde::Serialize;
 
 use crate::image::config::parse_rfc3339;
 use crate::image::{self, Image, ImageError, Result, read_image};
+
+pub use prune::{Pruned, prune};
 
 /// One row of `kiln images`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,6 +145,14 @@ fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
             deleted.push(digest.clone());
         }
     }
+    // The unpacked forms of the deleted layers go with them.
+    let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
+    for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
+        let dir = snapshots.path(diff_id);
+        if deleted.contains(layer) && dir.is_dir() {
+            remove_tree(&dir)?;
+        }
+    }
     Ok(Removed {
         untagged: image::familiar(&full),
         deleted,
@@ -165,68 +178,6 @@ pub fn reachable(store: &Store) -> Result<BTreeSet<Digest>> {
         }
     }
     Ok(live)
-}
-
-/// What `kiln prune` removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Pruned {
-    pub deleted: Vec<Digest>,
-    pub reclaimed: u64,
-}
-
-/// `kiln prune [-a] [--keep-storage N]`: deletes blobs no tag or lease
-/// uses (build-cache layers among them), least recently used first, until
-/// kiln's disk use is at most `keep` bytes (all of them when `keep` is
-/// `None`), with the unpacked snapshots of deleted layers. Tagged and
-/// leased content is never touched, so the bound may not be reachable.
-/// `all` also empties every snapshot and `RUN --mount=type=cache`
-/// directory (as `docker builder prune -a` does): the next build starts
-/// cold. The caller holds the root, so no step is using them.
-pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
-    let live = reachable(store)?;
-    let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
-    for (digest, _) in store.content.list()? {
-        if !live.contains(&digest) {
-            let used = store.meta.last_used(&digest)?.unwrap_or(0);
-            let size = allocated(&store.content.path(&digest));
-            unused.push((used, digest, size));
-        }
-    }
-    unused.sort();
-    let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
-    // The whole root is walked only when there is a bound to meet.
-    let mut total = match keep {
-        Some(_) => usage_of(store, &live)?.total(),
-        None => 0,
-    };
-    let mut pruned = Pruned::default();
-    for (_, digest, size) in unused {
-        if keep.is_some_and(|k| total <= k) {
-            break;
-        }
-        store.content.delete(&digest)?;
-        store.meta.forget(&digest)?;
-        total = total.saturating_sub(size);
-        pruned.reclaimed += size;
-        // An uncompressed layer's digest is its diff ID, the snapshot's name.
-        let snapshot = snapshots.path(&digest.to_string());
-        if snapshot.is_dir() {
-            pruned.reclaimed += tree_size(&snapshot);
-            remove_tree(&snapshot)?;
-        }
-        pruned.deleted.push(digest);
-    }
-    store.meta.flush()?;
-    if all {
-        for dir in ["snapshots", "cache-mounts"] {
-            let dir = store.root().join(dir);
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                pruned.reclaimed += tree_size(&entry.path());
-                remove_tree(&entry.path())?;
-            }
-        }
-    }
-    Ok(pruned)
 }
 
 /// A size flag's value that is not one.

@@ -1,0 +1,211 @@
+//! What a prune deletes (`kiln prune`, kilnd's `--keep-storage`).
+//!
+//! Three things take a store's disk: blobs, snapshots (layers unpacked for
+//! overlayfs) and cache mounts. Blobs no tag or lease reaches are build
+//! cache. A snapshot is only a faster form of a stored layer: it is made
+//! again from the blob when a step needs it. So a prune deletes, in order:
+//! unused blobs, least recently used first, with the step records that
+//! name them; every snapshot whose layer is no longer stored (whatever
+//! the bound: nothing can use it); then, while still over the bound, the
+//! least recently made snapshots of stored layers. Cache mounts go only with `all`.
+//! The caller holds collection apart from builds (the root's lock, or
+//! kilnd's collector), so nothing deleted here is in use.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+
+use kiln_cache::{Digest, Store};
+use kiln_worker::snapshot::Snapshots;
+use serde::Serialize;
+
+use super::{allocated, reachable, remove_tree, tree_size, usage_of};
+use crate::image::{self, Result, read_image};
+
+/// What `kiln prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub deleted: Vec<Digest>,
+    pub reclaimed: u64,
+}
+
+/// `kiln prune [-a] [--keep-storage N]`: deletes blobs no tag or lease
+/// uses (build-cache layers among them), least recently used first, until
+/// kiln's disk use is at most `keep` bytes (all of them when `keep` is
+/// `None`); snapshots of layers no longer stored; then, over the bound,
+/// the least recently made snapshots. Tagged and leased blobs are never touched, so
+/// the bound may not be reachable. `all` also empties every snapshot and
+/// `RUN --mount=type=cache` directory (as `docker builder prune -a`
+/// does): the next build starts cold.
+pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
+    let live = reachable(store)?;
+    let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
+    for (digest, _) in store.content.list()? {
+        if !live.contains(&digest) {
+            let used = store.meta.last_used(&digest)?.unwrap_or(0);
+            let size = allocated(&store.content.path(&digest));
+            unused.push((used, digest, size));
+        }
+    }
+    unused.sort();
+    // The whole root is walked only when there is a bound to meet.
+    let mut total = match keep {
+        Some(_) => usage_of(store, &live)?.total(),
+        None => 0,
+    };
+    let over = |total: u64| keep.is_some_and(|k| total > k);
+    let mut pruned = Pruned::default();
+    for (_, digest, size) in unused {
+        if keep.is_some() && !over(total) {
+            break;
+        }
+        store.content.delete(&digest)?;
+        store.meta.forget(&digest)?;
+        total = total.saturating_sub(size);
+        pruned.reclaimed += size;
+        pruned.deleted.push(digest);
+    }
+
+    let snapshots = Snapshots::new(store.root().join("snapshots"));
+    let stored = stored_layers(store)?;
+    let mut kept: Vec<(i64, String)> = Vec::new();
+    for name in snapshots.names() {
+        let dir = snapshots.path(&name);
+        if stored.contains(&name) {
+            // The change time: when it was renamed into place (its mtime
+            // is the layer's own).
+            let made = std::fs::symlink_metadata(&dir).map_or(0, |m| m.ctime());
+            kept.push((made, name));
+            continue;
+        }
+        let size = tree_size(&dir);
+        remove_tree(&dir)?;
+        total = total.saturating_sub(size);
+        pruned.reclaimed += size;
+    }
+    kept.sort();
+    for (_, name) in kept {
+        if !over(total) {
+            break;
+        }
+        let dir = snapshots.path(&name);
+        let size = tree_size(&dir);
+        remove_tree(&dir)?;
+        total = total.saturating_sub(size);
+        pruned.reclaimed += size;
+    }
+    store.meta.flush()?;
+
+    if all {
+        for dir in ["snapshots", "cache-mounts"] {
+            let dir = store.root().join(dir);
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                pruned.reclaimed += tree_size(&entry.path());
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
+    Ok(pruned)
+}
+
+/// The snapshot names of every stored layer whose diff ID is known: from
+/// step records (those of deleted blobs are forgotten here), from tagged
+/// images' configs, and uncompressed blobs (a digest that is its own diff
+/// ID).
+fn stored_layers(store: &Store) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    let mut add = |diff_id: &str| names.insert(Snapshots::name(diff_id).to_owned());
+    for (key, record) in store.meta.cache_records()? {
+        if store.content.has(&record.blob) {
+            add(&record.diff_id.to_string());
+        } else {
+            store.meta.remove_cache_record(&key)?;
+        }
+    }
+    let (os, arch) = image::host_platform();
+    for (_, record) in store.meta.images()? {
+        // An index without this machine's platform has nothing unpacked here.
+        if let Ok(image) = read_image(store, &record.target, (&os, &arch)) {
+            for diff_id in &image.config.rootfs.diff_ids {
+                add(diff_id);
+            }
+        }
+    }
+    for (digest, _) in store.content.list()? {
+        add(&digest.to_string());
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::remove;
+
+    /// A snapshot directory holding 64 KiB.
+    fn unpacked(snapshots: &Snapshots, diff_id: &str) {
+        let dir = snapshots.path(diff_id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data"), vec![3u8; 64 << 10]).unwrap();
+    }
+
+    #[test]
+    fn snapshots_go_with_their_layers_and_over_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s")).unwrap();
+        let snapshots = Snapshots::open(s.root().join("snapshots")).unwrap();
+        let tarball = dir.path().join("rootfs.tar");
+        let mut tar = tar::Builder::new(std::fs::File::create(&tarball).unwrap());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(6);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "hello", &b"hello\n"[..])
+            .unwrap();
+        tar.finish().unwrap();
+        crate::archive::import(&s, &tarball, "base:1", 1).unwrap();
+        let (_, base) = image::resolve(&s, "base:1").unwrap();
+        let tagged = base.config.rootfs.diff_ids[0].clone();
+        unpacked(&snapshots, &tagged);
+        // A step's layer, compressed: its snapshot is named by its diff ID.
+        let blob = s.content.write_bytes(b"a gzip layer").unwrap();
+        let step = Digest::of(b"its uncompressed tar");
+        let record = kiln_cache::CacheRecord {
+            blob: blob.clone(),
+            diff_id: step.clone(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            size: 12,
+            created: 1,
+        };
+        s.meta.put_cache_record("step", &record).unwrap();
+        unpacked(&snapshots, &step.to_string());
+        // Left by a layer deleted before: nothing names it.
+        unpacked(&snapshots, "sha256:0123456789abcdef0123");
+
+        let pruned = prune(&s, Some(u64::MAX), false).unwrap();
+        assert!(pruned.deleted.is_empty() && pruned.reclaimed >= 64 << 10);
+        let mut left = snapshots.names();
+        left.sort();
+        let mut expected = vec![
+            Snapshots::name(&tagged).to_owned(),
+            Snapshots::name(&step.to_string()).to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected, "only the orphan went");
+
+        // Unbounded: the step's blob goes, with its record and snapshot.
+        let pruned = prune(&s, None, false).unwrap();
+        assert_eq!(pruned.deleted, [blob]);
+        assert_eq!(s.meta.cache_record("step").unwrap(), None);
+        assert_eq!(snapshots.names(), [Snapshots::name(&tagged)]);
+
+        // Over a bound no unused blob meets: snapshots of tagged layers go
+        // (they are made again from their blobs), the blobs stay.
+        prune(&s, Some(0), false).unwrap();
+        assert!(snapshots.names().is_empty());
+        assert!(s.complete(&base.manifest_digest).unwrap());
+
+        // rmi deletes the snapshots of the layers it deletes.
+        unpacked(&snapshots, &tagged);
+        remove(&s, "base:1").unwrap();
+        assert!(snapshots.names().is_empty());
+    }
+}
