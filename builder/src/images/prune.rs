@@ -77,21 +77,14 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
             kept.push((made, name));
             continue;
         }
-        let size = tree_size(&dir);
-        remove_tree(&dir)?;
-        total = total.saturating_sub(size);
-        pruned.reclaimed += size;
+        remove_counted(&dir, &mut total, &mut pruned)?;
     }
     kept.sort();
     for (_, name) in kept {
         if !over(total) {
             break;
         }
-        let dir = snapshots.path(&name);
-        let size = tree_size(&dir);
-        remove_tree(&dir)?;
-        total = total.saturating_sub(size);
-        pruned.reclaimed += size;
+        remove_counted(&snapshots.path(&name), &mut total, &mut pruned)?;
     }
     store.meta.flush()?;
 
@@ -105,6 +98,15 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
         }
     }
     Ok(pruned)
+}
+
+/// Removes a snapshot, counting what it held.
+fn remove_counted(dir: &std::path::Path, total: &mut u64, pruned: &mut Pruned) -> Result<()> {
+    let size = tree_size(dir);
+    remove_tree(dir)?;
+    *total = total.saturating_sub(size);
+    pruned.reclaimed += size;
+    Ok(())
 }
 
 /// The snapshot names of every stored layer whose diff ID is known: from
