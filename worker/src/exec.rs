@@ -385,6 +385,9 @@ impl Worker {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("opening", &lock_path))?;
+        // The lock file's mtime is when the cache was last used: a prune
+        // over its bound removes the least recently used caches first.
+        let _ = lock_file.set_modified(std::time::SystemTime::now());
         let lock = |file: File, how: FlockArg| {
             Flock::lock(file, how).map_err(|(_, e)| ExecError::Lock {
                 id: id.to_owned(),

@@ -7,12 +7,15 @@
 //! unused blobs, least recently used first, with the step records that
 //! name them; every snapshot whose layer is no longer stored (whatever
 //! the bound: nothing can use it); then, while still over the bound, the
-//! least recently made snapshots of stored layers. Cache mounts go only with `all`.
+//! least recently made snapshots of stored layers, and last the least
+//! recently used cache mounts (what a step would fetch again). `all`
+//! empties every snapshot and cache mount.
 //! The caller holds collection apart from builds (the root's lock, or
 //! kilnd's collector), so nothing deleted here is in use.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
+use std::time::SystemTime;
 
 use kiln_cache::{Digest, Store};
 use kiln_worker::snapshot::Snapshots;
@@ -32,7 +35,8 @@ pub struct Pruned {
 /// uses (build-cache layers among them), least recently used first, until
 /// kiln's disk use is at most `keep` bytes (all of them when `keep` is
 /// `None`); snapshots of layers no longer stored; then, over the bound,
-/// the least recently made snapshots. Tagged and leased blobs are never touched, so
+/// the least recently made snapshots, then the least recently used cache
+/// mounts. Tagged and leased blobs are never touched, so
 /// the bound may not be reachable. `all` also empties every snapshot and
 /// `RUN --mount=type=cache` directory (as `docker builder prune -a`
 /// does): the next build starts cold.
@@ -87,6 +91,14 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
         remove_counted(&snapshots.path(&name), &mut total, &mut pruned)?;
     }
     store.meta.flush()?;
+    if over(total) {
+        for dir in caches_least_recently_used_first(&store.root().join("cache-mounts")) {
+            if !over(total) {
+                break;
+            }
+            remove_counted(&dir, &mut total, &mut pruned)?;
+        }
+    }
 
     if all {
         for dir in ["snapshots", "cache-mounts"] {
@@ -100,7 +112,30 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     Ok(pruned)
 }
 
-/// Removes a snapshot, counting what it held.
+/// The `RUN --mount=type=cache` directories under `dir`, least recently
+/// used first (by their lock file's mtime, set at each use).
+fn caches_least_recently_used_first(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut caches: Vec<(SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            let mut lock = p.clone().into_os_string();
+            lock.push(".lock");
+            let used = std::fs::metadata(&lock)
+                .or_else(|_| std::fs::metadata(&p))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (used, p)
+        })
+        .collect();
+    caches.sort();
+    caches.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Removes a snapshot or a cache, counting what it held.
 fn remove_counted(dir: &std::path::Path, total: &mut u64, pruned: &mut Pruned) -> Result<()> {
     let size = tree_size(dir);
     remove_tree(dir)?;
@@ -200,9 +235,28 @@ mod tests {
         assert_eq!(snapshots.names(), [Snapshots::name(&tagged)]);
 
         // Over a bound no unused blob meets: snapshots of tagged layers go
-        // (they are made again from their blobs), the blobs stay.
-        prune(&s, Some(0), false).unwrap();
+        // (they are made again from their blobs), then cache mounts, least
+        // recently used first; the blobs stay.
+        let caches = s.root().join("cache-mounts");
+        for (name, used) in [("old", 100), ("new", 200)] {
+            std::fs::create_dir_all(caches.join(name)).unwrap();
+            std::fs::write(caches.join(name).join("data"), vec![4u8; 64 << 10]).unwrap();
+            std::fs::File::create(caches.join(format!("{name}.lock")))
+                .unwrap()
+                .set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(used))
+                .unwrap();
+        }
+        let total = crate::images::usage(&s).unwrap().total();
+        let snapshot = tree_size(&snapshots.path(&tagged));
+        prune(&s, Some(total - snapshot - 1), false).unwrap();
         assert!(snapshots.names().is_empty());
+        assert!(
+            !caches.join("old").exists(),
+            "the least recently used cache"
+        );
+        assert!(caches.join("new").exists(), "only as much as needed");
+        prune(&s, Some(0), false).unwrap();
+        assert!(!caches.join("new").exists());
         assert!(s.complete(&base.manifest_digest).unwrap());
 
         // rmi deletes the snapshots of the layers it deletes.
