@@ -509,3 +509,25 @@ fn no_cache_filter_reruns_a_stage_and_what_its_result_changes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_missing_dockerfile_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-context");
+    let out = crate::harness::run(
+        crate::harness::kiln()
+            .env("KILN_ROOT", dir.path().join("root"))
+            .env("KILN_ADDR", "")
+            .arg("build")
+            .arg(&missing),
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: reading {}/Dockerfile: No such file or directory (os error 2)\n",
+            missing.display()
+        ),
+        "the cause once, no daemon needed (an empty KILN_ADDR is unset)"
+    );
+}

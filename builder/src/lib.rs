@@ -40,14 +40,40 @@ pub fn init_logs(default: &str) {
 }
 
 /// An error and its causes on one line (an HTTP client's own message alone
-/// says only "error sending request").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// says only "error sending request"); a cause a message already quotes is
+/// not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_the_message_quotes_is_not_repeated() {
+        let quoted = crate::context::ContextError::Read {
+            path: "/ctx/Dockerfile".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(error_chain(&quoted), "reading /ctx/Dockerfile: gone");
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending the request")]
+        struct Outer(#[source] std::io::Error);
+        let unquoted = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            error_chain(&unquoted),
+            "sending the request: connection refused"
+        );
+    }
 }

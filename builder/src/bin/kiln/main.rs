@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     let remote = match remote {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln_builder::error_chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln_builder::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -66,7 +66,8 @@ impl Tls {
 /// The kilnd to talk to: `addr` when given; else the default socket when a
 /// kilnd answers there; else none (the CLI runs embedded).
 pub(crate) fn connect(addr: Option<&str>, tls: &Tls) -> Result<Option<Remote>> {
-    let addr = match addr {
+    // An empty `KILN_ADDR=` is unset, as an empty DOCKER_HOST is.
+    let addr = match addr.filter(|a| !a.is_empty()) {
         Some(a) => a.to_owned(),
         None if std::os::unix::net::UnixStream::connect(DEFAULT_SOCKET).is_ok() => {
             format!("unix://{DEFAULT_SOCKET}")
