@@ -366,28 +366,17 @@ fn concurrent_builds_share_steps_and_a_dropped_client_cancels_only_its_own() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    for _ in 0..100 {
-        if running() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(running(), "the slow step started");
+    assert!(eventually(running), "the slow step started");
     let other = s.build(
         "FROM base:busybox\nRUN echo other > /o\n",
         &["--addr", &addr],
     );
     slow.kill().unwrap();
     let _ = slow.wait();
-    let mut gone = false;
-    for _ in 0..100 {
-        if !running() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(gone, "the cancelled step's processes were killed");
+    assert!(
+        eventually(|| !running()),
+        "the cancelled step's processes were killed"
+    );
     assert!(
         other.status.success(),
         "{}",
@@ -570,6 +559,17 @@ fn context_bytes(stderr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
 }
 
+/// Whether `done` holds within 10 s (asked every 50 ms).
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
 /// Files in the store's blob directory.
 fn blob_count(s: &Setup) -> usize {
     fs::read_dir(s.root.join("content/blobs/sha256")).map_or(0, Iterator::count)
@@ -617,12 +617,7 @@ fn prune_waits_for_running_builds_and_rmi_leaves_their_blobs() {
             .map(|e| e.path())
             .find(|p| p.join("started").exists())
     };
-    for _ in 0..200 {
-        if gate().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    eventually(|| gate().is_some());
     let gate = gate().expect("the gated step started");
 
     // rmi while a build runs: the tag goes, the blobs stay for later.
@@ -688,16 +683,8 @@ fn keep_storage_collects_unused_cache_after_a_build() {
     // Over a 1-byte bound the base's snapshot goes too (it is unpacked
     // again from its blob when the next build needs it); its blobs stay.
     let snapshots = || fs::read_dir(s.root.join("snapshots")).map_or(0, Iterator::count);
-    let mut collected = false;
-    for _ in 0..200 {
-        if blob_count(&s) == base && snapshots() == 0 {
-            collected = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     assert!(
-        collected,
+        eventually(|| blob_count(&s) == base && snapshots() == 0),
         "the build's unused blobs and every snapshot were collected: {} blobs, {} snapshots",
         blob_count(&s),
         snapshots()
