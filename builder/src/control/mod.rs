@@ -8,8 +8,9 @@
 //!
 //! Here: the service, its errors, the image commands. `build` has builds
 //! and context sessions, `agent_tunnel` the SSH agents a client forwards
-//! over its build, `gc` what keeps collection away from running builds, `transfer` the streamed archives and files, `wire` the
-//! mapping between the API's messages and kiln's types.
+//! over its build, `gc` what keeps collection away from running builds,
+//! `transfer` the streamed archives and files, `wire` the mapping between
+//! the API's messages and kiln's types.
 
 mod agent_tunnel;
 mod build;
