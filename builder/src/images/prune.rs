@@ -42,12 +42,13 @@ pub struct Pruned {
 /// does): the next build starts cold.
 pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     let live = reachable(store)?;
+    let mut blobs: BTreeSet<Digest> = store.content.list()?.into_iter().map(|(d, _)| d).collect();
     let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
-    for (digest, _) in store.content.list()? {
-        if !live.contains(&digest) {
-            let used = store.meta.last_used(&digest)?.unwrap_or(0);
-            let size = allocated(&store.content.path(&digest));
-            unused.push((used, digest, size));
+    for digest in &blobs {
+        if !live.contains(digest) {
+            let used = store.meta.last_used(digest)?.unwrap_or(0);
+            let size = allocated(&store.content.path(digest));
+            unused.push((used, digest.clone(), size));
         }
     }
     unused.sort();
@@ -66,11 +67,12 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
         store.meta.forget(&digest)?;
         total = total.saturating_sub(size);
         pruned.reclaimed += size;
+        blobs.remove(&digest);
         pruned.deleted.push(digest);
     }
 
     let snapshots = Snapshots::new(store.root().join("snapshots"));
-    let stored = stored_layers(store)?;
+    let stored = stored_layers(store, &blobs)?;
     let mut kept: Vec<(i64, String)> = Vec::new();
     for name in snapshots.names() {
         let dir = snapshots.path(&name);
@@ -104,8 +106,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
         for dir in ["snapshots", "cache-mounts"] {
             let dir = store.root().join(dir);
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                pruned.reclaimed += tree_size(&entry.path());
-                remove_tree(&entry.path())?;
+                remove_counted(&entry.path(), &mut total, &mut pruned)?;
             }
         }
     }
@@ -144,15 +145,15 @@ fn remove_counted(dir: &std::path::Path, total: &mut u64, pruned: &mut Pruned) -
     Ok(())
 }
 
-/// The snapshot names of every stored layer whose diff ID is known: from
-/// step records (those of deleted blobs are forgotten here), from tagged
-/// images' configs, and uncompressed blobs (a digest that is its own diff
-/// ID).
-fn stored_layers(store: &Store) -> Result<BTreeSet<String>> {
+/// The snapshot names of every stored layer (`blobs`: the blobs there
+/// are) whose diff ID is known: from step records (those of deleted blobs
+/// are forgotten here), from tagged images' configs, and uncompressed
+/// blobs (a digest that is its own diff ID).
+fn stored_layers(store: &Store, blobs: &BTreeSet<Digest>) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     let mut add = |diff_id: &str| names.insert(Snapshots::name(diff_id).to_owned());
     for (key, record) in store.meta.cache_records()? {
-        if store.content.has(&record.blob) {
+        if blobs.contains(&record.blob) {
             add(&record.diff_id.to_string());
         } else {
             store.meta.remove_cache_record(&key)?;
@@ -167,7 +168,7 @@ fn stored_layers(store: &Store) -> Result<BTreeSet<String>> {
             }
         }
     }
-    for (digest, _) in store.content.list()? {
+    for digest in blobs {
         add(&digest.to_string());
     }
     Ok(names)
