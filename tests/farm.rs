@@ -13,12 +13,12 @@ use crate::harness::binary;
 use crate::kilnd::Kilnd;
 
 /// A running `kiln-worker`, killed when dropped.
-struct FarmWorker {
+pub(crate) struct FarmWorker {
     child: Child,
 }
 
 impl FarmWorker {
-    fn start(s: &Setup, kilnd: &Kilnd, id: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(s: &Setup, kilnd: &Kilnd, id: &str, extra: &[&str]) -> Self {
         let child = Command::new(binary("kiln-worker"))
             .arg("--root")
             .arg(s.dir.path().join(id))
@@ -45,7 +45,7 @@ impl Drop for FarmWorker {
 }
 
 /// `kiln workers` through kilnd: (id, running, steps) of each farm worker.
-fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
+pub(crate) fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
     let (out, _) = s.ok(&["--addr", addr, "workers"]);
     out.lines()
         .skip(1)
@@ -63,7 +63,12 @@ fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
 }
 
 /// Waits (up to 20 s) until `done` holds of the farm workers.
-fn wait_for(s: &Setup, addr: &str, what: &str, done: impl Fn(&[(String, u32, u64)]) -> bool) {
+pub(crate) fn wait_for(
+    s: &Setup,
+    addr: &str,
+    what: &str,
+    done: impl Fn(&[(String, u32, u64)]) -> bool,
+) {
     let start = Instant::now();
     loop {
         let now = workers(s, addr);

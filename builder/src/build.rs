@@ -54,6 +54,11 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<u64>,
     /// `--network=none`: RUN steps that ask for no network get none.
     pub network_none: bool,
+    /// `--network=host`: RUN steps that ask for no network get the host's
+    /// (each needs `network.host`).
+    pub network_host: bool,
+    /// The entitlements granted to this build (see [`crate::entitlements`]).
+    pub entitlements: crate::entitlements::Entitlements,
     /// How the image's layers are compressed.
     pub compression: LayerCompression,
     /// When base images are pulled (`--pull`).
@@ -182,6 +187,8 @@ pub fn build(
             .map(|st| st.index)
             .collect(),
         network_none: req.network_none,
+        network_host: req.network_host,
+        entitlements: req.entitlements.clone(),
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),

@@ -5,8 +5,9 @@
 //! ([`build`], [`compress`]), the image model ([`image`]), archives
 //! ([`archive`]), outputs ([`output`]), the image commands ([`images`]) and
 //! the registry client ([`registry`]), kilnd's control service
-//! ([`control`]) and the build farm ([`farm`]: kilnd's side and the
-//! worker's), with the `kiln`, `kilnd` and `kiln-worker` binaries on top.
+//! ([`control`]), the build farm ([`farm`]: kilnd's side and the
+//! worker's) and who may run privileged or host-network steps
+//! ([`entitlements`]), with the `kiln`, `kilnd` and `kiln-worker` binaries on top.
 //!
 //! Does not own: Dockerfile semantics (`kiln-frontend`), running ops
 //! (`kiln-worker`), or storage (`kiln-cache`).
@@ -16,6 +17,7 @@ pub mod build;
 pub mod compress;
 pub mod context;
 pub mod control;
+pub mod entitlements;
 pub mod farm;
 pub mod image;
 pub mod images;

@@ -17,6 +17,7 @@ use super::agent_tunnel::{ForwardedAgents, Tunnels};
 use super::wire::event_message;
 use super::{ControlError, ControlService};
 use crate::build::{BuildRequest, LayerCompression, build};
+use crate::entitlements::Entitlements;
 use crate::registry::{self, PullPolicy};
 use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
 
@@ -66,9 +67,25 @@ struct ControlShared {
     farm: Arc<crate::farm::Farm>,
 }
 
-/// What the spec asks, as the solver's request.
+/// The entitlements the spec asks for, if `allowed` (kilnd's
+/// `--allow-insecure-entitlement`) has them all: BuildKit's check, before
+/// the build's context is even read. `--network=host` is not taken as an
+/// ask here: a client that wants it asks for `network.host` (the `kiln`
+/// CLI does), else the solver refuses its steps.
+fn granted(allowed: &Entitlements, spec: &pb::BuildSpec) -> Result<Entitlements, ControlError> {
+    if spec.network_none && spec.network_host {
+        return Err(ControlError::Invalid(
+            "network_none and network_host: one build network".into(),
+        ));
+    }
+    let asked = Entitlements::from_flag("BuildSpec.entitlements", &spec.entitlements)?;
+    Ok(allowed.grant(&asked)?)
+}
+
+/// What the spec asks, as the solver's request (with what it was granted).
 fn request_of(
     spec: pb::BuildSpec,
+    entitlements: Entitlements,
     context: PathBuf,
     cancellation: Arc<Cancellation>,
     shared: &ControlShared,
@@ -96,6 +113,8 @@ fn request_of(
         no_cache_filter: spec.no_cache_filter,
         source_date_epoch: spec.source_date_epoch,
         network_none: spec.network_none,
+        network_host: spec.network_host,
+        entitlements,
         compression,
         pull,
         registry: registry::Options::default(),
@@ -155,6 +174,7 @@ impl ControlService {
                 .into());
             }
         };
+        let entitlements = granted(&self.insecure_entitlements, &spec)?;
         // The context: received into a scratch directory of the store
         // (removed with it), unpacked with the layer unpacker, which
         // refuses paths that leave it.
@@ -266,7 +286,7 @@ impl ControlService {
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
                     .map_err(|e| ControlError::Context(e.to_string()))?;
-                let request = request_of(spec, context, cancellation, &shared)?;
+                let request = request_of(spec, entitlements, context, cancellation, &shared)?;
                 let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
                 for (id, value) in secrets {
                     worker = worker.with_secret(&id, value);

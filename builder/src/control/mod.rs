@@ -30,6 +30,7 @@ use tokio::io::AsyncWriteExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::build::BuildError;
+use crate::entitlements::{EntitlementError, Entitlements};
 use crate::image::ImageError;
 use crate::images;
 use crate::registry;
@@ -60,6 +61,8 @@ pub enum ControlError {
     Agents(std::io::Error),
     #[error("{0}")]
     Unauthenticated(String),
+    #[error(transparent)]
+    Entitlement(#[from] EntitlementError),
 }
 
 impl From<ControlError> for Status {
@@ -76,6 +79,13 @@ impl From<ControlError> for Status {
         match e {
             ControlError::Invalid(_) | ControlError::Context(_) => Status::invalid_argument(text),
             ControlError::Unauthenticated(_) => Status::unauthenticated(text),
+            ControlError::Entitlement(EntitlementError::Unknown { .. }) => {
+                Status::invalid_argument(text)
+            }
+            ControlError::Entitlement(_)
+            | ControlError::Build(BuildError::Solve(SolveError::Entitlement(_))) => {
+                Status::permission_denied(text)
+            }
             ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
             ControlError::Build(BuildError::Frontend(_)) => Status::invalid_argument(text),
             ControlError::Build(BuildError::Solve(_)) => Status::aborted(text),
@@ -98,6 +108,8 @@ pub struct ControlService {
     sessions: Arc<std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>>,
     /// Builds against collection (`prune`, `rmi`, `--keep-storage`).
     collector: Arc<Collector>,
+    /// The most a build is granted (`--allow-insecure-entitlement`).
+    insecure_entitlements: Entitlements,
 }
 
 impl ControlService {
@@ -109,7 +121,16 @@ impl ControlService {
             farm,
             sessions: Arc::default(),
             collector: Arc::new(collector),
+            insecure_entitlements: Entitlements::default(),
         }
+    }
+
+    /// Entitlements this service may grant builds that ask for them
+    /// (kilnd's `--allow-insecure-entitlement`); none by default.
+    #[must_use]
+    pub fn with_insecure_entitlements(mut self, allowed: Entitlements) -> Self {
+        self.insecure_entitlements = allowed;
+        self
     }
 
     /// Writes a stream's data (what `data` picks from each message; `each`

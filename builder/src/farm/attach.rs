@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use super::gc::Gc;
 use super::{HEARTBEAT, wire};
 use crate::control::ChunkWriter;
+use crate::entitlements::{EntitlementError, Entitlements, check_step};
 use crate::image::ImageError;
 
 /// Who this worker is to kilnd.
@@ -36,6 +37,9 @@ pub struct WorkerConfig {
     pub token: Option<String>,
     /// Keep the store under this many bytes (`--keep-storage`).
     pub keep_storage: Option<u64>,
+    /// What this worker's operator allows a step (`--allow-insecure-entitlement`),
+    /// whatever kilnd granted its build.
+    pub insecure_entitlements: Entitlements,
 }
 
 #[derive(Debug, Error)]
@@ -54,6 +58,8 @@ pub enum AttachError {
     Content(#[from] ContentError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Entitlement(#[from] EntitlementError),
 }
 
 fn message(message: Message) -> pb::WorkerMessage {
@@ -122,6 +128,7 @@ pub async fn serve(
                     tx: tx.clone(),
                     runtime: tokio::runtime::Handle::current(),
                     gc: Arc::clone(&gc),
+                    allowed: config.insecure_entitlements.clone(),
                 };
                 let running = Arc::clone(&running);
                 tokio::task::spawn_blocking(move || {
@@ -161,6 +168,8 @@ struct StepRunner {
     tx: mpsc::Sender<pb::WorkerMessage>,
     runtime: tokio::runtime::Handle,
     gc: Arc<Gc>,
+    /// This worker's `--allow-insecure-entitlement`.
+    allowed: Entitlements,
 }
 
 impl StepRunner {
@@ -178,6 +187,9 @@ impl StepRunner {
     }
 
     fn execute(&self, step: &pb::RunStep, cancel: &Cancel) -> Result<pb::StepDone, AttachError> {
+        // Before anything is fetched or run: kilnd is trusted only as far
+        // as this worker's operator allows.
+        check_step(step, &self.allowed)?;
         let compression = wire::compression_of(step).ok_or_else(|| {
             AttachError::Invalid(format!(
                 "layer compression {} {}",

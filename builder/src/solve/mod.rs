@@ -99,6 +99,9 @@ pub enum SolveError {
     Content(#[from] kiln_cache::ContentError),
     #[error(transparent)]
     Meta(#[from] kiln_cache::MetaError),
+    /// A step needs an entitlement the build was not granted.
+    #[error(transparent)]
+    Entitlement(#[from] crate::entitlements::EntitlementError),
 }
 
 pub type Result<T> = std::result::Result<T, SolveError>;
@@ -124,6 +127,12 @@ pub struct Solver<'a> {
     pub no_cache_stages: std::collections::BTreeSet<usize>,
     /// RUN steps without `--network` get no network (`kiln build --network=none`).
     pub network_none: bool,
+    /// RUN steps without `--network` use the host's (`kiln build
+    /// --network=host`): each then needs `network.host`.
+    pub network_host: bool,
+    /// What the build was granted (`--allow`, within kilnd's
+    /// `--allow-insecure-entitlement`); checked before any step runs.
+    pub entitlements: crate::entitlements::Entitlements,
     /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
     pub source_date_epoch: Option<u64>,
     pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
@@ -163,6 +172,7 @@ impl Solver<'_> {
     /// `root` (`None`: scratch). After a failure no new step starts; the
     /// first error is returned once running steps have ended.
     pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
+        crate::entitlements::check_graph(graph, &self.entitlements, self.network_host)?;
         let index_of: HashMap<&str, usize> = graph
             .vertices
             .iter()
@@ -280,6 +290,11 @@ impl Solver<'_> {
                 && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
             {
                 h.update(b"network=none");
+            }
+            if self.network_host
+                && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
+            {
+                h.update(b"network=host");
             }
             h.finish().to_string()
         };

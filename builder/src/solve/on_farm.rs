@@ -132,6 +132,10 @@ impl Solver<'_> {
             user: request.user.clone(),
             network_none: request.network == Network::None,
             privileged: request.privileged,
+            // The worker checks both against its own operator's allowance.
+            entitlements: self.entitlements.names(),
+            network_host: crate::entitlements::required(exec, self.network_host)
+                .contains(&crate::entitlements::Entitlement::NetworkHost),
             mounts,
             compression: self.compression.name().to_owned(),
             compression_level: self.compression.level,

@@ -43,6 +43,12 @@ struct Args {
     /// …and its key.
     #[arg(long, env = "KILN_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run steps that need this entitlement when their build was granted
+    /// it: `network.host`, `security.insecure` (a privileged step, root on
+    /// this machine). Repeated, or a comma-separated list; none by default,
+    /// whatever kilnd allows.
+    #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    allow_insecure_entitlement: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -77,6 +83,10 @@ async fn main() -> Result<()> {
             .map(kiln_builder::images::parse_size)
             .transpose()
             .context("--keep-storage")?,
+        insecure_entitlements: kiln_builder::entitlements::Entitlements::from_flag(
+            "--allow-insecure-entitlement",
+            &args.allow_insecure_entitlement,
+        )?,
     };
     anyhow::ensure!(config.parallelism > 0, "--parallelism must be above 0");
     let tls = match &args.tls_ca {

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use kiln_builder::build::{BuildRequest, LayerCompression, build};
 use kiln_builder::context::DockerfileSource;
+use kiln_builder::entitlements::{Entitlement, Entitlements};
 use kiln_builder::registry::PullPolicy;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
@@ -52,9 +53,15 @@ pub(crate) struct Build {
     /// or `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
     ssh: Vec<String>,
-    /// The network of RUN steps that do not ask for one: default (the host's), none, host.
+    /// The network of RUN steps that do not ask for one: default (the host's), none, host
+    /// (host asks for the network.host entitlement).
     #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
     network: NetworkFlag,
+    /// Grant the build an entitlement: `network.host` (`RUN --network=host`),
+    /// `security.insecure` (`RUN --security=insecure`). A comma-separated
+    /// list, or repeated; through kilnd, only what kilnd allows.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
     /// How progress is shown: auto (tty on a terminal, else plain), tty, plain, json.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     progress: Mode,
@@ -181,6 +188,16 @@ impl Drop for TempDir {
 }
 
 impl Build {
+    /// The entitlements this build asks for: `--allow`'s, and `network.host`
+    /// for `--network=host` (as buildx's flag asks for it).
+    fn entitlements(&self) -> Result<Entitlements> {
+        let mut asked = Entitlements::from_flag("--allow", &self.allow)?;
+        if self.network == NetworkFlag::Host {
+            asked.insert(Entitlement::NetworkHost);
+        }
+        Ok(asked)
+    }
+
     /// `--build-arg`s, and `SOURCE_DATE_EPOCH` (an arg or the environment)
     /// taken out of them.
     fn args_and_epoch(&self) -> Result<(std::collections::BTreeMap<String, String>, Option<u64>)> {
@@ -248,6 +265,8 @@ impl Build {
             no_cache_filter: self.no_cache_filter.clone(),
             secrets,
             network_none: self.network == NetworkFlag::None,
+            network_host: self.network == NetworkFlag::Host,
+            entitlements: self.entitlements()?.names(),
             outputs: self.outputs.clone(),
             pull: self.pull.clone(),
             source_date_epoch,
@@ -303,6 +322,11 @@ impl Build {
         root: &std::path::Path,
         remote: Option<crate::remote::Remote>,
     ) -> Result<()> {
+        // A misspelt --allow fails before anything is read or sent.
+        // Embedded, kiln is this machine's own user's: what it asks is
+        // granted (the solver checks the steps against it); kilnd grants
+        // within what its operator allowed.
+        let entitlements = self.entitlements()?;
         if let Some(remote) = remote {
             return self.run_remote(remote);
         }
@@ -365,6 +389,8 @@ impl Build {
             no_cache_filter: self.no_cache_filter.clone(),
             source_date_epoch,
             network_none: self.network == NetworkFlag::None,
+            network_host: self.network == NetworkFlag::Host,
+            entitlements,
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
                 format!("--pull {}: expected missing, always or never", self.pull)

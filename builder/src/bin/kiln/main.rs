@@ -32,8 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    // Boxed: its flags outweigh every other command's.
     /// Build an image from a Dockerfile and a context directory.
-    Build(build::Build),
+    Build(Box<build::Build>),
     /// List images.
     Images(images::List),
     /// Show images' config, layers and sizes as JSON.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use kiln_builder::control::{Collector, ControlService};
+use kiln_builder::entitlements::Entitlements;
 use kiln_builder::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
@@ -48,6 +49,12 @@ struct Args {
     /// `kiln prune` deletes. Default: a tenth of the root's filesystem.
     #[arg(long, value_name = "SIZE")]
     keep_storage: Option<String>,
+    /// Let builds that ask (`kiln build --allow`) have this entitlement:
+    /// `network.host` (`RUN --network=host`), `security.insecure` (`RUN
+    /// --security=insecure`: a privileged step, root on this machine).
+    /// Repeated, or a comma-separated list; none by default.
+    #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    allow_insecure_entitlement: Vec<String>,
 }
 
 /// `--keep-storage` in bytes; `None`: off.
@@ -95,6 +102,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let root = args.root.clone().unwrap_or_else(kiln_cache::default_root);
     let listen = listen_of(&args)?;
+    let insecure_entitlements = Entitlements::from_flag(
+        "--allow-insecure-entitlement",
+        &args.allow_insecure_entitlement,
+    )?;
     // One process owns a store root (its lock); kilnd holds it while it runs.
     let store = tokio::task::spawn_blocking(move || kiln_cache::Store::open(&root))
         .await?
@@ -109,13 +120,20 @@ async fn main() -> Result<()> {
         })
         .transpose()?;
     let keep = keep_storage(&args, &store)?;
+    if !insecure_entitlements.is_empty() {
+        tracing::warn!(
+            entitlements = insecure_entitlements.names().join(","),
+            "builds that ask may have these insecure entitlements (--allow-insecure-entitlement)"
+        );
+    }
     tracing::info!(
         keep_storage = keep.map_or_else(|| "off".to_owned(), |k| k.to_string()),
         "the store is kept under --keep-storage after builds"
     );
     let store = Arc::new(store);
     let farm = Farm::new(token);
-    let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep));
+    let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep))
+        .with_insecure_entitlements(insecure_entitlements.clone());
     let farm_service = FarmService::new(store, Arc::clone(&farm));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
