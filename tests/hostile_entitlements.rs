@@ -159,8 +159,11 @@ fn embedded_host_network_needs_allow_network_host() {
     let out = s.build(HOST_NETWORK, &["--allow", "security.insecure"]);
     assert_refused(&s, &out, &["network.host is not allowed"]);
 
-    // Granted, in either of buildx's spellings: comma-separated or repeated.
-    let show = "FROM base:busybox\nRUN --network=host --security=insecure cat /proc/net/dev\n";
+    // Granted, in either of buildx's spellings (comma-separated or
+    // repeated): the step is in this machine's network namespace.
+    let host = host_network_namespace();
+    let show = "FROM base:busybox\n\
+        RUN --network=host --security=insecure /bin/busybox readlink /proc/self/ns/net\n";
     for allow in [
         &["--allow", "network.host,security.insecure"][..],
         &[
@@ -173,12 +176,24 @@ fn embedded_host_network_needs_allow_network_host() {
     ] {
         let out = s.build(show, allow);
         assert!(out.status.success(), "{allow:?}: {}", stderr(&out));
-        assert_stderr_has(&out, "lo:");
+        assert_stderr_has(&out, &host);
     }
     // `kiln build --network=host` asks for network.host itself, as buildx's
-    // flag does: the machine's own root typed it.
-    let out = s.build("FROM base:busybox\nRUN true\n", &["--network", "host"]);
+    // flag does: the machine's own user typed it.
+    let out = s.build(
+        "FROM base:busybox\nRUN /bin/busybox readlink /proc/self/ns/net\n",
+        &["--network", "host"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_stderr_has(&out, &host);
+}
+
+/// This process's network namespace (`net:[INODE]`): the host's.
+fn host_network_namespace() -> String {
+    fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -287,6 +302,12 @@ fn kilnd_grants_at_most_what_it_was_started_with() {
         "{}",
         stderr(&out)
     );
+    let out = s.build(
+        "FROM base:busybox\nRUN --network=host /bin/busybox readlink /proc/self/ns/net\n",
+        &["--addr", &addr, "--allow", "network.host"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_stderr_has(&out, &host_network_namespace());
 }
 
 #[test]
@@ -295,7 +316,13 @@ fn a_farm_worker_refuses_what_its_operator_did_not_allow() {
         return;
     }
     let s = Setup::new();
-    let kilnd = Kilnd::start_with(&s, &["--allow-insecure-entitlement", "security.insecure"]);
+    let kilnd = Kilnd::start_with(
+        &s,
+        &[
+            "--allow-insecure-entitlement",
+            "security.insecure,network.host",
+        ],
+    );
     let addr = kilnd.addr();
     // The step is granted by the client and kilnd; the worker's operator
     // did not allow it.
@@ -311,6 +338,18 @@ fn a_farm_worker_refuses_what_its_operator_did_not_allow() {
             "worker w1",
             "security.insecure is not allowed",
             "--allow-insecure-entitlement security.insecure",
+        ],
+    );
+    let host_step = "FROM base:busybox\n\
+        RUN --network=host --mount=type=cache,id=sentinel,target=/c touch /c/farm-host-step-ran\n";
+    let out = s.build(host_step, &["--addr", &addr, "--allow", "network.host"]);
+    assert_refused(
+        &s,
+        &out,
+        &[
+            "worker w1",
+            "network.host is not allowed",
+            "--allow-insecure-entitlement network.host",
         ],
     );
     drop(plain);
@@ -337,4 +376,7 @@ fn a_farm_worker_refuses_what_its_operator_did_not_allow() {
     );
     let now = workers(&s, &addr);
     assert_eq!(now[0].2, 1, "the step ran on w2: {now:?}");
+    // Its operator allowed that one only.
+    let out = s.build(host_step, &["--addr", &addr, "--allow", "network.host"]);
+    assert_refused(&s, &out, &["worker w2", "network.host is not allowed"]);
 }
