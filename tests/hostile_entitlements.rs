@@ -197,6 +197,31 @@ fn host_network_namespace() -> String {
 }
 
 #[test]
+fn an_image_cannot_bring_a_privileged_onbuild_step() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    // An image from somewhere else, with a trigger for whoever builds on it.
+    let out = s.build(
+        "FROM base:busybox\n\
+         ONBUILD RUN --security=insecure --mount=type=cache,id=sentinel,target=/c touch /c/onbuild-ran\n",
+        &["-t", "hostile:onbuild"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.build("# built on it\nFROM hostile:onbuild\nRUN true\n", &[]);
+    assert_refused(
+        &s,
+        &out,
+        &[
+            "Dockerfile line 2",
+            "security.insecure is not allowed",
+            "--allow security.insecure",
+        ],
+    );
+}
+
+#[test]
 fn unknown_entitlements_are_errors_naming_the_flag() {
     if !ready() {
         return;
