@@ -175,12 +175,8 @@ pub fn check_graph(
             .into_iter()
             .find(|e| !granted.contains(*e))
         {
-            let description = match vertex.meta.location {
-                Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
-                None => vertex.meta.description.clone(),
-            };
             return Err(EntitlementError::NotGranted {
-                description,
+                description: crate::solve::described(&vertex.meta),
                 entitlement,
             });
         }

@@ -106,6 +106,14 @@ pub enum SolveError {
 
 pub type Result<T> = std::result::Result<T, SolveError>;
 
+/// A vertex as errors name it: its description and Dockerfile line.
+pub(crate) fn described(meta: &kiln_frontend::convert::VertexMeta) -> String {
+    match meta.location {
+        Some(l) => format!("{} (Dockerfile line {})", meta.description, l.start),
+        None => meta.description.clone(),
+    }
+}
+
 /// How many steps run at once: twice the CPUs, at least 4 (RUN steps often
 /// wait on the network or on `sleep`, not on a CPU).
 pub fn parallelism() -> usize {
@@ -270,10 +278,7 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
     ) -> Result<(Fs, String)> {
-        let described = match vertex.meta.location {
-            Some(l) => format!("{} (Dockerfile line {})", vertex.meta.description, l.start),
-            None => vertex.meta.description.clone(),
-        };
+        let described = described(&vertex.meta);
         let key = {
             let mut h = Hasher::default();
             h.update(vertex.digest.as_bytes());
