@@ -9,6 +9,7 @@ use kiln_frontend::dockerignore::Matcher;
 use kiln_frontend::reference::Reference;
 use kiln_proto::ops::v1::Platform;
 use kiln_worker::exec::Worker;
+use kiln_worker::sandbox::spec::Network;
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 
@@ -52,8 +53,9 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: the image's created time.
     pub source_date_epoch: Option<u64>,
-    /// `--network=none`: RUN steps that ask for no network get none.
-    pub network_none: bool,
+    /// `--network`: the network of RUN steps that do not ask for one
+    /// (`RUN --network=default`).
+    pub network: Network,
     /// How the image's layers are compressed.
     pub compression: LayerCompression,
     /// When base images are pulled (`--pull`).
@@ -181,7 +183,7 @@ pub fn build(
             })
             .map(|st| st.index)
             .collect(),
-        network_none: req.network_none,
+        network: req.network,
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),

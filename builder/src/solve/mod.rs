@@ -122,8 +122,8 @@ pub struct Solver<'a> {
     pub no_cache: bool,
     /// Stages (by index) whose steps run again (`--no-cache-filter`).
     pub no_cache_stages: std::collections::BTreeSet<usize>,
-    /// RUN steps without `--network` get no network (`kiln build --network=none`).
-    pub network_none: bool,
+    /// The network of RUN steps without `--network` (`kiln build --network`).
+    pub network: kiln_worker::sandbox::spec::Network,
     /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
     pub source_date_epoch: Option<u64>,
     pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
@@ -275,11 +275,14 @@ impl Solver<'_> {
             if let Some(epoch) = self.source_date_epoch {
                 h.update(format!("source-date-epoch={epoch}").as_bytes());
             }
-            // `kiln build --network=none` changes what a default-network RUN is.
-            if self.network_none
-                && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
+            // `kiln build --network=none|host` changes what a default-network RUN is.
+            if matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
             {
-                h.update(b"network=none");
+                match self.network {
+                    kiln_worker::sandbox::spec::Network::None => h.update(b"network=none"),
+                    kiln_worker::sandbox::spec::Network::Host => h.update(b"network=host"),
+                    kiln_worker::sandbox::spec::Network::Private => {}
+                }
             }
             h.finish().to_string()
         };

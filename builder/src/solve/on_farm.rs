@@ -131,6 +131,7 @@ impl Solver<'_> {
             cwd: request.cwd.clone(),
             user: request.user.clone(),
             network_none: request.network == Network::None,
+            network_host: request.network == Network::Host,
             privileged: request.privileged,
             mounts,
             compression: self.compression.name().to_owned(),

@@ -11,6 +11,7 @@ use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
+use kiln_worker::sandbox::spec::Network;
 
 use crate::progress::{Mode, Printer};
 
@@ -52,7 +53,9 @@ pub(crate) struct Build {
     /// or `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
     ssh: Vec<String>,
-    /// The network of RUN steps that do not ask for one: default (the host's), none, host.
+    /// The network of RUN steps that do not ask for one: default (a namespace
+    /// of the step's own with outbound access through a NAT, never the host's
+    /// loopback), none (only loopback), host (the host's).
     #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
     network: NetworkFlag,
     /// How progress is shown: auto (tty on a terminal, else plain), tty, plain, json.
@@ -248,6 +251,7 @@ impl Build {
             no_cache_filter: self.no_cache_filter.clone(),
             secrets,
             network_none: self.network == NetworkFlag::None,
+            network_host: self.network == NetworkFlag::Host,
             outputs: self.outputs.clone(),
             pull: self.pull.clone(),
             source_date_epoch,
@@ -364,7 +368,11 @@ impl Build {
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             source_date_epoch,
-            network_none: self.network == NetworkFlag::None,
+            network: match self.network {
+                NetworkFlag::Default => Network::Private,
+                NetworkFlag::None => Network::None,
+                NetworkFlag::Host => Network::Host,
+            },
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
                 format!("--pull {}: expected missing, always or never", self.pull)
