@@ -11,6 +11,7 @@ mod docker;
 mod farm;
 mod harness;
 mod hostile_entitlements;
+mod hostile_network;
 mod httpd;
 mod images;
 mod instructions;

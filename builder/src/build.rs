@@ -9,6 +9,7 @@ use kiln_frontend::dockerignore::Matcher;
 use kiln_frontend::reference::Reference;
 use kiln_proto::ops::v1::Platform;
 use kiln_worker::exec::Worker;
+use kiln_worker::sandbox::spec::Network;
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 
@@ -52,11 +53,9 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: the image's created time.
     pub source_date_epoch: Option<u64>,
-    /// `--network=none`: RUN steps that ask for no network get none.
-    pub network_none: bool,
-    /// `--network=host`: RUN steps that ask for no network get the host's
-    /// (each needs `network.host`).
-    pub network_host: bool,
+    /// `--network`: the network of RUN steps that do not ask for one
+    /// (`RUN --network=default`).
+    pub network: Network,
     /// The entitlements granted to this build (see [`crate::entitlements`]).
     pub entitlements: crate::entitlements::Entitlements,
     /// How the image's layers are compressed.
@@ -186,8 +185,7 @@ pub fn build(
             })
             .map(|st| st.index)
             .collect(),
-        network_none: req.network_none,
-        network_host: req.network_host,
+        network: req.network,
         entitlements: req.entitlements.clone(),
         source_date_epoch: req.source_date_epoch,
         progress: std::sync::Mutex::new(progress),

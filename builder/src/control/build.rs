@@ -9,6 +9,7 @@ use kiln_cache::Store;
 use kiln_proto::control::v1::{self as pb, BuildInput, BuildOutput, build_input, build_output};
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
+use kiln_worker::sandbox::spec::Network;
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -112,8 +113,11 @@ fn request_of(
         no_cache: spec.no_cache,
         no_cache_filter: spec.no_cache_filter,
         source_date_epoch: spec.source_date_epoch,
-        network_none: spec.network_none,
-        network_host: spec.network_host,
+        network: match (spec.network_none, spec.network_host) {
+            (true, _) => Network::None,
+            (false, true) => Network::Host,
+            (false, false) => Network::Private,
+        },
         entitlements,
         compression,
         pull,

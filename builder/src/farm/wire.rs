@@ -171,10 +171,10 @@ pub fn exec_request<E>(
         env: step.env.clone(),
         cwd: step.cwd.clone(),
         user: step.user.clone(),
-        network: if step.network_none {
-            Network::None
-        } else {
-            Network::Host
+        network: match (step.network_none, step.network_host) {
+            (true, _) => Network::None,
+            (false, true) => Network::Host,
+            (false, false) => Network::Private,
         },
         privileged: step.privileged,
         mounts,

@@ -133,11 +133,8 @@ pub struct Solver<'a> {
     pub no_cache: bool,
     /// Stages (by index) whose steps run again (`--no-cache-filter`).
     pub no_cache_stages: std::collections::BTreeSet<usize>,
-    /// RUN steps without `--network` get no network (`kiln build --network=none`).
-    pub network_none: bool,
-    /// RUN steps without `--network` use the host's (`kiln build
-    /// --network=host`): each then needs `network.host`.
-    pub network_host: bool,
+    /// The network of RUN steps without `--network` (`kiln build --network`).
+    pub network: kiln_worker::sandbox::spec::Network,
     /// What the build was granted (`--allow`, within kilnd's
     /// `--allow-insecure-entitlement`); checked before any step runs.
     pub entitlements: crate::entitlements::Entitlements,
@@ -180,7 +177,11 @@ impl Solver<'_> {
     /// `root` (`None`: scratch). After a failure no new step starts; the
     /// first error is returned once running steps have ended.
     pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
-        crate::entitlements::check_graph(graph, &self.entitlements, self.network_host)?;
+        crate::entitlements::check_graph(
+            graph,
+            &self.entitlements,
+            self.network == kiln_worker::sandbox::spec::Network::Host,
+        )?;
         let index_of: HashMap<&str, usize> = graph
             .vertices
             .iter()
@@ -290,16 +291,14 @@ impl Solver<'_> {
             if let Some(epoch) = self.source_date_epoch {
                 h.update(format!("source-date-epoch={epoch}").as_bytes());
             }
-            // `kiln build --network=none` changes what a default-network RUN is.
-            if self.network_none
-                && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
+            // `kiln build --network=none|host` changes what a default-network RUN is.
+            if matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
             {
-                h.update(b"network=none");
-            }
-            if self.network_host
-                && matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
-            {
-                h.update(b"network=host");
+                match self.network {
+                    kiln_worker::sandbox::spec::Network::None => h.update(b"network=none"),
+                    kiln_worker::sandbox::spec::Network::Host => h.update(b"network=host"),
+                    kiln_worker::sandbox::spec::Network::Private => {}
+                }
             }
             h.finish().to_string()
         };

@@ -131,11 +131,10 @@ impl Solver<'_> {
             cwd: request.cwd.clone(),
             user: request.user.clone(),
             network_none: request.network == Network::None,
+            network_host: request.network == Network::Host,
             privileged: request.privileged,
             // The worker checks both against its own operator's allowance.
             entitlements: self.entitlements.names(),
-            network_host: crate::entitlements::required(exec, self.network_host)
-                .contains(&crate::entitlements::Entitlement::NetworkHost),
             mounts,
             compression: self.compression.name().to_owned(),
             compression_level: self.compression.level,

@@ -252,10 +252,10 @@ impl Solver<'_> {
                 meta.cwd
             },
             user: meta.user,
-            network: if exec.network == NetworkMode::None as i32 {
-                Network::None
-            } else {
-                Network::Host
+            network: match NetworkMode::try_from(exec.network) {
+                Ok(NetworkMode::None) => Network::None,
+                Ok(NetworkMode::Host) => Network::Host,
+                Ok(NetworkMode::Default) | Err(_) => self.network,
             },
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts: Vec::new(),

@@ -12,13 +12,17 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
-use kiln_worker::sandbox::SETUP_FAILED;
 use kiln_worker::sandbox::setup::{enter, file_job};
 use kiln_worker::sandbox::spec::Job;
 use kiln_worker::sandbox::syscall::Linux;
+use kiln_worker::sandbox::{PARENT_ENV, SETUP_FAILED};
 use nix::sys::wait::{WaitStatus, waitpid};
 
 fn main() -> ExitCode {
+    if let Err(message) = die_with_parent() {
+        eprintln!("kiln-sandbox: {message}");
+        return ExitCode::from(SETUP_FAILED);
+    }
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         eprintln!("kiln-sandbox: reading the spec: {e}");
@@ -64,20 +68,48 @@ fn main() -> ExitCode {
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null);
     }
-    let child = match enter(&Linux, &spec) {
-        Ok(Some(child)) => child,
+    let started = match enter(&Linux, &spec) {
+        Ok(Some(started)) => started,
         Ok(None) => "execve returned".to_owned().pipe_err(&mut error_file),
         Err(message) => message.pipe_err(&mut error_file),
     };
+    let status = wait_step(started.step);
+    if let Some(nat) = started.nat {
+        nat.stop();
+    }
+    match status {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => message.pipe_err(&mut error_file),
+    }
+}
+
+/// The step's exit status (128 + signal when killed by one).
+fn wait_step(step: nix::unistd::Pid) -> Result<u8, String> {
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => {
-                return ExitCode::from(u8::try_from(code).unwrap_or(1));
-            }
-            Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCode::from(128 + signal as u8),
+        match waitpid(step, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(u8::try_from(code).unwrap_or(1)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as u8),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => format!("waiting for the step: {e}").pipe_err(&mut error_file),
+            Err(e) => return Err(format!("waiting for the step: {e}")),
         }
+    }
+}
+
+/// Ties the helper to the worker thread that started it: when that goes
+/// (kiln killed, kilnd's build thread gone), the kernel kills the helper,
+/// and with it the step (its own parent-death signal) and the NAT. The
+/// worker passes its pid in [`PARENT_ENV`], so a helper whose parent died
+/// before the signal was set exits too.
+fn die_with_parent() -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("setting the parent-death signal: {e}"))?;
+    let expected = std::env::var(PARENT_ENV).ok();
+    let parent = nix::unistd::getppid().as_raw().to_string();
+    match expected {
+        Some(pid) if pid != parent => Err(format!(
+            "the worker that started the helper (pid {pid}) is gone"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -8,6 +8,7 @@
 //! namespace. Afterwards, mount points the helper had to create in the root
 //! filesystem are removed from the layer again.
 
+pub mod network;
 pub mod setup;
 pub mod spec;
 pub mod syscall;
@@ -25,6 +26,10 @@ use self::spec::{Network, RunSpec};
 
 /// The helper's exit status when setup (not the step) failed.
 pub const SETUP_FAILED: u8 = 125;
+
+/// The environment variable that carries the worker's pid to the helper,
+/// which dies with it (and checks it is still there when it starts).
+pub const PARENT_ENV: &str = "KILN_SANDBOX_PARENT";
 
 #[derive(Debug, Error)]
 pub enum SandboxError {
@@ -247,6 +252,7 @@ impl Sandbox {
     /// Starts the helper; stdin and stderr are pipes.
     fn spawn(&self, stdout: Stdio) -> Result<std::process::Child> {
         Command::new(&self.helper)
+            .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(Stdio::piped())
@@ -289,8 +295,10 @@ fn remove_stubs(state_dir: &Path, upper: &Path) {
 /// into `dir` and returns them as `RunSpec::etc_files`.
 pub fn etc_files(dir: &Path, hostname: &str, network: Network) -> Result<Vec<(String, PathBuf)>> {
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let host_resolv = || fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv = match network {
-        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        Network::Private => network::resolv_conf(&host_resolv()),
+        Network::Host => host_resolv(),
         Network::None => String::new(),
     };
     let files = [

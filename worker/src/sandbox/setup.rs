@@ -1,8 +1,9 @@
 //! What the helper does, in order, generic over [`Syscall`] so that the
 //! sequence can be tested by recording it.
 //!
-//! In the helper: new mount, PID, UTS and IPC namespaces (and network, for
-//! `--network=none`), then a fork so the step's process is PID 1 of its
+//! In the helper: for the default network, a network namespace with its
+//! NAT ([`network`]); new mount, PID, UTS and IPC namespaces (and network,
+//! for `--network=none`), then a fork so the step's process is PID 1 of its
 //! namespace (when it exits, the kernel kills everything it left behind).
 //! In that child: the overlay, `/proc`, a minimal `/dev`, read-only `/sys`,
 //! the step's mounts and `/etc` files, `pivot_root`, hostname, the user,
@@ -18,6 +19,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 
+use super::network::{self, Nat};
 use super::spec::{MountKind, Network, RunSpec};
 use super::syscall::Syscall;
 use super::user;
@@ -50,7 +52,9 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SetupError {
     format!("{what}: {e}")
 }
 
-/// Namespaces for `spec`.
+/// Namespaces for `spec` that [`enter`] unshares at once. A private
+/// network's namespace is not among them: [`network::start`] made it
+/// before, with the NAT attached.
 pub fn namespaces(spec: &RunSpec) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -62,14 +66,29 @@ pub fn namespaces(spec: &RunSpec) -> CloneFlags {
     flags
 }
 
+/// What the helper waits for and stops after [`enter`].
+#[derive(Debug)]
+pub struct Started {
+    /// The step's process, PID 1 of its namespace.
+    pub step: nix::unistd::Pid,
+    /// The NAT of a private network, to stop once the step has exited.
+    pub nat: Option<Nat>,
+}
+
 /// The helper's main part: namespaces, fork, and in the child everything
-/// up to `execve`. Returns the child's pid in the parent; in the child it
+/// up to `execve`. Returns the step's pid in the parent; in the child it
 /// returns only on failure.
-pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<nix::unistd::Pid>, SetupError> {
+pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, SetupError> {
+    // The NAT first, while the helper is still in the host's mount and PID
+    // namespaces: its child must stay out of the step's.
+    let nat = match spec.network {
+        Network::Private => Some(network::start(sys, &spec.state_dir)?),
+        Network::Host | Network::None => None,
+    };
     sys.unshare(namespaces(spec))
         .map_err(|e| fail("creating namespaces", e))?;
     match sys.fork().map_err(|e| fail("fork", e))? {
-        ForkResult::Parent { child } => Ok(Some(child)),
+        ForkResult::Parent { child } => Ok(Some(Started { step: child, nat })),
         ForkResult::Child => {
             sys.set_parent_death_kill()
                 .map_err(|e| fail("setting the parent-death signal", e))?;

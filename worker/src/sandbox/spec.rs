@@ -57,9 +57,17 @@ pub struct Rootfs {
     pub target: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A RUN step's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
-    /// The host's network (Docker builds' default).
+    /// A namespace of the step's own whose only way out is a user-space NAT
+    /// (slirp4netns) that never reaches the host's loopback: outbound
+    /// connections work, services listening on the host's 127.0.0.0/8 (a
+    /// database, kilnd's TCP API) and abstract Unix sockets do not. The
+    /// default (`RUN --network=default`).
+    #[default]
+    Private,
+    /// The host's network (`--network=host`).
     Host,
     /// A new namespace with only loopback.
     None,

@@ -5,13 +5,15 @@
 //! with a `SAFETY:` line.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
-use nix::unistd::{ForkResult, Gid, Uid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 pub type Result<T> = nix::Result<T>;
 
@@ -44,7 +46,25 @@ pub trait Syscall {
     fn loopback_up(&self) -> Result<()>;
     /// Replaces the process image; returns only on failure.
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()>;
+    /// A descriptor of this process's network namespace (close-on-exec).
+    fn open_netns(&self) -> Result<OwnedFd>;
+    /// Starts `program` (looked up in `PATH`) with `args` as a child that
+    /// runs in the network namespace `netns`, is killed when this process
+    /// dies, has `ready` as its descriptor [`READY_FD`], no standard input
+    /// or output, and `log` as its standard error. Returns its pid.
+    fn spawn_in_netns(
+        &self,
+        program: &str,
+        args: &[String],
+        netns: BorrowedFd<'_>,
+        ready: OwnedFd,
+        log: OwnedFd,
+    ) -> Result<Pid>;
 }
+
+/// The descriptor number a [`Syscall::spawn_in_netns`] child finds its
+/// `ready` descriptor at.
+pub const READY_FD: i32 = 3;
 
 /// The real calls.
 #[derive(Debug, Default, Clone, Copy)]
@@ -160,6 +180,71 @@ impl Syscall for Linux {
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()> {
         nix::unistd::execve(path, args, env).map(|_| ())
     }
+
+    fn open_netns(&self) -> Result<OwnedFd> {
+        nix::fcntl::open(
+            "/proc/self/ns/net",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    }
+
+    fn spawn_in_netns(
+        &self,
+        program: &str,
+        args: &[String],
+        netns: BorrowedFd<'_>,
+        ready: OwnedFd,
+        log: OwnedFd,
+    ) -> Result<Pid> {
+        let parent = nix::unistd::getpid();
+        let netns = netns.as_raw_fd();
+        let ready_fd = ready.as_raw_fd();
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        // SAFETY: the closure runs in the forked child before exec and makes
+        // only async-signal-safe system calls (setns, prctl, getppid, dup2,
+        // fcntl) on descriptors that stay open until exec; it allocates
+        // nothing. See fork(2) and signal-safety(7).
+        unsafe {
+            command.pre_exec(move || {
+                let raw = |r: nix::libc::c_int| nix::errno::Errno::result(r).map_err(io_error);
+                raw(nix::libc::setns(netns, nix::libc::CLONE_NEWNET))?;
+                raw(nix::libc::prctl(
+                    nix::libc::PR_SET_PDEATHSIG,
+                    nix::libc::SIGKILL,
+                    0,
+                    0,
+                    0,
+                ))?;
+                // The parent died before the signal was set: nobody would stop us.
+                if nix::libc::getppid() != parent.as_raw() {
+                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
+                if ready_fd == READY_FD {
+                    raw(nix::libc::fcntl(READY_FD, nix::libc::F_SETFD, 0))?;
+                } else {
+                    // dup2 leaves the new descriptor without close-on-exec.
+                    raw(nix::libc::dup2(ready_fd, READY_FD))?;
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))?;
+        drop(ready);
+        let pid = i32::try_from(child.id()).map_err(|_| nix::errno::Errno::ERANGE)?;
+        Ok(Pid::from_raw(pid))
+    }
+}
+
+fn io_error(e: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
 }
 
 /// Records calls instead of making them; every call succeeds (`fork`
@@ -278,5 +363,26 @@ impl Syscall for Recording {
     fn execve(&self, path: &CStr, args: &[CString], _env: &[CString]) -> Result<()> {
         self.record(format!("execve {} {args:?}", path.to_string_lossy()));
         Ok(())
+    }
+
+    fn open_netns(&self) -> Result<OwnedFd> {
+        self.record("open_netns".into());
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+    }
+
+    /// Records the call and reports the program ready at once.
+    fn spawn_in_netns(
+        &self,
+        program: &str,
+        args: &[String],
+        _netns: BorrowedFd<'_>,
+        ready: OwnedFd,
+        _log: OwnedFd,
+    ) -> Result<Pid> {
+        self.record(format!("spawn_in_netns {program} {}", args.join(" ")));
+        nix::unistd::write(&ready, b"1")?;
+        Ok(Pid::from_raw(0))
     }
 }

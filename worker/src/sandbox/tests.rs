@@ -38,9 +38,8 @@ fn setup_order() {
     std::fs::write(dir.path().join("hosts"), "").unwrap();
     let sys = Recording::default();
     let s = spec(dir.path(), Network::None);
-    assert_eq!(
-        enter(&sys, &s).unwrap(),
-        None,
+    assert!(
+        enter(&sys, &s).unwrap().is_none(),
         "the recorded fork returns as the child"
     );
     let calls = sys.calls();
@@ -127,4 +126,35 @@ fn host_network_keeps_the_namespace_and_privileged_keeps_caps() {
     assert!(!calls.iter().any(|c| c == "loopback_up"
         || c.starts_with("drop_bounding_caps")
         || c == "set_no_new_privs"));
+}
+
+/// The default network: the helper's own network namespace and its NAT come
+/// first, before the mount and PID namespaces (the NAT must stay in the
+/// host's), and the step's namespaces then leave the network alone.
+#[test]
+fn private_network_starts_the_nat_before_the_other_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("merged")).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("hosts"), "").unwrap();
+    let sys = Recording::default();
+    let s = spec(dir.path(), Network::Private);
+    assert!(enter(&sys, &s).unwrap().is_none());
+    let calls = sys.calls();
+    assert_eq!(calls[0], "open_netns");
+    assert_eq!(calls[1], "unshare CloneFlags(CLONE_NEWNET)");
+    assert!(
+        calls[2].starts_with("spawn_in_netns slirp4netns ")
+            && calls[2].contains("--disable-host-loopback")
+            && calls[2].ends_with(&format!(" {} eth0", std::process::id())),
+        "{}",
+        calls[2]
+    );
+    assert!(
+        calls[3].starts_with("unshare") && !calls[3].contains("CLONE_NEWNET"),
+        "{}",
+        calls[3]
+    );
+    assert_eq!(calls[4], "fork");
+    assert!(!calls.iter().any(|c| c == "loopback_up"));
 }

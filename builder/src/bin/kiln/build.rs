@@ -12,6 +12,7 @@ use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
+use kiln_worker::sandbox::spec::Network;
 
 use crate::progress::{Mode, Printer};
 
@@ -53,8 +54,10 @@ pub(crate) struct Build {
     /// or `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
     ssh: Vec<String>,
-    /// The network of RUN steps that do not ask for one: default (the host's), none, host
-    /// (host asks for the network.host entitlement).
+    /// The network of RUN steps that do not ask for one: default (a namespace
+    /// of the step's own with outbound access through a NAT, never the host's
+    /// loopback), none (only loopback), host (the host's; asks for the
+    /// network.host entitlement).
     #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
     network: NetworkFlag,
     /// Grant the build an entitlement: `network.host` (`RUN --network=host`),
@@ -388,8 +391,11 @@ impl Build {
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             source_date_epoch,
-            network_none: self.network == NetworkFlag::None,
-            network_host: self.network == NetworkFlag::Host,
+            network: match self.network {
+                NetworkFlag::Default => Network::Private,
+                NetworkFlag::None => Network::None,
+                NetworkFlag::Host => Network::Host,
+            },
             entitlements,
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
