@@ -8,6 +8,7 @@
 //! namespace. Afterwards, mount points the helper had to create in the root
 //! filesystem are removed from the layer again.
 
+mod mountpoint;
 pub mod seccomp;
 pub mod setup;
 pub mod spec;
