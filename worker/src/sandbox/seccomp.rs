@@ -8,8 +8,10 @@
 //! `clone` may not create namespaces); `clone3`, whose flags a filter
 //! cannot read, fails with `ENOSYS` so that libc falls back to `clone`.
 //! Names this architecture lacks (32-bit variants) are skipped, as
-//! libseccomp does. The filter checks the audit architecture: 32-bit and
-//! x32 system calls of another ABI are not allowed.
+//! libseccomp does. Unlike Docker's, the filter allows this architecture's
+//! native ABI only: an i386 system call (`int 0x80`) kills the process,
+//! an x32 one fails with `EPERM` (seccompiler builds one architecture's
+//! filter).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
