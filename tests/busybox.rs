@@ -25,6 +25,12 @@ pub(crate) struct Setup {
 
 /// A busybox root filesystem tarball in `dir`.
 pub(crate) fn base_tarball(dir: &Path) -> PathBuf {
+    base_tarball_with(dir, |_| {})
+}
+
+/// Like [`base_tarball`], with `tweak` applied to the root filesystem
+/// before it is packed (a hostile image: symlinks out, device nodes).
+pub(crate) fn base_tarball_with(dir: &Path, tweak: impl FnOnce(&Path)) -> PathBuf {
     let rootfs = dir.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::create_dir_all(rootfs.join("etc")).unwrap();
@@ -43,6 +49,7 @@ pub(crate) fn base_tarball(dir: &Path) -> PathBuf {
     )
     .unwrap();
     fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    tweak(&rootfs);
     let tarball = dir.join("base.tar");
     // Fixed mtimes: the same tarball bytes wherever it is made.
     let status = Command::new("tar")

@@ -12,6 +12,7 @@ mod farm;
 mod harness;
 mod hostile_entitlements;
 mod hostile_network;
+mod hostile_sandbox;
 mod httpd;
 mod images;
 mod instructions;

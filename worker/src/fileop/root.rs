@@ -228,6 +228,81 @@ impl Root {
             .map_err(|e| self.err("reading link", rel, e))
     }
 
+    /// Directory `rel` as a root of its own: what is mounted there, when
+    /// something is (the resolution crosses into it).
+    pub fn subroot(&self, rel: &str) -> Result<Root> {
+        Ok(Root {
+            fd: self.open_follow(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?,
+            path: self.path.join(rel.trim_start_matches('/')),
+        })
+    }
+
+    /// Where the already-resolved `fd` is, relative to this root: a path
+    /// with no symlink in it (empty for the root itself).
+    pub fn relative_path(&self, fd: &OwnedFd) -> Result<PathBuf> {
+        let read = |fd: &OwnedFd| {
+            let link = proc_fd_path(fd);
+            std::fs::read_link(&link).map_err(|e| FileOpError::io("reading link", &link, e))
+        };
+        let (root, at) = (read(&self.fd)?, read(fd)?);
+        at.strip_prefix(&root).map(Path::to_owned).map_err(|_| {
+            FileOpError::Invalid(format!("{} is outside {}", at.display(), root.display()))
+        })
+    }
+
+    /// Makes the symlink `rel` pointing at `target` (never through a symlink).
+    pub fn symlink(&self, rel: &str, target: &str) -> Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        nix::unistd::symlinkat(target, dir.as_fd(), name.as_str())
+            .map_err(|e| self.err("creating", rel, e))
+    }
+
+    /// Removes `rel` when it is an empty directory or an empty regular
+    /// file reached without following any symlink; returns whether it did.
+    /// A symlink put in its way since it was made, or anything else there,
+    /// is left alone: what the caller made is gone, nothing else is touched.
+    pub fn remove_if_empty(&self, rel: &str) -> Result<bool> {
+        let parts = components(rel);
+        let Some((name, dirs)) = parts.split_last() else {
+            return Ok(false);
+        };
+        if parts.contains(&"..") {
+            return Ok(false);
+        }
+        let dirs = if dirs.is_empty() {
+            ".".to_owned()
+        } else {
+            dirs.join("/")
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        let dir = match openat2(self.fd.as_fd(), dirs.as_str(), how) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
+            Err(e) => return Err(self.err("opening", &dirs, e)),
+        };
+        let st = match fstatat(dir.as_fd(), *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(self.err("reading", rel, e)),
+        };
+        let flag = match st.st_mode & nix::libc::S_IFMT {
+            nix::libc::S_IFDIR => nix::unistd::UnlinkatFlags::RemoveDir,
+            nix::libc::S_IFREG if st.st_size == 0 => nix::unistd::UnlinkatFlags::NoRemoveDir,
+            _ => return Ok(false),
+        };
+        match nix::unistd::unlinkat(dir.as_fd(), *name, flag) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY | Errno::ENOENT) => Ok(false),
+            Err(e) => Err(self.err("removing", rel, e)),
+        }
+    }
+
     /// Names in directory `rel`, sorted.
     pub fn list(&self, rel: &str) -> Result<Vec<String>> {
         let fd = self.open_follow(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;

@@ -8,7 +8,9 @@
 //! namespace. Afterwards, mount points the helper had to create in the root
 //! filesystem are removed from the layer again.
 
+mod mountpoint;
 pub mod network;
+pub mod seccomp;
 pub mod setup;
 pub mod spec;
 pub mod syscall;
@@ -273,21 +275,18 @@ fn send(child: &mut std::process::Child, job: &spec::Job) {
     }
 }
 
-/// Removes the mount points the helper created (listed in `stubs`, in
-/// creation order) from the layer, when they are still empty placeholders.
+/// Removes the mount points the helper made (listed in `stubs`, each
+/// ended by a NUL, in the order made) from the layer, when they are still
+/// empty placeholders. Each is resolved beneath the upperdir without
+/// following any symlink: a step that swapped a stub's parent for a
+/// symlink (to a host directory) gets nothing removed.
 fn remove_stubs(state_dir: &Path, upper: &Path) {
-    let list = fs::read_to_string(state_dir.join("stubs")).unwrap_or_default();
-    for rel in list.lines().rev() {
-        let path = upper.join(rel);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {
-                let _ = fs::remove_dir(&path);
-            }
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                let _ = fs::remove_file(&path);
-            }
-            _ => {}
-        }
+    let list = fs::read(state_dir.join("stubs")).unwrap_or_default();
+    let Ok(root) = crate::fileop::root::Root::open(upper) else {
+        return;
+    };
+    for rel in list.split(|b| *b == 0).rev().filter(|r| !r.is_empty()) {
+        let _ = root.remove_if_empty(&String::from_utf8_lossy(rel));
     }
 }
 

@@ -5,24 +5,32 @@
 //! NAT ([`network`]); new mount, PID, UTS and IPC namespaces (and network,
 //! for `--network=none`), then a fork so the step's process is PID 1 of its
 //! namespace (when it exits, the kernel kills everything it left behind).
-//! In that child: the overlay, `/proc`, a minimal `/dev`, read-only `/sys`,
-//! the step's mounts and `/etc` files, `pivot_root`, hostname, the user,
-//! the bounding set, `no_new_privs`, and `execve`.
+//! In that child: the overlay (`nodev`), `/proc` with its masked and
+//! read-only paths, a minimal `/dev`, read-only `/sys`, the `/etc` files and
+//! the step's mounts, every mount point resolved inside the root; then
+//! `pivot_root`, hostname, the user, the bounding set, `no_new_privs`, the
+//! seccomp filter and `execve`. `--security=insecure` (`privileged`) keeps
+//! every capability and drops `nodev`, the masks, the read-only paths and
+//! seccomp.
 
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 
+use super::mountpoint::{Mounter, Stubs, existing};
 use super::network::{self, Nat};
-use super::spec::{MountKind, Network, RunSpec};
+use super::seccomp;
+use super::spec::{Mount, MountKind, Network, RunSpec};
 use super::syscall::Syscall;
 use super::user;
+use crate::fileop::FileOpError;
+use crate::fileop::root::{Root, proc_fd_path};
 
 /// Docker's default capabilities (what a RUN step keeps).
 pub const DEFAULT_CAPS: &[u32] = &[
@@ -42,13 +50,40 @@ pub const DEFAULT_CAPS: &[u32] = &[
     31, // CAP_SETFCAP
 ];
 
-/// Device nodes bound from the host into the step's `/dev`.
+/// Device nodes bound from the host into the step's `/dev` (with `ptmx`,
+/// `pts`, `shm` and the `fd` links: what Docker's `/dev` holds).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// runc's and Docker's masked paths: a file is covered with `/dev/null`, a
+/// directory with an empty read-only tmpfs. Missing ones are skipped.
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's and Docker's read-only paths (bound onto themselves read-only).
+const READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Why setup failed; written to the state directory's `error` file.
 pub type SetupError = String;
 
-fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SetupError {
+pub(super) fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SetupError {
     format!("{what}: {e}")
 }
 
@@ -98,87 +133,33 @@ pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Set
     }
 }
 
-/// Records a created mount stub, relative to the root filesystem, so the
-/// worker can remove it from the layer afterwards.
-struct Stubs {
-    file: File,
-    root: PathBuf,
-}
-
-impl Stubs {
-    fn note(&mut self, path: &Path) -> Result<(), SetupError> {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
-        writeln!(self.file, "{}", rel.display()).map_err(|e| fail("recording a mount stub", e))
-    }
-
-    /// Makes `path` (a directory, or a file when `file`) inside the root if
-    /// missing, noting each created piece.
-    fn ensure(&mut self, path: &Path, file: bool) -> Result<(), SetupError> {
-        if fs::symlink_metadata(path).is_ok() {
-            return Ok(());
-        }
-        if let Some(parent) = path.parent() {
-            if fs::symlink_metadata(parent).is_ok() {
-                // Creating in a lower directory copies it up into the layer;
-                // listed so an empty copy-up is removed with the stub.
-                if parent != self.root {
-                    self.note(parent)?;
-                }
-            } else {
-                self.ensure(parent, false)?;
-            }
-        }
-        if file {
-            File::create(path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
-        } else {
-            fs::create_dir(path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
-        }
-        self.note(path)
-    }
-}
-
-/// `path` inside the root, never outside (`..` and absolute parts are
-/// taken inside).
-fn inside(root: &Path, path: &str) -> PathBuf {
-    let mut out = root.to_owned();
-    for part in Path::new(path).components() {
-        if let std::path::Component::Normal(p) = part {
-            out.push(p);
-        }
-    }
-    out
+/// What a step without `--security=insecure` is kept from.
+fn confined(spec: &RunSpec) -> bool {
+    !spec.privileged
 }
 
 fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
-    let root = &spec.rootfs.target;
+    let root_path = &spec.rootfs.target;
     let state = &spec.state_dir;
-    let mut stubs = Stubs {
-        file: OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open(state.join("stubs"))
-            .map_err(|e| fail("opening the stub list", e))?,
-        root: root.clone(),
-    };
-    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-    let mount = |source: Option<&Path>,
-                 target: &Path,
-                 fstype: Option<&str>,
-                 flags: MsFlags,
-                 data: Option<&str>| {
-        sys.mount(source, target, fstype, flags, data)
-            .map_err(|e| fail(format!("mounting {}", target.display()), e))
+    let mut stubs = Stubs::open(state)?;
+    let m = Mounter { sys };
+    // Device nodes open only where kiln put them (/dev's binds, devpts):
+    // not from an image's layers, a step's mknod or a mounted directory.
+    let nodev = if confined(spec) {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
     };
 
     // Nothing below may propagate back to the host's mounts.
-    mount(
+    sys.mount(
         None,
         Path::new("/"),
         None,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
-    )?;
+    )
+    .map_err(|e| fail("mounting /", e))?;
     if spec.network == Network::None {
         sys.loopback_up()
             .map_err(|e| fail("bringing up loopback", e))?;
@@ -195,47 +176,146 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         r.upperdir.display(),
         r.workdir.display()
     );
-    mount(
+    sys.mount(
         Some(Path::new("overlay")),
-        root,
+        root_path,
         Some("overlay"),
-        MsFlags::empty(),
+        nodev,
         Some(&options),
-    )?;
+    )
+    .map_err(|e| fail(format!("mounting {}", root_path.display()), e))?;
+    let root = Root::open(root_path).map_err(|e| fail("opening the root filesystem", e))?;
 
-    let proc_dir = root.join("proc");
-    stubs.ensure(&proc_dir, false)?;
-    mount(
+    proc_and_sys(&m, &root, &mut stubs, spec)?;
+    dev(&m, &root, &mut stubs, nodev)?;
+
+    for (target, source) in &spec.etc_files {
+        let at = stubs.target(&root, target, true)?;
+        m.bind(&root, target, source, &at, target, nodev)?;
+    }
+    for (index, mount) in spec.mounts.iter().enumerate() {
+        step_mount(&m, &root, &mut stubs, state, index, mount, nodev)?;
+    }
+    drop(root);
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it
+    // leaves only the new root. See pivot_root(2), "NOTES".
+    sys.chdir(root_path)
+        .map_err(|e| fail("chdir to the root filesystem", e))?;
+    sys.pivot_root(Path::new("."), Path::new("."))
+        .map_err(|e| fail("pivot_root", e))?;
+    sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(|e| fail("detaching the old root", e))?;
+    sys.chdir(Path::new("/")).map_err(|e| fail("chdir /", e))?;
+    sys.sethostname(&spec.hostname)
+        .map_err(|e| fail("sethostname", e))?;
+    exec(sys, spec)
+}
+
+/// `/proc` (its masked paths covered, its read-only paths bound read-only)
+/// and a read-only `/sys` (its masked paths covered).
+fn proc_and_sys<S: Syscall>(
+    m: &Mounter<'_, S>,
+    root: &Root,
+    stubs: &mut Stubs,
+    spec: &RunSpec,
+) -> Result<(), SetupError> {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let at = stubs.target(root, "/proc", false)?;
+    m.mount(
+        "/proc",
         Some(Path::new("proc")),
-        &proc_dir,
+        &at,
         Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        locked,
         None,
     )?;
-    // /proc/sys stays readable but not writable.
-    let sys_dir = proc_dir.join("sys");
-    mount(Some(&sys_dir), &sys_dir, None, MsFlags::MS_BIND, None)?;
-    mount(
-        None,
-        &sys_dir,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+    let at = stubs.target(root, "/sys", false)?;
+    let mut flags = locked;
+    if confined(spec) {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    m.mount(
+        "/sys",
+        Some(Path::new("sysfs")),
+        &at,
+        Some("sysfs"),
+        flags,
         None,
     )?;
+    if !confined(spec) {
+        return Ok(());
+    }
+    for path in MASKED {
+        mask(m, root, path)?;
+    }
+    for path in READ_ONLY {
+        let Some(at) = existing(root, path)? else {
+            continue;
+        };
+        m.bind(
+            root,
+            path,
+            &proc_fd_path(&at),
+            &at,
+            path,
+            locked | MsFlags::MS_RDONLY,
+        )?;
+    }
+    Ok(())
+}
 
-    let dev = root.join("dev");
-    stubs.ensure(&dev, false)?;
-    mount(
+/// Covers `path`: a file with `/dev/null`, a directory with an empty
+/// read-only tmpfs (as runc does).
+fn mask<S: Syscall>(m: &Mounter<'_, S>, root: &Root, path: &str) -> Result<(), SetupError> {
+    let Some(at) = existing(root, path)? else {
+        return Ok(());
+    };
+    let st = nix::sys::stat::fstat(at.as_fd()).map_err(|e| fail(format!("reading {path}"), e))?;
+    if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
+        m.mount(
+            path,
+            Some(Path::new("tmpfs")),
+            &at,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=755"),
+        )
+    } else {
+        m.mount(
+            path,
+            Some(Path::new("/dev/null")),
+            &at,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+    }
+}
+
+/// A `/dev` of its own: a tmpfs with the host's harmless devices bound in,
+/// a new devpts, a shm tmpfs and the `fd` links; nothing else.
+fn dev<S: Syscall>(
+    m: &Mounter<'_, S>,
+    root: &Root,
+    stubs: &mut Stubs,
+    nodev: MsFlags,
+) -> Result<(), SetupError> {
+    let at = stubs.target(root, "/dev", false)?;
+    m.mount(
+        "/dev",
         Some(Path::new("tmpfs")),
-        &dev,
+        &at,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID,
+        MsFlags::MS_NOSUID | nodev,
         Some("mode=755,size=65536k"),
     )?;
+    let dev = root.subroot("/dev").map_err(|e| fail("opening /dev", e))?;
+    let err = |name: &str, e: FileOpError| fail(format!("making /dev/{name}"), e);
     for name in DEVICES {
-        let node = dev.join(name);
-        File::create(&node).map_err(|e| fail(format!("creating {}", node.display()), e))?;
-        mount(
+        let node = OwnedFd::from(dev.create_file(name, 0o666).map_err(|e| err(name, e))?);
+        m.mount(
+            &format!("/dev/{name}"),
             Some(&Path::new("/dev").join(name)),
             &node,
             None,
@@ -243,17 +323,30 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
             None,
         )?;
     }
-    for (dir, fstype, data) in [
-        ("pts", "devpts", "newinstance,ptmxmode=0666,mode=620"),
-        ("shm", "tmpfs", "mode=1777,size=65536k"),
-    ] {
-        let path = dev.join(dir);
-        fs::create_dir(&path).map_err(|e| fail(format!("creating {}", path.display()), e))?;
-        mount(
-            Some(Path::new(fstype)),
-            &path,
-            Some(fstype),
+    for (dir, fstype, flags, data) in [
+        (
+            "pts",
+            "devpts",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=620",
+        ),
+        (
+            "shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+            "mode=1777,size=65536k",
+        ),
+    ] {
+        dev.mkdir_all(dir, 0o755, None).map_err(|e| err(dir, e))?;
+        let at = dev
+            .open_follow(dir, OFlag::O_PATH)
+            .map_err(|e| err(dir, e))?;
+        m.mount(
+            &format!("/dev/{dir}"),
+            Some(Path::new(fstype)),
+            &at,
+            Some(fstype),
+            flags,
             Some(data),
         )?;
     }
@@ -264,109 +357,90 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(target, dev.join(link))
-            .map_err(|e| fail(format!("linking /dev/{link}"), e))?;
+        dev.symlink(link, target).map_err(|e| err(link, e))?;
     }
+    Ok(())
+}
 
-    let sysfs = root.join("sys");
-    stubs.ensure(&sysfs, false)?;
-    mount(
-        Some(Path::new("sysfs")),
-        &sysfs,
-        Some("sysfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-
-    for (target, source) in &spec.etc_files {
-        let path = inside(root, target);
-        stubs.ensure(&path, true)?;
-        mount(Some(source), &path, None, MsFlags::MS_BIND, None)?;
-    }
-    for (index, m) in spec.mounts.iter().enumerate() {
-        let path = inside(root, &m.target);
-        match &m.kind {
-            MountKind::Bind { source, readonly } => {
-                stubs.ensure(&path, !source.is_dir())?;
-                mount(Some(source), &path, None, bind, None)?;
-                if *readonly {
-                    mount(
-                        None,
-                        &path,
-                        None,
-                        bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None,
-                    )?;
-                }
-            }
-            MountKind::Layers {
-                lowerdirs,
-                path: inner,
-                readonly,
-            } => {
-                let top = match lowerdirs.as_slice() {
-                    [one] => one.clone(),
-                    _ => {
-                        let at = state.join(format!("layers-{index}"));
-                        fs::create_dir_all(&at)
-                            .map_err(|e| fail(format!("creating {}", at.display()), e))?;
-                        let lower: Vec<String> =
-                            lowerdirs.iter().map(|p| p.display().to_string()).collect();
-                        let options = format!("lowerdir={}", lower.join(":"));
-                        mount(
+/// One of the step's `--mount`s.
+fn step_mount<S: Syscall>(
+    m: &Mounter<'_, S>,
+    root: &Root,
+    stubs: &mut Stubs,
+    state: &Path,
+    index: usize,
+    mount: &Mount,
+    nodev: MsFlags,
+) -> Result<(), SetupError> {
+    let target = mount.target.as_str();
+    let ro = |readonly: bool| {
+        if readonly {
+            nodev | MsFlags::MS_RDONLY
+        } else {
+            nodev
+        }
+    };
+    match &mount.kind {
+        MountKind::Bind { source, readonly } => {
+            let at = stubs.target(root, target, !source.is_dir())?;
+            m.bind(root, target, source, &at, target, ro(*readonly))
+        }
+        MountKind::Layers {
+            lowerdirs,
+            path: inner,
+            readonly,
+        } => {
+            let top = match lowerdirs.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    let at = state.join(format!("layers-{index}"));
+                    fs::create_dir_all(&at)
+                        .map_err(|e| fail(format!("creating {}", at.display()), e))?;
+                    let lower: Vec<String> =
+                        lowerdirs.iter().map(|p| p.display().to_string()).collect();
+                    let options = format!("lowerdir={}", lower.join(":"));
+                    m.sys
+                        .mount(
                             Some(Path::new("overlay")),
                             &at,
                             Some("overlay"),
-                            MsFlags::MS_RDONLY,
+                            MsFlags::MS_RDONLY | nodev,
                             Some(&options),
-                        )?;
-                        at
-                    }
-                };
-                // Resolved inside the layers (a symlink there cannot point the
-                // mount at the host), then bound through the descriptor.
-                let source = crate::fileop::root::Root::open(&top)
-                    .and_then(|r| r.open_follow(inner, nix::fcntl::OFlag::O_PATH))
-                    .map_err(|e| fail(format!("finding {inner} for {}", m.target), e))?;
-                let source_path = crate::fileop::root::proc_fd_path(&source);
-                stubs.ensure(&path, !fs::metadata(&source_path).is_ok_and(|m| m.is_dir()))?;
-                mount(Some(&source_path), &path, None, bind, None)?;
-                if *readonly {
-                    mount(
-                        None,
-                        &path,
-                        None,
-                        bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None,
-                    )?;
+                        )
+                        .map_err(|e| fail(format!("mounting {}", at.display()), e))?;
+                    at
                 }
-            }
-            MountKind::Tmpfs { size } => {
-                stubs.ensure(&path, false)?;
-                let data = (*size > 0).then(|| format!("size={size}"));
-                mount(
-                    Some(Path::new("tmpfs")),
-                    &path,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    data.as_deref(),
-                )?;
-            }
+            };
+            // Resolved inside the layers (a symlink there cannot point the
+            // mount at the host), then bound through the descriptor.
+            let source = Root::open(&top)
+                .and_then(|r| r.open_follow(inner, OFlag::O_PATH))
+                .map_err(|e| fail(format!("finding {inner} for {target}"), e))?;
+            let source_path = proc_fd_path(&source);
+            let is_dir = nix::sys::stat::fstat(source.as_fd())
+                .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR);
+            let at = stubs.target(root, target, !is_dir)?;
+            m.bind(root, target, &source_path, &at, target, ro(*readonly))
+        }
+        MountKind::Tmpfs { size } => {
+            let at = stubs.target(root, target, false)?;
+            let data = (*size > 0).then(|| format!("size={size}"));
+            m.mount(
+                target,
+                Some(Path::new("tmpfs")),
+                &at,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data.as_deref(),
+            )
         }
     }
+}
 
-    // pivot_root(".", ".") stacks the old root on the new one; detaching it
-    // leaves only the new root. See pivot_root(2), "NOTES".
-    sys.chdir(root)
-        .map_err(|e| fail("chdir to the root filesystem", e))?;
-    sys.pivot_root(Path::new("."), Path::new("."))
-        .map_err(|e| fail("pivot_root", e))?;
-    sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
-        .map_err(|e| fail("detaching the old root", e))?;
-    sys.chdir(Path::new("/")).map_err(|e| fail("chdir /", e))?;
-    sys.sethostname(&spec.hostname)
-        .map_err(|e| fail("sethostname", e))?;
-
+/// After `pivot_root`: the user, the working directory, the privileges,
+/// and `execve`. The seccomp filter goes on last, right before the exec,
+/// so that only the step runs under it.
+fn exec<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let id = user::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))
         .map_err(|e| e.to_string())?;
@@ -385,8 +459,13 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
     };
     let program = find_program(name, &env)
         .ok_or_else(|| format!("{name:?}: executable file not found in $PATH"))?;
+    let filters = if confined(spec) {
+        seccomp::filters(DEFAULT_CAPS).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
 
-    if !spec.privileged {
+    if confined(spec) {
         sys.drop_bounding_caps(DEFAULT_CAPS)
             .map_err(|e| fail("dropping capabilities", e))?;
         sys.set_no_new_privs()
@@ -406,6 +485,10 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         .collect::<Result<Vec<_>, _>>()?;
     let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
     let program = cstr(&program)?;
+    if !filters.is_empty() {
+        sys.seccomp(&filters)
+            .map_err(|e| fail("loading the seccomp filter", e))?;
+    }
     sys.execve(&program, &args, &env)
         .map_err(|e| fail(format!("exec {name}"), e))
 }

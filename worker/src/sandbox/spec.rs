@@ -33,7 +33,9 @@ pub struct RunSpec {
     pub user: String,
     pub hostname: String,
     pub network: Network,
-    /// All capabilities and no `no_new_privs` (`--security=insecure`).
+    /// `--security=insecure`: all capabilities, no `no_new_privs`, no
+    /// seccomp filter, no masked or read-only `/proc` and `/sys` paths,
+    /// device nodes open anywhere. (The builder checks it was granted.)
     pub privileged: bool,
     /// Extra mounts, in order.
     pub mounts: Vec<Mount>,

@@ -44,6 +44,9 @@ pub trait Syscall {
     fn set_ids(&self, uid: Uid, gid: Gid, groups: &[Gid]) -> Result<()>;
     /// Sets the loopback interface up (in a fresh network namespace).
     fn loopback_up(&self) -> Result<()>;
+    /// Loads seccomp filters, in order, on this thread (`no_new_privs` is
+    /// already set).
+    fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<()>;
     /// Replaces the process image; returns only on failure.
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()>;
     /// A descriptor of this process's network namespace (close-on-exec).
@@ -177,6 +180,18 @@ impl Syscall for Linux {
         Ok(())
     }
 
+    fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<()> {
+        for filter in filters {
+            seccompiler::apply_filter(filter).map_err(|e| match e {
+                seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => {
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EINVAL))
+                }
+                _ => nix::errno::Errno::EINVAL,
+            })?;
+        }
+        Ok(())
+    }
+
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<()> {
         nix::unistd::execve(path, args, env).map(|_| ())
     }
@@ -296,10 +311,18 @@ impl Syscall for Recording {
         } else {
             names.join(" | ")
         };
+        // A descriptor's path is recorded as the path it names.
+        let named = |p: &Path| {
+            if p.starts_with("/proc/self/fd") {
+                std::fs::read_link(p).unwrap_or_else(|_| p.to_owned())
+            } else {
+                p.to_owned()
+            }
+        };
         self.record(format!(
             "mount {} {} {} {flags} {}",
-            source.map_or("-".into(), |s| s.display().to_string()),
-            target.display(),
+            source.map_or("-".into(), |s| named(s).display().to_string()),
+            named(target).display(),
             fstype.unwrap_or("-"),
             data.unwrap_or("-")
         ));
@@ -357,6 +380,12 @@ impl Syscall for Recording {
 
     fn loopback_up(&self) -> Result<()> {
         self.record("loopback_up".into());
+        Ok(())
+    }
+
+    fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<()> {
+        let sizes: Vec<usize> = filters.iter().map(Vec::len).collect();
+        self.record(format!("seccomp {} filters", sizes.len()));
         Ok(())
     }
 
