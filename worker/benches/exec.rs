@@ -1,6 +1,7 @@
 //! The overhead of one trivial RUN step (`true`), from request to layer:
 //! spawn the helper, namespaces, overlay, /proc, /dev, /sys, pivot_root,
-//! exec, wait, stub cleanup, and the upperdir as a layer tar.
+//! exec, wait, stub cleanup, and the upperdir as a layer tar; one row per
+//! network (the default one also starts and stops slirp4netns).
 //! `cargo bench -p kiln-worker --bench exec` (as root, with /bin/busybox).
 
 use std::fs;
@@ -23,9 +24,25 @@ fn main() {
     fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
     symlink("busybox", lower.join("bin/true")).unwrap();
     let sandbox = Sandbox::new(env!("CARGO_BIN_EXE_kiln-sandbox"));
+    for (name, network) in [
+        ("host", Network::Host),
+        ("none", Network::None),
+        ("default (slirp4netns)", Network::Private),
+    ] {
+        bench(&sandbox, dir.path(), &lower, name, network);
+    }
+}
+
+fn bench(
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+    lower: &std::path::Path,
+    name: &str,
+    network: Network,
+) {
     let mut times = Vec::new();
     for i in 0..50 {
-        let step = dir.path().join(format!("step{i}"));
+        let step = dir.join(format!("{name}-step{i}"));
         let d = |s: &str| {
             let p = step.join(s);
             fs::create_dir_all(&p).unwrap();
@@ -34,7 +51,7 @@ fn main() {
         let start = Instant::now();
         let spec = RunSpec {
             rootfs: Rootfs {
-                lowerdirs: vec![lower.clone()],
+                lowerdirs: vec![lower.to_owned()],
                 upperdir: d("u"),
                 workdir: d("w"),
                 target: d("m"),
@@ -44,10 +61,10 @@ fn main() {
             cwd: "/".into(),
             user: String::new(),
             hostname: "bench".into(),
-            network: Network::Host,
+            network,
             privileged: false,
             mounts: vec![],
-            etc_files: etc_files(&d("etc"), "bench", Network::Host).unwrap(),
+            etc_files: etc_files(&d("etc"), "bench", network).unwrap(),
             state_dir: d("s"),
         };
         let status = sandbox
@@ -60,7 +77,7 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "RUN true, request to layer, 50 runs: median {:.2} ms, min {:.2} ms, p90 {:.2} ms",
+        "RUN true, request to layer, network {name}, 50 runs: median {:.2} ms, min {:.2} ms, p90 {:.2} ms",
         times[25], times[0], times[45]
     );
 }
