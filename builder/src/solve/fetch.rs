@@ -297,12 +297,18 @@ mod tests {
     fn a_refused_source_never_reaches_git() {
         let dir = tempfile::tempdir().unwrap();
         let sentinel = dir.path().join("ran");
-        let source = GitSource {
-            remote: format!("ext::sh -c touch% {}", sentinel.display()),
-            ..Default::default()
-        };
-        let e = git(&source, tempfile::tempdir().unwrap()).unwrap_err();
-        assert!(e.contains("only https://"), "{e}");
+        for remote in [
+            format!("ext::sh -c touch% {}", sentinel.display()),
+            format!("ext::touch%{}", sentinel.display()),
+            sentinel.display().to_string(),
+        ] {
+            let source = GitSource {
+                remote,
+                ..Default::default()
+            };
+            let e = git(&source, tempfile::tempdir().unwrap()).unwrap_err();
+            assert!(e.starts_with("Git remote"), "{e}");
+        }
         let source = GitSource {
             remote: "https://example.com/x.git".into(),
             r#ref: "--upload-pack=touch".into(),
