@@ -5,6 +5,7 @@
 //! worker without kilnd's token is refused.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,12 +96,15 @@ fn steps_run_on_the_workers_and_a_lost_worker_costs_a_retry() {
     let s = Setup::new();
     let token = s.dir.path().join("token");
     fs::write(&token, "farm-secret\n").unwrap();
+    // kiln refuses a token file others can read.
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
     let kilnd = Kilnd::start_with(&s, &["--worker-token-file", token.to_str().unwrap()]);
     let addr = kilnd.addr();
     let mut w1 = FarmWorker::start(&s, &kilnd, "w1", &["--token-file", token.to_str().unwrap()]);
     let mut w2 = FarmWorker::start(&s, &kilnd, "w2", &["--token-file", token.to_str().unwrap()]);
     let wrong = s.dir.path().join("wrong");
     fs::write(&wrong, "guess").unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
     let _w3 = FarmWorker::start(&s, &kilnd, "w3", &["--token-file", wrong.to_str().unwrap()]);
     wait_for(&s, &addr, "w1 and w2 to attach", |w| w.len() == 2);
     assert!(

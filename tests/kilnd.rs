@@ -77,7 +77,7 @@ impl Drop for Kilnd {
 }
 
 /// Runs `call` on a gRPC channel to kilnd's socket.
-fn grpc<T, F: std::future::Future<Output = T>>(
+pub(crate) fn grpc<T, F: std::future::Future<Output = T>>(
     socket: &Path,
     call: impl FnOnce(tonic::transport::Channel) -> F,
 ) -> T {

@@ -83,6 +83,25 @@ pub struct Built {
     pub config: Digest,
     /// Every step's cache key and layer, for `--cache-to`.
     pub steps: Vec<(String, crate::solve::Layer)>,
+    /// The ids of the cache mounts this build's RUN steps name, for
+    /// `--cache-to …,cache-mounts=true` (only these, never another build's).
+    pub cache_mounts: std::collections::BTreeSet<String>,
+}
+
+/// The ids of the `RUN --mount=type=cache` mounts in `graph`.
+fn cache_mount_ids(graph: &convert::BuildGraph) -> std::collections::BTreeSet<String> {
+    use kiln_proto::ops::v1::{MountType, op};
+    graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op.kind {
+            Some(op::Kind::Exec(exec)) => Some(exec),
+            _ => None,
+        })
+        .flat_map(|exec| &exec.mounts)
+        .filter(|m| m.r#type == MountType::Cache as i32)
+        .filter_map(|m| m.cache.as_ref().map(|c| c.id.clone()))
+        .collect()
 }
 
 /// Base images come from kiln's store, pulled into it as `--pull` says.
@@ -162,6 +181,7 @@ pub fn build(
     options.dockerignore = req.dockerignore.clone();
     let graph = convert::convert_dockerfile(&req.dockerfile, &options)?;
     let target = graph.target_stage().clone();
+    let cache_mounts = cache_mount_ids(&graph);
     let snapshots = Snapshots::open(store.root().join("snapshots"))?;
     // Unpacks a killed build left half done (the root's lock is ours).
     snapshots.recover()?;
@@ -257,5 +277,6 @@ pub fn build(
             .steps
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
+        cache_mounts,
     })
 }

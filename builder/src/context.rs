@@ -108,13 +108,16 @@ pub struct Entry {
 }
 
 /// Every entry under `dir` (parents before children), leaving out what
-/// `ignore` excludes. Symlinks are entries, never followed.
+/// `ignore` excludes, and the other names (hard links) of files it
+/// excludes. Symlinks are entries, never followed.
 pub fn entries(
     dir: &Path,
     ignore: &kiln_frontend::dockerignore::Matcher,
 ) -> std::io::Result<Vec<Entry>> {
     use std::os::unix::fs::MetadataExt as _;
     let mut out = Vec::new();
+    // (dev, ino) of each kept regular file with several names, by index.
+    let mut linked: Vec<(usize, (u64, u64))> = Vec::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let path = if rel.is_empty() {
@@ -139,6 +142,9 @@ pub fn entries(
             if meta.is_dir() {
                 stack.push(child.clone());
             }
+            if meta.is_file() && meta.nlink() > 1 {
+                linked.push((out.len(), (meta.dev(), meta.ino())));
+            }
             out.push(Entry {
                 path: child,
                 size: if meta.is_dir() { 0 } else { meta.size() },
@@ -147,7 +153,49 @@ pub fn entries(
             });
         }
     }
+    if !linked.is_empty() && !ignore.is_empty() {
+        let hidden = hidden_links(dir, ignore)?;
+        let drop: std::collections::HashSet<usize> = linked
+            .iter()
+            .filter(|(_, key)| hidden.contains(key))
+            .map(|(i, _)| *i)
+            .collect();
+        if !drop.is_empty() {
+            let mut index = 0..;
+            out.retain(|_| !drop.contains(&index.next().unwrap_or(usize::MAX)));
+        }
+    }
     Ok(out)
+}
+
+/// The (dev, ino) of every regular file with several names under `dir`
+/// that `ignore` excludes (ignored directories are walked too): another
+/// name of one is the same ignored content.
+fn hidden_links(
+    dir: &Path,
+    ignore: &kiln_frontend::dockerignore::Matcher,
+) -> std::io::Result<std::collections::HashSet<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = std::collections::HashSet::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&rel))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.is_dir() {
+                stack.push(child);
+            } else if meta.is_file() && meta.nlink() > 1 && ignore.excludes(&child) {
+                found.insert((meta.dev(), meta.ino()));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `entries` of the context directory as one tar stream (kiln

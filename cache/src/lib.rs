@@ -21,4 +21,4 @@ mod root;
 pub use self::content::{BlobWriter, Committed, ContentError, ContentStore};
 pub use self::digest::{Digest, DigestError, Hasher};
 pub use self::meta::{CacheRecord, ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
-pub use self::root::{Recovery, Store, StoreError, default_root, referenced};
+pub use self::root::{Recovery, Store, StoreError, default_root, private_dir, referenced};

@@ -78,13 +78,29 @@ impl Store {
     /// Opens (creating) the store at `root`: waits for the root's lock,
     /// removes unfinished writes, drops records that point at missing
     /// blobs, and forgets leases of dead operations.
+    ///
+    /// The root and the directories it holds are the store owner's alone
+    /// (0700), also those of a store an older kiln made: snapshots hold
+    /// unpacked layers (setuid binaries among them) and sessions other
+    /// clients' contexts.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|source| StoreError::Io {
-            action: "creating",
-            path: root.to_owned(),
-            source,
-        })?;
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        // The root may be a link its owner made; what it holds may not.
+        private_dir(&root.canonicalize().unwrap_or_else(|_| root.to_owned()))?;
         let lock = lock(&root.join("lock"))?;
+        for dir in PRIVATE_DIRS {
+            private_dir(&root.join(dir))?;
+        }
         let content = ContentStore::open(&root.join("content"))?;
         let meta = Box::new(SledMeta::open(&root.join("meta.sled"))?);
         let mut store = Self {
@@ -95,6 +111,10 @@ impl Store {
             _lock: lock,
         };
         store.recovery = store.recover()?;
+        // Recovery emptied the scratch directories by removing them.
+        for dir in PRIVATE_DIRS {
+            private_dir(&root.join(dir))?;
+        }
         if store.recovery != Recovery::default() {
             tracing::info!(recovery = ?store.recovery, "store recovered");
         }
@@ -173,9 +193,53 @@ impl Store {
     }
 }
 
+/// The directories of a root, all made 0700 when it opens: what the
+/// worker (`snapshots`, `cache-mounts`, `steps`) and kilnd (`sessions`)
+/// keep there is then never created with the umask's mode.
+const PRIVATE_DIRS: &[&str] = &[
+    "content",
+    "meta.sled",
+    "tmp",
+    "snapshots",
+    "cache-mounts",
+    "steps",
+    "sessions",
+];
+
+/// Creates directory `path` (its parent exists) with mode 0700, or makes an
+/// existing one 0700. A symlink in its place is refused: the root's
+/// contents must be where its owner put them.
+pub fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let err = |action| {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err("creating")(e)),
+    }
+    let meta = fs::symlink_metadata(path).map_err(err("reading"))?;
+    if !meta.is_dir() {
+        return Err(err("opening")(io::Error::other(
+            "not a directory (a store directory must not be a link)",
+        )));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err("restricting"))?;
+    }
+    Ok(())
+}
+
 fn lock(path: &Path) -> Result<Flock<File>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let file = OpenOptions::new()
         .create(true)
+        .mode(0o600)
         .truncate(false)
         .write(true)
         .open(path)

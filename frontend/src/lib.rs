@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod dockerignore;
+pub mod gitref;
 pub mod instructions;
 pub mod parser;
 mod paths;

@@ -444,8 +444,9 @@ impl Drop for CacheGuard {
     }
 }
 
-/// A file-system-safe name for a cache id (ids are free text: `/root/.cache`).
-fn cache_dir_name(id: &str) -> String {
+/// A file-system-safe name for a cache id (ids are free text: `/root/.cache`):
+/// its directory under `cache-mounts/`.
+pub fn cache_dir_name(id: &str) -> String {
     use std::fmt::Write;
     let digest = kiln_frontend::convert::sha256_digest(id.as_bytes());
     let mut name: String = id

@@ -26,8 +26,24 @@ type BuildMessage = Result<BuildOutput, Status>;
 type BuildSender = tokio::sync::mpsc::Sender<BuildMessage>;
 pub(super) type BuildStream = ReceiverStream<BuildMessage>;
 
-/// The directory of a context session's tree (named by a digest of the
-/// client's key, which may be any text).
+/// A new context session id: 128 random bits as 32 hex digits. kilnd
+/// issues them (`ContextState`); holding one is what lets a client see and
+/// reuse the session's tree, so none can be guessed or derived from a
+/// client's host and directory.
+fn new_session_id() -> Result<String, ControlError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ControlError::Context(format!("making a session id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `id` has the form of an id kilnd issues.
+fn is_session_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The directory of a context session's tree (named by a digest of its
+/// id: a listing of the store does not give the ids away).
 fn session_dir(store: &Store, session: &str) -> PathBuf {
     let digest = kiln_cache::Digest::of(session.as_bytes());
     store.root().join("sessions").join(&digest.hex()[..32])
@@ -217,6 +233,13 @@ impl ControlService {
             .await
             .map_err(|e| ControlError::Context(e.to_string()))?;
         drop(tar);
+        if !spec.session.is_empty() && !self.known_session(&spec.session) {
+            return Err(ControlError::Invalid(format!(
+                "context session {:?}: kilnd did not issue it (ask ContextState for one)",
+                spec.session
+            ))
+            .into());
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let agents = forward_agents(&spec.ssh, scratch.path(), input, &tx)?;
         let secrets = spec.secrets.clone();
@@ -330,7 +353,7 @@ impl ControlService {
                         &store,
                         &reference,
                         &built.steps,
-                        mounts,
+                        mounts.then_some(&built.cache_mounts),
                         &registry_options,
                     )?;
                 }
@@ -360,13 +383,16 @@ impl ControlService {
         &self,
         request: Request<pb::ContextStateRequest>,
     ) -> Result<Response<pb::ContextStateResponse>, Status> {
-        let session = request.into_inner().session;
-        if session.is_empty() {
-            return Err(ControlError::Invalid("no session".into()).into());
-        }
+        let asked = request.into_inner().session;
+        let session = if self.known_session(&asked) {
+            asked
+        } else {
+            self.issue_session()?
+        };
+        let id = session.clone();
         let files = self
             .blocking(move |s| {
-                let dir = session_dir(s, &session);
+                let dir = session_dir(s, &id);
                 if !dir.is_dir() {
                     return Ok(Vec::new());
                 }
@@ -386,6 +412,46 @@ impl ControlService {
                     mode: e.mode,
                 })
                 .collect(),
+            session,
         }))
+    }
+
+    /// Whether kilnd issued session `id`: since it started, or before (it
+    /// holds the session's tree).
+    fn known_session(&self, id: &str) -> bool {
+        if !is_session_id(id) {
+            return false;
+        }
+        let issued = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(id);
+        issued || session_dir(&self.store, id).is_dir()
+    }
+
+    /// A new session, known from now on.
+    fn issue_session(&self) -> Result<String, ControlError> {
+        let id = new_session_id()?;
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), Arc::default());
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_random_and_checked() {
+        let (a, b) = (new_session_id().unwrap(), new_session_id().unwrap());
+        assert_ne!(a, b);
+        assert!(is_session_id(&a) && is_session_id(&b));
+        for bad in ["", "host:/ctx", "../x", &a.to_uppercase(), &a[..31]] {
+            assert!(!is_session_id(bad), "{bad}");
+        }
     }
 }

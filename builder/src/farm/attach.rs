@@ -19,10 +19,15 @@ use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::gc::Gc;
+use super::token::SendToken;
 use super::{HEARTBEAT, wire};
+
+/// The farm client: every call carries the worker token.
+type Client = FarmClient<InterceptedService<Channel, SendToken>>;
 use crate::control::ChunkWriter;
 use crate::entitlements::{EntitlementError, Entitlements, check_step};
 use crate::image::ImageError;
@@ -77,7 +82,10 @@ pub async fn serve(
 ) -> Result<(), AttachError> {
     let snapshots = Snapshots::open(store.root().join("snapshots"))?;
     snapshots.recover()?;
-    let client = FarmClient::new(channel).max_decoding_message_size(64 << 20);
+    let send = SendToken::new(config.token.as_deref())
+        .ok_or_else(|| AttachError::Invalid("the worker token is not printable ASCII".into()))?;
+    let client: Client =
+        FarmClient::with_interceptor(channel, send).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(64);
     let (os, arch) = crate::image::host_platform();
     let hello = pb::Hello {
@@ -164,7 +172,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct StepRunner {
     store: Arc<Store>,
     snapshots: Snapshots,
-    client: FarmClient<Channel>,
+    client: Client,
     tx: mpsc::Sender<pb::WorkerMessage>,
     runtime: tokio::runtime::Handle,
     gc: Arc<Gc>,

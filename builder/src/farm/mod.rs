@@ -16,6 +16,7 @@
 pub mod attach;
 mod gc;
 mod service;
+pub mod token;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,11 +41,7 @@ pub const BUSY_BYTES: u64 = 64 << 20;
 /// Workers a step may be lost with before its build fails.
 pub const ATTEMPTS: u32 = 3;
 
-/// The worker token in `file` (kilnd's `--worker-token-file`, a worker's
-/// `--token-file`), without surrounding white space.
-pub fn read_token(file: &std::path::Path) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(file)?.trim().to_owned())
-}
+pub use token::read_token;
 
 /// Why a step did not run on the farm.
 #[derive(Debug, Error)]
@@ -306,7 +303,7 @@ impl Farm {
     /// Takes a worker's hello: its attachment's session number.
     fn attach(&self, hello: &pb::Hello, to_worker: ToWorker) -> Result<u64, AttachRefused> {
         if let Some(token) = &self.token
-            && hello.token != *token
+            && !token::matches(token, &hello.token)
         {
             return Err(AttachRefused::Token);
         }

@@ -10,6 +10,7 @@
 //! Cache keys are portable: they are digests of ops, inputs and file
 //! contents, never of paths on one machine.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use kiln_cache::{CacheRecord, Digest, Store};
@@ -82,12 +83,13 @@ pub struct Imported {
 }
 
 /// Pushes `steps` (cache key and layer of every step of a build) and, with
-/// `mounts`, the cache mounts' contents, to `reference`.
+/// `mounts`, the contents of the cache mounts of those ids (the build's
+/// own: `Built::cache_mounts`), to `reference`.
 pub fn export(
     store: &Store,
     reference: &str,
     steps: &[(String, Layer)],
-    mounts: bool,
+    mounts: Option<&BTreeSet<String>>,
     options: &Options,
 ) -> Result<Pushed> {
     let reference = Reference::parse(reference)?;
@@ -104,8 +106,8 @@ pub fn export(
             .collect(),
         mounts: Vec::new(),
     };
-    if mounts {
-        config.mounts = mount_layers(store)?;
+    if let Some(ids) = mounts {
+        config.mounts = mount_layers(store, ids)?;
     }
     let config_bytes = image::canonical_json(&config);
     let config_digest = store.content.write_bytes(&config_bytes)?;
@@ -140,21 +142,18 @@ pub fn export(
     push::push_manifest(store, &reference, &manifest, &blobs, options)
 }
 
-/// Every cache mount directory as a gzip layer in the store.
-fn mount_layers(store: &Store) -> Result<Vec<MountDir>> {
+/// The directories of cache mounts `ids` (those that exist) as gzip
+/// layers in the store. Other builds' cache mounts stay where they are:
+/// they may hold what those builds fetched with their own credentials.
+fn mount_layers(store: &Store, ids: &BTreeSet<String>) -> Result<Vec<MountDir>> {
     let dir = store.root().join("cache-mounts");
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_error(&dir, e)),
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue; // the lock files beside the directories
+    for id in ids {
+        let name = kiln_worker::exec::cache_dir_name(id);
+        let path = dir.join(&name);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue; // never used here (a farm worker's, or a cached step's)
         }
-        let name = entry.file_name().to_string_lossy().into_owned();
         let encoder = Encoder::new(LayerCompression::default(), store.content.writer()?)
             .map_err(|e| io_error(&path, e))?;
         let encoder = layer::diff_clamped(&path, encoder, None)

@@ -110,10 +110,18 @@ pub(super) fn http(
 
 /// Checks out `source` into `dir` with the `git` program (as BuildKit
 /// does): the ref's tree, or its `subdir`, without `.git` unless asked.
+///
+/// The source is checked again here (see `kiln_frontend::gitref`): the
+/// graph need not come from kiln's frontend.
 pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
+    kiln_frontend::gitref::check(&source.remote, &source.r#ref, &source.subdir)
+        .map_err(|e| e.to_string())?;
     let repo = scratch.path().join("repo");
-    std::fs::create_dir(&repo).map_err(|e| format!("creating {}: {e}", repo.display()))?;
-    let git = |args: &[&str]| git_in(&repo, args);
+    let home = scratch.path().join("home");
+    for dir in [&repo, &home] {
+        std::fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let git = |args: &[&str]| git_in(&repo, &home, args);
     git(&["init", "-q"])?;
     git(&["remote", "add", "origin", &source.remote])?;
     let wanted = if source.r#ref.is_empty() {
@@ -124,8 +132,10 @@ pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
     // A shallow fetch of the one ref; dumb-HTTP remotes cannot do that (a
     // full fetch of the ref then), and a commit that is no ref's tip is
     // found by fetching everything.
-    let fetched = git(&["fetch", "-q", "--depth=1", "origin", wanted])
-        .or_else(|_| git(&["fetch", "-q", "origin", wanted]));
+    // `--` ends the options: what follows is never one (the ref is checked
+    // too).
+    let fetched = git(&["fetch", "-q", "--depth=1", "--", "origin", wanted])
+        .or_else(|_| git(&["fetch", "-q", "--", "origin", wanted]));
     let commit = match fetched {
         Ok(_) => git(&["rev-parse", "FETCH_HEAD^{commit}"])?,
         Err(_) => {
@@ -133,6 +143,7 @@ pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
                 "fetch",
                 "-q",
                 "--tags",
+                "--",
                 "origin",
                 "+refs/heads/*:refs/remotes/origin/*",
             ])
@@ -184,16 +195,57 @@ pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
     })
 }
 
-/// Runs `git args` in `repo`; its trimmed stdout, or its stderr as the error.
-fn git_in(repo: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        // Never ask for a password on a terminal; no user or system config.
+/// Runs `git args` in `repo` with `home` as its `$HOME`; its trimmed
+/// stdout, or its stderr as the error.
+///
+/// git's environment is built, not inherited: nothing of the host's
+/// configuration (system, global, `GIT_*` variables, hooks from an init
+/// template) reaches it, only the network transports of
+/// `kiln_frontend::gitref` are allowed (`GIT_ALLOW_PROTOCOL` overrides any
+/// `protocol.*.allow`, also for redirects and submodules: never `file`,
+/// `ext` or another helper), and it never prompts.
+fn git_in(repo: &Path, home: &Path, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new("git");
+    command
+        .env_clear()
+        .env("HOME", home)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env(
+            "GIT_ALLOW_PROTOCOL",
+            kiln_frontend::gitref::ALLOWED_PROTOCOLS.join(":"),
+        )
+        .env("GIT_PROTOCOL_FROM_USER", "0")
+        // ssh: no questions, no password prompts.
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    // What finds git and the network (PATH, proxies, an SSH agent, CA
+    // certificates) is the host's own.
+    for name in [
+        "PATH",
+        "LANG",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "SSH_AUTH_SOCK",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    let out = command
+        .arg("-c")
+        .arg("core.hooksPath=/dev/null")
+        .arg("-c")
+        .arg("init.templateDir=")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("running git: {e} (ADD of a Git repository needs git)"))?;
@@ -205,5 +257,65 @@ fn git_in(repo: &Path, args: &[&str]) -> Result<String, String> {
             args.first().copied().unwrap_or(""),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Even given a remote that the checks would refuse, git itself does
+    /// not run a transport helper or read a local repository.
+    #[test]
+    fn git_allows_only_network_transports() {
+        if std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("NOTICE: git is not installed; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, home) = (dir.path().join("repo"), dir.path().join("home"));
+        std::fs::create_dir(&repo).unwrap();
+        std::fs::create_dir(&home).unwrap();
+        let sentinel = dir.path().join("ran");
+        git_in(&repo, &home, &["init", "-q"]).unwrap();
+        let ext = format!("ext::sh -c touch% {}", sentinel.display());
+        let e = git_in(&repo, &home, &["ls-remote", "--", &ext]).unwrap_err();
+        assert!(e.contains("transport 'ext' not allowed"), "{e}");
+        assert!(!sentinel.exists(), "the ext:: command ran");
+        let local = format!("file://{}", repo.display());
+        let e = git_in(&repo, &home, &["ls-remote", "--", &local]).unwrap_err();
+        assert!(e.contains("transport 'file' not allowed"), "{e}");
+        let e = git_in(&repo, &home, &["ls-remote", "--", repo.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("transport 'file' not allowed"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_source_never_reaches_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let sentinel = dir.path().join("ran");
+        for remote in [
+            format!("ext::sh -c touch% {}", sentinel.display()),
+            format!("ext::touch%{}", sentinel.display()),
+            sentinel.display().to_string(),
+        ] {
+            let source = GitSource {
+                remote,
+                ..Default::default()
+            };
+            let e = git(&source, tempfile::tempdir().unwrap()).unwrap_err();
+            assert!(e.starts_with("Git remote"), "{e}");
+        }
+        let source = GitSource {
+            remote: "https://example.com/x.git".into(),
+            r#ref: "--upload-pack=touch".into(),
+            ..Default::default()
+        };
+        let e = git(&source, tempfile::tempdir().unwrap()).unwrap_err();
+        assert!(e.contains("must not start with '-'"), "{e}");
+        assert!(!sentinel.exists());
     }
 }

@@ -132,7 +132,9 @@ impl Solver<'_> {
     /// An input as directories for a bind mount or a copy source.
     fn input_dirs(&self, inputs: &[(Fs, String)], index: i32) -> Result<Vec<PathBuf>> {
         match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
-            Some((Fs::Context(dir), _)) => Ok(vec![dir.clone()]),
+            // Every read of the context goes through its view: what
+            // `.dockerignore` excludes is not there, however it is named.
+            Some((Fs::Context(_), _)) => Ok(vec![self.context_view()?]),
             Some((Fs::Fetched(fetched), _)) => Ok(vec![fetched.dir.clone()]),
             Some((Fs::Layers(chain), _)) if !chain.is_empty() => self.lowerdirs(chain),
             _ => Ok(Vec::new()),
@@ -209,12 +211,7 @@ impl Solver<'_> {
                 mounts.push(self.plain_mount(m)?);
                 continue;
             }
-            let input = usize::try_from(m.input).ok().and_then(|i| inputs.get(i));
-            let layers = if matches!(input, Some((Fs::Context(_), _))) {
-                vec![self.context_view()?]
-            } else {
-                self.input_dirs(inputs, m.input)?
-            };
+            let layers = self.input_dirs(inputs, m.input)?;
             let layers = if layers.is_empty() {
                 vec![self.empty_dir()?]
             } else {
@@ -427,9 +424,11 @@ impl Solver<'_> {
         Ok(step)
     }
 
-    /// The build context as RUN bind mounts see it: without what
-    /// `.dockerignore` excludes (as BuildKit, which never sends those
-    /// files). Made once per build, and only when there are patterns.
+    /// The build context as every step sees it (COPY, ADD, RUN bind
+    /// mounts): without what `.dockerignore` excludes, as BuildKit, which
+    /// never sends those files. A symlink to an ignored file is copied as
+    /// the link (following it finds nothing), a hard link of one is left
+    /// out. Made once per build, and only when there are patterns.
     pub(super) fn context_view(&self) -> Result<PathBuf> {
         if self.dockerignore.is_empty() {
             return Ok(self.context.clone());

@@ -96,7 +96,7 @@ impl Converter<'_> {
                         source,
                         add.keep_git_dir,
                         add.checksum.clone(),
-                    );
+                    )?;
                     push(&mut groups, Origin::Vertex(digest), "/".to_owned(), false);
                 } else if is_add && is_http_url(source) {
                     let (digest, file) =
@@ -109,6 +109,8 @@ impl Converter<'_> {
                     );
                 } else if is_http_url(source) || is_git_url(source) {
                     return Err(Kind::Source(name, source.clone()));
+                } else if is_add && foreign_url(source) {
+                    return Err(Kind::Scheme(source.clone()));
                 } else {
                     if add.checksum.is_some() {
                         return Err(Kind::ChecksumLocal(source.clone()));
@@ -283,19 +285,19 @@ impl Converter<'_> {
         url: &str,
         keep_git_dir: bool,
         checksum: Option<String>,
-    ) -> String {
-        let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
-        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    ) -> Result<String, Kind> {
+        let parsed = crate::gitref::parse(url)?;
         let source = GitSource {
-            remote: remote.to_owned(),
-            r#ref: reference.to_owned(),
-            subdir: subdir.to_owned(),
+            remote: parsed.remote,
+            r#ref: parsed.reference,
+            subdir: parsed.subdir,
             keep_git_dir,
             checksum: checksum.unwrap_or_default(),
         };
         let op = new_source(source_op::Source::Git(source), None);
-        self.graph
-            .add(op, sub_meta(Self::meta(state, command), url))
+        Ok(self
+            .graph
+            .add(op, sub_meta(Self::meta(state, command), url)))
     }
 }
 
@@ -331,14 +333,20 @@ fn is_http_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
-/// BuildKit's test for a Git source in ADD.
-fn is_git_url(s: &str) -> bool {
-    let without_fragment = s.split('#').next().unwrap_or(s);
-    s.starts_with("git://")
-        || s.starts_with("git@")
-        || s.starts_with("ssh://")
-        || s.starts_with("github.com/")
-        || (is_http_url(s) && without_fragment.ends_with(".git"))
+use crate::gitref::is_git_url;
+
+/// A URL (`scheme://…`) or a Git transport (`transport::address`) ADD does
+/// not take: only http(s) URLs and the Git remotes of [`crate::gitref`]
+/// are fetched; such a source is refused rather than read as a context path.
+fn foreign_url(s: &str) -> bool {
+    let scheme_end = s.find("://").or_else(|| s.find("::"));
+    scheme_end.is_some_and(|end| {
+        let scheme = &s[..end];
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    })
 }
 
 /// `user[:group]`, each a name or a numeric id.
@@ -396,5 +404,16 @@ mod tests {
         ));
         assert!(is_git_url("git@github.com:moby/buildkit.git"));
         assert!(!is_git_url("https://example.com/file.tar.gz"));
+        for foreign in [
+            "file:///etc/passwd",
+            "ftp://h/f",
+            "ext::sh -c x",
+            "s3://b/k",
+        ] {
+            assert!(foreign_url(foreign), "{foreign}");
+        }
+        for path in ["a.txt", "dir/a::b", "./x://y"] {
+            assert!(!foreign_url(path), "{path}");
+        }
     }
 }

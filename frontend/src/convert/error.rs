@@ -39,6 +39,12 @@ pub enum ConvertErrorKind {
     Chown(String),
     #[error("{0} sources must be a URL or a path: {1:?}")]
     Source(&'static str, String),
+    #[error(
+        "ADD source {0:?}: only http:// and https:// URLs and Git remotes are fetched (no file://, ftp:// or transport helpers)"
+    )]
+    Scheme(String),
+    #[error(transparent)]
+    Git(#[from] crate::gitref::GitRefError),
     #[error("ADD --checksum is only for URL and Git sources, not {0:?}")]
     ChecksumLocal(String),
     #[error("invalid port {0:?}: expected PORT[-END][/tcp|udp|sctp]")]

@@ -58,12 +58,15 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
     };
     let (excludes, root_excludes) = (matcher(&req.excludes)?, matcher(&req.root_excludes)?);
     let hidden = |path: &str| !root_excludes.is_empty() && root_excludes.excludes(path);
+    let hidden_files =
+        tree::HiddenFiles::new(src_root.open_follow("", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?);
     let mut opts = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
         mode: req.mode,
         excludes: &excludes,
         root_excludes: &root_excludes,
         base: String::new(),
+        hidden_files: &hidden_files,
     };
     // (path, components `--parents` drops: those before a `/./` pivot)
     let mut sources: Vec<(String, usize)> = Vec::new();

@@ -3,6 +3,7 @@
 //! on its parent's descriptor and `O_NOFOLLOW`, so nothing is resolved by
 //! path again (fast for many small files) and no symlink is ever followed.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,6 +31,89 @@ pub(super) struct Meta<'a> {
     pub(super) root_excludes: &'a Matcher,
     /// The copied source's path from the source root.
     pub(super) base: String,
+    /// The files `root_excludes` hides, by inode: their other names (hard
+    /// links) are hidden too.
+    pub(super) hidden_files: &'a HiddenFiles,
+}
+
+/// The (device, inode) of every file with more than one name that a
+/// source root's `.dockerignore` hides, found on first need (a file with
+/// several names among those copied): an ignored file must not be read
+/// through a hard link of another name either.
+pub(super) struct HiddenFiles {
+    root: OwnedFd,
+    inodes: std::cell::OnceCell<HashSet<(u64, u64)>>,
+}
+
+impl HiddenFiles {
+    /// For the source root open as `root` (a directory descriptor).
+    pub(super) fn new(root: OwnedFd) -> Self {
+        Self {
+            root,
+            inodes: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether `st` is another name of a file `root_excludes` hides.
+    fn hides(&self, st: &FileStat, root_excludes: &Matcher) -> Result<bool> {
+        if root_excludes.is_empty()
+            || st.st_nlink < 2
+            || st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG
+        {
+            return Ok(false);
+        }
+        if self.inodes.get().is_none() {
+            let mut found = HashSet::new();
+            hidden_links(&self.root, "", root_excludes, &mut found)?;
+            let _ = self.inodes.set(found);
+        }
+        let key = (st.st_dev, st.st_ino);
+        Ok(self.inodes.get().is_some_and(|set| set.contains(&key)))
+    }
+}
+
+/// Adds to `found` the regular files with several names below directory
+/// `dir` (at `rel` from the root) that `root_excludes` hides. Every
+/// directory is walked, hidden ones too, by descriptor and never through
+/// a symlink.
+fn hidden_links(
+    dir: &OwnedFd,
+    rel: &str,
+    root_excludes: &Matcher,
+    found: &mut HashSet<(u64, u64)>,
+) -> Result<()> {
+    let path = proc_fd_path(dir);
+    let names: Vec<Vec<u8>> = std::fs::read_dir(&path)
+        .map_err(|e| FileOpError::io("reading", &path, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec()))
+        .collect();
+    for name in names {
+        let text = String::from_utf8_lossy(&name);
+        let child = if rel.is_empty() {
+            text.into_owned()
+        } else {
+            format!("{rel}/{text}")
+        };
+        let st = fstatat(dir.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(sys("reading", &name))?;
+        match st.st_mode & nix::libc::S_IFMT {
+            nix::libc::S_IFDIR => {
+                let sub = openat(
+                    dir.as_fd(),
+                    name.as_slice(),
+                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(sys("opening", &name))?;
+                hidden_links(&sub, &child, root_excludes, found)?;
+            }
+            nix::libc::S_IFREG if st.st_nlink > 1 && root_excludes.excludes(&child) => {
+                found.insert((st.st_dev, st.st_ino));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError + use<> {
@@ -68,6 +152,9 @@ pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>)
         }
         let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(sys("reading", &name))?;
+        if meta.hidden_files.hides(&st, meta.root_excludes)? {
+            continue;
+        }
         copy_entry(src, dst, &name, &st, &child_rel, meta)?;
     }
     Ok(())

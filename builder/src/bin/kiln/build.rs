@@ -453,7 +453,7 @@ impl Build {
                 &store,
                 &reference,
                 &built.steps,
-                mounts,
+                mounts.then_some(&built.cache_mounts),
                 &request.registry,
             )?;
             if !quiet {

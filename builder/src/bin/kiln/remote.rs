@@ -23,6 +23,8 @@ pub(crate) const DEFAULT_SOCKET: &str = "/run/kiln/kilnd.sock";
 pub(crate) struct Remote {
     runtime: tokio::runtime::Runtime,
     client: ControlClient<Channel>,
+    /// kilnd's address as given (what context sessions are kept under).
+    addr: String,
 }
 
 /// Mutual TLS for `tcp://` addresses: the CA kilnd's certificate is signed
@@ -85,6 +87,7 @@ pub(crate) fn connect(addr: Option<&str>, tls: &Tls) -> Result<Option<Remote>> {
     Ok(Some(Remote {
         runtime,
         client: ControlClient::new(channel).max_decoding_message_size(64 << 20),
+        addr,
     }))
 }
 
@@ -115,16 +118,25 @@ impl Remote {
         // this directory on this machine; only what changed goes over.
         let local = kiln_builder::context::entries(context, ignore)
             .with_context(|| format!("reading the build context {}", context.display()))?;
-        spec.session = session_key(context);
+        let kept = SessionFile::new(&self.addr, context);
         let client = &mut self.client;
-        let held = self
+        let state = self
             .runtime
-            .block_on(client.context_state(pb::ContextStateRequest {
-                session: spec.session.clone(),
-            }))
+            .block_on(
+                client.context_state(pb::ContextStateRequest {
+                    session: kept
+                        .as_ref()
+                        .and_then(SessionFile::read)
+                        .unwrap_or_default(),
+                }),
+            )
             .map_err(failed)?
-            .into_inner()
-            .files;
+            .into_inner();
+        if let Some(kept) = &kept {
+            kept.write(&state.session);
+        }
+        spec.session = state.session;
+        let held = state.files;
         let (send, removed) = changes(&local, &held);
         spec.removed = removed;
         let (tx, rx) = tokio::sync::mpsc::channel::<BuildInput>(16);
@@ -398,13 +410,63 @@ impl Remote {
     }
 }
 
-/// The session of a context: this machine and the directory.
-fn session_key(context: &Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let dir = context
-        .canonicalize()
-        .unwrap_or_else(|_| context.to_owned());
-    format!("{}:{}", host.trim(), dir.display())
+/// Where this user keeps the context session kilnd issued for a context
+/// directory (one file per kilnd address and directory, under
+/// `$XDG_STATE_HOME/kiln/sessions`, else `~/.local/state/kiln/sessions`;
+/// 0700, files 0600): the id is what gives access to kilnd's copy of the
+/// context, so it stays this user's. Without a home, every build starts
+/// a new session.
+struct SessionFile(PathBuf);
+
+impl SessionFile {
+    fn new(addr: &str, context: &Path) -> Option<Self> {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/state"))
+            })?;
+        let dir = context
+            .canonicalize()
+            .unwrap_or_else(|_| context.to_owned());
+        let key = format!("{addr}\0{}", dir.display());
+        let digest = kiln_cache::Digest::of(key.as_bytes());
+        Some(Self(state.join("kiln/sessions").join(&digest.hex()[..32])))
+    }
+
+    fn read(&self) -> Option<String> {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// Keeps `id`; a failure only costs a full context next time.
+    fn write(&self, id: &str) {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        if self.read().as_deref() == Some(id) {
+            return;
+        }
+        let written = self.0.parent().map_or(Ok(()), |dir| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        });
+        let written = written.and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.0)?
+                .write_all(id.as_bytes())
+        });
+        if let Err(e) = written {
+            tracing::debug!("keeping the context session in {}: {e}", self.0.display());
+        }
+    }
 }
 
 /// What to send (new or changed entries, parents first) and what kilnd

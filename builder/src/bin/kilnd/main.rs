@@ -14,10 +14,12 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use kiln_builder::control::{Collector, ControlService};
 use kiln_builder::entitlements::Entitlements;
+use kiln_builder::farm::token::RequireToken;
 use kiln_builder::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
 #[command(name = "kilnd", version, about = "kiln's build service (gRPC)")]
@@ -96,6 +98,25 @@ fn listen_of(args: &Args) -> Result<Listen> {
     )
 }
 
+/// Listens on the Unix socket `path` with mode 0660 from its first moment:
+/// bound in a new 0700 directory beside it (nobody else can connect
+/// there), made 0660, then renamed to `path` (replacing a dead kilnd's).
+/// A bind at `path` and a chmod after it would leave a window in which
+/// the socket has the umask's mode.
+fn bind_private(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".kilnd-bind-")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a directory in {}", dir.display()))?;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))?;
+    let staged = private.path().join("kilnd.sock");
+    let listener = tokio::net::UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::rename(&staged, path)?;
+    Ok(listener)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     kiln_builder::init_logs("info");
@@ -131,6 +152,7 @@ async fn main() -> Result<()> {
         "the store is kept under --keep-storage after builds"
     );
     let store = Arc::new(store);
+    let require_token = RequireToken::new(token.as_deref());
     let farm = Farm::new(token);
     let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep))
         .with_insecure_entitlements(insecure_entitlements.clone());
@@ -161,7 +183,10 @@ async fn main() -> Result<()> {
         .add_service(health)
         .add_service(reflection)
         .add_service(ControlServer::new(service).max_decoding_message_size(64 << 20))
-        .add_service(FarmServer::new(farm_service).max_decoding_message_size(64 << 20));
+        .add_service(InterceptedService::new(
+            FarmServer::new(farm_service).max_decoding_message_size(64 << 20),
+            require_token,
+        ));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");
@@ -180,12 +205,14 @@ async fn main() -> Result<()> {
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
             // A socket left by a kilnd that died: nobody answers on it.
-            if std::os::unix::net::UnixStream::connect(&path).is_err() {
-                let _ = std::fs::remove_file(&path);
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                bail!(
+                    "listening on {}: another kilnd answers there",
+                    path.display()
+                );
             }
-            let listener = tokio::net::UnixListener::bind(&path)
-                .with_context(|| format!("listening on {}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+            let listener =
+                bind_private(&path).with_context(|| format!("listening on {}", path.display()))?;
             tracing::info!(socket = %path.display(), "kilnd ready");
             router
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
