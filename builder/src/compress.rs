@@ -357,6 +357,52 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
 mod tests {
     use super::*;
 
+    /// A disk that fills after `room` bytes.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room < buf.len() {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.room -= buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_not_a_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..8 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        // Full at once, and full midway.
+        for room in [0, 1 << 20] {
+            let mut e =
+                Encoder::with_threads(LayerCompression::default(), Full { room }, 2).unwrap();
+            let written = e.write_all(&noise);
+            let err = match written {
+                Err(err) => err,
+                Ok(()) => match e.finish() {
+                    Err(err) => err,
+                    Ok(_) => panic!("a full disk went unnoticed"),
+                },
+            };
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        }
+    }
+
     #[test]
     fn gzip_bytes_do_not_depend_on_threads() {
         // Several blocks of mixed text and noise.
