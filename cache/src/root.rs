@@ -315,8 +315,9 @@ mod tests {
         let manifest =
             format!(r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
         let mut top = store.content.write_bytes(manifest.as_bytes()).unwrap();
-        // Deep enough to overflow a 2 MiB stack one frame per level.
-        for _ in 0..20_000 {
+        // Deep enough to overflow the 256 KiB stack below one frame per
+        // level (each blob is synced: keep it small).
+        for _ in 0..3000 {
             let index = format!(r#"{{"manifests":[{{"digest":"{top}"}}]}}"#);
             top = store.content.write_bytes(index.as_bytes()).unwrap();
         }
