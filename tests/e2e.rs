@@ -10,6 +10,7 @@ mod debug;
 mod docker;
 mod farm;
 mod harness;
+mod hostile_bounds;
 mod hostile_dockerignore;
 mod hostile_entitlements;
 mod hostile_git;

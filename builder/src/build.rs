@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_cache::{Digest, Store};
-use kiln_frontend::convert::{self, ConvertOptions, ImageResolver, ResolvedImage};
+use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, ImageResolver, ResolvedImage};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_frontend::reference::Reference;
+use kiln_frontend::shell::Cancel;
 use kiln_proto::ops::v1::Platform;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::spec::Network;
@@ -36,6 +37,8 @@ pub enum BuildError {
     Content(#[from] kiln_cache::ContentError),
     #[error(transparent)]
     Meta(#[from] kiln_cache::MetaError),
+    #[error("starting the conversion thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What to build.
@@ -162,6 +165,39 @@ impl ImageResolver for StoreImages<'_> {
     }
 }
 
+/// Converts the Dockerfile on a thread of its own with the stack
+/// conversion needs at its bounds ([`convert::CONVERT_STACK`]; a build
+/// thread of kilnd has 2 MiB), stopping when the build is cancelled.
+fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<BuildGraph, BuildError> {
+    let convert = || {
+        let resolver = StoreImages {
+            store,
+            pull: req.pull,
+            registry: &req.registry,
+            pulled: Default::default(),
+        };
+        let cancelled = || req.cancellation.is_cancelled();
+        let mut options = ConvertOptions::new(&resolver);
+        options.build_args = req.build_args.clone();
+        options.target = req.target.clone();
+        options.dockerignore = req.dockerignore.clone();
+        options.cancel = Some(Cancel(&cancelled));
+        convert::convert_dockerfile(&req.dockerfile, &options)
+    };
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("convert".to_owned())
+            .stack_size(convert::CONVERT_STACK)
+            .spawn_scoped(scope, convert)
+            .map_err(BuildError::Thread)?;
+        match thread.join() {
+            Ok(graph) => Ok(graph?),
+            // A panic stays this build's error (reported to its client).
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// Builds `req` and tags the result.
 pub fn build(
     store: &Store,
@@ -169,17 +205,7 @@ pub fn build(
     req: &BuildRequest,
     progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Built, BuildError> {
-    let resolver = StoreImages {
-        store,
-        pull: req.pull,
-        registry: &req.registry,
-        pulled: Default::default(),
-    };
-    let mut options = ConvertOptions::new(&resolver);
-    options.build_args = req.build_args.clone();
-    options.target = req.target.clone();
-    options.dockerignore = req.dockerignore.clone();
-    let graph = convert::convert_dockerfile(&req.dockerfile, &options)?;
+    let graph = convert_on_own_stack(store, req)?;
     let target = graph.target_stage().clone();
     let cache_mounts = cache_mount_ids(&graph);
     let snapshots = Snapshots::open(store.root().join("snapshots"))?;

@@ -168,13 +168,13 @@ impl<W: Write + Send + 'static> Encoder<W> {
     fn with_threads(how: LayerCompression, out: W, threads: usize) -> io::Result<Self> {
         Ok(match how.kind {
             Kind::Uncompressed => Self::Plain(out),
-            Kind::Gzip => Self::Gzip(GzipWriter(Some(Box::new(
+            Kind::Gzip => Self::Gzip(GzipWriter::new(
                 gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
                     .num_threads(threads)
                     .map_err(gzp_err)?
                     .compression_level(gzp::Compression::new(how.level))
                     .from_writer(out),
-            )))),
+            )),
             Kind::Zstd => Self::Zstd(zstd::stream::Encoder::new(
                 out,
                 i32::try_from(how.level).unwrap_or(3),
@@ -192,32 +192,60 @@ impl<W: Write + Send + 'static> Encoder<W> {
     }
 }
 
-/// gzp's writer, finished exactly once: gzp's own Drop panics when its
-/// writer failed, so one dropped on an error path is finished here, quietly.
-pub struct GzipWriter<W: Write + Send + 'static>(
-    Option<Box<gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>>>,
-);
+/// gzp's writer, finished exactly once. After gzp returned an error its
+/// channels are gone and any further call (`write`, `finish`, and so the
+/// finish a drop would do) panics on them: a failed writer is only
+/// dropped. One dropped on another error path is finished here, quietly
+/// (gzp's own Drop would panic if that failed).
+pub struct GzipWriter<W: Write + Send + 'static> {
+    gz: Option<Box<gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>>>,
+    failed: bool,
+}
 
 impl<W: Write + Send + 'static> GzipWriter<W> {
-    fn finish(&mut self) -> io::Result<W> {
-        let mut gz = self
-            .0
-            .take()
-            .ok_or_else(|| io::Error::other("gzip already finished"))?;
-        gzp::ZWriter::finish(&mut *gz).map_err(gzp_err)
+    fn new(gz: gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>) -> Self {
+        Self {
+            gz: Some(Box::new(gz)),
+            failed: false,
+        }
     }
 
-    fn writer(&mut self) -> io::Result<&mut dyn Write> {
-        match self.0.as_deref_mut() {
-            Some(gz) => Ok(gz),
-            None => Err(io::Error::other("gzip already finished")),
+    fn finish(&mut self) -> io::Result<W> {
+        let mut gz = self.usable()?;
+        let result = gzp::ZWriter::finish(&mut *gz).map_err(gzp_err);
+        if result.is_err() {
+            self.failed = true;
         }
+        result
+    }
+
+    /// The writer, taken, unless finished or failed.
+    fn usable(
+        &mut self,
+    ) -> io::Result<Box<gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>>> {
+        match self.gz.take() {
+            Some(gz) if !self.failed => Ok(gz),
+            _ => Err(io::Error::other("gzip already finished or failed")),
+        }
+    }
+
+    /// Runs `f` on the writer; an error marks it failed.
+    fn with<T>(&mut self, f: impl FnOnce(&mut dyn Write) -> io::Result<T>) -> io::Result<T> {
+        let gz = match self.gz.as_deref_mut() {
+            Some(gz) if !self.failed => gz,
+            _ => return Err(io::Error::other("gzip already finished or failed")),
+        };
+        let result = f(gz);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
     }
 }
 
 impl<W: Write + Send + 'static> Drop for GzipWriter<W> {
     fn drop(&mut self) {
-        if self.0.is_some() {
+        if self.gz.is_some() && !self.failed {
             let _ = self.finish();
         }
     }
@@ -227,7 +255,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Plain(w) => w.write(buf),
-            Self::Gzip(gz) => gz.writer()?.write(buf),
+            Self::Gzip(gz) => gz.with(|w| w.write(buf)),
             Self::Zstd(z) => z.write(buf),
         }
     }
@@ -235,7 +263,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(w) => w.flush(),
-            Self::Gzip(gz) => gz.writer()?.flush(),
+            Self::Gzip(gz) => gz.with(|w| w.flush()),
             Self::Zstd(z) => z.flush(),
         }
     }
@@ -328,6 +356,52 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk that fills after `room` bytes.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room < buf.len() {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.room -= buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_not_a_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..8 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        // Full at once, and full midway.
+        for room in [0, 1 << 20] {
+            let mut e =
+                Encoder::with_threads(LayerCompression::default(), Full { room }, 2).unwrap();
+            let written = e.write_all(&noise);
+            let err = match written {
+                Err(err) => err,
+                Ok(()) => match e.finish() {
+                    Err(err) => err,
+                    Ok(_) => panic!("a full disk went unnoticed"),
+                },
+            };
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        }
+    }
 
     #[test]
     fn gzip_bytes_do_not_depend_on_threads() {

@@ -200,15 +200,26 @@ impl Write for BlobWriter {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("blob writer already committed"))?;
-        let n = file.write(buf)?;
+        // The blob's path in the error: "No space left on device" alone
+        // does not say which disk filled.
+        let temp = &self.temp;
+        let n = file.write(buf).map_err(|e| with_path(e, temp))?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().map_or(Ok(()), Write::flush)
+        let temp = &self.temp;
+        self.file
+            .as_mut()
+            .map_or(Ok(()), |f| f.flush().map_err(|e| with_path(e, temp)))
     }
+}
+
+/// `e` (same kind) saying which file was being written.
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
 }
 
 impl BlobWriter {

@@ -174,20 +174,25 @@ impl Store {
     }
 
     /// Whether `digest` and everything it references (for a manifest or an
-    /// index, recursively) are in the content store.
+    /// index, recursively) are in the content store. A walk with its own
+    /// stack, each blob read once: an index nested thousands deep (written
+    /// by an archive or an older kiln) cannot overflow the thread's stack.
     pub fn complete(&self, digest: &Digest) -> Result<bool> {
-        if !self.content.has(digest) {
-            return Ok(false);
-        }
-        let bytes = match fs::metadata(self.content.path(digest)) {
-            // Layers are large and reference nothing; only JSON is read.
-            Ok(m) if m.len() > 4 << 20 => return Ok(true),
-            _ => self.content.read(digest)?,
-        };
-        for child in referenced(&bytes) {
-            if !self.complete(&child)? {
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![digest.clone()];
+        while let Some(digest) = todo.pop() {
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
+            if !self.content.has(&digest) {
                 return Ok(false);
             }
+            let bytes = match fs::metadata(self.content.path(&digest)) {
+                // Layers are large and reference nothing; only JSON is read.
+                Ok(m) if m.len() > 4 << 20 => continue,
+                _ => self.content.read(&digest)?,
+            };
+            todo.extend(referenced(&bytes));
         }
         Ok(true)
     }
@@ -364,5 +369,29 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(10))
             .expect("second open proceeds");
         waiter.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn complete_walks_a_deep_index_chain_without_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = store.content.write_bytes(b"layer").unwrap();
+        let manifest =
+            format!(r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
+        let mut top = store.content.write_bytes(manifest.as_bytes()).unwrap();
+        // Deep enough to overflow the 256 KiB stack below one frame per
+        // level (each blob is synced: keep it small).
+        for _ in 0..3000 {
+            let index = format!(r#"{{"manifests":[{{"digest":"{top}"}}]}}"#);
+            top = store.content.write_bytes(index.as_bytes()).unwrap();
+        }
+        let deep = top.clone();
+        let checked = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || store.complete(&deep).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(checked);
     }
 }

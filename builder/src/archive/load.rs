@@ -1,5 +1,10 @@
 //! `kiln load`: a docker-archive (as `docker save` writes it) or an OCI
 //! layout tar into the store, streaming every file straight into a blob.
+//!
+//! An archive is hostile until checked: only the four files that describe
+//! it are held in memory, each within [`MAX_METADATA`], as are every
+//! config (streamed to a blob) and the tar's own extension headers; the
+//! entries, their names and how deep indexes nest are bounded too.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,11 +14,23 @@ use std::path::{Component, Path};
 use kiln_cache::{Committed, Digest, Store};
 use serde::Deserialize;
 
-use crate::image::{self, ImageError, OCI_MANIFEST, Result};
+use crate::image::{self, ImageError, MAX_METADATA, OCI_MANIFEST, Result};
 use kiln_worker::layer::compression::{Compression, decompressed};
 
-/// Metadata files are read into memory; anything larger is a blob.
-const MAX_METADATA: u64 = 16 << 20;
+/// The entries an archive may have. `docker save` writes three or four per
+/// layer and an OCI layout one per blob; this is thousands of images.
+const MAX_ENTRIES: usize = 1 << 16;
+
+/// The longest entry name (or link target), in bytes: layout names are
+/// under 100, and every name read is kept until the load ends.
+const MAX_NAME: usize = 1024;
+
+/// The largest tar extension header (GNU long name, PAX records), which
+/// is read into memory (the tar crate would read any size).
+const MAX_EXTENSION: u64 = 64 << 10;
+
+/// The files that describe an archive; they stay in memory.
+const DESCRIPTIONS: [&str; 4] = ["manifest.json", "index.json", "oci-layout", "repositories"];
 
 /// What a load added.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -105,20 +122,36 @@ fn read_archive(store: &Store, path: &Path, contents: &mut Contents) -> Result<(
         )),
     };
     let mut first = true;
-    for entry in archive.entries().map_err(|e| not_tar(e, true))? {
+    let mut count = 0;
+    // Raw entries: extension headers come as entries, checked here.
+    let mut pending = Extensions::default();
+    for entry in archive.entries().map_err(|e| not_tar(e, true))?.raw(true) {
         let mut entry = entry.map_err(|e| not_tar(e, first))?;
         first = false;
-        let name = entry_name(&entry.path().map_err(|e| bad(e.to_string()))?).ok_or_else(|| {
-            bad(format!(
-                "unsafe path in archive: {}",
-                String::from_utf8_lossy(&entry.path_bytes())
-            ))
-        })?;
-        match entry.header().entry_type() {
+        count += 1;
+        if count > MAX_ENTRIES {
+            return Err(bad(format!(
+                "more than {MAX_ENTRIES} entries (the limit of an archive)"
+            )));
+        }
+        let kind = entry.header().entry_type();
+        if pending.read(&mut entry, kind).map_err(&bad)? {
+            continue;
+        }
+        let extensions = std::mem::take(&mut pending);
+        let raw_name = extensions
+            .path
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let name = name_of(&raw_name).map_err(&bad)?;
+        match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {}
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                if let Ok(Some(target)) = entry.link_name() {
+                let target = extensions
+                    .link
+                    .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()));
+                if let Some(target) = target.filter(|t| t.len() <= MAX_NAME) {
                     let base = Path::new(&name).parent().unwrap_or(Path::new(""));
+                    let target = String::from_utf8_lossy(&target).into_owned();
                     if let Some(target) = entry_name(&base.join(target)) {
                         contents.links.insert(name, target);
                     }
@@ -127,19 +160,17 @@ fn read_archive(store: &Store, path: &Path, contents: &mut Contents) -> Result<(
             }
             _ => continue,
         }
-        let is_metadata =
-            matches!(
-                name.as_str(),
-                "manifest.json" | "index.json" | "oci-layout" | "repositories"
-            ) || (!name.contains('/') && name.ends_with(".json") && entry.size() <= MAX_METADATA);
-        if is_metadata && entry.size() <= MAX_METADATA {
+        let top_json = !name.contains('/') && name.ends_with(".json");
+        if (DESCRIPTIONS.contains(&name.as_str()) || top_json) && entry.size() > MAX_METADATA {
+            return Err(ImageError::TooLarge {
+                what: format!("{}: {name}", path.display()),
+                size: entry.size(),
+                limit: MAX_METADATA,
+            });
+        }
+        if DESCRIPTIONS.contains(&name.as_str()) {
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(io("reading"))?;
-            if name.ends_with(".json") && !matches!(name.as_str(), "manifest.json" | "index.json") {
-                // A docker-archive config is also a blob.
-                let blob = store.content.put_bytes(&bytes)?;
-                contents.add(name.clone(), blob);
-            }
             contents.metadata.insert(name, bytes);
             continue;
         }
@@ -151,12 +182,83 @@ fn read_archive(store: &Store, path: &Path, contents: &mut Contents) -> Result<(
             contents.blobs.insert(name, (d.clone(), entry.size()));
             continue;
         }
+        // Everything else — layers, and a docker-archive's configs — goes
+        // straight to a blob.
         let mut writer = store.content.writer()?;
         std::io::copy(&mut entry, &mut writer).map_err(io("reading"))?;
         let blob = writer.commit(expected.as_ref())?;
         contents.add(name, blob);
     }
     Ok(())
+}
+
+/// Tar extension headers read so far, for the entry that follows them.
+#[derive(Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    /// Reads `entry` when it is an extension header (then `true`), within
+    /// [`MAX_EXTENSION`].
+    fn read<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: tar::EntryType,
+    ) -> std::result::Result<bool, String> {
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        if !extension {
+            return Ok(false);
+        }
+        if entry.size() > MAX_EXTENSION {
+            return Err(format!(
+                "a tar extension header of {} bytes is larger than {MAX_EXTENSION} bytes (the limit)",
+                entry.size()
+            ));
+        }
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| format!("damaged tar archive: {e}"))?;
+        let strip = |mut d: Vec<u8>| {
+            while d.last() == Some(&0) {
+                d.pop();
+            }
+            d
+        };
+        if kind.is_gnu_longname() {
+            self.path = Some(strip(data));
+        } else if kind.is_gnu_longlink() {
+            self.link = Some(strip(data));
+        } else if kind.is_pax_local_extensions() {
+            for ext in tar::PaxExtensions::new(&data).flatten() {
+                match ext.key() {
+                    Ok("path") => self.path = Some(ext.value_bytes().to_vec()),
+                    Ok("linkpath") => self.link = Some(ext.value_bytes().to_vec()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// An entry's name, checked: within [`MAX_NAME`], UTF-8, inside the archive.
+fn name_of(raw: &[u8]) -> std::result::Result<String, String> {
+    let shown = || String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+    if raw.len() > MAX_NAME {
+        return Err(format!(
+            "an entry name longer than {MAX_NAME} bytes (the limit): {}…",
+            shown()
+        ));
+    }
+    let text =
+        std::str::from_utf8(raw).map_err(|_| format!("a name that is not UTF-8: {}", shown()))?;
+    entry_name(Path::new(text)).ok_or_else(|| format!("unsafe path in archive: {}", shown()))
 }
 
 /// A tar entry's path as a clean relative string; `None` when it climbs
@@ -202,7 +304,7 @@ fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
         return Ok(loaded);
     }
     if let Some(index) = contents.metadata.get("index.json") {
-        return oci_layout(store, index).map_err(&bad);
+        return oci_layout(store, index, path);
     }
     Err(bad("not an image archive: it has neither manifest.json (docker-archive) nor index.json (OCI layout)".into()))
 }
@@ -232,7 +334,7 @@ fn docker_entry(
             *size,
         ));
     }
-    let config_bytes = store.content.read(config).map_err(|e| e.to_string())?;
+    let config_bytes = image::read_metadata(store, config).map_err(|e| e.to_string())?;
     serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
         .map_err(|e| format!("config {}: {e}", entry.config))?;
     image::write_manifest(store, (config, *config_size), &layers)
@@ -241,7 +343,36 @@ fn docker_entry(
 }
 
 /// Tags the manifests of an OCI layout's `index.json`.
-fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String> {
+fn oci_layout(store: &Store, index: &[u8], path: &Path) -> Result<Loaded> {
+    oci_layout_entries(store, index).map_err(|reason| match reason {
+        Rejected::Bound(e) => e,
+        Rejected::Other(reason) => ImageError::Archive {
+            path: path.to_owned(),
+            reason,
+        },
+    })
+}
+
+/// Why an OCI layout's entries were refused.
+enum Rejected {
+    /// A bound: its own error, which names the limit.
+    Bound(ImageError),
+    Other(String),
+}
+
+impl From<String> for Rejected {
+    fn from(reason: String) -> Self {
+        Self::Other(reason)
+    }
+}
+
+impl From<&str> for Rejected {
+    fn from(reason: &str) -> Self {
+        Self::Other(reason.to_owned())
+    }
+}
+
+fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded, Rejected> {
     let index: serde_json::Value =
         serde_json::from_slice(index).map_err(|e| format!("index.json: {e}"))?;
     let manifests = index
@@ -259,10 +390,11 @@ fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String
             .get("mediaType")
             .and_then(|t| t.as_str())
             .unwrap_or(OCI_MANIFEST);
+        image::check_index_depth(store, &digest).map_err(Rejected::Bound)?;
         if !store.complete(&digest).map_err(|e| e.to_string())? {
-            return Err(format!(
-                "manifest {digest} or a blob it names is not in the archive"
-            ));
+            return Err(
+                format!("manifest {digest} or a blob it names is not in the archive").into(),
+            );
         }
         let annotations = m.get("annotations");
         let annotation = |key: &str| {

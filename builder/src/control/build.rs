@@ -281,89 +281,94 @@ impl ControlService {
         let collector = Arc::clone(&self.collector);
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<pb::BuildResult, ControlError> {
-                // A session's tree is changed in place (what was removed or
-                // changed goes first, then the new entries); else a fresh
-                // directory for this build.
-                let _session_lock;
-                let context = match &session {
-                    Some((dir, lock)) => {
-                        _session_lock = lock
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| ControlError::Context(e.to_string()))?;
-                        for rel in &spec.removed {
-                            remove_inside(dir, rel)?;
+            // A panic in this build is this client's error; kilnd goes on.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || -> Result<pb::BuildResult, ControlError> {
+                    // A session's tree is changed in place (what was removed or
+                    // changed goes first, then the new entries); else a fresh
+                    // directory for this build.
+                    let _session_lock;
+                    let context = match &session {
+                        Some((dir, lock)) => {
+                            _session_lock = lock
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            std::fs::create_dir_all(dir)
+                                .map_err(|e| ControlError::Context(e.to_string()))?;
+                            for rel in &spec.removed {
+                                remove_inside(dir, rel)?;
+                            }
+                            // An empty tar is its two zero blocks: nothing new.
+                            if !spec.removed.is_empty() || context_bytes > 1024 {
+                                shared.context_digests.forget(dir);
+                            }
+                            dir.clone()
                         }
-                        // An empty tar is its two zero blocks: nothing new.
-                        if !spec.removed.is_empty() || context_bytes > 1024 {
-                            shared.context_digests.forget(dir);
+                        None => {
+                            let dir = scratch.path().join("context");
+                            std::fs::create_dir(&dir)
+                                .map_err(|e| ControlError::Context(e.to_string()))?;
+                            dir
                         }
-                        dir.clone()
-                    }
-                    None => {
-                        let dir = scratch.path().join("context");
-                        std::fs::create_dir(&dir)
-                            .map_err(|e| ControlError::Context(e.to_string()))?;
-                        dir
-                    }
-                };
-                let file = std::fs::File::open(&tar_path)
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
-                kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
-                let request = request_of(spec, entitlements, context, cancellation, &shared)?;
-                let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
-                for (id, value) in secrets {
-                    worker = worker.with_secret(&id, value);
-                }
-                for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
-                    worker = worker.with_ssh_agent(id, socket.clone());
-                }
-                let progress_tx = tx.clone();
-                let mut progress = move |event: Event| {
-                    let message = BuildOutput {
-                        output: Some(build_output::Output::Event(event_message(event))),
                     };
-                    let _ = progress_tx.blocking_send(Ok(message));
-                };
-                let registry_options = request.registry.clone();
-                for spec in &cache_from {
-                    let (reference, _) = crate::registry::cache::parse_spec("--cache-from", spec)
-                        .map_err(ControlError::Invalid)?;
-                    // As BuildKit: a cache that cannot be imported is a warning.
-                    if let Err(e) =
-                        crate::registry::cache::import(&store, &reference, &registry_options)
-                    {
-                        tracing::warn!("importing cache from {reference}: {e}");
+                    let file = std::fs::File::open(&tar_path)
+                        .map_err(|e| ControlError::Context(e.to_string()))?;
+                    kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
+                        .map_err(|e| ControlError::Context(e.to_string()))?;
+                    let request = request_of(spec, entitlements, context, cancellation, &shared)?;
+                    let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
+                    for (id, value) in secrets {
+                        worker = worker.with_secret(&id, value);
                     }
-                }
-                let built = build(&store, &worker, &request, &mut progress);
-                if session.is_none() {
-                    // The scratch context goes with this build.
-                    shared.context_digests.forget(&request.context);
-                }
-                let built = built?;
-                for spec in &cache_to {
-                    let (reference, mounts) =
-                        crate::registry::cache::parse_spec("--cache-to", spec)
-                            .map_err(ControlError::Invalid)?;
-                    crate::registry::cache::export(
-                        &store,
-                        &reference,
-                        &built.steps,
-                        mounts.then_some(&built.cache_mounts),
-                        &registry_options,
-                    )?;
-                }
-                Ok(pb::BuildResult {
-                    manifest: built.manifest.to_string(),
-                    config: built.config.to_string(),
-                    tags: request.tags,
-                    context_bytes,
-                })
-            })();
+                    for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
+                        worker = worker.with_ssh_agent(id, socket.clone());
+                    }
+                    let progress_tx = tx.clone();
+                    let mut progress = move |event: Event| {
+                        let message = BuildOutput {
+                            output: Some(build_output::Output::Event(event_message(event))),
+                        };
+                        let _ = progress_tx.blocking_send(Ok(message));
+                    };
+                    let registry_options = request.registry.clone();
+                    for spec in &cache_from {
+                        let (reference, _) =
+                            crate::registry::cache::parse_spec("--cache-from", spec)
+                                .map_err(ControlError::Invalid)?;
+                        // As BuildKit: a cache that cannot be imported is a warning.
+                        if let Err(e) =
+                            crate::registry::cache::import(&store, &reference, &registry_options)
+                        {
+                            tracing::warn!("importing cache from {reference}: {e}");
+                        }
+                    }
+                    let built = build(&store, &worker, &request, &mut progress);
+                    if session.is_none() {
+                        // The scratch context goes with this build.
+                        shared.context_digests.forget(&request.context);
+                    }
+                    let built = built?;
+                    for spec in &cache_to {
+                        let (reference, mounts) =
+                            crate::registry::cache::parse_spec("--cache-to", spec)
+                                .map_err(ControlError::Invalid)?;
+                        crate::registry::cache::export(
+                            &store,
+                            &reference,
+                            &built.steps,
+                            mounts.then_some(&built.cache_mounts),
+                            &registry_options,
+                        )?;
+                    }
+                    Ok(pb::BuildResult {
+                        manifest: built.manifest.to_string(),
+                        config: built.config.to_string(),
+                        tags: request.tags,
+                        context_bytes,
+                    })
+                },
+            ))
+            .unwrap_or_else(|panic| Err(ControlError::Panic(super::panic_message(&*panic))));
             let last = result
                 .map(|r| BuildOutput {
                     output: Some(build_output::Output::Result(r)),

@@ -63,6 +63,18 @@ pub enum ControlError {
     Unauthenticated(String),
     #[error(transparent)]
     Entitlement(#[from] EntitlementError),
+    /// A bug met by one request: reported to its client, kilnd goes on.
+    #[error("internal error (a bug in kilnd; other requests are unaffected): {0}")]
+    Panic(String),
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 impl From<ControlError> for Status {
@@ -165,7 +177,10 @@ impl ControlService {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| Status::internal(format!("a kilnd task failed: {e}")))?
+            .map_err(|e| match e.try_into_panic() {
+                Ok(panic) => Status::from(ControlError::Panic(panic_message(&*panic))),
+                Err(e) => Status::internal(format!("a kilnd task failed: {e}")),
+            })?
             .map_err(Status::from)
     }
 

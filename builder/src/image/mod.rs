@@ -23,6 +23,17 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// How deep indexes may nest (an index naming an index…) before a
+/// manifest. OCI allows nesting but real images use one index; each level
+/// is a blob read to resolve an image, and without a bound a chain of
+/// thousands made every listing walk them all.
+pub const MAX_INDEX_DEPTH: usize = 16;
+
+/// The largest manifest, index or config read into memory: the
+/// distribution registry's limit on a manifest body (4 MiB), which
+/// containerd and BuildKit apply when they fetch one too.
+pub const MAX_METADATA: u64 = 4 << 20;
+
 #[derive(Debug, Error)]
 pub enum ImageError {
     #[error(transparent)]
@@ -56,6 +67,10 @@ pub enum ImageError {
     },
     #[error("index {0} has no manifest for this platform")]
     NoPlatform(String),
+    #[error("index {digest}: indexes nested more than {limit} deep (the limit)")]
+    TooDeep { digest: String, limit: usize },
+    #[error("{what} is larger than {limit} bytes (the limit of a metadata file): {size} bytes")]
+    TooLarge { what: String, size: u64, limit: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, ImageError>;
@@ -130,16 +145,30 @@ fn parse_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
 
 /// Reads the image a manifest or index digest names; an index resolves to
 /// the manifest for `platform` (`os/arch`).
+/// Follows at most [`MAX_INDEX_DEPTH`] indexes.
 pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Result<Image> {
-    let bytes = store.content.read(digest)?;
-    let json = |what, source| ImageError::Json {
-        what,
-        digest: digest.to_string(),
-        source,
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| json("manifest", e))?;
-    if value.get("manifests").is_some() {
+    let top = digest;
+    let mut digest = digest.clone();
+    let mut depth = 0;
+    let bytes = loop {
+        let bytes = read_metadata(store, &digest)?;
+        let json = |what, source| ImageError::Json {
+            what,
+            digest: digest.to_string(),
+            source,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| json("manifest", e))?;
+        if value.get("manifests").is_none() {
+            break bytes;
+        }
+        if depth == MAX_INDEX_DEPTH {
+            return Err(ImageError::TooDeep {
+                digest: top.to_string(),
+                limit: MAX_INDEX_DEPTH,
+            });
+        }
+        depth += 1;
         let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| json("index", e))?;
         let chosen = index
             .manifests()
@@ -150,12 +179,18 @@ pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Res
                 })
             })
             .ok_or_else(|| ImageError::NoPlatform(digest.to_string()))?;
-        return read_image(store, &parse_digest(chosen.digest())?, platform);
-    }
+        digest = parse_digest(chosen.digest())?;
+    };
+    let digest = &digest;
+    let json = |what, source| ImageError::Json {
+        what,
+        digest: digest.to_string(),
+        source,
+    };
     let manifest: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| json("manifest", e))?;
     let config_digest = parse_digest(manifest.config().digest())?;
-    let config_bytes = store.content.read(&config_digest)?;
+    let config_bytes = read_metadata(store, &config_digest)?;
     let config = serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Json {
         what: "image config",
         digest: config_digest.to_string(),
@@ -166,6 +201,51 @@ pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Res
         manifest,
         config_digest,
         config,
+    })
+}
+
+/// A manifest, index or config blob, refused over [`MAX_METADATA`].
+pub fn read_metadata(store: &Store, digest: &Digest) -> Result<Vec<u8>> {
+    let size = store.content.size(digest)?;
+    if size > MAX_METADATA {
+        return Err(ImageError::TooLarge {
+            what: format!("blob {digest}"),
+            size,
+            limit: MAX_METADATA,
+        });
+    }
+    Ok(store.content.read(digest)?)
+}
+
+/// How deep indexes nest under `digest` (0 for a manifest), refused over
+/// [`MAX_INDEX_DEPTH`]. Level by level, each blob once per level, so a
+/// chain costs its length and sharing cannot make it exponential.
+pub fn check_index_depth(store: &Store, digest: &Digest) -> Result<usize> {
+    let mut level = std::collections::BTreeSet::from([digest.clone()]);
+    for depth in 0..=MAX_INDEX_DEPTH {
+        let mut next = std::collections::BTreeSet::new();
+        for d in &level {
+            if !store.content.has(d) || store.content.size(d)? > MAX_METADATA {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_slice(&store.content.read(d)?).unwrap_or_default();
+            let children = value.get("manifests").and_then(|m| m.as_array());
+            next.extend(
+                children
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("digest")?.as_str()?.parse::<Digest>().ok()),
+            );
+        }
+        if next.is_empty() {
+            return Ok(depth);
+        }
+        level = next;
+    }
+    Err(ImageError::TooDeep {
+        digest: digest.to_string(),
+        limit: MAX_INDEX_DEPTH,
     })
 }
 

@@ -34,7 +34,15 @@ pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
     let (os, arch) = image::host_platform();
     let mut rows = Vec::new();
     for (name, record) in store.meta.images()? {
-        let image = read_image(store, &record.target, (&os, &arch))?;
+        // One image that cannot be read (indexes nested past the bound, a
+        // damaged blob) does not hide the others; `rmi` still removes it.
+        let image = match read_image(store, &record.target, (&os, &arch)) {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::warn!("{name}: {e}");
+                continue;
+            }
+        };
         let familiar = image::familiar(&name);
         let (repository, tag) = match familiar.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
             Some((r, t)) => (r.to_owned(), t.to_owned()),
@@ -122,7 +130,23 @@ pub fn untag(store: &Store, name: &str) -> Result<Removed> {
 }
 
 fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
-    let (full, image) = image::resolve(store, name)?;
+    let (full, image) = match image::resolve(store, name) {
+        Ok(found) => found,
+        // A tag whose image cannot be read goes alone; prune collects its
+        // blobs.
+        Err(e) => match image::normalize(name) {
+            Ok(full) if store.meta.image(&full)?.is_some() => {
+                tracing::warn!("{full}: {e}");
+                store.meta.remove_image(&full)?;
+                store.meta.flush()?;
+                return Ok(Removed {
+                    untagged: image::familiar(&full),
+                    deleted: Vec::new(),
+                });
+            }
+            _ => return Err(e),
+        },
+    };
     store.meta.remove_image(&full)?;
     store.meta.flush()?;
     if !delete {

@@ -179,6 +179,59 @@ mod tests {
     use super::*;
     use crate::images::remove;
 
+    /// A store an older kiln filled: a tag on indexes nested thousands
+    /// deep (no load refuses it any more). Listing, rmi, prune and a
+    /// reopen go on, on a thread with tokio's 2 MiB of stack.
+    #[test]
+    fn a_deep_index_already_stored_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let s = Store::open(&root).unwrap();
+        let tarball = dir.path().join("rootfs.tar");
+        let mut tar = tar::Builder::new(std::fs::File::create(&tarball).unwrap());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "hi", &b"hi\n"[..]).unwrap();
+        tar.finish().unwrap();
+        crate::archive::import(&s, &tarball, "base:1", 1).unwrap();
+        let (_, base) = image::resolve(&s, "base:1").unwrap();
+        let mut top = base.manifest_digest.clone();
+        for _ in 0..3000 {
+            let index = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{top}","size":1}}]}}"#,
+                image::OCI_INDEX,
+                image::OCI_INDEX
+            );
+            top = s.content.write_bytes(index.as_bytes()).unwrap();
+        }
+        image::tag(&s, "docker.io/library/deep:1", &top, image::OCI_INDEX).unwrap();
+        drop(s);
+        let run = move || {
+            // Recovery walks every tag's blobs.
+            let s = Store::open(&root).unwrap();
+            let err = image::resolve(&s, "deep:1").unwrap_err().to_string();
+            assert!(
+                err.ends_with("indexes nested more than 16 deep (the limit)"),
+                "{err}"
+            );
+            let listed = crate::images::list(&s).unwrap();
+            assert_eq!(listed.len(), 1, "the readable image is still listed");
+            remove(&s, "deep:1").unwrap();
+            let pruned = prune(&s, None, false).unwrap();
+            assert!(pruned.deleted.len() >= 3000, "the indexes are collected");
+            assert!(image::resolve(&s, "base:1").is_ok());
+            drop(s);
+            Store::open(&root).unwrap();
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     /// A snapshot directory holding 64 KiB.
     fn unpacked(snapshots: &Snapshots, diff_id: &str) {
         let dir = snapshots.path(diff_id);

@@ -24,12 +24,7 @@ impl Converter<'_> {
             }
             CommandKind::Label(pairs) => {
                 let pairs = expand_pairs(self, state, pairs)?;
-                state
-                    .image
-                    .config
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .extend(pairs);
+                state.set_labels(pairs);
             }
             CommandKind::Cmd(cmd) => {
                 state.image.config.cmd = Some(self.command_line(state, cmd));

@@ -57,6 +57,16 @@ pub enum ConvertErrorKind {
     Trigger { trigger: String, reason: String },
     #[error(transparent)]
     Instruction(#[from] InstructionErrorKind),
+    #[error("stages depend on one another more than {0} deep (the limit)")]
+    StagesTooDeep(usize),
+    #[error("ENV, ARG and LABEL values {scope} exceed {limit} bytes (the limit)")]
+    TooManyVars { limit: usize, scope: &'static str },
+    #[error("cancelled")]
+    Cancelled,
+    /// An error in another stage, converted on demand: it keeps its own
+    /// line and instruction.
+    #[error(transparent)]
+    Located(Box<ConvertError>),
 }
 
 /// A conversion error and the instruction it is about.

@@ -30,7 +30,28 @@ use crate::instructions::{self, CommandKind, Instructions};
 use crate::parser::{self, Location, Warning};
 use crate::platform;
 use crate::reference::Reference;
-use crate::shell::{Lexer, Vars};
+use crate::shell::{Cancel, Lexer, Vars};
+
+/// How long a chain of stages that need one another (`FROM a AS b`,
+/// `COPY --from`, `RUN --mount from=`) may be. Conversion recurses along
+/// such a chain, so without a bound a long one overflows the stack and
+/// aborts the process; real Dockerfiles chain a handful of stages.
+pub const MAX_STAGE_DEPTH: usize = 128;
+
+/// The stack a thread converting a Dockerfile should have: a chain of
+/// [`MAX_STAGE_DEPTH`] stages needs about 3 MiB in a debug build, more than
+/// the 2 MiB of tokio's blocking threads.
+pub const CONVERT_STACK: usize = 16 << 20;
+
+/// The bytes of ENV, ARG and LABEL keys and values one stage may hold
+/// (its base image's included). Four times Linux's usual limit on a
+/// process's whole argument list and environment (`ARG_MAX`, 2 MiB), which
+/// RUN has to fit in anyway.
+pub const MAX_STAGE_VARS: usize = 4 << 20;
+
+/// The bytes of ENV, ARG and LABEL values all converted stages may hold
+/// together (each stage its own copy of what it inherits).
+pub const MAX_TOTAL_VARS: usize = 64 << 20;
 
 /// What a base image brings: its config and, when known, its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -75,6 +96,9 @@ pub struct ConvertOptions<'a> {
     /// `.dockerignore` patterns, applied to the build context.
     pub dockerignore: Vec<String>,
     pub resolver: &'a dyn ImageResolver,
+    /// Asked between instructions and during expansion: conversion stops
+    /// with [`ConvertErrorKind::Cancelled`] soon after it says so.
+    pub cancel: Option<Cancel<'a>>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -87,6 +111,7 @@ impl<'a> ConvertOptions<'a> {
             target_platform: platform::host(),
             dockerignore: Vec::new(),
             resolver,
+            cancel: None,
         }
     }
 }
@@ -224,7 +249,7 @@ enum Slot {
 pub(crate) struct Converter<'a> {
     instructions: &'a Instructions,
     options: &'a ConvertOptions<'a>,
-    lexer: Lexer,
+    lexer: Lexer<'a>,
     graph: GraphBuilder,
     slots: Vec<Slot>,
     /// Values of global ARGs (and the predefined platform args); `None` for
@@ -233,6 +258,10 @@ pub(crate) struct Converter<'a> {
     /// Every ARG name declared anywhere converted (for the unused warning).
     declared: BTreeSet<String>,
     context: Option<String>,
+    /// How many stages are being converted, each waiting for the next.
+    depth: usize,
+    /// ENV, ARG and LABEL bytes held by every stage so far.
+    total_vars: usize,
 }
 
 /// Variables from a map of possibly-unset values.
@@ -249,7 +278,10 @@ impl<'a> Converter<'a> {
         instructions: &'a Instructions,
         options: &'a ConvertOptions<'a>,
     ) -> Result<Self, ConvertError> {
-        let lexer = Lexer::new(instructions.escape);
+        let mut lexer = Lexer::new(instructions.escape);
+        if let Some(cancel) = options.cancel {
+            lexer = lexer.with_cancel(cancel);
+        }
         let mut globals: BTreeMap<String, Option<String>> = state::predefined_args(options)
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
@@ -281,6 +313,8 @@ impl<'a> Converter<'a> {
             globals,
             declared,
             context: None,
+            depth: 0,
+            total_vars: 0,
         })
     }
 
@@ -293,9 +327,14 @@ impl<'a> Converter<'a> {
                 return Err(ConvertErrorKind::Cycle(name).into());
             }
             Slot::NotStarted => {
+                if self.depth >= MAX_STAGE_DEPTH {
+                    return Err(ConvertErrorKind::StagesTooDeep(MAX_STAGE_DEPTH).into());
+                }
                 self.slots[index] = Slot::InProgress;
-                let state = self.dispatch_stage(index)?;
-                self.slots[index] = Slot::Done(Box::new(state));
+                self.depth += 1;
+                let state = self.dispatch_stage(index);
+                self.depth -= 1;
+                self.slots[index] = Slot::Done(Box::new(state?));
             }
         }
         match &self.slots[index] {
@@ -343,7 +382,12 @@ impl<'a> Converter<'a> {
         let total = stage.commands.len() + 1;
         let mut state = match self.find_stage(&base, false).filter(|&i| i < index) {
             Some(base_index) => {
-                let base_state = self.stage(base_index)?;
+                // Errors of the stage itself name their own line; a chain
+                // too long or a cycle names this FROM.
+                let base_state = self.stage(base_index).map_err(|e| match e.location {
+                    Some(_) => e,
+                    None => from_error(e.kind),
+                })?;
                 let mut state = StageState::from_stage(base_state, index, stage, total);
                 if let Some(p) = platform {
                     state.image.platform = p;
@@ -367,6 +411,8 @@ impl<'a> Converter<'a> {
             }
         };
         state.ensure_default_path();
+        self.charge_vars(state.vars_bytes(), 0)
+            .map_err(from_error)?;
 
         // A base image's ONBUILD triggers run right after its FROM.
         for trigger in state.image.config.on_build.take().unwrap_or_default() {
@@ -461,7 +507,10 @@ impl<'a> Converter<'a> {
             return self
                 .stage(index)
                 .map(|s| s.root.clone())
-                .map_err(|e| e.kind);
+                .map_err(|e| match e.location {
+                    Some(_) => ConvertErrorKind::Located(Box::new(e)),
+                    None => e.kind,
+                });
         }
         let platform = state.image.platform.clone();
         let image = self.image_source(from, &platform, state.index, &state.name, None)?;
@@ -473,6 +522,18 @@ impl<'a> Converter<'a> {
         state: &mut StageState,
         command: &instructions::Command,
     ) -> Result<(), ConvertError> {
+        let at = |kind| match kind {
+            ConvertErrorKind::Located(e) => *e,
+            kind => ConvertError::at(command.location, &command.original, kind),
+        };
+        if self
+            .options
+            .cancel
+            .is_some_and(|Cancel(cancelled)| cancelled())
+        {
+            return Err(at(ConvertErrorKind::Cancelled));
+        }
+        let before = state.vars_bytes();
         let step = match &command.kind {
             CommandKind::Run(run) => self.dispatch_run(state, command, run),
             CommandKind::Copy(copy) | CommandKind::Add(copy) => {
@@ -482,7 +543,8 @@ impl<'a> Converter<'a> {
             CommandKind::Arg(decls) => self.dispatch_arg(state, decls),
             other => self.dispatch_config(state, other),
         }
-        .map_err(|kind| ConvertError::at(command.location, &command.original, kind))?;
+        .map_err(at)?;
+        self.charge_vars(state.vars_bytes(), before).map_err(at)?;
         state.image.history.push(match step {
             Step::Config => History {
                 created_by: command.original.clone(),
@@ -495,6 +557,26 @@ impl<'a> Converter<'a> {
                 empty_layer: false,
             },
         });
+        Ok(())
+    }
+
+    /// Checks a stage's ENV, ARG and LABEL bytes (`now`, `before` the
+    /// instruction) against [`MAX_STAGE_VARS`], and what all stages hold
+    /// against [`MAX_TOTAL_VARS`].
+    fn charge_vars(&mut self, now: usize, before: usize) -> Result<(), ConvertErrorKind> {
+        if now > MAX_STAGE_VARS {
+            return Err(ConvertErrorKind::TooManyVars {
+                limit: MAX_STAGE_VARS,
+                scope: "of one stage",
+            });
+        }
+        self.total_vars += now.saturating_sub(before);
+        if self.total_vars > MAX_TOTAL_VARS {
+            return Err(ConvertErrorKind::TooManyVars {
+                limit: MAX_TOTAL_VARS,
+                scope: "of all stages together",
+            });
+        }
         Ok(())
     }
 

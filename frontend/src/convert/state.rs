@@ -47,6 +47,9 @@ pub(super) struct StageState {
     /// Step number of the instruction being dispatched, and the count.
     pub(super) step: usize,
     pub(super) total: usize,
+    /// Bytes of the Env entries, ARGs and labels held (kept as they change,
+    /// so that bounding them costs nothing per instruction).
+    vars: usize,
 }
 
 impl StageState {
@@ -57,7 +60,15 @@ impl StageState {
         platform: Platform,
         config: ImageConfig,
     ) -> Self {
+        let vars = config.env.iter().flatten().map(String::len).sum::<usize>()
+            + config
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         Self {
+            vars,
             index,
             name: stage.display_name(),
             root: None,
@@ -82,6 +93,7 @@ impl StageState {
         Self {
             root: base.root.clone(),
             image: base.image.clone(),
+            vars: base.vars,
             ..Self::new(
                 index,
                 stage,
@@ -101,7 +113,33 @@ impl StageState {
     /// Sets an Env variable of the image.
     pub(super) fn set_env(&mut self, name: &str, value: &str) {
         self.run_env = None;
+        let old = self
+            .image
+            .config
+            .env_var(name)
+            .map_or(0, |v| name.len() + 1 + v.len());
+        self.vars = self.vars - old.min(self.vars) + name.len() + 1 + value.len();
         self.image.config.set_env(name, value);
+    }
+
+    /// Sets image labels.
+    pub(super) fn set_labels(&mut self, pairs: Vec<(String, String)>) {
+        let labels = self
+            .image
+            .config
+            .labels
+            .get_or_insert_with(Default::default);
+        for (key, value) in pairs {
+            let added = key.len() + value.len();
+            let old = labels.get(&key).map_or(0, |v| key.len() + v.len());
+            labels.insert(key, value);
+            self.vars = self.vars - old.min(self.vars) + added;
+        }
+    }
+
+    /// Bytes of the Env entries, ARGs and labels this stage holds.
+    pub(super) fn vars_bytes(&self) -> usize {
+        self.vars
     }
 
     /// Whether this stage declared ARG `name`.
@@ -112,6 +150,7 @@ impl StageState {
     /// Declares an ARG (and its value) in this stage.
     pub(super) fn push_arg(&mut self, name: String, value: Option<String>) {
         self.run_env = None;
+        self.vars += name.len() + value.as_ref().map_or(0, String::len);
         self.args.push((name, value));
     }
 

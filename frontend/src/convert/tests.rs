@@ -23,9 +23,10 @@ fn build_with(text: &str, options: &ConvertOptions<'_>) -> BuildGraph {
 }
 
 fn error(text: &str) -> String {
-    convert_dockerfile(text, &options())
-        .unwrap_err()
-        .to_string()
+    match convert_dockerfile(text, &options()) {
+        Ok(_) => panic!("converted without an error"),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn with_args(args: &[(&str, &str)]) -> ConvertOptions<'static> {
@@ -643,4 +644,106 @@ fn json_output_is_readable() {
     assert!(json.contains("\"network\":\"NETWORK_MODE_NONE\""));
     assert!(json.contains("\"type\":\"MOUNT_TYPE_CACHE\""));
     assert!(json.contains("\"data\":\"hi\\n\""));
+}
+
+/// `FROM scratch AS s0`, then `n` stages each on the one before.
+fn chain(n: usize, link: impl Fn(usize) -> String) -> String {
+    let mut text = "FROM scratch AS s0\n".to_owned();
+    for i in 1..=n {
+        text.push_str(&link(i));
+    }
+    text
+}
+
+#[test]
+fn stage_chains_are_bounded_with_the_line() {
+    // The bound holds on the stack the builder gives conversion, in a
+    // debug build (whose frames are the largest).
+    let run = |text: String| {
+        std::thread::Builder::new()
+            .stack_size(CONVERT_STACK)
+            .spawn(move || {
+                convert_dockerfile(&text, &options())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let from = |i: usize| format!("FROM s{} AS s{i}\n", i - 1);
+    assert!(run(chain(MAX_STAGE_DEPTH - 1, from)).is_ok());
+    let err = run(chain(3000, from)).unwrap_err();
+    // The target is s3000 (line 3001); 128 stages in, s2873 needs s2872.
+    assert_eq!(
+        err,
+        "line 2874: FROM s2872 AS s2873: stages depend on one another more than 128 deep (the limit)"
+    );
+    let copy_from = |i: usize| format!("FROM scratch AS s{i}\nCOPY --from=s{} / /\n", i - 1);
+    let err = run(chain(3000, copy_from)).unwrap_err();
+    assert!(
+        err.ends_with("stages depend on one another more than 128 deep (the limit)"),
+        "{err}"
+    );
+    assert!(
+        err.starts_with("line ") && err.contains(": COPY --from=s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn expanded_values_are_bounded() {
+    let mut text = "FROM scratch\nENV a=0123456789abcdef\n".to_owned();
+    text.push_str(&"ENV a=$a$a\n".repeat(40));
+    assert_eq!(
+        error(&text),
+        "line 19: ENV a=$a$a: failed to expand \"$a$a\": the expanded word is longer than 1048576 bytes (the limit of one word)"
+    );
+    let mut text = "FROM scratch\nARG a=0123456789abcdef\n".to_owned();
+    text.push_str(&"ARG a=$a$a\n".repeat(15));
+    text.push_str("LABEL l1=$a l2=$a l3=$a\n");
+    text.push_str("ENV e1=$a e2=$a e3=$a e4=$a\n");
+    let err = error(&text);
+    assert_eq!(
+        err,
+        "line 19: ENV e1=$a e2=$a e3=$a e4=$a: ENV, ARG and LABEL values of one stage exceed 4194304 bytes (the limit)"
+    );
+    // Each stage within its own bound, all together over theirs.
+    let mut text = "FROM scratch AS big\nENV a=0123456789abcdef\n".to_owned();
+    text.push_str(&"ENV a=$a$a$a$a\n".repeat(7));
+    text.push_str("ENV b=$a c=$a d=$a\n");
+    for i in 0..100 {
+        text.push_str(&format!("FROM big AS c{i}\n"));
+    }
+    text.push_str("FROM scratch\n");
+    for i in 0..100 {
+        text.push_str(&format!("COPY --from=c{i} / /\n"));
+    }
+    let err = error(&text);
+    // Named at the FROM of the stage that went over.
+    assert!(
+        err.starts_with("line ")
+            && err.contains(": FROM big AS c")
+            && err.ends_with(
+                "ENV, ARG and LABEL values of all stages together exceed 67108864 bytes (the limit)"
+            ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cancelled_conversion_stops() {
+    let cancelled = std::sync::atomic::AtomicBool::new(false);
+    let check = || cancelled.load(std::sync::atomic::Ordering::Relaxed);
+    let options = ConvertOptions {
+        cancel: Some(Cancel(&check)),
+        ..options()
+    };
+    let text = "FROM scratch\nENV a=b\nRUN true\n";
+    assert!(convert_dockerfile(text, &options).is_ok());
+    cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        convert_dockerfile(text, &options).unwrap_err().to_string(),
+        "line 2: ENV a=b: cancelled"
+    );
 }

@@ -33,12 +33,28 @@ pub enum ExpandError {
     /// `${NAME?message}` / `${NAME:?message}` on an unset (or empty) variable.
     #[error("{name}: {message}")]
     Required { name: String, message: String },
+    #[error("the expanded word is longer than {limit} bytes (the limit of one word)")]
+    TooLong { limit: usize },
+    #[error("a pattern in a substitution is longer than {limit} characters (the limit)")]
+    PatternTooLong { limit: usize },
+    #[error("cancelled")]
+    Cancelled,
 }
 
 type Result<T> = std::result::Result<T, ExpandError>;
 
 /// How deep `${a:-${b:-…}}` may nest (bounds the recursion).
 pub const MAX_NESTING: usize = 64;
+
+/// The longest word an expansion may make, in bytes. BuildKit has no bound,
+/// so `ENV a=$a$a` repeated doubles until memory runs out. 1 MiB is eight
+/// times what Linux lets one environment string or argument be
+/// (`MAX_ARG_STRLEN`, 128 KiB), so no word that a step can use is refused.
+pub const MAX_WORD: usize = 1 << 20;
+
+/// The longest pattern of `${x#p}`, `${x/p/r}`…, in characters: matching
+/// costs length of value × length of pattern / 64.
+pub const MAX_PATTERN: usize = 4096;
 
 /// Where variable values come from.
 pub trait Vars {
@@ -90,19 +106,31 @@ impl Vars for NoVars {
     }
 }
 
+/// Asks whether the work an expansion belongs to was cancelled.
+#[derive(Clone, Copy)]
+pub struct Cancel<'c>(pub &'c (dyn Fn() -> bool + Sync));
+
+impl std::fmt::Debug for Cancel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cancel")
+    }
+}
+
 /// Expands words. The defaults are what instructions use; the `raw_*` and
 /// `keep_unset` switches exist for heredoc detection, which must see a line's
 /// words with their quotes and escapes intact.
 #[derive(Debug, Clone, Copy)]
-pub struct Lexer {
+pub struct Lexer<'c> {
     escape: char,
     raw_quotes: bool,
     raw_escapes: bool,
     keep_unset: bool,
     literal_quotes: bool,
+    max_word: usize,
+    cancel: Option<Cancel<'c>>,
 }
 
-impl Lexer {
+impl<'c> Lexer<'c> {
     /// A lexer with the given escape character (`\` or `` ` ``).
     pub fn new(escape: char) -> Self {
         Self {
@@ -111,6 +139,28 @@ impl Lexer {
             raw_escapes: false,
             keep_unset: false,
             literal_quotes: false,
+            max_word: MAX_WORD,
+            cancel: None,
+        }
+    }
+
+    /// Expansion stops with [`ExpandError::Cancelled`] soon after `cancel`
+    /// says so (it is asked at every `$` and during long pattern matches).
+    pub fn with_cancel(mut self, cancel: Cancel<'c>) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Another bound than [`MAX_WORD`] on one expanded word (bytes).
+    pub fn with_max_word(mut self, max: usize) -> Self {
+        self.max_word = max;
+        self
+    }
+
+    fn guard(&self) -> Guard<'c> {
+        Guard {
+            max_word: self.max_word,
+            cancel: self.cancel,
         }
     }
 
@@ -165,6 +215,7 @@ impl Lexer {
     fn run(&self, word: &str, vars: &dyn Vars) -> Result<(String, Vec<String>)> {
         let mut scan = Expansion {
             lexer: self,
+            guard: self.guard(),
             vars,
             chars: word.chars().collect(),
             pos: 0,
@@ -174,9 +225,34 @@ impl Lexer {
     }
 }
 
+/// The bounds of one expansion: its output's size, and cancellation.
+pub(super) struct Guard<'c> {
+    max_word: usize,
+    cancel: Option<Cancel<'c>>,
+}
+
+impl Guard<'_> {
+    pub(super) fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max_word {
+            return Err(ExpandError::TooLong {
+                limit: self.max_word,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_cancel(&self) -> Result<()> {
+        match self.cancel {
+            Some(Cancel(cancelled)) if cancelled() => Err(ExpandError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One expansion in progress: the input and a cursor over it.
 struct Expansion<'a> {
-    lexer: &'a Lexer,
+    lexer: &'a Lexer<'a>,
+    guard: Guard<'a>,
     vars: &'a dyn Vars,
     chars: Vec<char>,
     pos: usize,
@@ -226,11 +302,13 @@ impl Expansion<'_> {
                     let text = self.double_quoted()?;
                     words.push_raw_str(&text);
                     result.push_str(&text);
+                    self.guard.check_len(result.len())?;
                 }
                 '$' => {
                     let text = self.dollar()?;
                     words.push_str(&text);
                     result.push_str(&text);
+                    self.guard.check_len(result.len())?;
                 }
                 _ => {
                     self.pos += 1;
@@ -296,7 +374,10 @@ impl Expansion<'_> {
                     }
                     return Ok(out);
                 }
-                Some('$') => out.push_str(&self.dollar()?),
+                Some('$') => {
+                    out.push_str(&self.dollar()?);
+                    self.guard.check_len(out.len())?;
+                }
                 Some(c) => {
                     self.pos += 1;
                     if c == self.lexer.escape {
@@ -354,10 +435,13 @@ impl Expansion<'_> {
         if self.depth >= MAX_NESTING {
             return Err(ExpandError::TooDeep);
         }
+        self.guard.check_cancel()?;
         self.depth += 1;
         let result = self.dollar_inner();
         self.depth -= 1;
-        result
+        let text = result?;
+        self.guard.check_len(text.len())?;
+        Ok(text)
     }
 
     fn dollar_inner(&mut self) -> Result<String> {
@@ -441,12 +525,12 @@ impl Expansion<'_> {
                     return Ok(format!("${{{name}{op}{pattern}}}"));
                 }
                 let value = value.unwrap_or_default();
-                let pattern = pattern::Pattern::new(&pattern);
-                Ok(if op == '#' {
-                    pattern.trim_prefix(&value, longest)
+                let pattern = compile(&pattern)?;
+                if op == '#' {
+                    pattern.trim_prefix(&value, longest, &self.guard)
                 } else {
-                    pattern.trim_suffix(&value, longest)
-                })
+                    pattern.trim_suffix(&value, longest, &self.guard)
+                }
             }
             '/' => {
                 let all = self.peek() == Some('/');
@@ -465,7 +549,7 @@ impl Expansion<'_> {
                     return Ok(format!("${{{name}{op}{pattern}/{replacement}}}"));
                 }
                 let value = value.unwrap_or_default();
-                Ok(pattern::Pattern::new(&pattern).replace(&value, &replacement, all))
+                compile(&pattern)?.replace(&value, &replacement, all, &self.guard)
             }
             other => Err(ExpandError::UnsupportedModifier(other)),
         }
@@ -489,6 +573,14 @@ impl Expansion<'_> {
         };
         Ok((word, self.chars.get(self.pos - 1) == Some(&close)))
     }
+}
+
+/// A substitution's pattern, within [`MAX_PATTERN`].
+fn compile(pattern: &str) -> Result<pattern::Pattern> {
+    if pattern.chars().nth(MAX_PATTERN).is_some() {
+        return Err(ExpandError::PatternTooLong { limit: MAX_PATTERN });
+    }
+    Ok(pattern::Pattern::new(pattern))
 }
 
 fn non_empty_or(word: String, default: &str) -> String {
