@@ -10,6 +10,7 @@ mod debug;
 mod docker;
 mod farm;
 mod harness;
+mod hostile_layers;
 mod httpd;
 mod images;
 mod instructions;

@@ -1,5 +1,8 @@
 //! `kiln load`: a docker-archive (as `docker save` writes it) or an OCI
 //! layout tar into the store, streaming every file straight into a blob.
+//! Nothing in an archive is trusted: a blob named by a digest must have it,
+//! and every layer must hash to the diff ID its config claims (as `docker
+//! load` checks), before anything is tagged.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,6 +12,7 @@ use std::path::{Component, Path};
 use kiln_cache::{Committed, Digest, Store};
 use serde::Deserialize;
 
+use crate::compress::verify_layer;
 use crate::image::{self, ImageError, OCI_MANIFEST, Result};
 use kiln_worker::layer::compression::{Compression, decompressed};
 
@@ -233,11 +237,45 @@ fn docker_entry(
         ));
     }
     let config_bytes = store.content.read(config).map_err(|e| e.to_string())?;
-    serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
+    let parsed = serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
         .map_err(|e| format!("config {}: {e}", entry.config))?;
+    let diff_ids = &parsed.rootfs.diff_ids;
+    if diff_ids.len() != layers.len() {
+        return Err(format!(
+            "config {}: {} layer(s) in manifest.json but {} diff IDs in the config",
+            entry.config,
+            layers.len(),
+            diff_ids.len()
+        ));
+    }
+    for ((blob, _, _), (diff_id, name)) in layers.iter().zip(diff_ids.iter().zip(&entry.layers)) {
+        let diff_id: Digest = diff_id.parse().map_err(|_| {
+            format!(
+                "config {}: diff ID {diff_id:?} is not a sha256 digest",
+                entry.config
+            )
+        })?;
+        verify_layer(store, blob, &diff_id).map_err(|e| format!("{name}: {e}"))?;
+    }
     image::write_manifest(store, (config, *config_size), &layers)
         .map(|(d, _)| d)
         .map_err(|e| e.to_string())
+}
+
+/// Every layer of the image `manifest` checked against its diff ID, when
+/// it is an image of this machine's platform (others cannot be used here;
+/// if they ever are, their snapshots check them).
+fn verify_image(store: &Store, manifest: &Digest) -> std::result::Result<(), String> {
+    let (os, arch) = image::host_platform();
+    let img = match image::read_image(store, manifest, (&os, &arch)) {
+        Ok(img) => img,
+        Err(ImageError::NoPlatform(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    for layer in img.layer_pairs().map_err(|e| e.to_string())? {
+        verify_layer(store, &layer.blob, &layer.diff_id).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Tags the manifests of an OCI layout's `index.json`.
@@ -264,6 +302,7 @@ fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String
                 "manifest {digest} or a blob it names is not in the archive"
             ));
         }
+        verify_image(store, &digest)?;
         let annotations = m.get("annotations");
         let annotation = |key: &str| {
             annotations

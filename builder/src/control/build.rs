@@ -264,8 +264,14 @@ impl ControlService {
                 };
                 let file = std::fs::File::open(&tar_path)
                     .map_err(|e| ControlError::Context(e.to_string()))?;
-                kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                // The client's tar, written beneath the context directory as
+                // layers are (a tree: `.wh.` files are files).
+                kiln_worker::layer::unpack_with(
+                    std::io::BufReader::new(file),
+                    &context,
+                    kiln_worker::layer::Whiteouts::Plain,
+                )
+                .map_err(|e| ControlError::Context(e.to_string()))?;
                 let request = request_of(spec, context, cancellation, &shared)?;
                 let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
                 for (id, value) in secrets {
