@@ -189,21 +189,18 @@ fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
     if let Some(manifest) = contents.metadata.get("manifest.json") {
         let entries: Vec<DockerEntry> =
             serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
-        let mut loaded = Loaded::default();
+        // Every image checked before the first tag: a bad one tags nothing.
+        let mut images = Vec::new();
         for entry in entries {
             let digest = docker_entry(store, contents, &entry).map_err(&bad)?;
-            match entry.repo_tags.filter(|t| !t.is_empty()) {
-                Some(tags) => {
-                    for tag in tags {
-                        let full = image::normalize(&tag)?;
-                        image::tag(store, &full, &digest, OCI_MANIFEST)?;
-                        loaded.tags.push(full);
-                    }
-                }
-                None => loaded.untagged.push(digest),
-            }
+            let names = entry.repo_tags.unwrap_or_default();
+            let names = names
+                .iter()
+                .map(|tag| image::normalize(tag))
+                .collect::<Result<Vec<_>>>()?;
+            images.push((digest, names, OCI_MANIFEST));
         }
-        return Ok(loaded);
+        return tag_all(store, images);
     }
     if let Some(index) = contents.metadata.get("index.json") {
         return oci_layout(store, index).map_err(&bad);
@@ -286,7 +283,7 @@ fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String
         .get("manifests")
         .and_then(|m| m.as_array())
         .ok_or("index.json has no manifests")?;
-    let mut loaded = Loaded::default();
+    let mut images = Vec::new();
     for m in manifests {
         let digest: Digest = m
             .get("digest")
@@ -318,13 +315,26 @@ fn oci_layout(store: &Store, index: &[u8]) -> std::result::Result<Loaded, String
             (None, Some(r)) if r.contains(['/', ':']) => Some(r.to_owned()),
             _ => None,
         };
-        match name {
-            Some(name) => {
-                let full = image::normalize(&name).map_err(|e| e.to_string())?;
-                image::tag(store, &full, &digest, media_type).map_err(|e| e.to_string())?;
-                loaded.tags.push(full);
-            }
-            None => loaded.untagged.push(digest),
+        let names = match name {
+            Some(name) => vec![image::normalize(&name).map_err(|e| e.to_string())?],
+            None => Vec::new(),
+        };
+        images.push((digest, names, media_type));
+    }
+    tag_all(store, images).map_err(|e| e.to_string())
+}
+
+/// Tags each checked image with its names (none: untagged).
+fn tag_all(store: &Store, images: Vec<(Digest, Vec<String>, &str)>) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for (digest, names, media_type) in images {
+        if names.is_empty() {
+            loaded.untagged.push(digest);
+            continue;
+        }
+        for full in names {
+            image::tag(store, &full, &digest, media_type)?;
+            loaded.tags.push(full);
         }
     }
     Ok(loaded)
