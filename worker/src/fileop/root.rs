@@ -103,6 +103,32 @@ impl Root {
         Ok(dir)
     }
 
+    /// Removes `parts` (names, as for [`Root::dir_beneath`]) whatever it
+    /// is, reached beneath the root through no symlink. Nothing there — or
+    /// a parent that is no directory, or a symlink — is fine: `false`.
+    pub fn remove_beneath(&self, parts: &[&OsStr]) -> Result<bool> {
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(FileOpError::Invalid("removing the root itself".into()));
+        };
+        let dir = match self.dir_beneath(dirs, false) {
+            Ok(dir) => dir,
+            Err(FileOpError::Sys {
+                errno: Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP,
+                ..
+            }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let rel = join_parts(parts);
+        match fstatat(dir.as_fd(), *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(self.err_os("removing", &rel, e)),
+            Ok(_) => {}
+        }
+        remove_entry(&dir, name)
+            .map_err(|e| FileOpError::io("removing", &self.path.join(&rel), e))?;
+        Ok(true)
+    }
+
     fn err_os(&self, action: &'static str, rel: &OsStr, e: Errno) -> FileOpError {
         FileOpError::sys(action, &self.path.join(rel), e)
     }
