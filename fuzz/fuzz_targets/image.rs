@@ -2,8 +2,8 @@
 //! (docker-archive `manifest.json`, OCI `index.json` and `oci-layout`,
 //! blobs by digest) and `read_image` (manifest, index, config).
 //!
-//! Invariants, beyond "no panic": a load either fails and leaves no tag
-//! and no blob behind, or every image it tagged reads back, has as many
+//! Invariants, beyond "no panic": a load either fails and tags nothing,
+//! or every image it tagged reads back, has as many
 //! diff IDs as layers, and every layer hashes to its diff ID; any bytes
 //! stored as a manifest either fail to read or pair their layers likewise.
 #![no_main]
@@ -97,13 +97,11 @@ fuzz_target!(|input: Input| {
             }
             let archive = tmp.path().join("archive.tar");
             std::fs::write(&archive, b.into_inner().expect("tar")).expect("write");
-            let before = store.content.list().expect("blobs");
             match load(&store, Path::new(&archive)) {
                 Ok(_) => check_tagged(&store),
-                Err(_) => {
-                    assert!(store.meta.images().expect("tags").is_empty(), "a failed load tagged");
-                    assert_eq!(store.content.list().expect("blobs"), before, "a failed load kept blobs");
-                }
+                // (Blobs may stay: unreferenced ones are prune's, as after
+                // a crash.)
+                Err(_) => assert!(store.meta.images().expect("tags").is_empty(), "a failed load tagged"),
             }
         }
         Input::Manifest(manifest, config) => {
