@@ -15,6 +15,7 @@ mod hostile_dockerignore;
 mod hostile_entitlements;
 mod hostile_git;
 mod hostile_kilnd;
+mod hostile_layers;
 mod hostile_network;
 mod hostile_sandbox;
 mod hostile_store;

@@ -46,6 +46,35 @@ pub fn store_layer(
     })
 }
 
+/// Checks that the stored layer `blob` uncompresses to `diff_id`: the
+/// whole stream hashed, as a snapshot would be. For layers kiln did not
+/// make itself (loaded archives, a farm worker's) before they are used or
+/// kept under that diff ID.
+pub fn verify_layer(
+    store: &Store,
+    blob: &kiln_cache::Digest,
+    diff_id: &kiln_cache::Digest,
+) -> Result<(), ImageError> {
+    let reading = |source: io::Error| ImageError::Io {
+        action: "reading layer",
+        path: store.content.path(blob),
+        source,
+    };
+    let mut reader = decompressed(store.content.open_blob(blob)?).map_err(reading)?;
+    let mut hashing = Hashing::new(io::sink());
+    io::copy(&mut reader, &mut hashing).map_err(reading)?;
+    let (_, actual) = hashing.finish();
+    if actual == *diff_id {
+        Ok(())
+    } else {
+        Err(ImageError::DiffId {
+            layer: blob.clone(),
+            claimed: diff_id.to_string(),
+            actual: actual.to_string(),
+        })
+    }
+}
+
 /// Layer compression of a built image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerCompression {
@@ -400,6 +429,34 @@ mod tests {
                 },
             };
             assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        }
+    }
+
+    /// What kilnd does with a farm worker's layer (`solve/on_farm.rs`):
+    /// one whose bytes are not the diff ID it claims is refused, gzip or not.
+    #[test]
+    fn a_layer_that_is_not_its_claimed_diff_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        tar.append_data(&mut h, "made", &b"step\n"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let real = kiln_cache::Digest::of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let plain = store.content.write_bytes(&tar).unwrap();
+        let gzipped = store.content.write_bytes(&gz.finish().unwrap()).unwrap();
+        let claimed = kiln_cache::Digest::of(b"the layer the worker says it made");
+        for blob in [&plain, &gzipped] {
+            verify_layer(&store, blob, &real).unwrap();
+            let e = verify_layer(&store, blob, &claimed).unwrap_err();
+            assert!(
+                matches!(&e, ImageError::DiffId { layer, claimed: c, actual }
+                    if layer == blob && *c == claimed.to_string() && *actual == real.to_string()),
+                "{e}"
+            );
         }
     }
 

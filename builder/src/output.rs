@@ -95,18 +95,28 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
         ),
         Output::Local(dest) => rootfs(store, &img()?, dest),
         Output::Tar(dest) => {
-            let tmp = store
-                .root()
-                .join("tmp")
-                .join(format!("rootfs-{}", std::process::id()));
-            let result = rootfs(store, &img()?, &tmp).and_then(|()| tar_dir(&tmp, dest));
-            let _ = fs::remove_dir_all(&tmp);
-            result
+            // One directory per export: kilnd runs several builds at once.
+            let tmp_root = store.root().join("tmp");
+            fs::create_dir_all(&tmp_root).map_err(|source| ImageError::Io {
+                action: "creating",
+                path: tmp_root.clone(),
+                source,
+            })?;
+            let tmp = tempfile::Builder::new()
+                .prefix("rootfs-")
+                .tempdir_in(&tmp_root)
+                .map_err(|source| ImageError::Io {
+                    action: "creating a directory in",
+                    path: tmp_root.clone(),
+                    source,
+                })?;
+            rootfs(store, &img()?, tmp.path()).and_then(|()| tar_dir(tmp.path(), dest))
         }
     }
 }
 
-/// Every layer, bottom first, applied into `dest`.
+/// Every layer, bottom first, applied into `dest` (beneath it: the
+/// unpacker writes nothing outside), each checked against its diff ID.
 fn rootfs(store: &Store, img: &image::Image, dest: &Path) -> Result<()> {
     let io = |action, path: &Path| {
         let path = path.to_owned();
@@ -117,13 +127,21 @@ fn rootfs(store: &Store, img: &image::Image, dest: &Path) -> Result<()> {
         }
     };
     fs::create_dir_all(dest).map_err(io("creating", dest))?;
-    for (digest, _, _) in img.layers() {
+    for layer in img.layer_pairs()? {
         let reader =
-            decompressed(store.content.open_blob(&digest)?).map_err(io("reading", dest))?;
-        unpack_with(reader, dest, Whiteouts::Apply).map_err(|e| ImageError::Archive {
-            path: dest.to_owned(),
-            reason: e.to_string(),
-        })?;
+            decompressed(store.content.open_blob(&layer.blob)?).map_err(io("reading", dest))?;
+        let unpacked =
+            unpack_with(reader, dest, Whiteouts::Apply).map_err(|e| ImageError::Archive {
+                path: dest.to_owned(),
+                reason: format!("layer {}: {e}", layer.blob),
+            })?;
+        if unpacked.diff_id != layer.diff_id.to_string() {
+            return Err(ImageError::DiffId {
+                layer: layer.blob,
+                claimed: layer.diff_id.to_string(),
+                actual: unpacked.diff_id,
+            });
+        }
     }
     Ok(())
 }

@@ -5,6 +5,10 @@
 //! it are held in memory, each within [`MAX_METADATA`], as are every
 //! config (streamed to a blob) and the tar's own extension headers; the
 //! entries, their names and how deep indexes nest are bounded too.
+//!
+//! Nothing in an archive is trusted: a blob named by a digest must have it,
+//! and every layer must hash to the diff ID its config claims (as `docker
+//! load` checks), before anything is tagged.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +18,7 @@ use std::path::{Component, Path};
 use kiln_cache::{Committed, Digest, Store};
 use serde::Deserialize;
 
+use crate::compress::verify_layer;
 use crate::image::{self, ImageError, MAX_METADATA, OCI_MANIFEST, Result};
 use kiln_worker::layer::compression::{Compression, decompressed};
 
@@ -287,21 +292,18 @@ fn register(store: &Store, path: &Path, contents: &Contents) -> Result<Loaded> {
     if let Some(manifest) = contents.metadata.get("manifest.json") {
         let entries: Vec<DockerEntry> =
             serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
-        let mut loaded = Loaded::default();
+        // Every image checked before the first tag: a bad one tags nothing.
+        let mut images = Vec::new();
         for entry in entries {
             let digest = docker_entry(store, contents, &entry).map_err(&bad)?;
-            match entry.repo_tags.filter(|t| !t.is_empty()) {
-                Some(tags) => {
-                    for tag in tags {
-                        let full = image::normalize(&tag)?;
-                        image::tag(store, &full, &digest, OCI_MANIFEST)?;
-                        loaded.tags.push(full);
-                    }
-                }
-                None => loaded.untagged.push(digest),
-            }
+            let names = entry.repo_tags.unwrap_or_default();
+            let names = names
+                .iter()
+                .map(|tag| image::normalize(tag))
+                .collect::<Result<Vec<_>>>()?;
+            images.push((digest, names, OCI_MANIFEST));
         }
-        return Ok(loaded);
+        return tag_all(store, images);
     }
     if let Some(index) = contents.metadata.get("index.json") {
         return oci_layout(store, index, path);
@@ -335,11 +337,45 @@ fn docker_entry(
         ));
     }
     let config_bytes = image::read_metadata(store, config).map_err(|e| e.to_string())?;
-    serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
+    let parsed = serde_json::from_slice::<image::config::ImageConfiguration>(&config_bytes)
         .map_err(|e| format!("config {}: {e}", entry.config))?;
+    let diff_ids = &parsed.rootfs.diff_ids;
+    if diff_ids.len() != layers.len() {
+        return Err(format!(
+            "config {}: {} layer(s) in manifest.json but {} diff IDs in the config",
+            entry.config,
+            layers.len(),
+            diff_ids.len()
+        ));
+    }
+    for ((blob, _, _), (diff_id, name)) in layers.iter().zip(diff_ids.iter().zip(&entry.layers)) {
+        let diff_id: Digest = diff_id.parse().map_err(|_| {
+            format!(
+                "config {}: diff ID {diff_id:?} is not a sha256 digest",
+                entry.config
+            )
+        })?;
+        verify_layer(store, blob, &diff_id).map_err(|e| format!("{name}: {e}"))?;
+    }
     image::write_manifest(store, (config, *config_size), &layers)
         .map(|(d, _)| d)
         .map_err(|e| e.to_string())
+}
+
+/// Every layer of the image `manifest` checked against its diff ID, when
+/// it is an image of this machine's platform (others cannot be used here;
+/// if they ever are, their snapshots check them).
+fn verify_image(store: &Store, manifest: &Digest) -> std::result::Result<(), String> {
+    let (os, arch) = image::host_platform();
+    let img = match image::read_image(store, manifest, (&os, &arch)) {
+        Ok(img) => img,
+        Err(ImageError::NoPlatform(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    for layer in img.layer_pairs().map_err(|e| e.to_string())? {
+        verify_layer(store, &layer.blob, &layer.diff_id).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Tags the manifests of an OCI layout's `index.json`.
@@ -379,7 +415,7 @@ fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded
         .get("manifests")
         .and_then(|m| m.as_array())
         .ok_or("index.json has no manifests")?;
-    let mut loaded = Loaded::default();
+    let mut images = Vec::new();
     for m in manifests {
         let digest: Digest = m
             .get("digest")
@@ -396,6 +432,7 @@ fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded
                 format!("manifest {digest} or a blob it names is not in the archive").into(),
             );
         }
+        verify_image(store, &digest)?;
         let annotations = m.get("annotations");
         let annotation = |key: &str| {
             annotations
@@ -411,13 +448,26 @@ fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded
             (None, Some(r)) if r.contains(['/', ':']) => Some(r.to_owned()),
             _ => None,
         };
-        match name {
-            Some(name) => {
-                let full = image::normalize(&name).map_err(|e| e.to_string())?;
-                image::tag(store, &full, &digest, media_type).map_err(|e| e.to_string())?;
-                loaded.tags.push(full);
-            }
-            None => loaded.untagged.push(digest),
+        let names = match name {
+            Some(name) => vec![image::normalize(&name).map_err(|e| e.to_string())?],
+            None => Vec::new(),
+        };
+        images.push((digest, names, media_type));
+    }
+    tag_all(store, images).map_err(Rejected::Bound)
+}
+
+/// Tags each checked image with its names (none: untagged).
+fn tag_all(store: &Store, images: Vec<(Digest, Vec<String>, &str)>) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for (digest, names, media_type) in images {
+        if names.is_empty() {
+            loaded.untagged.push(digest);
+            continue;
+        }
+        for full in names {
+            image::tag(store, &full, &digest, media_type)?;
+            loaded.tags.push(full);
         }
     }
     Ok(loaded)

@@ -139,11 +139,9 @@ fn docker_archive<W: Write>(
             append_blob(store, tar, &config_path, &image.config_digest)?;
         }
         let mut layer_paths = Vec::new();
-        for ((digest, media_type, _), diff_id) in
-            image.layers().iter().zip(&image.config.rootfs.diff_ids)
-        {
-            let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
-            let path = format!("{hex}/layer.tar");
+        for layer in image.layer_pairs()? {
+            let (digest, media_type) = (&layer.blob, &layer.media_type);
+            let path = format!("{}/layer.tar", layer.diff_id.hex());
             if written.insert(path.clone()) {
                 append_layer(store, tar, &path, digest, media_type)?;
             }

@@ -52,29 +52,19 @@ fn session_dir(store: &Store, session: &str) -> PathBuf {
 /// Removes `rel` under `root` — never outside it: every parent must be a
 /// real directory (not a link), and `..` is refused.
 fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> {
-    let parts: Vec<&str> = rel
+    let parts: Vec<&std::ffi::OsStr> = rel
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
+        .map(std::ffi::OsStr::new)
         .collect();
-    if parts.is_empty() || parts.contains(&"..") {
+    if parts.is_empty() || parts.iter().any(|p| *p == "..") {
         return Err(ControlError::Invalid(format!("removed path {rel:?}")));
     }
-    let mut path = root.to_owned();
-    for parent in &parts[..parts.len() - 1] {
-        path.push(parent);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {}
-            // Gone already with its parent, or not a directory here.
-            _ => return Ok(()),
-        }
-    }
-    path.push(parts[parts.len() - 1]);
-    let removed = match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-        Ok(_) => std::fs::remove_file(&path),
-        Err(_) => Ok(()),
-    };
-    removed.map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
+    // Beneath the session's tree and through no symlink, as it was written.
+    kiln_worker::fileop::root::Root::open(root)
+        .and_then(|root| root.remove_beneath(&parts))
+        .map(drop)
+        .map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
 }
 
 /// What builds share in kilnd.
@@ -313,8 +303,14 @@ impl ControlService {
                     };
                     let file = std::fs::File::open(&tar_path)
                         .map_err(|e| ControlError::Context(e.to_string()))?;
-                    kiln_worker::layer::unpack(std::io::BufReader::new(file), &context)
-                        .map_err(|e| ControlError::Context(e.to_string()))?;
+                    // The client's tar, written beneath the context directory as
+                    // layers are (a tree: `.wh.` files are files).
+                    kiln_worker::layer::unpack_with(
+                        std::io::BufReader::new(file),
+                        &context,
+                        kiln_worker::layer::Whiteouts::Plain,
+                    )
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
                     let request = request_of(spec, entitlements, context, cancellation, &shared)?;
                     let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
                     for (id, value) in secrets {

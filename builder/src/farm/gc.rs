@@ -105,7 +105,7 @@ pub(super) fn collect(
         .into_iter()
         .map(|name| {
             let when = used.get(&name).copied().unwrap_or_else(|| {
-                std::fs::metadata(snapshots.path(&name))
+                std::fs::metadata(snapshots.dir_named(&name))
                     .and_then(|m| m.modified())
                     .unwrap_or(SystemTime::UNIX_EPOCH)
             });
@@ -117,7 +117,7 @@ pub(super) fn collect(
         if total <= keep {
             break;
         }
-        let dir = snapshots.path(&name);
+        let dir = snapshots.dir_named(&name);
         total = total.saturating_sub(tree_size(&dir));
         remove_tree(&dir)?;
     }
@@ -135,7 +135,7 @@ mod tests {
         store.content.write_bytes(&vec![7u8; 1 << 20]).unwrap();
         let snapshots = Snapshots::open(dir.path().join("snapshots")).unwrap();
         for name in ["old", "mid", "new"] {
-            let snapshot = snapshots.path(name);
+            let snapshot = snapshots.dir_named(name);
             std::fs::create_dir_all(&snapshot).unwrap();
             std::fs::write(snapshot.join("data"), vec![1u8; 1 << 20]).unwrap();
         }

@@ -71,6 +71,29 @@ pub enum ImageError {
     TooDeep { digest: String, limit: usize },
     #[error("{what} is larger than {limit} bytes (the limit of a metadata file): {size} bytes")]
     TooLarge { what: String, size: u64, limit: u64 },
+    /// A layer's bytes are not what the image config says they are.
+    #[error(
+        "layer {layer}: its content is {actual}, not the diff ID {claimed} the image config claims"
+    )]
+    DiffId {
+        layer: Digest,
+        claimed: String,
+        actual: String,
+    },
+    #[error(
+        "image {image}: {layers} layer(s) in the manifest but {diff_ids} diff IDs in the config"
+    )]
+    LayerCount {
+        image: Digest,
+        layers: usize,
+        diff_ids: usize,
+    },
+    #[error("image {image}: {what} {value:?} is not a sha256 digest")]
+    BadDigest {
+        image: Digest,
+        what: &'static str,
+        value: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, ImageError>;
@@ -99,6 +122,18 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(&value).expect("a JSON value serializes")
 }
 
+/// One layer of an image, paired with its diff ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLayer {
+    pub blob: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// What the config claims the uncompressed layer's digest is; checked
+    /// whenever the layer is read ([`crate::compress::verify_layer`], the
+    /// worker's snapshots).
+    pub diff_id: Digest,
+}
+
 /// An image in the store: its manifest and config, read and parsed.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -120,6 +155,43 @@ impl Image {
                     d.media_type().to_string(),
                     d.size(),
                 ))
+            })
+            .collect()
+    }
+
+    /// Layers bottom first, each with the diff ID the config gives it: as
+    /// many diff IDs as layers, every one a digest, or an error.
+    pub fn layer_pairs(&self) -> Result<Vec<ImageLayer>> {
+        let layers = self.manifest.layers();
+        let diff_ids = &self.config.rootfs.diff_ids;
+        if layers.len() != diff_ids.len() {
+            return Err(ImageError::LayerCount {
+                image: self.manifest_digest.clone(),
+                layers: layers.len(),
+                diff_ids: diff_ids.len(),
+            });
+        }
+        let bad = |what, value: String| ImageError::BadDigest {
+            image: self.manifest_digest.clone(),
+            what,
+            value,
+        };
+        layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(d, diff_id)| {
+                Ok(ImageLayer {
+                    blob: d
+                        .digest()
+                        .to_string()
+                        .parse()
+                        .map_err(|_| bad("layer digest", d.digest().to_string()))?,
+                    media_type: d.media_type().to_string(),
+                    size: d.size(),
+                    diff_id: diff_id
+                        .parse()
+                        .map_err(|_| bad("diff ID", diff_id.clone()))?,
+                })
             })
             .collect()
     }

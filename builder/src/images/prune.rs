@@ -75,7 +75,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     let stored = stored_layers(store, &blobs)?;
     let mut kept: Vec<(i64, String)> = Vec::new();
     for name in snapshots.names() {
-        let dir = snapshots.path(&name);
+        let dir = snapshots.dir_named(&name);
         if stored.contains(&name) {
             // The change time: when it was renamed into place (its mtime
             // is the layer's own).
@@ -90,7 +90,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
         if !over(total) {
             break;
         }
-        remove_counted(&snapshots.path(&name), &mut total, &mut pruned)?;
+        remove_counted(&snapshots.dir_named(&name), &mut total, &mut pruned)?;
     }
     store.meta.flush()?;
     if over(total) {

@@ -211,6 +211,13 @@ pub fn import(store: &Store, reference: &str, options: &Options) -> Result<Impor
     let config: CacheConfig = serde_json::from_slice(&store.content.read(&config_digest)?)
         .map_err(|e| session.failed("reading the cache config", e))?;
     for r in &config.records {
+        // A registry's word for what a layer is, is checked as a loaded
+        // image's is: a record whose blob is not its diff ID is dropped
+        // (a build would otherwise name the layer by the lie).
+        if let Err(e) = crate::compress::verify_layer(store, &r.blob, &r.diff_id) {
+            tracing::warn!("cache record {}: {e}; ignored", r.key);
+            continue;
+        }
         store.meta.put_cache_record(
             &r.key,
             &CacheRecord {
@@ -240,7 +247,8 @@ pub fn import(store: &Store, reference: &str, options: &Options) -> Result<Impor
         std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
         let blob = store.content.open_blob(&m.blob)?;
         let reader = layer::compression::decompressed(blob).map_err(|e| io_error(&tmp, e))?;
-        layer::unpack(reader, &tmp)
+        // A directory's files, not a layer: `.wh.` names are files.
+        layer::unpack_with(reader, &tmp, layer::Whiteouts::Plain)
             .map_err(|e| io_error(&tmp, std::io::Error::other(e.to_string())))?;
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;

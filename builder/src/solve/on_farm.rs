@@ -64,6 +64,11 @@ impl Solver<'_> {
             .and_then(wire::layer_of)
             .filter(|l| self.store.content.has(&l.blob))
             .ok_or_else(|| step_err("the worker's layer did not reach kilnd's store"))?;
+        // A worker is trusted with running the step, not with naming what
+        // it made: the diff ID it claims is checked before kilnd records,
+        // unpacks or builds on the layer.
+        crate::compress::verify_layer(self.store, &layer.blob, &layer.diff_id)
+            .map_err(|e| step_err(format!("the worker's layer: {e}")))?;
         Ok(Some(Ok(layer)))
     }
 

@@ -77,20 +77,16 @@ impl Solver<'_> {
                     other => other.into(),
                 })?;
                 let layers = image
-                    .layers()
+                    .layer_pairs()
+                    .map_err(|e| step_err(format!("image {name}: {e}")))?
                     .into_iter()
-                    .zip(&image.config.rootfs.diff_ids)
-                    .map(|((blob, media_type, size), diff_id)| {
-                        Ok(Layer {
-                            blob,
-                            diff_id: diff_id
-                                .parse()
-                                .map_err(|e| step_err(format!("image {name}: {e}")))?,
-                            media_type,
-                            size,
-                        })
+                    .map(|l| Layer {
+                        blob: l.blob,
+                        diff_id: l.diff_id,
+                        media_type: l.media_type,
+                        size: l.size,
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect();
                 Ok(Fs::Layers(layers))
             }
             Some(source_op::Source::Http(h)) => {
@@ -123,7 +119,7 @@ impl Solver<'_> {
             dirs.push(
                 self.snapshots
                     .ensure(&layer.diff_id.to_string(), blob)
-                    .map_err(step_err)?,
+                    .map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?,
             );
         }
         Ok(dirs)

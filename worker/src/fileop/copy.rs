@@ -135,10 +135,13 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             let file = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
             let reader =
                 decompressed(file).map_err(|e| FileOpError::io("reading", Path::new(source), e))?;
-            layer::unpack(reader, &proc_fd_path(&dir)).map_err(|e| FileOpError::Unpack {
-                path: source.clone(),
-                source: e,
-            })?;
+            // A tree, not a layer: `.wh.` files are files.
+            layer::unpack_with(reader, &proc_fd_path(&dir), layer::Whiteouts::Plain).map_err(
+                |e| FileOpError::Unpack {
+                    path: source.clone(),
+                    source: e,
+                },
+            )?;
             continue;
         }
         let target = if dest_is_dir || req.parents {

@@ -1,9 +1,16 @@
 //! A directory used as a root: every path is resolved inside it with
 //! `openat2(RESOLVE_IN_ROOT)`, so `..` and symlinks (even to `/`) never lead
 //! out of it. See openat2(2).
+//!
+//! Trees written from archives (layers, `ADD` of a tar, contexts) resolve
+//! more strictly, with [`Root::dir_beneath`]: beneath the root and through
+//! no symlink at all, since a symlink an archive planted is not a path the
+//! archive may write through. That is the one mechanism every writer of an
+//! unpacked tree goes through (`layer::unpack`).
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +34,16 @@ fn how(flags: OFlag) -> OpenHow {
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
+/// Resolution for writers of archived trees: never above the starting
+/// directory, never through a symlink (`ELOOP` when one is in the way).
+fn how_beneath(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
 /// The parts of a path inside the root (`/a/./b/` → `["a", "b"]`).
 pub fn components(path: &str) -> Vec<&str> {
     path.split('/')
@@ -46,6 +63,74 @@ impl Root {
             fd,
             path: path.to_owned(),
         })
+    }
+
+    /// The root directory's descriptor.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens the directory `parts` (names: no `/`, `.` or `..`) beneath
+    /// the root without following any symlink; with `create`, missing
+    /// directories are made (mode 0755 less the umask; an unpacker sets
+    /// the real mode afterwards). A symlink in the way is `ELOOP`, a
+    /// non-directory `ENOTDIR`.
+    pub fn dir_beneath(&self, parts: &[&OsStr], create: bool) -> Result<OwnedFd> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let joined = join_parts(parts);
+        let whole = if parts.is_empty() {
+            OsStr::new(".")
+        } else {
+            joined.as_os_str()
+        };
+        match openat2(self.fd.as_fd(), whole, how_beneath(flags)) {
+            Err(Errno::ENOENT) if create => {}
+            found => return found.map_err(|e| self.err_os("opening", whole, e)),
+        }
+        let mut dir = openat2(self.fd.as_fd(), ".", how_beneath(flags))
+            .map_err(|e| self.err("opening", ".", e))?;
+        for (i, part) in parts.iter().enumerate() {
+            let sub = || join_parts(&parts[..=i]);
+            match mkdirat(dir.as_fd(), *part, Mode::from_bits_truncate(0o755)) {
+                // EEXIST: there already (or made meanwhile); opening it
+                // below says whether it is a directory.
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(self.err_os("creating", &sub(), e)),
+            }
+            dir = openat2(dir.as_fd(), *part, how_beneath(flags))
+                .map_err(|e| self.err_os("opening", &sub(), e))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes `parts` (names, as for [`Root::dir_beneath`]) whatever it
+    /// is, reached beneath the root through no symlink. Nothing there — or
+    /// a parent that is no directory, or a symlink — is fine: `false`.
+    pub fn remove_beneath(&self, parts: &[&OsStr]) -> Result<bool> {
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(FileOpError::Invalid("removing the root itself".into()));
+        };
+        let dir = match self.dir_beneath(dirs, false) {
+            Ok(dir) => dir,
+            Err(FileOpError::Sys {
+                errno: Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP,
+                ..
+            }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let rel = join_parts(parts);
+        match fstatat(dir.as_fd(), *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(self.err_os("removing", &rel, e)),
+            Ok(_) => {}
+        }
+        remove_entry(&dir, name)
+            .map_err(|e| FileOpError::io("removing", &self.path.join(&rel), e))?;
+        Ok(true)
+    }
+
+    fn err_os(&self, action: &'static str, rel: &OsStr, e: Errno) -> FileOpError {
+        FileOpError::sys(action, &self.path.join(rel), e)
     }
 
     /// The root's host path (for messages).
@@ -182,24 +267,15 @@ impl Root {
     /// Removes whatever non-directory is at `rel` (nothing there is fine);
     /// a directory is removed with its contents.
     pub fn remove(&self, rel: &str) -> Result<()> {
-        let Some(st) = self.lstat(rel)? else {
+        if self.lstat(rel)?.is_none() {
             return Ok(());
-        };
-        let (dir, name) = self.parent(rel)?;
-        let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
-        if is_dir {
-            // The directory's own path in the root is safe to walk: the
-            // parent was resolved inside, and the entry itself is no symlink.
-            let real = proc_fd_path(&dir).join(&name);
-            return std::fs::remove_dir_all(&real)
-                .map_err(|e| FileOpError::io("removing", &real, e));
         }
-        nix::unistd::unlinkat(
-            dir.as_fd(),
-            name.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        )
-        .map_err(|e| self.err("removing", rel, e))
+        let (dir, name) = self.parent(rel)?;
+        remove_entry(&dir, OsStr::new(&name))
+            .map(drop)
+            .map_err(|e| {
+                FileOpError::io("removing", &self.path.join(rel.trim_start_matches('/')), e)
+            })
     }
 
     /// Creates (replacing) the regular file `rel`, never through a symlink.
@@ -351,6 +427,36 @@ impl Root {
             self.parent(rel)
         }
     }
+}
+
+/// Removes entry `name` of directory `dir` whatever it is (a directory
+/// with its contents, never following a symlink); nothing there is fine.
+/// Returns whether a directory was removed.
+pub fn remove_entry(dir: &OwnedFd, name: &OsStr) -> std::io::Result<bool> {
+    let st = match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
+        // The parent was resolved inside and the entry itself is no
+        // symlink; std's remove_dir_all walks by descriptors from there.
+        std::fs::remove_dir_all(proc_fd_path(dir).join(name))?;
+        return Ok(true);
+    }
+    nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    Ok(false)
+}
+
+fn join_parts(parts: &[&OsStr]) -> std::ffi::OsString {
+    let mut out = std::ffi::OsString::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push("/");
+        }
+        out.push(part);
+    }
+    out
 }
 
 /// `/proc/self/fd/N`: a path to what an already-resolved descriptor names.

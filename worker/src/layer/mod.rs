@@ -5,7 +5,8 @@
 //! marks the same with a character device 0/0 named `<name>` and the xattr
 //! `trusted.overlay.opaque=y`. [`unpack`] turns the first into the second,
 //! so an unpacked layer is a ready lowerdir; [`diff`] turns an upperdir
-//! back into a layer.
+//! back into a layer. [`unpack`] is also the one way an archived tree
+//! (`ADD`, a build context) is written: beneath its root, by descriptor.
 
 pub mod compression;
 mod diff;
@@ -38,6 +39,12 @@ pub enum LayerError {
     },
     #[error("reading the layer: {0}")]
     Tar(io::Error),
+    /// The layer's bytes are not those its image claims: nothing of it
+    /// may be used under the claimed name.
+    #[error("the layer's content is {actual}, not the diff ID {expected} the image claims")]
+    DiffId { expected: String, actual: String },
+    #[error("diff ID {0:?} is not sha256:<64 hex digits>")]
+    InvalidDiffId(String),
 }
 
 pub type Result<T> = std::result::Result<T, LayerError>;

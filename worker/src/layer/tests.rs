@@ -277,12 +277,34 @@ fn hostile_layers_are_refused_and_write_nothing_outside() {
                 .link(tarEntry::Link, "h", "up/secret")
                 .bytes(),
         ),
+        // Whiteouts that name no entry of their directory: `.wh..` would
+        // delete the directory's parent, `.wh.` and `.wh..` the directory.
+        (
+            "whiteout of ..",
+            Layer::new().raw_name(".wh...", b"").bytes(),
+        ),
+        ("whiteout of .", Layer::new().raw_name(".wh..", b"").bytes()),
+        (
+            "whiteout of nothing",
+            Layer::new().raw_name(".wh.", b"").bytes(),
+        ),
+        (
+            "nested whiteout of ..",
+            Layer::new().dir("a").raw_name("a/.wh...", b"").bytes(),
+        ),
     ];
     for (what, bytes) in cases {
         let dest = tmp.path().join(format!("dest-{}", what.replace(' ', "-")));
         fs::create_dir(&dest).unwrap();
-        let e = unpack(bytes.as_slice(), &dest).expect_err(what);
-        assert!(matches!(e, LayerError::Hostile { .. }), "{what}: {e}");
+        fs::write(dest.join("kept"), b"").unwrap();
+        for whiteouts in [Whiteouts::Overlay, Whiteouts::Apply] {
+            let e = unpack_with(bytes.as_slice(), &dest, whiteouts).expect_err(what);
+            assert!(matches!(e, LayerError::Hostile { .. }), "{what}: {e}");
+        }
+        assert!(
+            dest.join("kept").exists(),
+            "{what}: the tree itself is kept"
+        );
         assert_eq!(
             fs::read(outside.join("secret")).unwrap(),
             b"host file",
@@ -296,6 +318,54 @@ fn hostile_layers_are_refused_and_write_nothing_outside() {
     }
     assert!(!Path::new("/etc/kiln-escape").exists());
     assert!(!tmp.path().join("escape").exists());
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_keeps_its_mode_to_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    // Directory modes are set at the end; by then `d` is a symlink.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tarEntry::Directory);
+    h.set_mode(0o700);
+    h.set_size(0);
+    b.append_data(&mut h, "d/", std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tarEntry::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "d", &outside).unwrap();
+    unpack(b.into_inner().unwrap().as_slice(), &dest).unwrap();
+    assert_eq!(
+        fs::metadata(&outside).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert!(
+        fs::symlink_metadata(dest.join("d"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn plain_trees_keep_whiteout_names_as_files_and_diff_ids_are_computed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = Layer::new()
+        .file(".wh.kept", b"a file")
+        .file("d/.wh..wh..opq", b"also")
+        .bytes();
+    let stats = unpack_with(bytes.as_slice(), tmp.path(), Whiteouts::Plain).unwrap();
+    assert_eq!(fs::read(tmp.path().join(".wh.kept")).unwrap(), b"a file");
+    assert_eq!(
+        fs::read(tmp.path().join("d/.wh..wh..opq")).unwrap(),
+        b"also"
+    );
+    assert_eq!(stats.diff_id, kiln_cache::Digest::of(&bytes).to_string());
 }
 
 #[test]

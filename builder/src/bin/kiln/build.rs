@@ -11,6 +11,7 @@ use kiln_builder::registry::PullPolicy;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
 use kiln_worker::exec::Worker;
+use kiln_worker::layer::Whiteouts;
 use kiln_worker::sandbox::Sandbox;
 use kiln_worker::sandbox::spec::Network;
 
@@ -232,7 +233,7 @@ impl Build {
             let dir = tempfile::tempdir().context("a directory for the context")?;
             let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
                 .context("reading the context from standard input")?;
-            kiln_worker::layer::unpack(reader, dir.path())
+            kiln_worker::layer::unpack_with(reader, dir.path(), Whiteouts::Plain)
                 .context("the context on standard input")?;
             self.context = dir.path().to_owned();
             Some(dir)
@@ -347,7 +348,8 @@ impl Build {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
                 .context("reading the context from standard input")?;
-            kiln_worker::layer::unpack(reader, &dir).context("the context on standard input")?;
+            kiln_worker::layer::unpack_with(reader, &dir, Whiteouts::Plain)
+                .context("the context on standard input")?;
             self.context = dir.clone();
             Some(TempDir(dir))
         } else {

@@ -343,8 +343,13 @@ impl Remote {
         })?;
         if let Output::Local(dir) = output {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            kiln_worker::layer::unpack(std::io::BufReader::new(tmp.reopen()?), dir)
-                .with_context(|| format!("writing {}", dir.display()))?;
+            // kilnd's tar of the root filesystem: a tree, whiteouts applied.
+            kiln_worker::layer::unpack_with(
+                std::io::BufReader::new(tmp.reopen()?),
+                dir,
+                kiln_worker::layer::Whiteouts::Plain,
+            )
+            .with_context(|| format!("writing {}", dir.display()))?;
             return Ok(());
         }
         tmp.persist(dest)
