@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked --bins
+# RUN steps reach the network through a NAT of their own (slirp4netns).
+command -v slirp4netns >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slirp4netns; }
 kiln=target/release/kiln
 base=kiln/python-base:bookworm
 

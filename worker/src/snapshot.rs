@@ -250,16 +250,23 @@ impl Snapshots {
         Ok(removed)
     }
 
-    /// Removes a snapshot (no error when absent).
-    pub fn remove(&self, diff_id: &str) -> layer::Result<()> {
-        let path = self.path(diff_id);
-        let name = Self::name(diff_id);
+    /// Removes the short link of the snapshot `name` (as [`Snapshots::names`]
+    /// lists it) when it leads there; collection calls it with the
+    /// snapshot's directory, so no link outlives its snapshot.
+    pub fn unlink(&self, name: &str) {
+        let name = Self::name(name);
         if name != INVALID {
             let link = self.dir.join(LINKS).join(&name[..LINK_LEN]);
             if fs::read_link(&link).is_ok_and(|t| t == Path::new("..").join(name)) {
                 let _ = fs::remove_file(&link);
             }
         }
+    }
+
+    /// Removes a snapshot (no error when absent).
+    pub fn remove(&self, diff_id: &str) -> layer::Result<()> {
+        let path = self.path(diff_id);
+        self.unlink(diff_id);
         match fs::remove_dir_all(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LayerError::Io {
                 action: "removing",

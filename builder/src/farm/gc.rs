@@ -120,6 +120,7 @@ pub(super) fn collect(
         let dir = snapshots.dir_named(&name);
         total = total.saturating_sub(tree_size(&dir));
         remove_tree(&dir)?;
+        snapshots.unlink(&name);
     }
     Ok(start.saturating_sub(total))
 }

@@ -84,6 +84,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
             continue;
         }
         remove_counted(&dir, &mut total, &mut pruned)?;
+        snapshots.unlink(&name);
     }
     kept.sort();
     for (_, name) in kept {
@@ -91,6 +92,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
             break;
         }
         remove_counted(&snapshots.dir_named(&name), &mut total, &mut pruned)?;
+        snapshots.unlink(&name);
     }
     store.meta.flush()?;
     if over(total) {
