@@ -374,17 +374,7 @@ fn a_full_disk_during_a_layer_write_is_an_error() {
 /// The busybox base tarball with `dd` too.
 fn base_with_dd(dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
-    let tarball = crate::busybox::base_tarball(dir);
-    let rootfs = dir.join("rootfs");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/dd")).unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tarball
+    crate::busybox::base_tarball_with(dir, |rootfs| {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/dd")).unwrap();
+    })
 }

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use crate::busybox::{Setup, assert_stderr_has, ready};
 use crate::harness::{have_tool, kiln};
+use crate::kilnd::eventually;
 
 /// Tests that look for NAT processes run one at a time, so that each sees
 /// only its own.
@@ -298,16 +299,6 @@ fn running_step(mark: &str) -> Option<(String, BTreeSet<u32>)> {
         })
         .collect();
     Some((netns, nats))
-}
-
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    done()
 }
 
 /// Starts a build of a step that sleeps `mark` seconds and then exits with

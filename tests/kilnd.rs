@@ -560,7 +560,7 @@ fn context_bytes(stderr: &str) -> u64 {
 }
 
 /// Whether `done` holds within 10 s (asked every 50 ms).
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
         if done() {
             return true;
