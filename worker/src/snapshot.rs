@@ -40,6 +40,16 @@ const INVALID: &str = "invalid-diff-id";
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The error of `action` failing on `path`, for `map_err`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayerError {
+    let path = path.to_owned();
+    move |source| LayerError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 /// The snapshot directory of one store root.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
@@ -125,15 +135,7 @@ impl Snapshots {
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| LayerError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
+        fs::create_dir(&tmp).map_err(io_error("creating", &tmp))?;
         let result = decompressed(blob)
             .map_err(LayerError::Tar)
             .and_then(|reader| layer::unpack(reader, &tmp))
@@ -157,7 +159,7 @@ impl Snapshots {
             Err(_) if target.is_dir() => {
                 let _ = fs::remove_dir_all(&tmp);
             }
-            Err(e) => return Err(io("renaming", &target)(e)),
+            Err(e) => return Err(io_error("renaming", &target)(e)),
         }
         self.short(diff_id)
     }
@@ -169,14 +171,6 @@ impl Snapshots {
         let links = self.dir.join(LINKS);
         let link = links.join(&name[..LINK_LEN]);
         let wanted = Path::new("..").join(name);
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| LayerError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         for _ in 0..2 {
             match fs::read_link(&link) {
                 Ok(found) if found == wanted => return Ok(link),
@@ -186,14 +180,14 @@ impl Snapshots {
                 }
                 Ok(_) => return Ok(self.path(diff_id)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("reading", &link)(e)),
+                Err(e) => return Err(io_error("reading", &link)(e)),
             }
-            fs::create_dir_all(&links).map_err(io("creating", &links))?;
+            fs::create_dir_all(&links).map_err(io_error("creating", &links))?;
             match std::os::unix::fs::symlink(&wanted, &link) {
                 Ok(()) => return Ok(link),
                 // Made meanwhile: read again.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io("linking", &link)(e)),
+                Err(e) => return Err(io_error("linking", &link)(e)),
             }
         }
         Ok(self.path(diff_id))
