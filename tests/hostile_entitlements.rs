@@ -32,7 +32,7 @@ const SHOW_CAPS: &str = "FROM base:busybox\n\
     RUN --security=insecure /bin/busybox grep CapEff /proc/self/status\n";
 
 /// Files named `*-ran` under `dir` (symbolic links not followed).
-fn sentinels(dir: &Path) -> Vec<String> {
+pub(crate) fn sentinels(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return found;

@@ -258,6 +258,48 @@ fn a_missing_nat_fails_the_step_and_names_the_package() {
     assert!(!dest.join("ran").exists());
 }
 
+/// The step's mounts are set up while the NAT comes up; a NAT that fails
+/// then fails the step before it ever runs.
+#[test]
+fn a_nat_that_dies_before_it_is_up_fails_the_step_before_it_runs() {
+    if !nat_ready() {
+        return;
+    }
+    let s = Setup::new();
+    let bin = s.dir.path().join("fake-nat");
+    fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("slirp4netns");
+    fs::write(
+        &fake,
+        "#!/bin/sh
+echo 'cannot attach to the namespace' >&2
+exit 1
+",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::write(
+        s.context.join("Dockerfile"),
+        "FROM base:busybox
+RUN --mount=type=cache,id=nat,target=/c touch /c/step-ran
+",
+    )
+    .unwrap();
+    let out = kiln()
+        .env("KILN_ROOT", &s.root)
+        .env("PATH", &bin)
+        .args(["build", "--progress=plain"])
+        .arg(&s.context)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no step without its network");
+    assert_stderr_has(&out, "line 2");
+    assert_stderr_has(&out, "exited before the network was up");
+    assert_stderr_has(&out, "cannot attach to the namespace");
+    let ran = crate::hostile_entitlements::sentinels(s.dir.path());
+    assert!(ran.is_empty(), "the step ran without its network: {ran:?}");
+}
+
 /// Every process whose network namespace is `netns` (`net:[N]`).
 fn processes_in(netns: &str) -> Vec<u32> {
     pids()
@@ -356,6 +398,7 @@ fn no_nat_or_namespace_outlives_a_step() {
     }
     let _lock = lock();
     let s = Setup::new();
+    let host_links = links();
 
     // A step that succeeds: the helper stops its NAT before it exits.
     let (client, netns, nats) = start_step(&s, "1.0101", 0);
@@ -393,4 +436,20 @@ fn no_nat_or_namespace_outlives_a_step() {
         !pids().any(|p| cmdline(p) == ["sleep", "30.0303"]),
         "the step was killed with it"
     );
+    // The steps' interfaces (persistent taps) went with their namespaces;
+    // none was handed to the host's.
+    assert!(
+        eventually(|| links() == host_links),
+        "the host's interfaces were {host_links:?}, now {:?}",
+        links()
+    );
+}
+
+/// The host's network interfaces.
+fn links() -> BTreeSet<String> {
+    fs::read_dir("/sys/class/net")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }

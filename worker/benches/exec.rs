@@ -2,7 +2,8 @@
 //! spawn the helper, namespaces, overlay, /proc, /dev, /sys, pivot_root,
 //! exec, wait, stub cleanup, and the upperdir as a layer tar; one row per
 //! network (the default one also starts and stops slirp4netns).
-//! `cargo bench -p kiln-worker --bench exec` (as root, with /bin/busybox).
+//! `cargo bench -p kiln-worker --bench exec` (as root, with /bin/busybox;
+//! `KILN_SANDBOX_COMPARE=name=path` runs another build's helper beside).
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -23,61 +24,84 @@ fn main() {
     fs::create_dir_all(lower.join("etc")).unwrap();
     fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
     symlink("busybox", lower.join("bin/true")).unwrap();
-    let sandbox = Sandbox::new(env!("CARGO_BIN_EXE_kiln-sandbox"));
+    // `KILN_SANDBOX_COMPARE=name=path,…` adds other builds' helpers (an
+    // older commit's), run in turn with this one's through the same
+    // requests, so that a noisy machine weighs on all of them alike.
+    let mut helpers = vec![(
+        "this build".to_owned(),
+        Sandbox::new(env!("CARGO_BIN_EXE_kiln-sandbox")),
+    )];
+    for other in std::env::var("KILN_SANDBOX_COMPARE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        let (name, path) = other.split_once('=').expect("name=path");
+        helpers.push((name.to_owned(), Sandbox::new(path)));
+    }
     for (name, network) in [
         ("host", Network::Host),
         ("none", Network::None),
         ("default (slirp4netns)", Network::Private),
     ] {
-        bench(&sandbox, dir.path(), &lower, name, network);
+        let mut times = vec![Vec::new(); helpers.len()];
+        for i in 0..RUNS {
+            for (h, (_, sandbox)) in helpers.iter().enumerate() {
+                let step = dir.path().join(format!("{name}-{h}-step{i}"));
+                times[h].push(run_true(sandbox, &step, &lower, network));
+            }
+        }
+        for ((helper, _), mut times) in helpers.iter().zip(times) {
+            times.sort_by(f64::total_cmp);
+            println!(
+                "RUN true, request to layer, network {name}, helper {helper}, {RUNS} runs: \
+                 median {:.2} ms, min {:.2} ms, p90 {:.2} ms",
+                times[RUNS / 2],
+                times[0],
+                times[RUNS * 9 / 10]
+            );
+        }
     }
 }
 
-fn bench(
+const RUNS: usize = 50;
+
+/// One `RUN true` in `step`, from request to layer tar; milliseconds.
+fn run_true(
     sandbox: &Sandbox,
-    dir: &std::path::Path,
+    step: &std::path::Path,
     lower: &std::path::Path,
-    name: &str,
     network: Network,
-) {
-    let mut times = Vec::new();
-    for i in 0..50 {
-        let step = dir.join(format!("{name}-step{i}"));
-        let d = |s: &str| {
-            let p = step.join(s);
-            fs::create_dir_all(&p).unwrap();
-            p
-        };
-        let start = Instant::now();
-        let spec = RunSpec {
-            rootfs: Rootfs {
-                lowerdirs: vec![lower.to_owned()],
-                upperdir: d("u"),
-                workdir: d("w"),
-                target: d("m"),
-            },
-            args: vec!["true".into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            user: String::new(),
-            hostname: "bench".into(),
-            network,
-            privileged: false,
-            mounts: vec![],
-            etc_files: etc_files(&d("etc"), "bench", network).unwrap(),
-            state_dir: d("s"),
-        };
-        let status = sandbox
-            .run(&spec, &mut |_, _| {}, &Cancel::default())
-            .unwrap();
-        assert_eq!(status, 0);
-        let tar = layer::diff(&spec.rootfs.upperdir, Vec::new()).unwrap();
-        std::hint::black_box(tar);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "RUN true, request to layer, network {name}, 50 runs: median {:.2} ms, min {:.2} ms, p90 {:.2} ms",
-        times[25], times[0], times[45]
-    );
+) -> f64 {
+    let d = |s: &str| {
+        let p = step.join(s);
+        fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let start = Instant::now();
+    let spec = RunSpec {
+        rootfs: Rootfs {
+            lowerdirs: vec![lower.to_owned()],
+            upperdir: d("u"),
+            workdir: d("w"),
+            target: d("m"),
+        },
+        args: vec!["true".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: String::new(),
+        hostname: "bench".into(),
+        network,
+        privileged: false,
+        mounts: vec![],
+        etc_files: etc_files(&d("etc"), "bench", network).unwrap(),
+        state_dir: d("s"),
+    };
+    let status = sandbox
+        .run(&spec, &mut |_, _| {}, &Cancel::default())
+        .unwrap();
+    assert_eq!(status, 0);
+    let tar = layer::diff(&spec.rootfs.upperdir, Vec::new()).unwrap();
+    std::hint::black_box(tar);
+    start.elapsed().as_secs_f64() * 1e3
 }

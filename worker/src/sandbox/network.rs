@@ -3,9 +3,11 @@
 //! user-space NAT running in the host's namespace.
 //!
 //! The helper starts it ([`start`]) before any other namespace exists:
-//! it moves itself into a new network namespace, then starts slirp4netns
-//! as its own child back in the host's namespace, attached to the new one
-//! by the helper's pid. slirp4netns is started with
+//! it moves itself into a new network namespace, makes the step's tap
+//! device there, then starts slirp4netns as its own child back in the
+//! host's namespace, attached to the new one by the helper's pid; the
+//! step's mounts are set up while it comes up, and the step starts once
+//! it is ([`Starting::ready`]). slirp4netns is started with
 //! `--disable-host-loopback`, so the step can open connections to the
 //! outside but not to anything listening on the host's 127.0.0.0/8, and in
 //! its own sandbox (`--enable-sandbox`, `--enable-seccomp`), since it parses
@@ -24,7 +26,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -88,18 +90,49 @@ fn nat_args(pid: u32) -> Vec<String> {
     .collect()
 }
 
-/// Moves the calling helper into a new network namespace and connects it
-/// to the outside through the NAT. Returns once the step's interface has
-/// its address and default route; fails (and leaves no NAT running) when
-/// slirp4netns is missing, exits, or is not ready within
-/// [`READY_TIMEOUT`].
-pub fn start<S: Syscall>(sys: &S, state_dir: &Path) -> Result<Nat, SetupError> {
+/// A NAT started but perhaps not up yet: [`start`] returns at once, so the
+/// step's mounts are set up while slirp4netns configures the interface;
+/// [`Starting::ready`] waits for it.
+#[derive(Debug)]
+pub struct Starting {
+    nat: Nat,
+    ready: OwnedFd,
+    log: PathBuf,
+}
+
+impl Starting {
+    /// The running NAT once the step's interface has its address and
+    /// default route; fails (and leaves no NAT running) when slirp4netns
+    /// exits or is not ready within [`READY_TIMEOUT`].
+    pub fn ready(self) -> Result<Nat, SetupError> {
+        match wait_ready(&self.ready) {
+            Ok(()) => Ok(self.nat),
+            Err(why) => {
+                self.nat.stop();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let log = log.trim();
+                Err(if log.is_empty() {
+                    format!("{NAT_PROGRAM}: {why}")
+                } else {
+                    format!("{NAT_PROGRAM}: {why}: {log}")
+                })
+            }
+        }
+    }
+}
+
+/// Moves the calling helper into a new network namespace, makes the step's
+/// interface there (a persistent tap: see [`Syscall::make_tap`]) and starts
+/// the NAT on it. Fails at once when slirp4netns is missing.
+pub fn start<S: Syscall>(sys: &S, state_dir: &Path) -> Result<Starting, SetupError> {
     let host = sys
         .open_netns()
         .map_err(|e| format!("opening the host's network namespace: {e}"))?;
     sys.unshare(CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("creating the network namespace: {e}"))?;
-    let (ready_read, ready_write) =
+    sys.make_tap(INTERFACE)
+        .map_err(|e| format!("creating the step's interface {INTERFACE}: {e}"))?;
+    let (ready, ready_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
     let log_path = state_dir.join(LOG);
     let log =
@@ -122,20 +155,11 @@ pub fn start<S: Syscall>(sys: &S, state_dir: &Path) -> Result<Nat, SetupError> {
         })?;
     // The step must never hold a way back into the host's namespace.
     drop(host);
-    let nat = Nat { pid };
-    match wait_ready(&ready_read) {
-        Ok(()) => Ok(nat),
-        Err(why) => {
-            nat.stop();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let log = log.trim();
-            Err(if log.is_empty() {
-                format!("{NAT_PROGRAM}: {why}")
-            } else {
-                format!("{NAT_PROGRAM}: {why}: {log}")
-            })
-        }
-    }
+    Ok(Starting {
+        nat: Nat { pid },
+        ready,
+        log: log_path,
+    })
 }
 
 /// Waits for slirp4netns' `1` on the ready pipe (it writes it once the

@@ -113,6 +113,11 @@ pub struct Started {
 /// The helper's main part: namespaces, fork, and in the child everything
 /// up to `execve`. Returns the step's pid in the parent; in the child it
 /// returns only on failure.
+///
+/// The child sets up its mounts while the parent waits for the NAT, and
+/// starts the step only on the parent's go (a byte on a pipe): a step never
+/// runs before its network is up, and a NAT that fails takes the step with
+/// it.
 pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, SetupError> {
     // The NAT first, while the helper is still in the host's mount and PID
     // namespaces: its child must stay out of the step's.
@@ -122,12 +127,28 @@ pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Set
     };
     sys.unshare(namespaces(spec))
         .map_err(|e| fail("creating namespaces", e))?;
+    let (go, go_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("creating a pipe", e))?;
     match sys.fork().map_err(|e| fail("fork", e))? {
-        ForkResult::Parent { child } => Ok(Some(Started { step: child, nat })),
+        ForkResult::Parent { child } => {
+            drop(go);
+            let nat = match nat.map(network::Starting::ready).transpose() {
+                Ok(nat) => nat,
+                Err(why) => {
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    return Err(why);
+                }
+            };
+            // A child that already failed has its status and its error.
+            let _ = nix::unistd::write(&go_write, b"1");
+            Ok(Some(Started { step: child, nat }))
+        }
         ForkResult::Child => {
+            drop(go_write);
             sys.set_parent_death_kill()
                 .map_err(|e| fail("setting the parent-death signal", e))?;
-            child(sys, spec)?;
+            child(sys, spec, go)?;
             Ok(None)
         }
     }
@@ -138,7 +159,7 @@ fn confined(spec: &RunSpec) -> bool {
     !spec.privileged
 }
 
-fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
+fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
     let root_path = &spec.rootfs.target;
     let state = &spec.state_dir;
     let mut stubs = Stubs::open(state)?;
@@ -209,7 +230,7 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
     sys.chdir(Path::new("/")).map_err(|e| fail("chdir /", e))?;
     sys.sethostname(&spec.hostname)
         .map_err(|e| fail("sethostname", e))?;
-    exec(sys, spec)
+    exec(sys, spec, go)
 }
 
 /// `/proc` (its masked paths covered, its read-only paths bound read-only)
@@ -438,9 +459,9 @@ fn step_mount<S: Syscall>(
 }
 
 /// After `pivot_root`: the user, the working directory, the privileges,
-/// and `execve`. The seccomp filter goes on last, right before the exec,
+/// the parent's go, and `execve`. The seccomp filter goes on last, right before the exec,
 /// so that only the step runs under it.
-fn exec<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
+fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let id = user::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))
         .map_err(|e| e.to_string())?;
@@ -485,6 +506,14 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<(), SetupError> {
         .collect::<Result<Vec<_>, _>>()?;
     let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
     let program = cstr(&program)?;
+    // The parent's go: the network is up (when the step has one).
+    if !sys
+        .wait_go(go.as_fd())
+        .map_err(|e| fail("waiting for the network", e))?
+    {
+        return Err("the helper stopped before the step started".to_owned());
+    }
+    drop(go);
     if !filters.is_empty() {
         sys.seccomp(&filters)
             .map_err(|e| fail("loading the seccomp filter", e))?;

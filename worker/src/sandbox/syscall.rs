@@ -63,6 +63,29 @@ pub trait Syscall {
         ready: OwnedFd,
         log: OwnedFd,
     ) -> Result<Pid>;
+    /// Creates the persistent tap device `name` in this process's network
+    /// namespace, for a NAT to attach to. Persistent, it outlives the NAT's
+    /// descriptor: the NAT exits without unregistering it (an unregistration
+    /// waits for RCU grace periods), and the kernel deletes it with the
+    /// namespace, after the step, off the build's path.
+    fn make_tap(&self, name: &str) -> Result<()>;
+    /// Blocks until the parent's go byte arrives on `go`; `false` when the
+    /// parent closed it without one.
+    fn wait_go(&self, go: BorrowedFd<'_>) -> Result<bool>;
+}
+
+/// `TUNSETIFF` and `TUNSETPERSIST` (linux/if_tun.h: `_IOW('T', 202, int)`,
+/// `_IOW('T', 203, int)`).
+mod tun {
+    nix::ioctl_write_ptr_bad!(
+        set_iff,
+        nix::request_code_write!(b'T', 202, std::mem::size_of::<nix::libc::c_int>()),
+        nix::libc::ifreq
+    );
+    nix::ioctl_write_int_bad!(
+        set_persist,
+        nix::request_code_write!(b'T', 203, std::mem::size_of::<nix::libc::c_int>())
+    );
 }
 
 /// The descriptor number a [`Syscall::spawn_in_netns`] child finds its
@@ -156,11 +179,7 @@ impl Syscall for Linux {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
             None,
         )?;
-        // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
-        let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as nix::libc::c_char;
-        }
+        let mut req = ifreq("lo")?;
         // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write only `req`, which
         // lives across both calls; see netdevice(7).
         unsafe {
@@ -256,10 +275,52 @@ impl Syscall for Linux {
         let pid = i32::try_from(child.id()).map_err(|_| nix::errno::Errno::ERANGE)?;
         Ok(Pid::from_raw(pid))
     }
+
+    fn make_tap(&self, name: &str) -> Result<()> {
+        let tun = nix::fcntl::open(
+            "/dev/net/tun",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_flags = (nix::libc::IFF_TAP | nix::libc::IFF_NO_PI) as nix::libc::c_short;
+        // SAFETY: TUNSETIFF reads `req`, which lives across the call, and
+        // TUNSETPERSIST takes an integer; both act on the descriptor we own.
+        // See the kernel's Documentation/networking/tuntap.rst.
+        unsafe {
+            tun::set_iff(tun.as_raw_fd(), &req)?;
+            tun::set_persist(tun.as_raw_fd(), 1)?;
+        }
+        Ok(())
+    }
+
+    fn wait_go(&self, go: BorrowedFd<'_>) -> Result<bool> {
+        let mut byte = [0u8; 1];
+        loop {
+            match nix::unistd::read(go, &mut byte) {
+                Ok(n) => return Ok(n == 1),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 fn io_error(e: nix::errno::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
+}
+
+/// An `ifreq` naming the interface `name` (at most 15 bytes), the rest zero.
+fn ifreq(name: &str) -> Result<nix::libc::ifreq> {
+    // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+    let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as nix::libc::c_char;
+    }
+    Ok(req)
 }
 
 /// Records calls instead of making them; every call succeeds (`fork`
@@ -413,5 +474,16 @@ impl Syscall for Recording {
         self.record(format!("spawn_in_netns {program} {}", args.join(" ")));
         nix::unistd::write(&ready, b"1")?;
         Ok(Pid::from_raw(0))
+    }
+
+    fn make_tap(&self, name: &str) -> Result<()> {
+        self.record(format!("make_tap {name}"));
+        Ok(())
+    }
+
+    /// Records the call; the go byte is there at once.
+    fn wait_go(&self, _go: BorrowedFd<'_>) -> Result<bool> {
+        self.record("wait_go".into());
+        Ok(true)
     }
 }

@@ -289,18 +289,23 @@ fn private_network_starts_the_nat_before_the_other_namespaces() {
     let calls = sys.calls();
     assert_eq!(calls[0], "open_netns");
     assert_eq!(calls[1], "unshare CloneFlags(CLONE_NEWNET)");
+    assert_eq!(calls[2], "make_tap eth0");
     assert!(
-        calls[2].starts_with("spawn_in_netns slirp4netns ")
-            && calls[2].contains("--disable-host-loopback")
-            && calls[2].ends_with(&format!(" {} eth0", std::process::id())),
-        "{}",
-        calls[2]
-    );
-    assert!(
-        calls[3].starts_with("unshare") && !calls[3].contains("CLONE_NEWNET"),
+        calls[3].starts_with("spawn_in_netns slirp4netns ")
+            && calls[3].contains("--disable-host-loopback")
+            && calls[3].ends_with(&format!(" {} eth0", std::process::id())),
         "{}",
         calls[3]
     );
-    assert_eq!(calls[4], "fork");
+    assert!(
+        calls[4].starts_with("unshare") && !calls[4].contains("CLONE_NEWNET"),
+        "{}",
+        calls[4]
+    );
+    assert_eq!(calls[5], "fork");
     assert!(!calls.iter().any(|c| c == "loopback_up"));
+    // The step starts on the parent's go, after its mounts, before its filter.
+    let go = calls.iter().position(|c| c == "wait_go").unwrap();
+    assert!(calls[..go].iter().any(|c| c.starts_with("pivot_root")));
+    assert!(calls[go + 1].starts_with("seccomp"), "{}", calls[go + 1]);
 }
