@@ -63,7 +63,12 @@ fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
 
 /// A docker-archive of one image `tag` with `layers`; its config claims
 /// `diff_ids` (the layers' own digests when `None`).
-fn docker_archive(path: &Path, tag: &str, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>) {
+pub(crate) fn docker_archive(
+    path: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    diff_ids: Option<Vec<String>>,
+) {
     let diff_ids =
         diff_ids.unwrap_or_else(|| layers.iter().map(|l| Digest::of(l).to_string()).collect());
     let config = serde_json::json!({

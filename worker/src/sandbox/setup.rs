@@ -186,25 +186,13 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupEr
             .map_err(|e| fail("bringing up loopback", e))?;
     }
     let r = &spec.rootfs;
-    let lower: Vec<String> = r
-        .lowerdirs
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        r.upperdir.display(),
-        r.workdir.display()
-    );
-    sys.mount(
-        Some(Path::new("overlay")),
+    mount_overlay(
+        sys,
+        &r.lowerdirs,
+        Some((&r.upperdir, &r.workdir)),
         root_path,
-        Some("overlay"),
         nodev,
-        Some(&options),
-    )
-    .map_err(|e| fail(format!("mounting {}", root_path.display()), e))?;
+    )?;
     let root = Root::open(root_path).map_err(|e| fail("opening the root filesystem", e))?;
 
     proc_and_sys(&m, &root, &mut stubs, spec)?;
@@ -417,18 +405,7 @@ fn step_mount<S: Syscall>(
                     let at = state.join(format!("layers-{index}"));
                     fs::create_dir_all(&at)
                         .map_err(|e| fail(format!("creating {}", at.display()), e))?;
-                    let lower: Vec<String> =
-                        lowerdirs.iter().map(|p| p.display().to_string()).collect();
-                    let options = format!("lowerdir={}", lower.join(":"));
-                    m.sys
-                        .mount(
-                            Some(Path::new("overlay")),
-                            &at,
-                            Some("overlay"),
-                            MsFlags::MS_RDONLY | nodev,
-                            Some(&options),
-                        )
-                        .map_err(|e| fail(format!("mounting {}", at.display()), e))?;
+                    mount_overlay(m.sys, lowerdirs, None, &at, nodev)?;
                     at
                 }
             };
@@ -526,15 +503,24 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
 const MAX_MOUNT_OPTIONS: usize = 4095;
 
 /// Mounts an overlay of `lowerdirs` (top first) at `target`, with an
-/// upper and work directory or read-only. When the lowerdirs share a
-/// parent (a snapshot directory), it mounts from there with their bare
-/// names, so deep images fit in the one page of mount options.
+/// upper and work directory or read-only, with `flags` added. When the
+/// lowerdirs share a parent (a snapshot directory), it mounts from there
+/// with their bare names, so deep images fit in the one page of mount
+/// options.
+///
+/// A directory that appears twice in the stack (two steps that changed
+/// nothing have the same empty layer; images repeat layers) is kept only
+/// where it is highest: overlayfs refuses a stack that names a directory
+/// twice (`ELOOP`), and the lower copy could show nothing the higher one
+/// does not already cover, its whiteouts included.
 pub fn mount_overlay<S: Syscall>(
     sys: &S,
     lowerdirs: &[PathBuf],
     upper: Option<(&Path, &Path)>,
     target: &Path,
+    flags: MsFlags,
 ) -> Result<(), SetupError> {
+    let lowerdirs = distinct(lowerdirs);
     let parent = lowerdirs
         .first()
         .and_then(|p| p.parent())
@@ -552,14 +538,14 @@ pub fn mount_overlay<S: Syscall>(
         None => lowerdirs.iter().map(|l| l.display().to_string()).collect(),
     };
     let mut options = format!("lowerdir={}", names.join(":"));
-    let mut flags = MsFlags::MS_RDONLY;
+    let mut flags = flags | MsFlags::MS_RDONLY;
     if let Some((upper, work)) = upper {
         options.push_str(&format!(
             ",upperdir={},workdir={}",
             upper.display(),
             work.display()
         ));
-        flags = MsFlags::empty();
+        flags -= MsFlags::MS_RDONLY;
     }
     if options.len() > MAX_MOUNT_OPTIONS {
         return Err(format!(
@@ -582,6 +568,12 @@ pub fn mount_overlay<S: Syscall>(
     .map_err(|e| fail(format!("mounting {}", target.display()), e))
 }
 
+/// `dirs` without repeats, each where it first (highest) appears.
+fn distinct(dirs: &[PathBuf]) -> Vec<&PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    dirs.iter().filter(|d| seen.insert(*d)).collect()
+}
+
 /// A file job in a private mount namespace: the destination overlay, the
 /// sources (read-only overlays when layered), then the actions.
 pub fn file_job<S: Syscall>(sys: &S, job: &crate::fileop::FileJob) -> Result<(), SetupError> {
@@ -601,6 +593,7 @@ pub fn file_job<S: Syscall>(sys: &S, job: &crate::fileop::FileJob) -> Result<(),
         &d.lowerdirs,
         Some((&d.upperdir, &d.workdir)),
         &d.target,
+        MsFlags::empty(),
     )?;
     let mut roots = Vec::new();
     for (i, layers) in job.sources.iter().enumerate() {
@@ -611,7 +604,7 @@ pub fn file_job<S: Syscall>(sys: &S, job: &crate::fileop::FileJob) -> Result<(),
                 let at = job.state_dir.join(format!("source-{i}"));
                 fs::create_dir_all(&at)
                     .map_err(|e| fail(format!("creating {}", at.display()), e))?;
-                mount_overlay(sys, layers, None, &at)?;
+                mount_overlay(sys, layers, None, &at, MsFlags::empty())?;
                 roots.push(at);
             }
         }

@@ -62,7 +62,9 @@ fn setup_order() {
     fs::create_dir_all(proc_dir.join("scsi")).unwrap();
     fs::write(proc_dir.join("kcore"), "").unwrap();
     let sys = Recording::default();
-    let s = spec(&path, Network::None);
+    let mut s = spec(&path, Network::None);
+    // Two steps that changed nothing: the same empty layer twice.
+    s.rootfs.lowerdirs.push("/l2".into());
     assert!(
         enter(&sys, &s).unwrap().is_none(),
         "the recorded fork returns as the child"
@@ -90,10 +92,12 @@ fn setup_order() {
         calls[3]
     );
     assert_eq!(calls[4], "loopback_up");
+    // The layers share a parent: named from there, each once, highest kept.
+    assert_eq!(calls[5], "chdir /");
     assert_eq!(
-        calls[5],
+        calls[6],
         format!(
-            "mount overlay {merged} overlay MS_NODEV lowerdir=/l2:/l1,upperdir=/up,workdir=/work"
+            "mount overlay {merged} overlay MS_NODEV lowerdir=l2:l1,upperdir=/up,workdir=/work"
         )
     );
     let locked = "MS_NOSUID | MS_NODEV | MS_NOEXEC";
@@ -185,7 +189,7 @@ fn host_network_keeps_the_namespace_and_privileged_keeps_everything() {
         || c.contains("MS_NODEV | MS_REMOUNT")
         || c.contains("/proc/kcore")
         || c.contains("/proc/sys")));
-    assert!(calls[4].starts_with("mount overlay") && calls[4].contains(" overlay (empty) "));
+    assert!(calls[5].starts_with("mount overlay") && calls[5].contains(" overlay (empty) "));
 }
 
 /// An image whose `/etc` and `/link` are symlinks to a host directory:
