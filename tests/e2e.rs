@@ -25,6 +25,7 @@ mod images;
 mod instructions;
 mod kilnd;
 mod kilnd_tls;
+mod mounts_rw;
 mod noise;
 mod registry;
 mod registry_token;

@@ -399,13 +399,31 @@ fn step_mount<S: Syscall>(
             path: inner,
             readonly,
         } => {
-            let top = match lowerdirs.as_slice() {
-                [one] => one.clone(),
+            // Read-only, one directory is bound as it is. Otherwise an
+            // overlay; a writable one gets an upper directory in the
+            // step's state, discarded with it (as BuildKit does): the
+            // step's writes reach neither the layers (snapshots that every
+            // build shares) nor the context on the host.
+            let top = match (lowerdirs.as_slice(), readonly) {
+                ([one], true) => one.clone(),
                 _ => {
-                    let at = state.join(format!("layers-{index}"));
-                    fs::create_dir_all(&at)
-                        .map_err(|e| fail(format!("creating {}", at.display()), e))?;
-                    mount_overlay(m.sys, lowerdirs, None, &at, nodev)?;
+                    let dir = |name: String| {
+                        let at = state.join(name);
+                        fs::create_dir_all(&at)
+                            .map_err(|e| fail(format!("creating {}", at.display()), e))?;
+                        Ok::<_, SetupError>(at)
+                    };
+                    let at = dir(format!("layers-{index}"))?;
+                    let scratch = if *readonly {
+                        None
+                    } else {
+                        Some((
+                            dir(format!("layers-{index}-upper"))?,
+                            dir(format!("layers-{index}-work"))?,
+                        ))
+                    };
+                    let upper = scratch.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+                    mount_overlay(m.sys, lowerdirs, upper, &at, nodev)?;
                     at
                 }
             };

@@ -92,6 +92,8 @@ pub enum MountKind {
     /// `path` inside a stack of layer directories (top first), mounted as a
     /// read-only overlay when there are several; `path` is resolved inside
     /// them, never outside. (`RUN --mount=type=bind,from=…`, the context.)
+    /// Writable (`rw`), the step writes to a scratch upper directory that
+    /// goes with the step: never to the layers or the context.
     Layers {
         lowerdirs: Vec<PathBuf>,
         path: String,
