@@ -240,6 +240,15 @@ impl Root {
             let (dir, name) = self.parent(&prefix)?;
             match mkdirat(dir.as_fd(), name.as_str(), Mode::from_bits_truncate(mode)) {
                 Ok(()) => {}
+                // Made meanwhile by someone else (steps that share a cache
+                // mount make their mount points in it at once): theirs.
+                Err(Errno::EEXIST)
+                    if self
+                        .lstat(&prefix)?
+                        .is_some_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR) =>
+                {
+                    continue;
+                }
                 // A dangling symlink: make its target, inside the root.
                 Err(Errno::EEXIST) if depth < MAX_LINKS => {
                     let target = self.read_link(&prefix)?;

@@ -334,3 +334,31 @@ fn mkdir_and_mkfile() {
         Err(FileOpError::NotADirectory(_))
     ));
 }
+
+/// Two steps that share a cache mount make the same mount point in it at
+/// once (nested cache mounts, parallel stages): whoever comes second finds
+/// the directory there, which is not an error.
+#[test]
+fn mkdir_all_races_with_another_maker() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..200 {
+        let rel = format!("r{round}/foo/bar/baz");
+        std::thread::scope(|scope| {
+            let makers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let root = Root::open(dir.path()).unwrap();
+                        root.mkdir_all(&rel, 0o755, None)
+                    })
+                })
+                .collect();
+            for maker in makers {
+                maker
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            }
+        });
+        assert!(dir.path().join(&rel).is_dir());
+    }
+}
