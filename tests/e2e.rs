@@ -5,6 +5,7 @@
 
 mod build;
 mod busybox;
+mod cache_mounts;
 mod ci_client;
 mod debug;
 mod docker;

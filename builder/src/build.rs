@@ -91,7 +91,9 @@ pub struct Built {
     pub cache_mounts: std::collections::BTreeSet<String>,
 }
 
-/// The ids of the `RUN --mount=type=cache` mounts in `graph`.
+/// The keys ([`kiln_worker::exec::cache_key`]) of the `RUN
+/// --mount=type=cache` mounts in `graph`. Caches seeded from a stage are
+/// not among them: they are only changes over that stage's layers.
 fn cache_mount_ids(graph: &convert::BuildGraph) -> std::collections::BTreeSet<String> {
     use kiln_proto::ops::v1::{MountType, op};
     graph
@@ -102,8 +104,9 @@ fn cache_mount_ids(graph: &convert::BuildGraph) -> std::collections::BTreeSet<St
             _ => None,
         })
         .flat_map(|exec| &exec.mounts)
-        .filter(|m| m.r#type == MountType::Cache as i32)
-        .filter_map(|m| m.cache.as_ref().map(|c| c.id.clone()))
+        .filter(|m| m.r#type == MountType::Cache as i32 && m.input < 0)
+        .filter_map(|m| m.cache.as_ref())
+        .map(|c| kiln_worker::exec::cache_key(&c.id, c.uid, c.gid, c.mode, None))
         .collect()
 }
 

@@ -59,6 +59,16 @@ pub enum Sharing {
     Locked,
 }
 
+impl Sharing {
+    /// `Shared` becomes `Locked`; the others stay.
+    fn exclusive(self) -> Self {
+        match self {
+            Self::Shared => Self::Locked,
+            other => other,
+        }
+    }
+}
+
 /// One `RUN --mount`, with its sources resolved to this worker's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecMount {
@@ -78,6 +88,8 @@ pub enum ExecMount {
         gid: u32,
         mode: u32,
         readonly: bool,
+        /// `from=`/`source=`: what a new cache starts as.
+        seed: Option<CacheSeed>,
     },
     Tmpfs {
         target: String,
@@ -104,6 +116,35 @@ pub enum ExecMount {
         mode: u32,
         required: bool,
     },
+}
+
+/// What a cache mount starts as (`from=STAGE,source=PATH`): `path` in a
+/// stack of layer directories (top first, named by their content). The
+/// cache keeps only its changes on top of them, in an upper directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSeed {
+    pub layers: Vec<PathBuf>,
+    pub path: String,
+}
+
+/// The cache a `RUN --mount=type=cache` uses, as BuildKit keys it: its id
+/// and what it starts as. The same id seeded from another stage, or made
+/// with another owner or mode than root's 0755, is another cache.
+pub fn cache_key(id: &str, uid: u32, gid: u32, mode: u32, seed: Option<&CacheSeed>) -> String {
+    match seed {
+        Some(seed) => {
+            let layers: Vec<_> = seed
+                .layers
+                .iter()
+                .map(|l| l.file_name().unwrap_or_default().to_string_lossy())
+                .collect();
+            format!("{id}\nfrom {}:{}", layers.join(","), seed.path)
+        }
+        None if (uid, gid, mode & 0o7777) != (0, 0, 0o755) => {
+            format!("{id}\nowner {uid}:{gid} mode {:o}", mode & 0o7777)
+        }
+        None => id.to_owned(),
+    }
 }
 
 /// A RUN step.
@@ -238,6 +279,7 @@ impl Worker {
                         lowerdirs: layers.clone(),
                         path: path.clone(),
                         readonly: *readonly,
+                        upper: None,
                     },
                 }),
                 ExecMount::Tmpfs { target, size } => mounts.push(Mount {
@@ -252,14 +294,33 @@ impl Worker {
                     gid,
                     mode,
                     readonly,
+                    seed,
                 } => {
-                    let guard = self.cache(id, *sharing, *uid, *gid, *mode)?;
-                    mounts.push(Mount {
-                        target: target.clone(),
-                        kind: MountKind::Bind {
+                    let key = cache_key(id, *uid, *gid, *mode, seed.as_ref());
+                    let guard = match seed {
+                        None => self.cache(&key, *sharing, |p| make_dir(p, *uid, *gid, *mode))?,
+                        // Two overlays never share one upper directory:
+                        // shared steps take turns.
+                        Some(_) => self.cache(&key, sharing.exclusive(), |p| {
+                            make_dir(&p.join("upper"), 0, 0, 0o755)?;
+                            make_dir(&p.join("work"), 0, 0, 0o700)
+                        })?,
+                    };
+                    let kind = match seed {
+                        None => MountKind::Bind {
                             source: guard.path.clone(),
                             readonly: *readonly,
                         },
+                        Some(seed) => MountKind::Layers {
+                            lowerdirs: seed.layers.clone(),
+                            path: seed.path.clone(),
+                            readonly: *readonly,
+                            upper: Some(guard.path.clone()),
+                        },
+                    };
+                    mounts.push(Mount {
+                        target: target.clone(),
+                        kind,
                     });
                     guards.push(guard);
                 }
@@ -363,20 +424,19 @@ impl Worker {
         fs::remove_dir_all(&outcome.step_dir).map_err(io_err("removing", &outcome.step_dir))
     }
 
-    /// The directory of cache mount `id`, created with owner and mode.
+    /// The directory of the cache keyed `id` ([`cache_key`]), made by
+    /// `make` when new.
     fn cache(
         &self,
         id: &str,
         sharing: Sharing,
-        uid: u32,
-        gid: u32,
-        mode: u32,
+        make: impl Fn(&Path) -> Result<()>,
     ) -> Result<CacheGuard> {
         let base = self.dir.join("cache-mounts");
         let name = cache_dir_name(id);
         let path = base.join(&name);
         if !path.exists() {
-            make_dir(&path, uid, gid, mode)?;
+            make(&path)?;
         }
         let lock_path = base.join(format!("{name}.lock"));
         let lock_file = OpenOptions::new()
@@ -417,7 +477,7 @@ impl Worker {
                         std::process::id(),
                         STEP_SEQ.fetch_add(1, Ordering::Relaxed)
                     ));
-                    make_dir(&private, uid, gid, mode)?;
+                    make(&private)?;
                     CacheGuard {
                         path: private.clone(),
                         _lock: None,

@@ -69,6 +69,7 @@ fn cache(id: &str, sharing: Sharing) -> ExecMount {
         gid: 1000,
         mode: 0o750,
         readonly: false,
+        seed: None,
     }
 }
 

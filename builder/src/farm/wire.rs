@@ -49,6 +49,8 @@ pub fn mount_message<'a>(
     secret: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Option<pb::Mount> {
     let (target, kind) = match mount {
+        // A seeded cache is this machine's (its layers are).
+        ExecMount::Cache { seed: Some(_), .. } => return None,
         ExecMount::Cache {
             target,
             id,
@@ -57,6 +59,7 @@ pub fn mount_message<'a>(
             gid,
             mode,
             readonly,
+            seed: None,
         } => (
             target.clone(),
             pb::mount::Kind::Cache(pb::CacheMount {
@@ -142,6 +145,7 @@ pub fn exec_request<E>(
                 gid: c.gid,
                 mode: c.mode,
                 readonly: c.readonly,
+                seed: None,
             },
             Some(pb::mount::Kind::Tmpfs(t)) => ExecMount::Tmpfs {
                 target,

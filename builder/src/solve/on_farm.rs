@@ -88,8 +88,8 @@ impl Solver<'_> {
     }
 
     /// The step as the farm takes it, and its layers (for placement);
-    /// `None` when it needs this machine: a bind mount of a download, or an
-    /// SSH agent.
+    /// `None` when it needs this machine: a bind mount of a download, a
+    /// cache seeded from a stage, or an SSH agent.
     fn farm_step(
         &self,
         request: &ExecRequest,
@@ -100,6 +100,10 @@ impl Solver<'_> {
         let mut layers: StepLayers = base.iter().map(weight).collect();
         let mut mounts = Vec::new();
         for m in &exec.mounts {
+            // A cache seeded from a stage is kept with its layers, here.
+            if m.r#type == MountType::Cache as i32 && m.input >= 0 {
+                return Ok(None);
+            }
             if m.r#type == MountType::Bind as i32 {
                 let context;
                 let chain = match usize::try_from(m.input).ok().and_then(|i| inputs.get(i)) {

@@ -8,7 +8,7 @@ use kiln_proto::ops::v1::{
     ExecOp, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action, owner,
     source_op,
 };
-use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
+use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
 use kiln_worker::sandbox::Stream;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
@@ -162,6 +162,7 @@ impl Solver<'_> {
                     gid: c.gid,
                     mode: c.mode,
                     readonly: m.readonly,
+                    seed: None,
                 }
             }
             Ok(MountType::Tmpfs) => ExecMount::Tmpfs {
@@ -203,6 +204,22 @@ impl Solver<'_> {
     fn exec_mounts(&self, exec: &ExecOp, inputs: &[(Fs, String)]) -> Result<Vec<ExecMount>> {
         let mut mounts = Vec::new();
         for m in &exec.mounts {
+            if m.r#type == MountType::Cache as i32 && m.input >= 0 {
+                let mut mount = self.plain_mount(m)?;
+                if let ExecMount::Cache { seed, .. } = &mut mount {
+                    let layers = self.input_dirs(inputs, m.input)?;
+                    *seed = Some(CacheSeed {
+                        layers: if layers.is_empty() {
+                            vec![self.empty_dir()?]
+                        } else {
+                            layers
+                        },
+                        path: m.source.clone(),
+                    });
+                }
+                mounts.push(mount);
+                continue;
+            }
             if m.r#type != MountType::Bind as i32 {
                 mounts.push(self.plain_mount(m)?);
                 continue;

@@ -398,14 +398,16 @@ fn step_mount<S: Syscall>(
             lowerdirs,
             path: inner,
             readonly,
+            upper,
         } => {
             // Read-only, one directory is bound as it is. Otherwise an
             // overlay; a writable one gets an upper directory in the
             // step's state, discarded with it (as BuildKit does): the
             // step's writes reach neither the layers (snapshots that every
-            // build shares) nor the context on the host.
-            let top = match (lowerdirs.as_slice(), readonly) {
-                ([one], true) => one.clone(),
+            // build shares) nor the context on the host. A seeded cache
+            // keeps its writes in its own upper directory.
+            let top = match (lowerdirs.as_slice(), readonly, upper) {
+                ([one], true, None) => one.clone(),
                 _ => {
                     let dir = |name: String| {
                         let at = state.join(name);
@@ -414,13 +416,13 @@ fn step_mount<S: Syscall>(
                         Ok::<_, SetupError>(at)
                     };
                     let at = dir(format!("layers-{index}"))?;
-                    let scratch = if *readonly {
-                        None
-                    } else {
-                        Some((
+                    let scratch = match (upper, readonly) {
+                        (Some(kept), _) => Some((kept.join("upper"), kept.join("work"))),
+                        (None, true) => None,
+                        (None, false) => Some((
                             dir(format!("layers-{index}-upper"))?,
                             dir(format!("layers-{index}-work"))?,
-                        ))
+                        )),
                     };
                     let upper = scratch.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
                     mount_overlay(m.sys, lowerdirs, upper, &at, nodev)?;

@@ -98,5 +98,10 @@ pub enum MountKind {
         lowerdirs: Vec<PathBuf>,
         path: String,
         readonly: bool,
+        /// A directory that keeps the writes (its `upper` and `work`)
+        /// instead of the step's scratch: a cache mount seeded from a
+        /// stage (`--mount=type=cache,from=…`).
+        #[serde(default)]
+        upper: Option<PathBuf>,
     },
 }
