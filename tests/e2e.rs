@@ -28,6 +28,7 @@ mod kilnd;
 mod kilnd_tls;
 mod mounts_rw;
 mod noise;
+mod proxy_args;
 mod registry;
 mod registry_token;
 mod ssh;

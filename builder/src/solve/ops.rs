@@ -250,7 +250,16 @@ impl Solver<'_> {
     ) -> Result<Layer> {
         let meta = exec.meta.clone().unwrap_or_default();
         let mut env = meta.env;
-        env.extend(exec.proxy_env.iter().cloned());
+        // The step's own ARG or ENV of the same name comes first (and a
+        // process reads the first), so it is the one kept.
+        let named = |kv: &String| kv.split_once('=').map_or(kv.clone(), |(k, _)| k.to_owned());
+        let own: std::collections::BTreeSet<String> = env.iter().map(named).collect();
+        env.extend(
+            exec.proxy_env
+                .iter()
+                .filter(|kv| !own.contains(&named(kv)))
+                .cloned(),
+        );
         // Root filesystem and mounts are filled in where the step runs.
         let mut request = ExecRequest {
             rootfs: Vec::new(),

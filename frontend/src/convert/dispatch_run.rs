@@ -4,7 +4,7 @@ use kiln_proto::ops::v1::{ExecOp, Meta, Mount, MountType, NetworkMode, Op, Secur
 
 use super::dispatch_file::inline_file;
 use super::mounts::input_index;
-use super::state::{PROXY_ARGS, StageState};
+use super::state::{StageState, proxy_env};
 use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta};
 use crate::instructions::{Command, RunCommand};
 use crate::parser::Heredoc;
@@ -43,16 +43,7 @@ impl Converter<'_> {
         }
         let args = self.command_line(state, &cmd);
 
-        let proxy_env = PROXY_ARGS
-            .iter()
-            .filter(|name| !state.declares_arg(name))
-            .filter_map(|name| {
-                self.options
-                    .build_args
-                    .get(*name)
-                    .map(|v| format!("{name}={v}"))
-            })
-            .collect();
+        let proxy_env = proxy_env(&self.options.build_args);
         let network = match run.network.as_deref() {
             Some("none") => NetworkMode::None,
             Some("host") => NetworkMode::Host,

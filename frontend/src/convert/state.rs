@@ -142,11 +142,6 @@ impl StageState {
         self.vars
     }
 
-    /// Whether this stage declared ARG `name`.
-    pub(super) fn declares_arg(&self, name: &str) -> bool {
-        self.args.iter().any(|(n, _)| n == name)
-    }
-
     /// Declares an ARG (and its value) in this stage.
     pub(super) fn push_arg(&mut self, name: String, value: Option<String>) {
         self.run_env = None;
@@ -218,18 +213,45 @@ impl Vars for StageState {
 
 /// Proxy variables: passed to RUN from build args without an ARG, and kept
 /// out of cache keys.
-pub(super) const PROXY_ARGS: &[&str] = &[
-    "HTTP_PROXY",
+const PROXY_KINDS: &[&str] = &[
     "http_proxy",
-    "HTTPS_PROXY",
     "https_proxy",
-    "FTP_PROXY",
     "ftp_proxy",
-    "NO_PROXY",
     "no_proxy",
-    "ALL_PROXY",
     "all_proxy",
 ];
+
+/// The proxy variables a RUN step gets, as BuildKit's: each kind given as a
+/// build arg in any spelling (`http_proxy`, `HTTP_PROXY`, …; of several,
+/// the last in sorted order) is set in both the upper and lower case
+/// spellings, whether or not the Dockerfile declares it. They are in no
+/// cache key, image or history.
+pub(super) fn proxy_env(build_args: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut values = [None; PROXY_KINDS.len()];
+    for (name, value) in build_args {
+        if let Some(i) = PROXY_KINDS
+            .iter()
+            .position(|k| name.eq_ignore_ascii_case(k))
+        {
+            values[i] = Some(value);
+        }
+    }
+    PROXY_KINDS
+        .iter()
+        .zip(values)
+        .filter_map(|(kind, value)| value.filter(|v| !v.is_empty()).map(|v| (kind, v)))
+        .flat_map(|(kind, v)| {
+            [
+                format!("{}={v}", kind.to_ascii_uppercase()),
+                format!("{kind}={v}"),
+            ]
+        })
+        .collect()
+}
+
+fn is_proxy(name: &str) -> bool {
+    PROXY_KINDS.iter().any(|k| name.eq_ignore_ascii_case(k))
+}
 
 /// Build args the builder defines (usable in FROM, or in a stage after a
 /// bare `ARG NAME`).
@@ -249,7 +271,7 @@ pub(super) fn predefined_args(options: &ConvertOptions<'_>) -> Vec<(String, Stri
 
 /// Names the builder knows without an ARG (never reported as unused).
 pub(super) fn is_predefined(name: &str) -> bool {
-    PROXY_ARGS.contains(&name)
+    is_proxy(name)
         || name.starts_with("BUILDKIT_")
         || name == "SOURCE_DATE_EPOCH"
         || ["BUILD", "TARGET"].iter().any(|p| {

@@ -188,7 +188,13 @@ fn run_exec_op() {
         "ENV wins over ARG"
     );
     assert_eq!(e.network, NetworkMode::None as i32);
-    assert_eq!(e.proxy_env, ["HTTP_PROXY=http://proxy:3128"]);
+    assert_eq!(
+        e.proxy_env,
+        [
+            "HTTP_PROXY=http://proxy:3128",
+            "http_proxy=http://proxy:3128"
+        ]
+    );
     assert_eq!(root(&g).platform.as_ref().unwrap().architecture, "arm64");
     assert_eq!(
         config(&g).env_var("V"),
