@@ -7,6 +7,7 @@ mod build;
 mod busybox;
 mod cache_mounts;
 mod ci_client;
+mod copy_meta;
 mod debug;
 mod docker;
 mod empty_steps;

@@ -360,6 +360,7 @@ impl Solver<'_> {
                     FileAction::Copy {
                         source: sources.len() - 1,
                         request: CopyRequest {
+                            archive_owners: c.owner.is_none(),
                             sources: c.sources.clone(),
                             dest: c.dest.clone(),
                             owner,
@@ -468,6 +469,7 @@ impl Solver<'_> {
                     parents: false,
                     excludes: Vec::new(),
                     root_excludes: self.dockerignore_patterns.clone(),
+                    archive_owners: false,
                 },
             };
             let empty = self.empty_dir().map_err(|e| e.to_string())?;

@@ -9,6 +9,8 @@
 //!   inside a copied tree are copied as symlinks;
 //! - `--chown` and `--chmod` apply to everything copied; otherwise owner,
 //!   mode and mtime come from the source;
+//! - directories made to hold what is copied are 0755, owned by `--chown`'s
+//!   user or root; a destination directory that exists is left as it is;
 //! - `--exclude` patterns (`.dockerignore` syntax) are matched against paths
 //!   relative to the copied source;
 //! - ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the
@@ -47,6 +49,10 @@ pub struct CopyRequest {
     /// root. What they exclude is not there at all.
     #[serde(default)]
     pub root_excludes: Vec<String>,
+    /// Unpacked archives keep the owners their entries name: `owner` is
+    /// not a `--chown` (only the context's files made root's).
+    #[serde(default)]
+    pub archive_owners: bool,
 }
 
 /// Copies `req.sources` from the root `src` into the root `dest`.
@@ -113,20 +119,27 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             } else {
                 base
             };
+            // A directory's contents are copied, not the directory (as
+            // BuildKit does): a destination that exists keeps its owner and
+            // mode, one made here is 0755 and `--chown`'s or root's. With
+            // `--parents` it is one of the copied directories, with the
+            // source's owner and mode.
             dst.mkdir_all(&target, 0o755, opts.owner)?;
             let from = src_root.open_follow(source, dir_flags)?;
             let to = dst.open_follow(&target, dir_flags)?;
             opts.base.clone_from(source);
             tree::copy_dir(&from, &to, "", &opts)?;
-            let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
-            tree::finish(
-                &to,
-                uid,
-                gid,
-                opts.mode.unwrap_or(st.st_mode & 0o7777),
-                &st,
-                target.as_bytes(),
-            )?;
+            if req.parents {
+                let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
+                tree::finish(
+                    &to,
+                    uid,
+                    gid,
+                    opts.mode.unwrap_or(st.st_mode & 0o7777),
+                    &st,
+                    target.as_bytes(),
+                )?;
+            }
             continue;
         }
         if req.unpack_archives && is_tar_archive(&src_root, source)? {
@@ -136,12 +149,19 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             let reader =
                 decompressed(file).map_err(|e| FileOpError::io("reading", Path::new(source), e))?;
             // A tree, not a layer: `.wh.` files are files.
-            layer::unpack_with(reader, &proc_fd_path(&dir), layer::Whiteouts::Plain).map_err(
-                |e| FileOpError::Unpack {
-                    path: source.clone(),
-                    source: e,
-                },
-            )?;
+            // `--chown` owns every entry (as BuildKit's untar with its
+            // ChownOpts); `--chmod` is not applied to them (BuildKit's
+            // unpack takes no mode).
+            layer::unpack_owned(
+                reader,
+                &proc_fd_path(&dir),
+                layer::Whiteouts::Plain,
+                opts.owner.filter(|_| !req.archive_owners),
+            )
+            .map_err(|e| FileOpError::Unpack {
+                path: source.clone(),
+                source: e,
+            })?;
             continue;
         }
         let target = if dest_is_dir || req.parents {

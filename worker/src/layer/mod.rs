@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use self::diff::{diff, diff_clamped};
-pub use self::unpack::{Unpacked, Whiteouts, unpack, unpack_with};
+pub use self::unpack::{Unpacked, Whiteouts, unpack, unpack_owned, unpack_with};
 
 /// The prefix of an OCI whiteout file.
 pub const WHITEOUT_PREFIX: &str = ".wh.";

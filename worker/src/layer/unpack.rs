@@ -74,6 +74,17 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
 
 /// [`unpack`], with a choice of what whiteouts become.
 pub fn unpack_with<R: Read>(reader: R, dest: &Path, whiteouts: Whiteouts) -> Result<Unpacked> {
+    unpack_owned(reader, dest, whiteouts, None)
+}
+
+/// [`unpack_with`], every entry owned by `owner` (uid, gid) when given
+/// instead of the owner its header names (`ADD --chown` of an archive).
+pub fn unpack_owned<R: Read>(
+    reader: R,
+    dest: &Path,
+    whiteouts: Whiteouts,
+    owner: Option<(u32, u32)>,
+) -> Result<Unpacked> {
     let root = Root::open(dest).map_err(|e| fileop_err(dest, e))?;
     let mut hashed = Hashing {
         inner: reader,
@@ -82,6 +93,7 @@ pub fn unpack_with<R: Read>(reader: R, dest: &Path, whiteouts: Whiteouts) -> Res
     let mut tree = Tree {
         root,
         whiteouts,
+        owner,
         dirs: BTreeMap::new(),
         parent: None,
         stats: Unpacked::default(),
@@ -118,6 +130,8 @@ impl<R: Read> Read for Hashing<R> {
 struct Tree {
     root: Root,
     whiteouts: Whiteouts,
+    /// Every entry's owner, when set.
+    owner: Option<(u32, u32)>,
     /// Directories met, by path, for their metadata at the end.
     dirs: BTreeMap<Vec<u8>, DirMeta>,
     /// The last parent directory opened (entries come grouped by
@@ -303,8 +317,10 @@ impl Tree {
         let header = entry.header();
         // Empty numeric fields are 0, as Go's archive/tar reads them.
         let mode = header.mode().unwrap_or(0o644);
-        let uid = header.uid().unwrap_or(0);
-        let gid = header.gid().unwrap_or(0);
+        let (uid, gid) = match self.owner {
+            Some((uid, gid)) => (u64::from(uid), u64::from(gid)),
+            None => (header.uid().unwrap_or(0), header.gid().unwrap_or(0)),
+        };
         let mtime = header.mtime().unwrap_or(0);
         let kind = header.entry_type();
         let dev = makedev(
