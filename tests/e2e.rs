@@ -12,6 +12,7 @@ mod debug;
 mod docker;
 mod empty_steps;
 mod farm;
+mod git_query;
 mod harness;
 mod hostile_bounds;
 mod hostile_dockerignore;

@@ -30,7 +30,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// A repository with tag `v1` (docs/guide.md = "v1 guide") and a later
 /// commit on main, served over dumb HTTP from `served/repo.git`.
-fn served_repo(work: &Path, served: &Path) {
+pub(crate) fn served_repo(work: &Path, served: &Path) {
     fs::create_dir_all(work.join("docs")).unwrap();
     git(work, &["init", "-q", "-b", "main"]);
     fs::write(work.join("docs/guide.md"), "v1 guide\n").unwrap();

@@ -287,11 +287,21 @@ impl Converter<'_> {
         checksum: Option<String>,
     ) -> Result<String, Kind> {
         let parsed = crate::gitref::parse(url)?;
+        // `--checksum` and the query's `checksum=` name one commit.
+        let checksum = match (checksum, parsed.checksum) {
+            (Some(flag), Some(query)) if flag != query => {
+                return Err(Kind::Git(crate::gitref::GitRefError::Query {
+                    url: url.to_owned(),
+                    why: format!("--checksum={flag} conflicts with checksum={query}"),
+                }));
+            }
+            (flag, query) => flag.or(query),
+        };
         let source = GitSource {
             remote: parsed.remote,
             r#ref: parsed.reference,
             subdir: parsed.subdir,
-            keep_git_dir,
+            keep_git_dir: parsed.keep_git_dir.unwrap_or(keep_git_dir),
             checksum: checksum.unwrap_or_default(),
         };
         let op = new_source(source_op::Source::Git(source), None);
