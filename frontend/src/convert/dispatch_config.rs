@@ -101,6 +101,8 @@ impl Converter<'_> {
                     .on_build
                     .get_or_insert_with(Vec::new)
                     .push(trigger.clone());
+                // As BuildKit's dispatchOnbuild: no history entry.
+                return Ok(Step::Unrecorded);
             }
             CommandKind::Maintainer(author) => state.image.author = Some(author.clone()),
             CommandKind::Run(_)

@@ -225,6 +225,8 @@ pub fn convert(
 
 /// What an instruction did to the stage.
 pub(crate) enum Step {
+    /// Changed only the image config, with no history entry (ONBUILD).
+    Unrecorded,
     /// Changed only the image config.
     Config,
     /// Made a new filesystem; the history entry's text.
@@ -545,17 +547,18 @@ impl<'a> Converter<'a> {
         }
         .map_err(at)?;
         self.charge_vars(state.vars_bytes(), before).map_err(at)?;
-        state.image.history.push(match step {
-            Step::Config => History {
+        state.image.history.extend(match step {
+            Step::Unrecorded => None,
+            Step::Config => Some(History {
                 created_by: command.original.clone(),
                 comment: None,
                 empty_layer: true,
-            },
-            Step::Layer(created_by) => History {
+            }),
+            Step::Layer(created_by) => Some(History {
                 created_by,
                 comment: None,
                 empty_layer: false,
-            },
+            }),
         });
         Ok(())
     }
