@@ -197,12 +197,16 @@ impl Converter<'_> {
         path: &str,
     ) -> Result<Step, Kind> {
         let path = expand(&self.lexer, path, state)?;
-        let dir = if path.starts_with('/') {
-            clean(&path)
+        // As BuildKit's NormalizeWorkdir: an absolute path is kept as
+        // written (`/app/` stays `/app/`), a relative one is joined to the
+        // current directory and cleaned.
+        let (written, dir) = if path.starts_with('/') {
+            (path.clone(), clean(&path))
         } else {
-            clean(&format!("{}/{path}", state.workdir()))
+            let joined = clean(&format!("{}/{path}", state.workdir()));
+            (joined.clone(), joined)
         };
-        state.image.config.working_dir = Some(dir.clone());
+        state.image.config.working_dir = Some(written);
         if dir == "/" {
             return Ok(Step::Config);
         }

@@ -754,3 +754,13 @@ fn a_cancelled_conversion_stops() {
         "line 2: ENV a=b: cancelled"
     );
 }
+
+/// As BuildKit's NormalizeWorkdir: an absolute WORKDIR is kept as written,
+/// a relative one is joined and cleaned.
+#[test]
+fn workdir_as_written_when_absolute() {
+    let g = build("FROM busybox\nWORKDIR /with/slash/\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/with/slash/"));
+    let g = build("FROM busybox\nWORKDIR /a/\nWORKDIR b/../c/\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/a/c"));
+}
