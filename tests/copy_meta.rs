@@ -2,7 +2,8 @@
 //! as BuildKit's copy: a directory's contents are copied, not the
 //! directory; directories made to hold them are 0755 and `--chown`'s or
 //! root's; a destination that exists keeps its owner and mode; `ADD
-//! --chown` owns every entry of an unpacked archive.
+//! --chown` owns every entry of an unpacked archive; a numeric `--chown`
+//! user without a group is its own group.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -52,14 +53,16 @@ fn copied_directories_are_made_as_buildkit_makes_them() {
          COPY --chown=300:400 --from=s /dir/. /existing\n\
          COPY sub/dir1/ subdest4\n\
          COPY --chmod=0644 --from=s /dir /chmodded\n\
-         RUN stat -c '%n %u:%g %a' /newdir /newdir/f /existing /existing/f /subdest4 /subdest4/in /chmodded /chmodded/f > /report\n"
+         COPY --chown=4242 sub/dir1/in /uid-only\n\
+         RUN stat -c '%n %u:%g %a' /newdir /newdir/f /existing /existing/f /subdest4 /subdest4/in /chmodded /chmodded/f /uid-only > /report\n"
     );
     assert_eq!(
         report(&s, &dockerfile),
         "/newdir 0:0 755\n/newdir/f 1000:1000 644\n\
          /existing 5:6 750\n/existing/f 300:400 644\n\
          /subdest4 0:0 755\n/subdest4/in 0:0 644\n\
-         /chmodded 0:0 755\n/chmodded/f 1000:1000 644\n"
+         /chmodded 0:0 755\n/chmodded/f 1000:1000 644\n\
+         /uid-only 4242:4242 644\n"
     );
 }
 

@@ -75,8 +75,13 @@ pub type Result<T> = std::result::Result<T, FileOpError>;
 pub struct OwnerSpec(pub String);
 
 impl OwnerSpec {
-    /// The uid and gid in `root`.
+    /// The uid and gid in `root`. As BuildKit's chown (`UserOpt_ByID`), a
+    /// numeric user without a group is its own group, whatever
+    /// `/etc/passwd` says; a name is looked up there.
     pub fn resolve(&self, root: &Root) -> Result<(u32, u32)> {
+        if let Ok(uid) = self.0.parse::<u32>() {
+            return Ok((uid, uid));
+        }
         let read = |rel: &str| -> String {
             root.open_follow(rel, nix::fcntl::OFlag::O_RDONLY)
                 .ok()
