@@ -8,6 +8,7 @@ mod busybox;
 mod ci_client;
 mod debug;
 mod docker;
+mod everyday;
 mod farm;
 mod harness;
 mod hostile_bounds;

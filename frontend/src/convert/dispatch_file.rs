@@ -66,6 +66,14 @@ impl Converter<'_> {
         // demand, so the named stage need not be known in advance.
         let from = copy.from.as_ref().map(word).transpose()?;
         let add = copy.add.clone().unwrap_or_default();
+        // Expanded as BuildKit does (`ARG SUM` … `--checksum=$SUM`); empty is
+        // none.
+        let checksum = add
+            .checksum
+            .as_ref()
+            .map(word)
+            .transpose()?
+            .filter(|c| !c.is_empty());
 
         let mut groups: Vec<(Origin, Vec<String>, bool)> = Vec::new();
         let unpack_local = is_add && add.unpack != Some(false);
@@ -95,12 +103,14 @@ impl Converter<'_> {
                         command,
                         source,
                         add.keep_git_dir,
-                        add.checksum.clone(),
+                        checksum.clone(),
                     )?;
                     push(&mut groups, Origin::Vertex(digest), "/".to_owned(), false);
                 } else if is_add && is_http_url(source) {
-                    let (digest, file) =
-                        self.http_source(state, command, source, add.checksum.clone());
+                    if let Some(checksum) = &checksum {
+                        check_digest(checksum)?;
+                    }
+                    let (digest, file) = self.http_source(state, command, source, checksum.clone());
                     push(
                         &mut groups,
                         Origin::Vertex(digest),
@@ -112,7 +122,7 @@ impl Converter<'_> {
                 } else if is_add && foreign_url(source) {
                     return Err(Kind::Scheme(source.clone()));
                 } else {
-                    if add.checksum.is_some() {
+                    if checksum.is_some() {
                         return Err(Kind::ChecksumLocal(source.clone()));
                     }
                     let path =
@@ -349,6 +359,27 @@ fn foreign_url(s: &str) -> bool {
     })
 }
 
+/// A download's `--checksum`: a digest as BuildKit parses it
+/// (`go-digest`), of the one algorithm the solver computes.
+fn check_digest(text: &str) -> Result<(), Kind> {
+    let bad = |reason| Kind::Checksum(text.to_owned(), reason);
+    let (algorithm, hex) = text
+        .split_once(':')
+        .ok_or_else(|| bad("invalid checksum digest format"))?;
+    match algorithm {
+        "sha256" => {}
+        "sha384" | "sha512" => return Err(bad("only sha256 digests are checked")),
+        _ => return Err(bad("unsupported digest algorithm")),
+    }
+    if hex.len() != 64 {
+        return Err(bad("invalid checksum digest length"));
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("invalid checksum digest format"));
+    }
+    Ok(())
+}
+
 /// `user[:group]`, each a name or a numeric id.
 pub(super) fn parse_owner(spec: &str) -> Result<Owner, Kind> {
     let (user, group) = match spec.split_once(':') {
@@ -396,6 +427,16 @@ mod tests {
 
     #[test]
     fn modes_and_urls() {
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "sha256:abc",
+            "abc",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("md5:{}", "a".repeat(32)),
+            &format!("sha512:{}", "a".repeat(128)),
+        ] {
+            assert!(check_digest(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_chmod("755").unwrap(), 0o755);
         assert!(parse_chmod("u+x").is_err());
         assert!(parse_chmod("17777").is_err());

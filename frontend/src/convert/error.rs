@@ -45,6 +45,8 @@ pub enum ConvertErrorKind {
     Scheme(String),
     #[error(transparent)]
     Git(#[from] crate::gitref::GitRefError),
+    #[error("invalid --checksum {0:?}: {1}")]
+    Checksum(String, &'static str),
     #[error("ADD --checksum is only for URL and Git sources, not {0:?}")]
     ChecksumLocal(String),
     #[error("invalid port {0:?}: expected PORT[-END][/tcp|udp|sctp]")]
