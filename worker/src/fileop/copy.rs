@@ -1,9 +1,13 @@
 //! COPY and ADD with Docker's rules:
 //!
 //! - a directory source copies its *contents*;
-//! - the destination is a directory when it ends in `/`, when there are
-//!   several sources or a wildcard, or when it already is one; else it is
-//!   the target file's path;
+//! - the destination is a directory when it ends in `/` or already is one;
+//!   else it is the target file's path, also for a wildcard that matches
+//!   one file (`COPY f*.go foo2.go`), and several sources need it to be a
+//!   directory;
+//! - a wildcard that matches nothing copies nothing, as BuildKit (which
+//!   sets `AllowEmptyWildcard` on every Dockerfile source) — but the
+//!   directory before its first wildcard must exist;
 //! - missing parent directories are created;
 //! - a symlink named as the source is followed (inside its root), symlinks
 //!   inside a copied tree are copied as symlinks;
@@ -68,33 +72,14 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         base: String::new(),
         hidden_files: &hidden_files,
     };
-    // (path, components `--parents` drops: those before a `/./` pivot)
-    let mut sources: Vec<(String, usize)> = Vec::new();
-    let mut wildcard = false;
-    for source in &req.sources {
-        let pivot = source
-            .split_once("/./")
-            .map_or(0, |(before, _)| components(before).len());
-        if req.allow_wildcard && has_glob(source) {
-            wildcard = true;
-            let mut found = expand(&src_root, source)?;
-            found.retain(|p| !hidden(p));
-            if found.is_empty() {
-                return Err(FileOpError::NotFound(source.clone()));
-            }
-            sources.extend(found.into_iter().map(|p| (p, pivot)));
-        } else {
-            let path = components(source).join("/");
-            if src_root.stat(source)?.is_none() || hidden(&path) {
-                return Err(FileOpError::NotFound(source.clone()));
-            }
-            sources.push((path, pivot));
-        }
+    let sources = resolve_sources(&src_root, req, &hidden)?;
+    let dest_is_dir = req.dest.ends_with('/') || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
+    if sources.len() > 1 && !dest_is_dir && !req.parents {
+        return Err(FileOpError::DestNotDirectory {
+            dest: req.dest.clone(),
+            count: sources.len(),
+        });
     }
-    let dest_is_dir = req.dest.ends_with('/')
-        || sources.len() > 1
-        || wildcard
-        || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
     let dest_base = components(&req.dest).join("/");
     for (source, pivot) in &sources {
         let st = src_root
@@ -160,6 +145,42 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         tree::copy_file(from, &st, &to_dir, name.as_bytes(), &opts)?;
     }
     Ok(())
+}
+
+/// The paths `req.sources` name, wildcards expanded, each with how many
+/// leading components `--parents` drops (those before a `/./` pivot).
+fn resolve_sources(
+    src_root: &Root,
+    req: &CopyRequest,
+    hidden: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, usize)>> {
+    let mut sources = Vec::new();
+    for source in &req.sources {
+        let pivot = source
+            .split_once("/./")
+            .map_or(0, |(before, _)| components(before).len());
+        if req.allow_wildcard && has_glob(source) {
+            let mut found = expand(src_root, source)?;
+            found.retain(|p| !hidden(p));
+            if found.is_empty() {
+                // fsutil walks this directory for the matches: its absence
+                // is an error, an empty match is not.
+                let parts = components(source);
+                let dir = parts[..parts.iter().take_while(|p| !has_glob(p)).count()].join("/");
+                if !dir.is_empty() && (src_root.stat(&dir)?.is_none() || hidden(&dir)) {
+                    return Err(FileOpError::NotFound(format!("/{dir}")));
+                }
+            }
+            sources.extend(found.into_iter().map(|p| (p, pivot)));
+        } else {
+            let path = components(source).join("/");
+            if src_root.stat(source)?.is_none() || hidden(&path) {
+                return Err(FileOpError::NotFound(source.clone()));
+            }
+            sources.push((path, pivot));
+        }
+    }
+    Ok(sources)
 }
 
 fn has_glob(path: &str) -> bool {

@@ -112,18 +112,42 @@ fn wildcards_stay_in_one_directory() {
     for f in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
         write(&r.src, f, f);
     }
-    copy(&r.src, &r.dst, &req(&["/*.txt"], "/out")).unwrap();
-    assert_eq!(
-        tree(&r.dst),
-        ["out/", "out/a.txt", "out/b.txt"],
-        "a wildcard makes the destination a directory"
-    );
+    copy(&r.src, &r.dst, &req(&["/*.txt"], "/out/")).unwrap();
+    assert_eq!(tree(&r.dst), ["out/", "out/a.txt", "out/b.txt"]);
     copy(&r.src, &r.dst, &req(&["/s?b/*.txt"], "/o2/")).unwrap();
     assert_eq!(read(&r.dst, "o2/d.txt"), "sub/d.txt");
-    assert!(matches!(
-        copy(&r.src, &r.dst, &req(&["/*.rs"], "/o3/")),
-        Err(FileOpError::NotFound(_))
-    ));
+}
+
+#[test]
+fn a_wildcard_to_a_name_without_slash() {
+    let r = roots();
+    for f in ["a.txt", "b.txt", "c.md"] {
+        write(&r.src, f, f);
+    }
+    copy(&r.src, &r.dst, &req(&["/c*"], "/one.md")).unwrap();
+    assert_eq!(read(&r.dst, "one.md"), "c.md", "one match: that file");
+    let e = copy(&r.src, &r.dst, &req(&["/*.txt"], "/two")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "copying 2 files to /two: the destination must be a directory and end with a /"
+    );
+    fs::create_dir(r.dst.join("dir")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/*.txt"], "/dir")).unwrap();
+    assert_eq!(tree(&r.dst.join("dir")), ["a.txt", "b.txt"]);
+}
+
+#[test]
+fn a_wildcard_matching_nothing_copies_nothing() {
+    let r = roots();
+    write(&r.src, "a.txt", "a");
+    fs::create_dir(r.src.join("empty")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/a.txt", "/*.lock"], "/app/")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/empty/*.rs"], "/none/")).unwrap();
+    assert_eq!(tree(&r.dst), ["app/", "app/a.txt"]);
+    let e = copy(&r.src, &r.dst, &req(&["/missing/sub/*.rs"], "/x/")).unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory: /missing/sub");
+    let e = copy(&r.src, &r.dst, &req(&["/a.txt", "/nope.txt"], "/x/")).unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory: /nope.txt");
 }
 
 #[test]
