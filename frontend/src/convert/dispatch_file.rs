@@ -8,6 +8,7 @@ use kiln_proto::ops::v1::{
 use super::mounts::input_index;
 use super::state::StageState;
 use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand, new_source};
+use crate::chmod::Chmod;
 use crate::instructions::{Command, CopyCommand};
 use crate::paths::{base_name, clean, in_context, resolve_dest};
 use crate::shell::Lexer;
@@ -50,13 +51,18 @@ impl Converter<'_> {
             .transpose()?
             .filter(|c| !c.is_empty());
         let owner = owner.map(|c| parse_owner(&c)).transpose()?;
-        let mode = copy
+        let chmod = copy
             .chmod
             .as_ref()
             .map(word)
             .transpose()?
-            .map(|m| parse_chmod(&m))
+            .map(|m| Chmod::parse(&m))
             .transpose()?;
+        let (mode, chmod) = match chmod {
+            None => (None, String::new()),
+            Some(Chmod::Octal(bits)) => (Some(bits), String::new()),
+            Some(symbolic) => (None, symbolic.to_string()),
+        };
         let excludes = copy
             .excludes
             .iter()
@@ -166,6 +172,7 @@ impl Converter<'_> {
                     dest: dest.clone(),
                     owner: owner.clone(),
                     mode,
+                    chmod: chmod.clone(),
                     allow_wildcard: true,
                     unpack_archives: unpack,
                     parents: copy.parents,
@@ -403,14 +410,6 @@ pub(super) fn parse_owner(spec: &str) -> Result<Owner, Kind> {
     })
 }
 
-/// An octal mode up to 07777.
-fn parse_chmod(spec: &str) -> Result<u32, Kind> {
-    u32::from_str_radix(spec, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| Kind::Chmod(spec.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,9 +436,6 @@ mod tests {
         ] {
             assert!(check_digest(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_chmod("755").unwrap(), 0o755);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("17777").is_err());
         assert!(is_git_url(
             "https://github.com/moby/buildkit.git#v0.10.1:docs"
         ));

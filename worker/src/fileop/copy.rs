@@ -11,8 +11,9 @@
 //! - missing parent directories are created;
 //! - a symlink named as the source is followed (inside its root), symlinks
 //!   inside a copied tree are copied as symlinks;
-//! - `--chown` and `--chmod` apply to everything copied; otherwise owner,
-//!   mode and mtime come from the source;
+//! - `--chown` and `--chmod` apply to everything copied (a symbolic
+//!   `--chmod` to each entry's own mode); otherwise owner, mode and mtime
+//!   come from the source;
 //! - `--exclude` patterns (`.dockerignore` syntax) are matched against paths
 //!   relative to the copied source;
 //! - ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the
@@ -21,6 +22,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::dockerignore::Matcher;
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
@@ -40,7 +42,8 @@ pub struct CopyRequest {
     /// Path in the destination root; a trailing `/` means a directory.
     pub dest: String,
     pub owner: Option<OwnerSpec>,
-    pub mode: Option<u32>,
+    /// `--chmod`: every copied file's mode, or a change of it.
+    pub mode: Option<Chmod>,
     pub allow_wildcard: bool,
     pub unpack_archives: bool,
     /// `--parents`: keep each source's directories under `dest`.
@@ -66,7 +69,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         tree::HiddenFiles::new(src_root.open_follow("", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?);
     let mut opts = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
-        mode: req.mode,
+        mode: req.mode.as_ref(),
         excludes: &excludes,
         root_excludes: &root_excludes,
         base: String::new(),
@@ -104,14 +107,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             opts.base.clone_from(source);
             tree::copy_dir(&from, &to, "", &opts)?;
             let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
-            tree::finish(
-                &to,
-                uid,
-                gid,
-                opts.mode.unwrap_or(st.st_mode & 0o7777),
-                &st,
-                target.as_bytes(),
-            )?;
+            tree::finish(&to, uid, gid, opts.mode_of(&st), &st, target.as_bytes())?;
             continue;
         }
         if req.unpack_archives && is_tar_archive(&src_root, source)? {

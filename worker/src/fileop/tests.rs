@@ -234,7 +234,7 @@ fn owner_mode_mtime_and_excludes() {
 
     let mut chowned = req(&["/app"], "/owned/");
     chowned.owner = Some(OwnerSpec("app:staff".into()));
-    chowned.mode = Some(0o640);
+    chowned.mode = Some(kiln_frontend::chmod::Chmod::Octal(0o640));
     chowned.excludes = vec!["*.md".into(), "docs".into()];
     copy(&r.src, &r.dst, &chowned).unwrap();
     assert_eq!(
@@ -251,6 +251,23 @@ fn owner_mode_mtime_and_excludes() {
         );
     }
     assert_eq!(m.mode() & 0o7777, 0o640);
+
+    // A symbolic mode changes each entry's own mode; X only where
+    // something may execute already, and on directories.
+    fs::set_permissions(
+        r.src.join("app/README.md"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(r.src.join("app/docs"), fs::Permissions::from_mode(0o700)).unwrap();
+    let mut symbolic = req(&["/app"], "/sym/");
+    symbolic.mode = Some(kiln_frontend::chmod::Chmod::parse("go-rwx,g+rX").unwrap());
+    copy(&r.src, &r.dst, &symbolic).unwrap();
+    let mode = |rel: &str| fs::metadata(r.dst.join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        [mode("sym/main.rs"), mode("sym/README.md"), mode("sym/docs")],
+        [0o750, 0o640, 0o750]
+    );
 
     let mut unknown = req(&["/app/main.rs"], "/x");
     unknown.owner = Some(OwnerSpec("ghost".into()));
