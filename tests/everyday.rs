@@ -264,6 +264,14 @@ fn output_to_stdout() {
         let names = tar_names(&out.stdout);
         assert!(names.iter().any(|n| n == inside), "{kind}: {names:?}");
     }
+    // Through kilnd: the archive streams to the client's standard output.
+    let kilnd = crate::kilnd::Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let out = run(&["build", "--addr", &addr, "-o", "type=oci,dest=-", ctx]);
+    assert_ok(&out);
+    assert!(tar_names(&out.stdout).iter().any(|n| n == "index.json"));
+    drop(kilnd);
+
     let out = run(&["build", "-o", "type=local,dest=-", ctx]);
     assert_failed_with(&out, "dest cannot be stdout for local exporter");
     let out = run(&["build", "-o", "-", "-o", "type=oci,dest=-", ctx]);
