@@ -46,8 +46,16 @@ pub(crate) struct Build {
     /// Import a build cache exported with --cache-to: `type=registry,ref=REF`.
     #[arg(long = "cache-from", value_name = "type=registry,ref=REF")]
     cache_from: Vec<String>,
-    /// When to pull base images: missing (default), always, never.
-    #[arg(long, value_name = "POLICY", default_value = "missing", num_args = 0..=1, default_missing_value = "always")]
+    /// Pull every base image (`--pull`, a switch as in `docker buildx
+    /// build`), or say when: `--pull=missing` (the default), `always`, `never`.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "missing",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
     pull: String,
     #[command(flatten)]
     registry: crate::registry::RegistryArgs,
@@ -430,7 +438,10 @@ impl Build {
             entitlements,
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
-                format!("--pull {}: expected missing, always or never", self.pull)
+                format!(
+                    "--pull={}: expected missing, always or never (or true, false)",
+                    self.pull
+                )
             })?,
             registry: self.registry.options(None)?,
             cancellation: Default::default(),
