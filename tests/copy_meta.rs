@@ -1,6 +1,7 @@
 //! Owners and modes of what COPY and ADD make (issue 14, items 6 and 18),
 //! as BuildKit's copy: a directory's contents are copied, not the
-//! directory; directories made to hold them are 0755 and `--chown`'s or
+//! directory; directories made to hold them are 0755 (a numeric `--chmod`'s
+//! mode, as fsutil's MkdirAll since BuildKit 0.13) and `--chown`'s or
 //! root's; a destination that exists keeps its owner and mode; `ADD
 //! --chown` owns every entry of an unpacked archive; a numeric `--chown`
 //! user without a group is its own group.
@@ -61,7 +62,7 @@ fn copied_directories_are_made_as_buildkit_makes_them() {
         "/newdir 0:0 755\n/newdir/f 1000:1000 644\n\
          /existing 5:6 750\n/existing/f 300:400 644\n\
          /subdest4 0:0 755\n/subdest4/in 0:0 644\n\
-         /chmodded 0:0 755\n/chmodded/f 1000:1000 644\n\
+         /chmodded 0:0 644\n/chmodded/f 1000:1000 644\n\
          /uid-only 4242:4242 644\n"
     );
 }

@@ -11,6 +11,7 @@ mod copy_meta;
 mod debug;
 mod docker;
 mod empty_steps;
+mod everyday;
 mod farm;
 mod git_query;
 mod harness;

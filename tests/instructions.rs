@@ -95,7 +95,7 @@ COPY --chmod=0640 files/ ./files/
 COPY --chown=1000:1000 hello.txt owned.txt
 ADD archive.tar.gz /unpacked/
 ADD {remote} /downloads/
-ADD --checksum=sha256:{sum} {remote} /downloads/checked.txt
+ADD --checksum={sum} {remote} /downloads/checked.txt
 ADD {git}#v1:docs /guide/
 ADD --keep-git-dir=true {git} /repo/
 RUN echo "$GREETING build $BUILD_NO" > greeting && id -u > uid-root

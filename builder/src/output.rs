@@ -1,14 +1,17 @@
 //! Build outputs (`-o/--output`, buildctl's syntax): the image store, an
 //! OCI or docker archive, the final root filesystem as a directory or a tar.
+//! An archive goes to a file or, with `dest=-` (or `-o -`), to standard
+//! output, as buildx writes it.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Digest, Store};
 use kiln_worker::layer::compression::decompressed;
 use kiln_worker::layer::{Whiteouts, unpack_with};
 
-use crate::archive::{Format, save_images_to_file};
+use crate::archive::{Format, save_images, save_images_to_file};
 use crate::image::{self, ImageError, Result};
 
 /// One `-o` value.
@@ -17,20 +20,43 @@ pub enum Output {
     /// The image store: tagged with `-t` and `name=`, then pushed to the
     /// names' registries with `push=true`.
     Image { names: Vec<String>, push: bool },
-    /// A docker-archive file (`docker load` reads it).
-    Docker(PathBuf),
+    /// A docker-archive (`docker load` reads it).
+    Docker(Dest),
     /// An OCI layout tar.
-    Oci(PathBuf),
+    Oci(Dest),
     /// The final root filesystem in a directory.
     Local(PathBuf),
-    /// The final root filesystem as a tar file.
-    Tar(PathBuf),
+    /// The final root filesystem as a tar.
+    Tar(Dest),
+}
+
+/// Where an archive output is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    File(PathBuf),
+    /// `dest=-`.
+    Stdout,
+}
+
+impl Dest {
+    fn new(path: PathBuf) -> Self {
+        if path.as_os_str() == "-" {
+            Self::Stdout
+        } else {
+            Self::File(path)
+        }
+    }
 }
 
 impl Output {
-    /// Parses `type=…[,dest=…]`; a bare path means `type=local,dest=PATH`,
-    /// as `docker build -o` takes it.
+    /// Parses `type=…[,dest=…]`; a bare path means `type=local,dest=PATH`
+    /// and a bare `-` a tar on standard output, as `docker build -o` takes
+    /// them. As buildx: `tar` and `oci` without `dest` go to standard output,
+    /// `local` never does.
     pub fn parse(spec: &str) -> std::result::Result<Self, String> {
+        if spec == "-" {
+            return Ok(Self::Tar(Dest::Stdout));
+        }
         if !spec.contains('=') {
             return Ok(Self::Local(PathBuf::from(spec)));
         }
@@ -59,17 +85,43 @@ impl Output {
             dest.clone()
                 .ok_or_else(|| format!("--output {spec:?}: type={kind} needs dest=PATH"))
         };
+        let file_or_stdout = || Dest::new(dest.clone().unwrap_or_else(|| PathBuf::from("-")));
         match kind.as_deref() {
             Some("image") => Ok(Self::Image { names, push }),
-            Some("docker") => Ok(Self::Docker(need_dest("docker")?)),
-            Some("oci") => Ok(Self::Oci(need_dest("oci")?)),
-            Some("local") => Ok(Self::Local(need_dest("local")?)),
-            Some("tar") => Ok(Self::Tar(need_dest("tar")?)),
+            // buildx loads it into docker then; kiln has no docker to load into.
+            Some("docker") => Ok(Self::Docker(Dest::new(need_dest("docker")?))),
+            Some("oci") => Ok(Self::Oci(file_or_stdout())),
+            Some("local") => match need_dest("local")? {
+                d if d.as_os_str() == "-" => Err(format!(
+                    "--output {spec:?}: dest cannot be stdout for local exporter"
+                )),
+                d => Ok(Self::Local(d)),
+            },
+            Some("tar") => Ok(Self::Tar(file_or_stdout())),
             Some(other) => Err(format!(
                 "--output {spec:?}: unknown type {other:?} (image, docker, oci, local, tar)"
             )),
             None => Err(format!("--output {spec:?}: no type=")),
         }
+    }
+
+    /// The output's type, as `type=` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Image { .. } => "image",
+            Self::Docker(_) => "docker",
+            Self::Oci(_) => "oci",
+            Self::Local(_) => "local",
+            Self::Tar(_) => "tar",
+        }
+    }
+
+    /// Whether it is written to standard output.
+    pub fn to_stdout(&self) -> bool {
+        matches!(
+            self,
+            Self::Docker(Dest::Stdout) | Self::Oci(Dest::Stdout) | Self::Tar(Dest::Stdout)
+        )
     }
 }
 
@@ -81,18 +133,8 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
     match output {
         // Tagging and pushing are the caller's (they need the tags).
         Output::Image { .. } => Ok(()),
-        Output::Docker(dest) => save_images_to_file(
-            store,
-            &[(name.unwrap_or_default().to_owned(), img()?)],
-            Format::Docker,
-            dest,
-        ),
-        Output::Oci(dest) => save_images_to_file(
-            store,
-            &[(name.unwrap_or_default().to_owned(), img()?)],
-            Format::Oci,
-            dest,
-        ),
+        Output::Docker(dest) => archive(store, name, img()?, Format::Docker, dest),
+        Output::Oci(dest) => archive(store, name, img()?, Format::Oci, dest),
         Output::Local(dest) => rootfs(store, &img()?, dest),
         Output::Tar(dest) => {
             // One directory per export: kilnd runs several builds at once.
@@ -110,8 +152,43 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
                     path: tmp_root.clone(),
                     source,
                 })?;
-            rootfs(store, &img()?, tmp.path()).and_then(|()| tar_dir(tmp.path(), dest))
+            rootfs(store, &img()?, tmp.path())?;
+            match dest {
+                Dest::File(path) => {
+                    let file = fs::File::create(path).map_err(io_error("creating", path))?;
+                    tar_dir(tmp.path(), file, path)
+                }
+                Dest::Stdout => tar_dir(tmp.path(), std::io::stdout().lock(), Path::new("-")),
+            }
         }
+    }
+}
+
+/// The image as an archive of `format`, named `name` when tagged.
+fn archive(
+    store: &Store,
+    name: Option<&str>,
+    img: image::Image,
+    format: Format,
+    dest: &Dest,
+) -> Result<()> {
+    let images = [(name.unwrap_or_default().to_owned(), img)];
+    match dest {
+        Dest::File(path) => save_images_to_file(store, &images, format, path),
+        Dest::Stdout => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            save_images(store, &images, format, &mut out)?;
+            out.flush().map_err(io_error("writing", Path::new("-")))
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+    let path = path.to_owned();
+    move |source| ImageError::Io {
+        action,
+        path,
+        source,
     }
 }
 
@@ -146,20 +223,15 @@ fn rootfs(store: &Store, img: &image::Image, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn tar_dir(dir: &Path, dest: &Path) -> Result<()> {
-    let io = |action| {
-        let path = dest.to_owned();
-        move |source| ImageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let file = fs::File::create(dest).map_err(io("creating"))?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+/// Writes a tar of `dir` to `out` (`dest` names it in errors).
+fn tar_dir(dir: &Path, out: impl Write, dest: &Path) -> Result<()> {
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(out));
     tar.follow_symlinks(false);
-    tar.append_dir_all(".", dir).map_err(io("writing"))?;
-    tar.into_inner().map_err(io("writing"))?;
+    tar.append_dir_all(".", dir)
+        .map_err(io_error("writing", dest))?;
+    tar.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(io_error("writing", dest))?;
     Ok(())
 }
 
@@ -171,12 +243,25 @@ mod tests {
     fn specs() {
         assert_eq!(
             Output::parse("type=docker,dest=a.tar"),
-            Ok(Output::Docker("a.tar".into()))
+            Ok(Output::Docker(Dest::File("a.tar".into())))
         );
         assert_eq!(
             Output::parse("type=oci,dest=o.tar,compression=zstd"),
-            Ok(Output::Oci("o.tar".into()))
+            Ok(Output::Oci(Dest::File("o.tar".into())))
         );
+        for stdout in ["-", "type=tar", "type=tar,dest=-", "type=oci"] {
+            assert!(Output::parse(stdout).unwrap().to_stdout(), "{stdout}");
+        }
+        assert_eq!(
+            Output::parse("type=docker,dest=-"),
+            Ok(Output::Docker(Dest::Stdout))
+        );
+        assert!(
+            Output::parse("type=local,dest=-")
+                .unwrap_err()
+                .contains("dest cannot be stdout for local exporter")
+        );
+        assert!(Output::parse("type=docker").is_err());
         assert_eq!(
             Output::parse("type=image,name=x,push=true"),
             Ok(Output::Image {

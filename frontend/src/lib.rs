@@ -4,14 +4,15 @@
 //! arguments and the base images' configs alone — parsing
 //! ([`parser`]), BuildKit's variable expansion ([`shell`]), typed and
 //! validated instructions ([`instructions`]), the content-addressed graph of
-//! ops and each stage's image config ([`convert`]), and `.dockerignore`
-//! matching ([`dockerignore`]).
+//! ops and each stage's image config ([`convert`]), `.dockerignore`
+//! matching ([`dockerignore`]) and `--chmod` modes ([`chmod`]).
 //!
 //! Does not own: any I/O. It reads no files, starts no processes and needs no
 //! runtime; the caller passes text in and resolves base images through the
 //! [`convert::ImageResolver`] it provides. Running the graph is the solver's
 //! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
 
+pub mod chmod;
 pub mod convert;
 pub mod dockerignore;
 pub mod gitref;

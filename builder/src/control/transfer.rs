@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ControlError, ControlService};
+use crate::output::Dest;
 
 pub(super) type SaveStream = ReceiverStream<Result<pb::DataChunk, Status>>;
 
@@ -87,9 +88,9 @@ impl ControlService {
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 let file = scratch.path().join("out");
                 let output = match r.kind.as_str() {
-                    "docker" => crate::output::Output::Docker(file.clone()),
-                    "oci" => crate::output::Output::Oci(file.clone()),
-                    "tar" => crate::output::Output::Tar(file.clone()),
+                    "docker" => crate::output::Output::Docker(Dest::File(file.clone())),
+                    "oci" => crate::output::Output::Oci(Dest::File(file.clone())),
+                    "tar" => crate::output::Output::Tar(Dest::File(file.clone())),
                     other => return Err(ControlError::Invalid(format!("output type {other}"))),
                 };
                 let name = (!r.name.is_empty()).then_some(r.name.as_str());

@@ -26,11 +26,13 @@ pub enum PullPolicy {
 }
 
 impl PullPolicy {
+    /// A policy, or buildx's boolean `--pull[=true|false]` (false: pull
+    /// only what is missing, as docker does without `--pull`).
     pub fn parse(text: &str) -> Option<Self> {
         match text {
-            "missing" => Some(Self::Missing),
+            "missing" | "false" => Some(Self::Missing),
             "always" | "true" => Some(Self::Always),
-            "never" | "false" => Some(Self::Never),
+            "never" => Some(Self::Never),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
 //! Content digests of build-context files, for cache keys: path, type,
-//! mode (unless `--chmod` replaces it), size and content — never mtimes, so
+//! mode (unless an octal `--chmod` replaces it), size and content — never mtimes, so
 //! touching a file without changing it keeps the cache.
 //!
 //! A file's content digest is remembered in the store's index under what

@@ -89,7 +89,7 @@ pub(super) fn http(
         }
     }
     progress(current, total);
-    let digest = format!("sha256:{}", hasher.finish());
+    let digest = hasher.finish().to_string();
     if !source.checksum.is_empty() && source.checksum != digest {
         return Err(format!(
             "{}: checksum mismatch: expected {}, got {digest}",

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::convert::Vertex;
 use kiln_proto::ops::v1::{
-    ExecOp, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action, owner,
-    source_op,
+    ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action,
+    owner, source_op,
 };
 use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
@@ -364,7 +365,7 @@ impl Solver<'_> {
                             sources: c.sources.clone(),
                             dest: c.dest.clone(),
                             owner,
-                            mode: c.mode,
+                            mode: chmod(c)?,
                             allow_wildcard: c.allow_wildcard,
                             unpack_archives: c.unpack_archives,
                             parents: c.parents,
@@ -501,6 +502,18 @@ impl Solver<'_> {
             .map_err(|e| step_err(format!("creating {}: {e}", dir.display())))?;
         Ok(dir)
     }
+}
+
+/// A copy's `--chmod`: octal bits, or a symbolic mode (checked again here:
+/// the graph need not come from kiln's frontend).
+fn chmod(copy: &FileCopy) -> Result<Option<Chmod>> {
+    if copy.chmod.is_empty() {
+        return Ok(copy.mode.map(Chmod::Octal));
+    }
+    if copy.mode.is_some() {
+        return Err(step_err("a copy with both an octal and a symbolic mode"));
+    }
+    Chmod::parse(&copy.chmod).map(Some).map_err(step_err)
 }
 
 /// The op's owner in `USER` syntax.

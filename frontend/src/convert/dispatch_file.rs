@@ -8,6 +8,7 @@ use kiln_proto::ops::v1::{
 use super::mounts::input_index;
 use super::state::StageState;
 use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand, new_source};
+use crate::chmod::Chmod;
 use crate::instructions::{Command, CopyCommand};
 use crate::paths::{base_name, clean, in_context, resolve_dest};
 use crate::shell::Lexer;
@@ -50,13 +51,18 @@ impl Converter<'_> {
             .transpose()?
             .filter(|c| !c.is_empty());
         let owner = owner.map(|c| parse_owner(&c)).transpose()?;
-        let mode = copy
+        let chmod = copy
             .chmod
             .as_ref()
             .map(word)
             .transpose()?
-            .map(|m| parse_chmod(&m))
+            .map(|m| Chmod::parse(&m))
             .transpose()?;
+        let (mode, chmod) = match chmod {
+            None => (None, String::new()),
+            Some(Chmod::Octal(bits)) => (Some(bits), String::new()),
+            Some(symbolic) => (None, symbolic.to_string()),
+        };
         let excludes = copy
             .excludes
             .iter()
@@ -66,6 +72,14 @@ impl Converter<'_> {
         // demand, so the named stage need not be known in advance.
         let from = copy.from.as_ref().map(word).transpose()?;
         let add = copy.add.clone().unwrap_or_default();
+        // Expanded as BuildKit does (`ARG SUM` … `--checksum=$SUM`); empty is
+        // none.
+        let checksum = add
+            .checksum
+            .as_ref()
+            .map(word)
+            .transpose()?
+            .filter(|c| !c.is_empty());
 
         let mut groups: Vec<(Origin, Vec<String>, bool)> = Vec::new();
         let unpack_local = is_add && add.unpack != Some(false);
@@ -95,12 +109,14 @@ impl Converter<'_> {
                         command,
                         source,
                         add.keep_git_dir,
-                        add.checksum.clone(),
+                        checksum.clone(),
                     )?;
                     push(&mut groups, Origin::Vertex(digest), "/".to_owned(), false);
                 } else if is_add && is_http_url(source) {
-                    let (digest, file) =
-                        self.http_source(state, command, source, add.checksum.clone());
+                    if let Some(checksum) = &checksum {
+                        check_digest(checksum)?;
+                    }
+                    let (digest, file) = self.http_source(state, command, source, checksum.clone());
                     push(
                         &mut groups,
                         Origin::Vertex(digest),
@@ -112,7 +128,7 @@ impl Converter<'_> {
                 } else if is_add && foreign_url(source) {
                     return Err(Kind::Scheme(source.clone()));
                 } else {
-                    if add.checksum.is_some() {
+                    if checksum.is_some() {
                         return Err(Kind::ChecksumLocal(source.clone()));
                     }
                     let path =
@@ -156,6 +172,7 @@ impl Converter<'_> {
                     dest: dest.clone(),
                     owner: owner.clone(),
                     mode,
+                    chmod: chmod.clone(),
                     allow_wildcard: true,
                     unpack_archives: unpack,
                     parents: copy.parents,
@@ -363,6 +380,27 @@ fn foreign_url(s: &str) -> bool {
     })
 }
 
+/// A download's `--checksum`: a digest as BuildKit parses it
+/// (`go-digest`), of the one algorithm the solver computes.
+fn check_digest(text: &str) -> Result<(), Kind> {
+    let bad = |reason| Kind::Checksum(text.to_owned(), reason);
+    let (algorithm, hex) = text
+        .split_once(':')
+        .ok_or_else(|| bad("invalid checksum digest format"))?;
+    match algorithm {
+        "sha256" => {}
+        "sha384" | "sha512" => return Err(bad("only sha256 digests are checked")),
+        _ => return Err(bad("unsupported digest algorithm")),
+    }
+    if hex.len() != 64 {
+        return Err(bad("invalid checksum digest length"));
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("invalid checksum digest format"));
+    }
+    Ok(())
+}
+
 /// `user[:group]`, each a name or a numeric id.
 pub(super) fn parse_owner(spec: &str) -> Result<Owner, Kind> {
     let (user, group) = match spec.split_once(':') {
@@ -386,14 +424,6 @@ pub(super) fn parse_owner(spec: &str) -> Result<Owner, Kind> {
     })
 }
 
-/// An octal mode up to 07777.
-fn parse_chmod(spec: &str) -> Result<u32, Kind> {
-    u32::from_str_radix(spec, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| Kind::Chmod(spec.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,9 +440,16 @@ mod tests {
 
     #[test]
     fn modes_and_urls() {
-        assert_eq!(parse_chmod("755").unwrap(), 0o755);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("17777").is_err());
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "sha256:abc",
+            "abc",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("md5:{}", "a".repeat(32)),
+            &format!("sha512:{}", "a".repeat(128)),
+        ] {
+            assert!(check_digest(bad).is_err(), "{bad}");
+        }
         assert!(is_git_url(
             "https://github.com/moby/buildkit.git#v0.10.1:docs"
         ));

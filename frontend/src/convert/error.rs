@@ -33,8 +33,8 @@ pub enum ConvertErrorKind {
         "when using {0} with more than one source file, the destination must be a directory and end with a /"
     )]
     DestNotDirectory(&'static str),
-    #[error("invalid chmod parameter: {0}. it should be octal string and between 0 and 07777")]
-    Chmod(String),
+    #[error(transparent)]
+    Chmod(#[from] crate::chmod::ChmodError),
     #[error("invalid user or group {0:?} for --chown")]
     Chown(String),
     #[error("{0} sources must be a URL or a path: {1:?}")]
@@ -45,6 +45,8 @@ pub enum ConvertErrorKind {
     Scheme(String),
     #[error(transparent)]
     Git(#[from] crate::gitref::GitRefError),
+    #[error("invalid --checksum {0:?}: {1}")]
+    Checksum(String, &'static str),
     #[error("ADD --checksum is only for URL and Git sources, not {0:?}")]
     ChecksumLocal(String),
     #[error("invalid port {0:?}: expected PORT[-END][/tcp|udp|sctp]")]

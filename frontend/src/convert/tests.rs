@@ -509,7 +509,7 @@ fn copy_heredocs() {
 fn add_sources() {
     let g = build(concat!(
         "FROM busybox\n",
-        "ADD --checksum=sha256:abc https://example.com/dl/tool.tar.gz /opt/\n",
+        "ADD --checksum=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 https://example.com/dl/tool.tar.gz /opt/\n",
         "ADD --keep-git-dir https://github.com/moby/buildkit.git#v0.10.1:docs /docs\n",
         "ADD app.tar.gz /srv/\n",
     ));
@@ -525,7 +525,7 @@ fn add_sources() {
         sources
             .iter()
             .any(|s| matches!(s, source_op::Source::Http(h)
-        if h.filename == "tool.tar.gz" && h.checksum == "sha256:abc"))
+        if h.filename == "tool.tar.gz" && h.checksum == "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"))
     );
     assert!(sources.iter().any(|s| matches!(s, source_op::Source::Git(git)
         if git.remote == "https://github.com/moby/buildkit.git" && git.r#ref == "v0.10.1" && git.subdir == "docs" && git.keep_git_dir)));

@@ -1,16 +1,22 @@
 //! COPY and ADD with Docker's rules:
 //!
 //! - a directory source copies its *contents*;
-//! - the destination is a directory when it ends in `/`, when there are
-//!   several sources or a wildcard, or when it already is one; else it is
-//!   the target file's path;
+//! - the destination is a directory when it ends in `/` or already is one;
+//!   else it is the target file's path, also for a wildcard that matches
+//!   one file (`COPY f*.go foo2.go`), and several sources need it to be a
+//!   directory;
+//! - a wildcard that matches nothing copies nothing, as BuildKit (which
+//!   sets `AllowEmptyWildcard` on every Dockerfile source) — but the
+//!   directory before its first wildcard must exist;
 //! - missing parent directories are created;
 //! - a symlink named as the source is followed (inside its root), symlinks
 //!   inside a copied tree are copied as symlinks;
-//! - `--chown` and `--chmod` apply to everything copied; otherwise owner,
-//!   mode and mtime come from the source;
-//! - directories made to hold what is copied are 0755, owned by `--chown`'s
-//!   user or root; a destination directory that exists is left as it is;
+//! - `--chown` and `--chmod` apply to everything copied (a symbolic
+//!   `--chmod` to each entry's own mode); otherwise owner, mode and mtime
+//!   come from the source;
+//! - directories made to hold what is copied are 0755 (a numeric `--chmod`'s
+//!   mode when given), owned by `--chown`'s user or root; a destination
+//!   directory that exists is left as it is;
 //! - `--exclude` patterns (`.dockerignore` syntax) are matched against paths
 //!   relative to the copied source;
 //! - ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the
@@ -19,6 +25,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::dockerignore::Matcher;
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
@@ -38,7 +45,8 @@ pub struct CopyRequest {
     /// Path in the destination root; a trailing `/` means a directory.
     pub dest: String,
     pub owner: Option<OwnerSpec>,
-    pub mode: Option<u32>,
+    /// `--chmod`: every copied file's mode, or a change of it.
+    pub mode: Option<Chmod>,
     pub allow_wildcard: bool,
     pub unpack_archives: bool,
     /// `--parents`: keep each source's directories under `dest`.
@@ -68,40 +76,27 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         tree::HiddenFiles::new(src_root.open_follow("", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?);
     let mut opts = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
-        mode: req.mode,
+        mode: req.mode.as_ref(),
         excludes: &excludes,
         root_excludes: &root_excludes,
         base: String::new(),
         hidden_files: &hidden_files,
     };
-    // (path, components `--parents` drops: those before a `/./` pivot)
-    let mut sources: Vec<(String, usize)> = Vec::new();
-    let mut wildcard = false;
-    for source in &req.sources {
-        let pivot = source
-            .split_once("/./")
-            .map_or(0, |(before, _)| components(before).len());
-        if req.allow_wildcard && has_glob(source) {
-            wildcard = true;
-            let mut found = expand(&src_root, source)?;
-            found.retain(|p| !hidden(p));
-            if found.is_empty() {
-                return Err(FileOpError::NotFound(source.clone()));
-            }
-            sources.extend(found.into_iter().map(|p| (p, pivot)));
-        } else {
-            let path = components(source).join("/");
-            if src_root.stat(source)?.is_none() || hidden(&path) {
-                return Err(FileOpError::NotFound(source.clone()));
-            }
-            sources.push((path, pivot));
-        }
+    let sources = resolve_sources(&src_root, req, &hidden)?;
+    let dest_is_dir = req.dest.ends_with('/') || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
+    if sources.len() > 1 && !dest_is_dir && !req.parents {
+        return Err(FileOpError::DestNotDirectory {
+            dest: req.dest.clone(),
+            count: sources.len(),
+        });
     }
-    let dest_is_dir = req.dest.ends_with('/')
-        || sources.len() > 1
-        || wildcard
-        || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
     let dest_base = components(&req.dest).join("/");
+    // As fsutil's MkdirAll in BuildKit's copy: the directories made to hold
+    // what is copied take a numeric `--chmod`, else 0755.
+    let made_dir_mode = match &req.mode {
+        Some(Chmod::Octal(mode)) => *mode,
+        _ => 0o755,
+    };
     for (source, pivot) in &sources {
         let st = src_root
             .stat(source)?
@@ -121,24 +116,17 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             };
             // A directory's contents are copied, not the directory (as
             // BuildKit does): a destination that exists keeps its owner and
-            // mode, one made here is 0755 and `--chown`'s or root's. With
+            // mode, one made here is made as the parents are. With
             // `--parents` it is one of the copied directories, with the
             // source's owner and mode.
-            dst.mkdir_all(&target, 0o755, opts.owner)?;
+            dst.mkdir_all(&target, made_dir_mode, opts.owner)?;
             let from = src_root.open_follow(source, dir_flags)?;
             let to = dst.open_follow(&target, dir_flags)?;
             opts.base.clone_from(source);
             tree::copy_dir(&from, &to, "", &opts)?;
             if req.parents {
                 let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
-                tree::finish(
-                    &to,
-                    uid,
-                    gid,
-                    opts.mode.unwrap_or(st.st_mode & 0o7777),
-                    &st,
-                    target.as_bytes(),
-                )?;
+                tree::finish(&to, uid, gid, opts.mode_of(&st), &st, target.as_bytes())?;
             }
             continue;
         }
@@ -173,13 +161,49 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             dest_base.clone()
         };
         if let Some(parent) = parent_of_opt(&target) {
-            dst.mkdir_all(parent, 0o755, opts.owner)?;
+            dst.mkdir_all(parent, made_dir_mode, opts.owner)?;
         }
         let (to_dir, name) = dst.parent(&target)?;
         let from = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
         tree::copy_file(from, &st, &to_dir, name.as_bytes(), &opts)?;
     }
     Ok(())
+}
+
+/// The paths `req.sources` name, wildcards expanded, each with how many
+/// leading components `--parents` drops (those before a `/./` pivot).
+fn resolve_sources(
+    src_root: &Root,
+    req: &CopyRequest,
+    hidden: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, usize)>> {
+    let mut sources = Vec::new();
+    for source in &req.sources {
+        let pivot = source
+            .split_once("/./")
+            .map_or(0, |(before, _)| components(before).len());
+        if req.allow_wildcard && has_glob(source) {
+            let mut found = expand(src_root, source)?;
+            found.retain(|p| !hidden(p));
+            if found.is_empty() {
+                // fsutil walks this directory for the matches: its absence
+                // is an error, an empty match is not.
+                let parts = components(source);
+                let dir = parts[..parts.iter().take_while(|p| !has_glob(p)).count()].join("/");
+                if !dir.is_empty() && (src_root.stat(&dir)?.is_none() || hidden(&dir)) {
+                    return Err(FileOpError::NotFound(format!("/{dir}")));
+                }
+            }
+            sources.extend(found.into_iter().map(|p| (p, pivot)));
+        } else {
+            let path = components(source).join("/");
+            if src_root.stat(source)?.is_none() || hidden(&path) {
+                return Err(FileOpError::NotFound(source.clone()));
+            }
+            sources.push((path, pivot));
+        }
+    }
+    Ok(sources)
 }
 
 fn has_glob(path: &str) -> bool {

@@ -38,6 +38,10 @@ pub enum FileOpError {
     NotFound(String),
     #[error("not a directory: {0}")]
     NotADirectory(String),
+    #[error(
+        "copying {count} files to {dest}: the destination must be a directory and end with a /"
+    )]
+    DestNotDirectory { dest: String, count: usize },
     #[error(transparent)]
     User(#[from] user::UserError),
     #[error("{0}")]

@@ -112,18 +112,42 @@ fn wildcards_stay_in_one_directory() {
     for f in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
         write(&r.src, f, f);
     }
-    copy(&r.src, &r.dst, &req(&["/*.txt"], "/out")).unwrap();
-    assert_eq!(
-        tree(&r.dst),
-        ["out/", "out/a.txt", "out/b.txt"],
-        "a wildcard makes the destination a directory"
-    );
+    copy(&r.src, &r.dst, &req(&["/*.txt"], "/out/")).unwrap();
+    assert_eq!(tree(&r.dst), ["out/", "out/a.txt", "out/b.txt"]);
     copy(&r.src, &r.dst, &req(&["/s?b/*.txt"], "/o2/")).unwrap();
     assert_eq!(read(&r.dst, "o2/d.txt"), "sub/d.txt");
-    assert!(matches!(
-        copy(&r.src, &r.dst, &req(&["/*.rs"], "/o3/")),
-        Err(FileOpError::NotFound(_))
-    ));
+}
+
+#[test]
+fn a_wildcard_to_a_name_without_slash() {
+    let r = roots();
+    for f in ["a.txt", "b.txt", "c.md"] {
+        write(&r.src, f, f);
+    }
+    copy(&r.src, &r.dst, &req(&["/c*"], "/one.md")).unwrap();
+    assert_eq!(read(&r.dst, "one.md"), "c.md", "one match: that file");
+    let e = copy(&r.src, &r.dst, &req(&["/*.txt"], "/two")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "copying 2 files to /two: the destination must be a directory and end with a /"
+    );
+    fs::create_dir(r.dst.join("dir")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/*.txt"], "/dir")).unwrap();
+    assert_eq!(tree(&r.dst.join("dir")), ["a.txt", "b.txt"]);
+}
+
+#[test]
+fn a_wildcard_matching_nothing_copies_nothing() {
+    let r = roots();
+    write(&r.src, "a.txt", "a");
+    fs::create_dir(r.src.join("empty")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/a.txt", "/*.lock"], "/app/")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/empty/*.rs"], "/none/")).unwrap();
+    assert_eq!(tree(&r.dst), ["app/", "app/a.txt"]);
+    let e = copy(&r.src, &r.dst, &req(&["/missing/sub/*.rs"], "/x/")).unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory: /missing/sub");
+    let e = copy(&r.src, &r.dst, &req(&["/a.txt", "/nope.txt"], "/x/")).unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory: /nope.txt");
 }
 
 #[test]
@@ -210,7 +234,7 @@ fn owner_mode_mtime_and_excludes() {
 
     let mut chowned = req(&["/app"], "/owned/");
     chowned.owner = Some(OwnerSpec("app:staff".into()));
-    chowned.mode = Some(0o640);
+    chowned.mode = Some(kiln_frontend::chmod::Chmod::Octal(0o640));
     chowned.excludes = vec!["*.md".into(), "docs".into()];
     copy(&r.src, &r.dst, &chowned).unwrap();
     assert_eq!(
@@ -227,6 +251,23 @@ fn owner_mode_mtime_and_excludes() {
         );
     }
     assert_eq!(m.mode() & 0o7777, 0o640);
+
+    // A symbolic mode changes each entry's own mode; X only where
+    // something may execute already, and on directories.
+    fs::set_permissions(
+        r.src.join("app/README.md"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(r.src.join("app/docs"), fs::Permissions::from_mode(0o700)).unwrap();
+    let mut symbolic = req(&["/app"], "/sym/");
+    symbolic.mode = Some(kiln_frontend::chmod::Chmod::parse("go-rwx,g+rX").unwrap());
+    copy(&r.src, &r.dst, &symbolic).unwrap();
+    let mode = |rel: &str| fs::metadata(r.dst.join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        [mode("sym/main.rs"), mode("sym/README.md"), mode("sym/docs")],
+        [0o750, 0o640, 0o750]
+    );
 
     let mut unknown = req(&["/app/main.rs"], "/x");
     unknown.owner = Some(OwnerSpec("ghost".into()));

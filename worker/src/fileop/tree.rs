@@ -19,12 +19,13 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, symlinkat, unlinkat
 
 use super::root::proc_fd_path;
 use super::{FileOpError, Result};
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::dockerignore::Matcher;
 
 /// What every copied entry gets instead of the source's, when set.
 pub(super) struct Meta<'a> {
     pub(super) owner: Option<(u32, u32)>,
-    pub(super) mode: Option<u32>,
+    pub(super) mode: Option<&'a Chmod>,
     /// `--exclude`, against paths below the copied source.
     pub(super) excludes: &'a Matcher,
     /// `.dockerignore`, against paths from the source root.
@@ -34,6 +35,15 @@ pub(super) struct Meta<'a> {
     /// The files `root_excludes` hides, by inode: their other names (hard
     /// links) are hidden too.
     pub(super) hidden_files: &'a HiddenFiles,
+}
+
+impl Meta<'_> {
+    /// The mode an entry copied from one described by `st` gets.
+    pub(super) fn mode_of(&self, st: &FileStat) -> u32 {
+        let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+        self.mode
+            .map_or(st.st_mode & 0o7777, |chmod| chmod.apply(st.st_mode, is_dir))
+    }
 }
 
 /// The (device, inode) of every file with more than one name that a
@@ -181,14 +191,7 @@ pub(super) fn copy_entry(
             )
             .map_err(sys("opening", name))?;
             copy_dir(&from, &to, rel, meta)?;
-            finish(
-                &to,
-                uid,
-                gid,
-                meta.mode.unwrap_or(st.st_mode & 0o7777),
-                st,
-                name,
-            )
+            finish(&to, uid, gid, meta.mode_of(st), st, name)
         }
         nix::libc::S_IFREG => {
             let from = openat(
@@ -248,14 +251,7 @@ pub(super) fn copy_file(
         )
     })?;
     let (uid, gid) = meta.owner.unwrap_or((st.st_uid, st.st_gid));
-    finish(
-        &to.into(),
-        uid,
-        gid,
-        meta.mode.unwrap_or(st.st_mode & 0o7777),
-        st,
-        name,
-    )
+    finish(&to.into(), uid, gid, meta.mode_of(st), st, name)
 }
 
 /// The directory `name` in `dst`: opened when it is one, else made (a file

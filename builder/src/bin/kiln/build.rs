@@ -46,8 +46,16 @@ pub(crate) struct Build {
     /// Import a build cache exported with --cache-to: `type=registry,ref=REF`.
     #[arg(long = "cache-from", value_name = "type=registry,ref=REF")]
     cache_from: Vec<String>,
-    /// When to pull base images: missing (default), always, never.
-    #[arg(long, value_name = "POLICY", default_value = "missing", num_args = 0..=1, default_missing_value = "always")]
+    /// Pull every base image (`--pull`, a switch as in `docker buildx
+    /// build`), or say when: `--pull=missing` (the default), `always`, `never`.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "missing",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
     pull: String,
     #[command(flatten)]
     registry: crate::registry::RegistryArgs,
@@ -71,7 +79,8 @@ pub(crate) struct Build {
     progress: Mode,
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
     /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
-    /// `type=tar,dest=F`, or a directory.
+    /// `type=tar,dest=F`, or a directory; `dest=-` (or `-o -`, a tar) is
+    /// standard output.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Print only the image ID.
@@ -98,8 +107,9 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// `tagged`: whether `-t` named the image (push needs a name).
-    fn parse(specs: &[String], tagged: bool) -> Result<Self> {
+    /// `tagged`: whether `-t` named the image (push needs a name);
+    /// `quiet`: whether `-q` prints the image ID on standard output.
+    fn parse(specs: &[String], tagged: bool, quiet: bool) -> Result<Self> {
         let mut outputs = Self {
             files: Vec::new(),
             names: Vec::new(),
@@ -118,7 +128,32 @@ impl Outputs {
             !outputs.push || tagged || !outputs.names.is_empty(),
             "--output push=true needs a name (name= or -t)"
         );
+        outputs.check_stdout(quiet)?;
         Ok(outputs)
+    }
+
+    /// At most one output on standard output, never a terminal (buildx's
+    /// rules), and not beside `-q`'s image ID.
+    fn check_stdout(&self, quiet: bool) -> Result<()> {
+        let mut to_stdout = self.files.iter().filter(|o| o.to_stdout());
+        let Some(first) = to_stdout.next() else {
+            return Ok(());
+        };
+        anyhow::ensure!(
+            to_stdout.next().is_none(),
+            "multiple outputs configured to write to stdout"
+        );
+        anyhow::ensure!(
+            !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            "dest file is required for {} exporter. refusing to write to console",
+            first.kind()
+        );
+        anyhow::ensure!(
+            !quiet,
+            "--quiet prints the image ID on standard output, where the {} output goes",
+            first.kind()
+        );
+        Ok(())
     }
 }
 
@@ -240,7 +275,8 @@ impl Build {
         } else {
             None
         };
-        let Outputs { files, names, push } = Outputs::parse(&self.outputs, !self.tags.is_empty())?;
+        let Outputs { files, names, push } =
+            Outputs::parse(&self.outputs, !self.tags.is_empty(), self.quiet)?;
         let mut tags = self.tags.clone();
         tags.extend(names);
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
@@ -365,7 +401,8 @@ impl Build {
             .collect::<Result<Vec<_>, _>>()
             .context("-t")?;
         let (build_args, source_date_epoch) = self.args_and_epoch()?;
-        let Outputs { files, names, push } = Outputs::parse(&self.outputs, !tags.is_empty())?;
+        let Outputs { files, names, push } =
+            Outputs::parse(&self.outputs, !tags.is_empty(), self.quiet)?;
         for name in &names {
             tags.push(kiln_builder::image::normalize(name).context("--output name=")?);
         }
@@ -401,7 +438,10 @@ impl Build {
             entitlements,
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
-                format!("--pull {}: expected missing, always or never", self.pull)
+                format!(
+                    "--pull={}: expected missing, always or never (or true, false)",
+                    self.pull
+                )
             })?,
             registry: self.registry.options(None)?,
             cancellation: Default::default(),

@@ -318,12 +318,12 @@ impl Remote {
         name: Option<&str>,
         output: &kiln_builder::output::Output,
     ) -> Result<()> {
-        use kiln_builder::output::Output;
+        use kiln_builder::output::{Dest, Output};
         let (kind, dest) = match output {
-            Output::Docker(d) => ("docker", d),
-            Output::Oci(d) => ("oci", d),
-            // A directory: the root filesystem's tar, unpacked here.
-            Output::Tar(d) | Output::Local(d) => ("tar", d),
+            Output::Docker(d) | Output::Oci(d) | Output::Tar(d) => (output.kind(), d.clone()),
+            // A directory: the root filesystem's tar, unpacked here (from a
+            // temporary file first).
+            Output::Local(_) => ("tar", Dest::File(std::env::temp_dir().join("kiln-export"))),
             Output::Image { .. } => return Ok(()),
         };
         let request = pb::ExportRequest {
@@ -331,12 +331,16 @@ impl Remote {
             kind: kind.to_owned(),
             name: name.unwrap_or_default().to_owned(),
         };
-        // A directory's tar goes to a temporary file first.
-        let place = match output {
-            Output::Local(_) => std::env::temp_dir().join("kiln-export"),
-            _ => dest.clone(),
-        };
         let client = &mut self.client;
+        let place = match dest {
+            Dest::File(path) => path,
+            Dest::Stdout => {
+                return self.runtime.block_on(async {
+                    let stream = client.export(request).await.map_err(failed)?.into_inner();
+                    receive_into(stream, &mut std::io::stdout().lock(), Path::new("-")).await
+                });
+            }
+        };
         let tmp = self.runtime.block_on(async {
             let stream = client.export(request).await.map_err(failed)?.into_inner();
             receive_file(stream, &place).await
@@ -352,8 +356,8 @@ impl Remote {
             .with_context(|| format!("writing {}", dir.display()))?;
             return Ok(());
         }
-        tmp.persist(dest)
-            .with_context(|| format!("writing {}", dest.display()))?;
+        tmp.persist(&place)
+            .with_context(|| format!("writing {}", place.display()))?;
         Ok(())
     }
 
@@ -525,7 +529,7 @@ fn changes(
 /// A stream of chunks into a temporary file beside `dest` (no half-written
 /// file under its name; the caller persists it).
 async fn receive_file(
-    mut stream: tonic::Streaming<pb::DataChunk>,
+    stream: tonic::Streaming<pb::DataChunk>,
     dest: &Path,
 ) -> Result<tempfile::NamedTempFile> {
     let dir = dest
@@ -535,11 +539,22 @@ async fn receive_file(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
+    receive_into(stream, &mut tmp, dest).await?;
+    Ok(tmp)
+}
+
+/// Writes every chunk of `stream` to `out` (`dest` names it in errors).
+async fn receive_into(
+    mut stream: tonic::Streaming<pb::DataChunk>,
+    out: &mut impl Write,
+    dest: &Path,
+) -> Result<()> {
     while let Some(chunk) = stream.message().await.map_err(failed)? {
-        tmp.write_all(&chunk.data)
+        out.write_all(&chunk.data)
             .with_context(|| format!("writing {}", dest.display()))?;
     }
-    Ok(tmp)
+    out.flush()
+        .with_context(|| format!("writing {}", dest.display()))
 }
 
 /// A file as a stream of messages `make` wraps its chunks in, read on a
