@@ -7,6 +7,7 @@ mod build;
 mod busybox;
 mod ci_client;
 mod debug;
+mod differential;
 mod docker;
 mod farm;
 mod harness;
