@@ -14,8 +14,8 @@
 //!
 //! Cases run in a small pool (`KILN_DIFFERENTIAL_JOBS`, default 3): each
 //! worker has a kiln store of its own (one kiln process holds a store at a
-//! time) that its cases share. `KILN_DIFFERENTIAL=word` runs only the cases
-//! whose name contains `word`; `KILN_DIFFERENTIAL_PRINT=1` prints both
+//! time) that its cases share. `KILN_DIFFERENTIAL=word[,word…]` runs only
+//! the cases whose name contains one of the words; `KILN_DIFFERENTIAL_PRINT=1` prints both
 //! normalized forms of each case (how an `expected.json` starts). Skipped with a notice without root and
 //! busybox; the docker half is skipped with a notice when no dockerd
 //! answers, unless `KILN_REQUIRE_DOCKER=1` (CI).
@@ -138,9 +138,7 @@ fn docker_ready() -> bool {
             std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
             "KILN_REQUIRE_DOCKER is set but {DOCKER} info fails: is dockerd running?"
         );
-        eprintln!(
-            "NOTICE: no dockerd answers; only the differential cases with expected.json run"
-        );
+        eprintln!("NOTICE: no dockerd answers; only the differential cases with expected.json run");
     }
     up
 }
@@ -152,7 +150,7 @@ fn read_cases(filter: &str) -> Vec<Case> {
         .unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
         .map(|e| e.expect("case directory entry").file_name())
         .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| n.contains(filter))
+        .filter(|n| filter.split(',').any(|word| n.contains(word)))
         .collect();
     names.sort();
     names
@@ -164,8 +162,13 @@ fn read_cases(filter: &str) -> Vec<Case> {
                 Err(_) => Setup::default(),
             };
             let expected = fs::read(dir.join("expected.json")).ok().map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|e| panic!("{name}/expected.json: {e}"))
+                let mut value: Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("{name}/expected.json: {e}"));
+                // `_source` and other `_` keys say where the expectation comes from.
+                if let Some(map) = value.as_object_mut() {
+                    map.retain(|k, _| !k.starts_with('_'));
+                }
+                value
             });
             Case {
                 name,
@@ -275,7 +278,12 @@ impl Suite {
         };
         if std::env::var_os("KILN_DIFFERENTIAL_PRINT").is_some() {
             let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-            eprintln!("{}: kiln\n{}\nthe other\n{}", case.name, pretty(&ours), pretty(&theirs));
+            eprintln!(
+                "{}: kiln\n{}\nthe other\n{}",
+                case.name,
+                pretty(&ours),
+                pretty(&theirs)
+            );
         }
         let against = if case.expected.is_some() {
             "expected.json"
@@ -319,8 +327,15 @@ impl Suite {
         let archive = dir.join("docker.tar");
         let mut cmd = Command::new(DOCKER);
         // dockerd here has no bridge network (CI starts it with --bridge=none).
-        cmd.env("DOCKER_BUILDKIT", "1")
-            .args(["build", "--progress", "plain", "--network", "none", "-t", &tag]);
+        cmd.env("DOCKER_BUILDKIT", "1").args([
+            "build",
+            "--progress",
+            "plain",
+            "--network",
+            "none",
+            "-t",
+            &tag,
+        ]);
         build_flags(&mut cmd, case, secrets);
         cmd.arg(context);
         run_logged(&mut cmd, &dir.join("docker.log"))?;
@@ -470,7 +485,11 @@ fn run_pool(suite: &Suite, cases: &[Case]) -> Vec<Outcome> {
             });
         }
     });
-    results.into_inner().expect("results").into_values().collect()
+    results
+        .into_inner()
+        .expect("results")
+        .into_values()
+        .collect()
 }
 
 impl Outcome {
@@ -505,6 +524,13 @@ fn judge(cases: &[Case], results: &[Outcome], known: &BTreeMap<String, String>) 
                 failures.push(format!("{}: the case is broken: {text}", case.name));
             }
         }
+    }
+    let skipped = results
+        .iter()
+        .filter(|o| matches!(o, Outcome::Skipped))
+        .count();
+    if skipped > 0 {
+        eprintln!("NOTICE: differential: {skipped} cases skipped (they need dockerd)");
     }
     if !reported.is_empty() {
         eprintln!(

@@ -18,9 +18,9 @@ const BASE_TIME: u64 = 946_684_800;
 
 /// The busybox applets the cases may call (symlinks in `/bin`).
 const APPLETS: &[&str] = &[
-    "[", "awk", "basename", "cat", "chgrp", "chmod", "chown", "cp", "cut", "dirname", "echo", "env",
-    "false", "find", "grep", "head", "id", "ln", "ls", "mkdir", "mkfifo", "mv", "printf", "pwd",
-    "readlink", "rm", "rmdir", "sed", "sh", "sleep", "sort", "stat", "tail", "tar", "test",
+    "[", "awk", "basename", "cat", "chgrp", "chmod", "chown", "cp", "cut", "dirname", "echo",
+    "env", "false", "find", "grep", "head", "id", "ln", "ls", "mkdir", "mkfifo", "mv", "printf",
+    "pwd", "readlink", "rm", "rmdir", "sed", "sh", "sleep", "sort", "stat", "tail", "tar", "test",
     "touch", "tr", "true", "wc", "whoami",
 ];
 

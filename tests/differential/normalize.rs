@@ -88,7 +88,12 @@ impl Image {
             let config = json(entry["Config"].as_str().ok_or("manifest without Config")?)?;
             (config, strings(&entry["Layers"]))
         } else {
-            let blob = |d: &Value| format!("blobs/sha256/{}", d.as_str().unwrap_or_default().trim_start_matches("sha256:"));
+            let blob = |d: &Value| {
+                format!(
+                    "blobs/sha256/{}",
+                    d.as_str().unwrap_or_default().trim_start_matches("sha256:")
+                )
+            };
             let mut manifest = json("index.json")?;
             // An index (of one image) may name another index first.
             while manifest["manifests"].is_array() {
@@ -143,7 +148,11 @@ impl Image {
 
     /// The normalized form; `base` is the busybox base image's tree and
     /// first diff ID, against which images built on it are shown.
-    pub(crate) fn normalize(&self, base: &(String, Tree), stubs: &[String]) -> Result<Value, String> {
+    pub(crate) fn normalize(
+        &self,
+        base: &(String, Tree),
+        stubs: &[String],
+    ) -> Result<Value, String> {
         let mut tree = self.tree(Some(base))?;
         let on_base = self.diff_ids.first() == Some(&base.0);
         tree.drop_stubs(stubs, if on_base { Some(&base.1) } else { None });
@@ -220,8 +229,9 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let result = match bytes {
         [0x1f, 0x8b, ..] => flate2::read::GzDecoder::new(bytes).read_to_end(&mut out),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => zstd::stream::read::Decoder::new(bytes)
-            .and_then(|mut d| d.read_to_end(&mut out)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out))
+        }
         _ => return Ok(bytes.to_vec()),
     };
     result.map_err(|e| format!("decompressing a layer: {e}"))?;
@@ -237,9 +247,12 @@ fn normalize_config(config: &Value) -> Value {
             ("ExposedPorts" | "Volumes", Value::Object(m)) => {
                 Value::Array(m.keys().map(|k| Value::String(k.clone())).collect())
             }
-            ("Healthcheck", Value::Object(m)) => {
-                Value::Object(m.iter().filter(|(_, v)| !is_empty(v)).map(|(k, v)| (k.clone(), v.clone())).collect())
-            }
+            ("Healthcheck", Value::Object(m)) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !is_empty(v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
             (_, v) => v.clone(),
         };
         if !is_empty(&value) {
@@ -281,7 +294,11 @@ fn history_pattern(config: &Value) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Kind {
     Dir,
-    File { size: usize, digest: String, text: Option<String> },
+    File {
+        size: usize,
+        digest: String,
+        text: Option<String>,
+    },
     Symlink(String),
     Char(u32, u32),
     Block(u32, u32),
@@ -513,7 +530,12 @@ fn read_entries(layer: &[u8]) -> Result<Vec<(String, Entry)>, String> {
     let mut archive = tar::Archive::new(layer);
     for entry in archive.entries().map_err(|e| format!("layer: {e}"))? {
         let mut entry = entry.map_err(|e| format!("layer entry: {e}"))?;
-        let path = clean(&entry.path().map_err(|e| format!("entry name: {e}"))?.to_string_lossy());
+        let path = clean(
+            &entry
+                .path()
+                .map_err(|e| format!("entry name: {e}"))?
+                .to_string_lossy(),
+        );
         let header = entry.header().clone();
         if split(&path).1.starts_with(".wh.") {
             // Only the name of a whiteout counts (kiln leaves its numeric
@@ -521,9 +543,7 @@ fn read_entries(layer: &[u8]) -> Result<Vec<(String, Entry)>, String> {
             out.push((path, Entry::whiteout()));
             continue;
         }
-        let link = || {
-            entry_link(&header).ok_or_else(|| format!("{path}: link without a target"))
-        };
+        let link = || entry_link(&header).ok_or_else(|| format!("{path}: link without a target"));
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Plain(Kind::Dir),
             tar::EntryType::Symlink => EntryKind::Plain(Kind::Symlink(link()?)),
@@ -581,12 +601,19 @@ fn file_kind(data: &[u8]) -> Kind {
     }
 }
 
-/// An archive name as an absolute path without `.` parts or a trailing slash.
+/// An archive name as an absolute path without `.` or `..` parts or a
+/// trailing slash.
 fn clean(name: &str) -> String {
-    let parts: Vec<&str> = name
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let mut parts: Vec<&str> = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
     format!("/{}", parts.join("/"))
 }
 
@@ -671,8 +698,13 @@ mod tests {
     #[test]
     fn a_whiteout_removes_a_whole_directory_and_a_file_replaces_one() {
         let mut tree = Tree::default();
-        tree.apply(&layer(&[("d", "dir"), ("d/a", "file:a"), ("g", "dir"), ("g/h", "file:h")]))
-            .unwrap();
+        tree.apply(&layer(&[
+            ("d", "dir"),
+            ("d/a", "file:a"),
+            ("g", "dir"),
+            ("g/h", "file:h"),
+        ]))
+        .unwrap();
         tree.apply(&layer(&[(".wh.d", "file:"), ("g", "file:now a file")]))
             .unwrap();
         assert_eq!(paths(&tree), ["/g"]);
@@ -682,10 +714,20 @@ mod tests {
     #[test]
     fn hard_links_share_an_inode_until_one_is_replaced() {
         let mut tree = Tree::default();
-        tree.apply(&layer(&[("a", "file:shared"), ("b", "link:a"), ("c", "sym:a")]))
-            .unwrap();
-        assert_eq!(tree.render_one("/a"), "file 0644 0:0 t=1 \"shared\" links=/b");
-        assert_eq!(tree.render_one("/b"), "file 0644 0:0 t=1 \"shared\" links=/a");
+        tree.apply(&layer(&[
+            ("a", "file:shared"),
+            ("b", "link:a"),
+            ("c", "sym:a"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            tree.render_one("/a"),
+            "file 0644 0:0 t=1 \"shared\" links=/b"
+        );
+        assert_eq!(
+            tree.render_one("/b"),
+            "file 0644 0:0 t=1 \"shared\" links=/a"
+        );
         assert_eq!(tree.render_one("/c"), "symlink 0644 0:0 t=1 -> a");
         tree.apply(&layer(&[("a", "file:changed")])).unwrap();
         assert_eq!(tree.render_one("/b"), "file 0644 0:0 t=1 \"shared\"");
@@ -694,9 +736,19 @@ mod tests {
     #[test]
     fn binary_or_long_contents_are_hashed() {
         let kind = file_kind(&[0, 1, 2]);
-        assert!(matches!(kind, Kind::File { size: 3, text: None, .. }));
+        assert!(matches!(
+            kind,
+            Kind::File {
+                size: 3,
+                text: None,
+                ..
+            }
+        ));
         let long = "x".repeat(MAX_TEXT + 1);
-        assert!(matches!(file_kind(long.as_bytes()), Kind::File { text: None, .. }));
+        assert!(matches!(
+            file_kind(long.as_bytes()),
+            Kind::File { text: None, .. }
+        ));
     }
 
     #[test]

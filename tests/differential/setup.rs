@@ -224,7 +224,10 @@ fn unescape(text: &str) -> String {
 fn inside(context: &Path, rel: &str) -> Result<PathBuf, String> {
     let rel = Path::new(rel);
     if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
-        return Err(format!("{} is not a path inside the context", rel.display()));
+        return Err(format!(
+            "{} is not a path inside the context",
+            rel.display()
+        ));
     }
     Ok(context.join(rel))
 }
@@ -275,8 +278,9 @@ fn apply_step(step: &Step, context: &Path) -> Result<(), String> {
 
 fn make_parent(path: &Path) -> Result<(), String> {
     match path.parent() {
-        Some(parent) => fs::create_dir_all(parent)
-            .map_err(|e| format!("making {}: {e}", parent.display())),
+        Some(parent) => {
+            fs::create_dir_all(parent).map_err(|e| format!("making {}: {e}", parent.display()))
+        }
         None => Ok(()),
     }
 }
@@ -358,4 +362,57 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     }
     out.push(dir.to_owned());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_directive() {
+        let setup = Setup::parse(
+            "# a comment\nbuild-arg A=1\ntarget t\nsecret tok a\\nb\nmount-stub /ctx\n\
+             file d/f x y\\tz\nmkdir e\nsymlink l f\nhardlink h d/f\nchown 1:2 d/f\nchmod 4755 d/f\n\
+             tar a.tgz\n  dir d 0755 1:1\n  file d/x 0600 0:0 hi\\n\n  symlink d/s x\nend\n",
+        )
+        .unwrap();
+        assert_eq!(setup.build_args, ["A=1"]);
+        assert_eq!(setup.target.as_deref(), Some("t"));
+        assert_eq!(setup.secrets, [("tok".to_owned(), "a\nb".to_owned())]);
+        assert_eq!(setup.mount_stubs, ["/ctx"]);
+        assert_eq!(setup.steps.len(), 7);
+        assert!(matches!(&setup.steps[0], Step::File(p, t) if p == "d/f" && t == "x y\tz"));
+        assert!(matches!(&setup.steps[6], Step::Tar(n, e) if n == "a.tgz" && e.len() == 3));
+    }
+
+    #[test]
+    fn refuses_unknown_directives_and_paths_outside() {
+        assert!(Setup::parse("copy a b\n").is_err());
+        assert!(Setup::parse("tar a.tar\n  file x 0644 0:0 y\n").is_err());
+        assert!(Setup::parse("chmod 9 x\n").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup::parse("file ../escape x\n").unwrap();
+        assert!(setup.apply(dir.path()).is_err());
+    }
+
+    #[test]
+    fn makes_the_context_with_fixed_times() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup::parse(
+            "file a hi\nsymlink l a\nhardlink h a\nchmod 0600 a\ntar t.tar\n  file x 0640 7:8 x\nend\n",
+        )
+        .unwrap();
+        setup.apply(dir.path()).unwrap();
+        let a = fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!(a.mode() & 0o7777, 0o600);
+        assert_eq!(a.nlink(), 2);
+        assert_eq!(a.mtime(), i64::try_from(CONTEXT_TIME).unwrap());
+        let l = fs::symlink_metadata(dir.path().join("l")).unwrap();
+        assert_eq!(l.mtime(), i64::try_from(CONTEXT_TIME).unwrap());
+        let mut tar = tar::Archive::new(fs::File::open(dir.path().join("t.tar")).unwrap());
+        let entry = tar.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.header().uid().unwrap(), 7);
+        assert_eq!(entry.header().mode().unwrap(), 0o640);
+    }
 }
