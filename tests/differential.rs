@@ -74,8 +74,8 @@ struct Suite {
     base: (String, Tree),
     docker: bool,
     /// Images dockerd built, removed when the suite ends: removing one
-    /// while other builds run made dockerd 20.10 lose a base snapshot now
-    /// and then (`stat /bin/sh: no such file or directory`).
+    /// while other builds ran made dockerd 20.10 lose a snapshot more often
+    /// (`stat /bin/sh: no such file or directory`).
     tags: Mutex<Vec<String>>,
 }
 
@@ -267,9 +267,14 @@ impl Suite {
         };
         let theirs = match &case.expected {
             Some(expected) => expected.clone(),
-            None => match self.docker_build(case, &context, &secrets, dir) {
+            // A second try: dockerd 20.10 now and then fails a step of
+            // parallel builds on its own (`stat /bin/sh: no such file`).
+            None => match self
+                .docker_build(case, &context, &secrets, dir)
+                .or_else(|_| self.docker_build(case, &context, &secrets, dir))
+            {
                 Ok(image) => image,
-                Err(e) => return Outcome::Broken(format!("docker build failed: {e}")),
+                Err(e) => return Outcome::Broken(format!("docker build failed twice: {e}")),
             },
         };
         let ours = match self.kiln_build(case, &context, &secrets, store, dir) {
@@ -339,7 +344,11 @@ impl Suite {
         build_flags(&mut cmd, case, secrets);
         cmd.arg(context);
         run_logged(&mut cmd, &dir.join("docker.log"))?;
-        self.tags.lock().expect("docker tags").push(tag.clone());
+        let mut tags = self.tags.lock().expect("docker tags");
+        if !tags.contains(&tag) {
+            tags.push(tag.clone());
+        }
+        drop(tags);
         run_logged(
             Command::new(DOCKER)
                 .args(["save", "-o"])
