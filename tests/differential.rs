@@ -1,11 +1,12 @@
 //! The differential suite (issue 14): every case under
 //! `tests/differential/cases/` is built by kiln and by dockerd's BuildKit
 //! (`docker build`, DOCKER_BUILDKIT=1), both images are exported (`kiln
-//! build -o type=oci`, `docker save`) and passed through one normalizer (`normalize.rs`), and
-//! the two must agree. A case that dockerd 20.10 cannot build (heredocs,
-//! `--parents`, `--exclude`, `--checksum`, `--link`, symbolic `--chmod`)
-//! carries an `expected.json` in the normalized form instead, written from
-//! BuildKit's documented behaviour.
+//! build -o type=oci`, `docker save`) and passed through one normalizer
+//! (`normalize.rs`), and the two must agree. A case that dockerd 20.10
+//! cannot build (heredocs, `--parents`, `--exclude`, `--link`, symbolic
+//! `--chmod`, …) or whose behaviour BuildKit has changed since carries an
+//! `expected.json` in the normalized form instead, written from BuildKit's
+//! documentation, tests and code (its `_source` says which).
 //!
 //! `tests/differential/KNOWN_MISMATCHES` lists the cases kiln gets wrong
 //! today (name, then why): such a case that still mismatches is reported,
@@ -15,8 +16,9 @@
 //! Cases run in a small pool (`KILN_DIFFERENTIAL_JOBS`, default 3): each
 //! worker has a kiln store of its own (one kiln process holds a store at a
 //! time) that its cases share. `KILN_DIFFERENTIAL=word[,word…]` runs only
-//! the cases whose name contains one of the words; `KILN_DIFFERENTIAL_PRINT=1` prints both
-//! normalized forms of each case (how an `expected.json` starts). Skipped with a notice without root and
+//! the cases whose name contains one of the words;
+//! `KILN_DIFFERENTIAL_PRINT=1` prints both normalized forms of each case
+//! (how an `expected.json` starts). Skipped with a notice without root and
 //! busybox; the docker half is skipped with a notice when no dockerd
 //! answers, unless `KILN_REQUIRE_DOCKER=1` (CI).
 
@@ -52,7 +54,8 @@ struct Case {
     name: String,
     dir: PathBuf,
     setup: Setup,
-    /// `expected.json`'s normalized form, for features dockerd 20.10 lacks.
+    /// `expected.json`'s normalized form (its `_` keys dropped), where
+    /// dockerd 20.10 is no reference.
     expected: Option<Value>,
 }
 
