@@ -9,6 +9,7 @@ mod cache_mounts;
 mod ci_client;
 mod copy_meta;
 mod debug;
+mod differential;
 mod docker;
 mod empty_steps;
 mod everyday;
