@@ -351,6 +351,16 @@ fn dockerfile_on_stdin_as_the_context() {
         config(&s, "piped:df")["Cmd"],
         serde_json::json!(["cat", "/f"])
     );
+    {
+        let kilnd = crate::kilnd::Kilnd::start(&s);
+        let out = kiln_with_stdin(
+            &s,
+            &["build", "--addr", &kilnd.addr(), "-t", "piped:remote", "-"],
+            b"FROM base:busybox\nLABEL through=kilnd\n",
+        );
+        assert_ok(&out);
+    }
+    assert_eq!(config(&s, "piped:remote")["Labels"]["through"], "kilnd");
     // COPY has nothing to read: the context is empty.
     let out = kiln_with_stdin(&s, &["build", "-"], b"FROM base:busybox\nCOPY anything /\n");
     assert_failed_with(&out, "anything");

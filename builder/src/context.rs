@@ -1,11 +1,20 @@
 //! The client side of a build context: where the Dockerfile and its
-//! `.dockerignore` come from.
+//! `.dockerignore` come from, and a context on standard input.
 
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use kiln_frontend::dockerignore::{self, DockerignoreError};
+use kiln_worker::layer::compression::{Compression, decompressed};
+use kiln_worker::layer::{LayerError, Whiteouts, unpack_with};
 use thiserror::Error;
+
+/// The largest Dockerfile read, in bytes (real ones are a few KiB).
+pub const MAX_DOCKERFILE: u64 = 16 << 20;
+
+/// What docker looks at to tell a context archive from a Dockerfile on
+/// standard input: one tar block (`IsArchive` in docker/cli).
+const ARCHIVE_HEADER: u64 = 512;
 
 #[derive(Debug, Error)]
 pub enum ContextError {
@@ -16,6 +25,10 @@ pub enum ContextError {
     },
     #[error("{path} is not valid UTF-8 text")]
     NotText { path: PathBuf },
+    #[error("{path}: a Dockerfile larger than {MAX_DOCKERFILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("the context on standard input: {0}")]
+    Unpack(#[source] LayerError),
     #[error("{path}: {source}")]
     Dockerignore {
         path: PathBuf,
@@ -44,26 +57,16 @@ impl DockerfileSource {
 
     /// The Dockerfile's text.
     pub fn read(&self) -> Result<String, ContextError> {
-        let (path, bytes) = match self {
-            Self::Stdin => {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .map_err(|source| ContextError::Read {
-                        path: "<stdin>".into(),
-                        source,
-                    })?;
-                (PathBuf::from("<stdin>"), bytes)
-            }
+        match self {
+            Self::Stdin => read_text(std::io::stdin().lock(), Vec::new(), Path::new("<stdin>")),
             Self::Path(path) => {
-                let bytes = std::fs::read(path).map_err(|source| ContextError::Read {
+                let file = std::fs::File::open(path).map_err(|source| ContextError::Read {
                     path: path.clone(),
                     source,
                 })?;
-                (path.clone(), bytes)
+                read_text(file, Vec::new(), path)
             }
-        };
-        String::from_utf8(bytes).map_err(|_| ContextError::NotText { path })
+        }
     }
 
     /// The `.dockerignore` patterns for a build of `context` with this
@@ -93,6 +96,93 @@ impl DockerfileSource {
         }
         Ok(Vec::new())
     }
+}
+
+/// What `-` as the build context found on standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinContext {
+    /// A context archive, now unpacked.
+    Archive,
+    /// A lone Dockerfile, as `docker build - < Dockerfile` sends: the
+    /// context is empty.
+    Dockerfile(String),
+}
+
+/// Reads standard input (`input`) given as the build context, telling a
+/// tar (plain or compressed), unpacked into `dir`, from a Dockerfile as
+/// docker does: by compression magic or a valid tar header in the first
+/// block.
+pub fn read_stdin_context(mut input: impl Read, dir: &Path) -> Result<StdinContext, ContextError> {
+    let stdin = Path::new("<stdin>");
+    let mut head = Vec::new();
+    (&mut input)
+        .take(ARCHIVE_HEADER)
+        .read_to_end(&mut head)
+        .map_err(|source| ContextError::Read {
+            path: stdin.to_owned(),
+            source,
+        })?;
+    if !is_archive(&head) {
+        return read_text(input, head, stdin).map(StdinContext::Dockerfile);
+    }
+    let reader =
+        decompressed(Cursor::new(head).chain(input)).map_err(|source| ContextError::Read {
+            path: stdin.to_owned(),
+            source,
+        })?;
+    unpack_with(reader, dir, Whiteouts::Plain).map_err(ContextError::Unpack)?;
+    Ok(StdinContext::Archive)
+}
+
+/// Whether `head` (up to one tar block) starts a compressed stream or a tar.
+fn is_archive(head: &[u8]) -> bool {
+    let compressed = Compression::detect(&mut &head[..]).is_ok_and(|c| c != Compression::None);
+    compressed || is_tar_header(head)
+}
+
+/// A whole tar header block whose checksum (unsigned, or signed as old tars
+/// wrote it) matches; an all-zero block is the end of an archive, not one.
+fn is_tar_header(block: &[u8]) -> bool {
+    const CHECKSUM: std::ops::Range<usize> = 148..156;
+    if block.len() != 512 || block.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let field = &block[CHECKSUM];
+    let digits: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| char::from(b))
+        .collect();
+    let Ok(stored) = i64::from_str_radix(digits.trim(), 8) else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if CHECKSUM.contains(&i) { b' ' } else { b };
+        unsigned += i64::from(b);
+        signed += i64::from(b.cast_signed());
+    }
+    stored == unsigned || stored == signed
+}
+
+/// The rest of `input` after `head`, as Dockerfile text (`path` names it
+/// in errors), at most [`MAX_DOCKERFILE`] bytes.
+fn read_text(input: impl Read, mut bytes: Vec<u8>, path: &Path) -> Result<String, ContextError> {
+    input
+        .take(MAX_DOCKERFILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ContextError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_DOCKERFILE {
+        return Err(ContextError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| ContextError::NotText {
+        path: path.to_owned(),
+    })
 }
 
 /// One entry of a context tree, as a session compares it (see
@@ -217,6 +307,65 @@ pub fn write_tar<'a, W: std::io::Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar of one file `name` with `data`.
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data).unwrap();
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn stdin_holds_a_dockerfile_or_a_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerfile = "FROM scratch\nCOPY a /\n";
+        assert_eq!(
+            read_stdin_context(dockerfile.as_bytes(), dir.path()).unwrap(),
+            StdinContext::Dockerfile(dockerfile.to_owned())
+        );
+        // Longer than a tar block, and starting like one would not.
+        let long = format!("# {}\nFROM scratch\n", "x".repeat(600));
+        assert_eq!(
+            read_stdin_context(long.as_bytes(), dir.path()).unwrap(),
+            StdinContext::Dockerfile(long.clone())
+        );
+
+        let tar = tar_of("Dockerfile", b"FROM scratch\n");
+        assert_eq!(
+            read_stdin_context(tar.as_slice(), dir.path()).unwrap(),
+            StdinContext::Archive
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("Dockerfile")).unwrap(),
+            "FROM scratch\n"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar_of("b.txt", b"b")).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            read_stdin_context(gz.as_slice(), dir.path()).unwrap(),
+            StdinContext::Archive
+        );
+        assert!(dir.path().join("b.txt").is_file());
+    }
+
+    #[test]
+    fn tar_headers_by_checksum() {
+        let tar = tar_of("f", b"");
+        assert!(is_tar_header(&tar[..512]));
+        let mut broken = tar[..512].to_vec();
+        broken[0] ^= 1;
+        assert!(!is_tar_header(&broken), "a checksum that does not match");
+        assert!(!is_tar_header(&[0; 512]), "the end of an archive");
+        assert!(!is_tar_header(&tar[..511]));
+        let e =
+            read_stdin_context(&[0xff, 0xfe, b'\n'][..], Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(e.to_string(), "<stdin> is not valid UTF-8 text");
+    }
 
     #[test]
     fn dockerignore_beside_a_named_dockerfile_wins() {
