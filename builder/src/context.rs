@@ -12,6 +12,12 @@ use thiserror::Error;
 /// The largest Dockerfile read, in bytes (real ones are a few KiB).
 pub const MAX_DOCKERFILE: u64 = 16 << 20;
 
+/// The default Dockerfile's name, and the one read when no file has it
+/// (moby/moby#10858; BuildKit's dockerui looks for it beside any path
+/// named `Dockerfile`).
+const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+const LOWERCASE_DOCKERFILE: &str = "dockerfile";
+
 /// What docker looks at to tell a context archive from a Dockerfile on
 /// standard input: one tar block (`IsArchive` in docker/cli).
 const ARCHIVE_HEADER: u64 = 512;
@@ -51,7 +57,7 @@ impl DockerfileSource {
         match flag {
             Some(p) if p == Path::new("-") => Self::Stdin,
             Some(p) => Self::Path(p.to_owned()),
-            None => Self::Path(context.join("Dockerfile")),
+            None => Self::Path(context.join(DEFAULT_DOCKERFILE)),
         }
     }
 
@@ -60,11 +66,8 @@ impl DockerfileSource {
         match self {
             Self::Stdin => read_text(std::io::stdin().lock(), Vec::new(), Path::new("<stdin>")),
             Self::Path(path) => {
-                let file = std::fs::File::open(path).map_err(|source| ContextError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                read_text(file, Vec::new(), path)
+                let (file, path) = open_dockerfile(path)?;
+                read_text(file, Vec::new(), &path)
             }
         }
     }
@@ -95,6 +98,31 @@ impl DockerfileSource {
             }
         }
         Ok(Vec::new())
+    }
+}
+
+/// Opens the Dockerfile at `path`, or `dockerfile` beside it when `path`
+/// is a `Dockerfile` that does not exist; the file and the path opened.
+fn open_dockerfile(path: &Path) -> Result<(std::fs::File, PathBuf), ContextError> {
+    let error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ContextError::Read { path, source }
+    };
+    match std::fs::File::open(path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path.file_name() == Some(DEFAULT_DOCKERFILE.as_ref()) =>
+        {
+            let lower = path.with_file_name(LOWERCASE_DOCKERFILE);
+            match std::fs::File::open(&lower) {
+                Ok(file) => Ok((file, lower)),
+                // The error names the file asked for.
+                Err(_) => Err(error(path)(e)),
+            }
+        }
+        opened => opened
+            .map(|file| (file, path.to_owned()))
+            .map_err(error(path)),
     }
 }
 
@@ -393,6 +421,34 @@ mod tests {
         assert!(
             e.ends_with(".dockerignore: .dockerignore line 1: illegal exclusion pattern: \"!\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_lowercase_dockerfile_when_dockerfile_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path();
+        std::fs::write(ctx.join("dockerfile"), "FROM lower\n").unwrap();
+        let default = DockerfileSource::new(None, ctx);
+        assert_eq!(default.read().unwrap(), "FROM lower\n");
+        std::fs::create_dir(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("sub/dockerfile"), "FROM sub\n").unwrap();
+        let named = DockerfileSource::new(Some(&ctx.join("sub/Dockerfile")), ctx);
+        assert_eq!(
+            named.read().unwrap(),
+            "FROM sub\n",
+            "as BuildKit: any Dockerfile"
+        );
+        std::fs::write(ctx.join("Dockerfile"), "FROM upper\n").unwrap();
+        assert_eq!(default.read().unwrap(), "FROM upper\n");
+        // Only the name Dockerfile falls back.
+        let other = DockerfileSource::new(Some(&ctx.join("Containerfile")), ctx);
+        assert!(
+            other
+                .read()
+                .unwrap_err()
+                .to_string()
+                .contains("Containerfile")
         );
     }
 
