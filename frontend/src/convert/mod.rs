@@ -396,7 +396,7 @@ impl<'a> Converter<'a> {
             }
             None if base.eq_ignore_ascii_case("scratch") => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
-                StageState::new(index, stage, total, platform, ImageConfig::default())
+                StageState::new(index, stage, total, platform, scratch_config())
             }
             None => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
@@ -590,6 +590,16 @@ impl<'a> Converter<'a> {
             stage: Some(state.index),
             location: Some(command.location),
         }
+    }
+}
+
+/// The config `FROM scratch` starts with: BuildKit's empty image has
+/// `WorkingDir` "/" (its PATH comes with every stage's). An image without a
+/// `WorkingDir` keeps none, as in BuildKit.
+fn scratch_config() -> ImageConfig {
+    ImageConfig {
+        working_dir: Some("/".to_owned()),
+        ..ImageConfig::default()
     }
 }
 

@@ -145,6 +145,20 @@ fn entrypoint_drops_inherited_cmd_only() {
 }
 
 #[test]
+fn scratch_starts_in_the_root_directory() {
+    let g = build("FROM scratch\nCOPY a /\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/"));
+    let g = build("FROM busybox\nCOPY a /\n");
+    assert_eq!(
+        config(&g).working_dir,
+        None,
+        "none from an image without one"
+    );
+    let g = build("FROM scratch AS s\nFROM s\nWORKDIR rel\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/rel"));
+}
+
+#[test]
 fn workdir_is_relative_and_created_as_the_user() {
     let g = build("FROM busybox\nUSER 1000\nWORKDIR /app\nWORKDIR src/../lib\n");
     assert_eq!(config(&g).working_dir.as_deref(), Some("/app/lib"));
@@ -590,7 +604,7 @@ fn errors_name_line_and_instruction() {
             .contains("outside the build context")
     );
     assert!(
-        error("FROM busybox\nCOPY --chmod=u+x a /a\n").contains("invalid chmod parameter: u+x")
+        error("FROM busybox\nCOPY --chmod=u+q a /a\n").contains("invalid chmod parameter: 'u+q'")
     );
     assert!(error("FROM busybox\nCOPY --chown=:g a /a\n").contains("--chown"));
     assert!(
