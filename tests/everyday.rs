@@ -439,7 +439,7 @@ fn errors_buildkit_gives() {
     fs::write(s.context.join("f"), "f\n").unwrap();
 
     let out = s.build(
-        "FROM base:busybox AS first\nCOPY --from=later /f /f\nFROM base:busybox AS later\nCOPY f /f\n",
+        "FROM base:busybox AS first\nCOPY --from=later /f /f\nFROM base:busybox AS later\nCOPY f /f\nFROM first\n",
         &[],
     );
     assert_failed_with(
@@ -447,7 +447,7 @@ fn errors_buildkit_gives() {
         "line 2: COPY --from=later /f /f: cannot copy from stage \"later\", it needs to be defined before current stage \"first\"",
     );
     let out = s.build(
-        "FROM base:busybox AS first\nRUN --mount=from=later,target=/m true\nFROM base:busybox AS later\n",
+        "FROM base:busybox AS first\nRUN --mount=from=later,target=/m true\nFROM base:busybox AS later\nFROM first\n",
         &[],
     );
     assert_failed_with(
