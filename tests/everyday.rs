@@ -356,6 +356,16 @@ fn dockerfile_on_stdin_as_the_context() {
         config(&s, "piped:df")["Cmd"],
         serde_json::json!(["cat", "/f"])
     );
+    {
+        let kilnd = crate::kilnd::Kilnd::start(&s);
+        let out = kiln_with_stdin(
+            &s,
+            &["build", "--addr", &kilnd.addr(), "-t", "piped:remote", "-"],
+            b"FROM base:busybox\nLABEL through=kilnd\n",
+        );
+        assert_ok(&out);
+    }
+    assert_eq!(config(&s, "piped:remote")["Labels"]["through"], "kilnd");
     // COPY has nothing to read: the context is empty.
     let out = kiln_with_stdin(&s, &["build", "-"], b"FROM base:busybox\nCOPY anything /\n");
     assert_failed_with(&out, "anything");
@@ -434,7 +444,7 @@ fn errors_buildkit_gives() {
     fs::write(s.context.join("f"), "f\n").unwrap();
 
     let out = s.build(
-        "FROM base:busybox AS first\nCOPY --from=later /f /f\nFROM base:busybox AS later\nCOPY f /f\n",
+        "FROM base:busybox AS first\nCOPY --from=later /f /f\nFROM base:busybox AS later\nCOPY f /f\nFROM first\n",
         &[],
     );
     assert_failed_with(
@@ -442,7 +452,7 @@ fn errors_buildkit_gives() {
         "line 2: COPY --from=later /f /f: cannot copy from stage \"later\", it needs to be defined before current stage \"first\"",
     );
     let out = s.build(
-        "FROM base:busybox AS first\nRUN --mount=from=later,target=/m true\nFROM base:busybox AS later\n",
+        "FROM base:busybox AS first\nRUN --mount=from=later,target=/m true\nFROM base:busybox AS later\nFROM first\n",
         &[],
     );
     assert_failed_with(

@@ -1,11 +1,26 @@
 //! The client side of a build context: where the Dockerfile and its
-//! `.dockerignore` come from.
+//! `.dockerignore` come from, and a context on standard input.
 
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use kiln_frontend::dockerignore::{self, DockerignoreError};
+use kiln_worker::layer::compression::{Compression, decompressed};
+use kiln_worker::layer::{LayerError, Whiteouts, unpack_with};
 use thiserror::Error;
+
+/// The largest Dockerfile read, in bytes (real ones are a few KiB).
+pub const MAX_DOCKERFILE: u64 = 16 << 20;
+
+/// The default Dockerfile's name, and the one read when no file has it
+/// (moby/moby#10858; BuildKit's dockerui looks for it beside any path
+/// named `Dockerfile`).
+const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+const LOWERCASE_DOCKERFILE: &str = "dockerfile";
+
+/// What docker looks at to tell a context archive from a Dockerfile on
+/// standard input: one tar block (`IsArchive` in docker/cli).
+const ARCHIVE_HEADER: u64 = 512;
 
 #[derive(Debug, Error)]
 pub enum ContextError {
@@ -16,6 +31,10 @@ pub enum ContextError {
     },
     #[error("{path} is not valid UTF-8 text")]
     NotText { path: PathBuf },
+    #[error("{path}: a Dockerfile larger than {MAX_DOCKERFILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("the context on standard input: {0}")]
+    Unpack(#[source] LayerError),
     #[error("{path}: {source}")]
     Dockerignore {
         path: PathBuf,
@@ -38,32 +57,19 @@ impl DockerfileSource {
         match flag {
             Some(p) if p == Path::new("-") => Self::Stdin,
             Some(p) => Self::Path(p.to_owned()),
-            None => Self::Path(context.join("Dockerfile")),
+            None => Self::Path(context.join(DEFAULT_DOCKERFILE)),
         }
     }
 
     /// The Dockerfile's text.
     pub fn read(&self) -> Result<String, ContextError> {
-        let (path, bytes) = match self {
-            Self::Stdin => {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .map_err(|source| ContextError::Read {
-                        path: "<stdin>".into(),
-                        source,
-                    })?;
-                (PathBuf::from("<stdin>"), bytes)
-            }
+        match self {
+            Self::Stdin => read_text(std::io::stdin().lock(), Vec::new(), Path::new("<stdin>")),
             Self::Path(path) => {
-                let bytes = std::fs::read(path).map_err(|source| ContextError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                (path.clone(), bytes)
+                let (file, path) = open_dockerfile(path)?;
+                read_text(file, Vec::new(), &path)
             }
-        };
-        String::from_utf8(bytes).map_err(|_| ContextError::NotText { path })
+        }
     }
 
     /// The `.dockerignore` patterns for a build of `context` with this
@@ -93,6 +99,118 @@ impl DockerfileSource {
         }
         Ok(Vec::new())
     }
+}
+
+/// Opens the Dockerfile at `path`, or `dockerfile` beside it when `path`
+/// is a `Dockerfile` that does not exist; the file and the path opened.
+fn open_dockerfile(path: &Path) -> Result<(std::fs::File, PathBuf), ContextError> {
+    let error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ContextError::Read { path, source }
+    };
+    match std::fs::File::open(path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path.file_name() == Some(DEFAULT_DOCKERFILE.as_ref()) =>
+        {
+            let lower = path.with_file_name(LOWERCASE_DOCKERFILE);
+            match std::fs::File::open(&lower) {
+                Ok(file) => Ok((file, lower)),
+                // The error names the file asked for.
+                Err(_) => Err(error(path)(e)),
+            }
+        }
+        opened => opened
+            .map(|file| (file, path.to_owned()))
+            .map_err(error(path)),
+    }
+}
+
+/// What `-` as the build context found on standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinContext {
+    /// A context archive, now unpacked.
+    Archive,
+    /// A lone Dockerfile, as `docker build - < Dockerfile` sends: the
+    /// context is empty.
+    Dockerfile(String),
+}
+
+/// Reads standard input (`input`) given as the build context, telling a
+/// tar (plain or compressed), unpacked into `dir`, from a Dockerfile as
+/// docker does: by compression magic or a valid tar header in the first
+/// block.
+pub fn read_stdin_context(mut input: impl Read, dir: &Path) -> Result<StdinContext, ContextError> {
+    let stdin = Path::new("<stdin>");
+    let mut head = Vec::new();
+    (&mut input)
+        .take(ARCHIVE_HEADER)
+        .read_to_end(&mut head)
+        .map_err(|source| ContextError::Read {
+            path: stdin.to_owned(),
+            source,
+        })?;
+    if !is_archive(&head) {
+        return read_text(input, head, stdin).map(StdinContext::Dockerfile);
+    }
+    let reader =
+        decompressed(Cursor::new(head).chain(input)).map_err(|source| ContextError::Read {
+            path: stdin.to_owned(),
+            source,
+        })?;
+    unpack_with(reader, dir, Whiteouts::Plain).map_err(ContextError::Unpack)?;
+    Ok(StdinContext::Archive)
+}
+
+/// Whether `head` (up to one tar block) starts a compressed stream or a tar.
+fn is_archive(head: &[u8]) -> bool {
+    let compressed = Compression::detect(&mut &head[..]).is_ok_and(|c| c != Compression::None);
+    compressed || is_tar_header(head)
+}
+
+/// A whole tar header block whose checksum (unsigned, or signed as old tars
+/// wrote it) matches; an all-zero block is the end of an archive, not one.
+fn is_tar_header(block: &[u8]) -> bool {
+    const CHECKSUM: std::ops::Range<usize> = 148..156;
+    if block.len() != 512 || block.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let field = &block[CHECKSUM];
+    let digits: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| char::from(b))
+        .collect();
+    let Ok(stored) = i64::from_str_radix(digits.trim(), 8) else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if CHECKSUM.contains(&i) { b' ' } else { b };
+        unsigned += i64::from(b);
+        signed += i64::from(b.cast_signed());
+    }
+    stored == unsigned || stored == signed
+}
+
+/// The rest of `input` after `head`, as Dockerfile text (`path` names it
+/// in errors), at most [`MAX_DOCKERFILE`] bytes.
+fn read_text(input: impl Read, mut bytes: Vec<u8>, path: &Path) -> Result<String, ContextError> {
+    input
+        .take(MAX_DOCKERFILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ContextError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_DOCKERFILE {
+        return Err(ContextError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| ContextError::NotText {
+        path: path.to_owned(),
+    })
 }
 
 /// One entry of a context tree, as a session compares it (see
@@ -218,6 +336,65 @@ pub fn write_tar<'a, W: std::io::Write>(
 mod tests {
     use super::*;
 
+    /// A tar of one file `name` with `data`.
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data).unwrap();
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn stdin_holds_a_dockerfile_or_a_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerfile = "FROM scratch\nCOPY a /\n";
+        assert_eq!(
+            read_stdin_context(dockerfile.as_bytes(), dir.path()).unwrap(),
+            StdinContext::Dockerfile(dockerfile.to_owned())
+        );
+        // Longer than a tar block, and starting like one would not.
+        let long = format!("# {}\nFROM scratch\n", "x".repeat(600));
+        assert_eq!(
+            read_stdin_context(long.as_bytes(), dir.path()).unwrap(),
+            StdinContext::Dockerfile(long.clone())
+        );
+
+        let tar = tar_of("Dockerfile", b"FROM scratch\n");
+        assert_eq!(
+            read_stdin_context(tar.as_slice(), dir.path()).unwrap(),
+            StdinContext::Archive
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("Dockerfile")).unwrap(),
+            "FROM scratch\n"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar_of("b.txt", b"b")).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            read_stdin_context(gz.as_slice(), dir.path()).unwrap(),
+            StdinContext::Archive
+        );
+        assert!(dir.path().join("b.txt").is_file());
+    }
+
+    #[test]
+    fn tar_headers_by_checksum() {
+        let tar = tar_of("f", b"");
+        assert!(is_tar_header(&tar[..512]));
+        let mut broken = tar[..512].to_vec();
+        broken[0] ^= 1;
+        assert!(!is_tar_header(&broken), "a checksum that does not match");
+        assert!(!is_tar_header(&[0; 512]), "the end of an archive");
+        assert!(!is_tar_header(&tar[..511]));
+        let e =
+            read_stdin_context(&[0xff, 0xfe, b'\n'][..], Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(e.to_string(), "<stdin> is not valid UTF-8 text");
+    }
+
     #[test]
     fn dockerignore_beside_a_named_dockerfile_wins() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,6 +421,34 @@ mod tests {
         assert!(
             e.ends_with(".dockerignore: .dockerignore line 1: illegal exclusion pattern: \"!\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_lowercase_dockerfile_when_dockerfile_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path();
+        std::fs::write(ctx.join("dockerfile"), "FROM lower\n").unwrap();
+        let default = DockerfileSource::new(None, ctx);
+        assert_eq!(default.read().unwrap(), "FROM lower\n");
+        std::fs::create_dir(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("sub/dockerfile"), "FROM sub\n").unwrap();
+        let named = DockerfileSource::new(Some(&ctx.join("sub/Dockerfile")), ctx);
+        assert_eq!(
+            named.read().unwrap(),
+            "FROM sub\n",
+            "as BuildKit: any Dockerfile"
+        );
+        std::fs::write(ctx.join("Dockerfile"), "FROM upper\n").unwrap();
+        assert_eq!(default.read().unwrap(), "FROM upper\n");
+        // Only the name Dockerfile falls back.
+        let other = DockerfileSource::new(Some(&ctx.join("Containerfile")), ctx);
+        assert!(
+            other
+                .read()
+                .unwrap_err()
+                .to_string()
+                .contains("Containerfile")
         );
     }
 

@@ -1,5 +1,6 @@
 //! One function per kind of op: sources, RUN, file ops.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,13 +21,53 @@ use crate::image;
 /// Lines of a failed step's output kept for its error.
 const LOG_TAIL: usize = 20;
 
+/// The longest line a step's output makes before it is cut into several:
+/// output without newlines must not grow without bound.
+const MAX_LOG_LINE: usize = 64 << 10;
+
+/// Output bytes → lines. Bytes are decoded a whole line at a time, so a
+/// character split between two chunks stays whole; a line longer than
+/// [`MAX_LOG_LINE`] is cut.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// The lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(end) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            lines.push(text(&self.partial[start..start + end]));
+            start += end + 1;
+        }
+        while self.partial.len() - start > MAX_LOG_LINE {
+            lines.push(text(&self.partial[start..start + MAX_LOG_LINE]));
+            start += MAX_LOG_LINE;
+        }
+        self.partial.drain(..start);
+        lines
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| text(&std::mem::take(&mut self.partial)))
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// A step's output as log events, line by line, with its last lines kept
 /// for its error.
 pub(super) struct StepLog<'s, 'a> {
     solver: &'s Solver<'a>,
     vertex: usize,
-    partial: String,
-    tail: Vec<String>,
+    lines: Lines,
+    tail: VecDeque<String>,
 }
 
 impl<'s, 'a> StepLog<'s, 'a> {
@@ -34,25 +75,33 @@ impl<'s, 'a> StepLog<'s, 'a> {
         Self {
             solver,
             vertex,
-            partial: String::new(),
-            tail: Vec::new(),
+            lines: Lines::default(),
+            tail: VecDeque::new(),
         }
     }
 
     pub(super) fn push(&mut self, chunk: &[u8]) {
-        self.partial.push_str(&String::from_utf8_lossy(chunk));
-        while let Some(i) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=i).collect();
-            let line = line.trim_end_matches('\n').to_owned();
-            self.solver.emit(Event::Log {
-                vertex: self.vertex,
-                line: line.clone(),
-            });
-            self.tail.push(line);
-            if self.tail.len() > LOG_TAIL {
-                self.tail.remove(0);
-            }
+        for line in self.lines.push(chunk) {
+            self.line(line);
         }
+    }
+
+    /// The step ended: its unterminated last line is a line too.
+    pub(super) fn finish(&mut self) {
+        if let Some(line) = self.lines.finish() {
+            self.line(line);
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        self.solver.emit(Event::Log {
+            vertex: self.vertex,
+            line: line.clone(),
+        });
+        if self.tail.len() == LOG_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
     }
 }
 
@@ -281,23 +330,34 @@ impl Solver<'_> {
             mounts: Vec::new(),
         };
         let mut log = StepLog::new(self, index);
-        let exit_code = match self.on_farm(&request, exec, inputs, base, &mut log)? {
-            Some(Ok(layer)) => return Ok(layer),
-            Some(Err(code)) => code,
-            None => {
-                request.rootfs = self.lowerdirs(base)?;
-                request.mounts = self.exec_mounts(exec, inputs)?;
-                match self.exec_here(&request, &mut log)? {
-                    Ok(layer) => return Ok(layer),
-                    Err(code) => code,
-                }
-            }
-        };
-        Err(SolveError::ExitCode {
-            description: vertex.meta.description.clone(),
-            code: exit_code,
-            log_tail: log.tail,
-        })
+        let outcome = self.exec_somewhere(&mut request, exec, inputs, base, &mut log);
+        log.finish();
+        match outcome? {
+            Ok(layer) => Ok(layer),
+            Err(code) => Err(SolveError::ExitCode {
+                description: vertex.meta.description.clone(),
+                code,
+                log_tail: log.tail.into(),
+            }),
+        }
+    }
+
+    /// Runs a step on a farm worker, or here when none takes it: its layer,
+    /// or its exit code when that is not 0.
+    fn exec_somewhere(
+        &self,
+        request: &mut ExecRequest,
+        exec: &ExecOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+        log: &mut StepLog<'_, '_>,
+    ) -> Result<std::result::Result<Layer, i32>> {
+        if let Some(outcome) = self.on_farm(request, exec, inputs, base, log)? {
+            return Ok(outcome);
+        }
+        request.rootfs = self.lowerdirs(base)?;
+        request.mounts = self.exec_mounts(exec, inputs)?;
+        self.exec_here(request, log)
     }
 
     /// Runs a step on this machine's worker: its layer, or its exit code
@@ -528,4 +588,28 @@ fn owner_spec(owner: Option<&Owner>) -> Option<OwnerSpec> {
         Some(owner::Group::GroupName(name)) => format!("{user}:{name}"),
         None => user,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lines, MAX_LOG_LINE};
+
+    #[test]
+    fn lines_from_chunks() {
+        let mut lines = Lines::default();
+        assert_eq!(lines.push(b"one\ntw"), ["one"]);
+        assert_eq!(lines.push(b"o\n\nthree"), ["two", ""]);
+        assert_eq!(lines.finish().as_deref(), Some("three"));
+        assert_eq!(lines.finish(), None);
+        // A character split between chunks stays whole.
+        let snow = "\u{2603}".as_bytes();
+        assert!(lines.push(&snow[..1]).is_empty());
+        assert_eq!(lines.push(&[&snow[1..], b"\n"].concat()), ["\u{2603}"]);
+        // No newline at all: cut, never held whole.
+        let long = vec![b'x'; MAX_LOG_LINE * 2 + 5];
+        let cut = lines.push(&long);
+        assert_eq!(cut.len(), 2);
+        assert!(cut.iter().all(|l| l.len() == MAX_LOG_LINE));
+        assert_eq!(lines.finish().map(|l| l.len()), Some(5));
+    }
 }

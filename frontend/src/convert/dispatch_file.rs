@@ -7,7 +7,7 @@ use kiln_proto::ops::v1::{
 
 use super::mounts::input_index;
 use super::state::StageState;
-use super::{ConvertErrorKind as Kind, Converter, Step, VertexMeta, expand, new_source};
+use super::{ConvertErrorKind as Kind, Converter, FromUser, Step, VertexMeta, expand, new_source};
 use crate::chmod::Chmod;
 use crate::instructions::{Command, CopyCommand};
 use crate::paths::{base_name, clean, in_context, resolve_dest};
@@ -70,7 +70,11 @@ impl Converter<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         // kiln expands --from with the stage's variables: stages convert on
         // demand, so the named stage need not be known in advance.
-        let from = copy.from.as_ref().map(word).transpose()?;
+        let from = copy
+            .from
+            .as_ref()
+            .map(|f| self.expand_from(state, f))
+            .transpose()?;
         let add = copy.add.clone().unwrap_or_default();
         // Expanded as BuildKit does (`ARG SUM` … `--checksum=$SUM`); empty is
         // none.
@@ -84,7 +88,7 @@ impl Converter<'_> {
         let mut groups: Vec<(Origin, Vec<String>, bool)> = Vec::new();
         let unpack_local = is_add && add.unpack != Some(false);
         if let Some(from) = &from {
-            let root = self.resolve_from(state, from)?;
+            let root = self.resolve_from(state, from, FromUser::Copy)?;
             let paths = sources.iter().map(|s| clean(&format!("/{s}"))).collect();
             groups.push((Origin::From(root), paths, unpack_local));
         } else {

@@ -17,6 +17,18 @@ pub enum ConvertErrorKind {
     TargetNotFound(String),
     #[error("circular dependency detected on stage: {0}")]
     Cycle(String),
+    #[error(
+        "cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}"
+    )]
+    CopyFromLater { from: String, current: String },
+    #[error(
+        "cannot mount from stage {from:?} to {target:?}, stage needs to be defined before current command"
+    )]
+    MountFromLater { from: String, target: String },
+    #[error(
+        "{word}: {name} is an ENV variable; --from and from= expand only build arguments (ARG)"
+    )]
+    FromEnv { word: String, name: String },
     #[error("failed to expand {word:?}: {source}")]
     Expand { word: String, source: ExpandError },
     #[error("base name ({0}) should not be blank")]

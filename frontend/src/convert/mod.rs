@@ -223,6 +223,30 @@ pub fn convert(
     })
 }
 
+/// Which instruction reads a `--from` filesystem, for its errors.
+#[derive(Clone, Copy)]
+pub(crate) enum FromUser<'a> {
+    Copy,
+    /// A `RUN --mount` at this target.
+    Mount(&'a str),
+}
+
+impl FromUser<'_> {
+    /// BuildKit's words for a stage that comes after the current one.
+    fn later_stage(self, from: &str, current: &str) -> ConvertErrorKind {
+        match self {
+            Self::Copy => ConvertErrorKind::CopyFromLater {
+                from: from.to_owned(),
+                current: current.to_owned(),
+            },
+            Self::Mount(target) => ConvertErrorKind::MountFromLater {
+                from: from.to_owned(),
+                target: target.to_owned(),
+            },
+        }
+    }
+}
+
 /// What an instruction did to the stage.
 pub(crate) enum Step {
     /// Changed only the image config, with no history entry (ONBUILD).
@@ -398,7 +422,7 @@ impl<'a> Converter<'a> {
             }
             None if base.eq_ignore_ascii_case("scratch") => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
-                StageState::new(index, stage, total, platform, ImageConfig::default())
+                StageState::new(index, stage, total, platform, scratch_config())
             }
             None => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
@@ -495,28 +519,54 @@ impl<'a> Converter<'a> {
         digest
     }
 
-    /// The filesystem a `--from` value names: a stage (converted now if
-    /// needed) or an image. `None` is the empty filesystem.
+    /// The filesystem a `--from` value names for `user`: an earlier stage
+    /// (converted now if needed) or an image. `None` is the empty
+    /// filesystem.
     fn resolve_from(
         &mut self,
         state: &StageState,
         from: &str,
+        user: FromUser<'_>,
     ) -> Result<Option<String>, ConvertErrorKind> {
         if let Some(index) = self.find_stage(from, true) {
             if index == state.index {
                 return Err(ConvertErrorKind::Cycle(state.name.clone()));
             }
-            return self
-                .stage(index)
-                .map(|s| s.root.clone())
-                .map_err(|e| match e.location {
-                    Some(_) => ConvertErrorKind::Located(Box::new(e)),
-                    None => e.kind,
-                });
+            let converted =
+                self.stage(index)
+                    .map(|s| s.root.clone())
+                    .map_err(|e| match e.location {
+                        Some(_) => ConvertErrorKind::Located(Box::new(e)),
+                        None => e.kind,
+                    });
+            if index > state.index {
+                // BuildKit dispatches stages in file order, so a later
+                // stage is not there yet; a cycle through it is found first
+                // (validateCircularDependency), so that error wins here too.
+                return match converted {
+                    Err(ConvertErrorKind::Cycle(name)) => Err(ConvertErrorKind::Cycle(name)),
+                    _ => Err(user.later_stage(from, &state.name)),
+                };
+            }
+            return converted;
         }
         let platform = state.image.platform.clone();
         let image = self.image_source(from, &platform, state.index, &state.name, None)?;
         Ok(Some(image.digest))
+    }
+
+    /// Expands a `--from` / `from=` value with the stage's build arguments
+    /// only: a stage or image to read must not hang on the image's ENV.
+    fn expand_from(&self, state: &StageState, word: &str) -> Result<String, ConvertErrorKind> {
+        let vars = state::FromVars::new(state);
+        let value = expand(&self.lexer, word, &vars)?;
+        match vars.env_name() {
+            Some(name) => Err(ConvertErrorKind::FromEnv {
+                word: word.to_owned(),
+                name,
+            }),
+            None => Ok(value),
+        }
     }
 
     fn dispatch(
@@ -593,6 +643,16 @@ impl<'a> Converter<'a> {
             stage: Some(state.index),
             location: Some(command.location),
         }
+    }
+}
+
+/// The config `FROM scratch` starts with: BuildKit's empty image has
+/// `WorkingDir` "/" (its PATH comes with every stage's). An image without a
+/// `WorkingDir` keeps none, as in BuildKit.
+fn scratch_config() -> ImageConfig {
+    ImageConfig {
+        working_dir: Some("/".to_owned()),
+        ..ImageConfig::default()
     }
 }
 

@@ -4,7 +4,7 @@
 use kiln_proto::ops::v1::{CacheOpt, CacheSharing, Mount, MountType, SecretOpt, SshOpt, TmpfsOpt};
 
 use super::state::StageState;
-use super::{ConvertErrorKind as Kind, Converter, expand};
+use super::{ConvertErrorKind as Kind, Converter, FromUser, expand};
 use crate::instructions::MountSpec;
 use crate::paths::{base_name, clean, in_context};
 
@@ -88,12 +88,11 @@ impl Converter<'_> {
             .fields
             .iter()
             .map(|(k, v)| {
-                Ok((
-                    k.clone(),
-                    v.as_ref()
-                        .map(|v| expand(&self.lexer, v, state))
-                        .transpose()?,
-                ))
+                let value = v.as_ref().map(|v| match k.as_str() {
+                    "from" => self.expand_from(state, v),
+                    _ => expand(&self.lexer, v, state),
+                });
+                Ok((k.clone(), value.transpose()?))
             })
             .collect::<Result<_, Kind>>()?;
         let m = Expanded { spec, fields };
@@ -128,7 +127,10 @@ impl Converter<'_> {
                         in_context(source).ok_or_else(|| Kind::OutsideContext(source.to_owned()))?
                     }
                     (_, Some(from)) => {
-                        if let Some(digest) = self.resolve_from(state, from)? {
+                        let target = mount.target.clone();
+                        if let Some(digest) =
+                            self.resolve_from(state, from, FromUser::Mount(&target))?
+                        {
                             mount.input = input_index(inputs, digest);
                         }
                         clean(&format!("/{source}"))

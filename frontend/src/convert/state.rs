@@ -201,13 +201,54 @@ impl StageState {
 /// the stage's ARGs.
 impl Vars for StageState {
     fn var(&self, name: &str) -> Option<&str> {
-        self.image.config.env_var(name).or_else(|| {
-            self.args
-                .iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| v.as_deref())
-        })
+        self.image
+            .config
+            .env_var(name)
+            .or_else(|| self.arg_value(name))
+    }
+}
+
+impl StageState {
+    /// The value of the stage's ARG `name`, when declared with one.
+    fn arg_value(&self, name: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// The variables of a `--from` / `from=` value: the stage's build
+/// arguments only. kiln expands those there (BuildKit expands nothing,
+/// moby/buildkit#2412); an ENV name is remembered so that it can be
+/// refused, as BuildKit refuses any variable.
+pub(super) struct FromVars<'s> {
+    state: &'s StageState,
+    env: std::cell::RefCell<Option<String>>,
+}
+
+impl<'s> FromVars<'s> {
+    pub(super) fn new(state: &'s StageState) -> Self {
+        Self {
+            state,
+            env: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The first ENV variable the value named, if any.
+    pub(super) fn env_name(&self) -> Option<String> {
+        self.env.borrow().clone()
+    }
+}
+
+impl Vars for FromVars<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        if self.state.image.config.env_var(name).is_some() {
+            self.env.borrow_mut().get_or_insert_with(|| name.to_owned());
+            return None;
+        }
+        self.state.arg_value(name)
     }
 }
 

@@ -146,6 +146,20 @@ fn entrypoint_drops_inherited_cmd_only() {
 }
 
 #[test]
+fn scratch_starts_in_the_root_directory() {
+    let g = build("FROM scratch\nCOPY a /\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/"));
+    let g = build("FROM busybox\nCOPY a /\n");
+    assert_eq!(
+        config(&g).working_dir,
+        None,
+        "none from an image without one"
+    );
+    let g = build("FROM scratch AS s\nFROM s\nWORKDIR rel\n");
+    assert_eq!(config(&g).working_dir.as_deref(), Some("/rel"));
+}
+
+#[test]
 fn workdir_is_relative_and_created_as_the_user() {
     let g = build("FROM busybox\nUSER 1000\nWORKDIR /app\nWORKDIR src/../lib\n");
     assert_eq!(config(&g).working_dir.as_deref(), Some("/app/lib"));
@@ -451,7 +465,7 @@ fn copy_rules() {
             .contains("FROM docker.io/library/alpine:3")
     }));
 
-    let text = "FROM busybox AS main\nARG SRC=s\nCOPY --from=$SRC / /\nFROM busybox AS s\nRUN x\n";
+    let text = "FROM busybox AS s\nRUN x\nFROM busybox AS main\nARG SRC=s\nCOPY --from=$SRC / /\nFROM busybox AS unused\n";
     let g = build_with(
         text,
         &ConvertOptions {
@@ -462,8 +476,33 @@ fn copy_rules() {
     assert_eq!(
         g.stages.len(),
         2,
-        "--from expands with the stage's ARGs and may name a later stage"
+        "--from expands with the stage's ARGs; only stages needed convert"
     );
+}
+
+#[test]
+fn from_names_an_earlier_stage_and_expands_no_env() {
+    assert_eq!(
+        error("FROM busybox AS main\nCOPY --from=s / /\nFROM busybox AS s\nFROM main\n"),
+        "line 2: COPY --from=s / /: cannot copy from stage \"s\", it needs to be defined before current stage \"main\""
+    );
+    assert_eq!(
+        error("FROM busybox AS a\nRUN --mount=from=1,target=/m x\nFROM busybox\nFROM a\n"),
+        "line 2: RUN --mount=from=1,target=/m x: cannot mount from stage \"1\" to \"/m\", stage needs to be defined before current command"
+    );
+    assert_eq!(
+        error("FROM busybox AS s\nFROM busybox\nENV S=s\nCOPY --from=${S} / /\n"),
+        "line 4: COPY --from=${S} / /: ${S}: S is an ENV variable; --from and from= expand only build arguments (ARG)"
+    );
+    assert!(
+        error(
+            "FROM busybox AS s\nFROM busybox\nARG S=s\nENV S=s\nRUN --mount=from=$S,target=/m x\n"
+        )
+        .contains("S is an ENV variable"),
+        "an ENV overrides the ARG of its name"
+    );
+    let g = build("FROM busybox AS s\nFROM busybox\nARG S=s\nRUN --mount=from=$S,target=/m x\n");
+    assert_eq!(g.stages.len(), 2, "a build argument names the stage");
 }
 
 #[test]
@@ -597,7 +636,7 @@ fn errors_name_line_and_instruction() {
             .contains("outside the build context")
     );
     assert!(
-        error("FROM busybox\nCOPY --chmod=u+x a /a\n").contains("invalid chmod parameter: u+x")
+        error("FROM busybox\nCOPY --chmod=u+q a /a\n").contains("invalid chmod parameter: 'u+q'")
     );
     assert!(error("FROM busybox\nCOPY --chown=:g a /a\n").contains("--chown"));
     assert!(

@@ -124,6 +124,31 @@ pub enum InstructionErrorKind {
     Security(String),
     #[error("{0}")]
     Heredoc(#[from] crate::shell::ExpandError),
+    #[error(
+        "unsupported frontend {0:?}: kiln builds with its own Dockerfile frontend and runs no frontend image (# syntax= may name docker/dockerfile or docker/dockerfile-upstream)"
+    )]
+    Frontend(String),
+}
+
+/// The frontend images whose syntax kiln's frontend is: a `# syntax=`
+/// naming one (any tag or digest) is served by kiln itself.
+const DOCKERFILE_FRONTENDS: &[&str] = &[
+    "docker.io/docker/dockerfile",
+    "docker.io/docker/dockerfile-upstream",
+];
+
+/// Refuses a `# syntax=` frontend kiln is not: BuildKit would run that
+/// image as the frontend, which kiln cannot.
+fn check_syntax(value: &str) -> Result<(), InstructionErrorKind> {
+    // What follows the image is its command line.
+    let image = value.split_whitespace().next().unwrap_or_default();
+    let known = crate::reference::Reference::parse(image)
+        .is_ok_and(|r| DOCKERFILE_FRONTENDS.contains(&r.repository().as_str()));
+    if known {
+        Ok(())
+    } else {
+        Err(InstructionErrorKind::Frontend(image.to_owned()))
+    }
 }
 
 /// An invalid instruction and the line it starts on.
@@ -136,6 +161,12 @@ pub struct InstructionError {
 
 /// Groups the AST into stages and checks every instruction.
 pub fn parse(df: &Dockerfile) -> Result<Instructions, InstructionError> {
+    if let Some(syntax) = &df.directives.syntax {
+        check_syntax(syntax).map_err(|kind| InstructionError {
+            line: df.directives.syntax_line,
+            kind,
+        })?;
+    }
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for node in &df.instructions {

@@ -197,3 +197,27 @@ fn errors() {
         K::FlagMissingValue("platform".into())
     );
 }
+
+#[test]
+fn syntax_names_a_dockerfile_frontend_or_fails_on_its_line() {
+    for known in [
+        "# syntax=docker/dockerfile:1\nFROM a\n",
+        "# syntax = docker/dockerfile\nFROM a\n",
+        "#syntax=docker.io/docker/dockerfile:1.7-labs\nFROM a\n",
+        "# check=skip=all\n# syntax=docker/dockerfile-upstream:master\nFROM a\n",
+        "# syntax=docker/dockerfile:1@sha256:ac85f380a63b13dfcefa89046420e1781752bab202122f8f50032edf31be0021 --flag\nFROM a\n",
+    ] {
+        assert!(parse_text(known).is_ok(), "{known}");
+    }
+    let e = parse_text("# escape=`\n# syntax=foobar\nFROM a\n").unwrap_err();
+    assert_eq!(e.line, 2);
+    assert_eq!(e.kind, InstructionErrorKind::Frontend("foobar".into()));
+    assert!(
+        e.to_string()
+            .starts_with("dockerfile parse error on line 2: unsupported frontend \"foobar\"")
+    );
+    assert_eq!(
+        kind("# syntax=example.com/docker/dockerfile:1\nFROM a\n"),
+        InstructionErrorKind::Frontend("example.com/docker/dockerfile:1".into())
+    );
+}

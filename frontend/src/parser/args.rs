@@ -75,16 +75,16 @@ fn maybe_json(text: &str) -> Result<Parsed, ParseErrorKind> {
     })
 }
 
-/// Decodes a JSON array of strings at the start of `text` (what follows it
-/// is ignored, as Go's decoder does). `Ok(None)`: not JSON, use shell form.
-/// A valid array with a non-string element is an error.
+/// Decodes `text` as a JSON array of strings. `Ok(None)`: not JSON — also
+/// when text follows the array (`RUN ["echo"]x`), since BuildKit's
+/// `json.Unmarshal` refuses trailing data — so the shell form. A valid
+/// array with a non-string element is an error.
 fn json_array(text: &str) -> Result<Option<Vec<String>>, ParseErrorKind> {
     let text = text.trim_start();
     if !text.starts_with('[') {
         return Ok(None);
     }
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
-    let Some(Ok(serde_json::Value::Array(items))) = stream.next() else {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) else {
         return Ok(None);
     };
     items
@@ -225,9 +225,12 @@ mod tests {
     #[test]
     fn json_forms() {
         assert_eq!(
-            json_array("[\"a\", \"b\"] trailing").unwrap(),
+            json_array("[\"a\", \"b\"] \t").unwrap(),
             Some(vec!["a".into(), "b".into()])
         );
+        assert_eq!(json_array("[\"a\", \"b\"] trailing").unwrap(), None);
+        assert_eq!(json_array("[\"a\"]x").unwrap(), None);
+        assert_eq!(json_array("[\"a\", 1] x").unwrap(), None, "not JSON at all");
         assert_eq!(json_array("['a']").unwrap(), None);
         assert_eq!(json_array("[\"a\"").unwrap(), None);
         assert_eq!(

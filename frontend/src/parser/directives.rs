@@ -11,6 +11,8 @@ pub struct Directives {
     /// `# syntax=` (a frontend image reference; kiln records but does not
     /// switch frontends).
     pub syntax: Option<String>,
+    /// The line of `# syntax=` (1-based; 0 without one).
+    pub syntax_line: usize,
     /// `# check=` (lint configuration).
     pub check: Option<String>,
     seen_escape: bool,
@@ -22,6 +24,7 @@ impl Default for Directives {
         Self {
             escape: '\\',
             syntax: None,
+            syntax_line: 0,
             check: None,
             seen_escape: false,
             done: false,
@@ -30,10 +33,10 @@ impl Default for Directives {
 }
 
 impl Directives {
-    /// Looks at the next line (left-trimmed, without its line end) while the
-    /// directive block is open; the first line that is not a known directive
-    /// closes it for good.
-    pub(super) fn check(&mut self, line: &str) -> Result<(), ParseErrorKind> {
+    /// Looks at the next line (`number`, left-trimmed, without its line
+    /// end) while the directive block is open; the first line that is not a
+    /// known directive closes it for good.
+    pub(super) fn check(&mut self, line: &str, number: usize) -> Result<(), ParseErrorKind> {
         if self.done {
             return Ok(());
         }
@@ -52,6 +55,9 @@ impl Directives {
         };
         if repeated {
             return Err(ParseErrorKind::RepeatedDirective(name));
+        }
+        if name == "syntax" {
+            self.syntax_line = number;
         }
         if name == "escape" {
             self.escape = match value {
@@ -114,22 +120,22 @@ mod tests {
     #[test]
     fn block_ends_at_first_other_line() {
         let mut d = Directives::default();
-        d.check("# comment").unwrap();
-        d.check("# escape=`").unwrap();
+        d.check("# comment", 1).unwrap();
+        d.check("# escape=`", 1).unwrap();
         assert_eq!(d.escape, '\\');
     }
 
     #[test]
     fn errors() {
         let mut d = Directives::default();
-        d.check("# escape=`").unwrap();
+        d.check("# escape=`", 1).unwrap();
         assert_eq!(
-            d.check("# escape=\\"),
+            d.check("# escape=\\", 1),
             Err(ParseErrorKind::RepeatedDirective("escape".into()))
         );
         let mut d = Directives::default();
         assert_eq!(
-            d.check("# escape=x"),
+            d.check("# escape=x", 1),
             Err(ParseErrorKind::InvalidEscape("x".into()))
         );
     }

@@ -110,7 +110,9 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
 
     while let Some((number, raw)) = lines.next_line()? {
         let first = raw.trim_start();
-        directives.check(first).map_err(|kind| at(number, kind))?;
+        directives
+            .check(first, number)
+            .map_err(|kind| at(number, kind))?;
         let escape = directives.escape;
         let first = if first.starts_with('#') { "" } else { first };
         let (text, mut continues) = trim_continuation(first, escape);

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use kiln_builder::build::{BuildRequest, LayerCompression, build};
-use kiln_builder::context::DockerfileSource;
+use kiln_builder::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_builder::entitlements::{Entitlement, Entitlements};
 use kiln_builder::registry::PullPolicy;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
 use kiln_worker::exec::Worker;
-use kiln_worker::layer::Whiteouts;
 use kiln_worker::sandbox::Sandbox;
 use kiln_worker::sandbox::spec::Network;
 
@@ -86,8 +85,8 @@ pub(crate) struct Build {
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
-    /// The build context directory, or `-` for a tar of it (plain, gzip,
-    /// bzip2, xz or zstd) on standard input.
+    /// The build context directory, or `-` for standard input: a tar of it
+    /// (plain, gzip, bzip2, xz or zstd), or a lone Dockerfile (no context).
     context: PathBuf,
 }
 
@@ -227,6 +226,28 @@ impl Drop for TempDir {
 }
 
 impl Build {
+    /// `-` as the context: standard input holds a context archive, unpacked
+    /// into `dir`, or (as docker takes it) a lone Dockerfile, returned, with
+    /// an empty context.
+    fn context_from_stdin(&self, dir: &std::path::Path) -> Result<Option<String>> {
+        anyhow::ensure!(
+            self.file.as_deref() != Some(std::path::Path::new("-")),
+            "the context and the Dockerfile cannot both come from standard input"
+        );
+        match read_stdin_context(std::io::stdin().lock(), dir)? {
+            StdinContext::Archive => Ok(None),
+            StdinContext::Dockerfile(text) => {
+                if let Some(file) = &self.file {
+                    anyhow::bail!(
+                        "-f {}: standard input, given as the context, is a Dockerfile itself",
+                        file.display()
+                    );
+                }
+                Ok(Some(text))
+            }
+        }
+    }
+
     /// The entitlements this build asks for: `--allow`'s, and `network.host`
     /// for `--network=host` (as buildx's flag asks for it).
     fn entitlements(&self) -> Result<Entitlements> {
@@ -260,27 +281,23 @@ impl Build {
     /// what `.dockerignore` excludes), events come back.
     fn run_remote(mut self, mut remote: crate::remote::Remote) -> Result<()> {
         // A context on standard input is unpacked here, then sent as a directory.
-        let _stdin_context = if self.context.as_os_str() == "-" {
-            anyhow::ensure!(
-                self.file.as_deref() != Some(std::path::Path::new("-")),
-                "the context and the Dockerfile cannot both come from standard input"
-            );
+        let (_stdin_context, piped_dockerfile) = if self.context.as_os_str() == "-" {
             let dir = tempfile::tempdir().context("a directory for the context")?;
-            let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
-                .context("reading the context from standard input")?;
-            kiln_worker::layer::unpack_with(reader, dir.path(), Whiteouts::Plain)
-                .context("the context on standard input")?;
+            let piped = self.context_from_stdin(dir.path())?;
             self.context = dir.path().to_owned();
-            Some(dir)
+            (Some(dir), piped)
         } else {
-            None
+            (None, None)
         };
         let Outputs { files, names, push } =
             Outputs::parse(&self.outputs, !self.tags.is_empty(), self.quiet)?;
         let mut tags = self.tags.clone();
         tags.extend(names);
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
-        let dockerfile = source.read()?;
+        let dockerfile = match piped_dockerfile {
+            Some(text) => text,
+            None => source.read()?,
+        };
         let dockerignore = source.dockerignore(&self.context)?;
         let ignore = kiln_frontend::dockerignore::Matcher::new(&dockerignore)?;
         let (build_args, source_date_epoch) = self.args_and_epoch()?;
@@ -372,27 +389,23 @@ impl Build {
         }
         // Opened first: it clears the root's tmp/, where a piped context goes.
         let store = Store::open(root)?;
-        let _stdin_context = if self.context.as_os_str() == "-" {
-            if self.file.as_deref() == Some(std::path::Path::new("-")) {
-                anyhow::bail!(
-                    "the context and the Dockerfile cannot both come from standard input"
-                );
-            }
+        let (_stdin_context, piped_dockerfile) = if self.context.as_os_str() == "-" {
             let dir = root
                 .join("tmp")
                 .join(format!("context-{}", std::process::id()));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let reader = kiln_worker::layer::compression::decompressed(std::io::stdin().lock())
-                .context("reading the context from standard input")?;
-            kiln_worker::layer::unpack_with(reader, &dir, Whiteouts::Plain)
-                .context("the context on standard input")?;
-            self.context = dir.clone();
-            Some(TempDir(dir))
+            let guard = TempDir(dir.clone());
+            let piped = self.context_from_stdin(&dir)?;
+            self.context = dir;
+            (Some(guard), piped)
         } else {
-            None
+            (None, None)
         };
         let source = DockerfileSource::new(self.file.as_deref(), &self.context);
-        let dockerfile = source.read()?;
+        let dockerfile = match piped_dockerfile {
+            Some(text) => text,
+            None => source.read()?,
+        };
         let dockerignore = source.dockerignore(&self.context)?;
         let mut tags = self
             .tags
