@@ -259,6 +259,9 @@ fn kilnd_grants_at_most_what_it_was_started_with() {
         return;
     }
     let s = Setup::new();
+    // More context than the client's stream buffers: kilnd refuses before
+    // reading it, and its reason, not the send it broke, is what is said.
+    std::fs::write(s.context.join("large"), vec![0u8; 32 << 20]).unwrap();
     {
         let kilnd = Kilnd::start(&s);
         let addr = kilnd.addr();

@@ -35,9 +35,12 @@ impl<M> ChunkWriter<M> {
 
     fn send(&mut self, last: bool) -> std::io::Result<()> {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
-        self.tx
-            .blocking_send((self.wrap)(data, last))
-            .map_err(|_| std::io::Error::other("the receiving end went away"))
+        self.tx.blocking_send((self.wrap)(data, last)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the receiving end went away",
+            )
+        })
     }
 
     /// Sends what is left, as the last message.

@@ -226,7 +226,12 @@ impl Remote {
                         eprintln!("  {line}");
                     }
                 }
-                if let Ok(Err(e)) = sent {
+                // kilnd hanging up is what its status explains (a build it
+                // refused before reading the context); another failure to
+                // send is the cause.
+                if let Ok(Err(e)) = sent
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
                     bail!("sending the build context: {e}");
                 }
                 Err(failed(status))
