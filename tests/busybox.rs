@@ -146,6 +146,24 @@ impl Setup {
         (stdout, stderr)
     }
 
+    /// Builds `dockerfile` (with `extra` flags) into a fresh directory
+    /// (`-o type=local`) and returns it; a failed build fails the test
+    /// with kiln's standard error.
+    pub(crate) fn build_to_dir(&self, dockerfile: &str, extra: &[&str]) -> PathBuf {
+        let dest = self.dir.path().join("out");
+        let _ = fs::remove_dir_all(&dest);
+        let output = format!("type=local,dest={}", dest.display());
+        let mut args = vec!["--progress=plain", "-o", output.as_str()];
+        args.extend_from_slice(extra);
+        let out = self.build(dockerfile, &args);
+        assert!(
+            out.status.success(),
+            "{dockerfile}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dest
+    }
+
     pub(crate) fn build(&self, dockerfile: &str, extra: &[&str]) -> std::process::Output {
         fs::write(self.context.join("Dockerfile"), dockerfile).unwrap();
         let mut args = vec!["build"];

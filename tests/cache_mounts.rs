@@ -4,28 +4,8 @@
 //! in parallel stages can nest cache mounts.
 
 use std::fs;
-use std::path::PathBuf;
 
 use crate::busybox::{Setup, ready};
-
-fn build_to_dir(s: &Setup, dockerfile: &str) -> PathBuf {
-    let dest = s.dir.path().join("out");
-    let _ = fs::remove_dir_all(&dest);
-    let out = s.build(
-        dockerfile,
-        &[
-            "--progress=plain",
-            "-o",
-            &format!("type=local,dest={}", dest.display()),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{dockerfile}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dest
-}
 
 fn read(dir: &std::path::Path, name: &str) -> String {
     fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -44,7 +24,7 @@ fn a_cache_seeded_from_a_stage_starts_as_it_and_keeps_its_writes() {
         RUN --mount=type=cache,target=/c,from=seed,source=/data cat /c/added > /kept\n\
         RUN --mount=type=cache,target=/c ls /c > /unseeded\n\
         COPY --from=seed /data /seed-data\n";
-    let dest = build_to_dir(&s, dockerfile);
+    let dest = s.build_to_dir(dockerfile, &[]);
     assert_eq!(read(&dest, "seen"), "seeded\n");
     assert_eq!(read(&dest, "kept"), "more\n");
     assert_eq!(
@@ -63,12 +43,9 @@ fn owner_and_mode_make_another_cache() {
         return;
     }
     let s = Setup::new();
-    let dest = build_to_dir(
-        &s,
-        "FROM base:busybox\n\
+    let dest = s.build_to_dir("FROM base:busybox\n\
          RUN --mount=type=cache,target=/c touch /c/made-by-root\n\
-         RUN --mount=type=cache,target=/c,uid=1001,gid=1002,mode=0751 stat -c '%u %g %a' /c > /owner && ls /c > /listed\n",
-    );
+         RUN --mount=type=cache,target=/c,uid=1001,gid=1002,mode=0751 stat -c '%u %g %a' /c > /owner && ls /c > /listed\n", &[]);
     assert_eq!(read(&dest, "owner"), "1001 1002 751\n");
     assert_eq!(read(&dest, "listed"), "");
 }
@@ -94,7 +71,7 @@ fn parallel_stages_nest_cache_mounts() {
         dockerfile.push_str(&format!("COPY --from={stage} /{stage} /{stage}\n"));
     }
     for _ in 0..3 {
-        let dest = build_to_dir(&s, &dockerfile);
+        let dest = s.build_to_dir(&dockerfile, &[]);
         assert_eq!(read(&dest, "d"), "d\n");
         let _ = fs::remove_dir_all(s.root.join("cache-mounts"));
         let out = s.kiln(&["prune", "-a"]);

@@ -13,22 +13,7 @@ use crate::busybox::{Setup, ready};
 
 /// Builds `dockerfile`, whose last step writes `/report`; returns it.
 fn report(s: &Setup, dockerfile: &str) -> String {
-    let dest = s.dir.path().join("out");
-    let _ = fs::remove_dir_all(&dest);
-    let out = s.build(
-        dockerfile,
-        &[
-            "--progress=plain",
-            "-o",
-            &format!("type=local,dest={}", dest.display()),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{dockerfile}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read_to_string(dest.join("report")).unwrap()
+    fs::read_to_string(s.build_to_dir(dockerfile, &[]).join("report")).unwrap()
 }
 
 const STAGE: &str = "FROM base:busybox AS s\n\

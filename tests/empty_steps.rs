@@ -8,40 +8,20 @@ use std::fs;
 use crate::busybox::{Setup, base_tarball, ready};
 use crate::hostile_layers::docker_archive;
 
-/// Builds `dockerfile` to a local directory and returns that directory.
-fn build_to_dir(s: &Setup, dockerfile: &str) -> std::path::PathBuf {
-    let dest = s.dir.path().join("out");
-    let _ = fs::remove_dir_all(&dest);
-    let out = s.build(
-        dockerfile,
-        &[
-            "--progress=plain",
-            "-o",
-            &format!("type=local,dest={}", dest.display()),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{dockerfile}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dest
-}
-
 #[test]
 fn empty_steps_in_a_row_then_any_step() {
     if !ready() {
         return;
     }
     let s = Setup::new();
-    let dest = build_to_dir(
-        &s,
+    let dest = s.build_to_dir(
         "FROM base:busybox\nRUN echo one\nRUN echo two\nRUN echo three\n",
+        &[],
     );
     assert!(dest.join("bin/busybox").is_file());
-    let dest = build_to_dir(
-        &s,
+    let dest = s.build_to_dir(
         "FROM base:busybox\nRUN true\nRUN true\nRUN echo made > /made\nCOPY Dockerfile /copied\n",
+        &[],
     );
     assert_eq!(fs::read_to_string(dest.join("made")).unwrap(), "made\n");
     assert!(dest.join("copied").is_file());
@@ -71,10 +51,7 @@ fn a_base_image_that_repeats_layers() {
         None,
     );
     s.ok(&["load", "-i", archive.to_str().unwrap()]);
-    let dest = build_to_dir(
-        &s,
-        "FROM repeats:latest\nRUN cat /added > /seen\nCOPY Dockerfile /copied\nRUN --mount=type=bind,from=repeats:latest,target=/r cat /r/added > /bound\n",
-    );
+    let dest = s.build_to_dir("FROM repeats:latest\nRUN cat /added > /seen\nCOPY Dockerfile /copied\nRUN --mount=type=bind,from=repeats:latest,target=/r cat /r/added > /bound\n", &[]);
     assert_eq!(fs::read_to_string(dest.join("seen")).unwrap(), "added\n");
     assert_eq!(fs::read_to_string(dest.join("bound")).unwrap(), "added\n");
     assert!(dest.join("copied").is_file());
