@@ -34,6 +34,10 @@ use std::io::Read;
 use kiln_cache::Digest;
 use serde_json::{Map, Value, json};
 
+/// The files every RUN step has mounted over it (`/etc/hosts`,
+/// `/etc/resolv.conf`, `/etc/hostname`): mount stubs of every case.
+const RUN_STUBS: &[&str] = &["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
 /// Times at or after this (2001-09-09) are the build's own, so `t=new`;
 /// the base and the cases' contexts use fixed times before it.
 const NEW_TIME: u64 = 1_000_000_000;
@@ -155,7 +159,14 @@ impl Image {
     ) -> Result<Value, String> {
         let mut tree = self.tree(Some(base))?;
         let on_base = self.diff_ids.first() == Some(&base.0);
-        tree.drop_stubs(stubs, if on_base { Some(&base.1) } else { None });
+        // Every RUN mounts these over the image's, as both builders do;
+        // dockerd 20.10 leaves the empty files it had to make for them.
+        let stubs: Vec<String> = stubs
+            .iter()
+            .cloned()
+            .chain(RUN_STUBS.iter().map(|p| (*p).to_owned()))
+            .collect();
+        tree.drop_stubs(&stubs, if on_base { Some(&base.1) } else { None });
         let (files, removed) = if on_base {
             tree.delta(&base.1)
         } else {
