@@ -36,11 +36,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::busybox::ready;
+use crate::docker::{DOCKER, docker_ready};
 use crate::harness::binary;
 use normalize::{Image, Tree};
 use setup::{RUNNER_FILES, Setup};
-
-const DOCKER: &str = "/usr/bin/docker";
 
 /// One build's limit: a case is a few small steps.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -103,7 +102,7 @@ fn kiln_and_docker_build_the_same_images() {
     }
     // Fails with a clear message when `cargo test --workspace` did not build it.
     binary("kiln-sandbox");
-    let docker = docker_ready();
+    let docker = docker_ready("only the differential cases with expected.json run");
     let filter = std::env::var("KILN_DIFFERENTIAL").unwrap_or_default();
     let cases = read_cases(&filter);
     let known = read_known();
@@ -128,22 +127,6 @@ fn kiln_and_docker_build_the_same_images() {
         started.elapsed()
     );
     judge(&cases, &results, &known);
-}
-
-/// Whether dockerd answers; with `KILN_REQUIRE_DOCKER` set it must.
-fn docker_ready() -> bool {
-    let up = Command::new(DOCKER)
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !up {
-        assert!(
-            std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
-            "KILN_REQUIRE_DOCKER is set but {DOCKER} info fails: is dockerd running?"
-        );
-        eprintln!("NOTICE: no dockerd answers; only the differential cases with expected.json run");
-    }
-    up
 }
 
 /// Every case directory (sorted), with its `SETUP` and `expected.json` read.

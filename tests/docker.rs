@@ -8,9 +8,11 @@ use std::process::Command;
 
 use crate::busybox::{Setup, ready};
 
-const DOCKER: &str = "/usr/bin/docker";
+pub(crate) const DOCKER: &str = "/usr/bin/docker";
 
-fn docker_ready() -> bool {
+/// Whether dockerd answers; with `KILN_REQUIRE_DOCKER` set it must.
+/// `without` says what runs (or not) when it does not.
+pub(crate) fn docker_ready(without: &str) -> bool {
     let up = Command::new(DOCKER)
         .arg("info")
         .output()
@@ -20,7 +22,7 @@ fn docker_ready() -> bool {
             std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
             "KILN_REQUIRE_DOCKER is set but {DOCKER} info fails: is dockerd running?"
         );
-        eprintln!("NOTICE: no dockerd answers; the docker consumer test is skipped");
+        eprintln!("NOTICE: no dockerd answers; {without}");
     }
     up
 }
@@ -37,7 +39,7 @@ fn docker(args: &[&str]) -> String {
 
 #[test]
 fn docker_loads_and_runs_what_kiln_built() {
-    if !ready() || !docker_ready() {
+    if !ready() || !docker_ready("the docker consumer test is skipped") {
         return;
     }
     let s = Setup::new();

@@ -20,7 +20,6 @@ fn add_git_in_the_query_form() {
     served_repo(&s.dir.path().join("work"), &served);
     let http = Httpd::serve(&served);
     let git = http.url("repo.git");
-    let dest = s.dir.path().join("out");
     let dockerfile = format!(
         "FROM base:busybox\n\
          ADD {git}?ref=v1&subdir=docs /by-ref/\n\
@@ -28,19 +27,7 @@ fn add_git_in_the_query_form() {
          ADD {git}?branch=main&subdir=docs /by-branch/\n\
          ADD {git}?keep-git-dir=true /repo/\n"
     );
-    let out = s.build(
-        &dockerfile,
-        &[
-            "--progress=plain",
-            "-o",
-            &format!("type=local,dest={}", dest.display()),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dest = s.build_to_dir(&dockerfile, &[]);
     let read = |p: &str| fs::read_to_string(dest.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert_eq!(read("by-ref/guide.md"), "v1 guide\n");
     assert_eq!(read("by-tag/guide.md"), "v1 guide\n");

@@ -14,36 +14,26 @@ fn proxies_reach_run_in_both_spellings_and_nothing_else() {
     }
     let s = Setup::new();
     let dockerfile = "FROM base:busybox\nRUN env | grep -i _proxy= | sort > /proxies\n";
-    let build = |proxy: &str, dest: &str| {
-        let dest = s.dir.path().join(dest);
-        let out = s.build(
-            dockerfile,
-            &[
-                "-t",
-                "proxied:latest",
-                "--build-arg",
-                &format!("http_proxy={proxy}"),
-                "--build-arg",
-                "NO_PROXY=localhost",
-                "-o",
-                &format!("type=local,dest={}", dest.display()),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::read_to_string(dest.join("proxies")).unwrap()
+    let build = |proxy: &str| {
+        let http_proxy = format!("http_proxy={proxy}");
+        let args = [
+            "-t",
+            "proxied:latest",
+            "--build-arg",
+            http_proxy.as_str(),
+            "--build-arg",
+            "NO_PROXY=localhost",
+        ];
+        fs::read_to_string(s.build_to_dir(dockerfile, &args).join("proxies")).unwrap()
     };
     assert_eq!(
-        build("http://proxy.example:3128", "first"),
+        build("http://proxy.example:3128"),
         "HTTP_PROXY=http://proxy.example:3128\nNO_PROXY=localhost\n\
          http_proxy=http://proxy.example:3128\nno_proxy=localhost\n"
     );
     // Another proxy is not another step: the layer is the cached one.
     assert_eq!(
-        build("http://other.example:8080", "second"),
+        build("http://other.example:8080"),
         "HTTP_PROXY=http://proxy.example:3128\nNO_PROXY=localhost\n\
          http_proxy=http://proxy.example:3128\nno_proxy=localhost\n"
     );
