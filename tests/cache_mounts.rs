@@ -18,11 +18,12 @@ fn a_cache_seeded_from_a_stage_starts_as_it_and_keeps_its_writes() {
     }
     let s = Setup::new();
     let dockerfile = "FROM base:busybox AS seed\n\
-        RUN mkdir -p /data && echo seeded > /data/file\n\
+        RUN mkdir -p /data && echo seeded > /data/file && ln -s ../../../.. /escape\n\
         FROM base:busybox\n\
         RUN --mount=type=cache,target=/c,from=seed,source=/data cat /c/file > /seen && echo more > /c/added\n\
         RUN --mount=type=cache,target=/c,from=seed,source=/data cat /c/added > /kept\n\
         RUN --mount=type=cache,target=/c ls /c > /unseeded\n\
+        RUN --mount=type=cache,target=/h,from=seed,source=/escape/etc test ! -e /h/os-release && cat /h/passwd > /seed-etc\n\
         COPY --from=seed /data /seed-data\n";
     let dest = s.build_to_dir(dockerfile, &[]);
     assert_eq!(read(&dest, "seen"), "seeded\n");
@@ -32,6 +33,8 @@ fn a_cache_seeded_from_a_stage_starts_as_it_and_keeps_its_writes() {
         "",
         "the same id unseeded is another cache"
     );
+    // A symlink in the seed leads inside the seed's layers, never to the host.
+    assert!(read(&dest, "seed-etc").contains("app:x:1000"));
     // The seed stage's layers are as they were.
     assert!(!dest.join("seed-data/added").exists());
     assert_eq!(read(&dest, "seed-data/file"), "seeded\n");
