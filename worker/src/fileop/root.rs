@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, fchownat};
 
@@ -32,6 +32,28 @@ fn how(flags: OFlag) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+/// How often [`open_in`] retries an `EAGAIN`.
+const RESOLVE_RETRIES: u32 = 128;
+
+/// `openat2`, retried on `EAGAIN`: with `RESOLVE_IN_ROOT` or
+/// `RESOLVE_BENEATH` the kernel refuses a `..` when any rename or mount on
+/// the host raced with the lookup (it cannot then prove the walk stayed
+/// inside), and openat2(2) leaves the retry to the caller. Bounded, so a
+/// host that renames without pause gets the error rather than a spin.
+fn open_in<P: ?Sized + nix::NixPath>(
+    dir: BorrowedFd<'_>,
+    path: &P,
+    how: OpenHow,
+) -> nix::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match nix::fcntl::openat2(dir, path, how) {
+            Err(Errno::EAGAIN) if tries < RESOLVE_RETRIES => tries += 1,
+            done => return done,
+        }
+    }
 }
 
 /// Resolution for writers of archived trees: never above the starting
@@ -83,11 +105,11 @@ impl Root {
         } else {
             joined.as_os_str()
         };
-        match openat2(self.fd.as_fd(), whole, how_beneath(flags)) {
+        match open_in(self.fd.as_fd(), whole, how_beneath(flags)) {
             Err(Errno::ENOENT) if create => {}
             found => return found.map_err(|e| self.err_os("opening", whole, e)),
         }
-        let mut dir = openat2(self.fd.as_fd(), ".", how_beneath(flags))
+        let mut dir = open_in(self.fd.as_fd(), ".", how_beneath(flags))
             .map_err(|e| self.err("opening", ".", e))?;
         for (i, part) in parts.iter().enumerate() {
             let sub = || join_parts(&parts[..=i]);
@@ -97,7 +119,7 @@ impl Root {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(self.err_os("creating", &sub(), e)),
             }
-            dir = openat2(dir.as_fd(), *part, how_beneath(flags))
+            dir = open_in(dir.as_fd(), *part, how_beneath(flags))
                 .map_err(|e| self.err_os("opening", &sub(), e))?;
         }
         Ok(dir)
@@ -145,7 +167,7 @@ impl Root {
     /// Opens `rel` following symlinks within the root.
     pub fn open_follow(&self, rel: &str, flags: OFlag) -> Result<OwnedFd> {
         let rel = if components(rel).is_empty() { "." } else { rel };
-        openat2(self.fd.as_fd(), rel, how(flags)).map_err(|e| self.err("opening", rel, e))
+        open_in(self.fd.as_fd(), rel, how(flags)).map_err(|e| self.err("opening", rel, e))
     }
 
     /// Metadata of `rel`, symlinks followed within the root; `None` when
@@ -366,7 +388,7 @@ impl Root {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_XDEV,
             );
-        let dir = match openat2(self.fd.as_fd(), dirs.as_str(), how) {
+        let dir = match open_in(self.fd.as_fd(), dirs.as_str(), how) {
             Ok(dir) => dir,
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
             Err(e) => return Err(self.err("opening", &dirs, e)),

@@ -403,3 +403,31 @@ fn mkdir_all_races_with_another_maker() {
         assert!(dir.path().join(&rel).is_dir());
     }
 }
+
+/// openat2 refuses a `..` with `EAGAIN` whenever a rename anywhere on the
+/// host races with the lookup; a build beside other builds (renames into
+/// the store all the time) must not fail on it.
+#[test]
+fn dot_dot_resolves_while_the_host_renames() {
+    let r = roots();
+    write(&r.src, "data/file", "x");
+    symlink("../../../..", r.src.join("escape")).unwrap();
+    let root = root::Root::open(&r.src).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let (stop, dir) = (stop.clone(), r.outside.clone());
+        std::thread::spawn(move || {
+            fs::write(dir.join("a"), "").unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::rename(dir.join("a"), dir.join("b")).unwrap();
+                fs::rename(dir.join("b"), dir.join("a")).unwrap();
+            }
+        })
+    };
+    let failed = (0..20_000)
+        .filter(|_| root.stat("escape/data/../data/file").is_err())
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renamer.join().unwrap();
+    assert_eq!(failed, 0, "lookups through `..` failed while renaming");
+}
