@@ -35,4 +35,5 @@ mod noise;
 mod proxy_args;
 mod registry;
 mod registry_token;
+mod remote_context;
 mod ssh;

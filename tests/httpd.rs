@@ -13,13 +13,22 @@ pub(crate) struct Httpd {
 
 impl Httpd {
     pub(crate) fn serve(root: &Path) -> Self {
+        Self::serve_with(root, true)
+    }
+
+    /// Without `Last-Modified` headers.
+    pub(crate) fn serve_undated(root: &Path) -> Self {
+        Self::serve_with(root, false)
+    }
+
+    fn serve_with(root: &Path, dated: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
         let addr = listener.local_addr().expect("the port");
         let root = root.to_owned();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let root = root.clone();
-                std::thread::spawn(move || answer(&root, conn));
+                std::thread::spawn(move || answer(&root, conn, dated));
             }
         });
         Self { addr }
@@ -31,7 +40,7 @@ impl Httpd {
 }
 
 /// One request per connection (`Connection: close`).
-fn answer(root: &Path, conn: TcpStream) {
+fn answer(root: &Path, conn: TcpStream, dated: bool) {
     let mut reader = BufReader::new(&conn);
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {
@@ -51,8 +60,13 @@ fn answer(root: &Path, conn: TcpStream) {
     let mut out = &conn;
     let _ = match file.and_then(|f| std::fs::read(f).ok()) {
         Some(body) => {
+            let date = if dated {
+                "Last-Modified: Sun, 13 Sep 2020 12:26:40 GMT\r\n"
+            } else {
+                ""
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nLast-Modified: Sun, 13 Sep 2020 12:26:40 GMT\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n{date}Connection: close\r\n\r\n",
                 body.len()
             );
             out.write_all(head.as_bytes()).and_then(|()| {

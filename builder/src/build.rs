@@ -54,8 +54,10 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// `--no-cache-filter`: stage names whose steps run again.
     pub no_cache_filter: Vec<String>,
-    /// `SOURCE_DATE_EPOCH`: the image's created time.
-    pub source_date_epoch: Option<u64>,
+    /// When the context last changed (a fetched Git or HTTP context), what
+    /// `SOURCE_DATE_EPOCH=context` stands for; the epoch itself is a build
+    /// arg, resolved by the frontend.
+    pub context_time: Option<u64>,
     /// `--network`: the network of RUN steps that do not ask for one
     /// (`RUN --network=default`).
     pub network: Network,
@@ -184,6 +186,7 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<BuildGraph,
         options.build_args = req.build_args.clone();
         options.target = req.target.clone();
         options.dockerignore = req.dockerignore.clone();
+        options.context_time = req.context_time;
         options.cancel = Some(Cancel(&cancelled));
         convert::convert_dockerfile(&req.dockerfile, &options)
     };
@@ -236,7 +239,7 @@ pub fn build(
             .collect(),
         network: req.network,
         entitlements: req.entitlements.clone(),
-        source_date_epoch: req.source_date_epoch,
+        source_date_epoch: graph.source_date_epoch,
         progress: std::sync::Mutex::new(progress),
         context_view: Default::default(),
         context_layer: Default::default(),
@@ -251,7 +254,7 @@ pub fn build(
         unreachable!("a stage's root is a filesystem, never the context")
     };
 
-    let created = rfc3339(req.source_date_epoch.unwrap_or_else(image::now));
+    let created = rfc3339(graph.source_date_epoch.unwrap_or_else(image::now));
     let mut history = match &target.image.base {
         Some(base) => {
             image::resolve(store, base.split('@').next().unwrap_or(base))?

@@ -109,16 +109,22 @@ fn request_of(
     } else {
         PullPolicy::parse(&spec.pull).ok_or_else(|| invalid(format!("--pull {}", spec.pull)))?
     };
+    let mut build_args = spec.build_args.into_iter().collect::<BTreeMap<_, _>>();
+    if let Some(epoch) = spec.source_date_epoch {
+        build_args
+            .entry("SOURCE_DATE_EPOCH".to_owned())
+            .or_insert_with(|| epoch.to_string());
+    }
     Ok(BuildRequest {
         dockerfile: spec.dockerfile,
         context,
         dockerignore: spec.dockerignore,
-        build_args: spec.build_args.into_iter().collect::<BTreeMap<_, _>>(),
+        build_args,
         target: (!spec.target.is_empty()).then_some(spec.target),
         tags,
         no_cache: spec.no_cache,
         no_cache_filter: spec.no_cache_filter,
-        source_date_epoch: spec.source_date_epoch,
+        context_time: spec.context_time,
         network: match (spec.network_none, spec.network_host) {
             (true, _) => Network::None,
             (false, true) => Network::Host,

@@ -20,6 +20,10 @@ use kiln_proto::ops::v1::{GitSource, HttpSource};
 pub struct Fetched {
     pub dir: PathBuf,
     pub digest: String,
+    /// When the source was last changed, in seconds since the epoch (a Git
+    /// commit's committer time; an HTTP `Last-Modified`), for
+    /// `SOURCE_DATE_EPOCH=context`.
+    pub time: Option<u64>,
     _scratch: tempfile::TempDir,
 }
 
@@ -35,7 +39,7 @@ impl Eq for Fetched {}
 /// `Last-Modified`, as Docker does), checking `--checksum` when given.
 /// `progress` hears the bytes so far (and the total, when the server says)
 /// about once a second, and at the end.
-pub(super) fn http(
+pub(crate) fn http(
     source: &HttpSource,
     scratch: tempfile::TempDir,
     progress: &mut dyn FnMut(u64, Option<u64>),
@@ -104,6 +108,9 @@ pub(super) fn http(
     Ok(Fetched {
         dir: dir.to_owned(),
         digest: format!("{name}\0{digest}"),
+        time: modified
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
         _scratch: scratch,
     })
 }
@@ -113,7 +120,7 @@ pub(super) fn http(
 ///
 /// The source is checked again here (see `kiln_frontend::gitref`): the
 /// graph need not come from kiln's frontend.
-pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
+pub(crate) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetched, String> {
     kiln_frontend::gitref::check(&source.remote, &source.r#ref, &source.subdir)
         .map_err(|e| e.to_string())?;
     let repo = scratch.path().join("repo");
@@ -166,6 +173,7 @@ pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
         ));
     }
     git(&["checkout", "-q", "--detach", &commit])?;
+    let time = git(&["show", "-s", "--format=%ct", &commit])?.parse().ok();
     if !source.keep_git_dir {
         let dot_git = repo.join(".git");
         std::fs::remove_dir_all(&dot_git)
@@ -191,6 +199,7 @@ pub(super) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
     Ok(Fetched {
         dir: root,
         digest: format!("git\0{commit}\0{}\0{}", source.subdir, source.keep_git_dir),
+        time,
         _scratch: scratch,
     })
 }

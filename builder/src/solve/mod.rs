@@ -9,7 +9,7 @@
 
 mod cancel;
 mod context;
-mod fetch;
+pub(crate) mod fetch;
 mod flight;
 mod on_farm;
 mod ops;

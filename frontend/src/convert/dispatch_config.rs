@@ -125,7 +125,7 @@ impl Converter<'_> {
     ) -> Result<Step, Kind> {
         for decl in decls {
             self.declared.insert(decl.name.clone());
-            let value = match (self.options.build_args.get(&decl.name), &decl.default) {
+            let value = match (self.build_args.get(&decl.name), &decl.default) {
                 (Some(v), _) => Some(v.clone()),
                 (None, Some(default)) => Some(expand(&self.lexer, default, state)?),
                 (None, None) => self.globals.get(&decl.name).cloned().flatten(),

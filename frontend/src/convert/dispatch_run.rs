@@ -43,7 +43,7 @@ impl Converter<'_> {
         }
         let args = self.command_line(state, &cmd);
 
-        let proxy_env = proxy_env(&self.options.build_args);
+        let proxy_env = proxy_env(&self.build_args);
         let network = match run.network.as_deref() {
             Some("none") => NetworkMode::None,
             Some("host") => NetworkMode::Host,

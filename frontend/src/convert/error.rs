@@ -75,6 +75,8 @@ pub enum ConvertErrorKind {
     StagesTooDeep(usize),
     #[error("ENV, ARG and LABEL values {scope} exceed {limit} bytes (the limit)")]
     TooManyVars { limit: usize, scope: &'static str },
+    #[error("invalid SOURCE_DATE_EPOCH: {0} (seconds since 1970, or \"context\")")]
+    InvalidEpoch(String),
     #[error("cancelled")]
     Cancelled,
     /// An error in another stage, converted on demand: it keeps its own

@@ -9,6 +9,7 @@
 mod dispatch_config;
 mod dispatch_file;
 mod dispatch_run;
+mod epoch;
 mod error;
 mod graph;
 mod image;
@@ -95,6 +96,9 @@ pub struct ConvertOptions<'a> {
     pub target_platform: Platform,
     /// `.dockerignore` patterns, applied to the build context.
     pub dockerignore: Vec<String>,
+    /// When the build context last changed (seconds since the epoch), what
+    /// `SOURCE_DATE_EPOCH=context` stands for; `None` for a local directory.
+    pub context_time: Option<u64>,
     pub resolver: &'a dyn ImageResolver,
     /// Asked between instructions and during expansion: conversion stops
     /// with [`ConvertErrorKind::Cancelled`] soon after it says so.
@@ -110,6 +114,7 @@ impl<'a> ConvertOptions<'a> {
             build_platform: platform::host(),
             target_platform: platform::host(),
             dockerignore: Vec::new(),
+            context_time: None,
             resolver,
             cancel: None,
         }
@@ -137,6 +142,9 @@ pub struct BuildGraph {
     /// Index into `stages` of the target.
     pub target: usize,
     pub warnings: Vec<Warning>,
+    /// `SOURCE_DATE_EPOCH`, resolved: the image's created time, the bound of
+    /// its layers' mtimes.
+    pub source_date_epoch: Option<u64>,
 }
 
 impl BuildGraph {
@@ -220,6 +228,7 @@ pub fn convert(
         stages,
         target,
         warnings,
+        source_date_epoch: converter.source_date_epoch,
     })
 }
 
@@ -278,9 +287,12 @@ pub(crate) struct Converter<'a> {
     lexer: Lexer<'a>,
     graph: GraphBuilder,
     slots: Vec<Slot>,
+    /// `--build-arg` values, `SOURCE_DATE_EPOCH` resolved.
+    build_args: BTreeMap<String, String>,
     /// Values of global ARGs (and the predefined platform args); `None` for
     /// a global ARG declared without a value.
     globals: BTreeMap<String, Option<String>>,
+    source_date_epoch: Option<u64>,
     /// Every ARG name declared anywhere converted (for the unused warning).
     declared: BTreeSet<String>,
     context: Option<String>,
@@ -288,6 +300,32 @@ pub(crate) struct Converter<'a> {
     depth: usize,
     /// ENV, ARG and LABEL bytes held by every stage so far.
     total_vars: usize,
+}
+
+/// `SOURCE_DATE_EPOCH` of the build args, else of the global ARGs,
+/// resolved (see [`epoch`]); where it was set, it is set to the seconds
+/// (empty when `context` has no time), as the RUN steps then see it.
+fn resolve_epoch(
+    build_args: &mut BTreeMap<String, String>,
+    globals: &mut BTreeMap<String, Option<String>>,
+    context_time: Option<u64>,
+) -> Result<Option<u64>, ConvertErrorKind> {
+    let value = match build_args.get(epoch::NAME) {
+        Some(v) => v.clone(),
+        None => match globals.get(epoch::NAME) {
+            Some(Some(v)) => v.clone(),
+            _ => return Ok(None),
+        },
+    };
+    let resolved = epoch::resolve(&value, context_time)?;
+    let text = resolved.map(|s| s.to_string()).unwrap_or_default();
+    if let Some(v) = build_args.get_mut(epoch::NAME) {
+        v.clone_from(&text);
+    }
+    if let Some(Some(v)) = globals.get_mut(epoch::NAME) {
+        *v = text;
+    }
+    Ok(resolved)
 }
 
 /// Variables from a map of possibly-unset values.
@@ -313,9 +351,14 @@ impl<'a> Converter<'a> {
             .map(|(k, v)| (k, Some(v)))
             .collect();
         let mut declared = BTreeSet::new();
+        let mut build_args = options.build_args.clone();
+        let mut epoch_at = None;
         for (decl, location) in &instructions.meta_args {
             declared.insert(decl.name.clone());
-            let value = match (options.build_args.get(&decl.name), &decl.default) {
+            if decl.name == epoch::NAME && !build_args.contains_key(epoch::NAME) {
+                epoch_at = Some((*location, format!("ARG {}", decl.name)));
+            }
+            let value = match (build_args.get(&decl.name), &decl.default) {
                 (Some(v), _) => Some(v.clone()),
                 (None, Some(default)) => Some(
                     expand(&lexer, default, &OptionalVars(&globals)).map_err(|kind| {
@@ -326,6 +369,11 @@ impl<'a> Converter<'a> {
             };
             globals.insert(decl.name.clone(), value);
         }
+        let source_date_epoch = resolve_epoch(&mut build_args, &mut globals, options.context_time)
+            .map_err(|kind| match &epoch_at {
+                Some((location, source)) => ConvertError::at(*location, source, kind),
+                None => kind.into(),
+            })?;
         Ok(Self {
             instructions,
             options,
@@ -336,7 +384,9 @@ impl<'a> Converter<'a> {
                 .iter()
                 .map(|_| Slot::NotStarted)
                 .collect(),
+            build_args,
             globals,
+            source_date_epoch,
             declared,
             context: None,
             depth: 0,

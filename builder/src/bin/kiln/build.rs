@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use kiln_builder::build::{BuildRequest, LayerCompression, build};
+use kiln_builder::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_builder::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_builder::entitlements::{Entitlement, Entitlements};
 use kiln_builder::registry::PullPolicy;
@@ -85,8 +86,12 @@ pub(crate) struct Build {
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
-    /// The build context directory, or `-` for standard input: a tar of it
-    /// (plain, gzip, bzip2, xz or zstd), or a lone Dockerfile (no context).
+    /// The build context: a directory; `-` for standard input (a tar of it,
+    /// plain, gzip, bzip2, xz or zstd, or a lone Dockerfile and no
+    /// context); a Git repository (`https://host/repo.git#REF:DIR`,
+    /// `git@host:repo.git`, `?ref=…&subdir=…`); or an HTTP(S) URL of a
+    /// context archive or of a lone Dockerfile. With a URL, `-f` is a path
+    /// inside the context.
     context: PathBuf,
 }
 
@@ -225,6 +230,40 @@ impl Drop for TempDir {
     }
 }
 
+/// The build context made ready to read: standard input unpacked or a URL
+/// fetched into a scratch directory (kept while this lives), or a local
+/// directory as it is.
+struct Context {
+    dir: PathBuf,
+    source: DockerfileSource,
+    /// The Dockerfile itself, when standard input or the URL was one.
+    piped: Option<String>,
+    /// When a fetched context last changed (`SOURCE_DATE_EPOCH=context`).
+    time: Option<u64>,
+    _scratch: Scratch,
+}
+
+/// What keeps a context's scratch directory until the build is done.
+enum Scratch {
+    None,
+    Stdin { _dir: TempDir },
+    Remote { _fetched: RemoteContext },
+}
+
+impl Context {
+    /// The Dockerfile's text.
+    fn dockerfile(&self) -> Result<String> {
+        match &self.piped {
+            Some(text) => Ok(text.clone()),
+            None => Ok(self.source.read()?),
+        }
+    }
+
+    fn dockerignore(&self) -> Result<Vec<String>> {
+        Ok(self.source.dockerignore(&self.dir)?)
+    }
+}
+
 impl Build {
     /// `-` as the context: standard input holds a context archive, unpacked
     /// into `dir`, or (as docker takes it) a lone Dockerfile, returned, with
@@ -258,49 +297,84 @@ impl Build {
         Ok(asked)
     }
 
-    /// `--build-arg`s, and `SOURCE_DATE_EPOCH` (an arg or the environment)
-    /// taken out of them.
-    fn args_and_epoch(&self) -> Result<(std::collections::BTreeMap<String, String>, Option<u64>)> {
+    /// `--build-arg`s, with `SOURCE_DATE_EPOCH` from the environment when
+    /// no `--build-arg` sets it (as buildx does); the frontend checks and
+    /// resolves it.
+    fn build_args(&self) -> Result<std::collections::BTreeMap<String, String>> {
         let mut build_args = crate::debug::parse_build_args(&self.build_args)?;
-        let source_date_epoch = match build_args
-            .get("SOURCE_DATE_EPOCH")
-            .cloned()
-            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        {
-            Some(v) if !v.is_empty() => Some(
-                v.parse::<u64>()
-                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
-            ),
-            _ => None,
-        };
-        build_args.remove("SOURCE_DATE_EPOCH");
-        Ok((build_args, source_date_epoch))
+        if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+            build_args
+                .entry("SOURCE_DATE_EPOCH".to_owned())
+                .or_insert(epoch);
+        }
+        Ok(build_args)
+    }
+
+    /// The context argument made ready, in `tmp` when it must be read from
+    /// standard input or fetched (see [`ContextArg`]).
+    fn prepare_context(&self, tmp: &std::path::Path) -> Result<Context> {
+        let file = self.file.as_deref();
+        match ContextArg::parse(&self.context) {
+            ContextArg::Local(dir) => Ok(Context {
+                source: DockerfileSource::new(file, &dir),
+                dir,
+                piped: None,
+                time: None,
+                _scratch: Scratch::None,
+            }),
+            ContextArg::Stdin => {
+                let dir = tmp.join(format!("context-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let guard = TempDir(dir.clone());
+                let piped = self.context_from_stdin(&dir)?;
+                Ok(Context {
+                    source: DockerfileSource::new(file, &dir),
+                    dir,
+                    piped,
+                    time: None,
+                    _scratch: Scratch::Stdin { _dir: guard },
+                })
+            }
+            remote => {
+                if !self.quiet {
+                    eprintln!("fetching the build context {}", self.context.display());
+                }
+                let fetched = fetch_context(&remote, tmp)?;
+                if fetched.dockerfile.is_some()
+                    && let Some(file) = file
+                {
+                    anyhow::bail!(
+                        "-f {}: the context URL {} is a Dockerfile itself",
+                        file.display(),
+                        self.context.display()
+                    );
+                }
+                Ok(Context {
+                    source: fetched.dockerfile_source(file)?,
+                    dir: fetched.dir.clone(),
+                    piped: fetched.dockerfile.clone(),
+                    time: fetched.time,
+                    _scratch: Scratch::Remote { _fetched: fetched },
+                })
+            }
+        }
     }
 
     /// The build through kilnd: the context goes over the wire (without
     /// what `.dockerignore` excludes), events come back.
-    fn run_remote(mut self, mut remote: crate::remote::Remote) -> Result<()> {
-        // A context on standard input is unpacked here, then sent as a directory.
-        let (_stdin_context, piped_dockerfile) = if self.context.as_os_str() == "-" {
-            let dir = tempfile::tempdir().context("a directory for the context")?;
-            let piped = self.context_from_stdin(dir.path())?;
-            self.context = dir.path().to_owned();
-            (Some(dir), piped)
-        } else {
-            (None, None)
-        };
+    fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+        // A context on standard input or at a URL is unpacked or fetched
+        // here, then sent as a directory.
+        let context = self.prepare_context(&std::env::temp_dir())?;
         let Outputs { files, names, push } =
             Outputs::parse(&self.outputs, !self.tags.is_empty(), self.quiet)?;
         let mut tags = self.tags.clone();
         tags.extend(names);
-        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
-        let dockerfile = match piped_dockerfile {
-            Some(text) => text,
-            None => source.read()?,
-        };
-        let dockerignore = source.dockerignore(&self.context)?;
+        let dockerfile = context.dockerfile()?;
+        let dockerignore = context.dockerignore()?;
         let ignore = kiln_frontend::dockerignore::Matcher::new(&dockerignore)?;
-        let (build_args, source_date_epoch) = self.args_and_epoch()?;
+        let build_args = self.build_args()?;
         let secrets = self
             .secrets
             .iter()
@@ -326,7 +400,8 @@ impl Build {
             entitlements: self.entitlements()?.names(),
             outputs: self.outputs.clone(),
             pull: self.pull.clone(),
-            source_date_epoch,
+            source_date_epoch: None,
+            context_time: context.time,
             // Set by the client from the context (see `remote::changes`).
             session: String::new(),
             removed: Vec::new(),
@@ -335,7 +410,7 @@ impl Build {
             ssh: agents.keys().cloned().collect(),
         };
         let mut printer = Printer::new(self.progress, self.quiet);
-        let result = remote.build(spec, &self.context, &ignore, &agents, &mut printer)?;
+        let result = remote.build(spec, &context.dir, &ignore, &agents, &mut printer)?;
         for output in &files {
             remote.export(
                 &result.manifest,
@@ -375,7 +450,7 @@ impl Build {
     }
 
     pub(crate) fn run(
-        mut self,
+        self,
         root: &std::path::Path,
         remote: Option<crate::remote::Remote>,
     ) -> Result<()> {
@@ -387,33 +462,19 @@ impl Build {
         if let Some(remote) = remote {
             return self.run_remote(remote);
         }
-        // Opened first: it clears the root's tmp/, where a piped context goes.
+        // Opened first: it clears the root's tmp/, where a piped or
+        // fetched context goes.
         let store = Store::open(root)?;
-        let (_stdin_context, piped_dockerfile) = if self.context.as_os_str() == "-" {
-            let dir = root
-                .join("tmp")
-                .join(format!("context-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let guard = TempDir(dir.clone());
-            let piped = self.context_from_stdin(&dir)?;
-            self.context = dir;
-            (Some(guard), piped)
-        } else {
-            (None, None)
-        };
-        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
-        let dockerfile = match piped_dockerfile {
-            Some(text) => text,
-            None => source.read()?,
-        };
-        let dockerignore = source.dockerignore(&self.context)?;
+        let context = self.prepare_context(&root.join("tmp"))?;
+        let dockerfile = context.dockerfile()?;
+        let dockerignore = context.dockerignore()?;
         let mut tags = self
             .tags
             .iter()
             .map(|t| kiln_builder::image::normalize(t))
             .collect::<Result<Vec<_>, _>>()
             .context("-t")?;
-        let (build_args, source_date_epoch) = self.args_and_epoch()?;
+        let build_args = self.build_args()?;
         let Outputs { files, names, push } =
             Outputs::parse(&self.outputs, !tags.is_empty(), self.quiet)?;
         for name in &names {
@@ -432,17 +493,17 @@ impl Build {
         }
         let request = BuildRequest {
             dockerfile,
-            context: self
-                .context
+            context: context
+                .dir
                 .canonicalize()
-                .with_context(|| format!("build context {}", self.context.display()))?,
+                .with_context(|| format!("build context {}", context.dir.display()))?,
             dockerignore,
             build_args,
             target: self.target,
             tags: tags.clone(),
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
-            source_date_epoch,
+            context_time: context.time,
             network: match self.network {
                 NetworkFlag::Default => Network::Private,
                 NetworkFlag::None => Network::None,

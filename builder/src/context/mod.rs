@@ -1,5 +1,8 @@
 //! The client side of a build context: where the Dockerfile and its
-//! `.dockerignore` come from, and a context on standard input.
+//! `.dockerignore` come from, a context on standard input, and one named
+//! by URL ([`remote`]).
+
+pub mod remote;
 
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
@@ -15,8 +18,8 @@ pub const MAX_DOCKERFILE: u64 = 16 << 20;
 /// The default Dockerfile's name, and the one read when no file has it
 /// (moby/moby#10858; BuildKit's dockerui looks for it beside any path
 /// named `Dockerfile`).
-const DEFAULT_DOCKERFILE: &str = "Dockerfile";
-const LOWERCASE_DOCKERFILE: &str = "dockerfile";
+pub(crate) const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+pub(crate) const LOWERCASE_DOCKERFILE: &str = "dockerfile";
 
 /// What docker looks at to tell a context archive from a Dockerfile on
 /// standard input: one tar block (`IsArchive` in docker/cli).
@@ -33,8 +36,16 @@ pub enum ContextError {
     NotText { path: PathBuf },
     #[error("{path}: a Dockerfile larger than {MAX_DOCKERFILE} bytes")]
     TooLarge { path: PathBuf },
-    #[error("the context on standard input: {0}")]
-    Unpack(#[source] LayerError),
+    #[error("the context {path}: {source}")]
+    Unpack {
+        path: PathBuf,
+        #[source]
+        source: LayerError,
+    },
+    #[error("the context {url}: {why}")]
+    Remote { url: String, why: String },
+    #[error("{path}: outside the build context (a symlink of the fetched context)")]
+    Outside { path: PathBuf },
     #[error("{path}: {source}")]
     Dockerignore {
         path: PathBuf,
@@ -140,8 +151,17 @@ pub enum StdinContext {
 /// tar (plain or compressed), unpacked into `dir`, from a Dockerfile as
 /// docker does: by compression magic or a valid tar header in the first
 /// block.
-pub fn read_stdin_context(mut input: impl Read, dir: &Path) -> Result<StdinContext, ContextError> {
-    let stdin = Path::new("<stdin>");
+pub fn read_stdin_context(input: impl Read, dir: &Path) -> Result<StdinContext, ContextError> {
+    read_context_stream(input, dir, Path::new("<stdin>"))
+}
+
+/// [`read_stdin_context`] of a stream `name` names in errors (standard
+/// input, a downloaded context).
+pub(crate) fn read_context_stream(
+    mut input: impl Read,
+    dir: &Path,
+    stdin: &Path,
+) -> Result<StdinContext, ContextError> {
     let mut head = Vec::new();
     (&mut input)
         .take(ARCHIVE_HEADER)
@@ -158,7 +178,10 @@ pub fn read_stdin_context(mut input: impl Read, dir: &Path) -> Result<StdinConte
             path: stdin.to_owned(),
             source,
         })?;
-    unpack_with(reader, dir, Whiteouts::Plain).map_err(ContextError::Unpack)?;
+    unpack_with(reader, dir, Whiteouts::Plain).map_err(|source| ContextError::Unpack {
+        path: stdin.to_owned(),
+        source,
+    })?;
     Ok(StdinContext::Archive)
 }
 
