@@ -519,3 +519,77 @@ fn lowercase_dockerfile_fallback() {
     assert_ok(&out);
     assert_eq!(config(&s, "lower:2")["Labels"]["from"], "uppercase");
 }
+
+/// Item 27: `COPY --parents` keeps only what follows a `/./` pivot, takes
+/// wildcards before and after it and `**` across directories (BuildKit's
+/// testCopyRelativeParents and testCopyParentsMissingDirectory), from a
+/// stage and from the context.
+#[test]
+fn copy_parents_with_pivots_and_double_stars() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    for f in [
+        "src/pkg/a.go",
+        "src/pkg/b.go",
+        "src/pkg/c.txt",
+        "src/other/d.go",
+    ] {
+        let path = s.context.join(f);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, f).unwrap();
+    }
+    let dockerfile = "FROM base:busybox AS base\n\
+        WORKDIR /test\n\
+        RUN mkdir -p a/b/c/d/e a/b2/c/d/e a/b/c2/d/e a/b/c2/d/e2 && \
+            touch a/b/c/d/foo a/b/c/d/e/bay a/b2/c/d/e/bar a/b/c2/d/e/baz a/b/c2/d/e2/baz\n\
+        FROM scratch\n\
+        COPY --from=base --parents /test/a/b/./c/d /middle/\n\
+        COPY --from=base --parents /test/a/b/c/d/. /end/\n\
+        COPY --from=base --parents /test/a/./b/./c /double/\n\
+        COPY --from=base --parents /test/a/./*/c /wildcard/\n\
+        COPY --from=base --parents /test/a/b*/./c/**/e /doublewildcard/\n\
+        COPY --from=base --parents /test/a/b/c*/./d/**/baz /test/a/b*/./c/**/bar /doubleinputs/\n\
+        COPY --from=base --parents /test/a/b9*/c /nothing/\n\
+        COPY --parents ./src/./pkg/*.go /context/\n\
+        COPY --parents src/**/*.go /all/\n";
+    let dest = s.build_to_dir(dockerfile, &[]);
+    let files = |dir: &str| {
+        let mut found = Vec::new();
+        let mut pending = vec![dest.join(dir)];
+        while let Some(d) = pending.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    pending.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(dest.join(dir)).unwrap().to_owned();
+                    found.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    assert_eq!(files("middle"), ["c/d/e/bay", "c/d/foo"]);
+    assert_eq!(files("end"), ["test/a/b/c/d/e/bay", "test/a/b/c/d/foo"]);
+    assert_eq!(files("double"), ["b/c/d/e/bay", "b/c/d/foo"]);
+    assert_eq!(
+        files("wildcard"),
+        ["b/c/d/e/bay", "b/c/d/foo", "b2/c/d/e/bar"]
+    );
+    assert_eq!(files("doublewildcard"), ["c/d/e/bar", "c/d/e/bay"]);
+    assert_eq!(files("doubleinputs"), ["c/d/e/bar", "d/e/baz", "d/e2/baz"]);
+    assert!(files("nothing").is_empty() && dest.join("nothing").is_dir());
+    assert_eq!(files("context"), ["pkg/a.go", "pkg/b.go"]);
+    assert_eq!(
+        files("all"),
+        ["src/other/d.go", "src/pkg/a.go", "src/pkg/b.go"]
+    );
+    // A path without wildcards must exist.
+    let out = s.build(
+        "FROM base:busybox AS base\nFROM scratch\nCOPY --from=base --parents /test/nonexistent-file /out/\n",
+        &[],
+    );
+    assert_failed_with(&out, "nonexistent-file");
+}

@@ -56,6 +56,22 @@ pub(crate) fn in_context(path: &str) -> Option<String> {
     })
 }
 
+/// A `COPY --parents` source as the worker takes it, `PARENT/./PATTERN`:
+/// split at its first `/./` (BuildKit's pivot: only what follows it is
+/// kept under the destination), else `/` and the whole path; `parent`
+/// makes the part before it a source path (`in_context`, or absolute in a
+/// stage), the pattern is cleaned and may not climb out of it.
+pub(crate) fn with_pivot(path: &str, parent: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let (before, pattern) = path.split_once("/./").unwrap_or(("/", path));
+    let before = parent(if before.is_empty() { "/" } else { before })?;
+    let pattern = clean(pattern.trim_start_matches('/'));
+    if pattern == ".." || pattern.starts_with("../") {
+        return None;
+    }
+    let pattern = if pattern == "." { "" } else { &pattern };
+    Some(format!("{}/./{pattern}", before.trim_end_matches('/')))
+}
+
 /// The last segment of a slash path.
 pub(crate) fn base_name(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
@@ -80,5 +96,17 @@ mod tests {
         assert_eq!(in_context("../x"), None);
         assert_eq!(in_context("a/../../x"), None);
         assert_eq!(base_name("/a/b/"), "b");
+        let ctx = |p: &str| with_pivot(p, in_context);
+        assert_eq!(ctx("./src/./pkg/*.go"), Some("/src/./pkg/*.go".into()));
+        assert_eq!(ctx("foo1/foo2/ba*"), Some("/./foo1/foo2/ba*".into()));
+        assert_eq!(
+            ctx("/test/a/b*/./c/**/bar"),
+            Some("/test/a/b*/./c/**/bar".into())
+        );
+        assert_eq!(ctx("/a/./b/./c"), Some("/a/./b/c".into()));
+        assert_eq!(ctx("/a/b/c/d/."), Some("/./a/b/c/d".into()));
+        assert_eq!(ctx("/./x/../y"), Some("/./y".into()));
+        assert_eq!(ctx("../x/./y"), None);
+        assert_eq!(ctx("x/./../../y"), None);
     }
 }

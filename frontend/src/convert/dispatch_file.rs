@@ -10,7 +10,7 @@ use super::state::StageState;
 use super::{ConvertErrorKind as Kind, Converter, FromUser, Step, VertexMeta, expand, new_source};
 use crate::chmod::Chmod;
 use crate::instructions::{Command, CopyCommand};
-use crate::paths::{base_name, clean, in_context, resolve_dest};
+use crate::paths::{base_name, clean, in_context, resolve_dest, with_pivot};
 use crate::shell::Lexer;
 
 /// Where one group of sources is read from.
@@ -89,7 +89,15 @@ impl Converter<'_> {
         let unpack_local = is_add && add.unpack != Some(false);
         if let Some(from) = &from {
             let root = self.resolve_from(state, from, FromUser::Copy)?;
-            let paths = sources.iter().map(|s| clean(&format!("/{s}"))).collect();
+            let in_stage = |s: &str| Some(clean(&format!("/{s}")));
+            let paths = if copy.parents {
+                sources
+                    .iter()
+                    .map(|s| with_pivot(s, in_stage).ok_or_else(|| Kind::OutsideContext(s.clone())))
+                    .collect::<Result<_, _>>()?
+            } else {
+                sources.iter().filter_map(|s| in_stage(s)).collect()
+            };
             groups.push((Origin::From(root), paths, unpack_local));
         } else {
             // Consecutive context sources share one copy action.
@@ -135,8 +143,12 @@ impl Converter<'_> {
                     if checksum.is_some() {
                         return Err(Kind::ChecksumLocal(source.clone()));
                     }
-                    let path =
-                        in_context(source).ok_or_else(|| Kind::OutsideContext(source.clone()))?;
+                    let path = if copy.parents {
+                        with_pivot(source, in_context)
+                    } else {
+                        in_context(source)
+                    }
+                    .ok_or_else(|| Kind::OutsideContext(source.clone()))?;
                     push(&mut groups, Origin::Context, path, unpack_local);
                 }
             }

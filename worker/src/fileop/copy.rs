@@ -82,7 +82,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         base: String::new(),
         hidden_files: &hidden_files,
     };
-    let sources = resolve_sources(&src_root, req, &hidden)?;
+    let (sources, parent_found) = resolve_sources(&src_root, req, &hidden)?;
     let dest_is_dir = req.dest.ends_with('/') || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
     if sources.len() > 1 && !dest_is_dir && !req.parents {
         return Err(FileOpError::DestNotDirectory {
@@ -97,6 +97,11 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         Some(Chmod::Octal(mode)) => *mode,
         _ => 0o755,
     };
+    if parent_found {
+        // BuildKit copies each parent's contents: the destination is made
+        // even when its pattern matched nothing.
+        dst.mkdir_all(&dest_base, made_dir_mode, opts.owner)?;
+    }
     for (source, pivot) in &sources {
         let st = src_root
             .stat(source)?
@@ -171,14 +176,20 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
 }
 
 /// The paths `req.sources` name, wildcards expanded, each with how many
-/// leading components `--parents` drops (those before a `/./` pivot).
+/// leading components `--parents` drops (those before a `/./` pivot); and,
+/// with `--parents`, whether a parent directory was found.
 fn resolve_sources(
     src_root: &Root,
     req: &CopyRequest,
     hidden: &dyn Fn(&str) -> bool,
-) -> Result<Vec<(String, usize)>> {
+) -> Result<(Vec<(String, usize)>, bool)> {
     let mut sources = Vec::new();
+    let mut parent_found = false;
     for source in &req.sources {
+        if req.parents {
+            parent_found |= parents_sources(src_root, source, hidden, &mut sources)?;
+            continue;
+        }
         let pivot = source
             .split_once("/./")
             .map_or(0, |(before, _)| components(before).len());
@@ -203,7 +214,113 @@ fn resolve_sources(
             sources.push((path, pivot));
         }
     }
-    Ok(sources)
+    Ok((sources, parent_found))
+}
+
+/// The paths a `COPY --parents` source `PARENT/./PATTERN` names, as
+/// BuildKit copies it: the contents of each directory `PARENT` names
+/// (wildcards allowed) that `PATTERN` includes — a match, or what lies
+/// beneath a matched directory; `**` spans directories. Each path comes
+/// with its pivot: the components of its `PARENT`, which are not kept.
+/// Whether some `PARENT` was found (the destination is then made, even
+/// when nothing matched).
+///
+/// A pattern without wildcards must exist (BuildKit's required path); one
+/// with wildcards may match nothing.
+fn parents_sources(
+    root: &Root,
+    source: &str,
+    hidden: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, usize)>,
+) -> Result<bool> {
+    let (parent, pattern) = source.split_once("/./").unwrap_or(("", source));
+    let pattern = components(pattern);
+    let parents = if has_glob(parent) {
+        let mut dirs = expand(root, parent)?;
+        dirs.retain(|d| !hidden(d));
+        dirs
+    } else {
+        vec![components(parent).join("/")]
+    };
+    let literal = pattern.iter().take_while(|p| !has_glob(p)).count();
+    let mut found = false;
+    for dir in parents {
+        if !root.stat(&dir)?.is_some_and(|st| is_dir(&st)) {
+            if has_glob(parent) {
+                continue;
+            }
+            return Err(FileOpError::NotFound(format!("/{dir}")));
+        }
+        found = true;
+        let pivot = components(&dir).len();
+        let start = join(&dir, &pattern[..literal].join("/"));
+        if literal == pattern.len() {
+            if root.stat(&start)?.is_none() || hidden(&start) {
+                return Err(FileOpError::NotFound(format!("/{start}")));
+            }
+            out.push((start, pivot));
+            continue;
+        }
+        if !root.stat(&start)?.is_some_and(|st| is_dir(&st)) || hidden(&start) {
+            continue;
+        }
+        let walk = IncludeWalk {
+            root,
+            matcher: Matcher::new(&[pattern.join("/")])
+                .map_err(|e| FileOpError::Invalid(e.to_string()))?,
+            // Without `**`, nothing deeper than the pattern can match.
+            depth: if pattern.contains(&"**") {
+                usize::MAX
+            } else {
+                pattern.len()
+            },
+            hidden,
+            pivot,
+        };
+        let mut matched = Vec::new();
+        walk.walk(&start, &pattern[..literal].join("/"), literal, &mut matched)?;
+        matched.sort();
+        out.extend(matched);
+    }
+    Ok(found)
+}
+
+/// A walk of a `--parents` directory for what its pattern includes.
+struct IncludeWalk<'a> {
+    root: &'a Root,
+    matcher: Matcher,
+    /// The deepest a match can be, in components below the parent.
+    depth: usize,
+    hidden: &'a dyn Fn(&str) -> bool,
+    pivot: usize,
+}
+
+impl IncludeWalk<'_> {
+    /// Walks `dir` (`rel` below the parent, `depth` components deep): a
+    /// match is taken whole, a directory that is none is entered (symlinks
+    /// are not).
+    fn walk(
+        &self,
+        dir: &str,
+        rel: &str,
+        depth: usize,
+        out: &mut Vec<(String, usize)>,
+    ) -> Result<()> {
+        for name in self.root.list(dir)? {
+            let (path, rel) = (join(dir, &name), join(rel, &name));
+            if (self.hidden)(&path) {
+                continue;
+            }
+            if self.matcher.matches(&rel) {
+                out.push((path, self.pivot));
+            } else if depth + 1 < self.depth
+                && self.root.lstat(&path)?.is_some_and(|st| is_dir(&st))
+            {
+                self.walk(&path, &rel, depth + 1, out)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn has_glob(path: &str) -> bool {

@@ -295,6 +295,79 @@ fn parents_keep_the_source_directories() {
     assert_eq!(tree(&r.dst.join("p")), ["y/", "y/file"]);
 }
 
+/// BuildKit's testCopyRelativeParents and testCopyParentsMissingDirectory
+/// (`frontend/dockerfile/dockerfile_parents_test.go`), as the frontend
+/// hands their sources over (`PARENT/./PATTERN`).
+#[test]
+fn parents_with_pivots_and_double_stars_as_buildkit() {
+    let r = roots();
+    for f in [
+        "test/a/b/c/d/foo",
+        "test/a/b/c/d/e/bay",
+        "test/a/b2/c/d/e/bar",
+        "test/a/b/c2/d/e/baz",
+        "test/a/b/c2/d/e2/baz",
+    ] {
+        write(&r.src, f, "");
+    }
+    let copied = |sources: &[&str], out: &str| {
+        let mut q = req(sources, &format!("/{out}/"));
+        q.parents = true;
+        copy(&r.src, &r.dst, &q).map(|()| tree(&r.dst.join(out)))
+    };
+    let files = |t: Vec<String>| {
+        t.into_iter()
+            .filter(|p| !p.ends_with('/'))
+            .collect::<Vec<_>>()
+    };
+    // middle: /test/a/b/./c/d
+    assert_eq!(
+        files(copied(&["/test/a/b/./c/d"], "middle").unwrap()),
+        ["c/d/e/bay", "c/d/foo"]
+    );
+    // end and start: no pivot keeps the whole path.
+    assert_eq!(
+        files(copied(&["/./test/a/b/c/d"], "end").unwrap()),
+        ["test/a/b/c/d/e/bay", "test/a/b/c/d/foo"]
+    );
+    // wildcard: /test/a/./*/c
+    assert_eq!(
+        files(copied(&["/test/a/./*/c"], "wildcard").unwrap()),
+        ["b/c/d/e/bay", "b/c/d/foo", "b2/c/d/e/bar"]
+    );
+    // doublewildcard: /test/a/b*/./c/**/e
+    assert_eq!(
+        files(copied(&["/test/a/b*/./c/**/e"], "doublewildcard").unwrap()),
+        ["c/d/e/bar", "c/d/e/bay"]
+    );
+    // doubleinputs
+    assert_eq!(
+        files(
+            copied(
+                &["/test/a/b/c*/./d/**/baz", "/test/a/b*/./c/**/bar"],
+                "doubleinputs"
+            )
+            .unwrap()
+        ),
+        ["c/d/e/bar", "d/e/baz", "d/e2/baz"]
+    );
+    // A path without wildcards must exist; with them it may match nothing,
+    // and the destination is made all the same.
+    assert!(matches!(
+        copied(&["/./test/nonexistent-file"], "missing"),
+        Err(FileOpError::NotFound(_))
+    ));
+    assert_eq!(
+        copied(&["/./test/a/b3*/c"], "none").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        copied(&["/test/a/b/./c2x*"], "after").unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(r.dst.join("none").is_dir() && r.dst.join("after").is_dir());
+}
+
 fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
