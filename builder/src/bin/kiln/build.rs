@@ -85,9 +85,23 @@ pub(crate) struct Build {
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
+    /// Run the build checks and build nothing (`--call=check`): each
+    /// warning with its rule, URL and lines, as `docker buildx build
+    /// --check`; exit status 1 when there is any.
+    #[arg(long)]
+    check: bool,
+    /// What the build does: `build` (the default) or `check` (`--check`).
+    #[arg(long, value_enum, default_value_t = Call::Build, value_name = "build|check")]
+    call: Call,
     /// The build context directory, or `-` for standard input: a tar of it
     /// (plain, gzip, bzip2, xz or zstd), or a lone Dockerfile (no context).
     context: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Call {
+    Build,
+    Check,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -277,6 +291,33 @@ impl Build {
         Ok((build_args, source_date_epoch))
     }
 
+    /// `--check`: the build checks of every stage, nothing built. They
+    /// are the frontend's and need no daemon; embedded, base images' ENV
+    /// comes from the store (never pulled), through kilnd from nowhere (a
+    /// stage on an image is then not checked for undefined variables).
+    fn run_check(&self, root: &std::path::Path, embedded: bool) -> Result<()> {
+        anyhow::ensure!(
+            self.context.as_os_str() != "-",
+            "--check reads the Dockerfile and .dockerignore of a context directory, not standard input"
+        );
+        let source = DockerfileSource::new(self.file.as_deref(), &self.context);
+        let (build_args, _) = self.args_and_epoch()?;
+        let request = BuildRequest {
+            dockerfile: source.read()?,
+            dockerignore: source.dockerignore(&self.context)?,
+            build_args,
+            target: self.target.clone(),
+            ..BuildRequest::default()
+        };
+        let store = embedded.then(|| Store::open(root)).transpose()?;
+        let result = kiln_builder::build::check(store.as_ref(), &request)?;
+        let name = self
+            .file
+            .as_deref()
+            .map_or("Dockerfile".into(), |f| f.display().to_string());
+        crate::check::print(&result, &request.dockerfile, &name)
+    }
+
     /// The build through kilnd: the context goes over the wire (without
     /// what `.dockerignore` excludes), events come back.
     fn run_remote(mut self, mut remote: crate::remote::Remote) -> Result<()> {
@@ -384,6 +425,9 @@ impl Build {
         // granted (the solver checks the steps against it); kilnd grants
         // within what its operator allowed.
         let entitlements = self.entitlements()?;
+        if self.check || self.call == Call::Check {
+            return self.run_check(root, remote.is_none());
+        }
         if let Some(remote) = remote {
             return self.run_remote(remote);
         }
