@@ -618,3 +618,17 @@ fn violation_short_form_and_urls() {
         );
     }
 }
+
+#[test]
+fn heredoc_bodies_and_run_mounts() {
+    let text = "FROM scratch\nENTRYPOINT [\"/a\"]\nCOPY <<EOF /a.txt\n$notavar\nEOF\nENTRYPOINT [\"/b\"]\n";
+    let found = lint(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "MultipleInstructionsDisallowed");
+    assert_eq!(
+        lint("FROM scratch\nRUN --mount=type=cache,target=$CACHE true\n"),
+        one("UndefinedVar", "Usage of undefined variable '$CACHE'", 2)
+    );
+    let add = "FROM scratch\nADD https://example.com/Dockerfile /x\n";
+    assert!(report_with(add, &[], &["Dockerfile"]).violations.is_empty());
+}
