@@ -6,6 +6,7 @@
 mod build;
 mod busybox;
 mod cache_mounts;
+mod checks;
 mod ci_client;
 mod copy_meta;
 mod debug;

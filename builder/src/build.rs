@@ -1,9 +1,10 @@
 //! `kiln build`: Dockerfile → graph → solve → image in the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use kiln_cache::{Digest, Store};
+use kiln_frontend::checks::{self, CheckError, CheckOptions, Report};
 use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, ImageResolver, ResolvedImage};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_frontend::reference::Reference;
@@ -39,6 +40,9 @@ pub enum BuildError {
     Meta(#[from] kiln_cache::MetaError),
     #[error("starting the conversion thread: {0}")]
     Thread(std::io::Error),
+    /// `# check=error=true` and a violation, or invalid check options.
+    #[error(transparent)]
+    Check(#[from] CheckError),
 }
 
 /// What to build.
@@ -170,10 +174,53 @@ impl ImageResolver for StoreImages<'_> {
     }
 }
 
+/// What the conversion thread found: the graph (or why there is none) and
+/// the build checks' report.
+struct Converted {
+    graph: Result<BuildGraph, BuildError>,
+    checks: Result<Report, CheckError>,
+}
+
+/// Parses, converts and checks the Dockerfile. The checks run after the
+/// conversion, on the stages it converted (BuildKit's checks of what
+/// instructions do run as it dispatches the stages the target needs), with
+/// the same resolver (so a base image is looked up once); when there is no
+/// graph they run on every stage, so that the warnings come with the error.
+fn convert_and_check(
+    req: &BuildRequest,
+    options: &ConvertOptions<'_>,
+    resolver: &dyn ImageResolver,
+) -> Result<Converted, BuildError> {
+    let ast = kiln_frontend::parser::parse(&req.dockerfile).map_err(kiln_frontend::Error::from)?;
+    let graph = kiln_frontend::instructions::parse(&ast)
+        .map_err(kiln_frontend::Error::from)
+        .and_then(|instructions| Ok(convert::convert(&instructions, options)?))
+        .map(|mut graph| {
+            graph.warnings.splice(0..0, ast.warnings.iter().cloned());
+            graph
+        });
+    let built: Option<BTreeSet<usize>> = graph
+        .as_ref()
+        .ok()
+        .map(|g| g.stages.iter().map(|s| s.index).collect());
+    let check_options = CheckOptions {
+        build_args: &req.build_args,
+        dockerignore: &req.dockerignore,
+        stages: built.as_ref(),
+        resolver: Some(resolver),
+        build_platform: options.build_platform.clone(),
+        target_platform: options.target_platform.clone(),
+    };
+    Ok(Converted {
+        checks: checks::run(&ast, &check_options),
+        graph: graph.map_err(BuildError::from),
+    })
+}
+
 /// Converts the Dockerfile on a thread of its own with the stack
 /// conversion needs at its bounds ([`convert::CONVERT_STACK`]; a build
 /// thread of kilnd has 2 MiB), stopping when the build is cancelled.
-fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<BuildGraph, BuildError> {
+fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<Converted, BuildError> {
     let convert = || {
         let resolver = StoreImages {
             store,
@@ -188,7 +235,7 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<BuildGraph,
         options.dockerignore = req.dockerignore.clone();
         options.context_time = req.context_time;
         options.cancel = Some(Cancel(&cancelled));
-        convert::convert_dockerfile(&req.dockerfile, &options)
+        convert_and_check(req, &options, &resolver)
     };
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
@@ -197,10 +244,79 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<BuildGraph,
             .spawn_scoped(scope, convert)
             .map_err(BuildError::Thread)?;
         match thread.join() {
-            Ok(graph) => Ok(graph?),
+            Ok(converted) => converted,
             // A panic stays this build's error (reported to its client).
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    })
+}
+
+/// The graph to build, after the build checks: their violations go to
+/// `progress` first, then a conversion error, then (with `# check=
+/// error=true`) the checks' own failure, so that nothing is built.
+fn checked_graph(
+    store: &Store,
+    req: &BuildRequest,
+    progress: &mut (dyn FnMut(Event) + Send),
+) -> Result<BuildGraph, BuildError> {
+    let Converted { graph, checks } = convert_on_own_stack(store, req)?;
+    let report = checks?;
+    for warning in &report.violations {
+        progress(Event::Warning {
+            warning: warning.clone(),
+        });
+    }
+    let graph = graph?;
+    match report.failure() {
+        Some(failure) => Err(failure.into()),
+        None => Ok(graph),
+    }
+}
+
+/// What `kiln build --check` found: the violations of every stage, and
+/// the error the build would stop at (an invalid Dockerfile, or `# check=
+/// error=true` with a violation).
+#[derive(Debug, Clone, Default)]
+pub struct CheckResult {
+    pub violations: Vec<kiln_frontend::checks::Violation>,
+    pub error: Option<String>,
+}
+
+/// Runs the build checks on every stage and builds nothing (`kiln build
+/// --check`, BuildKit's lint subrequest). Base images come from `store`
+/// when given and never from a registry: a check fetches nothing; a stage
+/// on an image not there is not checked for undefined variables.
+pub fn check(store: Option<&Store>, req: &BuildRequest) -> Result<CheckResult, BuildError> {
+    let stored = store.map(|store| StoreImages {
+        store,
+        pull: PullPolicy::Never,
+        registry: &req.registry,
+        pulled: Default::default(),
+    });
+    let resolver: &dyn ImageResolver = match &stored {
+        Some(images) => images,
+        None => &convert::NoImages,
+    };
+    let ast = kiln_frontend::parser::parse(&req.dockerfile).map_err(kiln_frontend::Error::from)?;
+    let check_options = CheckOptions {
+        resolver: Some(resolver),
+        dockerignore: &req.dockerignore,
+        ..CheckOptions::new(&req.build_args)
+    };
+    let report = checks::run(&ast, &check_options)?;
+    let mut options = ConvertOptions::new(resolver);
+    options.build_args = req.build_args.clone();
+    options.target = req.target.clone();
+    let converted = kiln_frontend::instructions::parse(&ast)
+        .map_err(kiln_frontend::Error::from)
+        .and_then(|instructions| Ok(convert::convert(&instructions, &options)?));
+    let error = match converted {
+        Err(e) => Some(e.to_string()),
+        Ok(_) => report.failure().map(|f| f.to_string()),
+    };
+    Ok(CheckResult {
+        violations: report.violations,
+        error,
     })
 }
 
@@ -211,7 +327,7 @@ pub fn build(
     req: &BuildRequest,
     progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Built, BuildError> {
-    let graph = convert_on_own_stack(store, req)?;
+    let graph = checked_graph(store, req, progress)?;
     let target = graph.target_stage().clone();
     let cache_mounts = cache_mount_ids(&graph);
     let snapshots = Snapshots::open(store.root().join("snapshots"))?;

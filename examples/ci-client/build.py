@@ -115,6 +115,9 @@ def main():
                     print(f"#{e.vertex} DONE {e.seconds:.1f}s", file=sys.stderr)
                 elif e.kind == kinds.KIND_FAILED:
                     print(f"#{e.vertex} ERROR: {e.text}", file=sys.stderr)
+                elif e.kind == kinds.KIND_WARNING:
+                    w = e.warning
+                    print(f"WARNING: {w.rule}: {w.message} (line {w.start_line})", file=sys.stderr)
         except grpc.RpcError as err:
             print(f"error: {err.details()}", file=sys.stderr)
             return 1

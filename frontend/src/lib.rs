@@ -4,14 +4,19 @@
 //! arguments and the base images' configs alone — parsing
 //! ([`parser`]), BuildKit's variable expansion ([`shell`]), typed and
 //! validated instructions ([`instructions`]), the content-addressed graph of
-//! ops and each stage's image config ([`convert`]), `.dockerignore`
-//! matching ([`dockerignore`]) and `--chmod` modes ([`chmod`]).
+//! ops and each stage's image config ([`convert`]), BuildKit's build
+//! checks — the Dockerfile linter, its rules, `# check=` and
+//! `BUILDKIT_DOCKERFILE_CHECK` ([`checks`]) — `.dockerignore` matching
+//! ([`dockerignore`]) and `--chmod` modes ([`chmod`]). Callers run the
+//! checks and show their violations; they do not judge a Dockerfile
+//! themselves.
 //!
 //! Does not own: any I/O. It reads no files, starts no processes and needs no
 //! runtime; the caller passes text in and resolves base images through the
 //! [`convert::ImageResolver`] it provides. Running the graph is the solver's
 //! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
 
+pub mod checks;
 pub mod chmod;
 pub mod convert;
 pub mod dockerignore;

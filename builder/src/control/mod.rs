@@ -99,7 +99,9 @@ impl From<ControlError> for Status {
                 Status::permission_denied(text)
             }
             ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
-            ControlError::Build(BuildError::Frontend(_)) => Status::invalid_argument(text),
+            ControlError::Build(BuildError::Frontend(_) | BuildError::Check(_)) => {
+                Status::invalid_argument(text)
+            }
             ControlError::Build(BuildError::Solve(_)) => Status::aborted(text),
             _ => Status::internal(text),
         }

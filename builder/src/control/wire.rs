@@ -1,5 +1,7 @@
 //! The control API's messages ⇄ kiln's own types: one mapping each way.
 
+use kiln_frontend::checks::Violation;
+use kiln_frontend::parser::Location;
 use kiln_proto::control::v1 as pb;
 
 use crate::images;
@@ -90,6 +92,10 @@ pub(super) fn event_message(event: Event) -> pb::Event {
             m.text = error;
             (Kind::Failed, vertex)
         }
+        Event::Warning { warning } => {
+            m.warning = Some(warning_message(warning));
+            (Kind::Warning, 0)
+        }
     };
     m.kind = kind as i32;
     m.vertex = u32::try_from(vertex).unwrap_or(u32::MAX);
@@ -123,6 +129,34 @@ pub fn event_from_message(m: &pb::Event) -> Option<Event> {
             vertex,
             error: m.text.clone(),
         },
+        Kind::Warning => Event::Warning {
+            warning: violation_from_message(m.warning.as_ref()?),
+        },
         Kind::Unspecified => return None,
     })
+}
+
+fn warning_message(v: Violation) -> pb::CheckWarning {
+    let line = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::CheckWarning {
+        rule: v.rule,
+        description: v.description,
+        url: v.url,
+        message: v.message,
+        start_line: line(v.location.start),
+        end_line: line(v.location.end),
+    }
+}
+
+fn violation_from_message(m: &pb::CheckWarning) -> Violation {
+    Violation {
+        rule: m.rule.clone(),
+        description: m.description.clone(),
+        url: m.url.clone(),
+        message: m.message.clone(),
+        location: Location {
+            start: m.start_line as usize,
+            end: m.end_line as usize,
+        },
+    }
 }

@@ -81,6 +81,11 @@ pub enum Event {
         vertex: usize,
         error: String,
     },
+    /// A build check found something (before any step runs); BuildKit's
+    /// `VertexWarning`.
+    Warning {
+        warning: kiln_frontend::checks::Violation,
+    },
 }
 
 #[derive(Debug, Error)]

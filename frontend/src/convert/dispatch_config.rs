@@ -169,11 +169,28 @@ fn expand_pairs(
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, … (one entry per port).
+/// An address and host port before the port (`127.0.0.1:8080:80`) are
+/// dropped, as BuildKit does (the `ExposeInvalidFormat` check warns).
 fn parse_ports(spec: &str) -> Result<Vec<String>, Kind> {
     let bad = || Kind::Port(spec.to_owned());
-    let (range, proto) = match spec.split_once('/') {
+    let container = match spec.rsplit_once(':') {
+        Some((mapping, container)) => {
+            let host = mapping.rsplit(':').next().unwrap_or_default();
+            let digits = |s: &str| s.parse::<u16>().is_ok();
+            let host_ok = host.is_empty()
+                || host
+                    .split_once('-')
+                    .map_or(digits(host), |(a, b)| digits(a) && digits(b));
+            if !host_ok {
+                return Err(bad());
+            }
+            container
+        }
+        None => spec,
+    };
+    let (range, proto) = match container.split_once('/') {
         Some((range, proto)) => (range, proto.to_ascii_lowercase()),
-        None => (spec, "tcp".to_owned()),
+        None => (container, "tcp".to_owned()),
     };
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return Err(bad());
@@ -218,7 +235,10 @@ mod tests {
             parse_ports("8000-8002").unwrap(),
             ["8000/tcp", "8001/tcp", "8002/tcp"]
         );
-        for bad in ["x", "80/icmp", "70000", "9-8", ""] {
+        assert_eq!(parse_ports("127.0.0.1:8080:80").unwrap(), ["80/tcp"]);
+        assert_eq!(parse_ports("[::1]:53:53/udp").unwrap(), ["53/udp"]);
+        assert_eq!(parse_ports("5000:5000").unwrap(), ["5000/tcp"]);
+        for bad in ["x", "80/icmp", "70000", "9-8", "", "a:80", "1.2.3.4:x:80"] {
             assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }

@@ -13,7 +13,7 @@ use crate::platform;
 use crate::shell::{Vars, env_key};
 
 /// Docker's default PATH for Linux images that set none.
-pub(super) const DEFAULT_PATH: &str =
+pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The image a stage makes, besides its filesystem.

@@ -138,7 +138,13 @@ const DOCKERFILE_FRONTENDS: &[&str] = &[
 ];
 
 /// Refuses a `# syntax=` frontend kiln is not: BuildKit would run that
-/// image as the frontend, which kiln cannot.
+/// image as the frontend, which kiln cannot. An error, not a warning: a
+/// Dockerfile written for another frontend (another syntax, other
+/// instructions or meanings) built by kiln's own could make a different
+/// image without anyone noticing, and a warning scrolls by in CI. The
+/// Dockerfile frontend's own images (any version, `-labs`, upstream) are
+/// served silently, as BuildKit serves them: kiln's frontend is that
+/// syntax.
 fn check_syntax(value: &str) -> Result<(), InstructionErrorKind> {
     // What follows the image is its command line.
     let image = value.split_whitespace().next().unwrap_or_default();

@@ -35,14 +35,14 @@ impl Default for Directives {
 impl Directives {
     /// Looks at the next line (`number`, left-trimmed, without its line
     /// end) while the directive block is open; the first line that is not a
-    /// known directive closes it for good.
-    pub(super) fn check(&mut self, line: &str, number: usize) -> Result<(), ParseErrorKind> {
+    /// known directive closes it for good. Says whether the line was one.
+    pub(super) fn check(&mut self, line: &str, number: usize) -> Result<bool, ParseErrorKind> {
         if self.done {
-            return Ok(());
+            return Ok(false);
         }
         let Some((name, value)) = parse_directive(line) else {
             self.done = true;
-            return Ok(());
+            return Ok(false);
         };
         let repeated = match name.as_str() {
             "escape" => std::mem::replace(&mut self.seen_escape, true),
@@ -50,7 +50,7 @@ impl Directives {
             "check" => self.check.replace(value.to_owned()).is_some(),
             _ => {
                 self.done = true;
-                return Ok(());
+                return Ok(false);
             }
         };
         if repeated {
@@ -66,7 +66,7 @@ impl Directives {
                 other => return Err(ParseErrorKind::InvalidEscape(other.to_owned())),
             };
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -48,6 +48,12 @@ pub struct Node {
     /// The instruction's text after joining continuation lines.
     pub original: String,
     pub location: Location,
+    /// The comment lines right before the instruction (`#` and the spaces
+    /// around the text removed), as BuildKit's `PrevComment`: blank lines do
+    /// not end them, an empty `#` line drops those before it, and parser
+    /// directives are not among them. A `# check=` here configures the
+    /// build checks for this instruction alone ([`crate::checks`]).
+    pub comments: Vec<String>,
 }
 
 /// Something accepted that deserves a word to the user.
@@ -56,6 +62,11 @@ pub struct Warning {
     pub line: usize,
     pub message: String,
 }
+
+/// How the parser's warning about an empty continuation line begins; its
+/// line is the instruction's last continuation line, as BuildKit's (the
+/// `NoEmptyContinuation` check reports it there).
+pub const EMPTY_CONTINUATION: &str = "Empty continuation line found in: ";
 
 /// A parsed Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,13 +118,20 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
     let mut directives = Directives::default();
     let mut instructions = Vec::new();
     let mut warnings = Vec::new();
+    let mut comments = Vec::new();
 
     while let Some((number, raw)) = lines.next_line()? {
         let first = raw.trim_start();
-        directives
+        let directive = directives
             .check(first, number)
             .map_err(|kind| at(number, kind))?;
         let escape = directives.escape;
+        if let Some(comment) = first.strip_prefix('#').filter(|_| !directive) {
+            match comment.trim() {
+                "" => comments.clear(),
+                text => comments.push(text.to_owned()),
+            }
+        }
         let first = if first.starts_with('#') { "" } else { first };
         let (text, mut continues) = trim_continuation(first, escape);
         if !continues && text.is_empty() {
@@ -140,8 +158,8 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
         }
         if empty_continuation {
             warnings.push(Warning {
-                line: number,
-                message: format!("Empty continuation line found in: {text}"),
+                line: lines.number,
+                message: format!("{EMPTY_CONTINUATION}{text}"),
             });
         }
 
@@ -156,6 +174,7 @@ pub fn parse(text: &str) -> Result<Dockerfile> {
             start: number,
             end: lines.number,
         };
+        node.comments = std::mem::take(&mut comments);
         instructions.push(node);
     }
 

@@ -47,6 +47,7 @@ pub(super) fn node_at_depth(
         heredocs: Vec::new(),
         original: line.to_owned(),
         location: super::Location::default(),
+        comments: Vec::new(),
     })
 }
 

@@ -85,3 +85,18 @@ fn nesting_is_bounded() {
         "the AST keeps one nested ONBUILD"
     );
 }
+
+#[test]
+fn comments_before_an_instruction() {
+    let df = parse("# syntax=docker/dockerfile:1\n# a\n\n# b\nFROM x\n# c\n#\n# d\nRUN a \\\n# not one\n b\nRUN c\n").unwrap();
+    assert_eq!(df.instructions[0].comments, ["a", "b"]);
+    assert_eq!(df.instructions[1].comments, ["d"]);
+    assert!(df.instructions[2].comments.is_empty());
+}
+
+#[test]
+fn empty_continuation_warning_is_on_the_last_line() {
+    let df = parse("FROM x\nRUN a \\\n\n b\n").unwrap();
+    assert_eq!(df.warnings[0].line, 4);
+    assert!(df.warnings[0].message.starts_with(EMPTY_CONTINUATION));
+}

@@ -86,6 +86,14 @@ pub(crate) struct Build {
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
+    /// Run the build checks and build nothing (`--call=check`): each
+    /// warning with its rule, URL and lines, as `docker buildx build
+    /// --check`; exit status 1 when there is any.
+    #[arg(long)]
+    check: bool,
+    /// What the build does: `build` (the default) or `check` (`--check`).
+    #[arg(long, value_enum, default_value_t = Call::Build, value_name = "build|check")]
+    call: Call,
     /// The build context: a directory; `-` for standard input (a tar of it,
     /// plain, gzip, bzip2, xz or zstd, or a lone Dockerfile and no
     /// context); a Git repository (`https://host/repo.git#REF:DIR`,
@@ -93,6 +101,12 @@ pub(crate) struct Build {
     /// context archive or of a lone Dockerfile. With a URL, `-f` is a path
     /// inside the context.
     context: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Call {
+    Build,
+    Check,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -361,6 +375,32 @@ impl Build {
         }
     }
 
+    /// `--check`: the build checks of every stage, nothing built. They
+    /// are the frontend's and need no daemon; embedded, base images' ENV
+    /// comes from the store (never pulled), through kilnd from nowhere (a
+    /// stage on an image is then not checked for undefined variables).
+    fn run_check(&self, root: &std::path::Path, embedded: bool) -> Result<()> {
+        anyhow::ensure!(
+            self.context.as_os_str() != "-",
+            "--check reads the Dockerfile and .dockerignore of a context directory, not standard input"
+        );
+        let context = self.prepare_context(&std::env::temp_dir())?;
+        let request = BuildRequest {
+            dockerfile: context.dockerfile()?,
+            dockerignore: context.dockerignore()?,
+            build_args: self.build_args()?,
+            target: self.target.clone(),
+            ..BuildRequest::default()
+        };
+        let store = embedded.then(|| Store::open(root)).transpose()?;
+        let result = kiln_builder::build::check(store.as_ref(), &request)?;
+        let name = self
+            .file
+            .as_deref()
+            .map_or("Dockerfile".into(), |f| f.display().to_string());
+        crate::check::print(&result, &request.dockerfile, &name)
+    }
+
     /// The build through kilnd: the context goes over the wire (without
     /// what `.dockerignore` excludes), events come back.
     fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
@@ -459,6 +499,9 @@ impl Build {
         // granted (the solver checks the steps against it); kilnd grants
         // within what its operator allowed.
         let entitlements = self.entitlements()?;
+        if self.check || self.call == Call::Check {
+            return self.run_check(root, remote.is_none());
+        }
         if let Some(remote) = remote {
             return self.run_remote(remote);
         }

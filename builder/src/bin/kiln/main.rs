@@ -1,6 +1,7 @@
 //! `kiln`: build Dockerfiles into OCI images, with docker-build habits.
 
 mod build;
+mod check;
 mod debug;
 mod images;
 mod progress;
@@ -117,6 +118,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `build --check` printed them.
+        Err(e) if e.downcast_ref::<check::ViolationsFound>().is_some() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", kiln_builder::error_chain(e.as_ref()));
             ExitCode::FAILURE

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kiln_builder::solve::Event;
+use kiln_frontend::checks::Violation;
 
 /// Writes a line to stderr. A closed stderr (`kiln build … | head`) must
 /// not stop the build, as `eprintln!` would by panicking.
@@ -38,8 +39,14 @@ pub(crate) enum Mode {
     Json,
 }
 
-/// Where events go for one build.
-pub(crate) enum Printer {
+/// Where events go for one build, and the build checks' warnings, shown
+/// at the end as `docker buildx build` shows them.
+pub(crate) struct Printer {
+    shown: Shown,
+    warnings: Vec<Violation>,
+}
+
+enum Shown {
     Quiet,
     Json,
     Plain { log_bytes: HashMap<usize, usize> },
@@ -49,36 +56,54 @@ pub(crate) enum Printer {
 impl Printer {
     pub(crate) fn new(mode: Mode, quiet: bool) -> Self {
         let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        match mode {
-            _ if quiet => Self::Quiet,
-            Mode::Json => Self::Json,
-            Mode::Tty => Self::Tty(Live::start()),
-            Mode::Auto if on_terminal => Self::Tty(Live::start()),
-            Mode::Auto | Mode::Plain => Self::Plain {
+        let shown = match mode {
+            _ if quiet => Shown::Quiet,
+            Mode::Json => Shown::Json,
+            Mode::Tty => Shown::Tty(Live::start()),
+            Mode::Auto if on_terminal => Shown::Tty(Live::start()),
+            Mode::Auto | Mode::Plain => Shown::Plain {
                 log_bytes: HashMap::new(),
             },
+        };
+        Self {
+            shown,
+            warnings: Vec::new(),
         }
     }
 
     pub(crate) fn event(&mut self, event: Event) {
-        match self {
-            Self::Quiet => {}
-            Self::Json => {
+        match (&mut self.shown, event) {
+            (Shown::Quiet, _) => {}
+            (Shown::Json, event) => {
                 if let Ok(line) = serde_json::to_string(&event) {
                     say!("{line}");
                 }
             }
-            Self::Plain { log_bytes } => plain(log_bytes, event),
-            Self::Tty(live) => live.view().apply(event, Instant::now()),
+            (_, Event::Warning { warning }) => self.warnings.push(warning),
+            (Shown::Plain { log_bytes }, event) => plain(log_bytes, event),
+            (Shown::Tty(live), event) => live.view().apply(event, Instant::now()),
         }
     }
 
     /// Ends the live view with its last frame (the other modes print as
-    /// they go).
+    /// they go), then lists the warnings.
     pub(crate) fn finish(&mut self) {
-        if let Self::Tty(live) = self {
+        if let Shown::Tty(live) = &mut self.shown {
             live.stop();
         }
+        print_warnings(&std::mem::take(&mut self.warnings));
+    }
+}
+
+/// buildx's `printWarnings`: a count, then each warning's short form.
+fn print_warnings(warnings: &[Violation]) {
+    match warnings.len() {
+        0 => return,
+        1 => say!("\n 1 warning found:"),
+        n => say!("\n {n} warnings found:"),
+    }
+    for warning in warnings {
+        say!(" - {}", warning.short());
     }
 }
 
@@ -112,6 +137,8 @@ fn plain(log_bytes: &mut HashMap<usize, usize>, event: Event) {
             total,
         } => say!("#{vertex} {}", bytes_text(current, total)),
         Event::Failed { vertex, error } => say!("#{vertex} ERROR: {error}"),
+        // Listed at the end (`Printer::finish`).
+        Event::Warning { .. } => {}
     }
 }
 
@@ -302,6 +329,7 @@ impl View {
                     self.steps[i].state = State::Failed(seconds);
                 }
             }
+            Event::Warning { .. } => {}
         }
     }
 
