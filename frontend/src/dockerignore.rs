@@ -53,6 +53,9 @@ pub fn read_patterns(text: &str) -> Result<Vec<String>, DockerignoreError> {
 struct Pattern {
     regex: Regex,
     exception: bool,
+    /// An exception's components, each a regex of its own (`None` for
+    /// `**`), to tell whether it can match below a directory.
+    parts: Vec<Option<Regex>>,
 }
 
 /// Compiled patterns; answers "is this context path excluded?".
@@ -78,7 +81,23 @@ impl Matcher {
                 let body = crate::paths::clean(body);
                 check_syntax(&body).map_err(|r| bad(r.to_owned()))?;
                 let regex = Regex::new(&to_regex(&body)).map_err(|e| bad(e.to_string()))?;
-                Ok(Pattern { regex, exception })
+                let parts = if exception {
+                    body.split('/')
+                        .map(|part| match part {
+                            "**" => Ok(None),
+                            _ => Regex::new(&to_regex(part))
+                                .map(Some)
+                                .map_err(|e| bad(e.to_string())),
+                        })
+                        .collect::<Result<_, _>>()?
+                } else {
+                    Vec::new()
+                };
+                Ok(Pattern {
+                    regex,
+                    exception,
+                    parts,
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { patterns })
@@ -119,6 +138,50 @@ impl Matcher {
             }
         }
         excluded
+    }
+}
+
+impl Matcher {
+    /// Whether some exception (`!pattern`) could match a path below the
+    /// directory `dir`: its leading components match `dir`'s and it has
+    /// more, or a `**` comes first.
+    pub fn exception_below(&self, dir: &str) -> bool {
+        let dir: Vec<&str> = dir.trim_matches('/').split('/').collect();
+        self.patterns.iter().filter(|p| p.exception).any(|p| {
+            for (i, part) in p.parts.iter().enumerate() {
+                let Some(regex) = part else { return true };
+                match dir.get(i) {
+                    None => return true,
+                    Some(name) if !regex.is_match(name) => return false,
+                    Some(_) => {}
+                }
+            }
+            false
+        })
+    }
+
+    /// Whether the context keeps `rel`: it is not excluded, or it is a
+    /// directory (`is_dir`) that holds something kept — an exception below
+    /// an excluded directory brings the directory back (as docker and
+    /// BuildKit walk excluded directories when exceptions could match in
+    /// them). `list` gives a directory's entries as (name, is_dir); it is
+    /// called only for excluded directories an exception could reach.
+    pub fn keeps(
+        &self,
+        rel: &str,
+        is_dir: bool,
+        list: &mut dyn FnMut(&str) -> Vec<(String, bool)>,
+    ) -> bool {
+        if !self.excludes(rel) {
+            return true;
+        }
+        if !is_dir || !self.exception_below(rel) {
+            return false;
+        }
+        list(rel).into_iter().any(|(name, dir)| {
+            let child = format!("{}/{name}", rel.trim_end_matches('/'));
+            self.keeps(&child, dir, list)
+        })
     }
 }
 
@@ -261,6 +324,37 @@ mod tests {
         assert!(!m.excludes("src/main.rs"));
         let m = matcher("!src\n*\n");
         assert!(m.excludes("src/main.rs"), "later lines win");
+    }
+
+    #[test]
+    fn exceptions_reach_into_excluded_directories() {
+        let docs = matcher("docs\n!docs/README\n");
+        assert!(docs.exception_below("docs"));
+        assert!(!docs.exception_below("docs/README"));
+        assert!(!docs.exception_below("other"));
+        let m = matcher("docs\n!docs/README\ncache\n!**/keep\n");
+        assert!(m.exception_below("other"), "** reaches everywhere");
+        assert!(matcher("a\n!a/*/c\n").exception_below("a/b"));
+        assert!(!matcher("a\n!a/x/c\n").exception_below("a/b"));
+        assert!(!matcher("docs\n").exception_below("docs"));
+        let tree = |rel: &str| -> Vec<(String, bool)> {
+            match rel {
+                "docs" => vec![("README".into(), false), ("guide".into(), true)],
+                "docs/guide" => vec![("a.md".into(), false)],
+                "cache" => vec![("x".into(), true)],
+                "cache/x" => vec![("keep".into(), false), ("drop".into(), false)],
+                _ => Vec::new(),
+            }
+        };
+        let mut list = tree;
+        assert!(m.keeps("docs", true, &mut list));
+        assert!(m.keeps("docs/README", false, &mut list));
+        assert!(!m.keeps("docs/guide", true, &mut list));
+        assert!(m.keeps("cache", true, &mut list));
+        assert!(m.keeps("cache/x/keep", false, &mut list));
+        assert!(!m.keeps("cache/x/drop", false, &mut list));
+        let m = matcher("docs\n");
+        assert!(!m.keeps("docs", true, &mut |_| panic!("no exception: not walked")));
     }
 
     /// moby/patternmatcher's `TestMatches` table (Unix cases), through

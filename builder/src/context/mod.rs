@@ -276,10 +276,10 @@ pub fn entries(
             } else {
                 format!("{rel}/{name}")
             };
-            if ignore.excludes(&child) {
+            let meta = std::fs::symlink_metadata(dir.join(&child))?;
+            if !ignore.keeps(&child, meta.is_dir(), &mut |rel| list_dir(&dir.join(rel))) {
                 continue;
             }
-            let meta = std::fs::symlink_metadata(dir.join(&child))?;
             if meta.is_dir() {
                 stack.push(child.clone());
             }
@@ -307,6 +307,23 @@ pub fn entries(
         }
     }
     Ok(out)
+}
+
+/// The entries of directory `path` as (name, is_dir) — symlinks are not
+/// directories — for [`kiln_frontend::dockerignore::Matcher::keeps`];
+/// nothing when it cannot be read.
+pub(crate) fn list_dir(path: &Path) -> Vec<(String, bool)> {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    (e.file_name().to_string_lossy().into_owned(), is_dir)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The (dev, ino) of every regular file with several names under `dir`

@@ -103,7 +103,12 @@ impl Walk<'_> {
     fn entry(&mut self, rel: &str) {
         let (context, ignore, with_mode) = (self.context, self.ignore, self.with_mode);
         if !rel.is_empty() && ignore.excludes(rel) {
-            return;
+            // An exception below an excluded directory brings it back.
+            let is_dir = fs::symlink_metadata(context.join(rel)).is_ok_and(|m| m.is_dir());
+            let mut list = |r: &str| crate::context::list_dir(&context.join(r));
+            if !ignore.keeps(rel, is_dir, &mut list) {
+                return;
+            }
         }
         let path = context.join(rel);
         let Ok(meta) = fs::symlink_metadata(&path) else {

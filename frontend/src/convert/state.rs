@@ -88,11 +88,13 @@ impl StageState {
     }
 
     /// A stage whose FROM names an earlier stage: it starts where that one
-    /// ended (filesystem, config, history), with no ARGs in scope.
+    /// ended (filesystem, config, history) with its ARGs in scope, as
+    /// BuildKit's `dispatchState.init`.
     pub(super) fn from_stage(base: &StageState, index: usize, stage: &Stage, total: usize) -> Self {
         Self {
             root: base.root.clone(),
             image: base.image.clone(),
+            args: base.args.clone(),
             vars: base.vars,
             ..Self::new(
                 index,

@@ -74,6 +74,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
     let hidden = |path: &str| !root_excludes.is_empty() && root_excludes.excludes(path);
     let hidden_files =
         tree::HiddenFiles::new(src_root.open_follow("", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?);
+    let links = tree::Links::default();
     let mut opts = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
         mode: req.mode.as_ref(),
@@ -81,6 +82,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
         root_excludes: &root_excludes,
         base: String::new(),
         hidden_files: &hidden_files,
+        links: &links,
     };
     let (sources, parent_found) = resolve_sources(&src_root, req, &hidden)?;
     let dest_is_dir = req.dest.ends_with('/') || dst.stat(&req.dest)?.is_some_and(|st| is_dir(&st));
@@ -163,7 +165,9 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
                 components(source).last().copied().unwrap_or_default(),
             )
         } else {
-            dest_base.clone()
+            // A destination that is a symlink is written through (BuildKit
+            // keeps the link and writes where it points, inside the root).
+            dst.through_links(&dest_base)?
         };
         if let Some(parent) = parent_of_opt(&target) {
             dst.mkdir_all(parent, made_dir_mode, opts.owner)?;

@@ -220,6 +220,50 @@ impl Root {
         }
     }
 
+    /// Where a write to `rel` lands when its last component is a symlink:
+    /// the link followed (again and again, at most 40 times, as the kernel
+    /// does) inside the root, even when it dangles — as BuildKit's copy
+    /// writes a file through a destination symlink. `rel` itself when it is
+    /// no symlink or missing.
+    pub fn through_links(&self, rel: &str) -> Result<String> {
+        const MAX_LINKS: usize = 40;
+        let mut path = components(rel).join("/");
+        for _ in 0..MAX_LINKS {
+            let Some(st) = self.lstat(&path)? else {
+                return Ok(path);
+            };
+            if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFLNK {
+                return Ok(path);
+            }
+            let (dir, name) = self.parent(&path)?;
+            let target = nix::fcntl::readlinkat(dir.as_fd(), name.as_str())
+                .map_err(|e| self.err("reading link", &path, e))?;
+            let target = target.to_string_lossy();
+            let joined = if target.starts_with('/') {
+                target.into_owned()
+            } else {
+                let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+                format!("{parent}/{target}")
+            };
+            // `..` taken lexically, never above the root (a later open
+            // resolves the result within the root in any case).
+            let mut parts: Vec<&str> = Vec::new();
+            for part in components(&joined) {
+                if part == ".." {
+                    parts.pop();
+                } else {
+                    parts.push(part);
+                }
+            }
+            path = parts.join("/");
+            if path.is_empty() {
+                // A link to the root: the write fails on a directory.
+                return Ok(path);
+            }
+        }
+        Err(self.err("resolving", rel, Errno::ELOOP))
+    }
+
     /// Makes directory `rel` and missing parents (like `mkdir -p`), each new
     /// one with `mode` and `owner`. Returns the created ones, outermost
     /// first. An existing non-directory in the way is an error.

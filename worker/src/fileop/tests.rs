@@ -504,3 +504,43 @@ fn dot_dot_resolves_while_the_host_renames() {
     renamer.join().unwrap();
     assert_eq!(failed, 0, "lookups through `..` failed while renaming");
 }
+
+/// A file copied onto a destination that is a symlink is written where the
+/// link points, inside the root, even when it dangles; the link stays (as
+/// BuildKit's copy does). A link out of the root lands inside it.
+#[test]
+fn a_file_is_written_through_a_destination_symlink() {
+    let r = roots();
+    write(&r.src, "a.txt", "new");
+    write(&r.dst, "bin/busybox", "old");
+    symlink("busybox", r.dst.join("bin/wc")).unwrap();
+    symlink("/nowhere", r.dst.join("dangling")).unwrap();
+    symlink("/../../../../outside-file", r.dst.join("out")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/a.txt"], "/bin/wc")).unwrap();
+    assert_eq!(read(&r.dst, "bin/busybox"), "new");
+    assert!(r.dst.join("bin/wc").is_symlink());
+    copy(&r.src, &r.dst, &req(&["/a.txt"], "/dangling")).unwrap();
+    assert_eq!(read(&r.dst, "nowhere"), "new");
+    assert!(r.dst.join("dangling").is_symlink());
+    copy(&r.src, &r.dst, &req(&["/a.txt"], "/out")).unwrap();
+    assert_eq!(read(&r.dst, "outside-file"), "new");
+    assert!(!r.dst.parent().unwrap().join("outside-file").exists());
+}
+
+/// Hard links among the copied files stay hard links of the copies.
+#[test]
+fn hard_links_among_copied_files_are_kept() {
+    let r = roots();
+    write(&r.src, "dir/one", "1");
+    fs::create_dir_all(r.src.join("dir/sub")).unwrap();
+    fs::hard_link(r.src.join("dir/one"), r.src.join("dir/two")).unwrap();
+    fs::hard_link(r.src.join("dir/one"), r.src.join("dir/sub/three")).unwrap();
+    copy(&r.src, &r.dst, &req(&["/dir"], "/dir")).unwrap();
+    let ino = |p: &str| fs::metadata(r.dst.join(p)).unwrap().ino();
+    assert_eq!(ino("dir/one"), ino("dir/two"));
+    assert_eq!(ino("dir/one"), ino("dir/sub/three"));
+    assert_ne!(
+        ino("dir/one"),
+        fs::metadata(r.src.join("dir/one")).unwrap().ino()
+    );
+}

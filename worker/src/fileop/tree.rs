@@ -35,6 +35,53 @@ pub(super) struct Meta<'a> {
     /// The files `root_excludes` hides, by inode: their other names (hard
     /// links) are hidden too.
     pub(super) hidden_files: &'a HiddenFiles,
+    /// Files with several names copied so far: their other names become
+    /// hard links of the copy, as BuildKit's copy keeps them.
+    pub(super) links: &'a Links,
+}
+
+/// How many multiply-linked files one copy remembers (each holds a
+/// directory descriptor); past that, further names are copied as files.
+const MAX_LINKED: usize = 256;
+
+/// The copies of multiply-linked source files, by source (device, inode):
+/// the directory holding the copy and its name there.
+#[derive(Default)]
+pub(super) struct Links(
+    std::cell::RefCell<std::collections::HashMap<(u64, u64), (OwnedFd, Vec<u8>)>>,
+);
+
+impl Links {
+    /// Links `name` in `dst` to the copy of the file `st` describes, when
+    /// one was made; `false` when none was.
+    fn link(&self, st: &FileStat, dst: &OwnedFd, name: &[u8]) -> Result<bool> {
+        let copies = self.0.borrow();
+        let Some((dir, first)) = copies.get(&(st.st_dev, st.st_ino)) else {
+            return Ok(false);
+        };
+        replace(dst, name)?;
+        nix::unistd::linkat(
+            dir.as_fd(),
+            first.as_slice(),
+            dst.as_fd(),
+            name,
+            AtFlags::empty(),
+        )
+        .map_err(sys("linking", name))?;
+        Ok(true)
+    }
+
+    /// Remembers `name` in `dst` as the copy of the file `st` describes.
+    fn remember(&self, st: &FileStat, dst: &OwnedFd, name: &[u8]) -> Result<()> {
+        let mut copies = self.0.borrow_mut();
+        if copies.len() < MAX_LINKED {
+            let dir = dst
+                .try_clone()
+                .map_err(|e| FileOpError::io("duplicating", std::path::Path::new("."), e))?;
+            copies.insert((st.st_dev, st.st_ino), (dir, name.to_vec()));
+        }
+        Ok(())
+    }
 }
 
 impl Meta<'_> {
@@ -150,24 +197,61 @@ pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>)
         if !meta.excludes.is_empty() && meta.excludes.excludes(&child_rel) {
             continue;
         }
+        let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(sys("reading", &name))?;
         if !meta.root_excludes.is_empty() {
             let from_root = if meta.base.is_empty() {
                 child_rel.clone()
             } else {
                 format!("{}/{child_rel}", meta.base)
             };
-            if meta.root_excludes.excludes(&from_root) {
+            if meta.root_excludes.excludes(&from_root)
+                && !kept_below(src, &name, &st, &from_root, meta)
+            {
                 continue;
             }
         }
-        let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(sys("reading", &name))?;
         if meta.hidden_files.hides(&st, meta.root_excludes)? {
             continue;
         }
         copy_entry(src, dst, &name, &st, &child_rel, meta)?;
     }
     Ok(())
+}
+
+/// Whether the excluded entry `name` of `src` (`from_root` in the
+/// context) is a directory that `.dockerignore` brings back for an
+/// exception below it. Only names are read here, through the directory's
+/// descriptor; what is copied is then opened without following links.
+fn kept_below(src: &OwnedFd, name: &[u8], st: &FileStat, from_root: &str, meta: &Meta<'_>) -> bool {
+    let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+    if !is_dir {
+        return false;
+    }
+    let base = proc_fd_path(src).join(std::ffi::OsStr::from_bytes(name));
+    let mut list = |rel: &str| {
+        let below = rel
+            .strip_prefix(from_root)
+            .unwrap_or("")
+            .trim_start_matches('/');
+        let dir = if below.is_empty() {
+            base.clone()
+        } else {
+            base.join(below)
+        };
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                        (e.file_name().to_string_lossy().into_owned(), is_dir)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    meta.root_excludes.keeps(from_root, true, &mut list)
 }
 
 /// Copies entry `name` of directory `src` to the same name in `dst`.
@@ -194,6 +278,10 @@ pub(super) fn copy_entry(
             finish(&to, uid, gid, meta.mode_of(st), st, name)
         }
         nix::libc::S_IFREG => {
+            let linked = st.st_nlink > 1;
+            if linked && meta.links.link(st, dst, name)? {
+                return Ok(());
+            }
             let from = openat(
                 src.as_fd(),
                 name,
@@ -201,7 +289,11 @@ pub(super) fn copy_entry(
                 Mode::empty(),
             )
             .map_err(sys("opening", name))?;
-            copy_file(File::from(from), st, dst, name, meta)
+            copy_file(File::from(from), st, dst, name, meta)?;
+            if linked {
+                meta.links.remember(st, dst, name)?;
+            }
+            Ok(())
         }
         nix::libc::S_IFLNK => {
             let target = readlinkat(src.as_fd(), name).map_err(sys("reading link", name))?;
