@@ -47,9 +47,10 @@ const MAX_LINKED: usize = 256;
 /// The copies of multiply-linked source files, by source (device, inode):
 /// the directory holding the copy and its name there.
 #[derive(Default)]
-pub(super) struct Links(
-    std::cell::RefCell<std::collections::HashMap<(u64, u64), (OwnedFd, Vec<u8>)>>,
-);
+pub(super) struct Links(std::cell::RefCell<std::collections::HashMap<(u64, u64), LinkedCopy>>);
+
+/// Where the copy of a multiply-linked file is: its directory and name.
+type LinkedCopy = (OwnedFd, Vec<u8>);
 
 impl Links {
     /// Links `name` in `dst` to the copy of the file `st` describes, when
