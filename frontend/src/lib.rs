@@ -5,7 +5,9 @@
 //! ([`parser`]), BuildKit's variable expansion ([`shell`]), typed and
 //! validated instructions ([`instructions`]), the content-addressed graph of
 //! ops and each stage's image config ([`convert`]), `.dockerignore`
-//! matching ([`dockerignore`]) and `--chmod` modes ([`chmod`]).
+//! matching ([`dockerignore`]), `--chmod` modes ([`chmod`]) and the RUN
+//! sandbox's build-wide settings (`--add-host`, `--ulimit`, `--shm-size`,
+//! `BUILDKIT_SANDBOX_HOSTNAME`: [`sandbox`]).
 //!
 //! Does not own: any I/O. It reads no files, starts no processes and needs no
 //! runtime; the caller passes text in and resolves base images through the
@@ -21,6 +23,7 @@ pub mod parser;
 mod paths;
 pub mod platform;
 pub mod reference;
+pub mod sandbox;
 pub mod shell;
 
 /// Any error of the frontend, from text to graph.
