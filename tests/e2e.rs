@@ -37,4 +37,5 @@ mod proxy_args;
 mod registry;
 mod registry_token;
 mod remote_context;
+mod sandbox_flags;
 mod ssh;

@@ -65,6 +65,10 @@ pub struct BuildRequest {
     /// `--network`: the network of RUN steps that do not ask for one
     /// (`RUN --network=default`).
     pub network: Network,
+    /// `--add-host`, `--ulimit`, `--shm-size`: every RUN step's sandbox
+    /// (the frontend puts them in each exec op; the hostname is the
+    /// `BUILDKIT_SANDBOX_HOSTNAME` build arg).
+    pub sandbox: kiln_frontend::sandbox::SandboxOptions,
     /// The entitlements granted to this build (see [`crate::entitlements`]).
     pub entitlements: crate::entitlements::Entitlements,
     /// How the image's layers are compressed.
@@ -234,6 +238,7 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<Converted, 
         options.target = req.target.clone();
         options.dockerignore = req.dockerignore.clone();
         options.context_time = req.context_time;
+        options.sandbox = req.sandbox.clone();
         options.cancel = Some(Cancel(&cancelled));
         convert_and_check(req, &options, &resolver)
     };

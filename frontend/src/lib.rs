@@ -7,7 +7,9 @@
 //! ops and each stage's image config ([`convert`]), BuildKit's build
 //! checks — the Dockerfile linter, its rules, `# check=` and
 //! `BUILDKIT_DOCKERFILE_CHECK` ([`checks`]) — `.dockerignore` matching
-//! ([`dockerignore`]) and `--chmod` modes ([`chmod`]). Callers run the
+//! ([`dockerignore`]), `--chmod` modes ([`chmod`]) and the RUN sandbox's
+//! build-wide settings (`--add-host`, `--ulimit`, `--shm-size`,
+//! `BUILDKIT_SANDBOX_HOSTNAME`: [`sandbox`]). Callers run the
 //! checks and show their violations; they do not judge a Dockerfile
 //! themselves.
 //!
@@ -26,6 +28,7 @@ pub mod parser;
 mod paths;
 pub mod platform;
 pub mod reference;
+pub mod sandbox;
 pub mod shell;
 
 /// Any error of the frontend, from text to graph.

@@ -106,7 +106,9 @@ fn run_true(
         network,
         privileged: false,
         mounts: vec![],
-        etc_files: etc_files(&d("etc"), "bench", network).unwrap(),
+        etc_files: etc_files(&d("etc"), "bench", &[], network).unwrap(),
+        ulimits: Vec::new(),
+        shm_size: 64 << 20,
         state_dir: d("s"),
     };
     let status = sandbox

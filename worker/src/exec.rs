@@ -10,6 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kiln_frontend::sandbox::{DEFAULT_SHM_SIZE, SandboxOptions};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
@@ -35,6 +36,10 @@ pub enum ExecError {
     },
     #[error("locking cache mount {id:?}: {source}")]
     Lock { id: String, source: nix::Error },
+    #[error(
+        "--shm-size {size} is more than this machine's memory ({memory} bytes): /dev/shm is memory"
+    )]
+    ShmTooLarge { size: u64, memory: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, ExecError>;
@@ -147,6 +152,25 @@ pub fn cache_key(id: &str, uid: u32, gid: u32, mode: u32, seed: Option<&CacheSee
     }
 }
 
+/// A step's hostname unless the build names one (BuildKit's is
+/// `buildkitsandbox`).
+pub const DEFAULT_HOSTNAME: &str = "kiln";
+
+/// The step's `/dev/shm` size: the build's, at most this machine's memory
+/// (a tmpfs only takes what is written to it, but a bound above the
+/// memory lets a step exhaust it).
+fn shm_size(sandbox: &SandboxOptions) -> Result<u64> {
+    let size = sandbox
+        .shm_size
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_SHM_SIZE);
+    let memory = nix::sys::sysinfo::sysinfo().map_or(u64::MAX, |i| i.ram_total());
+    if size > memory {
+        return Err(ExecError::ShmTooLarge { size, memory });
+    }
+    Ok(size)
+}
+
 /// A RUN step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {
@@ -159,6 +183,9 @@ pub struct ExecRequest {
     pub network: Network,
     pub privileged: bool,
     pub mounts: Vec<ExecMount>,
+    /// The build's hostname, `/etc/hosts` entries, resource limits and
+    /// `/dev/shm` size.
+    pub sandbox: SandboxOptions,
 }
 
 /// A finished step.
@@ -244,6 +271,7 @@ impl Worker {
         output: &mut dyn FnMut(Stream, &[u8]),
         cancel: &Cancel,
     ) -> Result<ExecOutcome> {
+        let shm_size = shm_size(&req.sandbox)?;
         let d = |name: &str| -> Result<PathBuf> {
             let p = step_dir.join(name);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
@@ -388,7 +416,17 @@ impl Worker {
                 }
             }
         }
-        let hostname = "kiln".to_owned();
+        let hostname = req
+            .sandbox
+            .hostname
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned());
+        let etc = etc_files(
+            &state.join("etc"),
+            &hostname,
+            &req.sandbox.extra_hosts,
+            req.network,
+        )?;
         let spec = RunSpec {
             rootfs: Rootfs {
                 lowerdirs,
@@ -404,7 +442,9 @@ impl Worker {
             network: req.network,
             privileged: req.privileged,
             mounts,
-            etc_files: etc_files(&state.join("etc"), &hostname, req.network)?,
+            etc_files: etc,
+            ulimits: req.sandbox.ulimits.clone(),
+            shm_size,
             state_dir: state,
         };
         let result = self.sandbox.run(&spec, output, cancel);

@@ -32,6 +32,7 @@ fn request(rootfs: &Path, script: &str, mounts: Vec<ExecMount>) -> ExecRequest {
         network: Network::Host,
         privileged: false,
         mounts,
+        sandbox: Default::default(),
     }
 }
 

@@ -47,7 +47,9 @@ impl Step {
             network: Network::Host,
             privileged: false,
             mounts: vec![],
-            etc_files: etc_files(&d("etc"), "kiln-step", Network::Host).unwrap(),
+            etc_files: etc_files(&d("etc"), "kiln-step", &[], Network::Host).unwrap(),
+            ulimits: Vec::new(),
+            shm_size: 64 << 20,
             state_dir: d("state"),
         }
     }
@@ -203,7 +205,8 @@ fn network_none_cannot_reach_the_host_and_default_can() {
     assert_eq!(out, "reached\n");
     let mut spec = step.spec("none", &script);
     spec.network = Network::None;
-    spec.etc_files = etc_files(&spec.state_dir.join("etc"), "kiln-step", Network::None).unwrap();
+    spec.etc_files =
+        etc_files(&spec.state_dir.join("etc"), "kiln-step", &[], Network::None).unwrap();
     let (_, out, _) = run(&spec);
     assert_eq!(out, "unreachable\n");
 }

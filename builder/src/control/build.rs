@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::Store;
+use kiln_frontend::sandbox::SandboxOptions;
 use kiln_proto::control::v1::{self as pb, BuildInput, BuildOutput, build_input, build_output};
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
@@ -109,6 +110,9 @@ fn request_of(
     } else {
         PullPolicy::parse(&spec.pull).ok_or_else(|| invalid(format!("--pull {}", spec.pull)))?
     };
+    // Checked as the CLI checks its flags (the messages name them).
+    let sandbox = SandboxOptions::from_flags(&spec.add_hosts, &spec.ulimits, Some(&spec.shm_size))
+        .map_err(|e| invalid(e.to_string()))?;
     let mut build_args = spec.build_args.into_iter().collect::<BTreeMap<_, _>>();
     if let Some(epoch) = spec.source_date_epoch {
         build_args
@@ -130,6 +134,7 @@ fn request_of(
             (false, true) => Network::Host,
             (false, false) => Network::Private,
         },
+        sandbox,
         entitlements,
         compression,
         pull,

@@ -65,6 +65,8 @@ pub enum AttachError {
     Invalid(String),
     #[error(transparent)]
     Entitlement(#[from] EntitlementError),
+    #[error("the step's sandbox: {0}")]
+    Sandbox(#[from] kiln_frontend::sandbox::SandboxOptionError),
 }
 
 fn message(message: Message) -> pb::WorkerMessage {

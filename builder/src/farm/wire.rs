@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use kiln_frontend::sandbox::{
+    ExtraHost, SandboxOptionError, SandboxOptions, Ulimit, check_hostname,
+};
 use kiln_proto::farm::v1 as pb;
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::sandbox::spec::Network;
@@ -114,10 +117,58 @@ fn sharing_of(value: i32) -> Sharing {
 /// Secrets a step carries, by id.
 pub type Secrets = Vec<(String, Vec<u8>)>;
 
+/// Sets the step's hostname, `/etc/hosts` entries, limits and `/dev/shm`
+/// size: they travel with it, the worker's sandbox applies them.
+pub fn set_sandbox(step: &mut pb::RunStep, sandbox: &SandboxOptions) {
+    step.hostname = sandbox.hostname.clone().unwrap_or_default();
+    step.extra_hosts = sandbox
+        .extra_hosts
+        .iter()
+        .map(|h| pb::ExtraHost {
+            host: h.host().to_owned(),
+            ip: h.ip().to_string(),
+        })
+        .collect();
+    step.ulimits = sandbox
+        .ulimits
+        .iter()
+        .map(|u| pb::Ulimit {
+            name: u.name().as_str().to_owned(),
+            soft: u.soft(),
+            hard: u.hard(),
+        })
+        .collect();
+    step.shm_size = sandbox.shm_size;
+}
+
+/// The sandbox options a step carries, checked as the CLI checks them: a
+/// worker writes them into `/etc/hosts` and the kernel.
+pub fn sandbox_of(step: &pb::RunStep) -> Result<SandboxOptions, SandboxOptionError> {
+    let hostname = (!step.hostname.is_empty())
+        .then(|| check_hostname(&step.hostname).map(|()| step.hostname.clone()))
+        .transpose()?;
+    let extra_hosts = step
+        .extra_hosts
+        .iter()
+        .map(|h| ExtraHost::new(&h.host, &h.ip))
+        .collect::<Result<_, _>>()?;
+    let ulimits = step
+        .ulimits
+        .iter()
+        .map(|u| Ulimit::new(&u.name, u.soft, u.hard))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SandboxOptions {
+        hostname,
+        extra_hosts,
+        ulimits: Ulimit::merge(ulimits),
+        shm_size: step.shm_size,
+    })
+}
+
 /// A step as the worker runs it: its request, with layer lists made
 /// directories (top first) by `dirs` (`empty` for a bind mount of none),
 /// and the secrets it carries.
-pub fn exec_request<E>(
+pub fn exec_request<E: From<SandboxOptionError>>(
     step: &pb::RunStep,
     empty: &std::path::Path,
     mut dirs: impl FnMut(&[pb::Layer]) -> Result<Vec<PathBuf>, E>,
@@ -170,6 +221,7 @@ pub fn exec_request<E>(
         mounts.push(mount);
     }
     let request = ExecRequest {
+        sandbox: sandbox_of(step)?,
         rootfs: dirs(&step.rootfs)?,
         args: step.args.clone(),
         env: step.env.clone(),
@@ -184,4 +236,68 @@ pub fn exec_request<E>(
         mounts,
     };
     Ok((request, secrets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_options_travel_with_the_step() {
+        let sandbox = SandboxOptions {
+            hostname: Some("builder".into()),
+            extra_hosts: vec![
+                ExtraHost::parse("db:10.0.0.5").unwrap(),
+                ExtraHost::parse("v6=[fd00::5]").unwrap(),
+            ],
+            ulimits: vec![
+                Ulimit::parse("nofile=1024:2048").unwrap(),
+                Ulimit::parse("core=-1").unwrap(),
+            ],
+            shm_size: Some(128 << 20),
+        };
+        let mut step = pb::RunStep::default();
+        set_sandbox(&mut step, &sandbox);
+        let empty = std::path::Path::new("/empty");
+        let (request, _) =
+            exec_request::<SandboxOptionError>(&step, empty, |_| Ok(Vec::new())).unwrap();
+        // Merged in name order, as the frontend makes them.
+        let expected = SandboxOptions {
+            ulimits: Ulimit::merge(sandbox.ulimits.clone()),
+            ..sandbox
+        };
+        assert_eq!(request.sandbox, expected);
+        let (plain, _) =
+            exec_request::<SandboxOptionError>(&pb::RunStep::default(), empty, |_| Ok(Vec::new()))
+                .unwrap();
+        assert_eq!(plain.sandbox, SandboxOptions::default());
+    }
+
+    #[test]
+    fn a_worker_refuses_what_the_cli_would() {
+        let bad = [
+            pb::RunStep {
+                hostname: "a b".into(),
+                ..Default::default()
+            },
+            pb::RunStep {
+                extra_hosts: vec![pb::ExtraHost {
+                    host: "db\n6.6.6.6 evil".into(),
+                    ip: "10.0.0.5".into(),
+                }],
+                ..Default::default()
+            },
+            pb::RunStep {
+                ulimits: vec![pb::Ulimit {
+                    name: "nofile".into(),
+                    soft: 10,
+                    hard: 5,
+                }],
+                ..Default::default()
+            },
+        ];
+        for step in bad {
+            assert!(sandbox_of(&step).is_err(), "{step:?}");
+        }
+    }
 }

@@ -132,7 +132,7 @@ impl Solver<'_> {
             };
             mounts.push(message);
         }
-        let step = pb::RunStep {
+        let mut step = pb::RunStep {
             step: 0,
             rootfs: base.iter().map(wire::layer_message).collect(),
             args: request.args.clone(),
@@ -148,7 +148,9 @@ impl Solver<'_> {
             compression: self.compression.name().to_owned(),
             compression_level: self.compression.level,
             source_date_epoch: self.source_date_epoch,
+            ..pb::RunStep::default()
         };
+        wire::set_sandbox(&mut step, &request.sandbox);
         Ok(Some((step, layers)))
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kiln_frontend::chmod::Chmod;
 use kiln_frontend::convert::Vertex;
+use kiln_frontend::sandbox::SandboxOptions;
 use kiln_proto::ops::v1::{
     ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action,
     owner, source_op,
@@ -299,6 +300,7 @@ impl Solver<'_> {
         base: &[Layer],
     ) -> Result<Layer> {
         let meta = exec.meta.clone().unwrap_or_default();
+        let sandbox = SandboxOptions::from_meta(&meta).map_err(step_err)?;
         let mut env = meta.env;
         // The step's own ARG or ENV of the same name comes first (and a
         // process reads the first), so it is the one kept.
@@ -328,6 +330,7 @@ impl Solver<'_> {
             },
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts: Vec::new(),
+            sandbox,
         };
         let mut log = StepLog::new(self, index);
         let outcome = self.exec_somewhere(&mut request, exec, inputs, base, &mut log);

@@ -61,13 +61,16 @@ impl Converter<'_> {
         {
             env.push(format!("SSH_AUTH_SOCK={}", ssh.target));
         }
+        let mut meta = Meta {
+            args: args.clone(),
+            env,
+            cwd: state.workdir().to_owned(),
+            user: state.image.config.user.clone().unwrap_or_default(),
+            ..Meta::default()
+        };
+        self.sandbox.fill_meta(&mut meta);
         let exec = ExecOp {
-            meta: Some(Meta {
-                args: args.clone(),
-                env,
-                cwd: state.workdir().to_owned(),
-                user: state.image.config.user.clone().unwrap_or_default(),
-            }),
+            meta: Some(meta),
             rootfs,
             mounts,
             network: network as i32,

@@ -77,6 +77,8 @@ pub enum ConvertErrorKind {
     TooManyVars { limit: usize, scope: &'static str },
     #[error("invalid SOURCE_DATE_EPOCH: {0} (seconds since 1970, or \"context\")")]
     InvalidEpoch(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxOptionError),
     #[error("cancelled")]
     Cancelled,
     /// An error in another stage, converted on demand: it keeps its own

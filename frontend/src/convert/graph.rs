@@ -33,7 +33,9 @@ pub struct VertexMeta {
 }
 
 /// The digest of an op: SHA-256 of its protobuf encoding with the fields
-/// that do not affect the result (proxy variables) cleared.
+/// that do not affect the result cleared: proxy variables, and the
+/// addresses of `--add-host` names (as BuildKit's `ExecOp.CacheMap`: a
+/// name's address is the environment's, as a proxy's is).
 pub fn op_digest(op: &Op) -> String {
     let mut buf = Vec::new();
     op_digest_with(op, &mut buf)
@@ -44,10 +46,19 @@ pub fn op_digest(op: &Op) -> String {
 fn op_digest_with(op: &Op, buf: &mut Vec<u8>) -> String {
     buf.clear();
     match &op.kind {
-        Some(op::Kind::Exec(exec)) if !exec.proxy_env.is_empty() => {
+        Some(op::Kind::Exec(exec))
+            if !exec.proxy_env.is_empty()
+                || exec
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| !m.extra_hosts.is_empty()) =>
+        {
             let mut stripped = op.clone();
             if let Some(op::Kind::Exec(exec)) = &mut stripped.kind {
                 exec.proxy_env.clear();
+                for host in exec.meta.iter_mut().flat_map(|m| &mut m.extra_hosts) {
+                    host.ip.clear();
+                }
             }
             stripped.encode_raw(buf);
         }

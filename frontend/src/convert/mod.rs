@@ -32,6 +32,7 @@ use crate::instructions::{self, CommandKind, Instructions};
 use crate::parser::{self, Location, Warning};
 use crate::platform;
 use crate::reference::Reference;
+use crate::sandbox::{self, SandboxOptions};
 use crate::shell::{Cancel, Lexer, Vars};
 
 /// How long a chain of stages that need one another (`FROM a AS b`,
@@ -100,6 +101,10 @@ pub struct ConvertOptions<'a> {
     /// When the build context last changed (seconds since the epoch), what
     /// `SOURCE_DATE_EPOCH=context` stands for; `None` for a local directory.
     pub context_time: Option<u64>,
+    /// Every RUN step's sandbox settings (`--add-host`, `--ulimit`,
+    /// `--shm-size`); a `BUILDKIT_SANDBOX_HOSTNAME` build arg, checked,
+    /// takes the place of `hostname`.
+    pub sandbox: SandboxOptions,
     pub resolver: &'a dyn ImageResolver,
     /// Asked between instructions and during expansion: conversion stops
     /// with [`ConvertErrorKind::Cancelled`] soon after it says so.
@@ -116,6 +121,7 @@ impl<'a> ConvertOptions<'a> {
             target_platform: platform::host(),
             dockerignore: Vec::new(),
             context_time: None,
+            sandbox: SandboxOptions::default(),
             resolver,
             cancel: None,
         }
@@ -294,6 +300,8 @@ pub(crate) struct Converter<'a> {
     /// a global ARG declared without a value.
     globals: BTreeMap<String, Option<String>>,
     source_date_epoch: Option<u64>,
+    /// What every RUN step's `Meta` gets, the hostname build arg resolved.
+    sandbox: SandboxOptions,
     /// Every ARG name declared anywhere converted (for the unused warning).
     declared: BTreeSet<String>,
     context: Option<String>,
@@ -325,6 +333,25 @@ fn resolve_epoch(
     }
     if let Some(Some(v)) = globals.get_mut(epoch::NAME) {
         *v = text;
+    }
+    Ok(resolved)
+}
+
+/// The build's sandbox options with the `BUILDKIT_SANDBOX_HOSTNAME` build
+/// arg (when set and not empty, as BuildKit reads it: a `--build-arg`, not
+/// a Dockerfile's ARG) as the hostname, checked.
+fn resolve_sandbox(
+    build_args: &BTreeMap<String, String>,
+    options: &SandboxOptions,
+) -> Result<SandboxOptions, ConvertErrorKind> {
+    let mut resolved = options.clone();
+    if let Some(name) = build_args.get(sandbox::HOSTNAME_ARG)
+        && !name.is_empty()
+    {
+        resolved.hostname = Some(name.clone());
+    }
+    if let Some(name) = &resolved.hostname {
+        sandbox::check_hostname(name)?;
     }
     Ok(resolved)
 }
@@ -375,6 +402,7 @@ impl<'a> Converter<'a> {
                 Some((location, source)) => ConvertError::at(*location, source, kind),
                 None => kind.into(),
             })?;
+        let sandbox = resolve_sandbox(&build_args, &options.sandbox)?;
         Ok(Self {
             instructions,
             options,
@@ -388,6 +416,7 @@ impl<'a> Converter<'a> {
             build_args,
             globals,
             source_date_epoch,
+            sandbox,
             declared,
             context: None,
             depth: 0,

@@ -803,3 +803,84 @@ fn workdir_as_written_when_absolute() {
     let g = build("FROM busybox\nWORKDIR /a/\nWORKDIR b/../c/\n");
     assert_eq!(config(&g).working_dir.as_deref(), Some("/a/c"));
 }
+
+fn sandboxed(args: &[(&str, &str)], sandbox: crate::sandbox::SandboxOptions) -> BuildGraph {
+    build_with(
+        "FROM busybox\nRUN hostname\n",
+        &ConvertOptions {
+            sandbox,
+            ..with_args(args)
+        },
+    )
+}
+
+#[test]
+fn sandbox_options_reach_every_run_and_its_digest() {
+    use crate::sandbox::{ExtraHost, SandboxOptions, Ulimit};
+    let options = SandboxOptions {
+        hostname: None,
+        extra_hosts: vec![ExtraHost::parse("db:10.0.0.5").unwrap()],
+        ulimits: vec![Ulimit::parse("nofile=1024:2048").unwrap()],
+        shm_size: Some(128 << 20),
+    };
+    let g = sandboxed(&[("BUILDKIT_SANDBOX_HOSTNAME", "builder")], options.clone());
+    let meta = exec(root(&g)).meta.clone().unwrap();
+    assert_eq!(meta.hostname, "builder");
+    assert_eq!(meta.extra_hosts[0].ip, "10.0.0.5");
+    assert_eq!(meta.ulimits[0].name, "nofile");
+    assert_eq!(meta.shm_size, 128 << 20);
+    assert!(g.warnings.is_empty(), "a BUILDKIT_ arg is never unused");
+
+    let plain = sandboxed(&[], SandboxOptions::default());
+    assert_eq!(exec(root(&plain)).meta.as_ref().unwrap().hostname, "");
+    let digest = |g: &BuildGraph| g.target_stage().root.clone();
+    let with = |change: &dyn Fn(&mut SandboxOptions)| {
+        let mut o = options.clone();
+        change(&mut o);
+        digest(&sandboxed(&[("BUILDKIT_SANDBOX_HOSTNAME", "builder")], o))
+    };
+    let base = digest(&g);
+    assert_ne!(base, digest(&plain));
+    assert_ne!(base, digest(&sandboxed(&[], options.clone())), "hostname");
+    assert_ne!(base, with(&|o| o.shm_size = None), "shm size");
+    assert_ne!(base, with(&|o| o.ulimits.clear()), "ulimits");
+    assert_ne!(
+        base,
+        with(&|o| o.extra_hosts = vec![ExtraHost::parse("cache:10.0.0.5").unwrap()]),
+        "host names"
+    );
+    // As BuildKit: where a name points is not the step's identity.
+    assert_eq!(
+        base,
+        with(&|o| o.extra_hosts = vec![ExtraHost::parse("db:10.0.0.6").unwrap()]),
+        "addresses"
+    );
+}
+
+#[test]
+fn the_sandbox_hostname_is_a_checked_build_arg_only() {
+    let err = convert_dockerfile(
+        "FROM busybox\nRUN hostname\n",
+        &with_args(&[("BUILDKIT_SANDBOX_HOSTNAME", "bad_name")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("invalid BUILDKIT_SANDBOX_HOSTNAME \"bad_name\""),
+        "{err}"
+    );
+    // Empty is the default; a Dockerfile's ARG is not the build's setting.
+    for (text, args) in [
+        (
+            "FROM busybox\nRUN hostname\n",
+            vec![("BUILDKIT_SANDBOX_HOSTNAME", "")],
+        ),
+        (
+            "ARG BUILDKIT_SANDBOX_HOSTNAME=mine\nFROM busybox\nRUN hostname\n",
+            vec![],
+        ),
+    ] {
+        let g = build_with(text, &with_args(&args));
+        assert_eq!(exec(root(&g)).meta.as_ref().unwrap().hostname, "");
+    }
+}

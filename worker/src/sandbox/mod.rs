@@ -10,6 +10,7 @@
 
 mod mountpoint;
 pub mod network;
+mod rlimit;
 pub mod seccomp;
 pub mod setup;
 pub mod spec;
@@ -23,6 +24,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 
 use thiserror::Error;
+
+use kiln_frontend::sandbox::ExtraHost;
 
 use self::spec::{Network, RunSpec};
 
@@ -292,7 +295,12 @@ fn remove_stubs(state_dir: &Path, upper: &Path) {
 
 /// Writes `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` for a step
 /// into `dir` and returns them as `RunSpec::etc_files`.
-pub fn etc_files(dir: &Path, hostname: &str, network: Network) -> Result<Vec<(String, PathBuf)>> {
+pub fn etc_files(
+    dir: &Path,
+    hostname: &str,
+    extra_hosts: &[ExtraHost],
+    network: Network,
+) -> Result<Vec<(String, PathBuf)>> {
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let host_resolv = || fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv = match network {
@@ -300,13 +308,15 @@ pub fn etc_files(dir: &Path, hostname: &str, network: Network) -> Result<Vec<(St
         Network::Host => host_resolv(),
         Network::None => String::new(),
     };
+    let mut hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    for host in extra_hosts {
+        hosts.push_str(&host.hosts_line());
+        hosts.push('\n');
+    }
     let files = [
-        (
-            "/etc/hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-            ),
-        ),
+        ("/etc/hosts", hosts),
         ("/etc/resolv.conf", resolv),
         ("/etc/hostname", format!("{hostname}\n")),
     ];

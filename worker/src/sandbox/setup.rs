@@ -8,8 +8,8 @@
 //! In that child: the overlay (`nodev`), `/proc` with its masked and
 //! read-only paths, a minimal `/dev`, read-only `/sys`, the `/etc` files and
 //! the step's mounts, every mount point resolved inside the root; then
-//! `pivot_root`, hostname, the user, the bounding set, `no_new_privs`, the
-//! seccomp filter and `execve`. `--security=insecure` (`privileged`) keeps
+//! `pivot_root`, hostname, the resource limits, the user, the bounding set,
+//! `no_new_privs`, the seccomp filter and `execve`. `--security=insecure` (`privileged`) keeps
 //! every capability and drops `nodev`, the masks, the read-only paths and
 //! seccomp.
 
@@ -25,6 +25,7 @@ use nix::unistd::{ForkResult, Gid, Uid};
 
 use super::mountpoint::{Mounter, Stubs, existing};
 use super::network::{self, Nat};
+use super::rlimit;
 use super::seccomp;
 use super::spec::{Mount, MountKind, Network, RunSpec};
 use super::syscall::Syscall;
@@ -196,7 +197,7 @@ fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupEr
     let root = Root::open(root_path).map_err(|e| fail("opening the root filesystem", e))?;
 
     proc_and_sys(&m, &root, &mut stubs, spec)?;
-    dev(&m, &root, &mut stubs, nodev)?;
+    dev(&m, &root, &mut stubs, nodev, spec.shm_size)?;
 
     for (target, source) in &spec.etc_files {
         let at = stubs.target(&root, target, true)?;
@@ -303,12 +304,14 @@ fn mask<S: Syscall>(m: &Mounter<'_, S>, root: &Root, path: &str) -> Result<(), S
 }
 
 /// A `/dev` of its own: a tmpfs with the host's harmless devices bound in,
-/// a new devpts, a shm tmpfs and the `fd` links; nothing else.
+/// a new devpts, a shm tmpfs of `shm_size` bytes and the `fd` links;
+/// nothing else.
 fn dev<S: Syscall>(
     m: &Mounter<'_, S>,
     root: &Root,
     stubs: &mut Stubs,
     nodev: MsFlags,
+    shm_size: u64,
 ) -> Result<(), SetupError> {
     let at = stubs.target(root, "/dev", false)?;
     m.mount(
@@ -332,6 +335,7 @@ fn dev<S: Syscall>(
             None,
         )?;
     }
+    let shm = format!("mode=1777,size={shm_size}");
     for (dir, fstype, flags, data) in [
         (
             "pts",
@@ -343,7 +347,7 @@ fn dev<S: Syscall>(
             "shm",
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
-            "mode=1777,size=65536k",
+            shm.as_str(),
         ),
     ] {
         dev.mkdir_all(dir, 0o755, None).map_err(|e| err(dir, e))?;
@@ -483,6 +487,9 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
         Vec::new()
     };
 
+    // While the helper still has CAP_SYS_RESOURCE (a hard limit above its
+    // own needs it), before the user switch.
+    rlimit::set(sys, &spec.ulimits)?;
     if confined(spec) {
         sys.drop_bounding_caps(DEFAULT_CAPS)
             .map_err(|e| fail("dropping capabilities", e))?;

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+pub use kiln_frontend::sandbox::Ulimit;
 use serde::{Deserialize, Serialize};
 
 /// What the helper is asked to do.
@@ -42,6 +43,11 @@ pub struct RunSpec {
     /// Files bound over `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`
     /// (target in the root, source on the host). Never part of the layer.
     pub etc_files: Vec<(String, PathBuf)>,
+    /// Resource limits set (setrlimit(2)) before the step starts, as OCI's
+    /// `process.rlimits`; the step inherits the helper's others.
+    pub ulimits: Vec<Ulimit>,
+    /// The size of `/dev/shm` in bytes.
+    pub shm_size: u64,
     /// A host directory for the helper's reports (`error`, `stubs`).
     pub state_dir: PathBuf,
 }

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
+use nix::sys::resource::Resource;
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 pub type Result<T> = nix::Result<T>;
@@ -36,6 +37,9 @@ pub trait Syscall {
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()>;
     fn chdir(&self, path: &Path) -> Result<()>;
     fn sethostname(&self, name: &str) -> Result<()>;
+    /// `setrlimit(2)`: this process's `resource` limits (`RLIM_INFINITY`
+    /// for unlimited), inherited by what it executes.
+    fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()>;
     /// Removes every capability not in `keep` from the bounding set.
     fn drop_bounding_caps(&self, keep: &[u32]) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
@@ -133,6 +137,10 @@ impl Syscall for Linux {
 
     fn sethostname(&self, name: &str) -> Result<()> {
         nix::unistd::sethostname(name)
+    }
+
+    fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
+        nix::sys::resource::setrlimit(resource, soft, hard)
     }
 
     fn drop_bounding_caps(&self, keep: &[u32]) -> Result<()> {
@@ -416,6 +424,11 @@ impl Syscall for Recording {
 
     fn sethostname(&self, name: &str) -> Result<()> {
         self.record(format!("sethostname {name}"));
+        Ok(())
+    }
+
+    fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
+        self.record(format!("setrlimit {resource:?} {soft} {hard}"));
         Ok(())
     }
 

@@ -2,7 +2,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::setup::{DEFAULT_CAPS, enter};
-use super::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
+use super::spec::{Mount, MountKind, Network, Rootfs, RunSpec, Ulimit};
 use super::syscall::Recording;
 
 fn spec(root: &Path, network: Network) -> RunSpec {
@@ -25,6 +25,8 @@ fn spec(root: &Path, network: Network) -> RunSpec {
             kind: MountKind::Tmpfs { size: 1 << 20 },
         }],
         etc_files: vec![("/etc/hosts".into(), root.join("hosts"))],
+        ulimits: Vec::new(),
+        shm_size: 64 << 20,
         state_dir: root.join("state"),
     }
 }
@@ -65,6 +67,11 @@ fn setup_order() {
     let mut s = spec(&path, Network::None);
     // Two steps that changed nothing: the same empty layer twice.
     s.rootfs.lowerdirs.push("/l2".into());
+    s.ulimits = ["nofile=1024:2048", "core=-1"]
+        .iter()
+        .map(|u| Ulimit::parse(u).unwrap())
+        .collect();
+    s.shm_size = 128 << 20;
     assert!(
         enter(&sys, &s).unwrap().is_none(),
         "the recorded fork returns as the child"
@@ -128,6 +135,9 @@ fn setup_order() {
         "mount tmpfs {merged}/cache tmpfs MS_NOSUID | MS_NODEV size=1048576"
     ));
     has(format!(
+        "mount tmpfs {merged}/dev/shm tmpfs MS_NOSUID | MS_NODEV | MS_NOEXEC mode=1777,size=134217728"
+    ));
+    has(format!(
         "mount {} {merged}/etc/hosts - MS_BIND | MS_REC -",
         path.join("hosts").display()
     ));
@@ -150,6 +160,13 @@ fn setup_order() {
     assert_eq!(calls[pivot - 1], format!("chdir {merged}"));
     assert_eq!(calls[pivot + 1], "umount2 . MNT_DETACH");
     assert!(pos("sethostname kiln") > pivot);
+    // Limits while the helper may still raise a hard one, before the user.
+    let nofile = pos("setrlimit RLIMIT_NOFILE 1024 2048");
+    assert_eq!(
+        calls[nofile + 1],
+        format!("setrlimit RLIMIT_CORE {} {}", u64::MAX, u64::MAX)
+    );
+    assert!(pos("sethostname") < nofile && nofile < pos("drop_bounding_caps"));
     let caps = pos("drop_bounding_caps");
     assert_eq!(
         calls[caps],

@@ -11,6 +11,7 @@ use kiln_builder::entitlements::{Entitlement, Entitlements};
 use kiln_builder::registry::PullPolicy;
 use kiln_builder::solve::{Event, SolveError};
 use kiln_cache::Store;
+use kiln_frontend::sandbox::SandboxOptions;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
 use kiln_worker::sandbox::spec::Network;
@@ -69,6 +70,22 @@ pub(crate) struct Build {
     /// network.host entitlement).
     #[arg(long, value_enum, default_value_t = NetworkFlag::Default)]
     network: NetworkFlag,
+    /// An extra /etc/hosts line in every RUN step: `HOST:IP` or `HOST=IP`
+    /// (repeated; IPv6 plain or in brackets). `host-gateway` is refused:
+    /// steps have no gateway to the host. (The step's own hostname is the
+    /// `BUILDKIT_SANDBOX_HOSTNAME` build arg; default `kiln`.)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// A resource limit of every RUN step: `NAME=SOFT[:HARD]` (repeated;
+    /// docker's names: core, cpu, data, fsize, locks, memlock, msgqueue,
+    /// nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack; -1 is
+    /// unlimited); e.g. `nofile=1024:2048`.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// The size of every RUN step's /dev/shm: bytes, or with a unit (`64m`,
+    /// `1g`); default 64m; at most the memory of the machine the step runs on.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
     /// Grant the build an entitlement: `network.host` (`RUN --network=host`),
     /// `security.insecure` (`RUN --security=insecure`). A comma-separated
     /// list, or repeated; through kilnd, only what kilnd allows.
@@ -311,6 +328,15 @@ impl Build {
         Ok(asked)
     }
 
+    /// `--add-host`, `--ulimit` and `--shm-size`, checked.
+    fn sandbox(&self) -> Result<SandboxOptions> {
+        Ok(SandboxOptions::from_flags(
+            &self.add_hosts,
+            &self.ulimits,
+            self.shm_size.as_deref(),
+        )?)
+    }
+
     /// `--build-arg`s, with `SOURCE_DATE_EPOCH` from the environment when
     /// no `--build-arg` sets it (as buildx does); the frontend checks and
     /// resolves it.
@@ -448,6 +474,9 @@ impl Build {
             cache_from: self.cache_from.clone(),
             cache_to: self.cache_to.clone(),
             ssh: agents.keys().cloned().collect(),
+            add_hosts: self.add_hosts.clone(),
+            ulimits: self.ulimits.clone(),
+            shm_size: self.shm_size.clone().unwrap_or_default(),
         };
         let mut printer = Printer::new(self.progress, self.quiet);
         let result = remote.build(spec, &context.dir, &ignore, &agents, &mut printer)?;
@@ -499,6 +528,7 @@ impl Build {
         // granted (the solver checks the steps against it); kilnd grants
         // within what its operator allowed.
         let entitlements = self.entitlements()?;
+        let sandbox = self.sandbox()?;
         if self.check || self.call == Call::Check {
             return self.run_check(root, remote.is_none());
         }
@@ -552,6 +582,7 @@ impl Build {
                 NetworkFlag::None => Network::None,
                 NetworkFlag::Host => Network::Host,
             },
+            sandbox,
             entitlements,
             compression,
             pull: PullPolicy::parse(&self.pull).with_context(|| {
