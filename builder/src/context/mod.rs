@@ -277,7 +277,9 @@ pub fn entries(
                 format!("{rel}/{name}")
             };
             let meta = std::fs::symlink_metadata(dir.join(&child))?;
-            if !ignore.keeps(&child, meta.is_dir(), &mut |rel| list_dir(&dir.join(rel))) {
+            if !ignore.keeps(&child, meta.is_dir(), &mut |rel| {
+                kiln_worker::fileop::dir_entries(&dir.join(rel))
+            }) {
                 continue;
             }
             if meta.is_dir() {
@@ -307,23 +309,6 @@ pub fn entries(
         }
     }
     Ok(out)
-}
-
-/// The entries of directory `path` as (name, is_dir) — symlinks are not
-/// directories — for [`kiln_frontend::dockerignore::Matcher::keeps`];
-/// nothing when it cannot be read.
-pub(crate) fn list_dir(path: &Path) -> Vec<(String, bool)> {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-                    (e.file_name().to_string_lossy().into_owned(), is_dir)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The (dev, ino) of every regular file with several names under `dir`

@@ -105,7 +105,7 @@ impl Walk<'_> {
         if !rel.is_empty() && ignore.excludes(rel) {
             // An exception below an excluded directory brings it back.
             let is_dir = fs::symlink_metadata(context.join(rel)).is_ok_and(|m| m.is_dir());
-            let mut list = |r: &str| crate::context::list_dir(&context.join(r));
+            let mut list = |r: &str| kiln_worker::fileop::dir_entries(&context.join(r));
             if !ignore.keeps(rel, is_dir, &mut list) {
                 return;
             }

@@ -112,7 +112,7 @@ pub(super) fn suggest<'o>(
         if folded == wanted {
             return None;
         }
-        let distance = levenshtein(&wanted, &folded);
+        let distance = crate::instructions::edit_distance(&wanted, &folded);
         if distance < min {
             min = distance;
             best = Some(if case_sensitive {
@@ -135,21 +135,6 @@ fn match_case(option: &str, original: &str) -> String {
     } else {
         option.to_owned()
     }
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -17,6 +17,23 @@ use nix::errno::Errno;
 use thiserror::Error;
 
 pub use self::copy::{CopyRequest, copy};
+
+/// The entries of directory `path` as (name, is_dir) — a symlink is no
+/// directory — for `.dockerignore`'s walk into excluded directories
+/// (`Matcher::keeps`); nothing when it cannot be read.
+pub fn dir_entries(path: &std::path::Path) -> Vec<(String, bool)> {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    (e.file_name().to_string_lossy().into_owned(), is_dir)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
 use self::root::Root;
 use crate::sandbox::user;
 

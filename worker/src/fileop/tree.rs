@@ -240,17 +240,7 @@ fn kept_below(src: &OwnedFd, name: &[u8], st: &FileStat, from_root: &str, meta: 
         } else {
             base.join(below)
         };
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| {
-                        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-                        (e.file_name().to_string_lossy().into_owned(), is_dir)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        super::dir_entries(&dir)
     };
     meta.root_excludes.keeps(from_root, true, &mut list)
 }
