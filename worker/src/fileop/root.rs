@@ -223,43 +223,26 @@ impl Root {
     /// Where a write to `rel` lands when its last component is a symlink:
     /// the link followed (again and again, at most 40 times, as the kernel
     /// does) inside the root, even when it dangles — as BuildKit's copy
-    /// writes a file through a destination symlink. `rel` itself when it is
-    /// no symlink or missing.
+    /// writes a file through a destination symlink, and as a mount point is
+    /// made. `rel` itself when it is no symlink or missing. The path may
+    /// hold `..`: every open of it resolves that within the root.
     pub fn through_links(&self, rel: &str) -> Result<String> {
+        // As the kernel's SYMLOOP_MAX.
         const MAX_LINKS: usize = 40;
         let mut path = components(rel).join("/");
         for _ in 0..MAX_LINKS {
-            let Some(st) = self.lstat(&path)? else {
-                return Ok(path);
-            };
-            if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFLNK {
-                return Ok(path);
+            match self.lstat(&path)? {
+                Some(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {}
+                _ => return Ok(path),
             }
-            let (dir, name) = self.parent(&path)?;
-            let target = nix::fcntl::readlinkat(dir.as_fd(), name.as_str())
-                .map_err(|e| self.err("reading link", &path, e))?;
-            let target = target.to_string_lossy();
-            let joined = if target.starts_with('/') {
-                target.into_owned()
+            let link = self.read_link(&path)?;
+            let link = link.to_string_lossy();
+            path = if link.starts_with('/') {
+                components(&link).join("/")
             } else {
                 let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
-                format!("{parent}/{target}")
+                components(&format!("{parent}/{link}")).join("/")
             };
-            // `..` taken lexically, never above the root (a later open
-            // resolves the result within the root in any case).
-            let mut parts: Vec<&str> = Vec::new();
-            for part in components(&joined) {
-                if part == ".." {
-                    parts.pop();
-                } else {
-                    parts.push(part);
-                }
-            }
-            path = parts.join("/");
-            if path.is_empty() {
-                // A link to the root: the write fails on a directory.
-                return Ok(path);
-            }
         }
         Err(self.err("resolving", rel, Errno::ELOOP))
     }

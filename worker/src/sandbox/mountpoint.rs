@@ -21,9 +21,6 @@ use super::syscall::Syscall;
 use crate::fileop::FileOpError;
 use crate::fileop::root::{Root, components, proc_fd_path};
 
-/// As the kernel's SYMLOOP_MAX: symlinks followed at most this often.
-const MAX_LINKS: usize = 40;
-
 /// Mount points in the root filesystem. Every target is resolved inside
 /// the root (`openat2` with `RESOLVE_IN_ROOT`: an image's symlink, even to
 /// a host path, leads inside it), made there when missing, and mounted
@@ -92,22 +89,7 @@ impl Stubs {
         }
         // A dangling symlink at the end is followed inside the root, as
         // `mkdir_all` does for the directories before it.
-        let mut rel = target.to_owned();
-        for _ in 0..=MAX_LINKS {
-            match root.lstat(&rel).map_err(err)? {
-                Some(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
-                    let link = root.read_link(&rel).map_err(err)?;
-                    let link = link.to_string_lossy();
-                    let parts = components(&rel);
-                    rel = if link.starts_with('/') {
-                        link.into_owned()
-                    } else {
-                        format!("{}/{link}", parts[..parts.len() - 1].join("/"))
-                    };
-                }
-                _ => break,
-            }
-        }
+        let rel = root.through_links(target).map_err(err)?;
         let parts = components(&rel);
         let Some((name, dirs)) = parts.split_last() else {
             return Err(err(FileOpError::Invalid("the root itself".into())));
