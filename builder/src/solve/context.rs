@@ -102,16 +102,17 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn entry(&mut self, rel: &str) {
         let (context, ignore, with_mode) = (self.context, self.ignore, self.with_mode);
+        let path = context.join(rel);
+        let meta = fs::symlink_metadata(&path);
         if !rel.is_empty() && ignore.excludes(rel) {
             // An exception below an excluded directory brings it back.
-            let is_dir = fs::symlink_metadata(context.join(rel)).is_ok_and(|m| m.is_dir());
+            let is_dir = meta.as_ref().is_ok_and(fs::Metadata::is_dir);
             let mut list = |r: &str| kiln_worker::fileop::dir_entries(&context.join(r));
             if !ignore.keeps(rel, is_dir, &mut list) {
                 return;
             }
         }
-        let path = context.join(rel);
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let Ok(meta) = meta else {
             self.h.update(b"missing\0");
             return;
         };
