@@ -20,10 +20,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     // `kiln debug graph --format json` prints ops through serde; enum fields
     // (i32 on the wire) and bytes print by name and as text.
-    // Services (the control API) get a server and a client; ops are data.
+    // Services (the control and farm APIs) get a server and a client with
+    // the `grpc` feature; without it (the worker, which only needs the
+    // field syntax) every message is still generated, no service is.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     let mut config = tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(grpc)
+        .build_server(grpc)
         .type_attribute(".kiln.ops.v1", "#[derive(serde::Serialize)]");
     for (field, with) in [
         ("ExecOp.network", "network_mode"),

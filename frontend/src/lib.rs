@@ -6,12 +6,12 @@
 //! validated instructions ([`instructions`]), the content-addressed graph of
 //! ops and each stage's image config ([`convert`]), BuildKit's build
 //! checks — the Dockerfile linter, its rules, `# check=` and
-//! `BUILDKIT_DOCKERFILE_CHECK` ([`checks`]) — `.dockerignore` matching
-//! ([`dockerignore`]), `--chmod` modes ([`chmod`]) and the RUN sandbox's
-//! build-wide settings (`--add-host`, `--ulimit`, `--shm-size`,
-//! `BUILDKIT_SANDBOX_HOSTNAME`: [`sandbox`]). Callers run the
+//! `BUILDKIT_DOCKERFILE_CHECK` ([`checks`]). Callers run the
 //! checks and show their violations; they do not judge a Dockerfile
-//! themselves.
+//! themselves. The syntax it shares with the worker (`.dockerignore`
+//! patterns, `--chmod` modes, the sandbox's `--add-host`/`--ulimit`) is
+//! `kiln-proto`'s, re-exported here as [`dockerignore`], [`chmod`] and
+//! [`sandbox`].
 //!
 //! Does not own: any I/O. It reads no files, starts no processes and needs no
 //! runtime; the caller passes text in and resolves base images through the
@@ -19,17 +19,16 @@
 //! job (`kiln-builder`), running ops the worker's (`kiln-worker`).
 
 pub mod checks;
-pub mod chmod;
 pub mod convert;
-pub mod dockerignore;
 pub mod gitref;
 pub mod instructions;
 pub mod parser;
 mod paths;
 pub mod platform;
 pub mod reference;
-pub mod sandbox;
 pub mod shell;
+
+pub use kiln_proto::{chmod, dockerignore, sandbox};
 
 /// Any error of the frontend, from text to graph.
 #[derive(Debug, thiserror::Error)]

@@ -1,30 +1,6 @@
 //! Slash-separated paths as Go's `path` package handles them.
 
-/// `path.Clean`: the shortest equivalent path (no `.`, no `x/..`, no `//`).
-/// An absolute path stays inside `/` (`/../a` is `/a`).
-pub(crate) fn clean(path: &str) -> String {
-    let absolute = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|p| *p != "..") {
-                    parts.pop();
-                } else if !absolute {
-                    parts.push("..");
-                }
-            }
-            p => parts.push(p),
-        }
-    }
-    let joined = parts.join("/");
-    match (absolute, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
-}
+pub(crate) use kiln_proto::path::clean;
 
 /// `path` made absolute against `dir`, cleaned; a trailing `/` (or a path of
 /// `.`) is kept as a trailing `/`, since for COPY it means "a directory".
@@ -83,10 +59,6 @@ mod tests {
 
     #[test]
     fn cleaning() {
-        assert_eq!(clean("/a/./b/../c//"), "/a/c");
-        assert_eq!(clean("/../a"), "/a");
-        assert_eq!(clean("a/../../b"), "../b");
-        assert_eq!(clean(""), ".");
         assert_eq!(resolve_dest("/app", "."), "/app/");
         assert_eq!(resolve_dest("/app", "x/"), "/app/x/");
         assert_eq!(resolve_dest("/app", "/x"), "/x");

@@ -4,9 +4,23 @@
 //! digest: the build graph (`kiln.ops.v1`), kilnd's control API
 //! (`kiln.control.v1`) and the build farm's (`kiln.farm.v1`).
 //!
-//! Does not own: any logic. Helpers that interpret these messages live with
-//! the code that produces or consumes them (`kiln-frontend` builds ops,
-//! the solver and workers run them).
+//! Also owns the syntax of the graph's fields that one side writes and the
+//! other reads, so both agree by construction: `.dockerignore`-style
+//! patterns (a context's `.dockerignore`, `COPY --exclude`: [`dockerignore`]),
+//! `--chmod` modes ([`chmod`]), the RUN sandbox's build-wide settings
+//! (`--add-host`, `--ulimit`, `--shm-size`: [`sandbox`]) and Go's slash-path
+//! cleaning ([`path`]). The frontend parses and checks them, the worker
+//! applies them; neither needs the other.
+//!
+//! Does not own: I/O, or what the messages mean beyond that syntax
+//! (`kiln-frontend` builds ops, the solver and workers run them). The gRPC
+//! servers and clients come with the `grpc` feature (on by default); the
+//! worker builds without it.
+
+pub mod chmod;
+pub mod dockerignore;
+pub mod path;
+pub mod sandbox;
 
 /// kilnd's control API (`kiln/control/v1/control.proto`): builds and the
 /// image store, for the CLI and CI systems.

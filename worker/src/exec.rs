@@ -10,7 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kiln_frontend::sandbox::{DEFAULT_SHM_SIZE, SandboxOptions};
+use kiln_proto::sandbox::{DEFAULT_SHM_SIZE, SandboxOptions};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
@@ -548,13 +548,13 @@ impl Drop for CacheGuard {
 /// its directory under `cache-mounts/`.
 pub fn cache_dir_name(id: &str) -> String {
     use std::fmt::Write;
-    let digest = kiln_frontend::convert::sha256_digest(id.as_bytes());
+    let digest = kiln_cache::Digest::of(id.as_bytes());
     let mut name: String = id
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(24)
         .collect();
-    let _ = write!(name, "-{}", &digest[7..23]);
+    let _ = write!(name, "-{}", &digest.hex()[..16]);
     name
 }
 

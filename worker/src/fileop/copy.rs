@@ -25,8 +25,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use kiln_frontend::chmod::Chmod;
-use kiln_frontend::dockerignore::Matcher;
+use kiln_proto::chmod::Chmod;
+use kiln_proto::dockerignore::Matcher;
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
 

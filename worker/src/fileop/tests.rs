@@ -234,7 +234,7 @@ fn owner_mode_mtime_and_excludes() {
 
     let mut chowned = req(&["/app"], "/owned/");
     chowned.owner = Some(OwnerSpec("app:staff".into()));
-    chowned.mode = Some(kiln_frontend::chmod::Chmod::Octal(0o640));
+    chowned.mode = Some(kiln_proto::chmod::Chmod::Octal(0o640));
     chowned.excludes = vec!["*.md".into(), "docs".into()];
     copy(&r.src, &r.dst, &chowned).unwrap();
     assert_eq!(
@@ -261,7 +261,7 @@ fn owner_mode_mtime_and_excludes() {
     .unwrap();
     fs::set_permissions(r.src.join("app/docs"), fs::Permissions::from_mode(0o700)).unwrap();
     let mut symbolic = req(&["/app"], "/sym/");
-    symbolic.mode = Some(kiln_frontend::chmod::Chmod::parse("go-rwx,g+rX").unwrap());
+    symbolic.mode = Some(kiln_proto::chmod::Chmod::parse("go-rwx,g+rX").unwrap());
     copy(&r.src, &r.dst, &symbolic).unwrap();
     let mode = |rel: &str| fs::metadata(r.dst.join(rel)).unwrap().mode() & 0o7777;
     assert_eq!(

@@ -19,8 +19,8 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, symlinkat, unlinkat
 
 use super::root::proc_fd_path;
 use super::{FileOpError, Result};
-use kiln_frontend::chmod::Chmod;
-use kiln_frontend::dockerignore::Matcher;
+use kiln_proto::chmod::Chmod;
+use kiln_proto::dockerignore::Matcher;
 
 /// What every copied entry gets instead of the source's, when set.
 pub(super) struct Meta<'a> {

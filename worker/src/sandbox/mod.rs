@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use thiserror::Error;
 
-use kiln_frontend::sandbox::ExtraHost;
+use kiln_proto::sandbox::ExtraHost;
 
 use self::spec::{Network, RunSpec};
 

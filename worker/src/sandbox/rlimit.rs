@@ -4,7 +4,7 @@
 //! `CAP_SYS_RESOURCE`) and switches user; the step inherits them across
 //! `execve`, and every limit not named stays the helper's.
 
-use kiln_frontend::sandbox::UlimitName;
+use kiln_proto::sandbox::UlimitName;
 use nix::sys::resource::{RLIM_INFINITY, Resource};
 
 use super::setup::{SetupError, fail};

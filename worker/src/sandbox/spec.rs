@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-pub use kiln_frontend::sandbox::Ulimit;
+pub use kiln_proto::sandbox::Ulimit;
 use serde::{Deserialize, Serialize};
 
 /// What the helper is asked to do.

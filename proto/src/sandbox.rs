@@ -7,7 +7,7 @@
 //! the step's digest and travel with it. Pure: no I/O.
 //!
 //! ```
-//! use kiln_frontend::sandbox::{ExtraHost, Ulimit, parse_shm_size};
+//! use kiln_proto::sandbox::{ExtraHost, Ulimit, parse_shm_size};
 //!
 //! let host = ExtraHost::parse("db:10.0.0.5").unwrap();
 //! assert_eq!(host.hosts_line(), "10.0.0.5\tdb");
@@ -93,7 +93,7 @@ impl SandboxOptions {
 
     /// The options of an exec op's `Meta`, checked again (a graph may come
     /// from elsewhere than this frontend).
-    pub fn from_meta(meta: &kiln_proto::ops::v1::Meta) -> Result<Self> {
+    pub fn from_meta(meta: &crate::ops::v1::Meta) -> Result<Self> {
         let hostname = (!meta.hostname.is_empty())
             .then(|| check_hostname(&meta.hostname).map(|()| meta.hostname.clone()))
             .transpose()?;
@@ -116,12 +116,12 @@ impl SandboxOptions {
     }
 
     /// Sets these options in an exec op's `Meta`.
-    pub fn fill_meta(&self, meta: &mut kiln_proto::ops::v1::Meta) {
+    pub fn fill_meta(&self, meta: &mut crate::ops::v1::Meta) {
         meta.hostname = self.hostname.clone().unwrap_or_default();
         meta.extra_hosts = self
             .extra_hosts
             .iter()
-            .map(|h| kiln_proto::ops::v1::HostIp {
+            .map(|h| crate::ops::v1::HostIp {
                 host: h.host.clone(),
                 ip: h.ip.to_string(),
             })
@@ -129,7 +129,7 @@ impl SandboxOptions {
         meta.ulimits = self
             .ulimits
             .iter()
-            .map(|u| kiln_proto::ops::v1::Ulimit {
+            .map(|u| crate::ops::v1::Ulimit {
                 name: u.name.as_str().to_owned(),
                 soft: u.soft,
                 hard: u.hard,

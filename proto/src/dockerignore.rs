@@ -36,7 +36,7 @@ pub fn read_patterns(text: &str) -> Result<Vec<String>, DockerignoreError> {
                 return Err(DockerignoreError::LoneExclamation(i + 1));
             }
         }
-        let mut cleaned = crate::paths::clean(pattern);
+        let mut cleaned = crate::path::clean(pattern);
         if cleaned.len() > 1 && cleaned.starts_with('/') {
             cleaned.remove(0);
         }
@@ -78,7 +78,7 @@ impl Matcher {
                     pattern: p.clone(),
                     reason,
                 };
-                let body = crate::paths::clean(body);
+                let body = crate::path::clean(body);
                 check_syntax(&body).map_err(|r| bad(r.to_owned()))?;
                 let regex = Regex::new(&to_regex(&body)).map_err(|e| bad(e.to_string()))?;
                 let parts = if exception {

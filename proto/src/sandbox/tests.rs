@@ -171,11 +171,11 @@ fn options_travel_through_an_exec_meta_unchanged() {
         ulimits: vec![Ulimit::parse("nofile=1024:2048").unwrap()],
         shm_size: Some(128 << 20),
     };
-    let mut meta = kiln_proto::ops::v1::Meta::default();
+    let mut meta = crate::ops::v1::Meta::default();
     options.fill_meta(&mut meta);
     assert_eq!(SandboxOptions::from_meta(&meta), Ok(options));
     assert_eq!(
-        SandboxOptions::from_meta(&kiln_proto::ops::v1::Meta::default()),
+        SandboxOptions::from_meta(&crate::ops::v1::Meta::default()),
         Ok(SandboxOptions::default())
     );
     meta.hostname = "bad_name".into();
