@@ -86,7 +86,7 @@ pub struct BuildRequest {
     /// sessions); empty for a one-off build.
     pub context_digests: std::sync::Arc<crate::solve::ContextDigests>,
     /// Where RUN steps may run besides here (kilnd's attached workers).
-    pub farm: Option<std::sync::Arc<crate::farm::Farm>>,
+    pub farm: Option<std::sync::Arc<dyn crate::solve::RemoteWorkers>>,
 }
 
 /// The image built.
@@ -95,7 +95,7 @@ pub struct Built {
     pub manifest: Digest,
     pub config: Digest,
     /// Every step's cache key and layer, for `--cache-to`.
-    pub steps: Vec<(String, crate::solve::Layer)>,
+    pub steps: Vec<(String, crate::image::Layer)>,
     /// The ids of the cache mounts this build's RUN steps name, for
     /// `--cache-to …,cache-mounts=true` (only these, never another build's).
     pub cache_mounts: std::collections::BTreeSet<String>,

@@ -12,8 +12,8 @@ use std::io::{self, Write};
 use kiln_cache::{Hasher, Store};
 use kiln_worker::layer::compression::{Compression, decompressed};
 
+use crate::image::Layer;
 use crate::image::{self, ImageError};
-use crate::solve::Layer;
 
 /// Stores the directory `upper` (a step's changes) as a layer blob of
 /// `store`, compressed `how`, in one pass: the tar is hashed (its diff ID)

@@ -176,7 +176,7 @@ pub fn check_graph(
             .find(|e| !granted.contains(*e))
         {
             return Err(EntitlementError::NotGranted {
-                description: crate::solve::described(&vertex.meta),
+                description: vertex.meta.described(),
                 entitlement,
             });
         }

@@ -19,6 +19,7 @@ pub mod context;
 pub mod control;
 pub mod entitlements;
 pub mod farm;
+pub mod fetch;
 pub mod image;
 pub mod images;
 pub mod output;

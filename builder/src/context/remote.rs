@@ -19,7 +19,7 @@ use super::{
     ContextError, DEFAULT_DOCKERFILE, DockerfileSource, LOWERCASE_DOCKERFILE, StdinContext,
     read_context_stream,
 };
-use crate::solve::fetch;
+use crate::fetch;
 
 /// What the context argument names.
 #[derive(Debug, Clone, PartialEq, Eq)]

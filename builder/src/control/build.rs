@@ -142,7 +142,7 @@ fn request_of(
         cancellation,
         in_flight: Arc::clone(&shared.in_flight),
         context_digests: Arc::clone(&shared.context_digests),
-        farm: Some(Arc::clone(&shared.farm)),
+        farm: Some(shared.farm.clone()),
     })
 }
 

@@ -2,7 +2,8 @@
 //! `kiln.farm.v1` run RUN steps, moving layers by digest.
 //!
 //! kilnd's side is [`Farm`] (who is attached, what each holds, which steps
-//! run where; the solver hands it steps through [`Farm::run`]) and its gRPC
+//! run where; the solver hands it steps as `solve::RemoteWorkers`, which
+//! `wire` turns into `kiln.farm.v1` messages, [`Farm::place_and_run`]) and its gRPC
 //! face `service`. The worker's side is `attach`: a session with kilnd
 //! that fetches missing layers, runs steps in its own sandbox and store, and
 //! sends the new layers back. `wire` maps steps between the two.
@@ -27,6 +28,8 @@ use std::time::Duration;
 use kiln_proto::farm::v1 as pb;
 use thiserror::Error;
 use tonic::Status;
+
+use crate::solve::{RemoteError, RemoteStep, RemoteWorkers, StepOutcome};
 
 pub use service::FarmService;
 
@@ -106,6 +109,40 @@ pub struct FarmOutcome {
     pub layer: Option<pb::Layer>,
 }
 
+/// The solver's steps, placed on attached workers; the farm's wire format
+/// and placement are its own.
+impl RemoteWorkers for Farm {
+    fn run(
+        &self,
+        step: &RemoteStep<'_>,
+        output: &mut dyn FnMut(&[u8]),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<StepOutcome>, RemoteError> {
+        let Some(message) = wire::run_step(step) else {
+            return Ok(None);
+        };
+        let layers = wire::step_layers(step);
+        let outcome = self
+            .place_and_run(message, &step.platform, &layers, output, cancelled)
+            .map_err(|e| match e {
+                FarmError::Cancelled => RemoteError::Cancelled,
+                e => RemoteError::Failed(e.to_string()),
+            })?;
+        let Some(outcome) = outcome else {
+            return Ok(None);
+        };
+        if outcome.exit_code != 0 {
+            return Ok(Some(StepOutcome::Exit(outcome.exit_code)));
+        }
+        outcome
+            .layer
+            .as_ref()
+            .and_then(wire::layer_of)
+            .map(|layer| Some(StepOutcome::Made(layer)))
+            .ok_or_else(|| RemoteError::Failed("the worker named no layer it made".into()))
+    }
+}
+
 /// kilnd's view of the farm.
 pub struct Farm {
     state: Mutex<State>,
@@ -149,7 +186,7 @@ impl Farm {
     /// itself). `layers` are the step's input layers (snapshot name, size)
     /// for placement; the step's output goes to `output` as it comes;
     /// `cancelled` is asked while waiting.
-    pub fn run(
+    pub fn place_and_run(
         &self,
         mut step: pb::RunStep,
         platform: &str,

@@ -52,7 +52,7 @@ fn run(
 ) -> std::thread::JoinHandle<Result<Option<FarmOutcome>, FarmError>> {
     let farm = Arc::clone(farm);
     std::thread::spawn(move || {
-        farm.run(
+        farm.place_and_run(
             pb::RunStep::default(),
             "linux/amd64",
             &layers,

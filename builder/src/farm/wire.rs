@@ -8,9 +8,11 @@ use kiln_frontend::sandbox::{
 use kiln_proto::farm::v1 as pb;
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::sandbox::spec::Network;
+use kiln_worker::snapshot::Snapshots;
 
 use crate::compress::LayerCompression;
-use crate::solve::Layer;
+use crate::image::Layer;
+use crate::solve::{RemoteMount, RemoteStep};
 
 pub fn layer_message(layer: &Layer) -> pb::Layer {
     pb::Layer {
@@ -44,13 +46,72 @@ fn sharing_message(sharing: Sharing) -> i32 {
     }) as i32
 }
 
-/// A mount the farm can serve, as a message (secrets carried from
-/// `secret`); `None` for one that needs this machine (an SSH agent, a bind
-/// mount of its directories).
-pub fn mount_message<'a>(
-    mount: &ExecMount,
-    secret: impl Fn(&str) -> Option<&'a [u8]>,
-) -> Option<pb::Mount> {
+/// A step the solver hands over, as the message a worker runs; `None` if
+/// one of its mounts cannot travel.
+pub fn run_step(step: &RemoteStep<'_>) -> Option<pb::RunStep> {
+    let request = step.request;
+    let mut message = pb::RunStep {
+        step: 0,
+        rootfs: step.rootfs.iter().map(layer_message).collect(),
+        args: request.args.clone(),
+        env: request.env.clone(),
+        cwd: request.cwd.clone(),
+        user: request.user.clone(),
+        network_none: request.network == Network::None,
+        network_host: request.network == Network::Host,
+        privileged: request.privileged,
+        // The worker checks both against its own operator's allowance.
+        entitlements: step.entitlements.names(),
+        mounts: step
+            .mounts
+            .iter()
+            .map(remote_mount_message)
+            .collect::<Option<_>>()?,
+        compression: step.compression.name().to_owned(),
+        compression_level: step.compression.level,
+        source_date_epoch: step.source_date_epoch,
+        ..pb::RunStep::default()
+    };
+    set_sandbox(&mut message, &request.sandbox);
+    Some(message)
+}
+
+/// A step's layers for placing it: the snapshot name and size of each.
+pub fn step_layers(step: &RemoteStep<'_>) -> Vec<(String, u64)> {
+    let bound = step.mounts.iter().flat_map(|m| match m {
+        RemoteMount::Layers { layers, .. } => layers.as_slice(),
+        RemoteMount::Made { .. } => &[],
+    });
+    step.rootfs
+        .iter()
+        .chain(bound)
+        .map(|l| (Snapshots::name(&l.diff_id.to_string()).to_owned(), l.size))
+        .collect()
+}
+
+fn remote_mount_message(mount: &RemoteMount) -> Option<pb::Mount> {
+    match mount {
+        RemoteMount::Layers {
+            target,
+            layers,
+            path,
+            readonly,
+        } => Some(pb::Mount {
+            target: target.clone(),
+            kind: Some(pb::mount::Kind::Bind(pb::BindMount {
+                layers: layers.iter().map(layer_message).collect(),
+                path: path.clone(),
+                readonly: *readonly,
+            })),
+        }),
+        RemoteMount::Made { mount, secret } => mount_message(mount, secret.as_deref()),
+    }
+}
+
+/// A mount a worker makes itself, as a message (a secret's value carried);
+/// `None` for one that needs this machine (an SSH agent, a bind mount of
+/// its directories, a seeded cache), which the solver never hands over.
+fn mount_message(mount: &ExecMount, secret: Option<&[u8]>) -> Option<pb::Mount> {
     let (target, kind) = match mount {
         // A seeded cache is this machine's (its layers are).
         ExecMount::Cache { seed: Some(_), .. } => return None,
@@ -90,7 +151,7 @@ pub fn mount_message<'a>(
             target.clone().unwrap_or_default(),
             pb::mount::Kind::Secret(pb::SecretMount {
                 id: id.clone(),
-                value: secret(id).map(<[u8]>::to_vec),
+                value: secret.map(<[u8]>::to_vec),
                 env: env.clone().unwrap_or_default(),
                 uid: *uid,
                 gid: *gid,

@@ -122,9 +122,9 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(&value).expect("a JSON value serializes")
 }
 
-/// One layer of an image, paired with its diff ID.
+/// One layer: its blob, paired with its diff ID (an image's, a step's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageLayer {
+pub struct Layer {
     pub blob: Digest,
     pub media_type: String,
     pub size: u64,
@@ -161,7 +161,7 @@ impl Image {
 
     /// Layers bottom first, each with the diff ID the config gives it: as
     /// many diff IDs as layers, every one a digest, or an error.
-    pub fn layer_pairs(&self) -> Result<Vec<ImageLayer>> {
+    pub fn layer_pairs(&self) -> Result<Vec<Layer>> {
         let layers = self.manifest.layers();
         let diff_ids = &self.config.rootfs.diff_ids;
         if layers.len() != diff_ids.len() {
@@ -180,7 +180,7 @@ impl Image {
             .iter()
             .zip(diff_ids)
             .map(|(d, diff_id)| {
-                Ok(ImageLayer {
+                Ok(Layer {
                     blob: d
                         .digest()
                         .to_string()

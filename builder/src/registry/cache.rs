@@ -22,7 +22,7 @@ use super::session::{Options, Session};
 use super::{Pushed, Result, pull, push};
 use crate::compress::{Encoder, LayerCompression};
 use crate::image;
-use crate::solve::Layer;
+use crate::image::Layer;
 
 /// The artifact's config media type.
 pub const CACHE_CONFIG: &str = "application/vnd.kiln.buildcache.config.v1+json";

@@ -1,42 +1,37 @@
 //! The solver: runs a build graph's vertices, each after its inputs, on the
 //! local worker, with the step cache.
 //!
-//! A vertex's cache key is the SHA-256 of its op digest, its inputs' cache
-//! keys, and — for ops that read the build context — a digest of the
-//! context files they read (`context::digest`). A key found in the store
-//! with its layer blob present is a hit: nothing runs. A missing blob is a
-//! miss.
+//! A vertex's cache key (`key.rs`) is the SHA-256 of its op digest, its
+//! inputs' cache keys, and — for ops that read the build context — a digest
+//! of the context files they read (`context::digest`). A key found in the
+//! store with its layer blob present is a hit: nothing runs. A missing blob
+//! is a miss.
 
 mod cancel;
 mod context;
-pub(crate) mod fetch;
 mod flight;
-mod on_farm;
+mod key;
 mod ops;
+mod remote;
 
 pub use cancel::Cancellation;
 pub use context::ContextDigests;
 pub use flight::InFlight;
+pub use remote::{RemoteError, RemoteMount, RemoteStep, RemoteWorkers, StepOutcome};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kiln_cache::{Digest, Hasher, Store};
+use kiln_cache::Store;
 use kiln_frontend::convert::BuildGraph;
 use kiln_frontend::dockerignore::Matcher;
 use kiln_worker::exec::Worker;
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 
-/// One layer of a filesystem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layer {
-    pub blob: Digest,
-    pub diff_id: Digest,
-    pub media_type: String,
-    pub size: u64,
-}
+use crate::fetch;
+use crate::image::Layer;
 
 /// What a vertex produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,16 +83,31 @@ pub enum Event {
     },
 }
 
+/// Why a solve failed. A step's failure names the step (its description
+/// and Dockerfile line) and says where it failed.
 #[derive(Debug, Error)]
 pub enum SolveError {
-    #[error("{description}: {reason}")]
-    Step { description: String, reason: String },
+    /// The build was cancelled (its client went away); running steps were
+    /// killed.
+    #[error("cancelled")]
+    Cancelled,
+    /// A RUN step's process exited with a code other than 0.
     #[error("{description}: did not complete successfully: exit code {code}")]
     ExitCode {
         description: String,
         code: i32,
         log_tail: Vec<String>,
     },
+    /// A file op (COPY, ADD, WORKDIR, mkdir) failed.
+    #[error("{description}: {reason}")]
+    FileOp { description: String, reason: String },
+    /// A step on a remote worker failed there or on its way (not its
+    /// process: that is [`SolveError::ExitCode`]).
+    #[error("{description}: {reason}")]
+    Remote { description: String, reason: String },
+    /// Any other step failure: a source, a mount, a layer.
+    #[error("{description}: {reason}")]
+    Step { description: String, reason: String },
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
@@ -111,11 +121,44 @@ pub enum SolveError {
 
 pub type Result<T> = std::result::Result<T, SolveError>;
 
-/// A vertex as errors name it: its description and Dockerfile line.
-pub(crate) fn described(meta: &kiln_frontend::convert::VertexMeta) -> String {
-    match meta.location {
-        Some(l) => format!("{} (Dockerfile line {})", meta.description, l.start),
-        None => meta.description.clone(),
+impl SolveError {
+    /// What a failed step's progress line says: the cause alone; `None`
+    /// for an error that is not one step's.
+    fn step_reason(&self) -> Option<String> {
+        match self {
+            Self::Cancelled => Some("cancelled".into()),
+            Self::ExitCode { code, .. } => {
+                Some(format!("did not complete successfully: exit code {code}"))
+            }
+            Self::FileOp { reason, .. }
+            | Self::Remote { reason, .. }
+            | Self::Step { reason, .. } => Some(reason.clone()),
+            Self::Image(_) | Self::Content(_) | Self::Meta(_) | Self::Entitlement(_) => None,
+        }
+    }
+
+    /// The error, naming the step it happened in.
+    fn of_step(self, described: String) -> Self {
+        match self {
+            Self::ExitCode { code, log_tail, .. } => Self::ExitCode {
+                description: described,
+                code,
+                log_tail,
+            },
+            Self::FileOp { reason, .. } => Self::FileOp {
+                description: described,
+                reason,
+            },
+            Self::Remote { reason, .. } => Self::Remote {
+                description: described,
+                reason,
+            },
+            Self::Step { reason, .. } => Self::Step {
+                description: described,
+                reason,
+            },
+            other => other,
+        }
     }
 }
 
@@ -163,8 +206,9 @@ pub struct Solver<'a> {
     pub in_flight: std::sync::Arc<InFlight>,
     /// Context digests computed before, for contexts that did not change.
     pub context_digests: std::sync::Arc<ContextDigests>,
-    /// Attached workers RUN steps go to (`None`: all run here).
-    pub farm: Option<&'a crate::farm::Farm>,
+    /// Workers elsewhere RUN steps may go to (kilnd's farm; `None`: all
+    /// run here).
+    pub farm: Option<&'a dyn RemoteWorkers>,
 }
 
 impl Solver<'_> {
@@ -207,10 +251,7 @@ impl Solver<'_> {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Fs, String)>)>();
             loop {
                 if failure.is_none() && self.cancellation.is_cancelled() {
-                    failure = Some(SolveError::Step {
-                        description: "the build".into(),
-                        reason: "cancelled".into(),
-                    });
+                    failure = Some(SolveError::Cancelled);
                 }
                 if failure.is_none() {
                     for index in 0..graph.vertices.len() {
@@ -284,86 +325,27 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
     ) -> Result<(Fs, String)> {
-        let described = described(&vertex.meta);
-        let key = {
-            let mut h = Hasher::default();
-            h.update(vertex.digest.as_bytes());
-            for (_, key) in inputs {
-                h.update(key.as_bytes());
-            }
-            h.update(self.context_part(&vertex.op, inputs).as_bytes());
-            // Clamped mtimes make other layer bytes.
-            if let Some(epoch) = self.source_date_epoch {
-                h.update(format!("source-date-epoch={epoch}").as_bytes());
-            }
-            // `kiln build --network=none|host` changes what a default-network RUN is.
-            if matches!(&vertex.op.kind, Some(kiln_proto::ops::v1::op::Kind::Exec(e)) if e.network == kiln_proto::ops::v1::NetworkMode::Default as i32)
-            {
-                match self.network {
-                    kiln_worker::sandbox::spec::Network::None => h.update(b"network=none"),
-                    kiln_worker::sandbox::spec::Network::Host => h.update(b"network=host"),
-                    kiln_worker::sandbox::spec::Network::Private => {}
-                }
-            }
-            h.finish().to_string()
-        };
-        let result = self
-            .run_vertex(index, vertex, inputs, &key)
-            .map_err(|e| {
-                if !matches!(e, SolveError::ExitCode { .. } | SolveError::Step { .. }) {
-                    return e;
-                }
-                let error = match &e {
-                    SolveError::ExitCode { code, .. } => {
-                        format!("did not complete successfully: exit code {code}")
-                    }
-                    SolveError::Step { reason, .. } => reason.clone(),
-                    _ => e.to_string(),
-                };
+        let key = key::StepKey::new(
+            &vertex.digest,
+            &vertex.op,
+            inputs.iter().map(|(_, key)| key.as_str()).collect(),
+            self.context_part(&vertex.op, inputs),
+            self.source_date_epoch,
+            self.network,
+        )
+        .digest();
+        let result = self.run_vertex(index, vertex, inputs, &key).map_err(|e| {
+            if let Some(error) = e.step_reason() {
                 self.emit(Event::Failed {
                     vertex: index,
                     error,
                 });
-                e
-            })
-            .map_err(|e| match e {
-                SolveError::Step { reason, .. } => SolveError::Step {
-                    description: described.clone(),
-                    reason,
-                },
-                SolveError::ExitCode { code, log_tail, .. } => SolveError::ExitCode {
-                    description: described.clone(),
-                    code,
-                    log_tail,
-                },
-                other => other,
-            })?;
+            }
+            e.of_step(vertex.meta.described())
+        })?;
         // What depends on this step is keyed by what it made, not only by
-        // what it was asked: a step re-run (--no-cache, --no-cache-filter)
-        // that makes the same layer leaves the steps after it cached, and
-        // one that makes another layer re-runs them.
-        let key = match (&vertex.op.kind, &result) {
-            (
-                Some(
-                    kiln_proto::ops::v1::op::Kind::Exec(_) | kiln_proto::ops::v1::op::Kind::File(_),
-                ),
-                Fs::Layers(chain),
-            ) => {
-                let mut h = Hasher::default();
-                h.update(key.as_bytes());
-                if let Some(top) = chain.last() {
-                    h.update(top.diff_id.to_string().as_bytes());
-                }
-                h.finish().to_string()
-            }
-            (_, Fs::Fetched(fetched)) => {
-                let mut h = Hasher::default();
-                h.update(key.as_bytes());
-                h.update(fetched.digest.as_bytes());
-                h.finish().to_string()
-            }
-            _ => key,
-        };
+        // what it was asked.
+        let key = key::passed_on(key, &vertex.op, &result);
         Ok((result, key))
     }
 

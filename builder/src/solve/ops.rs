@@ -16,8 +16,10 @@ use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
 use kiln_worker::sandbox::Stream;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
 
-use super::{Event, Fs, Layer, Result, SolveError, Solver, fetch};
+use super::{Event, Fs, Result, SolveError, Solver, StepOutcome};
+use crate::fetch;
 use crate::image;
+use crate::image::Layer;
 
 /// Lines of a failed step's output kept for its error.
 const LOG_TAIL: usize = 20;
@@ -109,6 +111,14 @@ impl<'s, 'a> StepLog<'s, 'a> {
 /// A step's failure; `Solver::vertex` fills in which step (and line).
 pub(super) fn step_err(reason: impl std::fmt::Display) -> SolveError {
     SolveError::Step {
+        description: String::new(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A file op's failure; `Solver::vertex` fills in which step.
+fn file_err(reason: impl std::fmt::Display) -> SolveError {
+    SolveError::FileOp {
         description: String::new(),
         reason: reason.to_string(),
     }
@@ -336,8 +346,8 @@ impl Solver<'_> {
         let outcome = self.exec_somewhere(&mut request, exec, inputs, base, &mut log);
         log.finish();
         match outcome? {
-            Ok(layer) => Ok(layer),
-            Err(code) => Err(SolveError::ExitCode {
+            StepOutcome::Made(layer) => Ok(layer),
+            StepOutcome::Exit(code) => Err(SolveError::ExitCode {
                 description: vertex.meta.description.clone(),
                 code,
                 log_tail: log.tail.into(),
@@ -354,8 +364,8 @@ impl Solver<'_> {
         inputs: &[(Fs, String)],
         base: &[Layer],
         log: &mut StepLog<'_, '_>,
-    ) -> Result<std::result::Result<Layer, i32>> {
-        if let Some(outcome) = self.on_farm(request, exec, inputs, base, log)? {
+    ) -> Result<StepOutcome> {
+        if let Some(outcome) = self.on_remote(request, exec, inputs, base, log)? {
             return Ok(outcome);
         }
         request.rootfs = self.lowerdirs(base)?;
@@ -365,15 +375,8 @@ impl Solver<'_> {
 
     /// Runs a step on this machine's worker: its layer, or its exit code
     /// when that is not 0.
-    fn exec_here(
-        &self,
-        request: &ExecRequest,
-        log: &mut StepLog<'_, '_>,
-    ) -> Result<std::result::Result<Layer, i32>> {
-        let cancel = self
-            .cancellation
-            .step()
-            .ok_or_else(|| step_err("cancelled"))?;
+    fn exec_here(&self, request: &ExecRequest, log: &mut StepLog<'_, '_>) -> Result<StepOutcome> {
+        let cancel = self.cancellation.step().ok_or(SolveError::Cancelled)?;
         let outcome = self
             .worker
             .exec(
@@ -383,7 +386,7 @@ impl Solver<'_> {
             )
             .map_err(|e| {
                 if self.cancellation.is_cancelled() {
-                    step_err("cancelled")
+                    SolveError::Cancelled
                 } else {
                     step_err(e)
                 }
@@ -393,12 +396,12 @@ impl Solver<'_> {
         if outcome.exit_code != 0 {
             let code = outcome.exit_code;
             let _ = self.worker.discard(outcome);
-            return Ok(Err(code));
+            return Ok(StepOutcome::Exit(code));
         }
         let layer = self.store_layer(&outcome.layer)?;
         self.adopt(&layer, &outcome.layer);
         self.worker.discard(outcome).map_err(step_err)?;
-        Ok(Ok(layer))
+        Ok(StepOutcome::Made(layer))
     }
 
     pub(super) fn file(
@@ -493,7 +496,7 @@ impl Solver<'_> {
         let d = |name: &str| -> Result<PathBuf> {
             let p = step.path().join(name);
             std::fs::create_dir_all(&p)
-                .map_err(|e| step_err(format!("creating {}: {e}", p.display())))?;
+                .map_err(|e| file_err(format!("creating {}: {e}", p.display())))?;
             Ok(p)
         };
         let job = FileJob {
@@ -507,7 +510,7 @@ impl Solver<'_> {
             actions,
             state_dir: d("state")?,
         };
-        self.worker.sandbox().file(&job).map_err(step_err)?;
+        self.worker.sandbox().file(&job).map_err(file_err)?;
         Ok(step)
     }
 

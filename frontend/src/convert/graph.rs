@@ -32,6 +32,16 @@ pub struct VertexMeta {
     pub location: Option<Location>,
 }
 
+impl VertexMeta {
+    /// The vertex as errors name it: its description and Dockerfile line.
+    pub fn described(&self) -> String {
+        match self.location {
+            Some(l) => format!("{} (Dockerfile line {})", self.description, l.start),
+            None => self.description.clone(),
+        }
+    }
+}
+
 /// The digest of an op: SHA-256 of its protobuf encoding with the fields
 /// that do not affect the result cleared: proxy variables, and the
 /// addresses of `--add-host` names (as BuildKit's `ExecOp.CacheMap`: a

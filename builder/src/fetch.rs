@@ -1,6 +1,7 @@
-//! Remote sources of `ADD`: a URL downloaded, a Git repository checked
-//! out — each into a scratch directory under the store root that file ops
-//! then copy from, as they copy from the build context.
+//! Remote sources — of `ADD`, and a context named by URL: a URL
+//! downloaded, a Git repository checked out — each into a scratch directory
+//! under the store root that file ops then copy from, as they copy from the
+//! build context.
 //!
 //! A fetched source's cache key is what was fetched (the file's digest; the
 //! commit), not only the URL: a URL whose content changed makes the steps
