@@ -48,6 +48,9 @@ fn the_python_ci_client_builds_through_kilnd() {
             "ci:1",
             "--build-arg",
             "WHO=ci",
+            // A typed field: the pull policy.
+            "--pull",
+            "never",
         ])
         .arg(&s.context)
         .output()

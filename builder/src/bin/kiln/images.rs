@@ -165,7 +165,7 @@ impl Save {
             SaveFormat::Docker => "docker",
             SaveFormat::Oci => "oci",
         };
-        remote.save(self.names, format, &self.output)
+        Ok(remote.save(self.names, format, &self.output)?)
     }
 
     pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
@@ -242,7 +242,7 @@ impl Tag {
     }
 
     pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        remote.tag(self.source, self.target)
+        Ok(remote.tag(self.source, self.target)?)
     }
 }
 
@@ -259,7 +259,7 @@ impl Rmi {
     }
 
     pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        self.each(|name| remote.remove(name))
+        self.each(|name| Ok(remote.remove(name)?))
     }
 
     /// Removes each name with `remove` (the name untagged, the digests
