@@ -48,7 +48,9 @@ fn the_python_ci_client_builds_through_kilnd() {
             "ci:1",
             "--build-arg",
             "WHO=ci",
-            // A typed field: the pull policy.
+            // The typed fields: a label, a pull policy.
+            "--label",
+            "ci.kiln.example=typed",
             "--pull",
             "never",
         ])
@@ -71,6 +73,7 @@ fn the_python_ci_client_builds_through_kilnd() {
         inspect.contains(&id),
         "the ID it printed is the image's: {id}"
     );
+    assert!(inspect.contains("ci.kiln.example"), "{inspect}");
 
     // A failing build: exit 1 and kilnd's words.
     fs::write(

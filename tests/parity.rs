@@ -170,6 +170,45 @@ fn a_docker_output_has_the_same_mode_both_ways() {
     assert_eq!(modes[0], 0o666 & !umask());
 }
 
+/// `--label` (the option added to prove one pipeline): over the
+/// Dockerfile's LABEL of the same key, the same both ways.
+#[test]
+fn labels_override_the_dockerfile_the_same_both_ways() {
+    if !ready() {
+        return;
+    }
+    let dockerfile = "FROM base:busybox\nLABEL a=dockerfile b=kept\n";
+    let flags = ["-t", "labelled:1", "--label", "a=flag", "--label", "c="];
+    let embedded = Setup::new();
+    let out = build(&embedded, None, dockerfile, &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labels_embedded = labels(&embedded, None);
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    let out = build(&through, Some(&addr), dockerfile, &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        labels_embedded,
+        serde_json::json!({"a": "flag", "b": "kept", "c": ""})
+    );
+    assert_eq!(labels_embedded, labels(&through, Some(&addr)));
+    let out = build(&embedded, None, dockerfile, &["--label", "=v"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        lines_with(&out, "error: "),
+        ["error: --label =v: expected KEY=VALUE"]
+    );
+}
+
+fn labels(s: &Setup, addr: Option<&str>) -> serde_json::Value {
+    let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+    args.extend(["inspect", "labelled:1"]);
+    let (json, _) = s.ok(&args);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v[0]["Config"]["Labels"].clone()
+}
+
 /// This process's umask (what files it makes lack).
 fn umask() -> u32 {
     let status = fs::read_to_string("/proc/self/status").unwrap();

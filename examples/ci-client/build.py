@@ -6,7 +6,7 @@
 
 Generates the client from proto/kiln/control/v1/control.proto at start, sends
 the Dockerfile, the build settings in BuildSpec's typed fields (pull policy,
-registry caches, insecure registries, push) and the context (a tar
+labels, registry caches, insecure registries, push) and the context (a tar
 stream, without what .dockerignore's plain patterns exclude), prints kilnd's
 progress and notices as plain lines, and exits 0 with the image ID on
 stdout, or 1 with kilnd's error.
@@ -79,6 +79,7 @@ def requests(pb2, args):
         build_args=dict(a.split("=", 1) for a in args.build_arg),
         dockerignore=ignored(args.context),
         pull_policy=pull,
+        labels=dict((l.split("=", 1) + [""])[:2] for l in args.label),
         cache_imports=[pb2.CacheRef(ref=r) for r in args.cache_from],
         cache_exports=[pb2.CacheRef(ref=r) for r in args.cache_to],
         registry=pb2.RegistryOptions(insecure=args.insecure_registry),
@@ -97,6 +98,7 @@ def main():
     parser.add_argument("--build-arg", action="append", default=[])
     parser.add_argument("--file", "-f", default="Dockerfile")
     parser.add_argument("--pull", choices=["missing", "always", "never"], default="missing")
+    parser.add_argument("--label", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--cache-from", action="append", default=[], help="a registry cache ref")
     parser.add_argument("--cache-to", action="append", default=[], help="a registry cache ref")
     parser.add_argument("--insecure-registry", action="append", default=[], help="HOST[:PORT]")

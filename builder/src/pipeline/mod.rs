@@ -101,7 +101,7 @@ pub fn run(
 ) -> Result<Built> {
     import_caches(request, env, report);
     let solved = solve(request, env, report)?;
-    let built = build::write_image(env.store, solved, request.compression, &request.tags)?;
+    let built = write_image(request, env, solved)?;
     export_caches(request, env, &built, report)?;
     if env.write_files {
         for output in &request.files {
@@ -185,6 +185,26 @@ fn solve(
         &worker,
         &build_request(request, env),
         &mut progress,
+    )?)
+}
+
+/// The image: `--label`s over the Dockerfile's (BuildKit sets its
+/// `label:KEY` frontend attributes on the target's config last), then
+/// config, layers and manifest, tagged.
+fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<Built> {
+    if !request.labels.is_empty() {
+        let labels = solved
+            .image
+            .config
+            .labels
+            .get_or_insert_with(Default::default);
+        labels.extend(request.labels.clone());
+    }
+    Ok(build::write_image(
+        env.store,
+        solved,
+        request.compression,
+        &request.tags,
     )?)
 }
 

@@ -107,6 +107,8 @@ pub struct Request {
     pub target: Option<String>,
     /// Full names to tag: `-t` and `--output type=image,name=`, normalized.
     pub tags: Vec<String>,
+    /// `--label`: set on the image over the Dockerfile's `LABEL`s.
+    pub labels: BTreeMap<String, String>,
     /// `--no-cache`.
     pub no_cache: bool,
     /// `--no-cache-filter`: stages whose steps run again.
@@ -145,6 +147,26 @@ pub struct Request {
 /// `--pull`'s value (buildx's boolean forms too).
 pub fn parse_pull(text: &str) -> Result<PullPolicy> {
     PullPolicy::parse(text).ok_or_else(|| RequestError::Pull(text.to_owned()))
+}
+
+/// `--label KEY=VALUE`, or `KEY` for an empty value (as buildx).
+pub fn parse_label(spec: &str) -> Result<(String, String)> {
+    let (key, value) = spec.split_once('=').unwrap_or((spec, ""));
+    check_label_key(key, spec)?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A label key is not empty (the image config could hold one, but no
+/// tool reads it back).
+pub(super) fn check_label_key(key: &str, spec: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(RequestError::Invalid {
+            flag: "--label",
+            value: spec.to_owned(),
+            reason: "expected KEY=VALUE".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Names (`-t`, `name=`) normalized to full ones.
@@ -201,6 +223,19 @@ pub(super) fn check_push(push: bool, named: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_need_a_key() {
+        assert_eq!(
+            parse_label("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert_eq!(parse_label("a").unwrap(), ("a".to_owned(), String::new()));
+        assert_eq!(
+            parse_label("=x").unwrap_err().to_string(),
+            "--label =x: expected KEY=VALUE"
+        );
+    }
 
     #[test]
     fn a_bad_pull_names_the_flag() {

@@ -7,7 +7,8 @@ use kiln_proto::control::v1 as pb;
 use kiln_worker::sandbox::spec::Network;
 
 use super::request::{
-    CacheRef, Outputs, Request, RequestError, check_push, normalize_names, parse_pull,
+    CacheRef, Outputs, Request, RequestError, check_label_key, check_push, normalize_names,
+    parse_pull,
 };
 use crate::compress::{Kind, LayerCompression};
 use crate::entitlements::Entitlements;
@@ -52,6 +53,7 @@ impl From<&Request> for pb::BuildSpec {
             registry: Some(pb::RegistryOptions {
                 insecure: r.registry.insecure.clone(),
             }),
+            labels: r.labels.clone().into_iter().collect(),
             ..Self::default()
         }
     }
@@ -79,6 +81,9 @@ impl TryFrom<pb::BuildSpec> for Request {
                 .entry("SOURCE_DATE_EPOCH".to_owned())
                 .or_insert_with(|| epoch.to_string());
         }
+        for key in spec.labels.keys() {
+            check_label_key(key, key)?;
+        }
         Ok(Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
             cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
@@ -94,6 +99,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             build_args,
             target: (!spec.target.is_empty()).then_some(spec.target),
             tags,
+            labels: spec.labels.into_iter().collect(),
             no_cache: spec.no_cache,
             no_cache_filter: spec.no_cache_filter,
             sandbox,
@@ -245,6 +251,7 @@ mod tests {
         let request = Request {
             dockerfile: "FROM scratch\n".into(),
             tags: vec!["docker.io/library/a:1".into()],
+            labels: [("k".to_owned(), "v".to_owned())].into(),
             pull: PullPolicy::Never,
             network: Network::None,
             sandbox: SandboxOptions::from_flags(
@@ -268,6 +275,7 @@ mod tests {
         };
         let back = Request::try_from(pb::BuildSpec::from(&request)).unwrap();
         assert_eq!(back.tags, request.tags);
+        assert_eq!(back.labels, request.labels);
         assert_eq!(back.pull, request.pull);
         assert_eq!(back.network, request.network);
         assert_eq!(back.sandbox, request.sandbox);
@@ -306,5 +314,10 @@ mod tests {
             ..Default::default()
         };
         assert!(Request::try_from(hostile).is_err());
+        let no_key = pb::BuildSpec {
+            labels: [(String::new(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(Request::try_from(no_key).is_err());
     }
 }

@@ -9,7 +9,7 @@ use kiln_builder::client::ClientError;
 use kiln_builder::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_builder::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_builder::entitlements::{Entitlement, Entitlements};
-use kiln_builder::pipeline::request::{normalize_names, parse_pull};
+use kiln_builder::pipeline::request::{normalize_names, parse_label, parse_pull};
 use kiln_builder::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
 use kiln_builder::solve::SolveError;
 use kiln_cache::Store;
@@ -26,6 +26,10 @@ pub(crate) struct Build {
     /// Name the image (several allowed).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
+    /// Set an image label (`KEY=VALUE`, repeated), over the Dockerfile's
+    /// `LABEL` of the same key.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// Set a build argument (`KEY=VALUE`, or `KEY` to take it from the environment).
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
@@ -414,6 +418,11 @@ impl Build {
             build_args: self.build_args()?,
             target: self.target.clone(),
             tags,
+            labels: self
+                .labels
+                .iter()
+                .map(|l| parse_label(l))
+                .collect::<Result<_, _>>()?,
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             pull: parse_pull(&self.pull)?,
