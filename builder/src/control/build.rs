@@ -1,5 +1,7 @@
-//! Builds through kilnd: the spec and the context (whole, or a session's
-//! changes) in, events and the result out; context sessions.
+//! Builds through kilnd: the transport around [`pipeline::run`]. The spec
+//! (decoded into the same typed request the CLI makes, with its checks)
+//! and the context (whole, or a session's changes) in; the pipeline's
+//! events and notices and the result out; context sessions.
 
 use std::path::PathBuf;
 use std::sync::Arc;
