@@ -48,6 +48,11 @@ fn the_python_ci_client_builds_through_kilnd() {
             "ci:1",
             "--build-arg",
             "WHO=ci",
+            // The typed fields: a label, a pull policy.
+            "--label",
+            "ci.kiln.example=typed",
+            "--pull",
+            "never",
         ])
         .arg(&s.context)
         .output()
@@ -68,6 +73,7 @@ fn the_python_ci_client_builds_through_kilnd() {
         inspect.contains(&id),
         "the ID it printed is the image's: {id}"
     );
+    assert!(inspect.contains("ci.kiln.example"), "{inspect}");
 
     // A failing build: exit 1 and kilnd's words.
     fs::write(

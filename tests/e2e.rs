@@ -33,6 +33,7 @@ mod kilnd;
 mod kilnd_tls;
 mod mounts_rw;
 mod noise;
+mod parity;
 mod proxy_args;
 mod registry;
 mod registry_token;

@@ -53,8 +53,6 @@ pub struct BuildRequest {
     pub dockerignore: Vec<String>,
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
-    /// Full names to tag.
-    pub tags: Vec<String>,
     pub no_cache: bool,
     /// `--no-cache-filter`: stage names whose steps run again.
     pub no_cache_filter: Vec<String>,
@@ -325,13 +323,29 @@ pub fn check(store: Option<&Store>, req: &BuildRequest) -> Result<CheckResult, B
     })
 }
 
-/// Builds `req` and tags the result.
-pub fn build(
+/// What the solver made of the target stage, before its image is
+/// written: the pipeline may change the config (`--label`) in between.
+#[derive(Debug, Clone)]
+pub struct Solved {
+    /// The target's layers, base image's first.
+    pub layers: Vec<crate::image::Layer>,
+    /// The target stage's image: config, history, platform, base.
+    pub image: convert::StageImage,
+    /// `SOURCE_DATE_EPOCH`, resolved: the image's created time.
+    pub source_date_epoch: Option<u64>,
+    /// Every step's cache key and layer, for `--cache-to`.
+    pub steps: Vec<(String, crate::image::Layer)>,
+    /// The build's own cache mounts (see [`Built::cache_mounts`]).
+    pub cache_mounts: BTreeSet<String>,
+}
+
+/// Converts, checks and solves `req`: the target's layers and image.
+pub fn solve(
     store: &Store,
     worker: &Worker,
     req: &BuildRequest,
     progress: &mut (dyn FnMut(Event) + Send),
-) -> Result<Built, BuildError> {
+) -> Result<Solved, BuildError> {
     let graph = checked_graph(store, req, progress)?;
     let target = graph.target_stage().clone();
     let cache_mounts = cache_mount_ids(&graph);
@@ -374,9 +388,36 @@ pub fn build(
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")
     };
+    Ok(Solved {
+        layers,
+        image: target.image,
+        source_date_epoch: graph.source_date_epoch,
+        steps: solver
+            .steps
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        cache_mounts,
+    })
+}
 
-    let created = rfc3339(graph.source_date_epoch.unwrap_or_else(image::now));
-    let mut history = match &target.image.base {
+/// Writes `solved`'s image: its config (history after the base image's),
+/// its layers compressed as `compression` says, the manifest, tagged with
+/// every name of `tags`.
+pub fn write_image(
+    store: &Store,
+    solved: Solved,
+    compression: LayerCompression,
+    tags: &[String],
+) -> Result<Built, BuildError> {
+    let Solved {
+        layers,
+        image: target,
+        source_date_epoch,
+        steps,
+        cache_mounts,
+    } = solved;
+    let created = rfc3339(source_date_epoch.unwrap_or_else(image::now));
+    let mut history = match &target.base {
         Some(base) => {
             image::resolve(store, base.split('@').next().unwrap_or(base))?
                 .1
@@ -385,21 +426,21 @@ pub fn build(
         }
         None => Vec::new(),
     };
-    history.extend(target.image.history.iter().map(|h| HistoryEntry {
+    history.extend(target.history.iter().map(|h| HistoryEntry {
         created: Some(created.clone()),
         created_by: Some(h.created_by.clone()),
         author: None,
         comment: Some("kiln.dockerfile.v0".to_owned()),
         empty_layer: h.empty_layer,
     }));
-    let platform = &target.image.platform;
+    let platform = &target.platform;
     let config = ImageConfiguration {
         created: Some(created),
-        author: target.image.author.clone(),
+        author: target.author.clone(),
         architecture: platform.architecture.clone(),
         os: platform.os.clone(),
         variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
-        config: target.image.config.clone(),
+        config: target.config.clone(),
         rootfs: RootFs {
             kind: "layers".into(),
             diff_ids: layers.iter().map(|l| l.diff_id.to_string()).collect(),
@@ -411,7 +452,7 @@ pub fn build(
     let config_digest = store.content.write_bytes(&config_bytes)?;
     let mut manifest_layers = Vec::with_capacity(layers.len());
     for layer in &layers {
-        let l = converted(store, layer, req.compression)?;
+        let l = converted(store, layer, compression)?;
         manifest_layers.push((l.blob, l.media_type, l.size));
     }
     let (manifest, _) = image::write_manifest(
@@ -419,17 +460,14 @@ pub fn build(
         (&config_digest, config_bytes.len() as u64),
         &manifest_layers,
     )?;
-    for tag in &req.tags {
+    for tag in tags {
         image::tag(store, tag, &manifest, OCI_MANIFEST)?;
     }
     store.meta.flush()?;
     Ok(Built {
         manifest,
         config: config_digest,
-        steps: solver
-            .steps
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        steps,
         cache_mounts,
     })
 }

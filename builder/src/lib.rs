@@ -5,7 +5,8 @@
 //! ([`build`], [`compress`]), the image model ([`image`]), archives
 //! ([`archive`]), outputs ([`output`]), the image commands ([`images`]) and
 //! the registry client ([`registry`]), kilnd's control service
-//! ([`control`]), the build farm ([`farm`]: kilnd's side and the
+//! ([`control`]) and its client library ([`client`]), one build from a
+//! typed request to an image ([`pipeline`]), the build farm ([`farm`]: kilnd's side and the
 //! worker's) and who may run privileged or host-network steps
 //! ([`entitlements`]), with the `kiln`, `kilnd` and `kiln-worker` binaries on top.
 //!
@@ -14,6 +15,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod client;
 pub mod compress;
 pub mod context;
 pub mod control;
@@ -23,6 +25,7 @@ pub mod fetch;
 pub mod image;
 pub mod images;
 pub mod output;
+pub mod pipeline;
 pub mod registry;
 pub mod solve;
 

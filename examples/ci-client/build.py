@@ -5,9 +5,11 @@
     python3 build.py --addr unix:///run/kiln/kilnd.sock --tag app:ci CONTEXT
 
 Generates the client from proto/kiln/control/v1/control.proto at start, sends
-the Dockerfile and the context (a tar stream, without what .dockerignore's
-plain patterns exclude), prints kilnd's progress as plain lines, and exits 0
-with the image ID on stdout, or 1 with kilnd's error.
+the Dockerfile, the build settings in BuildSpec's typed fields (pull policy,
+labels, registry caches, insecure registries, push) and the context (a tar
+stream, without what .dockerignore's plain patterns exclude), prints kilnd's
+progress and notices as plain lines, and exits 0 with the image ID on
+stdout, or 1 with kilnd's error.
 """
 
 import argparse
@@ -70,9 +72,18 @@ def context_tar(context):
 def requests(pb2, args):
     with open(os.path.join(args.context, args.file)) as f:
         dockerfile = f.read()
-    spec = pb2.BuildSpec(dockerfile=dockerfile, tags=args.tag,
-                         build_args=dict(a.split("=", 1) for a in args.build_arg),
-                         dockerignore=ignored(args.context))
+    pull = {"missing": pb2.PULL_POLICY_MISSING, "always": pb2.PULL_POLICY_ALWAYS,
+            "never": pb2.PULL_POLICY_NEVER}[args.pull]
+    spec = pb2.BuildSpec(
+        dockerfile=dockerfile, tags=args.tag,
+        build_args=dict(a.split("=", 1) for a in args.build_arg),
+        dockerignore=ignored(args.context),
+        pull_policy=pull,
+        labels=dict((l.split("=", 1) + [""])[:2] for l in args.label),
+        cache_imports=[pb2.CacheRef(ref=r) for r in args.cache_from],
+        cache_exports=[pb2.CacheRef(ref=r) for r in args.cache_to],
+        registry=pb2.RegistryOptions(insecure=args.insecure_registry),
+        image_output=pb2.ImageOutput(push=args.push))
     yield pb2.BuildInput(spec=spec)
     data = context_tar(args.context)
     for start in range(0, max(len(data), 1), CHUNK):
@@ -86,6 +97,12 @@ def main():
     parser.add_argument("--tag", "-t", action="append", default=[])
     parser.add_argument("--build-arg", action="append", default=[])
     parser.add_argument("--file", "-f", default="Dockerfile")
+    parser.add_argument("--pull", choices=["missing", "always", "never"], default="missing")
+    parser.add_argument("--label", action="append", default=[], help="KEY=VALUE")
+    parser.add_argument("--cache-from", action="append", default=[], help="a registry cache ref")
+    parser.add_argument("--cache-to", action="append", default=[], help="a registry cache ref")
+    parser.add_argument("--insecure-registry", action="append", default=[], help="HOST[:PORT]")
+    parser.add_argument("--push", action="store_true", help="push every tag after the build")
     parser.add_argument("context")
     args = parser.parse_args()
 
@@ -104,6 +121,13 @@ def main():
                     for tag in out.result.tags:
                         print(f"naming to {tag} done", file=sys.stderr)
                     return 0
+                if out.HasField("notice"):
+                    n = out.notice
+                    prefix = "warning: " if n.level == pb2.Notice.LEVEL_WARNING else ""
+                    print(f"{prefix}{n.text}", file=sys.stderr)
+                    continue
+                if not out.HasField("event"):
+                    continue
                 e = out.event
                 if e.kind == kinds.KIND_STARTED:
                     print(f"#{e.vertex} {e.text}", file=sys.stderr)

@@ -4,7 +4,7 @@
 //! context archive (plain or compressed tar) or, as plain text, a lone
 //! Dockerfile with an empty context.
 //!
-//! Fetched with the same code as `ADD` (`solve::fetch`: Git's transports
+//! Fetched with the same code as `ADD` (`crate::fetch`: Git's transports
 //! restricted, the host's configuration kept out) into a scratch directory
 //! that the build then reads as it reads a local context. What a remote
 //! context holds is not the user's: its Dockerfile and `.dockerignore` are

@@ -1,27 +1,23 @@
-//! Builds through kilnd: the spec and the context (whole, or a session's
-//! changes) in, events and the result out; context sessions.
+//! Builds through kilnd: the transport around [`pipeline::run`]. The spec
+//! (decoded into the same typed request the CLI makes, with its checks)
+//! and the context (whole, or a session's changes) in; the pipeline's
+//! events and notices and the result out; context sessions.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::Store;
-use kiln_frontend::sandbox::SandboxOptions;
 use kiln_proto::control::v1::{self as pb, BuildInput, BuildOutput, build_input, build_output};
-use kiln_worker::exec::Worker;
-use kiln_worker::sandbox::Sandbox;
-use kiln_worker::sandbox::spec::Network;
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::agent_tunnel::{ForwardedAgents, Tunnels};
-use super::wire::event_message;
+use super::wire::{event_message, notice_message};
 use super::{ControlError, ControlService};
-use crate::build::{BuildRequest, LayerCompression, build};
 use crate::entitlements::Entitlements;
-use crate::registry::{self, PullPolicy};
-use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
+use crate::pipeline::{self, Env, Report, Request as BuildRequest, Shared};
+use crate::solve::{Cancellation, ContextDigests};
 
 type BuildMessage = Result<BuildOutput, Status>;
 type BuildSender = tokio::sync::mpsc::Sender<BuildMessage>;
@@ -68,82 +64,30 @@ fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> 
         .map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
 }
 
-/// What builds share in kilnd.
-struct ControlShared {
-    in_flight: Arc<InFlight>,
-    context_digests: Arc<ContextDigests>,
-    farm: Arc<crate::farm::Farm>,
-}
-
-/// The entitlements the spec asks for, if `allowed` (kilnd's
-/// `--allow-insecure-entitlement`) has them all: BuildKit's check, before
-/// the build's context is even read. `--network=host` is not taken as an
-/// ask here: a client that wants it asks for `network.host` (the `kiln`
-/// CLI does), else the solver refuses its steps.
-fn granted(allowed: &Entitlements, spec: &pb::BuildSpec) -> Result<Entitlements, ControlError> {
-    if spec.network_none && spec.network_host {
-        return Err(ControlError::Invalid(
-            "network_none and network_host: one build network".into(),
-        ));
-    }
-    let asked = Entitlements::from_flag("BuildSpec.entitlements", &spec.entitlements)?;
-    Ok(allowed.grant(&asked)?)
-}
-
-/// What the spec asks, as the solver's request (with what it was granted).
-fn request_of(
+/// The build a client asks for, checked as the CLI checks its flags, with
+/// the entitlements `allowed` (kilnd's `--allow-insecure-entitlement`)
+/// grants: BuildKit's check, before the build's context is even read.
+/// `--network=host` is not taken as an ask here: a client that wants it
+/// asks for `network.host` (the `kiln` CLI does), else the solver refuses
+/// its steps.
+fn checked_request(
+    allowed: &Entitlements,
     spec: pb::BuildSpec,
-    entitlements: Entitlements,
-    context: PathBuf,
-    cancellation: Arc<Cancellation>,
-    shared: &ControlShared,
 ) -> Result<BuildRequest, ControlError> {
-    let invalid = ControlError::Invalid;
-    let tags = spec
-        .tags
-        .iter()
-        .map(|t| crate::image::normalize(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let compression = LayerCompression::from_outputs(&spec.outputs).map_err(invalid)?;
-    let pull = if spec.pull.is_empty() {
-        PullPolicy::default()
-    } else {
-        PullPolicy::parse(&spec.pull).ok_or_else(|| invalid(format!("--pull {}", spec.pull)))?
+    let mut request = BuildRequest::try_from(spec)?;
+    request.entitlements = allowed.grant(&request.entitlements)?;
+    Ok(request)
+}
+
+/// A pipeline's report as a message of the Build call.
+fn report_message(report: Report) -> BuildOutput {
+    let output = match report {
+        Report::Step(event) => build_output::Output::Event(event_message(event)),
+        Report::Notice(notice) => build_output::Output::Notice(notice_message(notice)),
     };
-    // Checked as the CLI checks its flags (the messages name them).
-    let sandbox = SandboxOptions::from_flags(&spec.add_hosts, &spec.ulimits, Some(&spec.shm_size))
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut build_args = spec.build_args.into_iter().collect::<BTreeMap<_, _>>();
-    if let Some(epoch) = spec.source_date_epoch {
-        build_args
-            .entry("SOURCE_DATE_EPOCH".to_owned())
-            .or_insert_with(|| epoch.to_string());
+    BuildOutput {
+        output: Some(output),
     }
-    Ok(BuildRequest {
-        dockerfile: spec.dockerfile,
-        context,
-        dockerignore: spec.dockerignore,
-        build_args,
-        target: (!spec.target.is_empty()).then_some(spec.target),
-        tags,
-        no_cache: spec.no_cache,
-        no_cache_filter: spec.no_cache_filter,
-        context_time: spec.context_time,
-        network: match (spec.network_none, spec.network_host) {
-            (true, _) => Network::None,
-            (false, true) => Network::Host,
-            (false, false) => Network::Private,
-        },
-        sandbox,
-        entitlements,
-        compression,
-        pull,
-        registry: registry::Options::default(),
-        cancellation,
-        in_flight: Arc::clone(&shared.in_flight),
-        context_digests: Arc::clone(&shared.context_digests),
-        farm: Some(shared.farm.clone()),
-    })
 }
 
 /// A message carrying kilnd's side of an SSH agent tunnel.
@@ -178,24 +122,169 @@ fn forward_agents(
     Ok(Some(agents))
 }
 
+/// The first message of a Build call: its spec.
+async fn first_spec(input: &mut Streaming<BuildInput>) -> Result<pb::BuildSpec, Status> {
+    match input.message().await? {
+        Some(BuildInput {
+            input: Some(build_input::Input::Spec(spec)),
+        }) => Ok(spec),
+        _ => Err(ControlError::Invalid("the first message of a build is its spec".into()).into()),
+    }
+}
+
+/// The context's tar, received into `tar_path` until its last chunk; its
+/// size in bytes.
+async fn receive_tar(
+    input: &mut Streaming<BuildInput>,
+    tar_path: &std::path::Path,
+) -> Result<u64, Status> {
+    let failed = |e: std::io::Error| ControlError::Context(e.to_string());
+    let mut bytes = 0u64;
+    let mut tar = tokio::fs::File::create(tar_path).await.map_err(failed)?;
+    loop {
+        match input.message().await? {
+            Some(BuildInput {
+                input: Some(build_input::Input::Context(chunk)),
+            }) => {
+                bytes += chunk.data.len() as u64;
+                tar.write_all(&chunk.data).await.map_err(failed)?;
+                if chunk.eof {
+                    break;
+                }
+            }
+            None => break,
+            Some(_) => {
+                return Err(ControlError::Invalid(
+                    "after the spec, a build sends only context chunks".into(),
+                )
+                .into());
+            }
+        }
+    }
+    tar.flush().await.map_err(failed)?;
+    Ok(bytes)
+}
+
+/// A build's context as received: the tar, and the session it changes.
+struct Received {
+    tar_path: PathBuf,
+    bytes: u64,
+    /// The session's tree and its lock; `None`: a fresh directory.
+    session: Option<(PathBuf, Arc<std::sync::Mutex<()>>)>,
+    /// The session's paths to remove first.
+    removed: Vec<String>,
+    scratch: tempfile::TempDir,
+}
+
+impl Received {
+    /// Writes the context into its directory: a session's tree is changed
+    /// in place (what was removed or changed goes first, then the new
+    /// entries); else a fresh directory of the scratch one. Holds the
+    /// session's lock while the build runs.
+    fn unpack(
+        &self,
+        digests: &ContextDigests,
+    ) -> Result<(PathBuf, Option<std::sync::MutexGuard<'_, ()>>), ControlError> {
+        let failed = |e: std::io::Error| ControlError::Context(e.to_string());
+        let (context, guard) = match &self.session {
+            Some((dir, lock)) => {
+                let guard = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                for rel in &self.removed {
+                    remove_inside(dir, rel)?;
+                }
+                // An empty tar is its two zero blocks: nothing new.
+                if !self.removed.is_empty() || self.bytes > 1024 {
+                    digests.forget(dir);
+                }
+                (dir.clone(), Some(guard))
+            }
+            None => {
+                let dir = self.scratch.path().join("context");
+                std::fs::create_dir(&dir).map_err(failed)?;
+                (dir, None)
+            }
+        };
+        let file = std::fs::File::open(&self.tar_path).map_err(failed)?;
+        // The client's tar, written beneath the context directory as
+        // layers are (a tree: `.wh.` files are files).
+        kiln_worker::layer::unpack_with(
+            std::io::BufReader::new(file),
+            &context,
+            kiln_worker::layer::Whiteouts::Plain,
+        )
+        .map_err(|e| ControlError::Context(e.to_string()))?;
+        Ok((context, guard))
+    }
+}
+
+/// One build on a blocking thread: its context unpacked, the pipeline run.
+fn run_build(
+    request: &BuildRequest,
+    received: &Received,
+    store: &Store,
+    shared: Shared,
+    cancellation: Arc<Cancellation>,
+    tx: &BuildSender,
+) -> Result<pb::BuildResult, ControlError> {
+    let (context, _session_lock) = received.unpack(&shared.context_digests)?;
+    let digests = Arc::clone(&shared.context_digests);
+    let env = Env {
+        store,
+        context: context.clone(),
+        shared,
+        cancellation,
+        // The client's: it fetches them with Export.
+        write_files: false,
+    };
+    let progress_tx = tx.clone();
+    let mut report = move |report: Report| {
+        let _ = progress_tx.blocking_send(Ok(report_message(report)));
+    };
+    let built = pipeline::run(request, &env, &mut report);
+    if received.session.is_none() {
+        // The scratch context goes with this build.
+        digests.forget(&context);
+    }
+    let built = built?;
+    Ok(pb::BuildResult {
+        manifest: built.manifest.to_string(),
+        config: built.config.to_string(),
+        tags: request.tags.clone(),
+        context_bytes: received.bytes,
+    })
+}
+
+/// A client that goes away (Ctrl-C, a dropped connection) cancels its
+/// build: running steps are killed, no new one starts. Send on the
+/// returned sender when the build is over.
+fn cancel_when_gone(tx: &BuildSender) -> (Arc<Cancellation>, tokio::sync::oneshot::Sender<()>) {
+    let cancellation = Arc::new(Cancellation::default());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (watch, cancelling) = (tx.clone(), Arc::clone(&cancellation));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = watch.closed() => {
+                tracing::info!("the client went away: cancelling its build");
+                cancelling.cancel();
+            }
+            _ = done_rx => {}
+        }
+    });
+    (cancellation, done_tx)
+}
+
 impl ControlService {
     pub(super) async fn build_call(
         &self,
         request: Request<Streaming<BuildInput>>,
     ) -> Result<Response<BuildStream>, Status> {
         let mut input = request.into_inner();
-        let spec = match input.message().await? {
-            Some(BuildInput {
-                input: Some(build_input::Input::Spec(spec)),
-            }) => spec,
-            _ => {
-                return Err(ControlError::Invalid(
-                    "the first message of a build is its spec".into(),
-                )
-                .into());
-            }
-        };
-        let entitlements = granted(&self.insecure_entitlements, &spec)?;
+        let spec = first_spec(&mut input).await?;
+        let (session_id, removed) = (spec.session.clone(), spec.removed.clone());
+        let mut request = checked_request(&self.insecure_entitlements, spec)?;
         // The context: received into a scratch directory of the store
         // (removed with it), unpacked with the layer unpacker, which
         // refuses paths that leave it.
@@ -204,177 +293,44 @@ impl ControlService {
             .tempdir_in(self.store.root().join("tmp"))
             .map_err(|e| ControlError::Context(e.to_string()))?;
         let tar_path = scratch.path().join("context.tar");
-        let mut context_bytes = 0u64;
-        let mut tar = tokio::fs::File::create(&tar_path)
-            .await
-            .map_err(|e| ControlError::Context(e.to_string()))?;
-        loop {
-            match input.message().await? {
-                Some(BuildInput {
-                    input: Some(build_input::Input::Context(chunk)),
-                }) => {
-                    context_bytes += chunk.data.len() as u64;
-                    tar.write_all(&chunk.data)
-                        .await
-                        .map_err(|e| ControlError::Context(e.to_string()))?;
-                    if chunk.eof {
-                        break;
-                    }
-                }
-                None => break,
-                Some(_) => {
-                    return Err(ControlError::Invalid(
-                        "after the spec, a build sends only context chunks".into(),
-                    )
-                    .into());
-                }
-            }
-        }
-        tar.flush()
-            .await
-            .map_err(|e| ControlError::Context(e.to_string()))?;
-        drop(tar);
-        if !spec.session.is_empty() && !self.known_session(&spec.session) {
+        let bytes = receive_tar(&mut input, &tar_path).await?;
+        if !session_id.is_empty() && !self.known_session(&session_id) {
             return Err(ControlError::Invalid(format!(
-                "context session {:?}: kilnd did not issue it (ask ContextState for one)",
-                spec.session
+                "context session {session_id:?}: kilnd did not issue it (ask ContextState for one)"
             ))
             .into());
         }
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let agents = forward_agents(&spec.ssh, scratch.path(), input, &tx)?;
-        let secrets = spec.secrets.clone();
-        let (cache_from, cache_to) = (spec.cache_from.clone(), spec.cache_to.clone());
-        let session = (!spec.session.is_empty()).then(|| {
-            let mut sessions = self
-                .sessions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (
-                session_dir(&self.store, &spec.session),
-                Arc::clone(sessions.entry(spec.session.clone()).or_default()),
-            )
-        });
+        let ids: Vec<String> = request.ssh.keys().cloned().collect();
+        let agents = forward_agents(&ids, scratch.path(), input, &tx)?;
+        // kilnd's relays stand for the client's agents.
+        for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
+            request.ssh.insert(id.clone(), socket.clone());
+        }
+        let session = (!session_id.is_empty()).then(|| self.session(&session_id));
+        let received = Received {
+            tar_path,
+            bytes,
+            session,
+            removed,
+            scratch,
+        };
         let store = Arc::clone(&self.store);
-        let shared = ControlShared {
+        let shared = Shared {
             in_flight: Arc::clone(&self.in_flight),
             context_digests: Arc::clone(&self.context_digests),
-            farm: Arc::clone(&self.farm),
+            farm: Some(self.farm.clone()),
         };
-        // A client that goes away (Ctrl-C, a dropped connection) cancels
-        // its build: running steps are killed, no new one starts.
-        let cancellation = Arc::new(Cancellation::default());
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        {
-            let (watch, cancellation) = (tx.clone(), Arc::clone(&cancellation));
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = watch.closed() => {
-                        tracing::info!("the client went away: cancelling its build");
-                        cancellation.cancel();
-                    }
-                    _ = done_rx => {}
-                }
-            });
-        }
+        let (cancellation, done_tx) = cancel_when_gone(&tx);
         // Waits while a prune runs; holds prunes off until the build ends.
         let building = self.collector.using().await;
         let collector = Arc::clone(&self.collector);
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             // A panic in this build is this client's error; kilnd goes on.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                || -> Result<pb::BuildResult, ControlError> {
-                    // A session's tree is changed in place (what was removed or
-                    // changed goes first, then the new entries); else a fresh
-                    // directory for this build.
-                    let _session_lock;
-                    let context = match &session {
-                        Some((dir, lock)) => {
-                            _session_lock = lock
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            std::fs::create_dir_all(dir)
-                                .map_err(|e| ControlError::Context(e.to_string()))?;
-                            for rel in &spec.removed {
-                                remove_inside(dir, rel)?;
-                            }
-                            // An empty tar is its two zero blocks: nothing new.
-                            if !spec.removed.is_empty() || context_bytes > 1024 {
-                                shared.context_digests.forget(dir);
-                            }
-                            dir.clone()
-                        }
-                        None => {
-                            let dir = scratch.path().join("context");
-                            std::fs::create_dir(&dir)
-                                .map_err(|e| ControlError::Context(e.to_string()))?;
-                            dir
-                        }
-                    };
-                    let file = std::fs::File::open(&tar_path)
-                        .map_err(|e| ControlError::Context(e.to_string()))?;
-                    // The client's tar, written beneath the context directory as
-                    // layers are (a tree: `.wh.` files are files).
-                    kiln_worker::layer::unpack_with(
-                        std::io::BufReader::new(file),
-                        &context,
-                        kiln_worker::layer::Whiteouts::Plain,
-                    )
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
-                    let request = request_of(spec, entitlements, context, cancellation, &shared)?;
-                    let mut worker = Worker::new(store.root(), Sandbox::beside_current_exe());
-                    for (id, value) in secrets {
-                        worker = worker.with_secret(&id, value);
-                    }
-                    for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
-                        worker = worker.with_ssh_agent(id, socket.clone());
-                    }
-                    let progress_tx = tx.clone();
-                    let mut progress = move |event: Event| {
-                        let message = BuildOutput {
-                            output: Some(build_output::Output::Event(event_message(event))),
-                        };
-                        let _ = progress_tx.blocking_send(Ok(message));
-                    };
-                    let registry_options = request.registry.clone();
-                    for spec in &cache_from {
-                        let (reference, _) =
-                            crate::registry::cache::parse_spec("--cache-from", spec)
-                                .map_err(ControlError::Invalid)?;
-                        // As BuildKit: a cache that cannot be imported is a warning.
-                        if let Err(e) =
-                            crate::registry::cache::import(&store, &reference, &registry_options)
-                        {
-                            tracing::warn!("importing cache from {reference}: {e}");
-                        }
-                    }
-                    let built = build(&store, &worker, &request, &mut progress);
-                    if session.is_none() {
-                        // The scratch context goes with this build.
-                        shared.context_digests.forget(&request.context);
-                    }
-                    let built = built?;
-                    for spec in &cache_to {
-                        let (reference, mounts) =
-                            crate::registry::cache::parse_spec("--cache-to", spec)
-                                .map_err(ControlError::Invalid)?;
-                        crate::registry::cache::export(
-                            &store,
-                            &reference,
-                            &built.steps,
-                            mounts.then_some(&built.cache_mounts),
-                            &registry_options,
-                        )?;
-                    }
-                    Ok(pb::BuildResult {
-                        manifest: built.manifest.to_string(),
-                        config: built.config.to_string(),
-                        tags: request.tags,
-                        context_bytes,
-                    })
-                },
-            ))
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_build(&request, &received, &store, shared, cancellation, &tx)
+            }))
             .unwrap_or_else(|panic| Err(ControlError::Panic(super::panic_message(&*panic))));
             let last = result
                 .map(|r| BuildOutput {
@@ -384,11 +340,23 @@ impl ControlService {
             let _ = tx.blocking_send(last);
             let _ = done_tx.send(());
             drop(agents);
-            drop(scratch);
+            drop(received);
             drop(building);
             collector.after_build(store, &runtime);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// A session's tree and the lock builds of it take.
+    fn session(&self, id: &str) -> (PathBuf, Arc<std::sync::Mutex<()>>) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            session_dir(&self.store, id),
+            Arc::clone(sessions.entry(id.to_owned()).or_default()),
+        )
     }
 
     pub(super) async fn context_state_call(

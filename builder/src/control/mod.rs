@@ -33,6 +33,7 @@ use crate::build::BuildError;
 use crate::entitlements::{EntitlementError, Entitlements};
 use crate::image::ImageError;
 use crate::images;
+use crate::pipeline::{PipelineError, RequestError};
 use crate::registry;
 use crate::solve::{ContextDigests, InFlight, SolveError};
 
@@ -42,7 +43,7 @@ pub use client::{ConnectError, channel, client_tls};
 pub use gc::Collector;
 pub use transfer::ChunkWriter;
 use transfer::SaveStream;
-pub use wire::event_from_message;
+pub use wire::{event_from_message, notice_from_message};
 
 /// Errors of the control service; [`Status`] is made from them in one place.
 #[derive(Debug, Error)]
@@ -51,6 +52,9 @@ pub enum ControlError {
     Invalid(String),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A build request that fails the CLI's checks.
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("receiving the build context: {0}")]
@@ -66,6 +70,18 @@ pub enum ControlError {
     /// A bug met by one request: reported to its client, kilnd goes on.
     #[error("internal error (a bug in kilnd; other requests are unaffected): {0}")]
     Panic(String),
+}
+
+impl From<PipelineError> for ControlError {
+    /// Each kind keeps the status it had when kilnd ran its steps itself.
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Request(e) => Self::Request(e),
+            PipelineError::Build(e) => Self::Build(e),
+            PipelineError::Output(e) => Self::Image(e),
+            PipelineError::Registry(e) => Self::Registry(e),
+        }
+    }
 }
 
 /// What a caught panic said.
@@ -90,6 +106,11 @@ impl From<ControlError> for Status {
         };
         match e {
             ControlError::Invalid(_) | ControlError::Context(_) => Status::invalid_argument(text),
+            ControlError::Request(RequestError::Entitlement(EntitlementError::Unknown {
+                ..
+            })) => Status::invalid_argument(text),
+            ControlError::Request(RequestError::Entitlement(_)) => Status::permission_denied(text),
+            ControlError::Request(_) => Status::invalid_argument(text),
             ControlError::Unauthenticated(_) => Status::unauthenticated(text),
             ControlError::Entitlement(EntitlementError::Unknown { .. }) => {
                 Status::invalid_argument(text)
@@ -101,6 +122,10 @@ impl From<ControlError> for Status {
             ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
             ControlError::Build(BuildError::Frontend(_) | BuildError::Check(_)) => {
                 Status::invalid_argument(text)
+            }
+            // Its client went away: what gRPC calls a cancelled call.
+            ControlError::Build(BuildError::Solve(SolveError::Cancelled)) => {
+                Status::cancelled(text)
             }
             ControlError::Build(BuildError::Solve(_)) => Status::aborted(text),
             _ => Status::internal(text),

@@ -5,6 +5,7 @@ use kiln_frontend::parser::Location;
 use kiln_proto::control::v1 as pb;
 
 use crate::images;
+use crate::pipeline::{Level, Notice};
 use crate::solve::Event;
 
 // The image commands' data on the wire and back: one mapping each way.
@@ -158,5 +159,30 @@ fn violation_from_message(m: &pb::CheckWarning) -> Violation {
             start: m.start_line as usize,
             end: m.end_line as usize,
         },
+    }
+}
+
+/// The pipeline's notice on the wire.
+pub(super) fn notice_message(n: Notice) -> pb::Notice {
+    let level = match n.level {
+        Level::Info => pb::notice::Level::Info,
+        Level::Warning => pb::notice::Level::Warning,
+    };
+    pb::Notice {
+        level: level as i32,
+        text: n.text,
+    }
+}
+
+/// The wire notice back as the pipeline's; an unknown level is a warning
+/// (it was meant to be seen).
+pub fn notice_from_message(m: pb::Notice) -> Notice {
+    let level = match pb::notice::Level::try_from(m.level) {
+        Ok(pb::notice::Level::Info) => Level::Info,
+        _ => Level::Warning,
+    };
+    Notice {
+        level,
+        text: m.text,
     }
 }

@@ -4,16 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use kiln_builder::build::{BuildRequest, LayerCompression, build};
+use kiln_builder::build::{BuildError, BuildRequest};
+use kiln_builder::client::ClientError;
 use kiln_builder::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_builder::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_builder::entitlements::{Entitlement, Entitlements};
-use kiln_builder::registry::PullPolicy;
-use kiln_builder::solve::{Event, SolveError};
+use kiln_builder::pipeline::request::{normalize_names, parse_label, parse_pull};
+use kiln_builder::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
+use kiln_builder::solve::SolveError;
 use kiln_cache::Store;
 use kiln_frontend::sandbox::SandboxOptions;
-use kiln_worker::exec::Worker;
-use kiln_worker::sandbox::Sandbox;
 use kiln_worker::sandbox::spec::Network;
 
 use crate::progress::{Mode, Printer};
@@ -26,6 +26,10 @@ pub(crate) struct Build {
     /// Name the image (several allowed).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
+    /// Set an image label (`KEY=VALUE`, repeated), over the Dockerfile's
+    /// `LABEL` of the same key.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// Set a build argument (`KEY=VALUE`, or `KEY` to take it from the environment).
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
@@ -133,67 +137,28 @@ enum NetworkFlag {
     Host,
 }
 
-/// The `-o` values: the file outputs, the names `type=image,name=…` adds,
-/// and whether the image is pushed.
-struct Outputs {
-    files: Vec<kiln_builder::output::Output>,
-    names: Vec<String>,
-    push: bool,
-}
-
-impl Outputs {
-    /// `tagged`: whether `-t` named the image (push needs a name);
-    /// `quiet`: whether `-q` prints the image ID on standard output.
-    fn parse(specs: &[String], tagged: bool, quiet: bool) -> Result<Self> {
-        let mut outputs = Self {
-            files: Vec::new(),
-            names: Vec::new(),
-            push: false,
-        };
-        for spec in specs {
-            match kiln_builder::output::Output::parse(spec).map_err(anyhow::Error::msg)? {
-                kiln_builder::output::Output::Image { names, push } => {
-                    outputs.names.extend(names);
-                    outputs.push |= push;
-                }
-                file => outputs.files.push(file),
-            }
-        }
-        anyhow::ensure!(
-            !outputs.push || tagged || !outputs.names.is_empty(),
-            "--output push=true needs a name (name= or -t)"
-        );
-        outputs.check_stdout(quiet)?;
-        Ok(outputs)
-    }
-
-    /// At most one output on standard output, never a terminal (buildx's
-    /// rules), and not beside `-q`'s image ID.
-    fn check_stdout(&self, quiet: bool) -> Result<()> {
-        let mut to_stdout = self.files.iter().filter(|o| o.to_stdout());
-        let Some(first) = to_stdout.next() else {
-            return Ok(());
-        };
-        anyhow::ensure!(
-            to_stdout.next().is_none(),
-            "multiple outputs configured to write to stdout"
-        );
-        anyhow::ensure!(
-            !std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            "dest file is required for {} exporter. refusing to write to console",
-            first.kind()
-        );
-        anyhow::ensure!(
-            !quiet,
-            "--quiet prints the image ID on standard output, where the {} output goes",
-            first.kind()
-        );
-        Ok(())
-    }
-}
-
-fn cache_spec(flag: &str, spec: &str) -> Result<(String, bool)> {
-    kiln_builder::registry::cache::parse_spec(flag, spec).map_err(anyhow::Error::msg)
+/// At most one output on standard output, never a terminal (buildx's
+/// rules), and not beside `-q`'s image ID.
+fn check_stdout(files: &[kiln_builder::output::Output], quiet: bool) -> Result<()> {
+    let mut to_stdout = files.iter().filter(|o| o.to_stdout());
+    let Some(first) = to_stdout.next() else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        to_stdout.next().is_none(),
+        "multiple outputs configured to write to stdout"
+    );
+    anyhow::ensure!(
+        !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "dest file is required for {} exporter. refusing to write to console",
+        first.kind()
+    );
+    anyhow::ensure!(
+        !quiet,
+        "--quiet prints the image ID on standard output, where the {} output goes",
+        first.kind()
+    );
+    Ok(())
 }
 
 /// `ID[=SOCKET]` of `--ssh`: the agent's socket (default `$SSH_AUTH_SOCK`).
@@ -292,6 +257,15 @@ impl Context {
 
     fn dockerignore(&self) -> Result<Vec<String>> {
         Ok(self.source.dockerignore(&self.dir)?)
+    }
+
+    /// What the request takes from the context: the Dockerfile, the
+    /// `.dockerignore`, when a fetched context last changed.
+    fn fill(&self, request: &mut Request) -> Result<()> {
+        request.dockerfile = self.dockerfile()?;
+        request.dockerignore = self.dockerignore()?;
+        request.context_time = self.time;
+        Ok(())
     }
 }
 
@@ -427,95 +401,154 @@ impl Build {
         crate::check::print(&result, &request.dockerfile, &name)
     }
 
+    /// The typed request of the flags; the Dockerfile and what else
+    /// comes from the context are filled in once it is ready.
+    fn request(&self) -> Result<Request> {
+        let mut tags = normalize_names("-t", &self.tags)?;
+        let outputs = Outputs::parse(&self.outputs, !tags.is_empty())?;
+        check_stdout(&outputs.files, self.quiet)?;
+        tags.extend(outputs.names);
+        let caches = |flag, specs: &[String]| {
+            specs
+                .iter()
+                .map(|s| CacheRef::parse(flag, s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Request {
+            build_args: self.build_args()?,
+            target: self.target.clone(),
+            tags,
+            labels: self
+                .labels
+                .iter()
+                .map(|l| parse_label(l))
+                .collect::<Result<_, _>>()?,
+            no_cache: self.no_cache,
+            no_cache_filter: self.no_cache_filter.clone(),
+            pull: parse_pull(&self.pull)?,
+            network: match self.network {
+                NetworkFlag::Default => Network::Private,
+                NetworkFlag::None => Network::None,
+                NetworkFlag::Host => Network::Host,
+            },
+            sandbox: self.sandbox()?,
+            entitlements: self.entitlements()?,
+            compression: outputs.compression,
+            files: outputs.files,
+            push: outputs.push,
+            cache_imports: caches("--cache-from", &self.cache_from)?,
+            cache_exports: caches("--cache-to", &self.cache_to)?,
+            registry: self.registry.options(None)?,
+            secrets: self
+                .secrets
+                .iter()
+                .map(|s| read_secret(s))
+                .collect::<Result<_>>()?,
+            // Through kilnd, forwarded over the build's call: the agents
+            // stay on this machine.
+            ssh: self
+                .ssh
+                .iter()
+                .map(|s| ssh_agent(s))
+                .collect::<Result<_>>()?,
+            ..Request::default()
+        })
+    }
+
     /// The build through kilnd: the context goes over the wire (without
-    /// what `.dockerignore` excludes), events come back.
-    fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
+    /// what `.dockerignore` excludes), reports come back.
+    fn run_remote(&self, mut remote: crate::remote::Remote, mut request: Request) -> Result<()> {
         // A context on standard input or at a URL is unpacked or fetched
         // here, then sent as a directory.
         let context = self.prepare_context(&std::env::temp_dir())?;
-        let Outputs { files, names, push } =
-            Outputs::parse(&self.outputs, !self.tags.is_empty(), self.quiet)?;
-        let mut tags = self.tags.clone();
-        tags.extend(names);
-        let dockerfile = context.dockerfile()?;
-        let dockerignore = context.dockerignore()?;
-        let ignore = kiln_frontend::dockerignore::Matcher::new(&dockerignore)?;
-        let build_args = self.build_args()?;
-        let secrets = self
-            .secrets
-            .iter()
-            .map(|s| read_secret(s))
-            .collect::<Result<_>>()?;
-        // Forwarded over the build's call: the agents stay on this machine.
-        let agents = self
-            .ssh
-            .iter()
-            .map(|s| ssh_agent(s))
-            .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
-        let spec = kiln_proto::control::v1::BuildSpec {
-            dockerfile,
-            dockerignore,
-            build_args: build_args.into_iter().collect(),
-            target: self.target.clone().unwrap_or_default(),
-            tags,
-            no_cache: self.no_cache,
-            no_cache_filter: self.no_cache_filter.clone(),
-            secrets,
-            network_none: self.network == NetworkFlag::None,
-            network_host: self.network == NetworkFlag::Host,
-            entitlements: self.entitlements()?.names(),
-            outputs: self.outputs.clone(),
-            pull: self.pull.clone(),
-            source_date_epoch: None,
-            context_time: context.time,
-            // Set by the client from the context (see `remote::changes`).
-            session: String::new(),
-            removed: Vec::new(),
-            cache_from: self.cache_from.clone(),
-            cache_to: self.cache_to.clone(),
-            ssh: agents.keys().cloned().collect(),
-            add_hosts: self.add_hosts.clone(),
-            ulimits: self.ulimits.clone(),
-            shm_size: self.shm_size.clone().unwrap_or_default(),
+        context.fill(&mut request)?;
+        let mut printer = Printer::new(self.progress, self.quiet);
+        let result = remote.build(&request, &context.dir, &mut |r| printer.report(r));
+        printer.finish();
+        let result = match result {
+            Err(ClientError::Step { message, log_tail }) => {
+                // A failed step's last lines come with its error, as embedded.
+                for line in &log_tail {
+                    eprintln!("  {line}");
+                }
+                anyhow::bail!("{message}");
+            }
+            other => other?,
+        };
+        self.print_result(
+            &result.config,
+            &result.manifest,
+            &result.tags,
+            Some(result.context_bytes),
+        );
+        Ok(())
+    }
+
+    /// The build on this machine's store.
+    fn run_embedded(&self, root: &std::path::Path, mut request: Request) -> Result<()> {
+        // Opened first: it clears the root's tmp/, where a piped or
+        // fetched context goes.
+        let store = Store::open(root)?;
+        let context = self.prepare_context(&root.join("tmp"))?;
+        context.fill(&mut request)?;
+        let env = Env {
+            store: &store,
+            context: context
+                .dir
+                .canonicalize()
+                .with_context(|| format!("build context {}", context.dir.display()))?,
+            shared: Default::default(),
+            cancellation: Default::default(),
+            write_files: true,
         };
         let mut printer = Printer::new(self.progress, self.quiet);
-        let result = remote.build(spec, &context.dir, &ignore, &agents, &mut printer)?;
-        for output in &files {
-            remote.export(
-                &result.manifest,
-                result.tags.first().map(String::as_str),
-                output,
-            )?;
-        }
-        if push {
-            for tag in &result.tags {
-                let pushed = remote.push(kiln_proto::control::v1::PushRequest {
-                    name: tag.clone(),
-                    insecure_registries: Vec::new(),
-                })?;
-                if !self.quiet {
-                    eprintln!(
-                        "pushing {tag} done ({} uploaded, {} mounted, {} already there)",
-                        pushed.uploaded, pushed.mounted, pushed.skipped
-                    );
+        let result = pipeline::run(&request, &env, &mut |r| printer.report(r));
+        printer.finish();
+        let built = match result {
+            Ok(built) => built,
+            Err(PipelineError::Build(BuildError::Solve(SolveError::ExitCode {
+                description,
+                code,
+                log_tail,
+            }))) => {
+                for line in &log_tail {
+                    eprintln!("  {line}");
                 }
+                anyhow::bail!("{description}: did not complete successfully: exit code {code}");
             }
-        }
+            Err(e) => return Err(e.into()),
+        };
+        let (config, manifest) = (built.config.to_string(), built.manifest.to_string());
+        self.print_result(&config, &manifest, &request.tags, None);
+        Ok(())
+    }
+
+    /// The image built: its ID alone with `-q`, a JSON object with
+    /// `--progress=json`, else docker's lines.
+    fn print_result(
+        &self,
+        config: &str,
+        manifest: &str,
+        tags: &[String],
+        context_bytes: Option<u64>,
+    ) {
         if self.quiet {
-            println!("{}", result.config);
+            println!("{config}");
         } else if self.progress == Mode::Json {
-            eprintln!(
-                "{}",
-                serde_json::json!({"event": "image", "id": result.config, "manifest": result.manifest, "tags": result.tags, "context_bytes": result.context_bytes})
-            );
+            let mut line = serde_json::json!({"event": "image", "id": config, "manifest": manifest, "tags": tags});
+            if let Some(bytes) = context_bytes {
+                line["context_bytes"] = bytes.into();
+            }
+            eprintln!("{line}");
         } else {
-            eprintln!("transferring context: {} bytes done", result.context_bytes);
-            eprintln!("writing image {} done", result.config);
-            for tag in &result.tags {
+            if let Some(bytes) = context_bytes {
+                eprintln!("transferring context: {bytes} bytes done");
+            }
+            eprintln!("writing image {config} done");
+            for tag in tags {
                 eprintln!("naming to {tag} done");
             }
         }
-        Ok(())
     }
 
     pub(crate) fn run(
@@ -527,161 +560,15 @@ impl Build {
         // Embedded, kiln is this machine's own user's: what it asks is
         // granted (the solver checks the steps against it); kilnd grants
         // within what its operator allowed.
-        let entitlements = self.entitlements()?;
-        let sandbox = self.sandbox()?;
+        self.entitlements()?;
+        self.sandbox()?;
         if self.check || self.call == Call::Check {
             return self.run_check(root, remote.is_none());
         }
-        if let Some(remote) = remote {
-            return self.run_remote(remote);
+        let request = self.request()?;
+        match remote {
+            Some(remote) => self.run_remote(remote, request),
+            None => self.run_embedded(root, request),
         }
-        // Opened first: it clears the root's tmp/, where a piped or
-        // fetched context goes.
-        let store = Store::open(root)?;
-        let context = self.prepare_context(&root.join("tmp"))?;
-        let dockerfile = context.dockerfile()?;
-        let dockerignore = context.dockerignore()?;
-        let mut tags = self
-            .tags
-            .iter()
-            .map(|t| kiln_builder::image::normalize(t))
-            .collect::<Result<Vec<_>, _>>()
-            .context("-t")?;
-        let build_args = self.build_args()?;
-        let Outputs { files, names, push } =
-            Outputs::parse(&self.outputs, !tags.is_empty(), self.quiet)?;
-        for name in &names {
-            tags.push(kiln_builder::image::normalize(name).context("--output name=")?);
-        }
-        let compression =
-            LayerCompression::from_outputs(&self.outputs).map_err(anyhow::Error::msg)?;
-        let mut worker = Worker::new(root, Sandbox::beside_current_exe());
-        for spec in &self.secrets {
-            let (id, value) = read_secret(spec)?;
-            worker = worker.with_secret(&id, value);
-        }
-        for spec in &self.ssh {
-            let (id, socket) = ssh_agent(spec)?;
-            worker = worker.with_ssh_agent(&id, socket);
-        }
-        let request = BuildRequest {
-            dockerfile,
-            context: context
-                .dir
-                .canonicalize()
-                .with_context(|| format!("build context {}", context.dir.display()))?,
-            dockerignore,
-            build_args,
-            target: self.target,
-            tags: tags.clone(),
-            no_cache: self.no_cache,
-            no_cache_filter: self.no_cache_filter.clone(),
-            context_time: context.time,
-            network: match self.network {
-                NetworkFlag::Default => Network::Private,
-                NetworkFlag::None => Network::None,
-                NetworkFlag::Host => Network::Host,
-            },
-            sandbox,
-            entitlements,
-            compression,
-            pull: PullPolicy::parse(&self.pull).with_context(|| {
-                format!(
-                    "--pull={}: expected missing, always or never (or true, false)",
-                    self.pull
-                )
-            })?,
-            registry: self.registry.options(None)?,
-            cancellation: Default::default(),
-            in_flight: Default::default(),
-            context_digests: Default::default(),
-            farm: None,
-        };
-        let quiet = self.quiet;
-        let json = self.progress == Mode::Json;
-        for spec in &self.cache_from {
-            let (reference, _) = cache_spec("--cache-from", spec)?;
-            // As BuildKit: a cache that cannot be imported is a warning.
-            match kiln_builder::registry::cache::import(&store, &reference, &request.registry) {
-                Ok(i) if !quiet => eprintln!(
-                    "importing cache from {reference}: {} steps, {} cache mounts",
-                    i.records, i.mounts
-                ),
-                Ok(_) => {}
-                Err(e) => eprintln!("warning: importing cache from {reference}: {e}"),
-            }
-        }
-        let mut printer = Printer::new(self.progress, quiet);
-        let mut progress = |event: Event| printer.event(event);
-        let result = build(&store, &worker, &request, &mut progress);
-        printer.finish();
-        let built = match result {
-            Ok(built) => built,
-            Err(kiln_builder::build::BuildError::Solve(SolveError::ExitCode {
-                description,
-                code,
-                log_tail,
-            })) => {
-                for line in &log_tail {
-                    eprintln!("  {line}");
-                }
-                anyhow::bail!("{description}: did not complete successfully: exit code {code}");
-            }
-            Err(e) => return Err(e.into()),
-        };
-        for output in &files {
-            kiln_builder::output::export(
-                &store,
-                &built.manifest,
-                tags.first().map(String::as_str),
-                output,
-            )?;
-        }
-        for spec in &self.cache_to {
-            let (reference, mounts) = cache_spec("--cache-to", spec)?;
-            let pushed = kiln_builder::registry::cache::export(
-                &store,
-                &reference,
-                &built.steps,
-                mounts.then_some(&built.cache_mounts),
-                &request.registry,
-            )?;
-            if !quiet {
-                eprintln!(
-                    "exporting cache to {reference} done ({} steps; {} uploaded, {} already there)",
-                    built.steps.len(),
-                    pushed.uploaded,
-                    pushed.skipped
-                );
-            }
-        }
-        if push {
-            for tag in &tags {
-                let pushed = kiln_builder::registry::push(&store, tag, &request.registry)?;
-                if !quiet {
-                    eprintln!(
-                        "pushing {tag} done ({} uploaded, {} mounted, {} already there)",
-                        pushed.uploaded, pushed.mounted, pushed.skipped
-                    );
-                }
-            }
-        }
-        if quiet {
-            println!("{}", built.config);
-        } else {
-            if json {
-                let tags: Vec<&String> = tags.iter().collect();
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"event": "image", "id": built.config, "manifest": built.manifest, "tags": tags})
-                );
-                return Ok(());
-            }
-            eprintln!("writing image {} done", built.config);
-            for tag in &tags {
-                eprintln!("naming to {tag} done");
-            }
-        }
-        Ok(())
     }
 }

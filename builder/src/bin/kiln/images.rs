@@ -1,14 +1,16 @@
 //! The image commands: load, import, save, images, inspect, tag, rmi,
-//! prune, du.
+//! prune, du, workers — each once, on a [`Backend`]: the store here or
+//! kilnd.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
-use kiln_builder::archive::{self, Format};
+use kiln_builder::archive::Format;
 use kiln_builder::images::{self, Usage};
-use kiln_cache::Store;
+
+use crate::backend::Backend;
 
 #[derive(Args)]
 pub(crate) struct Load {
@@ -90,10 +92,6 @@ pub(crate) struct Prune {
     keep_storage: Option<String>,
 }
 
-pub(crate) fn open(root: &std::path::Path) -> Result<Store> {
-    Ok(Store::open(root)?)
-}
-
 fn stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -102,15 +100,8 @@ fn stdout(text: &str) -> Result<()> {
 }
 
 impl Load {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        let loaded = archive::load(&store, &self.input)?;
-        let untagged: Vec<String> = loaded.untagged.iter().map(ToString::to_string).collect();
-        self.print(&loaded.tags, &untagged)
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let (tags, untagged) = remote.load(&self.input)?;
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        let (tags, untagged) = backend.load(&self.input)?;
         self.print(&tags, &untagged)
     }
 
@@ -134,15 +125,8 @@ impl Load {
 }
 
 impl Import {
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let digest = remote.import(&self.file, &self.name, source_date_epoch()?)?;
-        stdout(&format!("{digest}\n"))
-    }
-
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        let created = source_date_epoch()?.unwrap_or_else(kiln_builder::image::now);
-        let digest = archive::import(&store, &self.file, &self.name, created)?;
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        let digest = backend.import(&self.file, &self.name, source_date_epoch()?)?;
         stdout(&format!("{digest}\n"))
     }
 }
@@ -160,33 +144,18 @@ fn source_date_epoch() -> Result<Option<u64>> {
 }
 
 impl Save {
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let format = match self.format {
-            SaveFormat::Docker => "docker",
-            SaveFormat::Oci => "oci",
-        };
-        remote.save(self.names, format, &self.output)
-    }
-
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
         let format = match self.format {
             SaveFormat::Docker => Format::Docker,
             SaveFormat::Oci => Format::Oci,
         };
-        archive::save_to_file(&store, &self.names, format, &self.output)?;
-        Ok(())
+        backend.save(self.names, format, &self.output)
     }
 }
 
 impl List {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        self.print(images::list(&store)?)
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let rows = remote.list_images()?.into_iter().map(Into::into).collect();
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        let rows = backend.list()?;
         self.print(rows)
     }
 
@@ -219,55 +188,24 @@ impl List {
 }
 
 impl Inspect {
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        stdout(&(remote.inspect(self.names)? + "\n"))
-    }
-
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        let all = self
-            .names
-            .iter()
-            .map(|n| images::inspect(&store, n))
-            .collect::<Result<Vec<_>, _>>()?;
-        stdout(&(serde_json::to_string_pretty(&all)? + "\n"))
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        stdout(&(backend.inspect(self.names)? + "\n"))
     }
 }
 
 impl Tag {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        images::tag(&store, &self.source, &self.target)?;
-        Ok(())
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        remote.tag(self.source, self.target)
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        backend.tag(&self.source, &self.target)
     }
 }
 
 impl Rmi {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        self.each(|name| {
-            let removed = images::remove(&store, name)?;
-            Ok((
-                removed.untagged,
-                removed.deleted.iter().map(ToString::to_string).collect(),
-            ))
-        })
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        self.each(|name| remote.remove(name))
-    }
-
-    /// Removes each name with `remove` (the name untagged, the digests
-    /// deleted), going on after a failure, as `docker rmi` does.
-    fn each(&self, mut remove: impl FnMut(&str) -> Result<(String, Vec<String>)>) -> Result<()> {
+    /// Removes each name (the name untagged, the digests deleted), going
+    /// on after a failure, as `docker rmi` does.
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
         let mut failed = false;
         for name in &self.names {
-            match remove(name) {
+            match backend.remove(name) {
                 Ok((untagged, deleted)) => {
                     let mut out = format!("Untagged: {untagged}\n");
                     for d in &deleted {
@@ -289,19 +227,9 @@ impl Rmi {
 }
 
 impl Prune {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
         let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
-        let pruned = images::prune(&store, keep, self.all)?;
-        print_pruned(
-            pruned.deleted.iter().map(ToString::to_string),
-            pruned.reclaimed,
-        )
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let keep = self.keep_storage.as_deref().map(parse_size).transpose()?;
-        let (deleted, reclaimed) = remote.prune(self.all, keep.unwrap_or(0))?;
+        let (deleted, reclaimed) = backend.prune(self.all, keep)?;
         print_pruned(deleted.into_iter(), reclaimed)
     }
 }
@@ -315,29 +243,12 @@ fn print_pruned(deleted: impl Iterator<Item = String>, reclaimed: u64) -> Result
     stdout(&out)
 }
 
-pub(crate) fn du(root: &std::path::Path) -> Result<()> {
-    let store = open(root)?;
-    print_usage(&images::usage(&store)?)
+pub(crate) fn du(backend: &mut dyn Backend) -> Result<()> {
+    print_usage(&backend.disk_usage()?)
 }
 
-pub(crate) fn du_remote(mut remote: crate::remote::Remote) -> Result<()> {
-    print_usage(&remote.disk_usage()?)
-}
-
-/// Embedded, steps run on this machine only.
-pub(crate) fn workers() -> Result<()> {
-    let (os, arch) = kiln_builder::image::host_platform();
-    print_workers(&[kiln_proto::control::v1::Worker {
-        id: "local".into(),
-        platform: format!("{os}/{arch}"),
-        parallelism: u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX),
-        running: 0,
-        steps_run: 0,
-    }])
-}
-
-pub(crate) fn workers_remote(mut remote: crate::remote::Remote) -> Result<()> {
-    print_workers(&remote.list_workers()?)
+pub(crate) fn workers(backend: &mut dyn Backend) -> Result<()> {
+    print_workers(&backend.workers()?)
 }
 
 fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {

@@ -1,5 +1,6 @@
 //! `kiln`: build Dockerfiles into OCI images, with docker-build habits.
 
+mod backend;
 mod build;
 mod check;
 mod debug;
@@ -36,6 +37,19 @@ enum Command {
     // Boxed: its flags outweigh every other command's.
     /// Build an image from a Dockerfile and a context directory.
     Build(Box<build::Build>),
+    #[command(flatten)]
+    Image(ImageCommand),
+    /// Log in to a registry (credentials kept as Docker keeps them).
+    Login(registry::Login),
+    /// Look inside the frontend: the AST and the build graph.
+    #[command(subcommand)]
+    Debug(debug::Debug),
+}
+
+/// The commands on images and the store: the same embedded and through
+/// kilnd (see `backend`).
+#[derive(Subcommand)]
+enum ImageCommand {
     /// List images.
     Images(images::List),
     /// Show images' config, layers and sizes as JSON.
@@ -54,8 +68,6 @@ enum Command {
     Pull(registry::Pull),
     /// Push an image to a registry.
     Push(registry::Push),
-    /// Log in to a registry (credentials kept as Docker keeps them).
-    Login(registry::Login),
     /// Remove content nothing uses, least recently used first.
     Prune(images::Prune),
     /// Show disk space by kind.
@@ -63,9 +75,25 @@ enum Command {
     /// List the workers that run steps: this machine's, and through kilnd
     /// the attached `kiln-worker`s of the farm.
     Workers,
-    /// Look inside the frontend: the AST and the build graph.
-    #[command(subcommand)]
-    Debug(debug::Debug),
+}
+
+impl ImageCommand {
+    fn run(self, backend: &mut dyn backend::Backend) -> anyhow::Result<()> {
+        match self {
+            Self::Images(c) => c.run(backend),
+            Self::Inspect(c) => c.run(backend),
+            Self::Tag(c) => c.run(backend),
+            Self::Rmi(c) => c.run(backend),
+            Self::Load(c) => c.run(backend),
+            Self::Save(c) => c.run(backend),
+            Self::Import(c) => c.run(backend),
+            Self::Pull(c) => c.run(backend),
+            Self::Push(c) => c.run(backend),
+            Self::Prune(c) => c.run(backend),
+            Self::Du => images::du(backend),
+            Self::Workers => images::workers(backend),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -83,38 +111,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match (cli.command, remote) {
-        (Command::Build(c), remote) => c.run(&root, remote),
-        (Command::Images(c), Some(remote)) => c.run_remote(remote),
-        (Command::Inspect(c), Some(remote)) => c.run_remote(remote),
-        (Command::Tag(c), Some(remote)) => c.run_remote(remote),
-        (Command::Rmi(c), Some(remote)) => c.run_remote(remote),
-        (Command::Prune(c), Some(remote)) => c.run_remote(remote),
-        (Command::Du, Some(remote)) => images::du_remote(remote),
-        (Command::Workers, Some(remote)) => images::workers_remote(remote),
-        (Command::Save(c), Some(remote)) => c.run_remote(remote),
-        (Command::Load(c), Some(remote)) => c.run_remote(remote),
-        (Command::Import(c), Some(remote)) => c.run_remote(remote),
-        (Command::Pull(c), Some(remote)) => c.run_remote(remote),
-        (Command::Push(c), Some(remote)) => c.run_remote(remote),
-        (_, Some(_)) => Err(anyhow::anyhow!(
-            "this command does not go through kilnd yet, and kilnd holds the store: \
-             stop kilnd, or give kiln another --root and no --addr"
-        )),
-        (Command::Images(c), None) => c.run(&root),
-        (Command::Inspect(c), None) => c.run(&root),
-        (Command::Tag(c), None) => c.run(&root),
-        (Command::Rmi(c), None) => c.run(&root),
-        (Command::Load(c), None) => c.run(&root),
-        (Command::Save(c), None) => c.run(&root),
-        (Command::Import(c), None) => c.run(&root),
-        (Command::Pull(c), None) => c.run(&root),
-        (Command::Push(c), None) => c.run(&root),
-        (Command::Login(c), None) => c.run(),
-        (Command::Prune(c), None) => c.run(&root),
-        (Command::Du, None) => images::du(&root),
-        (Command::Workers, None) => images::workers(),
-        (Command::Debug(debug), None) => debug.run(),
+    let result = match cli.command {
+        Command::Build(c) => c.run(&root, remote),
+        Command::Login(c) => c.run(),
+        Command::Debug(debug) => debug.run(),
+        // Once, on the store here or through kilnd.
+        Command::Image(c) => match remote {
+            Some(mut remote) => c.run(&mut remote),
+            None => c.run(&mut backend::Local::new(&root)),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

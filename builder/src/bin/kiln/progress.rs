@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kiln_builder::pipeline::{Level, Notice, Report};
 use kiln_builder::solve::Event;
 use kiln_frontend::checks::Violation;
 
@@ -44,6 +45,8 @@ pub(crate) enum Mode {
 pub(crate) struct Printer {
     shown: Shown,
     warnings: Vec<Violation>,
+    /// The pipeline's notices while the live view draws: after it.
+    notices: Vec<Notice>,
 }
 
 enum Shown {
@@ -68,6 +71,25 @@ impl Printer {
         Self {
             shown,
             warnings: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    /// A build's report: a solver event, or the pipeline's notice.
+    pub(crate) fn report(&mut self, report: Report) {
+        match report {
+            Report::Step(event) => self.event(event),
+            Report::Notice(notice) => self.notice(notice),
+        }
+    }
+
+    /// A notice as a line of its own (a warning even with `-q`); kept
+    /// for the end while the live view draws.
+    fn notice(&mut self, notice: Notice) {
+        match (&self.shown, notice.level) {
+            (Shown::Tty(_), _) => self.notices.push(notice),
+            (Shown::Quiet, Level::Info) => {}
+            _ => print_notice(&notice),
         }
     }
 
@@ -91,7 +113,17 @@ impl Printer {
         if let Shown::Tty(live) = &mut self.shown {
             live.stop();
         }
+        for notice in std::mem::take(&mut self.notices) {
+            print_notice(&notice);
+        }
         print_warnings(&std::mem::take(&mut self.warnings));
+    }
+}
+
+fn print_notice(notice: &Notice) {
+    match notice.level {
+        Level::Info => say!("{}", notice.text),
+        Level::Warning => say!("warning: {}", notice.text),
     }
 }
 

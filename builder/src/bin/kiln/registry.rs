@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use kiln_builder::registry::{self, Credentials};
 
-use crate::images::open;
+use crate::backend::Backend;
 
 /// How kiln reaches registries (shared by pull, push, login and build).
 #[derive(Args, Clone, Default)]
@@ -50,27 +50,10 @@ pub(crate) struct Pull {
 }
 
 impl Pull {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        // Checked here: the same error for a bad --platform both ways.
         let options = self.registry.options(self.platform.as_deref())?;
-        let pulled = registry::pull(&store, &self.name, &options)?;
-        print_pulled(
-            &pulled.name,
-            pulled.fetched as u64,
-            pulled.bytes,
-            &pulled.manifest.to_string(),
-        );
-        Ok(())
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        // Checked here, as embedded: the same error for a bad --platform.
-        self.registry.options(self.platform.as_deref())?;
-        let pulled = remote.pull(kiln_proto::control::v1::PullRequest {
-            name: self.name,
-            platform: self.platform.unwrap_or_default(),
-            insecure_registries: self.registry.insecure,
-        })?;
+        let pulled = backend.pull(&self.name, &options)?;
         print_pulled(&pulled.name, pulled.fetched, pulled.bytes, &pulled.manifest);
         Ok(())
     }
@@ -92,20 +75,9 @@ pub(crate) struct Push {
 }
 
 impl Push {
-    pub(crate) fn run(self, root: &std::path::Path) -> Result<()> {
-        let store = open(root)?;
-        let p = registry::push(&store, &self.name, &self.registry.options(None)?)?;
-        let counts = [p.uploaded, p.mounted, p.skipped].map(|n| n as u64);
-        print_pushed(&self.name, counts, &p.manifest.to_string());
-        Ok(())
-    }
-
-    pub(crate) fn run_remote(self, mut remote: crate::remote::Remote) -> Result<()> {
-        let p = remote.push(kiln_proto::control::v1::PushRequest {
-            name: self.name.clone(),
-            insecure_registries: self.registry.insecure,
-        })?;
-        print_pushed(&self.name, [p.uploaded, p.mounted, p.skipped], &p.manifest);
+    pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
+        let p = backend.push(&self.name, &self.registry.options(None)?)?;
+        print_pushed(&self.name, p.counts, &p.manifest);
         Ok(())
     }
 }

@@ -1,0 +1,240 @@
+//! Where the image commands run: this machine's store ([`Local`]) or kilnd
+//! (the client library's [`Remote`]). Each command is written once, on
+//! [`Backend`]; `main` picks the backend once.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use kiln_builder::archive::{self, Format};
+use kiln_builder::images::{self, ImageSummary, Usage};
+use kiln_builder::registry;
+use kiln_cache::Store;
+use kiln_proto::control::v1 as pb;
+
+use crate::remote::Remote;
+
+/// What a pull brought.
+pub(crate) struct Pulled {
+    pub(crate) name: String,
+    pub(crate) manifest: String,
+    pub(crate) fetched: u64,
+    pub(crate) bytes: u64,
+}
+
+/// What a push sent: blobs uploaded, mounted from another repository,
+/// already there.
+pub(crate) struct Pushed {
+    pub(crate) manifest: String,
+    pub(crate) counts: [u64; 3],
+}
+
+/// The image commands' operations, on a store here or through kilnd.
+/// Both answer alike: the commands print the same either way.
+pub(crate) trait Backend {
+    fn list(&mut self) -> Result<Vec<ImageSummary>>;
+    /// docker inspect's JSON array, one object per name.
+    fn inspect(&mut self, names: Vec<String>) -> Result<String>;
+    fn tag(&mut self, source: &str, target: &str) -> Result<()>;
+    /// The name untagged and the digests deleted.
+    fn remove(&mut self, name: &str) -> Result<(String, Vec<String>)>;
+    /// The digests deleted and the bytes reclaimed.
+    fn prune(&mut self, all: bool, keep_storage: Option<u64>) -> Result<(Vec<String>, u64)>;
+    fn disk_usage(&mut self) -> Result<Usage>;
+    /// The workers that run steps.
+    fn workers(&mut self) -> Result<Vec<pb::Worker>>;
+    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()>;
+    /// The names tagged and the digests of untagged images.
+    fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)>;
+    /// The manifest digest; `created`: `SOURCE_DATE_EPOCH`, else now.
+    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String>;
+    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled>;
+    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed>;
+}
+
+/// The store at a root, opened at the first command that needs it.
+pub(crate) struct Local {
+    root: PathBuf,
+    store: Option<Store>,
+}
+
+impl Local {
+    pub(crate) fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            store: None,
+        }
+    }
+
+    fn store(&mut self) -> Result<&Store> {
+        let store = match self.store.take() {
+            Some(store) => store,
+            None => Store::open(&self.root)?,
+        };
+        Ok(self.store.insert(store))
+    }
+}
+
+impl Backend for Local {
+    fn list(&mut self) -> Result<Vec<ImageSummary>> {
+        Ok(images::list(self.store()?)?)
+    }
+
+    fn inspect(&mut self, names: Vec<String>) -> Result<String> {
+        let store = self.store()?;
+        let all = names
+            .iter()
+            .map(|n| images::inspect(store, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(serde_json::to_string_pretty(&all)?)
+    }
+
+    fn tag(&mut self, source: &str, target: &str) -> Result<()> {
+        images::tag(self.store()?, source, target)?;
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(String, Vec<String>)> {
+        let removed = images::remove(self.store()?, name)?;
+        let deleted = removed.deleted.iter().map(ToString::to_string).collect();
+        Ok((removed.untagged, deleted))
+    }
+
+    fn prune(&mut self, all: bool, keep_storage: Option<u64>) -> Result<(Vec<String>, u64)> {
+        let pruned = images::prune(self.store()?, keep_storage, all)?;
+        let deleted = pruned.deleted.iter().map(ToString::to_string).collect();
+        Ok((deleted, pruned.reclaimed))
+    }
+
+    fn disk_usage(&mut self) -> Result<Usage> {
+        Ok(images::usage(self.store()?)?)
+    }
+
+    /// Embedded, steps run on this machine only.
+    fn workers(&mut self) -> Result<Vec<pb::Worker>> {
+        let (os, arch) = kiln_builder::image::host_platform();
+        Ok(vec![pb::Worker {
+            id: "local".into(),
+            platform: format!("{os}/{arch}"),
+            parallelism: u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX),
+            running: 0,
+            steps_run: 0,
+        }])
+    }
+
+    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()> {
+        archive::save_to_file(self.store()?, &names, format, output)?;
+        Ok(())
+    }
+
+    fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
+        let loaded = archive::load(self.store()?, input)?;
+        let untagged = loaded.untagged.iter().map(ToString::to_string).collect();
+        Ok((loaded.tags, untagged))
+    }
+
+    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
+        let store = self.store()?;
+        let created = created.unwrap_or_else(kiln_builder::image::now);
+        Ok(archive::import(store, file, name, created)?.to_string())
+    }
+
+    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled> {
+        let pulled = registry::pull(self.store()?, name, options)?;
+        Ok(Pulled {
+            name: pulled.name,
+            manifest: pulled.manifest.to_string(),
+            fetched: pulled.fetched as u64,
+            bytes: pulled.bytes,
+        })
+    }
+
+    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed> {
+        let p = registry::push(self.store()?, name, options)?;
+        Ok(Pushed {
+            manifest: p.manifest.to_string(),
+            counts: [p.uploaded, p.mounted, p.skipped].map(|n| n as u64),
+        })
+    }
+}
+
+impl Backend for Remote {
+    fn list(&mut self) -> Result<Vec<ImageSummary>> {
+        Ok(self.list_images()?.into_iter().map(Into::into).collect())
+    }
+
+    fn inspect(&mut self, names: Vec<String>) -> Result<String> {
+        Ok(Remote::inspect(self, names)?)
+    }
+
+    fn tag(&mut self, source: &str, target: &str) -> Result<()> {
+        Ok(Remote::tag(self, source.to_owned(), target.to_owned())?)
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(String, Vec<String>)> {
+        Ok(Remote::remove(self, name)?)
+    }
+
+    fn prune(&mut self, all: bool, keep_storage: Option<u64>) -> Result<(Vec<String>, u64)> {
+        // 0 on the wire: no bound.
+        Ok(Remote::prune(self, all, keep_storage.unwrap_or(0))?)
+    }
+
+    fn disk_usage(&mut self) -> Result<Usage> {
+        Ok(Remote::disk_usage(self)?)
+    }
+
+    fn workers(&mut self) -> Result<Vec<pb::Worker>> {
+        Ok(self.list_workers()?)
+    }
+
+    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()> {
+        let format = match format {
+            Format::Docker => "docker",
+            Format::Oci => "oci",
+        };
+        Ok(Remote::save(self, names, format, output)?)
+    }
+
+    fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
+        Ok(Remote::load(self, input)?)
+    }
+
+    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
+        Ok(Remote::import(self, file, name, created)?)
+    }
+
+    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled> {
+        let pulled = Remote::pull(
+            self,
+            pb::PullRequest {
+                name: name.to_owned(),
+                platform: options
+                    .platform
+                    .as_ref()
+                    .map(|(os, arch)| format!("{os}/{arch}"))
+                    .unwrap_or_default(),
+                insecure_registries: options.insecure.clone(),
+            },
+        )?;
+        Ok(Pulled {
+            name: pulled.name,
+            manifest: pulled.manifest,
+            fetched: pulled.fetched,
+            bytes: pulled.bytes,
+        })
+    }
+
+    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed> {
+        let p = Remote::push(
+            self,
+            pb::PushRequest {
+                name: name.to_owned(),
+                insecure_registries: options.insecure.clone(),
+            },
+        )?;
+        Ok(Pushed {
+            manifest: p.manifest,
+            counts: [p.uploaded, p.mounted, p.skipped],
+        })
+    }
+}
