@@ -153,13 +153,15 @@ pub fn conformance_dir() -> PathBuf {
 /// Whether the machine has everything in `needs`. When it does not: with
 /// `KILN_REQUIRE_ALL=1` it panics (the test fails), otherwise it writes
 /// `SKIP <test>: needs …` to stderr and returns false, and the test
-/// returns.
+/// returns. A failure points at the caller.
+#[track_caller]
 pub fn require(needs: &[Need]) -> bool {
     decide(None, needs, strict(), &mut std::io::stderr())
 }
 
 /// [`require`] for a part of a test (`part` says which), the rest of
 /// which runs anyway: `SKIP <test> (<part>): needs …`.
+#[track_caller]
 pub fn require_for(part: &str, needs: &[Need]) -> bool {
     decide(Some(part), needs, strict(), &mut std::io::stderr())
 }
@@ -170,7 +172,9 @@ fn strict() -> bool {
 }
 
 /// The skip line goes to `skips`: stderr, past libtest's capture (which
-/// takes only print!/eprint!), so that it shows in every run.
+/// takes only print!/eprint!), so that it shows in every run; in one
+/// write, so that libtest's own lines do not land inside it.
+#[track_caller]
 fn decide(part: Option<&str>, needs: &[Need], strict: bool, skips: &mut dyn Write) -> bool {
     let missing: Vec<String> = needs.iter().filter_map(|n| n.check().err()).collect();
     if missing.is_empty() {
@@ -185,17 +189,19 @@ fn decide(part: Option<&str>, needs: &[Need], strict: bool, skips: &mut dyn Writ
     if strict {
         panic!("{REQUIRE_ALL} is set and {test} needs {needs}");
     }
-    let _ = writeln!(skips, "SKIP {test}: needs {needs}");
+    let _ = skips.write_all(format!("SKIP {test}: needs {needs}\n").as_bytes());
     false
 }
 
 /// Waits until `done` holds, asking again at growing intervals (1 ms to
-/// 25 ms); panics with `what` when `timeout` passes first.
+/// 25 ms); panics with `what` when `timeout` passes first, at the caller.
+#[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     wait_for(timeout, what, || done().then_some(()));
 }
 
 /// Waits until `ready` returns a value, and returns it; as [`wait_until`].
+#[track_caller]
 pub fn wait_for<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
