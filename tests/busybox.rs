@@ -6,14 +6,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{is_root, kiln, run};
+use kiln_testing::{Need, require};
 
+use crate::harness::{kiln, run};
+
+/// What a build needs: root (the sandbox) and busybox (the base image).
+pub(crate) const BUILD: [Need; 2] = [Need::Root, Need::Busybox];
+
+/// Whether the build tests can run ([`BUILD`]); when not, the test is
+/// skipped (or fails under `KILN_REQUIRE_ALL=1`).
 pub(crate) fn ready() -> bool {
-    let ok = is_root() && Path::new("/bin/busybox").is_file();
-    if !ok {
-        eprintln!("NOTICE: needs root and /bin/busybox; kiln build tests skipped");
-    }
-    ok
+    require(&BUILD)
 }
 
 /// A store with `base:busybox` imported, and a context directory.

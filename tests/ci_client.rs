@@ -5,29 +5,14 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::busybox::{Setup, ready};
-use crate::kilnd::Kilnd;
+use kiln_testing::{Need, require};
 
-fn python_ready() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("KILN_REQUIRE_PYTHON_GRPC").is_none(),
-            "KILN_REQUIRE_PYTHON_GRPC is set but python3 cannot import grpc and grpc_tools"
-        );
-        eprintln!(
-            "NOTICE: python3 with grpcio and grpcio-tools is missing; the CI client test is skipped"
-        );
-    }
-    ok
-}
+use crate::busybox::Setup;
+use crate::kilnd::Kilnd;
 
 #[test]
 fn the_python_ci_client_builds_through_kilnd() {
-    if !ready() || !python_ready() {
+    if !require(&[Need::Root, Need::Busybox, Need::PythonGrpc]) {
         return;
     }
     let s = Setup::new();

@@ -4,13 +4,16 @@ use std::fs;
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::harness::{conformance_dir, kiln, run};
+use kiln_testing::{Need, conformance_dir, require};
+
+use crate::harness::{kiln, run};
 
 #[test]
 fn debug_parse_prints_buildkits_dump_for_every_case() {
-    let Some(data) = conformance_dir() else {
+    if !require(&[Need::Conformance]) {
         return;
-    };
+    }
+    let data = conformance_dir();
     let mut checked = 0;
     for entry in fs::read_dir(data.join("parser/testfiles")).unwrap() {
         let case = entry.unwrap().path();
@@ -37,9 +40,10 @@ fn debug_parse_prints_buildkits_dump_for_every_case() {
 
 #[test]
 fn debug_parse_rejects_the_negative_cases_with_a_line() {
-    let Some(data) = conformance_dir() else {
+    if !require(&[Need::Conformance]) {
         return;
-    };
+    }
+    let data = conformance_dir();
     for entry in fs::read_dir(data.join("parser/testfiles-negative")).unwrap() {
         let case = entry.unwrap().path();
         let out = run(kiln()

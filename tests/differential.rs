@@ -20,7 +20,7 @@
 //! `KILN_DIFFERENTIAL_PRINT=1` prints both normalized forms of each case
 //! (how an `expected.json` starts). Skipped with a notice without root and
 //! busybox; the docker half is skipped with a notice when no dockerd
-//! answers, unless `KILN_REQUIRE_DOCKER=1` (CI).
+//! answers, unless `KILN_REQUIRE_ALL=1` (CI).
 
 mod base;
 mod normalize;
@@ -33,10 +33,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kiln_testing::{DOCKER, Need, require_for};
 use serde_json::Value;
 
 use crate::busybox::ready;
-use crate::docker::{DOCKER, docker_ready};
 use crate::harness::binary;
 use normalize::{Image, Tree};
 use setup::{RUNNER_FILES, Setup};
@@ -102,7 +102,7 @@ fn kiln_and_docker_build_the_same_images() {
     }
     // Fails with a clear message when `cargo test --workspace` did not build it.
     binary("kiln-sandbox");
-    let docker = docker_ready("only the differential cases with expected.json run");
+    let docker = require_for("only the cases with expected.json run", &[Need::Dockerd]);
     let filter = std::env::var("KILN_DIFFERENTIAL").unwrap_or_default();
     let cases = read_cases(&filter);
     let known = read_known();

@@ -1,31 +1,14 @@
 //! A real consumer: an image built and saved by kiln, loaded into dockerd
 //! (Debian's, started as `../shared/bench/setup-peers.sh` does) and run.
 //! Skipped with a notice when no dockerd answers, unless
-//! `KILN_REQUIRE_DOCKER=1` (CI sets it after starting dockerd).
+//! `KILN_REQUIRE_ALL=1` (CI sets it after starting dockerd).
 
 use std::fs;
 use std::process::Command;
 
-use crate::busybox::{Setup, ready};
+use kiln_testing::{DOCKER, Need, require};
 
-pub(crate) const DOCKER: &str = "/usr/bin/docker";
-
-/// Whether dockerd answers; with `KILN_REQUIRE_DOCKER` set it must.
-/// `without` says what runs (or not) when it does not.
-pub(crate) fn docker_ready(without: &str) -> bool {
-    let up = Command::new(DOCKER)
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !up {
-        assert!(
-            std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
-            "KILN_REQUIRE_DOCKER is set but {DOCKER} info fails: is dockerd running?"
-        );
-        eprintln!("NOTICE: no dockerd answers; {without}");
-    }
-    up
-}
+use crate::busybox::Setup;
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new(DOCKER).args(args).output().unwrap();
@@ -39,7 +22,7 @@ fn docker(args: &[&str]) -> String {
 
 #[test]
 fn docker_loads_and_runs_what_kiln_built() {
-    if !ready() || !docker_ready("the docker consumer test is skipped") {
+    if !require(&[Need::Root, Need::Busybox, Need::Dockerd]) {
         return;
     }
     let s = Setup::new();

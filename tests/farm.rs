@@ -7,10 +7,11 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use kiln_testing::wait_until;
 
 use crate::busybox::{Setup, ready};
-use crate::harness::binary;
+use crate::harness::{PATIENCE, binary, running};
 use crate::kilnd::Kilnd;
 
 /// A running `kiln-worker`, killed when dropped.
@@ -63,25 +64,14 @@ pub(crate) fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
         .collect()
 }
 
-/// Waits (up to 20 s) until `done` holds of the farm workers.
+/// Waits until `done` holds of the farm workers (`kiln workers`).
 pub(crate) fn wait_for(
     s: &Setup,
     addr: &str,
     what: &str,
     done: impl Fn(&[(String, u32, u64)]) -> bool,
 ) {
-    let start = Instant::now();
-    loop {
-        let now = workers(s, addr);
-        if done(&now) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "waiting for {what}: {now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(PATIENCE, what, || done(&workers(s, addr)));
 }
 
 fn file_in_layers(s: &Setup, addr: &str, image: &str, text: &str) -> bool {
@@ -217,13 +207,6 @@ fn write_context(s: &Setup, dockerfile: &str) -> std::path::PathBuf {
 }
 
 /// Whether a process whose command line has `pattern` runs.
-fn running(pattern: &str) -> bool {
-    Command::new("pgrep")
-        .args(["-f", pattern])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([name, &child.id().to_string()])
@@ -253,22 +236,13 @@ fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
         .spawn()
         .unwrap();
     wait_for(&s, &addr, "the step to reach w1", |w| w[0].1 == 1);
-    let start = Instant::now();
-    while !running("sleep 42.5") {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the step started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(PATIENCE, "the step to start", || running("sleep 42.5"));
     client.kill().unwrap();
     let _ = client.wait();
     wait_for(&s, &addr, "the step to end on w1", |w| w[0].1 == 0);
-    let start = Instant::now();
-    while running("sleep 42.5") && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!running("sleep 42.5"), "the step's processes were killed");
+    wait_until(PATIENCE, "the step's processes to be killed", || {
+        !running("sleep 42.5")
+    });
     let (snapshots, blobs) = (
         s.dir.path().join("w1/snapshots"),
         s.dir.path().join("w1/content/blobs/sha256"),
@@ -277,13 +251,11 @@ fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
     let empty = |dir: &std::path::Path| {
         fs::read_dir(dir).map_or(true, |d| d.flatten().all(|e| e.file_name() == "l"))
     };
-    while !(empty(&snapshots) && empty(&snapshots.join("l")) && empty(&blobs)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the worker's store collected after its step (--keep-storage)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        PATIENCE,
+        "the worker's store to be collected after its step (--keep-storage)",
+        || empty(&snapshots) && empty(&snapshots.join("l")) && empty(&blobs),
+    );
 
     // A worker that stops answering (SIGSTOP: its connection stays up) is
     // dropped after three missed heartbeats; its step then runs on kilnd.

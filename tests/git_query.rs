@@ -4,14 +4,15 @@
 
 use std::fs;
 
-use crate::busybox::{Setup, ready};
-use crate::harness::have_tool;
+use kiln_testing::{Need, require};
+
+use crate::busybox::Setup;
 use crate::httpd::Httpd;
 use crate::instructions::served_repo;
 
 #[test]
 fn add_git_in_the_query_form() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();

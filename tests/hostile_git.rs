@@ -6,8 +6,9 @@
 use std::fs;
 use std::path::Path;
 
-use crate::busybox::{Setup, assert_stderr_has, ready};
-use crate::harness::have_tool;
+use kiln_testing::{Need, require};
+
+use crate::busybox::{Setup, assert_stderr_has};
 
 /// Builds `dockerfile`; it must fail and say each of `needles`, and
 /// `sentinel` must not exist afterwards.
@@ -29,7 +30,7 @@ fn refused(s: &Setup, dockerfile: &str, needles: &[&str], sentinel: &Path) {
 
 #[test]
 fn git_refs_and_subdirectories_never_become_options() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();
@@ -69,7 +70,7 @@ fn git_refs_and_subdirectories_never_become_options() {
 
 #[test]
 fn local_and_helper_transports_are_refused() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();
@@ -111,7 +112,7 @@ fn local_and_helper_transports_are_refused() {
 
 #[test]
 fn github_short_form_is_fetched_over_https() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();

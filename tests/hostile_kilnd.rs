@@ -5,15 +5,17 @@
 //! …,cache-mounts=true` exports only the build's own cache mounts.
 
 use std::fs;
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kiln_proto::control::v1::{self as control, control_client::ControlClient};
 use kiln_proto::farm::v1::{self as farm, farm_client::FarmClient};
+use kiln_testing::wait_until;
 
 use crate::busybox::{Setup, ready};
-use crate::harness::binary;
+use crate::harness::{PATIENCE, binary};
 use crate::kilnd::{Kilnd, grpc};
 use crate::registry::{Registry, registry_ready};
 
@@ -254,21 +256,24 @@ fn farm_blob_calls_need_the_token() {
     assert!(!path.exists(), "the blob was stored");
 }
 
-/// `program args` must exit (within a minute) with an error saying `needle`.
+/// `program args` must exit with an error saying `needle`.
 fn exits_with(mut command: Command, needle: &str) {
-    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} accepted the token file and kept running");
+    /// Killed when dropped: one that accepted the token file runs on.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
+    let mut running = Running(command.stderr(Stdio::piped()).spawn().unwrap());
+    let what = format!("{command:?} to refuse the token file and exit");
+    wait_until(PATIENCE, &what, || running.0.try_wait().unwrap().is_some());
+    let status = running.0.wait().unwrap();
+    let mut stderr = String::new();
+    let mut pipe = running.0.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains(needle), "{stderr}");
 }
 
 #[test]

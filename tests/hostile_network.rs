@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use crate::busybox::{Setup, assert_stderr_has, ready};
-use crate::harness::{have_tool, kiln};
-use crate::kilnd::eventually;
+use kiln_testing::{Need, require, wait_for, wait_until};
+
+use crate::busybox::{Setup, assert_stderr_has};
+use crate::harness::{PATIENCE, kiln};
 
 /// Tests that look for NAT processes run one at a time, so that each sees
 /// only its own.
@@ -26,7 +27,12 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn nat_ready() -> bool {
-    ready() && have_tool("slirp4netns") && have_tool("ip")
+    require(&[
+        Need::Root,
+        Need::Busybox,
+        Need::Tool("slirp4netns"),
+        Need::Tool("ip"),
+    ])
 }
 
 /// A TCP listener on the host that, for every connection, appends the
@@ -359,15 +365,11 @@ fn start_step(s: &Setup, mark: &str, code: u8) -> (std::process::Child, String, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut seen = None;
-    assert!(
-        eventually(|| {
-            seen = running_step(mark).filter(|(_, nats)| !nats.is_empty());
-            seen.is_some()
-        }),
-        "the step runs with a NAT attached to its namespace"
+    let (netns, nats) = wait_for(
+        PATIENCE,
+        "the step to run with a NAT attached to its namespace",
+        || running_step(mark).filter(|(_, nats)| !nats.is_empty()),
     );
-    let (netns, nats) = seen.unwrap();
     let host = fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(
         Path::new(&netns),
@@ -378,16 +380,18 @@ fn start_step(s: &Setup, mark: &str, code: u8) -> (std::process::Child, String, 
 }
 
 fn assert_gone(netns: &str, nats: &BTreeSet<u32>, when: &str) {
-    assert!(
-        eventually(|| nats
-            .iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())),
-        "{when}: the NAT {nats:?} is still running"
+    wait_until(
+        PATIENCE,
+        &format!("{when}: the NAT {nats:?} to end"),
+        || {
+            nats.iter()
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+        },
     );
-    assert!(
-        eventually(|| processes_in(netns).is_empty()),
-        "{when}: processes left in {netns}: {:?}",
-        processes_in(netns)
+    wait_until(
+        PATIENCE,
+        &format!("{when}: every process in {netns} to end"),
+        || processes_in(netns).is_empty(),
     );
 }
 
@@ -438,10 +442,10 @@ fn no_nat_or_namespace_outlives_a_step() {
     );
     // The steps' interfaces (persistent taps) went with their namespaces;
     // none was handed to the host's.
-    assert!(
-        eventually(|| links() == host_links),
-        "the host's interfaces were {host_links:?}, now {:?}",
-        links()
+    wait_until(
+        PATIENCE,
+        &format!("the host's interfaces to be {host_links:?} again"),
+        || links() == host_links,
     );
 }
 

@@ -10,8 +10,10 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use kiln_testing::{Need, require};
+
 use crate::busybox::{Setup, ready};
-use crate::harness::{binary, have_tool};
+use crate::harness::binary;
 use crate::kilnd::Kilnd;
 
 const DIRS: &[&str] = &[
@@ -74,7 +76,7 @@ fn assert_private(root: &Path) {
 
 #[test]
 fn another_user_reaches_nothing_in_the_store() {
-    if !ready() || !have_tool("setpriv") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("setpriv")]) {
         return;
     }
     let s = Setup::new();

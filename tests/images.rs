@@ -4,9 +4,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{have_tool, is_root, kiln, run};
+use kiln_testing::{Need, require, wait_until};
+
+use crate::harness::{kiln, run};
 use crate::noise::noise;
 
 /// A kiln command on the store `root`.
@@ -93,7 +95,7 @@ fn import_images_tag_inspect_rmi() {
 
 #[test]
 fn saved_archives_are_read_by_skopeo_and_umoci() {
-    if !have_tool("skopeo") || !have_tool("umoci") {
+    if !require(&[Need::Tool("skopeo"), Need::Tool("umoci")]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -207,24 +209,21 @@ fn a_load_killed_midway_leaves_a_store_that_recovers() {
         .spawn()
         .unwrap();
     // Kill it once it is well into the layer.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let partial = fs::read_dir(&ingest)
-            .map(|d| {
+    wait_until(
+        Duration::from_secs(60),
+        "16 MiB of the layer in ingest",
+        || {
+            let partial = fs::read_dir(&ingest).is_ok_and(|d| {
                 d.filter_map(Result::ok)
                     .any(|e| e.metadata().is_ok_and(|m| m.len() > 16 << 20))
-            })
-            .unwrap_or(false);
-        if partial {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the load never got going");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the load finished before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+            });
+            assert!(
+                partial || child.try_wait().unwrap().is_none(),
+                "the load finished before it could be killed"
+            );
+            partial
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -254,8 +253,7 @@ fn a_load_killed_midway_leaves_a_store_that_recovers() {
 
 #[test]
 fn a_full_disk_is_one_clear_error_and_changes_nothing() {
-    if !is_root() {
-        eprintln!("NOTICE: not root; the full-disk test (a small tmpfs) is skipped");
+    if !require(&[Need::Root]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use kiln_testing::{Need, require};
+
 use crate::busybox::{Setup, assert_stderr_has, ready};
-use crate::harness::have_tool;
 use crate::httpd::Httpd;
 
 /// Runs `git` in `dir` with no user or system configuration.
@@ -50,7 +51,7 @@ pub(crate) fn served_repo(work: &Path, served: &Path) {
 
 #[test]
 fn every_instruction() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();
@@ -455,7 +456,7 @@ fn ssh_agent_mounts() {
 
 #[test]
 fn live_progress_on_a_terminal() {
-    if !ready() || !have_tool("script") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("script")]) {
         return;
     }
     let s = Setup::new();

@@ -6,8 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use kiln_testing::wait_until;
+
 use crate::busybox::{Setup, ready};
-use crate::harness::binary;
+use crate::harness::{PATIENCE, binary, running};
 
 /// A running kilnd on `s`'s store, stopped (SIGTERM) when dropped.
 pub(crate) struct Kilnd {
@@ -31,13 +33,15 @@ impl Kilnd {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        Self { child, socket }
+        let mut kilnd = Self { child, socket };
+        wait_until(PATIENCE, "kilnd to listen on its socket", || {
+            assert!(
+                kilnd.child.try_wait().unwrap().is_none(),
+                "kilnd exited before it listened"
+            );
+            std::os::unix::net::UnixStream::connect(&kilnd.socket).is_ok()
+        });
+        kilnd
     }
 
     pub(crate) fn addr(&self) -> String {
@@ -360,22 +364,17 @@ fn concurrent_builds_share_steps_and_a_dropped_client_cancels_only_its_own() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let running = || {
-        Command::new("pgrep")
-            .args(["-f", "sleep 41.5"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    assert!(eventually(running), "the slow step started");
+    wait_until(PATIENCE, "the slow step to start", || running("sleep 41.5"));
     let other = s.build(
         "FROM base:busybox\nRUN echo other > /o\n",
         &["--addr", &addr],
     );
     slow.kill().unwrap();
     let _ = slow.wait();
-    assert!(
-        eventually(|| !running()),
-        "the cancelled step's processes were killed"
+    wait_until(
+        PATIENCE,
+        "the cancelled step's processes to be killed",
+        || !running("sleep 41.5"),
     );
     assert!(
         other.status.success(),
@@ -397,7 +396,7 @@ fn kill_9_of_kilnd_mid_build_then_restart() {
     let s = Setup::new();
     let mut kilnd = Kilnd::start(&s);
     let addr = kilnd.addr();
-    let dockerfile = "FROM base:busybox\nRUN echo one > /one\nRUN sleep 2 && echo two > /two\n";
+    let dockerfile = "FROM base:busybox\nRUN echo one > /one\nRUN sleep 2.02 && echo two > /two\n";
     fs::write(s.context.join("Dockerfile"), dockerfile).unwrap();
     let client = crate::harness::kiln()
         .args(["--addr", &addr, "build", "-t", "crash:1"])
@@ -405,7 +404,7 @@ fn kill_9_of_kilnd_mid_build_then_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    wait_until(PATIENCE, "the second step to run", || running("sleep 2.02"));
     kilnd.child.kill().unwrap(); // SIGKILL
     kilnd.child.wait().unwrap();
     let out = client.wait_with_output().unwrap();
@@ -528,7 +527,7 @@ fn sigterm_lets_a_running_build_finish() {
     let mut kilnd = Kilnd::start(&s);
     fs::write(
         s.context.join("Dockerfile"),
-        "FROM base:busybox\nRUN sleep 2 && echo drained > /d\n",
+        "FROM base:busybox\nRUN sleep 2.01 && echo drained > /d\n",
     )
     .unwrap();
     let client = crate::harness::kiln()
@@ -537,7 +536,7 @@ fn sigterm_lets_a_running_build_finish() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    wait_until(PATIENCE, "the step to run", || running("sleep 2.01"));
     let status = kilnd.stop();
     let out = client.wait_with_output().unwrap();
     assert!(
@@ -557,17 +556,6 @@ fn context_bytes(stderr: &str) -> u64 {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no context line in:\n{stderr}"))
-}
-
-/// Whether `done` holds within 10 s (asked every 50 ms).
-pub(crate) fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    done()
 }
 
 /// Files in the store's blob directory.
@@ -617,8 +605,7 @@ fn prune_waits_for_running_builds_and_rmi_leaves_their_blobs() {
             .map(|e| e.path())
             .find(|p| p.join("started").exists())
     };
-    eventually(|| gate().is_some());
-    let gate = gate().expect("the gated step started");
+    let gate = kiln_testing::wait_for(PATIENCE, "the gated step to start", gate);
 
     // rmi while a build runs: the tag goes, the blobs stay for later.
     let blobs = blob_count(&s);
@@ -639,6 +626,8 @@ fn prune_waits_for_running_builds_and_rmi_leaves_their_blobs() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // That prune does not return has no event to wait for: the test
+    // gives it this long to (wrongly) return.
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert!(
         prune.try_wait().unwrap().is_none(),
@@ -687,11 +676,10 @@ fn keep_storage_collects_unused_cache_after_a_build() {
         fs::read_dir(dir).map_or(0, |d| d.flatten().filter(|e| e.file_name() != "l").count())
     };
     let snapshots = || entries(s.root.join("snapshots")) + entries(s.root.join("snapshots/l"));
-    assert!(
-        eventually(|| blob_count(&s) == base && snapshots() == 0),
-        "the build's unused blobs and every snapshot were collected: {} blobs, {} snapshots",
-        blob_count(&s),
-        snapshots()
+    wait_until(
+        PATIENCE,
+        "the build's unused blobs and every snapshot to be collected",
+        || blob_count(&s) == base && snapshots() == 0,
     );
     assert_eq!(
         s.ok(&["--addr", &addr, "images"])

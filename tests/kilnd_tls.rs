@@ -5,8 +5,10 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::busybox::{Setup, ready};
-use crate::harness::binary;
+use kiln_testing::{Need, require, wait_until};
+
+use crate::busybox::Setup;
+use crate::harness::{PATIENCE, binary};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, by
 /// `openssl`, in `dir`.
@@ -35,7 +37,7 @@ fn certificates(dir: &Path) {
 
 #[test]
 fn mutual_tls_over_tcp() {
-    if !ready() || !crate::harness::have_tool("openssl") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("openssl")]) {
         return;
     }
     let s = Setup::new();
@@ -73,12 +75,9 @@ fn mutual_tls_over_tcp() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_until(PATIENCE, "kilnd to listen on its TCP port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     // With its certificate the client is served…
     let tls = [
         "--addr",
@@ -119,12 +118,9 @@ fn mutual_tls_over_tcp() {
     let mut with_cert = worker("tls-worker", true);
     let mut without = worker("no-cert-worker", false);
     let listing = || s.ok(&[&tls[..], &["workers"]].concat()).0;
-    for _ in 0..200 {
-        if listing().contains("tls-worker") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(PATIENCE, "tls-worker to attach", || {
+        listing().contains("tls-worker")
+    });
     let out = s.build(
         "FROM base:busybox\nRUN echo over mTLS > /m\n",
         &[&tls[..], &["-t", "tls:1"]].concat(),

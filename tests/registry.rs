@@ -8,10 +8,10 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::busybox::{Setup, ready};
-use crate::harness::have_tool;
+use kiln_testing::{Need, REGISTRY, require, wait_until};
 
-const REGISTRY: &str = "/usr/bin/docker-registry";
+use crate::busybox::Setup;
+use crate::harness::PATIENCE;
 
 /// A running registry, stopped when dropped.
 pub(crate) struct Registry {
@@ -64,26 +64,30 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self {
+        let registry = Self {
             child,
             addr,
             _dir: dir,
-        }
+        };
+        wait_until(PATIENCE, "the registry to listen", || {
+            std::net::TcpStream::connect(&registry.addr).is_ok()
+        });
+        registry
     }
 }
 
+/// What the registry tests need: a build's, the registry and skopeo.
+pub(crate) const REGISTRY_TEST: [Need; 4] = [
+    Need::Root,
+    Need::Busybox,
+    Need::Registry,
+    Need::Tool("skopeo"),
+];
+
+/// Whether the registry tests can run ([`REGISTRY_TEST`]); when not, the
+/// test is skipped (or fails under `KILN_REQUIRE_ALL=1`).
 pub(crate) fn registry_ready() -> bool {
-    let ok = ready() && Path::new(REGISTRY).is_file() && have_tool("skopeo");
-    if !ok {
-        eprintln!("NOTICE: needs {REGISTRY} (Debian's docker-registry) and skopeo; skipped");
-    }
-    ok
+    require(&REGISTRY_TEST)
 }
 
 pub(crate) fn stderr(out: &std::process::Output) -> String {
@@ -245,7 +249,7 @@ fn push_rmi_pull_and_skopeo_agree() {
 
 #[test]
 fn basic_auth_and_login() {
-    if !registry_ready() || !have_tool("htpasswd") {
+    if !require(&[REGISTRY_TEST.as_slice(), &[Need::Tool("htpasswd")]].concat()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -366,7 +370,7 @@ fn build_cache_round_trip_through_a_registry() {
 
 #[test]
 fn indexes_pick_the_platform_and_helpers_give_credentials() {
-    if !registry_ready() || !have_tool("htpasswd") {
+    if !require(&[REGISTRY_TEST.as_slice(), &[Need::Tool("htpasswd")]].concat()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

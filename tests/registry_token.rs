@@ -6,9 +6,10 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use kiln_testing::{Need, require};
+
 use crate::busybox::Setup;
-use crate::harness::have_tool;
-use crate::registry::{Registry, kiln_with_config, registry_ready, stderr};
+use crate::registry::{REGISTRY_TEST, Registry, kiln_with_config, stderr};
 
 /// A token service as Docker Hub's: `GET /token?service=…&scope=…` with
 /// basic credentials answers `{"token": JWT}`, an RS256 JWT (signed by
@@ -150,7 +151,7 @@ fn answer_token(conn: std::net::TcpStream, key: &Path, cert_der: &[u8]) -> std::
 
 #[test]
 fn bearer_tokens_from_a_token_service() {
-    if !registry_ready() || !have_tool("openssl") {
+    if !require(&[REGISTRY_TEST.as_slice(), &[Need::Tool("openssl")]].concat()) {
         return;
     }
     let tokens = TokenService::start();

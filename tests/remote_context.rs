@@ -8,8 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use kiln_testing::{Need, require};
+
 use crate::busybox::{Setup, assert_stderr_has, ready};
-use crate::harness::have_tool;
 use crate::httpd::Httpd;
 use crate::kilnd::Kilnd;
 
@@ -106,7 +107,7 @@ fn created(s: &Setup, name: &str) -> String {
 
 #[test]
 fn a_git_repository_as_the_context() {
-    if !ready() || !have_tool("git") {
+    if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
         return;
     }
     let s = Setup::new();

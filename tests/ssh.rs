@@ -7,8 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::busybox::{Setup, ready};
-use crate::harness::have_tool;
+use kiln_testing::{Need, require, wait_until};
+
+use crate::busybox::Setup;
 use crate::kilnd::Kilnd;
 
 /// An `ssh-agent` on a socket of its own, holding one new ed25519 key;
@@ -28,13 +29,10 @@ impl Agent {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        for _ in 0..200 {
-            if socket.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
         let agent = Self { child, socket };
+        wait_until(crate::harness::PATIENCE, "ssh-agent's socket", || {
+            agent.socket.exists()
+        });
         let key = dir.join("id_ed25519");
         let made = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test-key", "-f"])
@@ -99,7 +97,12 @@ fn copy_ssh_add(dir: &Path) {
 
 #[test]
 fn a_step_lists_the_agents_key_embedded_and_through_kilnd() {
-    if !ready() || !have_tool("ssh-agent") || !have_tool("ldd") {
+    if !require(&[
+        Need::Root,
+        Need::Busybox,
+        Need::Tool("ssh-agent"),
+        Need::Tool("ldd"),
+    ]) {
         return;
     }
     let s = Setup::new();

@@ -278,12 +278,7 @@ mod tests {
     /// not run a transport helper or read a local repository.
     #[test]
     fn git_allows_only_network_transports() {
-        if std::process::Command::new("git")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("NOTICE: git is not installed; skipped");
+        if !kiln_testing::require(&[kiln_testing::Need::Tool("git")]) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

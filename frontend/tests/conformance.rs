@@ -1,6 +1,7 @@
 //! BuildKit's own parser and shell-expansion test data, read in place from
 //! `../shared/conformance/buildkit` (see that folder's README for the
-//! formats). Skipped, with a notice, when the folder is absent.
+//! formats; `KILN_CONFORMANCE_DIR` names another place). Skipped, with a
+//! notice, when the folder is absent (failed under `KILN_REQUIRE_ALL=1`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,22 +9,11 @@ use std::path::PathBuf;
 
 use kiln_frontend::parser::{self, Location};
 use kiln_frontend::shell::Lexer;
+use kiln_testing::{Need, conformance_dir, require};
 
-/// The conformance data, or `None` (after a printed notice) when absent.
+/// The conformance data, or `None` when absent (the test is skipped).
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_CONFORMANCE_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit"),
-        PathBuf::from,
-    );
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "NOTICE: {} not found; BuildKit conformance cases skipped",
-            dir.display()
-        );
-        None
-    }
+    require(&[Need::Conformance]).then(conformance_dir)
 }
 
 fn case_dirs(dir: PathBuf) -> Vec<PathBuf> {

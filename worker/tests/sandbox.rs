@@ -5,8 +5,9 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kiln_testing::wait_until;
 use kiln_worker::layer;
 use kiln_worker::sandbox::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
 use kiln_worker::sandbox::{Cancel, Sandbox, SandboxError, Stream, etc_files};
@@ -241,22 +242,17 @@ fn cancel_kills_every_process_of_the_step() {
             &cancel,
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !started.load(std::sync::atomic::Ordering::SeqCst) || sleepers() < 2 {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(30), "the step to start", || {
+        started.load(std::sync::atomic::Ordering::SeqCst) && sleepers() >= 2
+    });
     canceller.cancel();
     let result = runner.join().unwrap();
     assert!(matches!(result, Err(SandboxError::Cancelled)), "{result:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sleepers() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "sleep 987654 survived the cancel"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "every sleep 987654 to end after the cancel",
+        || sleepers() == 0,
+    );
 }
 
 #[test]

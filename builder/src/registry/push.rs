@@ -257,9 +257,8 @@ mod tests {
     /// A chunked upload to Debian's docker-registry, when it is installed.
     #[test]
     fn large_blobs_go_up_in_chunks() {
-        let registry_bin = std::path::Path::new("/usr/bin/docker-registry");
-        if !registry_bin.is_file() {
-            eprintln!("NOTICE: no docker-registry; the chunked upload test is skipped");
+        use kiln_testing::{Need, REGISTRY, require, wait_until};
+        if !require(&[Need::Registry]) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -277,19 +276,18 @@ mod tests {
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(registry_bin)
+        let mut child = std::process::Command::new(REGISTRY)
             .arg("serve")
             .arg(&config)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_until(
+            std::time::Duration::from_secs(30),
+            "the registry to listen",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         let store = Store::open(&dir.path().join("store")).unwrap();
         // 2.5 chunks of noise, a config, a manifest naming both.
         let mut x = 1u64;

@@ -87,7 +87,12 @@ mod tests {
         let claim = flights.claim("k").expect("the first claims");
         std::thread::scope(|s| {
             let waiter = s.spawn(|| flights.claim("k").is_none());
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            // The waiter holds the flight (beside the map and the claim).
+            kiln_testing::wait_until(
+                std::time::Duration::from_secs(10),
+                "the second build to wait on the flight",
+                || Arc::strong_count(&flights.lock()["k"]) == 3,
+            );
             assert!(
                 !waiter.is_finished(),
                 "the second waits while the first runs"

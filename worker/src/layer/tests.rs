@@ -3,6 +3,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
+use kiln_testing::{Need, require, require_for};
+
 use super::*;
 
 /// A tar built entry by entry, for layers a normal tool would not write.
@@ -66,15 +68,9 @@ fn entries(tar: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Whether this process may mount overlays (root with overlayfs); prints a
-/// notice when not.
+/// Whether this process may mount overlays (root with overlayfs).
 fn can_mount_overlay() -> bool {
-    let ok = nix::unistd::geteuid().is_root()
-        && fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
-    if !ok {
-        eprintln!("NOTICE: not root or no overlayfs; overlay round-trip test skipped");
-    }
-    ok
+    require(&[Need::Root, Need::Overlayfs])
 }
 
 fn mount_overlay(lower: &str, upper: Option<(&Path, &Path)>, merged: &Path) {
@@ -210,7 +206,7 @@ fn metadata_is_kept() {
     b.append_data(&mut h, "bin/tool", &b"#!"[..]).unwrap();
     unpack(b.into_inner().unwrap().as_slice(), tmp.path()).unwrap();
     let m = fs::metadata(tmp.path().join("bin/tool")).unwrap();
-    if nix::unistd::geteuid().is_root() {
+    if require_for("the owner check", &[Need::Root]) {
         assert_eq!((m.uid(), m.gid()), (1234, 5678));
         assert_eq!(
             m.permissions().mode() & 0o7777,

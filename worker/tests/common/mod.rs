@@ -12,12 +12,10 @@ const APPLETS: &[&str] = &[
     "pwd", "touch", "test", "grep", "wc", "true", "env", "chmod", "stat",
 ];
 
+/// Whether the sandbox tests can run (root, busybox); when not, the test
+/// is skipped (or fails under `KILN_REQUIRE_ALL=1`).
 pub(crate) fn ready() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").is_file();
-    if !ok {
-        eprintln!("NOTICE: needs root and /bin/busybox (busybox-static); sandbox tests skipped");
-    }
-    ok
+    kiln_testing::require(&[kiln_testing::Need::Root, kiln_testing::Need::Busybox])
 }
 
 /// A busybox root filesystem with a user `app` (1000) in group `staff`.

@@ -1,0 +1,277 @@
+//! What kiln's tests share, in every crate: their prerequisites and their
+//! waits. A dev-dependency only (std only), so that the unit tests of each
+//! crate and the end-to-end tests in `tests/` use one implementation.
+//!
+//! # Prerequisites
+//!
+//! A test that needs something the machine may lack (root, a tool, a
+//! running dockerd) starts with [`require`]:
+//!
+//! ```
+//! use kiln_testing::{Need, require};
+//!
+//! fn a_build_fetches_a_git_context() {
+//!     if !require(&[Need::Root, Need::Busybox, Need::Tool("git")]) {
+//!         return;
+//!     }
+//!     // …
+//! }
+//! ```
+//!
+//! When something is missing, [`require`] writes one line to stderr —
+//! `SKIP <test>: needs git (not on PATH)` — past libtest's output capture,
+//! so that every run shows what it did not run, and the test returns.
+//! With `KILN_REQUIRE_ALL=1` (CI) it panics instead: the test fails, and a
+//! green run is one that ran every test it defines.
+//!
+//! # Waits
+//!
+//! A test never sleeps for something to happen: it waits for the effect
+//! with [`wait_until`] (or [`wait_for`], which returns what it waited
+//! for), which fails the test with what it awaited when the time is up.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The variable that turns every skip into a failure (`1`).
+pub const REQUIRE_ALL: &str = "KILN_REQUIRE_ALL";
+
+/// Debian's `docker` client (docker.io), the one the tests drive.
+pub const DOCKER: &str = "/usr/bin/docker";
+
+/// Debian's docker-registry binary.
+pub const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// Something a test needs from the machine it runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Running as root: the sandbox, mounts, owners other than our own.
+    Root,
+    /// `/bin/busybox`, a static busybox (Debian's busybox-static): the
+    /// root filesystem of test images and sandboxes.
+    Busybox,
+    /// The overlay filesystem (listed in `/proc/filesystems`).
+    Overlayfs,
+    /// A program on `PATH` (umoci, skopeo, git, ssh-agent, slirp4netns, …).
+    Tool(&'static str),
+    /// Debian's docker-registry at [`REGISTRY`].
+    Registry,
+    /// A dockerd that answers `docker info` ([`DOCKER`]).
+    Dockerd,
+    /// `python3` that imports grpc and grpc_tools (grpcio, grpcio-tools).
+    PythonGrpc,
+    /// BuildKit's conformance data, [`conformance_dir`].
+    Conformance,
+}
+
+impl Need {
+    /// `Err(why)` when the machine lacks it; `why` completes "needs …".
+    fn check(self) -> Result<(), String> {
+        match self {
+            Self::Root => {
+                // /proc/self belongs to the effective user.
+                let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+                match uid {
+                    0 => Ok(()),
+                    u32::MAX => Err("root (cannot read /proc/self)".into()),
+                    uid => Err(format!("root (running as uid {uid})")),
+                }
+            }
+            Self::Busybox => file("/bin/busybox", "Debian's busybox-static"),
+            Self::Overlayfs => {
+                let listed = std::fs::read_to_string("/proc/filesystems")
+                    .is_ok_and(|f| f.lines().any(|l| l.ends_with("\toverlay")));
+                ok_or(listed, || "overlayfs (not in /proc/filesystems)".into())
+            }
+            Self::Tool(tool) => {
+                let found = std::env::var_os("PATH").is_some_and(|paths| {
+                    std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
+                });
+                ok_or(found, || format!("{tool} (not on PATH)"))
+            }
+            Self::Registry => file(REGISTRY, "Debian's docker-registry"),
+            Self::Dockerd => {
+                static UP: OnceLock<Result<(), String>> = OnceLock::new();
+                UP.get_or_init(|| {
+                    let up = Command::new(DOCKER)
+                        .arg("info")
+                        .output()
+                        .is_ok_and(|o| o.status.success());
+                    ok_or(up, || {
+                        format!("dockerd (`{DOCKER} info` fails: is dockerd running?)")
+                    })
+                })
+                .clone()
+            }
+            Self::PythonGrpc => {
+                static IMPORTS: OnceLock<Result<(), String>> = OnceLock::new();
+                IMPORTS
+                    .get_or_init(|| {
+                        let imports = Command::new("python3")
+                            .args(["-c", "import grpc, grpc_tools"])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                        ok_or(imports, || {
+                            "python3 with grpcio and grpcio-tools \
+                             (`import grpc, grpc_tools` fails)"
+                                .into()
+                        })
+                    })
+                    .clone()
+            }
+            Self::Conformance => {
+                let dir = conformance_dir();
+                ok_or(dir.is_dir(), || {
+                    format!("BuildKit's conformance data ({} not found)", dir.display())
+                })
+            }
+        }
+    }
+}
+
+fn ok_or(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(why()) }
+}
+
+fn file(path: &str, package: &str) -> Result<(), String> {
+    ok_or(Path::new(path).is_file(), || format!("{path} ({package})"))
+}
+
+/// BuildKit's test data, read in place: `$KILN_CONFORMANCE_DIR`, or
+/// `../shared/conformance/buildkit` beside the repository.
+pub fn conformance_dir() -> PathBuf {
+    std::env::var_os("KILN_CONFORMANCE_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit"),
+        PathBuf::from,
+    )
+}
+
+/// Whether the machine has everything in `needs`. When it does not: with
+/// `KILN_REQUIRE_ALL=1` it panics (the test fails), otherwise it writes
+/// `SKIP <test>: needs …` to stderr and returns false, and the test
+/// returns. A failure points at the caller.
+#[track_caller]
+pub fn require(needs: &[Need]) -> bool {
+    decide(None, needs, strict(), &mut std::io::stderr())
+}
+
+/// [`require`] for a part of a test (`part` says which), the rest of
+/// which runs anyway: `SKIP <test> (<part>): needs …`.
+#[track_caller]
+pub fn require_for(part: &str, needs: &[Need]) -> bool {
+    decide(Some(part), needs, strict(), &mut std::io::stderr())
+}
+
+/// Whether `KILN_REQUIRE_ALL` is set (to anything but empty or `0`).
+fn strict() -> bool {
+    std::env::var_os(REQUIRE_ALL).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The skip line goes to `skips`: stderr, past libtest's capture (which
+/// takes only print!/eprint!), so that it shows in every run; in one
+/// write, so that libtest's own lines do not land inside it.
+#[track_caller]
+fn decide(part: Option<&str>, needs: &[Need], strict: bool, skips: &mut dyn Write) -> bool {
+    let missing: Vec<String> = needs.iter().filter_map(|n| n.check().err()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let mut test = thread.name().unwrap_or("a test").to_owned();
+    if let Some(part) = part {
+        test = format!("{test} ({part})");
+    }
+    let needs = missing.join(", ");
+    if strict {
+        panic!("{REQUIRE_ALL} is set and {test} needs {needs}");
+    }
+    let _ = skips.write_all(format!("SKIP {test}: needs {needs}\n").as_bytes());
+    false
+}
+
+/// Waits until `done` holds, asking again at growing intervals (1 ms to
+/// 25 ms); panics with `what` when `timeout` passes first, at the caller.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(timeout, what, || done().then_some(()));
+}
+
+/// Waits until `ready` returns a value, and returns it; as [`wait_until`].
+#[track_caller]
+pub fn wait_for<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        let now = Instant::now();
+        assert!(
+            now < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_there_is_required_without_a_word() {
+        let mut skips = Vec::new();
+        assert!(decide(None, &[Need::Tool("sh")], true, &mut skips));
+        assert!(decide(None, &[], true, &mut skips));
+        assert!(skips.is_empty());
+    }
+
+    #[test]
+    fn what_is_missing_skips_or_in_strict_mode_fails() {
+        let missing = [Need::Tool("sh"), Need::Tool("kiln-no-such-tool")];
+        let mut skips = Vec::new();
+        assert!(!decide(None, &missing, false, &mut skips));
+        assert!(!decide(Some("a part"), &missing, false, &mut skips));
+        assert_eq!(
+            String::from_utf8(skips).unwrap(),
+            "SKIP tests::what_is_missing_skips_or_in_strict_mode_fails: \
+             needs kiln-no-such-tool (not on PATH)\n\
+             SKIP tests::what_is_missing_skips_or_in_strict_mode_fails (a part): \
+             needs kiln-no-such-tool (not on PATH)\n"
+        );
+        let failed =
+            std::panic::catch_unwind(|| decide(None, &missing, true, &mut std::io::sink()))
+                .unwrap_err();
+        let message = failed.downcast_ref::<String>().unwrap();
+        assert!(
+            message.ends_with(
+                "what_is_missing_skips_or_in_strict_mode_fails \
+                 needs kiln-no-such-tool (not on PATH)"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_wait_returns_what_it_waited_for_or_fails_with_what() {
+        let mut n = 0;
+        assert_eq!(
+            wait_for(Duration::from_secs(5), "three", || {
+                n += 1;
+                (n == 3).then_some(n)
+            }),
+            3
+        );
+        let timeout = std::panic::catch_unwind(|| {
+            wait_until(Duration::from_millis(20), "never", || false);
+        });
+        let message = timeout.unwrap_err();
+        let message = message.downcast_ref::<String>().unwrap();
+        assert_eq!(message, "timed out after 20ms waiting for never");
+    }
+}
