@@ -10,9 +10,9 @@
 
 use std::path::Path;
 
-use kiln_builder::archive::load;
-use kiln_builder::compress::verify_layer;
-use kiln_builder::image::{self, read_image};
+use kiln_image::archive::load;
+use kiln_image::compress::verify_layer;
+use kiln_image::image::{self, read_image};
 use kiln_cache::{Digest, Store};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;

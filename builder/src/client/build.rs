@@ -10,9 +10,9 @@ use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{self as pb, BuildInput, build_input, build_output};
 
 use super::{Client, ClientError, Result};
-use crate::control::{ChunkWriter, Tunnels, event_from_message, notice_from_message};
-use crate::pipeline::{Report, Request};
-use crate::solve::Event;
+use kiln_daemon::control::{ChunkWriter, Tunnels, event_from_message, notice_from_message};
+use kiln_solver::pipeline::{Report, Request};
+use kiln_solver::solve::Event;
 
 /// A message carrying this end of an SSH agent tunnel.
 fn ssh_input(frame: pb::SshFrame) -> BuildInput {
@@ -112,12 +112,13 @@ impl Client {
         spec: &mut pb::BuildSpec,
         context: &Path,
         ignore: &Matcher,
-    ) -> Result<Vec<crate::context::Entry>> {
-        let local =
-            crate::context::entries(context, ignore).map_err(|source| ClientError::Context {
+    ) -> Result<Vec<kiln_solver::context::Entry>> {
+        let local = kiln_solver::context::entries(context, ignore).map_err(|source| {
+            ClientError::Context {
                 path: context.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         let kept = SessionFile::new(&self.addr, context);
         let session = kept
             .as_ref()
@@ -139,11 +140,11 @@ impl Client {
 /// The context tar, made on a thread of its own while it is sent.
 fn send_context(
     context: PathBuf,
-    send: Vec<crate::context::Entry>,
+    send: Vec<kiln_solver::context::Entry>,
     tx: tokio::sync::mpsc::Sender<BuildInput>,
 ) -> std::thread::JoinHandle<std::io::Result<()>> {
     std::thread::spawn(move || -> std::io::Result<()> {
-        let chunks = crate::context::write_tar(
+        let chunks = kiln_solver::context::write_tar(
             &context,
             &send,
             ChunkWriter::new(tx, |data, eof| BuildInput {
@@ -277,9 +278,9 @@ impl SessionFile {
 /// holds. A file modified in the last 2 seconds is always sent: a tar keeps
 /// whole seconds, so a change within one would not show.
 fn changes(
-    local: &[crate::context::Entry],
+    local: &[kiln_solver::context::Entry],
     held: &[pb::FileStat],
-) -> (Vec<crate::context::Entry>, Vec<String>) {
+) -> (Vec<kiln_solver::context::Entry>, Vec<String>) {
     const DIR: u32 = 0o040000;
     let held: HashMap<&str, &pb::FileStat> = held.iter().map(|f| (f.path.as_str(), f)).collect();
     let now = std::time::SystemTime::now()

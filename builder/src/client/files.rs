@@ -7,7 +7,7 @@ use std::path::Path;
 use kiln_proto::control::v1 as pb;
 
 use super::{Client, ClientError, Result};
-use crate::output::{Dest, Output};
+use kiln_image::output::{Dest, Output};
 
 /// Files go to kilnd in chunks of this size.
 const CHUNK: usize = 1 << 20;

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use kiln_builder::client::Client;
-//! use kiln_builder::pipeline::{Report, Request};
+//! use kiln_solver::pipeline::{Report, Request};
 //!
 //! let mut client = Client::connect("unix:///run/kiln/kilnd.sock", None)?;
 //! let request = Request {
@@ -30,7 +30,7 @@ use kiln_proto::control::v1::{self as pb, control_client::ControlClient};
 use thiserror::Error;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::control::ConnectError;
+use kiln_daemon::control::ConnectError;
 
 /// Why a call through kilnd failed.
 #[derive(Debug, Error)]
@@ -94,7 +94,7 @@ pub struct Client {
 
 impl Client {
     /// Connects to kilnd at `addr` (`unix:///PATH`, `tcp://HOST:PORT`;
-    /// with `tls`, mutual TLS, see [`crate::control::client_tls`]).
+    /// with `tls`, mutual TLS, see [`kiln_daemon::control::client_tls`]).
     pub fn connect(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -102,7 +102,7 @@ impl Client {
             .build()
             .map_err(ClientError::Runtime)?;
         let channel = runtime
-            .block_on(crate::control::channel(addr, tls))
+            .block_on(kiln_daemon::control::channel(addr, tls))
             .map_err(|source| ClientError::Connect {
                 addr: addr.to_owned(),
                 source,
@@ -156,9 +156,9 @@ impl Client {
         Ok(r.workers)
     }
 
-    pub fn disk_usage(&mut self) -> Result<crate::images::Usage> {
+    pub fn disk_usage(&mut self) -> Result<kiln_image::images::Usage> {
         let r = self.call(|mut c| async move { c.disk_usage(pb::DiskUsageRequest {}).await })?;
-        Ok(r.into())
+        Ok(kiln_daemon::control::usage_of(r))
     }
 
     pub fn pull(&mut self, request: pb::PullRequest) -> Result<pb::PullResponse> {

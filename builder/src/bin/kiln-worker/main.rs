@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use kiln_builder::farm::attach::{WorkerConfig, serve};
+use kiln_daemon::farm::attach::{WorkerConfig, serve};
 
 #[derive(Parser)]
 #[command(name = "kiln-worker", version, about = "a worker of kiln's build farm")]
@@ -67,23 +67,23 @@ async fn main() -> Result<()> {
         .token_file
         .as_deref()
         .map(|file| {
-            kiln_builder::farm::read_token(file)
+            kiln_daemon::farm::read_token(file)
                 .with_context(|| format!("--token-file {}", file.display()))
         })
         .transpose()?;
     let config = WorkerConfig {
         id: args.id.clone().unwrap_or_else(host_name),
         parallelism: args.parallelism.unwrap_or_else(|| {
-            u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX)
+            u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX)
         }),
         token,
         keep_storage: args
             .keep_storage
             .as_deref()
-            .map(kiln_builder::images::parse_size)
+            .map(kiln_image::images::parse_size)
             .transpose()
             .context("--keep-storage")?,
-        insecure_entitlements: kiln_builder::entitlements::Entitlements::from_flag(
+        insecure_entitlements: kiln_solver::entitlements::Entitlements::from_flag(
             "--allow-insecure-entitlement",
             &args.allow_insecure_entitlement,
         )?,
@@ -92,7 +92,7 @@ async fn main() -> Result<()> {
     let tls = match &args.tls_ca {
         Some(ca) => {
             let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-            Some(kiln_builder::control::client_tls(ca, identity)?)
+            Some(kiln_daemon::control::client_tls(ca, identity)?)
         }
         None => None,
     };
@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
         let mut wait = Duration::from_secs(1);
         loop {
             let session = async {
-                let channel = kiln_builder::control::channel(&args.kilnd, tls.clone()).await?;
+                let channel = kiln_daemon::control::channel(&args.kilnd, tls.clone()).await?;
                 serve(Arc::clone(&store), channel, &config).await?;
                 anyhow::Ok(())
             };

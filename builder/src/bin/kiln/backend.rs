@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use kiln_builder::archive::{self, Format};
-use kiln_builder::images::{self, ImageSummary, Usage};
-use kiln_builder::registry;
 use kiln_cache::Store;
+use kiln_image::archive::{self, Format};
+use kiln_image::images::{self, ImageSummary, Usage};
 use kiln_proto::control::v1 as pb;
 
 use crate::remote::Remote;
@@ -47,8 +46,8 @@ pub(crate) trait Backend {
     fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)>;
     /// The manifest digest; `created`: `SOURCE_DATE_EPOCH`, else now.
     fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String>;
-    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled>;
-    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed>;
+    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled>;
+    fn push(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pushed>;
 }
 
 /// The store at a root, opened at the first command that needs it.
@@ -111,11 +110,11 @@ impl Backend for Local {
 
     /// Embedded, steps run on this machine only.
     fn workers(&mut self) -> Result<Vec<pb::Worker>> {
-        let (os, arch) = kiln_builder::image::host_platform();
+        let (os, arch) = kiln_image::image::host_platform();
         Ok(vec![pb::Worker {
             id: "local".into(),
             platform: format!("{os}/{arch}"),
-            parallelism: u32::try_from(kiln_builder::solve::parallelism()).unwrap_or(u32::MAX),
+            parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
             running: 0,
             steps_run: 0,
         }])
@@ -134,12 +133,12 @@ impl Backend for Local {
 
     fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
         let store = self.store()?;
-        let created = created.unwrap_or_else(kiln_builder::image::now);
+        let created = created.unwrap_or_else(kiln_image::image::now);
         Ok(archive::import(store, file, name, created)?.to_string())
     }
 
-    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled> {
-        let pulled = registry::pull(self.store()?, name, options)?;
+    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {
+        let pulled = kiln_registry::pull(self.store()?, name, options)?;
         Ok(Pulled {
             name: pulled.name,
             manifest: pulled.manifest.to_string(),
@@ -148,8 +147,8 @@ impl Backend for Local {
         })
     }
 
-    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed> {
-        let p = registry::push(self.store()?, name, options)?;
+    fn push(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pushed> {
+        let p = kiln_registry::push(self.store()?, name, options)?;
         Ok(Pushed {
             manifest: p.manifest.to_string(),
             counts: [p.uploaded, p.mounted, p.skipped].map(|n| n as u64),
@@ -159,7 +158,11 @@ impl Backend for Local {
 
 impl Backend for Remote {
     fn list(&mut self) -> Result<Vec<ImageSummary>> {
-        Ok(self.list_images()?.into_iter().map(Into::into).collect())
+        Ok(self
+            .list_images()?
+            .into_iter()
+            .map(kiln_daemon::control::summary_of)
+            .collect())
     }
 
     fn inspect(&mut self, names: Vec<String>) -> Result<String> {
@@ -203,7 +206,7 @@ impl Backend for Remote {
         Ok(Remote::import(self, file, name, created)?)
     }
 
-    fn pull(&mut self, name: &str, options: &registry::Options) -> Result<Pulled> {
+    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {
         let pulled = Remote::pull(
             self,
             pb::PullRequest {
@@ -224,7 +227,7 @@ impl Backend for Remote {
         })
     }
 
-    fn push(&mut self, name: &str, options: &registry::Options) -> Result<Pushed> {
+    fn push(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pushed> {
         let p = Remote::push(
             self,
             pb::PushRequest {

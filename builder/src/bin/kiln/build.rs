@@ -4,16 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use kiln_builder::build::{BuildError, BuildRequest};
 use kiln_builder::client::ClientError;
-use kiln_builder::context::remote::{ContextArg, RemoteContext, fetch_context};
-use kiln_builder::context::{DockerfileSource, StdinContext, read_stdin_context};
-use kiln_builder::entitlements::{Entitlement, Entitlements};
-use kiln_builder::pipeline::request::{normalize_names, parse_label, parse_pull};
-use kiln_builder::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
-use kiln_builder::solve::SolveError;
 use kiln_cache::Store;
 use kiln_frontend::sandbox::SandboxOptions;
+use kiln_solver::build::{BuildError, BuildRequest};
+use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
+use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
+use kiln_solver::entitlements::{Entitlement, Entitlements};
+use kiln_solver::pipeline::request::{normalize_names, parse_label, parse_pull};
+use kiln_solver::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
+use kiln_solver::solve::SolveError;
 use kiln_worker::sandbox::spec::Network;
 
 use crate::progress::{Mode, Printer};
@@ -139,7 +139,7 @@ enum NetworkFlag {
 
 /// At most one output on standard output, never a terminal (buildx's
 /// rules), and not beside `-q`'s image ID.
-fn check_stdout(files: &[kiln_builder::output::Output], quiet: bool) -> Result<()> {
+fn check_stdout(files: &[kiln_image::output::Output], quiet: bool) -> Result<()> {
     let mut to_stdout = files.iter().filter(|o| o.to_stdout());
     let Some(first) = to_stdout.next() else {
         return Ok(());
@@ -393,7 +393,7 @@ impl Build {
             ..BuildRequest::default()
         };
         let store = embedded.then(|| Store::open(root)).transpose()?;
-        let result = kiln_builder::build::check(store.as_ref(), &request)?;
+        let result = kiln_solver::build::check(store.as_ref(), &request)?;
         let name = self
             .file
             .as_deref()

@@ -5,8 +5,8 @@
 
 use std::io::Write;
 
-use kiln_builder::build::CheckResult;
 use kiln_frontend::checks::Violation;
+use kiln_solver::build::CheckResult;
 
 /// The check found violations: the command fails (exit status 1, as
 /// buildx's) with nothing more to say than what it printed.

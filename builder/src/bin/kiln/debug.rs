@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_builder::context::DockerfileSource;
 use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, NoImages};
 use kiln_frontend::{instructions, parser, platform};
+use kiln_solver::context::DockerfileSource;
 
 #[derive(Subcommand)]
 pub(crate) enum Debug {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
-use kiln_builder::archive::Format;
-use kiln_builder::images::{self, Usage};
+use kiln_image::archive::Format;
+use kiln_image::images::{self, Usage};
 
 use crate::backend::Backend;
 
@@ -109,11 +109,11 @@ impl Load {
         let mut out = String::new();
         for tag in tags {
             if self.quiet {
-                out.push_str(&format!("{}\n", kiln_builder::image::familiar(tag)));
+                out.push_str(&format!("{}\n", kiln_image::image::familiar(tag)));
             } else {
                 out.push_str(&format!(
                     "Loaded image: {}\n",
-                    kiln_builder::image::familiar(tag)
+                    kiln_image::image::familiar(tag)
                 ));
             }
         }
@@ -167,7 +167,7 @@ impl List {
         if let ListFormat::Json = self.format {
             return stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));
         }
-        let now = kiln_builder::image::now();
+        let now = kiln_image::image::now();
         let table: Vec<[String; 5]> = rows
             .iter()
             .map(|r| {
@@ -335,7 +335,7 @@ fn human(bytes: u64) -> String {
 
 /// `10GB`, `512MiB`, `1.5g`, `1000000`.
 fn parse_size(text: &str) -> Result<u64> {
-    kiln_builder::images::parse_size(text).context("--keep-storage")
+    kiln_image::images::parse_size(text).context("--keep-storage")
 }
 
 /// `3 hours ago`, as docker prints creation times.

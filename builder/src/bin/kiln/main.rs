@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     let remote = match remote {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {}", kiln_builder::error_chain(e.as_ref()));
+            eprintln!("error: {}", kiln_image::error_chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         // `build --check` printed them.
         Err(e) if e.downcast_ref::<check::ViolationsFound>().is_some() => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", kiln_builder::error_chain(e.as_ref()));
+            eprintln!("error: {}", kiln_image::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

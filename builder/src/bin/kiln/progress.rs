@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kiln_builder::pipeline::{Level, Notice, Report};
-use kiln_builder::solve::Event;
 use kiln_frontend::checks::Violation;
+use kiln_solver::pipeline::{Level, Notice, Report};
+use kiln_solver::solve::Event;
 
 /// Writes a line to stderr. A closed stderr (`kiln build … | head`) must
 /// not stop the build, as `eprintln!` would by panicking.

@@ -4,7 +4,7 @@ use std::io::Read as _;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use kiln_builder::registry::{self, Credentials};
+use kiln_registry::Credentials;
 
 use crate::backend::Backend;
 
@@ -18,7 +18,7 @@ pub(crate) struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    pub(crate) fn options(&self, platform: Option<&str>) -> Result<registry::Options> {
+    pub(crate) fn options(&self, platform: Option<&str>) -> Result<kiln_registry::Options> {
         let platform = platform
             .map(|p| {
                 let mut parts = p.split('/');
@@ -30,7 +30,7 @@ impl RegistryArgs {
                 }
             })
             .transpose()?;
-        Ok(registry::Options {
+        Ok(kiln_registry::Options {
             insecure: self.insecure.clone(),
             platform,
             chunk_size: 0,
@@ -62,7 +62,7 @@ impl Pull {
 fn print_pulled(name: &str, fetched: u64, bytes: u64, manifest: &str) {
     println!(
         "{}: {fetched} blobs fetched ({bytes} bytes)\nDigest: {manifest}",
-        kiln_builder::image::familiar(name)
+        kiln_image::image::familiar(name)
     );
 }
 
@@ -115,7 +115,7 @@ impl Login {
             username: self.username,
             secret,
         };
-        let path = registry::login(&self.server, &credentials, &self.registry.options(None)?)?;
+        let path = kiln_registry::login(&self.server, &credentials, &self.registry.options(None)?)?;
         println!("Login Succeeded (credentials in {})", path.display());
         Ok(())
     }

@@ -45,7 +45,7 @@ impl Tls {
             return Ok(None);
         };
         let identity = self.cert.as_deref().zip(self.key.as_deref());
-        Ok(Some(kiln_builder::control::client_tls(ca, identity)?))
+        Ok(Some(kiln_daemon::control::client_tls(ca, identity)?))
     }
 }
 

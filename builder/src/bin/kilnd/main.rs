@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_builder::control::{Collector, ControlService};
-use kiln_builder::entitlements::Entitlements;
-use kiln_builder::farm::token::RequireToken;
-use kiln_builder::farm::{Farm, FarmService};
+use kiln_daemon::control::{Collector, ControlService};
+use kiln_daemon::farm::token::RequireToken;
+use kiln_daemon::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
+use kiln_solver::entitlements::Entitlements;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 
@@ -64,7 +64,7 @@ fn keep_storage(args: &Args, store: &kiln_cache::Store) -> Result<Option<u64>> {
     match args.keep_storage.as_deref() {
         Some("off") => Ok(None),
         Some(text) => Ok(Some(
-            kiln_builder::images::parse_size(text).context("--keep-storage (a size, or off)")?,
+            kiln_image::images::parse_size(text).context("--keep-storage (a size, or off)")?,
         )),
         // BuildKit's default: 10% of the disk.
         None => Ok(Some(store.filesystem_size()? / 10)),
@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
         .worker_token_file
         .as_deref()
         .map(|file| {
-            kiln_builder::farm::read_token(file)
+            kiln_daemon::farm::read_token(file)
                 .with_context(|| format!("--worker-token-file {}", file.display()))
         })
         .transpose()?;

@@ -1,0 +1,437 @@
+//! Builds through kilnd: the transport around [`pipeline::run`]. The spec
+//! (decoded into the same typed request the CLI makes, with its checks)
+//! and the context (whole, or a session's changes) in; the pipeline's
+//! events and notices and the result out; context sessions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::Store;
+use kiln_proto::control::v1::{self as pb, BuildInput, BuildOutput, build_input, build_output};
+use tokio::io::AsyncWriteExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::agent_tunnel::{ForwardedAgents, Tunnels};
+use super::wire::{event_message, notice_message};
+use super::{ControlError, ControlService};
+use kiln_solver::entitlements::Entitlements;
+use kiln_solver::pipeline::{self, Env, Report, Request as BuildRequest, Shared};
+use kiln_solver::solve::{Cancellation, ContextDigests};
+
+type BuildMessage = Result<BuildOutput, Status>;
+type BuildSender = tokio::sync::mpsc::Sender<BuildMessage>;
+pub(super) type BuildStream = ReceiverStream<BuildMessage>;
+
+/// A new context session id: 128 random bits as 32 hex digits. kilnd
+/// issues them (`ContextState`); holding one is what lets a client see and
+/// reuse the session's tree, so none can be guessed or derived from a
+/// client's host and directory.
+fn new_session_id() -> Result<String, ControlError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ControlError::Context(format!("making a session id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `id` has the form of an id kilnd issues.
+fn is_session_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The directory of a context session's tree (named by a digest of its
+/// id: a listing of the store does not give the ids away).
+fn session_dir(store: &Store, session: &str) -> PathBuf {
+    let digest = kiln_cache::Digest::of(session.as_bytes());
+    store.root().join("sessions").join(&digest.hex()[..32])
+}
+
+/// Removes `rel` under `root` — never outside it: every parent must be a
+/// real directory (not a link), and `..` is refused.
+fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> {
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(std::ffi::OsStr::new)
+        .collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == "..") {
+        return Err(ControlError::Invalid(format!("removed path {rel:?}")));
+    }
+    // Beneath the session's tree and through no symlink, as it was written.
+    kiln_worker::fileop::root::Root::open(root)
+        .and_then(|root| root.remove_beneath(&parts))
+        .map(drop)
+        .map_err(|e| ControlError::Context(format!("removing {rel}: {e}")))
+}
+
+/// The build a client asks for, checked as the CLI checks its flags, with
+/// the entitlements `allowed` (kilnd's `--allow-insecure-entitlement`)
+/// grants: BuildKit's check, before the build's context is even read.
+/// `--network=host` is not taken as an ask here: a client that wants it
+/// asks for `network.host` (the `kiln` CLI does), else the solver refuses
+/// its steps.
+fn checked_request(
+    allowed: &Entitlements,
+    spec: pb::BuildSpec,
+) -> Result<BuildRequest, ControlError> {
+    let mut request = BuildRequest::try_from(spec)?;
+    request.entitlements = allowed.grant(&request.entitlements)?;
+    Ok(request)
+}
+
+/// A pipeline's report as a message of the Build call.
+fn report_message(report: Report) -> BuildOutput {
+    let output = match report {
+        Report::Step(event) => build_output::Output::Event(event_message(event)),
+        Report::Notice(notice) => build_output::Output::Notice(notice_message(notice)),
+    };
+    BuildOutput {
+        output: Some(output),
+    }
+}
+
+/// A message carrying kilnd's side of an SSH agent tunnel.
+fn ssh_output(frame: pb::SshFrame) -> Result<BuildOutput, Status> {
+    Ok(BuildOutput {
+        output: Some(build_output::Output::Ssh(frame)),
+    })
+}
+
+/// The agents the client forwards (`BuildSpec.ssh`): sockets in the
+/// build's scratch directory (only kilnd enters it), tunnelled over the
+/// call; the rest of the client's stream carries its side of them.
+fn forward_agents(
+    ids: &[String],
+    dir: &std::path::Path,
+    mut input: Streaming<BuildInput>,
+    tx: &BuildSender,
+) -> Result<Option<ForwardedAgents>, ControlError> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let tunnels = Tunnels::new(tx, ssh_output);
+    let agents = ForwardedAgents::listen(ids, dir, &tunnels).map_err(ControlError::Agents)?;
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = input.message().await {
+            match message.input {
+                Some(build_input::Input::Ssh(frame)) => tunnels.deliver(frame).await,
+                _ => tracing::warn!("after the context, a build's client sends only SSH frames"),
+            }
+        }
+    });
+    Ok(Some(agents))
+}
+
+/// The first message of a Build call: its spec.
+async fn first_spec(input: &mut Streaming<BuildInput>) -> Result<pb::BuildSpec, Status> {
+    match input.message().await? {
+        Some(BuildInput {
+            input: Some(build_input::Input::Spec(spec)),
+        }) => Ok(spec),
+        _ => Err(ControlError::Invalid("the first message of a build is its spec".into()).into()),
+    }
+}
+
+/// The context's tar, received into `tar_path` until its last chunk; its
+/// size in bytes.
+async fn receive_tar(
+    input: &mut Streaming<BuildInput>,
+    tar_path: &std::path::Path,
+) -> Result<u64, Status> {
+    let failed = |e: std::io::Error| ControlError::Context(e.to_string());
+    let mut bytes = 0u64;
+    let mut tar = tokio::fs::File::create(tar_path).await.map_err(failed)?;
+    loop {
+        match input.message().await? {
+            Some(BuildInput {
+                input: Some(build_input::Input::Context(chunk)),
+            }) => {
+                bytes += chunk.data.len() as u64;
+                tar.write_all(&chunk.data).await.map_err(failed)?;
+                if chunk.eof {
+                    break;
+                }
+            }
+            None => break,
+            Some(_) => {
+                return Err(ControlError::Invalid(
+                    "after the spec, a build sends only context chunks".into(),
+                )
+                .into());
+            }
+        }
+    }
+    tar.flush().await.map_err(failed)?;
+    Ok(bytes)
+}
+
+/// A build's context as received: the tar, and the session it changes.
+struct Received {
+    tar_path: PathBuf,
+    bytes: u64,
+    /// The session's tree and its lock; `None`: a fresh directory.
+    session: Option<(PathBuf, Arc<std::sync::Mutex<()>>)>,
+    /// The session's paths to remove first.
+    removed: Vec<String>,
+    scratch: tempfile::TempDir,
+}
+
+impl Received {
+    /// Writes the context into its directory: a session's tree is changed
+    /// in place (what was removed or changed goes first, then the new
+    /// entries); else a fresh directory of the scratch one. Holds the
+    /// session's lock while the build runs.
+    fn unpack(
+        &self,
+        digests: &ContextDigests,
+    ) -> Result<(PathBuf, Option<std::sync::MutexGuard<'_, ()>>), ControlError> {
+        let failed = |e: std::io::Error| ControlError::Context(e.to_string());
+        let (context, guard) = match &self.session {
+            Some((dir, lock)) => {
+                let guard = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                for rel in &self.removed {
+                    remove_inside(dir, rel)?;
+                }
+                // An empty tar is its two zero blocks: nothing new.
+                if !self.removed.is_empty() || self.bytes > 1024 {
+                    digests.forget(dir);
+                }
+                (dir.clone(), Some(guard))
+            }
+            None => {
+                let dir = self.scratch.path().join("context");
+                std::fs::create_dir(&dir).map_err(failed)?;
+                (dir, None)
+            }
+        };
+        let file = std::fs::File::open(&self.tar_path).map_err(failed)?;
+        // The client's tar, written beneath the context directory as
+        // layers are (a tree: `.wh.` files are files).
+        kiln_worker::layer::unpack_with(
+            std::io::BufReader::new(file),
+            &context,
+            kiln_worker::layer::Whiteouts::Plain,
+        )
+        .map_err(|e| ControlError::Context(e.to_string()))?;
+        Ok((context, guard))
+    }
+}
+
+/// One build on a blocking thread: its context unpacked, the pipeline run.
+fn run_build(
+    request: &BuildRequest,
+    received: &Received,
+    store: &Store,
+    shared: Shared,
+    cancellation: Arc<Cancellation>,
+    tx: &BuildSender,
+) -> Result<pb::BuildResult, ControlError> {
+    let (context, _session_lock) = received.unpack(&shared.context_digests)?;
+    let digests = Arc::clone(&shared.context_digests);
+    let env = Env {
+        store,
+        context: context.clone(),
+        shared,
+        cancellation,
+        // The client's: it fetches them with Export.
+        write_files: false,
+    };
+    let progress_tx = tx.clone();
+    let mut report = move |report: Report| {
+        let _ = progress_tx.blocking_send(Ok(report_message(report)));
+    };
+    let built = pipeline::run(request, &env, &mut report);
+    if received.session.is_none() {
+        // The scratch context goes with this build.
+        digests.forget(&context);
+    }
+    let built = built?;
+    Ok(pb::BuildResult {
+        manifest: built.manifest.to_string(),
+        config: built.config.to_string(),
+        tags: request.tags.clone(),
+        context_bytes: received.bytes,
+    })
+}
+
+/// A client that goes away (Ctrl-C, a dropped connection) cancels its
+/// build: running steps are killed, no new one starts. Send on the
+/// returned sender when the build is over.
+fn cancel_when_gone(tx: &BuildSender) -> (Arc<Cancellation>, tokio::sync::oneshot::Sender<()>) {
+    let cancellation = Arc::new(Cancellation::default());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (watch, cancelling) = (tx.clone(), Arc::clone(&cancellation));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = watch.closed() => {
+                tracing::info!("the client went away: cancelling its build");
+                cancelling.cancel();
+            }
+            _ = done_rx => {}
+        }
+    });
+    (cancellation, done_tx)
+}
+
+impl ControlService {
+    pub(super) async fn build_call(
+        &self,
+        request: Request<Streaming<BuildInput>>,
+    ) -> Result<Response<BuildStream>, Status> {
+        let mut input = request.into_inner();
+        let spec = first_spec(&mut input).await?;
+        let (session_id, removed) = (spec.session.clone(), spec.removed.clone());
+        let mut request = checked_request(&self.insecure_entitlements, spec)?;
+        // The context: received into a scratch directory of the store
+        // (removed with it), unpacked with the layer unpacker, which
+        // refuses paths that leave it.
+        let scratch = tempfile::Builder::new()
+            .prefix("context-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(|e| ControlError::Context(e.to_string()))?;
+        let tar_path = scratch.path().join("context.tar");
+        let bytes = receive_tar(&mut input, &tar_path).await?;
+        if !session_id.is_empty() && !self.known_session(&session_id) {
+            return Err(ControlError::Invalid(format!(
+                "context session {session_id:?}: kilnd did not issue it (ask ContextState for one)"
+            ))
+            .into());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let ids: Vec<String> = request.ssh.keys().cloned().collect();
+        let agents = forward_agents(&ids, scratch.path(), input, &tx)?;
+        // kilnd's relays stand for the client's agents.
+        for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
+            request.ssh.insert(id.clone(), socket.clone());
+        }
+        let session = (!session_id.is_empty()).then(|| self.session(&session_id));
+        let received = Received {
+            tar_path,
+            bytes,
+            session,
+            removed,
+            scratch,
+        };
+        let store = Arc::clone(&self.store);
+        let shared = Shared {
+            in_flight: Arc::clone(&self.in_flight),
+            context_digests: Arc::clone(&self.context_digests),
+            farm: Some(self.farm.clone()),
+        };
+        let (cancellation, done_tx) = cancel_when_gone(&tx);
+        // Waits while a prune runs; holds prunes off until the build ends.
+        let building = self.collector.using().await;
+        let collector = Arc::clone(&self.collector);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            // A panic in this build is this client's error; kilnd goes on.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_build(&request, &received, &store, shared, cancellation, &tx)
+            }))
+            .unwrap_or_else(|panic| Err(ControlError::Panic(super::panic_message(&*panic))));
+            let last = result
+                .map(|r| BuildOutput {
+                    output: Some(build_output::Output::Result(r)),
+                })
+                .map_err(Status::from);
+            let _ = tx.blocking_send(last);
+            let _ = done_tx.send(());
+            drop(agents);
+            drop(received);
+            drop(building);
+            collector.after_build(store, &runtime);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// A session's tree and the lock builds of it take.
+    fn session(&self, id: &str) -> (PathBuf, Arc<std::sync::Mutex<()>>) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            session_dir(&self.store, id),
+            Arc::clone(sessions.entry(id.to_owned()).or_default()),
+        )
+    }
+
+    pub(super) async fn context_state_call(
+        &self,
+        request: Request<pb::ContextStateRequest>,
+    ) -> Result<Response<pb::ContextStateResponse>, Status> {
+        let asked = request.into_inner().session;
+        let session = if self.known_session(&asked) {
+            asked
+        } else {
+            self.issue_session()?
+        };
+        let id = session.clone();
+        let files = self
+            .blocking(move |s| {
+                let dir = session_dir(s, &id);
+                if !dir.is_dir() {
+                    return Ok(Vec::new());
+                }
+                let none = kiln_frontend::dockerignore::Matcher::new(&[])
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                kiln_solver::context::entries(&dir, &none)
+                    .map_err(|e| ControlError::Context(e.to_string()))
+            })
+            .await?;
+        Ok(Response::new(pb::ContextStateResponse {
+            files: files
+                .into_iter()
+                .map(|e| pb::FileStat {
+                    path: e.path,
+                    size: e.size,
+                    mtime: e.mtime,
+                    mode: e.mode,
+                })
+                .collect(),
+            session,
+        }))
+    }
+
+    /// Whether kilnd issued session `id`: since it started, or before (it
+    /// holds the session's tree).
+    fn known_session(&self, id: &str) -> bool {
+        if !is_session_id(id) {
+            return false;
+        }
+        let issued = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(id);
+        issued || session_dir(&self.store, id).is_dir()
+    }
+
+    /// A new session, known from now on.
+    fn issue_session(&self) -> Result<String, ControlError> {
+        let id = new_session_id()?;
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), Arc::default());
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_random_and_checked() {
+        let (a, b) = (new_session_id().unwrap(), new_session_id().unwrap());
+        assert_ne!(a, b);
+        assert!(is_session_id(&a) && is_session_id(&b));
+        for bad in ["", "host:/ctx", "../x", &a.to_uppercase(), &a[..31]] {
+            assert!(!is_session_id(bad), "{bad}");
+        }
+    }
+}

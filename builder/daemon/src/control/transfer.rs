@@ -1,0 +1,194 @@
+//! Archives and files through kilnd, streamed both ways: save, load,
+//! import, and a built image's file outputs (export).
+
+use std::sync::Arc;
+
+use kiln_proto::control::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ControlError, ControlService};
+use kiln_image::output::Dest;
+
+pub(super) type SaveStream = ReceiverStream<Result<pb::DataChunk, Status>>;
+
+/// A writer whose bytes go out as a stream of 1 MiB messages; `wrap` makes
+/// each message from a chunk and whether it is the last. Both ends use it,
+/// from a thread outside the async runtime: kilnd for archives to a client,
+/// the CLI for a build context to kilnd.
+pub struct ChunkWriter<M> {
+    tx: tokio::sync::mpsc::Sender<M>,
+    buf: Vec<u8>,
+    wrap: fn(Vec<u8>, bool) -> M,
+}
+
+impl<M> ChunkWriter<M> {
+    const SIZE: usize = 1 << 20;
+
+    pub fn new(tx: tokio::sync::mpsc::Sender<M>, wrap: fn(Vec<u8>, bool) -> M) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(Self::SIZE),
+            wrap,
+        }
+    }
+
+    fn send(&mut self, last: bool) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
+        self.tx.blocking_send((self.wrap)(data, last)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the receiving end went away",
+            )
+        })
+    }
+
+    /// Sends what is left, as the last message.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.send(true)
+    }
+}
+
+impl<M> std::io::Write for ChunkWriter<M> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::SIZE {
+            self.send(false)?;
+        }
+        Ok(data.len())
+    }
+
+    /// Chunks go out full, or at [`ChunkWriter::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An archive's chunk for the client.
+fn data_chunk(data: Vec<u8>, _last: bool) -> Result<pb::DataChunk, Status> {
+    Ok(pb::DataChunk { data })
+}
+
+impl ControlService {
+    pub(super) async fn export_call(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let manifest: kiln_cache::Digest = r
+            .manifest
+            .parse()
+            .map_err(|_| ControlError::Invalid(format!("manifest {}", r.manifest)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
+        tokio::task::spawn_blocking(move || {
+            let _using = using;
+            let sent = (|| -> Result<(), ControlError> {
+                let scratch = tempfile::Builder::new()
+                    .prefix("export-")
+                    .tempdir_in(store.root().join("tmp"))
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                let file = scratch.path().join("out");
+                let output = match r.kind.as_str() {
+                    "docker" => kiln_image::output::Output::Docker(Dest::File(file.clone())),
+                    "oci" => kiln_image::output::Output::Oci(Dest::File(file.clone())),
+                    "tar" => kiln_image::output::Output::Tar(Dest::File(file.clone())),
+                    other => return Err(ControlError::Invalid(format!("output type {other}"))),
+                };
+                let name = (!r.name.is_empty()).then_some(r.name.as_str());
+                kiln_image::output::export(&store, &manifest, name, &output)?;
+                let mut out = ChunkWriter::new(tx.clone(), data_chunk);
+                let mut input =
+                    std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
+                std::io::copy(&mut input, &mut out)
+                    .and_then(|_| out.finish())
+                    .map_err(|e| ControlError::Context(e.to_string()))?;
+                Ok(())
+            })();
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn save_call(
+        &self,
+        request: Request<pb::SaveRequest>,
+    ) -> Result<Response<SaveStream>, Status> {
+        let r = request.into_inner();
+        let format = match r.format.as_str() {
+            "" | "docker" => kiln_image::archive::Format::Docker,
+            "oci" => kiln_image::archive::Format::Oci,
+            other => return Err(ControlError::Invalid(format!("--format {other}")).into()),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
+        tokio::task::spawn_blocking(move || {
+            let _using = using;
+            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
+            let saved = kiln_image::archive::save(&store, &r.names, format, &mut out)
+                .map_err(ControlError::from)
+                .and_then(|()| {
+                    out.finish()
+                        .map_err(|e| ControlError::Invalid(e.to_string()))
+                });
+            if let Err(e) = saved {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn load_call(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
+        let mut input = request.into_inner();
+        let (scratch, path) = self
+            .receive(&mut input, |chunk: &pb::DataChunk| &chunk.data, |_| {})
+            .await?;
+        let loaded = self
+            .blocking_using(move |s| {
+                let loaded = kiln_image::archive::load(s, &path)?;
+                drop(scratch);
+                Ok(loaded)
+            })
+            .await?;
+        Ok(Response::new(pb::LoadResponse {
+            tags: loaded.tags,
+            untagged: loaded.untagged.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    pub(super) async fn import_call(
+        &self,
+        request: Request<Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        let mut input = request.into_inner();
+        let mut first: Option<(String, Option<u64>)> = None;
+        let (scratch, path) = self
+            .receive(
+                &mut input,
+                |chunk: &pb::ImportChunk| &chunk.data,
+                |chunk| {
+                    first.get_or_insert((chunk.name.clone(), chunk.created));
+                },
+            )
+            .await?;
+        let (name, created) = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
+        let digest = self
+            .blocking_using(move |s| {
+                let created = created.unwrap_or_else(kiln_image::image::now);
+                let digest = kiln_image::archive::import(s, &path, &name, created)?;
+                drop(scratch);
+                Ok(digest)
+            })
+            .await?;
+        Ok(Response::new(pb::ImportResponse {
+            digest: digest.to_string(),
+        }))
+    }
+}

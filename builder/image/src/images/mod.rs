@@ -1,0 +1,329 @@
+//! The image commands over a store: list, inspect, tag, remove, prune and
+//! disk usage. Each returns data; the CLI and kilnd render it. What a
+//! prune deletes is in `prune`.
+
+mod prune;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use kiln_cache::{Digest, Store, referenced};
+use serde::Serialize;
+
+use crate::image::config::parse_rfc3339;
+use crate::image::{self, Image, ImageError, Result, read_image};
+
+pub use prune::{Pruned, prune};
+
+/// One row of `kiln images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSummary {
+    pub repository: String,
+    pub tag: String,
+    /// The config digest (docker's image ID).
+    pub id: String,
+    pub digest: String,
+    /// Creation time, seconds since the epoch (0 when unknown).
+    pub created: u64,
+    pub size: u64,
+}
+
+/// Every tagged image.
+pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
+    let (os, arch) = image::host_platform();
+    let mut rows = Vec::new();
+    for (name, record) in store.meta.images()? {
+        // One image that cannot be read (indexes nested past the bound, a
+        // damaged blob) does not hide the others; `rmi` still removes it.
+        let image = match read_image(store, &record.target, (&os, &arch)) {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::warn!("{name}: {e}");
+                continue;
+            }
+        };
+        let familiar = image::familiar(&name);
+        let (repository, tag) = match familiar.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((r, t)) => (r.to_owned(), t.to_owned()),
+            None => (familiar, "<none>".to_owned()),
+        };
+        rows.push(ImageSummary {
+            repository,
+            tag,
+            id: image.config_digest.to_string(),
+            digest: record.target.to_string(),
+            created: image
+                .config
+                .created
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or(0),
+            size: image.size(),
+        });
+    }
+    Ok(rows)
+}
+
+/// `kiln inspect`: docker's shape, plus the manifest and its layers.
+pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
+    let (_, image) = image::resolve(store, name)?;
+    let tags: Vec<String> = store
+        .meta
+        .images()?
+        .into_iter()
+        .filter(|(_, r)| r.target == image.manifest_digest)
+        .map(|(n, _)| image::familiar(&n))
+        .collect();
+    let layers: Vec<serde_json::Value> = image
+        .layers()
+        .into_iter()
+        .map(|(digest, media_type, size)| serde_json::json!({"digest": digest, "mediaType": media_type, "size": size}))
+        .collect();
+    let c = &image.config;
+    Ok(serde_json::json!({
+        "Id": image.config_digest,
+        "RepoTags": tags,
+        "Created": c.created,
+        "Author": c.author,
+        "Architecture": c.architecture,
+        "Os": c.os,
+        "Variant": c.variant,
+        "Config": c.config,
+        "RootFS": {"Type": c.rootfs.kind, "Layers": c.rootfs.diff_ids},
+        "History": c.history,
+        "Size": image.size(),
+        "Manifest": {"digest": image.manifest_digest, "layers": layers},
+    }))
+}
+
+/// `kiln tag SRC DST`.
+pub fn tag(store: &Store, source: &str, target: &str) -> Result<String> {
+    let (source_name, _) = image::resolve(store, source)?;
+    let record = store
+        .meta
+        .image(&source_name)?
+        .ok_or_else(|| ImageError::NotFound(source.to_owned()))?;
+    let full = image::normalize(target)?;
+    image::tag(store, &full, &record.target, &record.media_type)?;
+    store.meta.flush()?;
+    Ok(full)
+}
+
+/// What `kiln rmi` did to one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub untagged: String,
+    /// Blobs deleted because nothing else uses them.
+    pub deleted: Vec<Digest>,
+}
+
+/// `kiln rmi NAME`: removes the tag, then the blobs only it used.
+pub fn remove(store: &Store, name: &str) -> Result<Removed> {
+    remove_tag(store, name, true)
+}
+
+/// `kiln rmi NAME` while builds may be using the image's blobs: removes
+/// the tag only; `prune` (or kilnd's collection) deletes the blobs later.
+pub fn untag(store: &Store, name: &str) -> Result<Removed> {
+    remove_tag(store, name, false)
+}
+
+fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
+    let (full, image) = match image::resolve(store, name) {
+        Ok(found) => found,
+        // A tag whose image cannot be read goes alone; prune collects its
+        // blobs.
+        Err(e) => match image::normalize(name) {
+            Ok(full) if store.meta.image(&full)?.is_some() => {
+                tracing::warn!("{full}: {e}");
+                store.meta.remove_image(&full)?;
+                store.meta.flush()?;
+                return Ok(Removed {
+                    untagged: image::familiar(&full),
+                    deleted: Vec::new(),
+                });
+            }
+            _ => return Err(e),
+        },
+    };
+    store.meta.remove_image(&full)?;
+    store.meta.flush()?;
+    if !delete {
+        return Ok(Removed {
+            untagged: image::familiar(&full),
+            deleted: Vec::new(),
+        });
+    }
+    let candidates: BTreeSet<Digest> = std::iter::once(image.manifest_digest.clone())
+        .chain(std::iter::once(image.config_digest.clone()))
+        .chain(image.layers().into_iter().map(|(d, _, _)| d))
+        .collect();
+    let live = reachable(store)?;
+    let mut deleted = Vec::new();
+    // The manifest goes first: a crash then leaves only unreferenced blobs.
+    for digest in std::iter::once(&image.manifest_digest).chain(candidates.iter()) {
+        if !live.contains(digest) && store.content.has(digest) {
+            store.content.delete(digest)?;
+            store.meta.forget(digest)?;
+            deleted.push(digest.clone());
+        }
+    }
+    // The unpacked forms of the deleted layers go with them.
+    let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
+    for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
+        let dir = snapshots.path(diff_id);
+        if deleted.contains(layer) && dir.is_dir() {
+            remove_tree(&dir)?;
+        }
+    }
+    Ok(Removed {
+        untagged: image::familiar(&full),
+        deleted,
+    })
+}
+
+/// Every blob a tag or a lease keeps alive, with what they reference.
+pub fn reachable(store: &Store) -> Result<BTreeSet<Digest>> {
+    let mut roots: Vec<Digest> = store
+        .meta
+        .images()?
+        .into_iter()
+        .map(|(_, r)| r.target)
+        .collect();
+    roots.extend(store.meta.leases()?.into_iter().flat_map(|l| l.digests));
+    let mut live = BTreeSet::new();
+    while let Some(digest) = roots.pop() {
+        if !live.insert(digest.clone()) || !store.content.has(&digest) {
+            continue;
+        }
+        if store.content.size(&digest)? <= 4 << 20 {
+            roots.extend(referenced(&store.content.read(&digest)?));
+        }
+    }
+    Ok(live)
+}
+
+/// A size flag's value that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a size (e.g. 20GB, 512MiB)")]
+pub struct NotASize(pub String);
+
+/// A size as `--keep-storage` takes it: `10GB`, `512MiB`, `1.5g`, `1000000`.
+pub fn parse_size(text: &str) -> std::result::Result<u64, NotASize> {
+    size_of_text(text).ok_or_else(|| NotASize(text.to_owned()))
+}
+
+fn size_of_text(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((value * scale) as u64)
+}
+
+/// Space on disk by kind (allocated blocks, not apparent sizes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Blobs that tags (or leases) use.
+    pub images: u64,
+    /// Blobs nothing uses: what `prune` reclaims.
+    pub unused: u64,
+    /// Unpacked layers (`snapshots/`).
+    pub snapshots: u64,
+    /// `RUN --mount=type=cache` directories (`cache-mounts/`).
+    pub cache_mounts: u64,
+    /// The metadata database and everything else under the root.
+    pub metadata: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.images + self.unused + self.snapshots + self.cache_mounts + self.metadata
+    }
+}
+
+/// `kiln du`: everything under the root, by kind.
+pub fn usage(store: &Store) -> Result<Usage> {
+    usage_of(store, &reachable(store)?)
+}
+
+/// [`usage`], given the blobs tags and leases keep alive.
+fn usage_of(store: &Store, live: &BTreeSet<Digest>) -> Result<Usage> {
+    let mut usage = Usage::default();
+    for (digest, _) in store.content.list()? {
+        let size = allocated(&store.content.path(&digest));
+        if live.contains(&digest) {
+            usage.images += size;
+        } else {
+            usage.unused += size;
+        }
+    }
+    let root = store.root();
+    usage.snapshots = tree_size(&root.join("snapshots"));
+    usage.cache_mounts = tree_size(&root.join("cache-mounts"));
+    let blobs = usage.images + usage.unused;
+    usage.metadata = tree_size(root).saturating_sub(blobs + usage.snapshots + usage.cache_mounts);
+    Ok(usage)
+}
+
+/// Bytes a file occupies on disk.
+fn allocated(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// Removes a file or a directory tree.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let removed = if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.map_err(|source| ImageError::Io {
+        action: "removing",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Bytes everything under `dir` occupies (hard links counted once).
+pub fn tree_size(dir: &Path) -> u64 {
+    let mut seen: BTreeMap<(u64, u64), ()> = BTreeMap::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino()), ()).is_some() {
+            continue;
+        }
+        total += meta.blocks() * 512;
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    total
+}
+
+/// The images a name list resolves to (for commands taking several).
+pub fn resolve_all(store: &Store, names: &[String]) -> Result<Vec<(String, Image)>> {
+    names.iter().map(|n| image::resolve(store, n)).collect()
+}

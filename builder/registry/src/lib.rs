@@ -1,0 +1,68 @@
+//! The OCI Distribution client: images between kiln's store and
+//! registries (`kiln pull`, `kiln push`, `FROM` of an image not in the
+//! store), with Docker's credentials.
+//!
+//! Owns: HTTP to registries (blocking reqwest over rustls, the system's
+//! roots; plain HTTP only for loopback and `--insecure-registry` hosts),
+//! authentication challenges (basic, bearer tokens), credentials
+//! (`~/.docker/config.json` and `docker-credential-*` helpers), and
+//! retrying rate-limited requests.
+//!
+//! Does not own: what an image is ([`kiln_image::image`]) or where blobs live
+//! (`kiln-cache`): blobs stream into the content store, which verifies
+//! their digests.
+
+mod auth;
+pub mod cache;
+mod pull;
+mod push;
+mod session;
+
+pub use auth::{Credentials, config_path, login};
+pub use pull::{PullPolicy, Pulled, pull};
+pub use push::{Pushed, push};
+pub use session::Options;
+
+use thiserror::Error;
+
+/// Every error names the registry and the repository; none carries a
+/// credential.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("{registry}/{repository}: {what}: HTTP {status}{detail}")]
+    Status {
+        registry: String,
+        repository: String,
+        what: String,
+        status: u16,
+        /// The registry's own error message, when it sent one.
+        detail: String,
+    },
+    #[error("{registry}/{repository}: {what}: {reason}")]
+    Failed {
+        registry: String,
+        repository: String,
+        what: String,
+        reason: String,
+    },
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error(transparent)]
+    Image(#[from] kiln_image::image::ImageError),
+    #[error(transparent)]
+    Content(#[from] kiln_cache::ContentError),
+    #[error(transparent)]
+    Meta(#[from] kiln_cache::MetaError),
+    #[error(transparent)]
+    Name(#[from] kiln_frontend::reference::ReferenceError),
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Manifest media types kiln reads, most wanted first.
+const MANIFEST_TYPES: [&str; 4] = [
+    kiln_image::image::OCI_INDEX,
+    kiln_image::image::DOCKER_LIST,
+    kiln_image::image::OCI_MANIFEST,
+    kiln_image::image::DOCKER_MANIFEST,
+];

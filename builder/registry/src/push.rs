@@ -1,0 +1,344 @@
+//! `kiln push`: an image's blobs the registry lacks (asked with HEAD),
+//! mounted from a sibling repository of the same registry when kiln knows
+//! one that has the blob, else uploaded — in one request when small, in
+//! chunks when large — and then the manifest under the tag.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use kiln_cache::{Digest, Store};
+use kiln_frontend::reference::Reference;
+use reqwest::StatusCode;
+use reqwest::blocking::Body;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+
+use super::Result;
+use super::session::{Options, Session};
+use kiln_image::image;
+
+/// Blobs up to this size go in one PUT; larger ones in PATCH chunks of it
+/// (registries and proxies in front of them limit a request's size).
+/// `Options::chunk_size` overrides it.
+const CHUNK: u64 = 128 << 20;
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub manifest: Digest,
+    pub uploaded: usize,
+    pub mounted: usize,
+    /// Blobs the registry had already.
+    pub skipped: usize,
+}
+
+/// Pushes the image `name` names in the store to the registry in its name.
+pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
+    let (full, image) = image::resolve(store, name)?;
+    let reference = Reference::parse(&full)?;
+    let manifest_bytes = store.content.read(&image.manifest_digest)?;
+    let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
+    blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
+    push_manifest(store, &reference, &manifest_bytes, &blobs, options)
+}
+
+/// Pushes `blobs` (from the store) and then `manifest` under the
+/// reference's tag (or its digest): an image, or kiln's build cache.
+pub(super) fn push_manifest(
+    store: &Store,
+    reference: &Reference,
+    manifest: &[u8],
+    blobs: &[(Digest, u64)],
+    options: &Options,
+) -> Result<Pushed> {
+    let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| image::OCI_MANIFEST.to_owned());
+    let mut pushed = Pushed {
+        manifest: Digest::of(manifest),
+        uploaded: 0,
+        mounted: 0,
+        skipped: 0,
+    };
+    for (digest, size) in blobs {
+        if exists(&session, digest)? {
+            pushed.skipped += 1;
+        } else if mount(store, &session, reference, digest)? {
+            pushed.mounted += 1;
+        } else {
+            let chunk = if options.chunk_size == 0 {
+                CHUNK
+            } else {
+                options.chunk_size
+            };
+            upload(store, &session, digest, *size, chunk)?;
+            pushed.uploaded += 1;
+        }
+    }
+    let tag = reference
+        .tag
+        .clone()
+        .unwrap_or_else(|| pushed.manifest.to_string());
+    let what = format!("manifest {tag}");
+    let url = session.url(&format!("manifests/{tag}"));
+    let body = manifest.to_vec();
+    let response = session.send(&what, &|http| {
+        http.put(&url)
+            .header(CONTENT_TYPE, &media_type)
+            .body(body.clone())
+    })?;
+    if !response.status().is_success() {
+        return Err(session.status_error(&what, response));
+    }
+    Ok(pushed)
+}
+
+fn exists(session: &Session, digest: &Digest) -> Result<bool> {
+    let what = format!("blob {digest}");
+    let url = session.url(&format!("blobs/{digest}"));
+    let response = session.send(&what, &|http| http.head(&url))?;
+    match response.status() {
+        s if s.is_success() => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(session.status_error(&what, response)),
+    }
+}
+
+/// Other repositories of the same registry that kiln has images of with
+/// this blob: the registry may link it instead of an upload.
+fn mount_sources(store: &Store, reference: &Reference, digest: &Digest) -> Result<Vec<String>> {
+    let (os, arch) = image::host_platform();
+    let mut sources = Vec::new();
+    for (name, record) in store.meta.images()? {
+        let Ok(other) = Reference::parse(&name) else {
+            continue;
+        };
+        if other.domain != reference.domain || other.path == reference.path {
+            continue;
+        }
+        let Ok(img) = image::read_image(store, &record.target, (&os, &arch)) else {
+            continue;
+        };
+        if img.config_digest == *digest || img.layers().iter().any(|(d, _, _)| d == digest) {
+            sources.push(other.path);
+        }
+    }
+    sources.dedup();
+    Ok(sources)
+}
+
+/// A cross-repository mount; `false` when there is no source or the
+/// registry declined (202: an upload session to use instead, which is
+/// abandoned here; a new one is started by `upload`).
+fn mount(store: &Store, session: &Session, reference: &Reference, digest: &Digest) -> Result<bool> {
+    for from in mount_sources(store, reference, digest)? {
+        let what = format!("mounting blob {digest} from {from}");
+        let url = session.url("blobs/uploads/");
+        let query = [("mount", digest.to_string()), ("from", from.clone())];
+        let response = session.send(&what, &|http| {
+            http.post(&url).query(&query).header(CONTENT_LENGTH, "0")
+        })?;
+        match response.status() {
+            StatusCode::CREATED => return Ok(true),
+            StatusCode::ACCEPTED => {}
+            _ => return Err(session.status_error(&what, response)),
+        }
+    }
+    Ok(false)
+}
+
+/// Starts an upload; the session's URL.
+fn start_upload(session: &Session, what: &str) -> Result<String> {
+    let url = session.url("blobs/uploads/");
+    let response = session.send(what, &|http| http.post(&url).header(CONTENT_LENGTH, "0"))?;
+    if response.status() != StatusCode::ACCEPTED {
+        return Err(session.status_error(what, response));
+    }
+    location(session, what, &response)
+}
+
+fn location(
+    session: &Session,
+    what: &str,
+    response: &reqwest::blocking::Response,
+) -> Result<String> {
+    response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| session.absolute(l))
+        .ok_or_else(|| session.failed(what, "no Location for the upload"))
+}
+
+/// `url` with `?digest=` (or `&digest=`) appended.
+fn with_digest(url: &str, digest: &Digest) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}digest={digest}")
+}
+
+/// A byte range of a blob, read with `pread`: a request body made afresh
+/// for every attempt without buffering the chunk or sharing a file offset.
+struct Section {
+    file: Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Section {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let n = buf.len().min(left);
+        if n == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+fn section(file: &Arc<std::fs::File>, start: u64, end: u64) -> Body {
+    Body::sized(
+        Section {
+            file: Arc::clone(file),
+            pos: start,
+            end,
+        },
+        end - start,
+    )
+}
+
+fn upload(store: &Store, session: &Session, digest: &Digest, size: u64, chunk: u64) -> Result<()> {
+    let what = format!("uploading blob {digest}");
+    let mut location = start_upload(session, &what)?;
+    let file = Arc::new(store.content.open_blob(digest)?);
+    if size <= chunk {
+        let url = with_digest(&location, digest);
+        let response = session.send(&what, &|http| {
+            http.put(&url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(section(&file, 0, size))
+        })?;
+        if response.status() != StatusCode::CREATED {
+            return Err(session.status_error(&what, response));
+        }
+        return Ok(());
+    }
+    let mut offset = 0u64;
+    while offset < size {
+        let end = (offset + chunk).min(size);
+        let url = location.clone();
+        let response = session.send(&what, &|http| {
+            http.patch(&url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_RANGE, format!("{offset}-{}", end - 1))
+                .body(section(&file, offset, end))
+        })?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(session.status_error(&what, response));
+        }
+        location = self::location(session, &what, &response)?;
+        offset = end;
+    }
+    let url = with_digest(&location, digest);
+    let response = session.send(&what, &|http| http.put(&url).header(CONTENT_LENGTH, "0"))?;
+    if response.status() != StatusCode::CREATED {
+        return Err(session.status_error(&what, response));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunked upload to Debian's docker-registry, when it is installed.
+    #[test]
+    fn large_blobs_go_up_in_chunks() {
+        use kiln_testing::{Need, REGISTRY, require, wait_until};
+        if !require(&[Need::Registry]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(
+            std::time::Duration::from_secs(30),
+            "the registry to listen",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        // 2.5 chunks of noise, a config, a manifest naming both.
+        let mut x = 1u64;
+        let data: Vec<u8> = (0..(5 << 19))
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect();
+        let layer = store.content.write_bytes(&data).unwrap();
+        let config = store.content.write_bytes(b"{}").unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_MANIFEST,
+            "config": {"mediaType": image::OCI_CONFIG, "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": data.len()}],
+        }))
+        .unwrap();
+        let reference = Reference::parse(&format!("127.0.0.1:{port}/chunks/blob:1")).unwrap();
+        let options = Options {
+            chunk_size: 1 << 20,
+            ..Options::default()
+        };
+        let blobs = [(config.clone(), 2), (layer.clone(), data.len() as u64)];
+        let pushed = push_manifest(&store, &reference, &manifest, &blobs, &options).unwrap();
+        assert_eq!(pushed.uploaded, 2);
+        let back = reqwest::blocking::get(format!(
+            "http://127.0.0.1:{port}/v2/chunks/blob/blobs/{layer}"
+        ))
+        .unwrap()
+        .bytes()
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            Digest::of(&back),
+            layer,
+            "the registry assembled the chunks"
+        );
+    }
+
+    #[test]
+    fn digest_goes_into_the_upload_url() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            with_digest("http://r/u/1", &d),
+            format!("http://r/u/1?digest={d}")
+        );
+        assert_eq!(
+            with_digest("http://r/u/1?_state=abc", &d),
+            format!("http://r/u/1?_state=abc&digest={d}")
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! One build, from a typed [`Request`] to a tagged image: cache import,
+//! solve, image, cache export, outputs, push. The embedded `kiln build`
+//! and kilnd's Build call both run [`run`]; what differs between them is
+//! only the [`Env`] (kilnd shares its in-flight steps, context digests
+//! and farm between builds, and leaves file outputs to its client).
+//!
+//! What happens besides the solver's steps reaches the user as a
+//! [`Notice`] — embedded on standard error, through kilnd as a `Notice`
+//! message of the Build call — so both say the same.
+
+pub mod request;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::Store;
+use kiln_worker::exec::Worker;
+use kiln_worker::sandbox::Sandbox;
+use thiserror::Error;
+
+pub use self::request::{CacheRef, Outputs, Request, RequestError};
+use crate::build::{self, BuildError, BuildRequest, Built, Solved};
+use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
+use kiln_image::image::ImageError;
+use kiln_registry::RegistryError;
+
+/// Why a build failed.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A file output (`-o type=docker|oci|tar|local`).
+    #[error(transparent)]
+    Output(#[from] ImageError),
+    /// A cache export or a push.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+type Result<T> = std::result::Result<T, PipelineError>;
+
+/// How much a [`Notice`] matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something done (a cache imported, an image pushed); hidden by `-q`.
+    Info,
+    /// Something that did not work and the build went on without.
+    Warning,
+}
+
+/// What the pipeline says besides the solver's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub level: Level,
+    /// As `kiln build` prints it (a warning after `warning: `).
+    pub text: String,
+}
+
+/// What a build reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// A solver event: a step started, logged, finished; a check warning.
+    Step(Event),
+    Notice(Notice),
+}
+
+/// What builds in one process share: one-off builds share nothing; kilnd
+/// passes the same for all its builds.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// Steps running now: the same step runs once.
+    pub in_flight: Arc<InFlight>,
+    /// Context digests kept between builds of an unchanged context.
+    pub context_digests: Arc<ContextDigests>,
+    /// Where RUN steps may run besides here (kilnd's attached workers).
+    pub farm: Option<Arc<dyn crate::solve::RemoteWorkers>>,
+}
+
+/// Where a build runs: the store, its context directory, and what it
+/// shares with other builds.
+pub struct Env<'a> {
+    pub store: &'a Store,
+    /// The context directory, already canonical.
+    pub context: PathBuf,
+    pub shared: Shared,
+    /// Cancels the build from another thread (kilnd: the client left).
+    pub cancellation: Arc<Cancellation>,
+    /// Whether the request's file outputs are written here (embedded);
+    /// kilnd's client fetches them with Export instead.
+    pub write_files: bool,
+}
+
+/// Runs the build `request` asks for in `env`, reporting as it goes.
+pub fn run(
+    request: &Request,
+    env: &Env<'_>,
+    report: &mut (dyn FnMut(Report) + Send),
+) -> Result<Built> {
+    import_caches(request, env, report);
+    let solved = solve(request, env, report)?;
+    let built = write_image(request, env, solved)?;
+    export_caches(request, env, &built, report)?;
+    if env.write_files {
+        for output in &request.files {
+            kiln_image::output::export(
+                env.store,
+                &built.manifest,
+                request.tags.first().map(String::as_str),
+                output,
+            )?;
+        }
+    }
+    push(request, env, report)?;
+    Ok(built)
+}
+
+/// `--cache-from`: as BuildKit, a cache that cannot be imported is a
+/// warning, and the build goes on without it.
+fn import_caches(request: &Request, env: &Env<'_>, report: &mut (dyn FnMut(Report) + Send)) {
+    for cache in &request.cache_imports {
+        let reference = &cache.reference;
+        let notice = match kiln_registry::cache::import(env.store, reference, &request.registry) {
+            Ok(i) => Notice {
+                level: Level::Info,
+                text: format!(
+                    "importing cache from {reference}: {} steps, {} cache mounts",
+                    i.records, i.mounts
+                ),
+            },
+            Err(e) => Notice {
+                level: Level::Warning,
+                text: format!("importing cache from {reference}: {e}"),
+            },
+        };
+        if notice.level == Level::Warning {
+            tracing::warn!("{}", notice.text);
+        }
+        report(Report::Notice(notice));
+    }
+}
+
+/// The solver's request: the typed request and the environment.
+fn build_request(request: &Request, env: &Env<'_>) -> BuildRequest {
+    BuildRequest {
+        dockerfile: request.dockerfile.clone(),
+        context: env.context.clone(),
+        dockerignore: request.dockerignore.clone(),
+        build_args: request.build_args.clone(),
+        target: request.target.clone(),
+        no_cache: request.no_cache,
+        no_cache_filter: request.no_cache_filter.clone(),
+        context_time: request.context_time,
+        network: request.network,
+        sandbox: request.sandbox.clone(),
+        entitlements: request.entitlements.clone(),
+        compression: request.compression,
+        pull: request.pull,
+        registry: request.registry.clone(),
+        cancellation: Arc::clone(&env.cancellation),
+        in_flight: Arc::clone(&env.shared.in_flight),
+        context_digests: Arc::clone(&env.shared.context_digests),
+        farm: env.shared.farm.clone(),
+    }
+}
+
+/// Resolves the base images, converts, checks and runs the steps.
+fn solve(
+    request: &Request,
+    env: &Env<'_>,
+    report: &mut (dyn FnMut(Report) + Send),
+) -> Result<Solved> {
+    let mut worker = Worker::new(env.store.root(), Sandbox::beside_current_exe());
+    for (id, value) in &request.secrets {
+        worker = worker.with_secret(id, value.clone());
+    }
+    for (id, socket) in &request.ssh {
+        worker = worker.with_ssh_agent(id, socket.clone());
+    }
+    let mut progress = |event: Event| report(Report::Step(event));
+    Ok(build::solve(
+        env.store,
+        &worker,
+        &build_request(request, env),
+        &mut progress,
+    )?)
+}
+
+/// The image: `--label`s over the Dockerfile's (BuildKit sets its
+/// `label:KEY` frontend attributes on the target's config last), then
+/// config, layers and manifest, tagged.
+fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<Built> {
+    if !request.labels.is_empty() {
+        let labels = solved
+            .image
+            .config
+            .labels
+            .get_or_insert_with(Default::default);
+        labels.extend(request.labels.clone());
+    }
+    Ok(build::write_image(
+        env.store,
+        solved,
+        request.compression,
+        &request.tags,
+    )?)
+}
+
+/// `--cache-to`: every step's layer (and, when asked, the build's cache
+/// mounts) to each registry cache.
+fn export_caches(
+    request: &Request,
+    env: &Env<'_>,
+    built: &Built,
+    report: &mut (dyn FnMut(Report) + Send),
+) -> Result<()> {
+    for cache in &request.cache_exports {
+        let reference = &cache.reference;
+        let mounts = cache.cache_mounts.then_some(&built.cache_mounts);
+        let pushed = kiln_registry::cache::export(
+            env.store,
+            reference,
+            &built.steps,
+            mounts,
+            &request.registry,
+        )?;
+        report(Report::Notice(Notice {
+            level: Level::Info,
+            text: format!(
+                "exporting cache to {reference} done ({} steps; {} uploaded, {} already there)",
+                built.steps.len(),
+                pushed.uploaded,
+                pushed.skipped
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// `--output type=image,push=true`: every tag to its registry.
+fn push(request: &Request, env: &Env<'_>, report: &mut (dyn FnMut(Report) + Send)) -> Result<()> {
+    if !request.push {
+        return Ok(());
+    }
+    for tag in &request.tags {
+        let pushed = kiln_registry::push(env.store, tag, &request.registry)?;
+        report(Report::Notice(Notice {
+            level: Level::Info,
+            text: format!(
+                "pushing {tag} done ({} uploaded, {} mounted, {} already there)",
+                pushed.uploaded, pushed.mounted, pushed.skipped
+            ),
+        }));
+    }
+    Ok(())
+}

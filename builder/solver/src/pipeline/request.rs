@@ -1,0 +1,256 @@
+//! The typed build request: everything one build takes, less its context
+//! directory. The CLI's flags and kilnd's wire message (`BuildSpec`, see
+//! [`super::wire`]) both become this type through the same checks, so a
+//! bad value gets the same message embedded and through kilnd.
+//!
+//! Adding a build option: a field here, its flag in the CLI
+//! (`builder/src/bin/kiln/build.rs`), its wire field (`control.proto`,
+//! [`super::wire`]) and its use in [`super::run`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kiln_frontend::sandbox::SandboxOptions;
+use kiln_worker::sandbox::spec::Network;
+use thiserror::Error;
+
+use crate::entitlements::{EntitlementError, Entitlements};
+use kiln_image::compress::LayerCompression;
+use kiln_image::output::Output;
+use kiln_registry::PullPolicy;
+
+/// Why a request is refused; each message names the flag (or, for a
+/// typed wire field no flag fills, the field).
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("--pull={0}: expected missing, always or never (or true, false)")]
+    Pull(String),
+    /// A flag's value is malformed.
+    #[error("{flag} {value}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// An image name (`-t`, `--output name=`) is not one.
+    #[error("{flag}: {source}")]
+    Name {
+        flag: &'static str,
+        source: kiln_image::image::ImageError,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] kiln_frontend::sandbox::SandboxOptionError),
+    #[error(transparent)]
+    Entitlement(#[from] EntitlementError),
+    #[error("{0}")]
+    Output(String),
+}
+
+type Result<T> = std::result::Result<T, RequestError>;
+
+/// A build cache in a registry (`--cache-from`, `--cache-to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRef {
+    /// The cache's image reference.
+    pub reference: String,
+    /// Exports only: the build's cache mounts go along.
+    pub cache_mounts: bool,
+}
+
+impl CacheRef {
+    /// `type=registry,ref=REF[,cache-mounts=true]`; `flag` names the
+    /// option in the error.
+    pub fn parse(flag: &'static str, spec: &str) -> Result<Self> {
+        let (reference, cache_mounts) =
+            kiln_registry::cache::parse_spec(flag, spec).map_err(RequestError::Output)?;
+        Self::new(flag, reference, cache_mounts)
+    }
+
+    /// A reference as the wire carries it, checked as a parsed one.
+    pub fn new(flag: &'static str, reference: String, cache_mounts: bool) -> Result<Self> {
+        if reference.is_empty() {
+            return Err(RequestError::Invalid {
+                flag,
+                value: String::new(),
+                reason: "no ref=".to_owned(),
+            });
+        }
+        Ok(Self {
+            reference,
+            cache_mounts,
+        })
+    }
+
+    /// The flag's form, for a wire field of old kilnds.
+    pub fn spec(&self) -> String {
+        let mounts = if self.cache_mounts {
+            ",cache-mounts=true"
+        } else {
+            ""
+        };
+        format!("type=registry,ref={}{mounts}", self.reference)
+    }
+}
+
+/// What one build takes: the Dockerfile and its settings, where the result
+/// goes, and how registries are reached. The context directory is not in
+/// it: embedded it is a path, through kilnd a stream.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The Dockerfile's text.
+    pub dockerfile: String,
+    /// `.dockerignore` patterns, as written.
+    pub dockerignore: Vec<String>,
+    /// `--build-arg`s (with `SOURCE_DATE_EPOCH` from the environment).
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`; `None`: the last stage.
+    pub target: Option<String>,
+    /// Full names to tag: `-t` and `--output type=image,name=`, normalized.
+    pub tags: Vec<String>,
+    /// `--label`: set on the image over the Dockerfile's `LABEL`s.
+    pub labels: BTreeMap<String, String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--no-cache-filter`: stages whose steps run again.
+    pub no_cache_filter: Vec<String>,
+    /// `--pull`.
+    pub pull: PullPolicy,
+    /// `--network`: RUN steps that do not ask for one.
+    pub network: Network,
+    /// `--add-host`, `--ulimit`, `--shm-size`.
+    pub sandbox: SandboxOptions,
+    /// `--allow` (and `network.host` for `--network=host`): what the build
+    /// asks for; kilnd grants within what it allows.
+    pub entitlements: Entitlements,
+    /// `--output compression=…,compression-level=…`.
+    pub compression: LayerCompression,
+    /// The file outputs (`type=docker|oci|tar|local`).
+    pub files: Vec<Output>,
+    /// `--output type=image,push=true`: push every tag after the build.
+    pub push: bool,
+    /// `--cache-from`.
+    pub cache_imports: Vec<CacheRef>,
+    /// `--cache-to`.
+    pub cache_exports: Vec<CacheRef>,
+    /// `--insecure-registry`: for pulls, caches and pushes alike.
+    pub registry: kiln_registry::Options,
+    /// `--secret`: by id. Never logged.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh`: agents by id, and their sockets on the machine that runs
+    /// the build (through kilnd, its relays of the client's agents).
+    pub ssh: BTreeMap<String, PathBuf>,
+    /// When a fetched context (Git, HTTP) last changed:
+    /// `SOURCE_DATE_EPOCH=context`.
+    pub context_time: Option<u64>,
+}
+
+/// `--pull`'s value (buildx's boolean forms too).
+pub fn parse_pull(text: &str) -> Result<PullPolicy> {
+    PullPolicy::parse(text).ok_or_else(|| RequestError::Pull(text.to_owned()))
+}
+
+/// `--label KEY=VALUE`, or `KEY` for an empty value (as buildx).
+pub fn parse_label(spec: &str) -> Result<(String, String)> {
+    let (key, value) = spec.split_once('=').unwrap_or((spec, ""));
+    check_label_key(key, spec)?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A label key is not empty (the image config could hold one, but no
+/// tool reads it back).
+pub(super) fn check_label_key(key: &str, spec: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(RequestError::Invalid {
+            flag: "--label",
+            value: spec.to_owned(),
+            reason: "expected KEY=VALUE".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Names (`-t`, `name=`) normalized to full ones.
+pub fn normalize_names(flag: &'static str, names: &[String]) -> Result<Vec<String>> {
+    names
+        .iter()
+        .map(|n| {
+            kiln_image::image::normalize(n).map_err(|source| RequestError::Name { flag, source })
+        })
+        .collect()
+}
+
+/// The `--output` values: the file outputs, the `type=image` names and
+/// whether to push, and the layers' compression. Push needs a name
+/// (`tagged`: whether `-t` gave one).
+pub struct Outputs {
+    pub files: Vec<Output>,
+    pub names: Vec<String>,
+    pub push: bool,
+    pub compression: LayerCompression,
+}
+
+impl Outputs {
+    pub fn parse(specs: &[String], tagged: bool) -> Result<Self> {
+        let mut outputs = Self {
+            files: Vec::new(),
+            names: Vec::new(),
+            push: false,
+            compression: LayerCompression::from_outputs(specs).map_err(RequestError::Output)?,
+        };
+        for spec in specs {
+            match Output::parse(spec).map_err(RequestError::Output)? {
+                Output::Image { names, push } => {
+                    outputs.names.extend(names);
+                    outputs.push |= push;
+                }
+                file => outputs.files.push(file),
+            }
+        }
+        outputs.names = normalize_names("--output name=", &outputs.names)?;
+        check_push(outputs.push, tagged || !outputs.names.is_empty())?;
+        Ok(outputs)
+    }
+}
+
+/// A push needs a name to push to.
+pub(super) fn check_push(push: bool, named: bool) -> Result<()> {
+    if push && !named {
+        return Err(RequestError::Output(
+            "--output push=true needs a name (name= or -t)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_need_a_key() {
+        assert_eq!(
+            parse_label("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert_eq!(parse_label("a").unwrap(), ("a".to_owned(), String::new()));
+        assert_eq!(
+            parse_label("=x").unwrap_err().to_string(),
+            "--label =x: expected KEY=VALUE"
+        );
+    }
+
+    #[test]
+    fn a_bad_pull_names_the_flag() {
+        assert_eq!(
+            parse_pull("sometimes").unwrap_err().to_string(),
+            "--pull=sometimes: expected missing, always or never (or true, false)"
+        );
+    }
+
+    #[test]
+    fn push_needs_a_name() {
+        let specs = ["type=image,push=true".to_owned()];
+        assert!(Outputs::parse(&specs, false).is_err());
+        assert!(Outputs::parse(&specs, true).unwrap().push);
+    }
+}

@@ -1,0 +1,323 @@
+//! [`Request`] ⇄ `kiln.control.v1.BuildSpec`: one conversion each way.
+//! Decoding runs the checks the CLI's parser runs, with the same
+//! messages: a kilnd client is not trusted to have run them.
+
+use kiln_frontend::sandbox::SandboxOptions;
+use kiln_proto::control::v1 as pb;
+use kiln_worker::sandbox::spec::Network;
+
+use super::request::{
+    CacheRef, Outputs, Request, RequestError, check_label_key, check_push, normalize_names,
+    parse_pull,
+};
+use crate::entitlements::Entitlements;
+use kiln_image::compress::{Kind, LayerCompression};
+use kiln_registry::PullPolicy;
+
+type Result<T> = std::result::Result<T, RequestError>;
+
+impl From<&Request> for pb::BuildSpec {
+    /// The request on the wire, less its file outputs (the client writes
+    /// them from kilnd's Export) and its SSH sockets (only their ids: the
+    /// client relays them).
+    fn from(r: &Request) -> Self {
+        Self {
+            dockerfile: r.dockerfile.clone(),
+            dockerignore: r.dockerignore.clone(),
+            build_args: r.build_args.clone().into_iter().collect(),
+            target: r.target.clone().unwrap_or_default(),
+            tags: r.tags.clone(),
+            no_cache: r.no_cache,
+            no_cache_filter: r.no_cache_filter.clone(),
+            secrets: r.secrets.clone().into_iter().collect(),
+            network_none: r.network == Network::None,
+            network_host: r.network == Network::Host,
+            entitlements: r.entitlements.names(),
+            context_time: r.context_time,
+            ssh: r.ssh.keys().cloned().collect(),
+            add_hosts: sandbox_hosts(&r.sandbox),
+            ulimits: sandbox_ulimits(&r.sandbox),
+            shm_size: r
+                .sandbox
+                .shm_size
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            image_output: Some(pb::ImageOutput {
+                names: Vec::new(),
+                push: r.push,
+                compression: Some(compression_message(r.compression)),
+            }),
+            pull_policy: pull_message(r.pull) as i32,
+            cache_imports: r.cache_imports.iter().map(cache_message).collect(),
+            cache_exports: r.cache_exports.iter().map(cache_message).collect(),
+            registry: Some(pb::RegistryOptions {
+                insecure: r.registry.insecure.clone(),
+            }),
+            labels: r.labels.clone().into_iter().collect(),
+            ..Self::default()
+        }
+    }
+}
+
+impl TryFrom<pb::BuildSpec> for Request {
+    type Error = RequestError;
+
+    /// The request a client sent, checked as the CLI checks its flags.
+    /// The session fields (`session`, `removed`) are the transport's.
+    fn try_from(spec: pb::BuildSpec) -> Result<Self> {
+        let outputs = image_output(&spec)?;
+        let mut tags = normalize_names("-t", &spec.tags)?;
+        check_push(outputs.push, !tags.is_empty() || !outputs.names.is_empty())?;
+        tags.extend(outputs.names);
+        let sandbox = SandboxOptions::from_flags(
+            &spec.add_hosts,
+            &spec.ulimits,
+            Some(spec.shm_size.as_str()),
+        )?;
+        let mut build_args: std::collections::BTreeMap<_, _> =
+            spec.build_args.into_iter().collect();
+        if let Some(epoch) = spec.source_date_epoch {
+            build_args
+                .entry("SOURCE_DATE_EPOCH".to_owned())
+                .or_insert_with(|| epoch.to_string());
+        }
+        for key in spec.labels.keys() {
+            check_label_key(key, key)?;
+        }
+        Ok(Self {
+            pull: pull_policy(spec.pull_policy, &spec.pull)?,
+            cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
+            cache_exports: caches("--cache-to", &spec.cache_exports, &spec.cache_to)?,
+            network: network(spec.network_none, spec.network_host)?,
+            entitlements: Entitlements::from_flag("--allow", &spec.entitlements)?,
+            registry: kiln_registry::Options {
+                insecure: spec.registry.map(|r| r.insecure).unwrap_or_default(),
+                ..kiln_registry::Options::default()
+            },
+            dockerfile: spec.dockerfile,
+            dockerignore: spec.dockerignore,
+            build_args,
+            target: (!spec.target.is_empty()).then_some(spec.target),
+            tags,
+            labels: spec.labels.into_iter().collect(),
+            no_cache: spec.no_cache,
+            no_cache_filter: spec.no_cache_filter,
+            sandbox,
+            compression: outputs.compression,
+            // The client's to write.
+            files: Vec::new(),
+            push: outputs.push,
+            secrets: spec.secrets.into_iter().collect(),
+            // kilnd puts its relays' sockets here.
+            ssh: spec
+                .ssh
+                .into_iter()
+                .map(|id| (id, Default::default()))
+                .collect(),
+            context_time: spec.context_time,
+        })
+    }
+}
+
+fn sandbox_hosts(sandbox: &SandboxOptions) -> Vec<String> {
+    // `=` first: an IPv6 address has colons.
+    let hosts = sandbox.extra_hosts.iter();
+    hosts.map(|h| format!("{}={}", h.host(), h.ip())).collect()
+}
+
+fn sandbox_ulimits(sandbox: &SandboxOptions) -> Vec<String> {
+    let limits = sandbox.ulimits.iter();
+    limits
+        .map(|u| format!("{}={}:{}", u.name().as_str(), u.soft(), u.hard()))
+        .collect()
+}
+
+fn network(none: bool, host: bool) -> Result<Network> {
+    match (none, host) {
+        (true, true) => Err(RequestError::Invalid {
+            flag: "--network",
+            value: "none and host".to_owned(),
+            reason: "one build network (BuildSpec.network_none, network_host)".to_owned(),
+        }),
+        (true, false) => Ok(Network::None),
+        (false, true) => Ok(Network::Host),
+        (false, false) => Ok(Network::Private),
+    }
+}
+
+fn pull_message(pull: PullPolicy) -> pb::PullPolicy {
+    match pull {
+        PullPolicy::Missing => pb::PullPolicy::Missing,
+        PullPolicy::Always => pb::PullPolicy::Always,
+        PullPolicy::Never => pb::PullPolicy::Never,
+    }
+}
+
+/// The typed field, else the legacy string (empty: the default).
+fn pull_policy(typed: i32, legacy: &str) -> Result<PullPolicy> {
+    match pb::PullPolicy::try_from(typed) {
+        Ok(pb::PullPolicy::Missing) => Ok(PullPolicy::Missing),
+        Ok(pb::PullPolicy::Always) => Ok(PullPolicy::Always),
+        Ok(pb::PullPolicy::Never) => Ok(PullPolicy::Never),
+        Ok(pb::PullPolicy::Unspecified) if legacy.is_empty() => Ok(PullPolicy::default()),
+        Ok(pb::PullPolicy::Unspecified) => parse_pull(legacy),
+        Err(_) => Err(RequestError::Pull(format!(
+            "{typed} (BuildSpec.pull_policy)"
+        ))),
+    }
+}
+
+fn cache_message(c: &CacheRef) -> pb::CacheRef {
+    pb::CacheRef {
+        r#ref: c.reference.clone(),
+        cache_mounts: c.cache_mounts,
+    }
+}
+
+/// The typed caches, else the legacy specs.
+fn caches(flag: &'static str, typed: &[pb::CacheRef], legacy: &[String]) -> Result<Vec<CacheRef>> {
+    if typed.is_empty() {
+        return legacy.iter().map(|s| CacheRef::parse(flag, s)).collect();
+    }
+    typed
+        .iter()
+        .map(|c| CacheRef::new(flag, c.r#ref.clone(), c.cache_mounts))
+        .collect()
+}
+
+fn compression_message(c: LayerCompression) -> pb::LayerCompression {
+    let kind = match c.kind {
+        Kind::Gzip => pb::layer_compression::Kind::Gzip,
+        Kind::Zstd => pb::layer_compression::Kind::Zstd,
+        Kind::Uncompressed => pb::layer_compression::Kind::Uncompressed,
+    };
+    pb::LayerCompression {
+        kind: kind as i32,
+        level: Some(c.level),
+    }
+}
+
+fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
+    use pb::layer_compression::Kind as K;
+    let kind = match K::try_from(c.kind) {
+        Ok(K::Unspecified | K::Gzip) => Kind::Gzip,
+        Ok(K::Zstd) => Kind::Zstd,
+        Ok(K::Uncompressed) => Kind::Uncompressed,
+        Err(_) => {
+            return Err(RequestError::Output(format!(
+                "--output compression: {} is not a compression (BuildSpec.image_output.compression.kind)",
+                c.kind
+            )));
+        }
+    };
+    let of = LayerCompression::of(kind);
+    match c.level {
+        None => Ok(of),
+        Some(level) => of.with_level(level).ok_or_else(|| {
+            RequestError::Output(format!(
+                "--output compression-level={level}: compression-level is 1-9 for gzip, 1-22 for zstd"
+            ))
+        }),
+    }
+}
+
+/// The typed `type=image` output, else what the legacy `-o` strings say
+/// of it (their file outputs are the client's).
+fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
+    let Some(image) = &spec.image_output else {
+        let mut outputs = Outputs::parse(&spec.outputs, !spec.tags.is_empty())?;
+        outputs.files.clear();
+        return Ok(outputs);
+    };
+    Ok(Outputs {
+        files: Vec::new(),
+        names: normalize_names("--output name=", &image.names)?,
+        push: image.push,
+        compression: image
+            .compression
+            .as_ref()
+            .map_or(Ok(LayerCompression::default()), compression)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request goes over the wire and comes back the same (less what is
+    /// the client's: file outputs, agent sockets).
+    #[test]
+    fn a_request_round_trips() {
+        let request = Request {
+            dockerfile: "FROM scratch\n".into(),
+            tags: vec!["docker.io/library/a:1".into()],
+            labels: [("k".to_owned(), "v".to_owned())].into(),
+            pull: PullPolicy::Never,
+            network: Network::None,
+            sandbox: SandboxOptions::from_flags(
+                &["h:::1".into(), "g=10.0.0.1".into()],
+                &["nofile=10:20".into()],
+                Some("1m"),
+            )
+            .unwrap(),
+            compression: LayerCompression::parse("zstd")
+                .unwrap()
+                .with_level(9)
+                .unwrap(),
+            push: true,
+            cache_imports: vec![CacheRef::new("--cache-from", "r/c:1".into(), false).unwrap()],
+            cache_exports: vec![CacheRef::new("--cache-to", "r/c:1".into(), true).unwrap()],
+            registry: kiln_registry::Options {
+                insecure: vec!["0.0.0.0:5000".into()],
+                ..Default::default()
+            },
+            ..Request::default()
+        };
+        let back = Request::try_from(pb::BuildSpec::from(&request)).unwrap();
+        assert_eq!(back.tags, request.tags);
+        assert_eq!(back.labels, request.labels);
+        assert_eq!(back.pull, request.pull);
+        assert_eq!(back.network, request.network);
+        assert_eq!(back.sandbox, request.sandbox);
+        assert_eq!(back.compression, request.compression);
+        assert!(back.push);
+        assert_eq!(back.cache_imports, request.cache_imports);
+        assert_eq!(back.cache_exports, request.cache_exports);
+        assert_eq!(back.registry.insecure, request.registry.insecure);
+    }
+
+    /// Old clients' strings are read, with the CLI's messages.
+    #[test]
+    fn legacy_strings_are_read_and_checked() {
+        let spec = pb::BuildSpec {
+            pull: "always".into(),
+            cache_from: vec!["type=registry,ref=r/c:1".into()],
+            outputs: vec!["type=image,push=true,compression=zstd".into()],
+            tags: vec!["a:1".into()],
+            ..Default::default()
+        };
+        let r = Request::try_from(spec).unwrap();
+        assert_eq!(r.pull, PullPolicy::Always);
+        assert_eq!(r.cache_imports[0].reference, "r/c:1");
+        assert!(r.push);
+        assert_eq!(r.compression.kind, Kind::Zstd);
+        let bad = pb::BuildSpec {
+            pull: "sometimes".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Request::try_from(bad).unwrap_err().to_string(),
+            "--pull=sometimes: expected missing, always or never (or true, false)"
+        );
+        let hostile = pb::BuildSpec {
+            pull_policy: 99,
+            ..Default::default()
+        };
+        assert!(Request::try_from(hostile).is_err());
+        let no_key = pb::BuildSpec {
+            labels: [(String::new(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(Request::try_from(no_key).is_err());
+    }
+}

@@ -1,0 +1,540 @@
+//! The solver: runs a build graph's vertices, each after its inputs, on the
+//! local worker, with the step cache.
+//!
+//! A vertex's cache key (`key.rs`) is the SHA-256 of its op digest, its
+//! inputs' cache keys, and — for ops that read the build context — a digest
+//! of the context files they read (`context::digest`). A key found in the
+//! store with its layer blob present is a hit: nothing runs. A missing blob
+//! is a miss.
+
+mod cancel;
+mod context;
+mod flight;
+mod key;
+mod ops;
+mod remote;
+
+pub use cancel::Cancellation;
+pub use context::ContextDigests;
+pub use flight::InFlight;
+pub use remote::{RemoteError, RemoteMount, RemoteStep, RemoteWorkers, StepOutcome};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kiln_cache::Store;
+use kiln_frontend::convert::BuildGraph;
+use kiln_frontend::dockerignore::Matcher;
+use kiln_worker::exec::Worker;
+use kiln_worker::snapshot::Snapshots;
+use thiserror::Error;
+
+use crate::fetch;
+use kiln_image::image::Layer;
+
+/// What a vertex produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fs {
+    /// Layers, bottom first (empty: scratch).
+    Layers(Vec<Layer>),
+    /// The build context directory.
+    Context(PathBuf),
+    /// A downloaded file or a Git checkout (`ADD <url>`).
+    Fetched(std::sync::Arc<fetch::Fetched>),
+}
+
+/// What the solver reports while it works (`--progress=json` prints one
+/// per line: `{"event":"started","vertex":3,"description":"…"}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        vertex: usize,
+        description: String,
+    },
+    Cached {
+        vertex: usize,
+    },
+    Log {
+        vertex: usize,
+        line: String,
+    },
+    Done {
+        vertex: usize,
+        seconds: f64,
+    },
+    /// Bytes of a download so far (`ADD <url>`), about once a second and
+    /// at the end; `total` when the server said.
+    Bytes {
+        vertex: usize,
+        current: u64,
+        total: Option<u64>,
+    },
+    /// The step failed; the build stops (`error` is the cause alone).
+    Failed {
+        vertex: usize,
+        error: String,
+    },
+    /// A build check found something (before any step runs); BuildKit's
+    /// `VertexWarning`.
+    Warning {
+        warning: kiln_frontend::checks::Violation,
+    },
+}
+
+/// Why a solve failed. A step's failure names the step (its description
+/// and Dockerfile line) and says where it failed.
+#[derive(Debug, Error)]
+pub enum SolveError {
+    /// The build was cancelled (its client went away); running steps were
+    /// killed.
+    #[error("cancelled")]
+    Cancelled,
+    /// A RUN step's process exited with a code other than 0.
+    #[error("{description}: did not complete successfully: exit code {code}")]
+    ExitCode {
+        description: String,
+        code: i32,
+        log_tail: Vec<String>,
+    },
+    /// A file op (COPY, ADD, WORKDIR, mkdir) failed.
+    #[error("{description}: {reason}")]
+    FileOp { description: String, reason: String },
+    /// A step on a remote worker failed there or on its way (not its
+    /// process: that is [`SolveError::ExitCode`]).
+    #[error("{description}: {reason}")]
+    Remote { description: String, reason: String },
+    /// Any other step failure: a source, a mount, a layer.
+    #[error("{description}: {reason}")]
+    Step { description: String, reason: String },
+    #[error(transparent)]
+    Image(#[from] kiln_image::image::ImageError),
+    #[error(transparent)]
+    Content(#[from] kiln_cache::ContentError),
+    #[error(transparent)]
+    Meta(#[from] kiln_cache::MetaError),
+    /// A step needs an entitlement the build was not granted.
+    #[error(transparent)]
+    Entitlement(#[from] crate::entitlements::EntitlementError),
+}
+
+pub type Result<T> = std::result::Result<T, SolveError>;
+
+impl SolveError {
+    /// What a failed step's progress line says: the cause alone; `None`
+    /// for an error that is not one step's.
+    fn step_reason(&self) -> Option<String> {
+        match self {
+            Self::Cancelled => Some("cancelled".into()),
+            Self::ExitCode { code, .. } => {
+                Some(format!("did not complete successfully: exit code {code}"))
+            }
+            Self::FileOp { reason, .. }
+            | Self::Remote { reason, .. }
+            | Self::Step { reason, .. } => Some(reason.clone()),
+            Self::Image(_) | Self::Content(_) | Self::Meta(_) | Self::Entitlement(_) => None,
+        }
+    }
+
+    /// The error, naming the step it happened in.
+    fn of_step(self, described: String) -> Self {
+        match self {
+            Self::ExitCode { code, log_tail, .. } => Self::ExitCode {
+                description: described,
+                code,
+                log_tail,
+            },
+            Self::FileOp { reason, .. } => Self::FileOp {
+                description: described,
+                reason,
+            },
+            Self::Remote { reason, .. } => Self::Remote {
+                description: described,
+                reason,
+            },
+            Self::Step { reason, .. } => Self::Step {
+                description: described,
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+/// How many steps run at once: twice the CPUs, at least 4 (RUN steps often
+/// wait on the network or on `sleep`, not on a CPU).
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4))
+}
+
+/// Everything a solve needs.
+pub struct Solver<'a> {
+    pub store: &'a Store,
+    pub worker: &'a Worker,
+    pub snapshots: Snapshots,
+    pub context: PathBuf,
+    pub dockerignore: Matcher,
+    /// The same patterns as written, for file ops that copy from the context.
+    pub dockerignore_patterns: Vec<String>,
+    /// Run every step, using no cache hit.
+    pub no_cache: bool,
+    /// Stages (by index) whose steps run again (`--no-cache-filter`).
+    pub no_cache_stages: std::collections::BTreeSet<usize>,
+    /// The network of RUN steps without `--network` (`kiln build --network`).
+    pub network: kiln_worker::sandbox::spec::Network,
+    /// What the build was granted (`--allow`, within kilnd's
+    /// `--allow-insecure-entitlement`); checked before any step runs.
+    pub entitlements: crate::entitlements::Entitlements,
+    /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
+    pub source_date_epoch: Option<u64>,
+    pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
+    /// The context minus `.dockerignore`d files, for RUN bind mounts; made
+    /// on first use (start with `Default::default()`).
+    pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
+    /// That view as a layer for farm workers; made on first use (start with
+    /// `Default::default()`).
+    pub context_layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
+    /// How new layers are written (the build's `-o …,compression=`).
+    pub compression: kiln_image::compress::LayerCompression,
+    /// Every step's cache key and layer, run or cached, as the build went
+    /// (what `--cache-to` exports). Start with `Default::default()`.
+    pub steps: std::sync::Mutex<Vec<(String, Layer)>>,
+    /// Cancels this build.
+    pub cancellation: std::sync::Arc<Cancellation>,
+    /// Steps running now in this process, shared by concurrent builds.
+    pub in_flight: std::sync::Arc<InFlight>,
+    /// Context digests computed before, for contexts that did not change.
+    pub context_digests: std::sync::Arc<ContextDigests>,
+    /// Workers elsewhere RUN steps may go to (kilnd's farm; `None`: all
+    /// run here).
+    pub farm: Option<&'a dyn RemoteWorkers>,
+}
+
+impl Solver<'_> {
+    /// Reports `event` (from any step's thread).
+    pub(super) fn emit(&self, event: Event) {
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        progress(event);
+    }
+
+    /// Solves every vertex of `graph` — independent ones at the same time,
+    /// up to [`parallelism`] — and returns the filesystem of the vertex
+    /// `root` (`None`: scratch). After a failure no new step starts; the
+    /// first error is returned once running steps have ended.
+    pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
+        crate::entitlements::check_graph(
+            graph,
+            &self.entitlements,
+            self.network == kiln_worker::sandbox::spec::Network::Host,
+        )?;
+        let index_of: HashMap<&str, usize> = graph
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.digest.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = graph
+            .vertices
+            .iter()
+            .map(|v| v.op.inputs.iter().map(|d| index_of[d.as_str()]).collect())
+            .collect();
+        let mut done: Vec<Option<(Fs, String)>> = vec![None; graph.vertices.len()];
+        let mut started = vec![false; graph.vertices.len()];
+        let mut running = 0;
+        let mut failure: Option<SolveError> = None;
+        let limit = parallelism();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Fs, String)>)>();
+            loop {
+                if failure.is_none() && self.cancellation.is_cancelled() {
+                    failure = Some(SolveError::Cancelled);
+                }
+                if failure.is_none() {
+                    for index in 0..graph.vertices.len() {
+                        if running >= limit {
+                            break;
+                        }
+                        if started[index] || !deps[index].iter().all(|d| done[*d].is_some()) {
+                            continue;
+                        }
+                        started[index] = true;
+                        running += 1;
+                        let inputs: Vec<(Fs, String)> = deps[index]
+                            .iter()
+                            .map(|d| done[*d].clone().expect("inputs are done"))
+                            .collect();
+                        let tx = tx.clone();
+                        let vertex = &graph.vertices[index];
+                        scope.spawn(move || {
+                            // A panicking step fails the build instead of
+                            // leaving the loop waiting for its result.
+                            let result =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    self.vertex(index, vertex, &inputs)
+                                }))
+                                .unwrap_or_else(|panic| {
+                                    let why = panic
+                                        .downcast_ref::<&str>()
+                                        .map(|s| (*s).to_owned())
+                                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                                        .unwrap_or_default();
+                                    Err(SolveError::Step {
+                                        description: vertex.meta.description.clone(),
+                                        reason: format!("internal error (a bug in kiln): {why}"),
+                                    })
+                                });
+                            let _ = tx.send((index, result));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((index, result)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                match result {
+                    Ok(r) => done[index] = Some(r),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(match root {
+            None => Fs::Layers(Vec::new()),
+            Some(d) => done[index_of[d]]
+                .take()
+                .map(|(fs, _)| fs)
+                .expect("the root is a solved vertex"),
+        })
+    }
+
+    /// Computes the cache key of one vertex and solves it.
+    fn vertex(
+        &self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        inputs: &[(Fs, String)],
+    ) -> Result<(Fs, String)> {
+        let key = key::StepKey::new(
+            &vertex.digest,
+            &vertex.op,
+            inputs.iter().map(|(_, key)| key.as_str()).collect(),
+            self.context_part(&vertex.op, inputs),
+            self.source_date_epoch,
+            self.network,
+        )
+        .digest();
+        let result = self.run_vertex(index, vertex, inputs, &key).map_err(|e| {
+            if let Some(error) = e.step_reason() {
+                self.emit(Event::Failed {
+                    vertex: index,
+                    error,
+                });
+            }
+            e.of_step(vertex.meta.described())
+        })?;
+        // What depends on this step is keyed by what it made, not only by
+        // what it was asked.
+        let key = key::passed_on(key, &vertex.op, &result);
+        Ok((result, key))
+    }
+
+    fn run_vertex(
+        &self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        inputs: &[(Fs, String)],
+        key: &str,
+    ) -> Result<Fs> {
+        use kiln_proto::ops::v1::op::Kind;
+        let start = Instant::now();
+        let chain_of = |i: i32| -> Vec<Layer> {
+            match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
+                Some((Fs::Layers(l), _)) => l.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let Some(kind) = &vertex.op.kind else {
+            return Err(SolveError::Step {
+                description: String::new(),
+                reason: "an op without a kind".into(),
+            });
+        };
+        // Sources and merges do no work worth reporting or caching.
+        match kind {
+            Kind::Source(source) => {
+                use kiln_proto::ops::v1::source_op::Source;
+                // Downloads and clones are work to show; images and the
+                // context are not.
+                if !matches!(source.source, Some(Source::Http(_) | Source::Git(_))) {
+                    return self.source(index, source);
+                }
+                self.emit(Event::Started {
+                    vertex: index,
+                    description: vertex.meta.description.clone(),
+                });
+                let fs = self.source(index, source)?;
+                self.emit(Event::Done {
+                    vertex: index,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                return Ok(fs);
+            }
+            Kind::Merge(_) => {
+                return Ok(Fs::Layers(
+                    inputs
+                        .iter()
+                        .flat_map(|(fs, _)| match fs {
+                            Fs::Layers(l) => l.clone(),
+                            Fs::Context(_) | Fs::Fetched(_) => Vec::new(),
+                        })
+                        .collect(),
+                ));
+            }
+            _ => {}
+        }
+        self.emit(Event::Started {
+            vertex: index,
+            description: vertex.meta.description.clone(),
+        });
+        let base = match kind {
+            Kind::Exec(e) => chain_of(e.rootfs),
+            Kind::File(f) => chain_of(f.base),
+            _ => Vec::new(),
+        };
+        let no_cache = self.no_cache
+            || vertex
+                .meta
+                .stage
+                .is_some_and(|s| self.no_cache_stages.contains(&s));
+        let lookup = || -> Result<Option<kiln_cache::CacheRecord>> {
+            if no_cache {
+                return Ok(None);
+            }
+            Ok(self
+                .store
+                .meta
+                .cache_record(key)?
+                .filter(|r| self.store.content.has(&r.blob)))
+        };
+        let mut cached = lookup()?;
+        // Another build may be running this very step: wait for it, then
+        // look again, rather than run it twice.
+        let mut claim = None;
+        while cached.is_none() {
+            match self.in_flight.claim(key) {
+                Some(c) => {
+                    claim = Some(c);
+                    break;
+                }
+                None => cached = lookup()?,
+            }
+        }
+        if let Some(record) = cached {
+            self.store
+                .meta
+                .touch(&record.blob, kiln_image::image::now())?;
+            self.emit(Event::Cached { vertex: index });
+            let layer = Layer {
+                blob: record.blob,
+                diff_id: record.diff_id,
+                media_type: record.media_type,
+                size: record.size,
+            };
+            self.record_step(key, &layer);
+            let mut chain = base;
+            chain.push(layer);
+            return Ok(Fs::Layers(chain));
+        }
+        let layer = match kind {
+            Kind::Exec(exec) => self.exec(index, vertex, exec, inputs, &base)?,
+            Kind::File(file) => self.file(vertex, file, inputs, &base)?,
+            _ => unreachable!("sources and merges returned above"),
+        };
+        self.store.meta.put_cache_record(
+            key,
+            &kiln_cache::CacheRecord {
+                blob: layer.blob.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+                created: kiln_image::image::now(),
+            },
+        )?;
+        self.store.meta.flush()?;
+        drop(claim);
+        self.record_step(key, &layer);
+        self.emit(Event::Done {
+            vertex: index,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        let mut chain = base;
+        chain.push(layer);
+        Ok(Fs::Layers(chain))
+    }
+
+    fn record_step(&self, key: &str, layer: &Layer) {
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((key.to_owned(), layer.clone()));
+    }
+
+    /// The digest of context files `sources` cover (see `context.rs`).
+    fn context_digest(&self, sources: &[String], with_mode: bool) -> String {
+        let ask = format!("{sources:?}\0{with_mode}\0{:?}", self.dockerignore_patterns);
+        self.context_digests.get_or(&self.context, ask, || {
+            context::digest(
+                &self.context,
+                sources,
+                &self.dockerignore,
+                with_mode,
+                &*self.store.meta,
+            )
+        })
+    }
+
+    /// The part of the cache key that comes from context files the op reads.
+    fn context_part(&self, op: &kiln_proto::ops::v1::Op, inputs: &[(Fs, String)]) -> String {
+        use kiln_proto::ops::v1::{file_action::Action, op::Kind};
+        let is_context = |i: i32| {
+            matches!(
+                usize::try_from(i).ok().and_then(|i| inputs.get(i)),
+                Some((Fs::Context(_), _))
+            )
+        };
+        let mut parts = Vec::new();
+        match &op.kind {
+            Some(Kind::File(f)) => {
+                for action in &f.actions {
+                    if let Some(Action::Copy(c)) = &action.action
+                        && is_context(c.input)
+                    {
+                        parts.push(self.context_digest(&c.sources, c.mode.is_none()));
+                    }
+                }
+            }
+            Some(Kind::Exec(e)) => {
+                for m in &e.mounts {
+                    if m.r#type == kiln_proto::ops::v1::MountType::Bind as i32
+                        && is_context(m.input)
+                    {
+                        parts.push(self.context_digest(std::slice::from_ref(&m.source), true));
+                    }
+                }
+            }
+            _ => {}
+        }
+        parts.join(",")
+    }
+}

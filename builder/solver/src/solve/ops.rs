@@ -1,0 +1,626 @@
+//! One function per kind of op: sources, RUN, file ops.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_frontend::chmod::Chmod;
+use kiln_frontend::convert::Vertex;
+use kiln_frontend::sandbox::SandboxOptions;
+use kiln_proto::ops::v1::{
+    ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action,
+    owner, source_op,
+};
+use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Sharing};
+use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
+use kiln_worker::sandbox::Stream;
+use kiln_worker::sandbox::spec::{Network, Rootfs};
+
+use super::{Event, Fs, Result, SolveError, Solver, StepOutcome};
+use crate::fetch;
+use kiln_image::image;
+use kiln_image::image::Layer;
+
+/// Lines of a failed step's output kept for its error.
+const LOG_TAIL: usize = 20;
+
+/// The longest line a step's output makes before it is cut into several:
+/// output without newlines must not grow without bound.
+const MAX_LOG_LINE: usize = 64 << 10;
+
+/// Output bytes → lines. Bytes are decoded a whole line at a time, so a
+/// character split between two chunks stays whole; a line longer than
+/// [`MAX_LOG_LINE`] is cut.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// The lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(end) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            lines.push(text(&self.partial[start..start + end]));
+            start += end + 1;
+        }
+        while self.partial.len() - start > MAX_LOG_LINE {
+            lines.push(text(&self.partial[start..start + MAX_LOG_LINE]));
+            start += MAX_LOG_LINE;
+        }
+        self.partial.drain(..start);
+        lines
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| text(&std::mem::take(&mut self.partial)))
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A step's output as log events, line by line, with its last lines kept
+/// for its error.
+pub(super) struct StepLog<'s, 'a> {
+    solver: &'s Solver<'a>,
+    vertex: usize,
+    lines: Lines,
+    tail: VecDeque<String>,
+}
+
+impl<'s, 'a> StepLog<'s, 'a> {
+    fn new(solver: &'s Solver<'a>, vertex: usize) -> Self {
+        Self {
+            solver,
+            vertex,
+            lines: Lines::default(),
+            tail: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, chunk: &[u8]) {
+        for line in self.lines.push(chunk) {
+            self.line(line);
+        }
+    }
+
+    /// The step ended: its unterminated last line is a line too.
+    pub(super) fn finish(&mut self) {
+        if let Some(line) = self.lines.finish() {
+            self.line(line);
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        self.solver.emit(Event::Log {
+            vertex: self.vertex,
+            line: line.clone(),
+        });
+        if self.tail.len() == LOG_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+}
+
+/// A step's failure; `Solver::vertex` fills in which step (and line).
+pub(super) fn step_err(reason: impl std::fmt::Display) -> SolveError {
+    SolveError::Step {
+        description: String::new(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A file op's failure; `Solver::vertex` fills in which step.
+fn file_err(reason: impl std::fmt::Display) -> SolveError {
+    SolveError::FileOp {
+        description: String::new(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Solver<'_> {
+    pub(super) fn source(&self, index: usize, source: &SourceOp) -> Result<Fs> {
+        match &source.source {
+            Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.context.clone())),
+            Some(source_op::Source::Image(img)) => {
+                // The reference may carry the digest the frontend pinned.
+                let name = img.reference.split('@').next().unwrap_or(&img.reference);
+                let (_, image) = image::resolve(self.store, name).map_err(|e| match e {
+                    image::ImageError::NotFound(_) => step_err(format!(
+                        "image {name} is not in the local store (--pull=never; use kiln pull, load or import)"
+                    )),
+                    other => other.into(),
+                })?;
+                let layers = image
+                    .layer_pairs()
+                    .map_err(|e| step_err(format!("image {name}: {e}")))?
+                    .into_iter()
+                    .map(|l| Layer {
+                        blob: l.blob,
+                        diff_id: l.diff_id,
+                        media_type: l.media_type,
+                        size: l.size,
+                    })
+                    .collect();
+                Ok(Fs::Layers(layers))
+            }
+            Some(source_op::Source::Http(h)) => {
+                let scratch = self.scratch()?;
+                let mut bytes = |current, total| {
+                    self.emit(Event::Bytes {
+                        vertex: index,
+                        current,
+                        total,
+                    });
+                };
+                let fetched = fetch::http(h, scratch, &mut bytes).map_err(step_err)?;
+                Ok(Fs::Fetched(Arc::new(fetched)))
+            }
+            Some(source_op::Source::Git(g)) => {
+                let scratch = self.scratch()?;
+                Ok(Fs::Fetched(Arc::new(
+                    fetch::git(g, scratch).map_err(step_err)?,
+                )))
+            }
+            None => Err(step_err("a source op without a source")),
+        }
+    }
+
+    /// The layer directories of `chain`, top first (unpacked on demand).
+    fn lowerdirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>> {
+        let mut dirs = Vec::with_capacity(chain.len());
+        for layer in chain.iter().rev() {
+            let blob = self.store.content.open_blob(&layer.blob)?;
+            dirs.push(
+                self.snapshots
+                    .ensure(&layer.diff_id.to_string(), blob)
+                    .map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?,
+            );
+        }
+        Ok(dirs)
+    }
+
+    /// An input as directories for a bind mount or a copy source.
+    fn input_dirs(&self, inputs: &[(Fs, String)], index: i32) -> Result<Vec<PathBuf>> {
+        match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
+            // Every read of the context goes through its view: what
+            // `.dockerignore` excludes is not there, however it is named.
+            Some((Fs::Context(_), _)) => Ok(vec![self.context_view()?]),
+            Some((Fs::Fetched(fetched), _)) => Ok(vec![fetched.dir.clone()]),
+            Some((Fs::Layers(chain), _)) if !chain.is_empty() => self.lowerdirs(chain),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Stores an upperdir as a layer blob, compressed as the build asks.
+    fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
+        kiln_image::compress::store_layer(
+            self.store,
+            upper,
+            self.compression,
+            self.source_date_epoch,
+        )
+        .map_err(step_err)
+    }
+
+    /// A `RUN --mount` other than a bind mount, as the worker takes it.
+    pub(super) fn plain_mount(&self, m: &kiln_proto::ops::v1::Mount) -> Result<ExecMount> {
+        let target = m.target.clone();
+        Ok(match MountType::try_from(m.r#type) {
+            Ok(MountType::Cache) => {
+                let c = m.cache.clone().unwrap_or_default();
+                let sharing = match kiln_proto::ops::v1::CacheSharing::try_from(c.sharing) {
+                    Ok(kiln_proto::ops::v1::CacheSharing::Private) => Sharing::Private,
+                    Ok(kiln_proto::ops::v1::CacheSharing::Locked) => Sharing::Locked,
+                    _ => Sharing::Shared,
+                };
+                ExecMount::Cache {
+                    target,
+                    id: c.id,
+                    sharing,
+                    uid: c.uid,
+                    gid: c.gid,
+                    mode: c.mode,
+                    readonly: m.readonly,
+                    seed: None,
+                }
+            }
+            Ok(MountType::Tmpfs) => ExecMount::Tmpfs {
+                target,
+                size: m.tmpfs.map_or(0, |t| t.size),
+            },
+            Ok(MountType::Secret) => {
+                let s = m.secret.clone().unwrap_or_default();
+                let env = (!s.env.is_empty()).then_some(s.env);
+                let target = (!target.is_empty()).then_some(target);
+                ExecMount::Secret {
+                    id: s.id,
+                    target,
+                    env,
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    required: s.required,
+                }
+            }
+            Ok(MountType::Ssh) => {
+                let s = m.ssh.clone().unwrap_or_default();
+                ExecMount::Ssh {
+                    id: s.id,
+                    target,
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    required: s.required,
+                }
+            }
+            Ok(MountType::Bind) | Err(_) => {
+                return Err(step_err(format!("unknown mount type {}", m.r#type)));
+            }
+        })
+    }
+
+    /// The step's mounts, with their sources as this machine's directories.
+    fn exec_mounts(&self, exec: &ExecOp, inputs: &[(Fs, String)]) -> Result<Vec<ExecMount>> {
+        let mut mounts = Vec::new();
+        for m in &exec.mounts {
+            if m.r#type == MountType::Cache as i32 && m.input >= 0 {
+                let mut mount = self.plain_mount(m)?;
+                if let ExecMount::Cache { seed, .. } = &mut mount {
+                    let layers = self.input_dirs(inputs, m.input)?;
+                    *seed = Some(CacheSeed {
+                        layers: if layers.is_empty() {
+                            vec![self.empty_dir()?]
+                        } else {
+                            layers
+                        },
+                        path: m.source.clone(),
+                    });
+                }
+                mounts.push(mount);
+                continue;
+            }
+            if m.r#type != MountType::Bind as i32 {
+                mounts.push(self.plain_mount(m)?);
+                continue;
+            }
+            let layers = self.input_dirs(inputs, m.input)?;
+            let layers = if layers.is_empty() {
+                vec![self.empty_dir()?]
+            } else {
+                layers
+            };
+            mounts.push(ExecMount::Bind {
+                target: m.target.clone(),
+                layers,
+                path: m.source.clone(),
+                readonly: m.readonly,
+            });
+        }
+        Ok(mounts)
+    }
+
+    pub(super) fn exec(
+        &self,
+        index: usize,
+        vertex: &Vertex,
+        exec: &ExecOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+    ) -> Result<Layer> {
+        let meta = exec.meta.clone().unwrap_or_default();
+        let sandbox = SandboxOptions::from_meta(&meta).map_err(step_err)?;
+        let mut env = meta.env;
+        // The step's own ARG or ENV of the same name comes first (and a
+        // process reads the first), so it is the one kept.
+        let named = |kv: &String| kv.split_once('=').map_or(kv.clone(), |(k, _)| k.to_owned());
+        let own: std::collections::BTreeSet<String> = env.iter().map(named).collect();
+        env.extend(
+            exec.proxy_env
+                .iter()
+                .filter(|kv| !own.contains(&named(kv)))
+                .cloned(),
+        );
+        // Root filesystem and mounts are filled in where the step runs.
+        let mut request = ExecRequest {
+            rootfs: Vec::new(),
+            args: meta.args,
+            env,
+            cwd: if meta.cwd.is_empty() {
+                "/".into()
+            } else {
+                meta.cwd
+            },
+            user: meta.user,
+            network: match NetworkMode::try_from(exec.network) {
+                Ok(NetworkMode::None) => Network::None,
+                Ok(NetworkMode::Host) => Network::Host,
+                Ok(NetworkMode::Default) | Err(_) => self.network,
+            },
+            privileged: exec.security == SecurityMode::Insecure as i32,
+            mounts: Vec::new(),
+            sandbox,
+        };
+        let mut log = StepLog::new(self, index);
+        let outcome = self.exec_somewhere(&mut request, exec, inputs, base, &mut log);
+        log.finish();
+        match outcome? {
+            StepOutcome::Made(layer) => Ok(layer),
+            StepOutcome::Exit(code) => Err(SolveError::ExitCode {
+                description: vertex.meta.description.clone(),
+                code,
+                log_tail: log.tail.into(),
+            }),
+        }
+    }
+
+    /// Runs a step on a farm worker, or here when none takes it: its layer,
+    /// or its exit code when that is not 0.
+    fn exec_somewhere(
+        &self,
+        request: &mut ExecRequest,
+        exec: &ExecOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+        log: &mut StepLog<'_, '_>,
+    ) -> Result<StepOutcome> {
+        if let Some(outcome) = self.on_remote(request, exec, inputs, base, log)? {
+            return Ok(outcome);
+        }
+        request.rootfs = self.lowerdirs(base)?;
+        request.mounts = self.exec_mounts(exec, inputs)?;
+        self.exec_here(request, log)
+    }
+
+    /// Runs a step on this machine's worker: its layer, or its exit code
+    /// when that is not 0.
+    fn exec_here(&self, request: &ExecRequest, log: &mut StepLog<'_, '_>) -> Result<StepOutcome> {
+        let cancel = self.cancellation.step().ok_or(SolveError::Cancelled)?;
+        let outcome = self
+            .worker
+            .exec(
+                request,
+                &mut |_: Stream, chunk: &[u8]| log.push(chunk),
+                &cancel,
+            )
+            .map_err(|e| {
+                if self.cancellation.is_cancelled() {
+                    SolveError::Cancelled
+                } else {
+                    step_err(e)
+                }
+            });
+        self.cancellation.finished(&cancel);
+        let outcome = outcome?;
+        if outcome.exit_code != 0 {
+            let code = outcome.exit_code;
+            let _ = self.worker.discard(outcome);
+            return Ok(StepOutcome::Exit(code));
+        }
+        let layer = self.store_layer(&outcome.layer)?;
+        self.adopt(&layer, &outcome.layer);
+        self.worker.discard(outcome).map_err(step_err)?;
+        Ok(StepOutcome::Made(layer))
+    }
+
+    pub(super) fn file(
+        &self,
+        _vertex: &Vertex,
+        file: &FileOp,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
+    ) -> Result<Layer> {
+        let mut sources: Vec<Vec<PathBuf>> = Vec::new();
+        let mut actions = Vec::new();
+        for action in &file.actions {
+            actions.push(match &action.action {
+                Some(file_action::Action::Copy(c)) => {
+                    let input = usize::try_from(c.input).ok().and_then(|i| inputs.get(i));
+                    let from_context = matches!(input, Some((Fs::Context(_), _)));
+                    let from_outside = from_context || matches!(input, Some((Fs::Fetched(_), _)));
+                    sources.push(self.input_dirs(inputs, c.input)?);
+                    // Docker: files from the context or a URL belong to
+                    // root unless --chown.
+                    let owner = owner_spec(c.owner.as_ref())
+                        .or_else(|| from_outside.then(|| OwnerSpec("0:0".into())));
+                    FileAction::Copy {
+                        source: sources.len() - 1,
+                        request: CopyRequest {
+                            archive_owners: c.owner.is_none(),
+                            sources: c.sources.clone(),
+                            dest: c.dest.clone(),
+                            owner,
+                            mode: chmod(c)?,
+                            allow_wildcard: c.allow_wildcard,
+                            unpack_archives: c.unpack_archives,
+                            parents: c.parents,
+                            excludes: c.exclude_patterns.clone(),
+                            root_excludes: if from_context {
+                                self.dockerignore_patterns.clone()
+                            } else {
+                                Vec::new()
+                            },
+                        },
+                    }
+                }
+                Some(file_action::Action::Mkdir(m)) => FileAction::Mkdir {
+                    path: m.path.clone(),
+                    mode: m.mode,
+                    parents: m.make_parents,
+                    owner: owner_spec(m.owner.as_ref()),
+                },
+                Some(file_action::Action::Mkfile(m)) => FileAction::Mkfile {
+                    path: m.path.clone(),
+                    mode: m.mode,
+                    data: m.data.clone(),
+                    owner: owner_spec(m.owner.as_ref()),
+                },
+                None => continue,
+            });
+        }
+        let lowerdirs = if base.is_empty() {
+            vec![self.empty_dir()?]
+        } else {
+            self.lowerdirs(base)?
+        };
+        let step = self.file_job(lowerdirs, sources, actions)?;
+        let upper = step.path().join("upper");
+        let layer = self.store_layer(&upper)?;
+        self.adopt(&layer, &upper);
+        Ok(layer)
+    }
+
+    /// Keeps a step's upperdir as its layer's snapshot. Not with
+    /// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the upperdir's
+    /// are not, and the steps after must see what a cache hit would show.
+    fn adopt(&self, layer: &Layer, upper: &std::path::Path) {
+        if self.source_date_epoch.is_some() {
+            return;
+        }
+        if let Err(e) = self.snapshots.adopt(&layer.diff_id.to_string(), upper) {
+            // Only a lost shortcut: the layer is unpacked when needed.
+            tracing::debug!("keeping a step's upperdir as a snapshot: {e}");
+        }
+    }
+
+    /// Runs file actions in the sandbox over `lowerdirs`; the changes are in
+    /// the returned directory's `upper`, which goes when it is dropped.
+    fn file_job(
+        &self,
+        lowerdirs: Vec<PathBuf>,
+        sources: Vec<Vec<PathBuf>>,
+        actions: Vec<FileAction>,
+    ) -> Result<tempfile::TempDir> {
+        let step = self.scratch()?;
+        let d = |name: &str| -> Result<PathBuf> {
+            let p = step.path().join(name);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| file_err(format!("creating {}: {e}", p.display())))?;
+            Ok(p)
+        };
+        let job = FileJob {
+            dest: Rootfs {
+                lowerdirs,
+                upperdir: d("upper")?,
+                workdir: d("work")?,
+                target: d("merged")?,
+            },
+            sources,
+            actions,
+            state_dir: d("state")?,
+        };
+        self.worker.sandbox().file(&job).map_err(file_err)?;
+        Ok(step)
+    }
+
+    /// The build context as every step sees it (COPY, ADD, RUN bind
+    /// mounts): without what `.dockerignore` excludes, as BuildKit, which
+    /// never sends those files. A symlink to an ignored file is copied as
+    /// the link (following it finds nothing), a hard link of one is left
+    /// out. Made once per build, and only when there are patterns.
+    pub(super) fn context_view(&self) -> Result<PathBuf> {
+        if self.dockerignore.is_empty() {
+            return Ok(self.context.clone());
+        }
+        let view = self.context_view.get_or_init(|| {
+            let copy = FileAction::Copy {
+                source: 0,
+                request: CopyRequest {
+                    sources: vec!["/".into()],
+                    dest: "/".into(),
+                    owner: None,
+                    mode: None,
+                    allow_wildcard: false,
+                    unpack_archives: false,
+                    parents: false,
+                    excludes: Vec::new(),
+                    root_excludes: self.dockerignore_patterns.clone(),
+                    archive_owners: false,
+                },
+            };
+            let empty = self.empty_dir().map_err(|e| e.to_string())?;
+            self.file_job(vec![empty], vec![vec![self.context.clone()]], vec![copy])
+                .map_err(|e| e.to_string())
+        });
+        match view {
+            Ok(dir) => Ok(dir.path().join("upper")),
+            Err(e) => Err(step_err(format!("the build context for a bind mount: {e}"))),
+        }
+    }
+
+    /// A directory for one step's or one fetch's files under the store's
+    /// `steps/` (emptied when a store opens), removed when dropped.
+    fn scratch(&self) -> Result<tempfile::TempDir> {
+        let steps = self.store.root().join("steps");
+        std::fs::create_dir_all(&steps)
+            .map_err(|e| step_err(format!("creating {}: {e}", steps.display())))?;
+        tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&steps)
+            .map_err(|e| step_err(format!("creating a directory in {}: {e}", steps.display())))
+    }
+
+    /// An empty directory, a lowerdir for scratch.
+    fn empty_dir(&self) -> Result<PathBuf> {
+        let dir = self.store.root().join("steps/empty");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| step_err(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+/// A copy's `--chmod`: octal bits, or a symbolic mode (checked again here:
+/// the graph need not come from kiln's frontend).
+fn chmod(copy: &FileCopy) -> Result<Option<Chmod>> {
+    if copy.chmod.is_empty() {
+        return Ok(copy.mode.map(Chmod::Octal));
+    }
+    if copy.mode.is_some() {
+        return Err(step_err("a copy with both an octal and a symbolic mode"));
+    }
+    Chmod::parse(&copy.chmod).map(Some).map_err(step_err)
+}
+
+/// The op's owner in `USER` syntax.
+fn owner_spec(owner: Option<&Owner>) -> Option<OwnerSpec> {
+    let owner = owner?;
+    let user = match owner.user.as_ref()? {
+        owner::User::Uid(uid) => uid.to_string(),
+        owner::User::UserName(name) => name.clone(),
+    };
+    Some(OwnerSpec(match &owner.group {
+        Some(owner::Group::Gid(gid)) => format!("{user}:{gid}"),
+        Some(owner::Group::GroupName(name)) => format!("{user}:{name}"),
+        None => user,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lines, MAX_LOG_LINE};
+
+    #[test]
+    fn lines_from_chunks() {
+        let mut lines = Lines::default();
+        assert_eq!(lines.push(b"one\ntw"), ["one"]);
+        assert_eq!(lines.push(b"o\n\nthree"), ["two", ""]);
+        assert_eq!(lines.finish().as_deref(), Some("three"));
+        assert_eq!(lines.finish(), None);
+        // A character split between chunks stays whole.
+        let snow = "\u{2603}".as_bytes();
+        assert!(lines.push(&snow[..1]).is_empty());
+        assert_eq!(lines.push(&[&snow[1..], b"\n"].concat()), ["\u{2603}"]);
+        // No newline at all: cut, never held whole.
+        let long = vec![b'x'; MAX_LOG_LINE * 2 + 5];
+        let cut = lines.push(&long);
+        assert_eq!(cut.len(), 2);
+        assert!(cut.iter().all(|l| l.len() == MAX_LOG_LINE));
+        assert_eq!(lines.finish().map(|l| l.len()), Some(5));
+    }
+}
