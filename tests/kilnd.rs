@@ -693,3 +693,36 @@ fn keep_storage_collects_unused_cache_after_a_build() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && log.contains("#1 DONE"), "{log}");
 }
+
+/// A raw Build call with `spec` (and an empty context): kilnd's error.
+pub(crate) fn raw_build_error(kilnd: &Kilnd, spec: kiln_proto::control::v1::BuildSpec) -> String {
+    let addr = kilnd.addr();
+    let socket = std::path::PathBuf::from(addr.strip_prefix("unix://").unwrap());
+    grpc(&socket, |channel| async move {
+        let messages = vec![
+            kiln_proto::control::v1::BuildInput {
+                input: Some(kiln_proto::control::v1::build_input::Input::Spec(spec)),
+            },
+            kiln_proto::control::v1::BuildInput {
+                input: Some(kiln_proto::control::v1::build_input::Input::Context(
+                    kiln_proto::control::v1::ContextChunk {
+                        data: vec![0u8; 1024],
+                        eof: true,
+                    },
+                )),
+            },
+        ];
+        let mut client = kiln_proto::control::v1::control_client::ControlClient::new(channel);
+        let mut stream = match client.build(tokio_stream::iter(messages)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return status.message().to_owned(),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("kilnd built it"),
+                Err(status) => return status.message().to_owned(),
+            }
+        }
+    })
+}

@@ -5,13 +5,11 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
 
 use kiln_proto::control::v1 as control;
-use kiln_proto::control::v1::control_client::ControlClient;
 
 use crate::busybox::{Setup, ready};
-use crate::kilnd::{Kilnd, grpc};
+use crate::kilnd::{Kilnd, raw_build_error};
 use crate::registry::{Registry, registry_ready, stderr};
 
 /// `kiln build` with `flags` on `s`'s store, through kilnd when `addr`.
@@ -214,37 +212,4 @@ fn umask() -> u32 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
     u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
-}
-
-/// A raw Build call with `spec` (and an empty context): kilnd's error.
-fn raw_build_error(kilnd: &Kilnd, spec: control::BuildSpec) -> String {
-    let addr = kilnd.addr();
-    let socket = PathBuf::from(addr.strip_prefix("unix://").unwrap());
-    grpc(&socket, |channel| async move {
-        let messages = vec![
-            control::BuildInput {
-                input: Some(control::build_input::Input::Spec(spec)),
-            },
-            control::BuildInput {
-                input: Some(control::build_input::Input::Context(
-                    control::ContextChunk {
-                        data: vec![0u8; 1024],
-                        eof: true,
-                    },
-                )),
-            },
-        ];
-        let mut client = ControlClient::new(channel);
-        let mut stream = match client.build(tokio_stream::iter(messages)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return status.message().to_owned(),
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("kilnd built it"),
-                Err(status) => return status.message().to_owned(),
-            }
-        }
-    })
 }

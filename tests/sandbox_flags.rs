@@ -8,11 +8,11 @@
 use std::fs;
 use std::path::PathBuf;
 
-use kiln_proto::control::v1::{self as control, control_client::ControlClient};
+use kiln_proto::control::v1 as control;
 
 use crate::busybox::{Setup, assert_stderr_has, ready};
 use crate::farm::{FarmWorker, wait_for, workers};
-use crate::kilnd::{Kilnd, grpc};
+use crate::kilnd::{Kilnd, raw_build_error};
 
 /// One RUN that writes down what its sandbox looks like.
 const PROBE: &str = "FROM base:busybox\n\
@@ -264,39 +264,6 @@ fn assert_all(seen: &Seen) {
     assert_eq!(seen.shm_kib(), 32 << 10);
 }
 
-/// A raw Build call with `spec` (and an empty context): kilnd's error.
-fn kilnd_error(kilnd: &Kilnd, spec: control::BuildSpec) -> String {
-    let addr = kilnd.addr();
-    let socket = PathBuf::from(addr.strip_prefix("unix://").unwrap());
-    grpc(&socket, |channel| async move {
-        let messages = vec![
-            control::BuildInput {
-                input: Some(control::build_input::Input::Spec(spec)),
-            },
-            control::BuildInput {
-                input: Some(control::build_input::Input::Context(
-                    control::ContextChunk {
-                        data: vec![0u8; 1024],
-                        eof: true,
-                    },
-                )),
-            },
-        ];
-        let mut client = ControlClient::new(channel);
-        let mut stream = match client.build(tokio_stream::iter(messages)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return status.message().to_owned(),
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("kilnd built it"),
-                Err(status) => return status.message().to_owned(),
-            }
-        }
-    })
-}
-
 #[test]
 fn through_kilnd_the_flags_reach_run_and_kilnd_checks_them_too() {
     if !ready() {
@@ -343,7 +310,7 @@ fn through_kilnd_the_flags_reach_run_and_kilnd_checks_them_too() {
             "invalid BUILDKIT_SANDBOX_HOSTNAME",
         ),
     ] {
-        let error = kilnd_error(&kilnd, spec);
+        let error = raw_build_error(&kilnd, spec);
         assert!(error.contains(needle), "{needle} in {error}");
     }
 }

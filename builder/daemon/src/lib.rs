@@ -7,5 +7,6 @@
 //! (`kiln-image`), registries (`kiln-registry`); the binaries that serve
 //! these and kilnd's client library (`kiln-builder`).
 
+pub mod chunks;
 pub mod control;
 pub mod farm;

@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use kiln_cache::{Digest, Store};
 use kiln_frontend::checks::{self, CheckError, CheckOptions, Report};
 use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, ImageResolver, ResolvedImage};
-use kiln_frontend::dockerignore::Matcher;
 use kiln_frontend::reference::Reference;
 use kiln_frontend::shell::Cancel;
 use kiln_proto::ops::v1::Platform;
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::spec::Network;
-use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
 
-use crate::solve::{Event, Fs, SolveError, Solver};
+use crate::solve::{Event, Fs, SolveError, SolveOptions, Solver, SolverSetupError};
 pub use kiln_image::compress::LayerCompression;
 use kiln_image::compress::converted;
 use kiln_image::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
@@ -28,6 +26,8 @@ pub enum BuildError {
     Frontend(#[from] kiln_frontend::Error),
     #[error(transparent)]
     Solve(#[from] SolveError),
+    #[error(transparent)]
+    SolverSetup(#[from] SolverSetupError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(".dockerignore: {0}")]
@@ -349,16 +349,9 @@ pub fn solve(
     let graph = checked_graph(store, req, progress)?;
     let target = graph.target_stage().clone();
     let cache_mounts = cache_mount_ids(&graph);
-    let snapshots = Snapshots::open(store.root().join("snapshots"))?;
-    // Unpacks a killed build left half done (the root's lock is ours).
-    snapshots.recover()?;
-    let solver = Solver {
-        store,
-        worker,
-        snapshots,
+    let options = SolveOptions {
         context: req.context.clone(),
-        dockerignore: Matcher::new(&req.dockerignore)?,
-        dockerignore_patterns: req.dockerignore.clone(),
+        dockerignore: req.dockerignore.clone(),
         no_cache: req.no_cache,
         no_cache_stages: graph
             .stages
@@ -375,16 +368,13 @@ pub fn solve(
         network: req.network,
         entitlements: req.entitlements.clone(),
         source_date_epoch: graph.source_date_epoch,
-        progress: std::sync::Mutex::new(progress),
-        context_view: Default::default(),
-        context_layer: Default::default(),
         compression: req.compression,
-        steps: Default::default(),
         cancellation: std::sync::Arc::clone(&req.cancellation),
         in_flight: std::sync::Arc::clone(&req.in_flight),
         context_digests: std::sync::Arc::clone(&req.context_digests),
         farm: req.farm.as_deref(),
     };
+    let solver = Solver::new(store, worker, options, progress)?;
     let Fs::Layers(layers) = solver.solve(&graph, target.root.as_deref())? else {
         unreachable!("a stage's root is a filesystem, never the context")
     };
@@ -392,10 +382,7 @@ pub fn solve(
         layers,
         image: target.image,
         source_date_epoch: graph.source_date_epoch,
-        steps: solver
-            .steps
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        steps: solver.into_steps(),
         cache_mounts,
     })
 }

@@ -10,7 +10,8 @@ use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{self as pb, BuildInput, build_input, build_output};
 
 use super::{Client, ClientError, Result};
-use kiln_daemon::control::{ChunkWriter, Tunnels, event_from_message, notice_from_message};
+use kiln_daemon::chunks::ChunkWriter;
+use kiln_daemon::control::{Tunnels, event_from_message, notice_from_message};
 use kiln_solver::pipeline::{Report, Request};
 use kiln_solver::solve::Event;
 

@@ -40,7 +40,6 @@ pub use agent_tunnel::Tunnels;
 use build::BuildStream;
 pub use client::{ConnectError, channel, client_tls};
 pub use gc::Collector;
-pub use transfer::ChunkWriter;
 use transfer::SaveStream;
 pub use wire::{event_from_message, notice_from_message, summary_of, usage_of};
 

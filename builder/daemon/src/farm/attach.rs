@@ -28,7 +28,7 @@ use super::{HEARTBEAT, wire};
 
 /// The farm client: every call carries the worker token.
 type Client = FarmClient<InterceptedService<Channel, SendToken>>;
-use crate::control::ChunkWriter;
+use crate::chunks::ChunkWriter;
 use kiln_image::image::ImageError;
 use kiln_solver::entitlements::{EntitlementError, Entitlements, check_step};
 
@@ -106,19 +106,7 @@ pub async fn serve(
         .await?
         .into_inner();
     tracing::info!(id = config.id, "attached to kilnd");
-    let beat = tx.clone();
-    let heartbeat = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(HEARTBEAT).await;
-            if beat
-                .send(message(Message::Heartbeat(pb::Heartbeat {})))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
+    let heartbeat = tokio::spawn(heartbeats(tx.clone()));
     let running: Arc<Mutex<HashMap<u64, Cancel>>> = Arc::default();
     let gc = Arc::new(Gc::new(config.keep_storage));
     let ended = loop {
@@ -129,8 +117,6 @@ pub async fn serve(
         };
         match next.message {
             Some(pb::farm_message::Message::Run(step)) => {
-                let cancel = Cancel::default();
-                lock(&running).insert(step.step, cancel.clone());
                 let runner = StepRunner {
                     store: Arc::clone(&store),
                     snapshots: snapshots.clone(),
@@ -140,16 +126,7 @@ pub async fn serve(
                     gc: Arc::clone(&gc),
                     allowed: config.insecure_entitlements.clone(),
                 };
-                let running = Arc::clone(&running);
-                tokio::task::spawn_blocking(move || {
-                    let id = step.step;
-                    let step_running = runner.gc.step();
-                    let done = runner.run(step, &cancel);
-                    drop(step_running);
-                    lock(&running).remove(&id);
-                    let _ = runner.tx.blocking_send(message(Message::Done(done)));
-                    runner.gc.after_step(&runner.store, &runner.snapshots);
-                });
+                start_step(runner, step, &running);
             }
             Some(pb::farm_message::Message::Cancel(c)) => {
                 if let Some(cancel) = lock(&running).get(&c.step) {
@@ -164,6 +141,37 @@ pub async fn serve(
         cancel.cancel();
     }
     Err(ended)
+}
+
+/// Says the worker is alive every [`HEARTBEAT`] until the session ends.
+async fn heartbeats(tx: mpsc::Sender<pb::WorkerMessage>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        if tx
+            .send(message(Message::Heartbeat(pb::Heartbeat {})))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Runs `step` on a blocking thread, cancellable through `running` while it
+/// runs; its end goes to kilnd.
+fn start_step(runner: StepRunner, step: pb::RunStep, running: &Arc<Mutex<HashMap<u64, Cancel>>>) {
+    let cancel = Cancel::default();
+    lock(running).insert(step.step, cancel.clone());
+    let running = Arc::clone(running);
+    tokio::task::spawn_blocking(move || {
+        let id = step.step;
+        let step_running = runner.gc.step();
+        let done = runner.run(step, &cancel);
+        drop(step_running);
+        lock(&running).remove(&id);
+        let _ = runner.tx.blocking_send(message(Message::Done(done)));
+        runner.gc.after_step(&runner.store, &runner.snapshots);
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

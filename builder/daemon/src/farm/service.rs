@@ -10,8 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{AttachRefused, Farm, HEARTBEAT};
-use crate::control::{ChunkWriter, ControlError};
-use kiln_image::image::ImageError;
+use crate::chunks::ChunkWriter;
 
 /// The service over kilnd's store and farm.
 pub struct FarmService {
@@ -25,20 +24,34 @@ impl FarmService {
     }
 }
 
-fn digest_of(text: &str) -> Result<Digest, ControlError> {
-    text.parse()
-        .map_err(|_| ControlError::Invalid(format!("digest {text:?}")))
+/// Why a worker's call was refused or failed, as its status says.
+#[derive(Debug, thiserror::Error)]
+enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Refused(#[from] AttachRefused),
+    #[error("no such image: {0}")]
+    NoBlob(Digest),
+    #[error("storing a worker's layer: {0}")]
+    Storing(String),
 }
 
-impl From<AttachRefused> for ControlError {
-    fn from(e: AttachRefused) -> Self {
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let text = e.to_string();
         match e {
-            AttachRefused::Token => Self::Unauthenticated(e.to_string()),
-            AttachRefused::Hello | AttachRefused::Taken(_) | AttachRefused::Closed => {
-                Self::Invalid(e.to_string())
-            }
+            ServiceError::Refused(AttachRefused::Token) => Status::unauthenticated(text),
+            ServiceError::Invalid(_) | ServiceError::Refused(_) => Status::invalid_argument(text),
+            ServiceError::NoBlob(_) => Status::not_found(text),
+            ServiceError::Storing(_) => Status::internal(text),
         }
     }
+}
+
+fn digest_of(text: &str) -> Result<Digest, ServiceError> {
+    text.parse()
+        .map_err(|_| ServiceError::Invalid(format!("digest {text:?}")))
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -58,12 +71,12 @@ impl farm_server::Farm for FarmService {
             }) => hello,
             _ => {
                 return Err(
-                    ControlError::Invalid("a worker's first message is its hello".into()).into(),
+                    ServiceError::Invalid("a worker's first message is its hello".into()).into(),
                 );
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let session = self.farm.attach(&hello, tx).map_err(ControlError::from)?;
+        let session = self.farm.attach(&hello, tx).map_err(ServiceError::from)?;
         let farm = Arc::clone(&self.farm);
         tokio::spawn(async move {
             loop {
@@ -92,7 +105,7 @@ impl farm_server::Farm for FarmService {
             .store
             .content
             .open_blob(&digest)
-            .map_err(|_| ControlError::Image(ImageError::NotFound(digest.to_string())))?;
+            .map_err(|_| ServiceError::NoBlob(digest.clone()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let mut out = ChunkWriter::new(tx.clone(), |data, _| {
@@ -118,7 +131,7 @@ impl farm_server::Farm for FarmService {
             .store
             .content
             .writer()
-            .map_err(|e| ControlError::Image(e.into()))?;
+            .map_err(|e| ServiceError::Storing(e.to_string()))?;
         let mut expected = None;
         while let Some(chunk) = input.message().await? {
             if expected.is_none() {
@@ -126,12 +139,12 @@ impl farm_server::Farm for FarmService {
             }
             // Local disk writes, on a runtime thread that may block.
             tokio::task::block_in_place(|| writer.write_all(&chunk.data))
-                .map_err(|e| ControlError::Context(format!("storing a worker's layer: {e}")))?;
+                .map_err(|e| ServiceError::Storing(e.to_string()))?;
         }
         let expected =
-            expected.ok_or_else(|| ControlError::Invalid("a blob without a digest".into()))?;
+            expected.ok_or_else(|| ServiceError::Invalid("a blob without a digest".into()))?;
         tokio::task::block_in_place(|| writer.commit(Some(&expected)))
-            .map_err(|e| ControlError::Image(e.into()))?;
+            .map_err(|e| ServiceError::Storing(e.to_string()))?;
         Ok(Response::new(pb::WriteBlobResponse {}))
     }
 }

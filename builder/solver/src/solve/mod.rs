@@ -168,15 +168,32 @@ pub fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4))
 }
 
-/// Everything a solve needs.
-pub struct Solver<'a> {
-    pub store: &'a Store,
-    pub worker: &'a Worker,
-    pub snapshots: Snapshots,
+/// A step's cache lookup: a hit, or the claim to run it.
+enum Lookup<'a> {
+    Hit(kiln_cache::CacheRecord),
+    Claimed(flight::Claim<'a>),
+}
+
+/// A merge: its inputs' layers, in order.
+fn merged(inputs: &[(Fs, String)]) -> Fs {
+    Fs::Layers(
+        inputs
+            .iter()
+            .flat_map(|(fs, _)| match fs {
+                Fs::Layers(l) => l.clone(),
+                Fs::Context(_) | Fs::Fetched(_) => Vec::new(),
+            })
+            .collect(),
+    )
+}
+
+/// What a solve is asked to do, beside its store and worker: the build's
+/// flags and what it shares with other builds.
+pub struct SolveOptions<'a> {
+    /// The build context directory.
     pub context: PathBuf,
-    pub dockerignore: Matcher,
-    /// The same patterns as written, for file ops that copy from the context.
-    pub dockerignore_patterns: Vec<String>,
+    /// Its `.dockerignore` patterns, as written.
+    pub dockerignore: Vec<String>,
     /// Run every step, using no cache hit.
     pub no_cache: bool,
     /// Stages (by index) whose steps run again (`--no-cache-filter`).
@@ -188,18 +205,8 @@ pub struct Solver<'a> {
     pub entitlements: crate::entitlements::Entitlements,
     /// `SOURCE_DATE_EPOCH`: new layers' mtimes are clamped to it.
     pub source_date_epoch: Option<u64>,
-    pub progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
-    /// The context minus `.dockerignore`d files, for RUN bind mounts; made
-    /// on first use (start with `Default::default()`).
-    pub context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
-    /// That view as a layer for farm workers; made on first use (start with
-    /// `Default::default()`).
-    pub context_layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
     /// How new layers are written (the build's `-o …,compression=`).
     pub compression: kiln_image::compress::LayerCompression,
-    /// Every step's cache key and layer, run or cached, as the build went
-    /// (what `--cache-to` exports). Start with `Default::default()`.
-    pub steps: std::sync::Mutex<Vec<(String, Layer)>>,
     /// Cancels this build.
     pub cancellation: std::sync::Arc<Cancellation>,
     /// Steps running now in this process, shared by concurrent builds.
@@ -209,6 +216,68 @@ pub struct Solver<'a> {
     /// Workers elsewhere RUN steps may go to (kilnd's farm; `None`: all
     /// run here).
     pub farm: Option<&'a dyn RemoteWorkers>,
+}
+
+/// One solve: a build graph's vertices run on the local worker (or handed
+/// to remote workers), with the step cache.
+pub struct Solver<'a> {
+    store: &'a Store,
+    worker: &'a Worker,
+    snapshots: Snapshots,
+    dockerignore: Matcher,
+    options: SolveOptions<'a>,
+    progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
+    /// The context minus `.dockerignore`d files, for RUN bind mounts; made
+    /// on first use.
+    context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
+    /// That view as a layer for remote workers; made on first use.
+    context_layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
+    /// Every step's cache key and layer, run or cached, as the build went
+    /// (what `--cache-to` exports).
+    steps: std::sync::Mutex<Vec<(String, Layer)>>,
+}
+
+impl<'a> Solver<'a> {
+    /// A solver over `store`'s snapshots, running steps on `worker`;
+    /// `progress` hears every [`Event`] (from any step's thread).
+    pub fn new(
+        store: &'a Store,
+        worker: &'a Worker,
+        options: SolveOptions<'a>,
+        progress: &'a mut (dyn FnMut(Event) + Send),
+    ) -> std::result::Result<Self, SolverSetupError> {
+        let snapshots = Snapshots::open(store.root().join("snapshots"))?;
+        // Unpacks a killed build left half done (the root's lock is ours).
+        snapshots.recover()?;
+        Ok(Self {
+            store,
+            worker,
+            snapshots,
+            dockerignore: Matcher::new(&options.dockerignore)?,
+            options,
+            progress: std::sync::Mutex::new(progress),
+            context_view: Default::default(),
+            context_layer: Default::default(),
+            steps: Default::default(),
+        })
+    }
+
+    /// Every step's cache key and layer, run or cached, in the order they
+    /// ended.
+    pub fn into_steps(self) -> Vec<(String, Layer)> {
+        self.steps
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Why a solver could not start.
+#[derive(Debug, Error)]
+pub enum SolverSetupError {
+    #[error(transparent)]
+    Snapshots(#[from] kiln_worker::layer::LayerError),
+    #[error(transparent)]
+    Dockerignore(#[from] kiln_frontend::dockerignore::DockerignoreError),
 }
 
 impl Solver<'_> {
@@ -228,8 +297,8 @@ impl Solver<'_> {
     pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
         crate::entitlements::check_graph(
             graph,
-            &self.entitlements,
-            self.network == kiln_worker::sandbox::spec::Network::Host,
+            &self.options.entitlements,
+            self.options.network == kiln_worker::sandbox::spec::Network::Host,
         )?;
         let index_of: HashMap<&str, usize> = graph
             .vertices
@@ -242,6 +311,23 @@ impl Solver<'_> {
             .iter()
             .map(|v| v.op.inputs.iter().map(|d| index_of[d.as_str()]).collect())
             .collect();
+        let mut done = self.run_all(graph, &deps)?;
+        Ok(match root {
+            None => Fs::Layers(Vec::new()),
+            Some(d) => done[index_of[d]]
+                .take()
+                .map(|(fs, _)| fs)
+                .expect("the root is a solved vertex"),
+        })
+    }
+
+    /// Runs every vertex once its inputs (`deps`, by index) are done, up to
+    /// [`parallelism`] at a time: what each made and the key it passes on.
+    fn run_all(
+        &self,
+        graph: &BuildGraph,
+        deps: &[Vec<usize>],
+    ) -> Result<Vec<Option<(Fs, String)>>> {
         let mut done: Vec<Option<(Fs, String)>> = vec![None; graph.vertices.len()];
         let mut started = vec![false; graph.vertices.len()];
         let mut running = 0;
@@ -250,46 +336,27 @@ impl Solver<'_> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Fs, String)>)>();
             loop {
-                if failure.is_none() && self.cancellation.is_cancelled() {
+                if failure.is_none() && self.options.cancellation.is_cancelled() {
                     failure = Some(SolveError::Cancelled);
                 }
-                if failure.is_none() {
-                    for index in 0..graph.vertices.len() {
-                        if running >= limit {
-                            break;
-                        }
-                        if started[index] || !deps[index].iter().all(|d| done[*d].is_some()) {
-                            continue;
-                        }
-                        started[index] = true;
-                        running += 1;
-                        let inputs: Vec<(Fs, String)> = deps[index]
-                            .iter()
-                            .map(|d| done[*d].clone().expect("inputs are done"))
-                            .collect();
-                        let tx = tx.clone();
-                        let vertex = &graph.vertices[index];
-                        scope.spawn(move || {
-                            // A panicking step fails the build instead of
-                            // leaving the loop waiting for its result.
-                            let result =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.vertex(index, vertex, &inputs)
-                                }))
-                                .unwrap_or_else(|panic| {
-                                    let why = panic
-                                        .downcast_ref::<&str>()
-                                        .map(|s| (*s).to_owned())
-                                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                                        .unwrap_or_default();
-                                    Err(SolveError::Step {
-                                        description: vertex.meta.description.clone(),
-                                        reason: format!("internal error (a bug in kiln): {why}"),
-                                    })
-                                });
-                            let _ = tx.send((index, result));
-                        });
+                for index in 0..graph.vertices.len() {
+                    if failure.is_some() || running >= limit {
+                        break;
                     }
+                    if started[index] || !deps[index].iter().all(|d| done[*d].is_some()) {
+                        continue;
+                    }
+                    started[index] = true;
+                    running += 1;
+                    let inputs: Vec<(Fs, String)> = deps[index]
+                        .iter()
+                        .map(|d| done[*d].clone().expect("inputs are done"))
+                        .collect();
+                    let tx = tx.clone();
+                    let vertex = &graph.vertices[index];
+                    scope.spawn(move || {
+                        let _ = tx.send((index, self.caught(index, vertex, &inputs)));
+                    });
                 }
                 if running == 0 {
                     break;
@@ -306,15 +373,33 @@ impl Solver<'_> {
                 }
             }
         });
-        if let Some(e) = failure {
-            return Err(e);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
         }
-        Ok(match root {
-            None => Fs::Layers(Vec::new()),
-            Some(d) => done[index_of[d]]
-                .take()
-                .map(|(fs, _)| fs)
-                .expect("the root is a solved vertex"),
+    }
+
+    /// Solves one vertex; a panicking step fails the build instead of
+    /// leaving the loop waiting for its result.
+    fn caught(
+        &self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        inputs: &[(Fs, String)],
+    ) -> Result<(Fs, String)> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.vertex(index, vertex, inputs)
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(SolveError::Step {
+                description: vertex.meta.description.clone(),
+                reason: format!("internal error (a bug in kiln): {why}"),
+            })
         })
     }
 
@@ -330,8 +415,8 @@ impl Solver<'_> {
             &vertex.op,
             inputs.iter().map(|(_, key)| key.as_str()).collect(),
             self.context_part(&vertex.op, inputs),
-            self.source_date_epoch,
-            self.network,
+            self.options.source_date_epoch,
+            self.options.network,
         )
         .digest();
         let result = self.run_vertex(index, vertex, inputs, &key).map_err(|e| {
@@ -357,66 +442,93 @@ impl Solver<'_> {
         key: &str,
     ) -> Result<Fs> {
         use kiln_proto::ops::v1::op::Kind;
-        let start = Instant::now();
         let chain_of = |i: i32| -> Vec<Layer> {
             match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
                 Some((Fs::Layers(l), _)) => l.clone(),
                 _ => Vec::new(),
             }
         };
-        let Some(kind) = &vertex.op.kind else {
-            return Err(SolveError::Step {
-                description: String::new(),
-                reason: "an op without a kind".into(),
-            });
+        // Sources and merges do no work worth caching.
+        let base = match &vertex.op.kind {
+            None => return Err(ops::step_err("an op without a kind")),
+            Some(Kind::Source(source)) => return self.source_vertex(index, vertex, source),
+            Some(Kind::Merge(_)) => return Ok(merged(inputs)),
+            Some(Kind::Exec(e)) => chain_of(e.rootfs),
+            Some(Kind::File(f)) => chain_of(f.base),
         };
-        // Sources and merges do no work worth reporting or caching.
-        match kind {
-            Kind::Source(source) => {
-                use kiln_proto::ops::v1::source_op::Source;
-                // Downloads and clones are work to show; images and the
-                // context are not.
-                if !matches!(source.source, Some(Source::Http(_) | Source::Git(_))) {
-                    return self.source(index, source);
-                }
-                self.emit(Event::Started {
-                    vertex: index,
-                    description: vertex.meta.description.clone(),
-                });
-                let fs = self.source(index, source)?;
-                self.emit(Event::Done {
-                    vertex: index,
-                    seconds: start.elapsed().as_secs_f64(),
-                });
-                return Ok(fs);
-            }
-            Kind::Merge(_) => {
-                return Ok(Fs::Layers(
-                    inputs
-                        .iter()
-                        .flat_map(|(fs, _)| match fs {
-                            Fs::Layers(l) => l.clone(),
-                            Fs::Context(_) | Fs::Fetched(_) => Vec::new(),
-                        })
-                        .collect(),
-                ));
-            }
-            _ => {}
-        }
+        let start = Instant::now();
         self.emit(Event::Started {
             vertex: index,
             description: vertex.meta.description.clone(),
         });
-        let base = match kind {
-            Kind::Exec(e) => chain_of(e.rootfs),
-            Kind::File(f) => chain_of(f.base),
-            _ => Vec::new(),
-        };
-        let no_cache = self.no_cache
+        let no_cache = self.options.no_cache
             || vertex
                 .meta
                 .stage
-                .is_some_and(|s| self.no_cache_stages.contains(&s));
+                .is_some_and(|s| self.options.no_cache_stages.contains(&s));
+        let layer = match self.cached_or_claim(key, no_cache)? {
+            Lookup::Hit(record) => {
+                self.store
+                    .meta
+                    .touch(&record.blob, kiln_image::image::now())?;
+                self.emit(Event::Cached { vertex: index });
+                Layer {
+                    blob: record.blob,
+                    diff_id: record.diff_id,
+                    media_type: record.media_type,
+                    size: record.size,
+                }
+            }
+            Lookup::Claimed(claim) => {
+                let layer = match &vertex.op.kind {
+                    Some(Kind::Exec(exec)) => self.exec(index, vertex, exec, inputs, &base)?,
+                    Some(Kind::File(file)) => self.file(vertex, file, inputs, &base)?,
+                    _ => unreachable!("sources and merges returned above"),
+                };
+                self.remember(key, &layer)?;
+                drop(claim);
+                self.emit(Event::Done {
+                    vertex: index,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                layer
+            }
+        };
+        self.record_step(key, &layer);
+        let mut chain = base;
+        chain.push(layer);
+        Ok(Fs::Layers(chain))
+    }
+
+    /// A source: downloads and clones are work to show; images and the
+    /// context are not.
+    fn source_vertex(
+        &self,
+        index: usize,
+        vertex: &kiln_frontend::convert::Vertex,
+        source: &kiln_proto::ops::v1::SourceOp,
+    ) -> Result<Fs> {
+        use kiln_proto::ops::v1::source_op::Source;
+        if !matches!(source.source, Some(Source::Http(_) | Source::Git(_))) {
+            return self.source(index, source);
+        }
+        let start = Instant::now();
+        self.emit(Event::Started {
+            vertex: index,
+            description: vertex.meta.description.clone(),
+        });
+        let fs = self.source(index, source)?;
+        self.emit(Event::Done {
+            vertex: index,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        Ok(fs)
+    }
+
+    /// The step's cache record, or the right to run it: another build may
+    /// be running this very step, so wait for it and look again rather than
+    /// run it twice.
+    fn cached_or_claim(&self, key: &str, no_cache: bool) -> Result<Lookup<'_>> {
         let lookup = || -> Result<Option<kiln_cache::CacheRecord>> {
             if no_cache {
                 return Ok(None);
@@ -427,40 +539,19 @@ impl Solver<'_> {
                 .cache_record(key)?
                 .filter(|r| self.store.content.has(&r.blob)))
         };
-        let mut cached = lookup()?;
-        // Another build may be running this very step: wait for it, then
-        // look again, rather than run it twice.
-        let mut claim = None;
-        while cached.is_none() {
-            match self.in_flight.claim(key) {
-                Some(c) => {
-                    claim = Some(c);
-                    break;
-                }
-                None => cached = lookup()?,
+        loop {
+            if let Some(record) = lookup()? {
+                return Ok(Lookup::Hit(record));
+            }
+            if let Some(claim) = self.options.in_flight.claim(key) {
+                return Ok(Lookup::Claimed(claim));
             }
         }
-        if let Some(record) = cached {
-            self.store
-                .meta
-                .touch(&record.blob, kiln_image::image::now())?;
-            self.emit(Event::Cached { vertex: index });
-            let layer = Layer {
-                blob: record.blob,
-                diff_id: record.diff_id,
-                media_type: record.media_type,
-                size: record.size,
-            };
-            self.record_step(key, &layer);
-            let mut chain = base;
-            chain.push(layer);
-            return Ok(Fs::Layers(chain));
-        }
-        let layer = match kind {
-            Kind::Exec(exec) => self.exec(index, vertex, exec, inputs, &base)?,
-            Kind::File(file) => self.file(vertex, file, inputs, &base)?,
-            _ => unreachable!("sources and merges returned above"),
-        };
+    }
+
+    /// Records the layer a step made under its key (durably: the next
+    /// build, or a crash, finds it).
+    fn remember(&self, key: &str, layer: &Layer) -> Result<()> {
         self.store.meta.put_cache_record(
             key,
             &kiln_cache::CacheRecord {
@@ -472,15 +563,7 @@ impl Solver<'_> {
             },
         )?;
         self.store.meta.flush()?;
-        drop(claim);
-        self.record_step(key, &layer);
-        self.emit(Event::Done {
-            vertex: index,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-        let mut chain = base;
-        chain.push(layer);
-        Ok(Fs::Layers(chain))
+        Ok(())
     }
 
     fn record_step(&self, key: &str, layer: &Layer) {
@@ -492,16 +575,18 @@ impl Solver<'_> {
 
     /// The digest of context files `sources` cover (see `context.rs`).
     fn context_digest(&self, sources: &[String], with_mode: bool) -> String {
-        let ask = format!("{sources:?}\0{with_mode}\0{:?}", self.dockerignore_patterns);
-        self.context_digests.get_or(&self.context, ask, || {
-            context::digest(
-                &self.context,
-                sources,
-                &self.dockerignore,
-                with_mode,
-                &*self.store.meta,
-            )
-        })
+        let ask = format!("{sources:?}\0{with_mode}\0{:?}", self.options.dockerignore);
+        self.options
+            .context_digests
+            .get_or(&self.options.context, ask, || {
+                context::digest(
+                    &self.options.context,
+                    sources,
+                    &self.dockerignore,
+                    with_mode,
+                    &*self.store.meta,
+                )
+            })
     }
 
     /// The part of the cache key that comes from context files the op reads.

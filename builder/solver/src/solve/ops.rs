@@ -127,7 +127,7 @@ fn file_err(reason: impl std::fmt::Display) -> SolveError {
 impl Solver<'_> {
     pub(super) fn source(&self, index: usize, source: &SourceOp) -> Result<Fs> {
         match &source.source {
-            Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.context.clone())),
+            Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.options.context.clone())),
             Some(source_op::Source::Image(img)) => {
                 // The reference may carry the digest the frontend pinned.
                 let name = img.reference.split('@').next().unwrap_or(&img.reference);
@@ -203,8 +203,8 @@ impl Solver<'_> {
         kiln_image::compress::store_layer(
             self.store,
             upper,
-            self.compression,
-            self.source_date_epoch,
+            self.options.compression,
+            self.options.source_date_epoch,
         )
         .map_err(step_err)
     }
@@ -341,7 +341,7 @@ impl Solver<'_> {
             network: match NetworkMode::try_from(exec.network) {
                 Ok(NetworkMode::None) => Network::None,
                 Ok(NetworkMode::Host) => Network::Host,
-                Ok(NetworkMode::Default) | Err(_) => self.network,
+                Ok(NetworkMode::Default) | Err(_) => self.options.network,
             },
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts: Vec::new(),
@@ -381,7 +381,11 @@ impl Solver<'_> {
     /// Runs a step on this machine's worker: its layer, or its exit code
     /// when that is not 0.
     fn exec_here(&self, request: &ExecRequest, log: &mut StepLog<'_, '_>) -> Result<StepOutcome> {
-        let cancel = self.cancellation.step().ok_or(SolveError::Cancelled)?;
+        let cancel = self
+            .options
+            .cancellation
+            .step()
+            .ok_or(SolveError::Cancelled)?;
         let outcome = self
             .worker
             .exec(
@@ -390,13 +394,13 @@ impl Solver<'_> {
                 &cancel,
             )
             .map_err(|e| {
-                if self.cancellation.is_cancelled() {
+                if self.options.cancellation.is_cancelled() {
                     SolveError::Cancelled
                 } else {
                     step_err(e)
                 }
             });
-        self.cancellation.finished(&cancel);
+        self.options.cancellation.finished(&cancel);
         let outcome = outcome?;
         if outcome.exit_code != 0 {
             let code = outcome.exit_code;
@@ -442,7 +446,7 @@ impl Solver<'_> {
                             parents: c.parents,
                             excludes: c.exclude_patterns.clone(),
                             root_excludes: if from_context {
-                                self.dockerignore_patterns.clone()
+                                self.options.dockerignore.clone()
                             } else {
                                 Vec::new()
                             },
@@ -480,7 +484,7 @@ impl Solver<'_> {
     /// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the upperdir's
     /// are not, and the steps after must see what a cache hit would show.
     fn adopt(&self, layer: &Layer, upper: &std::path::Path) {
-        if self.source_date_epoch.is_some() {
+        if self.options.source_date_epoch.is_some() {
             return;
         }
         if let Err(e) = self.snapshots.adopt(&layer.diff_id.to_string(), upper) {
@@ -526,7 +530,7 @@ impl Solver<'_> {
     /// out. Made once per build, and only when there are patterns.
     pub(super) fn context_view(&self) -> Result<PathBuf> {
         if self.dockerignore.is_empty() {
-            return Ok(self.context.clone());
+            return Ok(self.options.context.clone());
         }
         let view = self.context_view.get_or_init(|| {
             let copy = FileAction::Copy {
@@ -540,13 +544,17 @@ impl Solver<'_> {
                     unpack_archives: false,
                     parents: false,
                     excludes: Vec::new(),
-                    root_excludes: self.dockerignore_patterns.clone(),
+                    root_excludes: self.options.dockerignore.clone(),
                     archive_owners: false,
                 },
             };
             let empty = self.empty_dir().map_err(|e| e.to_string())?;
-            self.file_job(vec![empty], vec![vec![self.context.clone()]], vec![copy])
-                .map_err(|e| e.to_string())
+            self.file_job(
+                vec![empty],
+                vec![vec![self.options.context.clone()]],
+                vec![copy],
+            )
+            .map_err(|e| e.to_string())
         });
         match view {
             Ok(dir) => Ok(dir.path().join("upper")),

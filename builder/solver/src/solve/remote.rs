@@ -92,7 +92,7 @@ impl Solver<'_> {
         base: &[Layer],
         log: &mut StepLog<'_, '_>,
     ) -> Result<Option<StepOutcome>> {
-        let Some(remote) = self.farm else {
+        let Some(remote) = self.options.farm else {
             return Ok(None);
         };
         let Some(mounts) = self.remote_mounts(exec, inputs)? else {
@@ -103,14 +103,14 @@ impl Solver<'_> {
             request,
             rootfs: base,
             mounts,
-            entitlements: &self.entitlements,
-            compression: self.compression,
-            source_date_epoch: self.source_date_epoch,
+            entitlements: &self.options.entitlements,
+            compression: self.options.compression,
+            source_date_epoch: self.options.source_date_epoch,
             platform: format!("{os}/{arch}"),
         };
         let outcome = remote
             .run(&step, &mut |chunk| log.push(chunk), &|| {
-                self.cancellation.is_cancelled()
+                self.options.cancellation.is_cancelled()
             })
             .map_err(|e| match e {
                 RemoteError::Cancelled => SolveError::Cancelled,
