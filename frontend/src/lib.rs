@@ -10,8 +10,7 @@
 //! checks and show their violations; they do not judge a Dockerfile
 //! themselves. The syntax it shares with the worker (`.dockerignore`
 //! patterns, `--chmod` modes, the sandbox's `--add-host`/`--ulimit`) is
-//! `kiln-proto`'s, re-exported here as [`dockerignore`], [`chmod`] and
-//! [`sandbox`].
+//! `kiln-proto`'s (`kiln_proto::{dockerignore, chmod, sandbox}`).
 //!
 //! Does not own: any I/O. It reads no files, starts no processes and needs no
 //! runtime; the caller passes text in and resolves base images through the
@@ -27,8 +26,6 @@ mod paths;
 pub mod platform;
 pub mod reference;
 pub mod shell;
-
-pub use kiln_proto::{chmod, dockerignore, sandbox};
 
 /// Any error of the frontend, from text to graph.
 #[derive(Debug, thiserror::Error)]

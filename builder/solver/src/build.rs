@@ -31,7 +31,7 @@ pub enum BuildError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(".dockerignore: {0}")]
-    Dockerignore(#[from] kiln_frontend::dockerignore::DockerignoreError),
+    Dockerignore(#[from] kiln_proto::dockerignore::DockerignoreError),
     #[error(transparent)]
     Layer(#[from] kiln_worker::layer::LayerError),
     #[error(transparent)]
@@ -66,7 +66,7 @@ pub struct BuildRequest {
     /// `--add-host`, `--ulimit`, `--shm-size`: every RUN step's sandbox
     /// (the frontend puts them in each exec op; the hostname is the
     /// `BUILDKIT_SANDBOX_HOSTNAME` build arg).
-    pub sandbox: kiln_frontend::sandbox::SandboxOptions,
+    pub sandbox: kiln_proto::sandbox::SandboxOptions,
     /// The entitlements granted to this build (see [`crate::entitlements`]).
     pub entitlements: crate::entitlements::Entitlements,
     /// How the image's layers are compressed.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use kiln_frontend::dockerignore::Matcher;
 use kiln_proto::control::v1::{self as pb, BuildInput, build_input, build_output};
+use kiln_proto::dockerignore::Matcher;
 
 use super::{Client, ClientError, Result};
 use kiln_daemon::chunks::ChunkWriter;

@@ -50,7 +50,7 @@ pub enum ClientError {
         log_tail: Vec<String>,
     },
     #[error(".dockerignore: {0}")]
-    Dockerignore(#[from] kiln_frontend::dockerignore::DockerignoreError),
+    Dockerignore(#[from] kiln_proto::dockerignore::DockerignoreError),
     #[error("reading the build context {path}: {source}")]
     Context {
         path: PathBuf,

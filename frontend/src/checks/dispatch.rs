@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::stages::Globals;
 use super::vars::{Env, expand, suggest};
 use super::{CheckConfig, CheckOptions, File, Linter, StageNodes, rules};
-use crate::dockerignore::Matcher;
 use crate::instructions::{self, CommandKind, CopyCommand};
 use crate::parser::{Location, Node};
 use crate::reference::Reference;
 use crate::shell::Lexer;
+use kiln_proto::dockerignore::Matcher;
 
 /// Build arguments BuildKit never puts in a step's environment.
 const NON_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];

@@ -8,10 +8,10 @@ use kiln_proto::ops::v1::{
 use super::mounts::input_index;
 use super::state::StageState;
 use super::{ConvertErrorKind as Kind, Converter, FromUser, Step, VertexMeta, expand, new_source};
-use crate::chmod::Chmod;
 use crate::instructions::{Command, CopyCommand};
 use crate::paths::{base_name, clean, in_context, resolve_dest, with_pivot};
 use crate::shell::Lexer;
+use kiln_proto::chmod::Chmod;
 
 /// Where one group of sources is read from.
 enum Origin {

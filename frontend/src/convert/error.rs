@@ -46,7 +46,7 @@ pub enum ConvertErrorKind {
     )]
     DestNotDirectory(&'static str),
     #[error(transparent)]
-    Chmod(#[from] crate::chmod::ChmodError),
+    Chmod(#[from] kiln_proto::chmod::ChmodError),
     #[error("invalid user or group {0:?} for --chown")]
     Chown(String),
     #[error("{0} sources must be a URL or a path: {1:?}")]
@@ -78,7 +78,7 @@ pub enum ConvertErrorKind {
     #[error("invalid SOURCE_DATE_EPOCH: {0} (seconds since 1970, or \"context\")")]
     InvalidEpoch(String),
     #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxOptionError),
+    Sandbox(#[from] kiln_proto::sandbox::SandboxOptionError),
     #[error("cancelled")]
     Cancelled,
     /// An error in another stage, converted on demand: it keeps its own

@@ -32,8 +32,8 @@ use crate::instructions::{self, CommandKind, Instructions};
 use crate::parser::{self, Location, Warning};
 use crate::platform;
 use crate::reference::Reference;
-use crate::sandbox::{self, SandboxOptions};
 use crate::shell::{Cancel, Lexer, Vars};
+use kiln_proto::sandbox::{self, SandboxOptions};
 
 /// How long a chain of stages that need one another (`FROM a AS b`,
 /// `COPY --from`, `RUN --mount from=`) may be. Conversion recurses along

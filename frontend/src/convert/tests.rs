@@ -804,7 +804,7 @@ fn workdir_as_written_when_absolute() {
     assert_eq!(config(&g).working_dir.as_deref(), Some("/a/c"));
 }
 
-fn sandboxed(args: &[(&str, &str)], sandbox: crate::sandbox::SandboxOptions) -> BuildGraph {
+fn sandboxed(args: &[(&str, &str)], sandbox: kiln_proto::sandbox::SandboxOptions) -> BuildGraph {
     build_with(
         "FROM busybox\nRUN hostname\n",
         &ConvertOptions {
@@ -816,7 +816,7 @@ fn sandboxed(args: &[(&str, &str)], sandbox: crate::sandbox::SandboxOptions) -> 
 
 #[test]
 fn sandbox_options_reach_every_run_and_its_digest() {
-    use crate::sandbox::{ExtraHost, SandboxOptions, Ulimit};
+    use kiln_proto::sandbox::{ExtraHost, SandboxOptions, Ulimit};
     let options = SandboxOptions {
         hostname: None,
         extra_hosts: vec![ExtraHost::parse("db:10.0.0.5").unwrap()],

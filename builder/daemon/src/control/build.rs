@@ -376,7 +376,7 @@ impl ControlService {
                 if !dir.is_dir() {
                     return Ok(Vec::new());
                 }
-                let none = kiln_frontend::dockerignore::Matcher::new(&[])
+                let none = kiln_proto::dockerignore::Matcher::new(&[])
                     .map_err(|e| ControlError::Context(e.to_string()))?;
                 kiln_solver::context::entries(&dir, &none)
                     .map_err(|e| ControlError::Context(e.to_string()))

@@ -66,7 +66,7 @@ pub enum AttachError {
     #[error(transparent)]
     Entitlement(#[from] EntitlementError),
     #[error("the step's sandbox: {0}")]
-    Sandbox(#[from] kiln_frontend::sandbox::SandboxOptionError),
+    Sandbox(#[from] kiln_proto::sandbox::SandboxOptionError),
 }
 
 fn message(message: Message) -> pb::WorkerMessage {

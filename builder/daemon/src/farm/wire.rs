@@ -2,10 +2,8 @@
 
 use std::path::PathBuf;
 
-use kiln_frontend::sandbox::{
-    ExtraHost, SandboxOptionError, SandboxOptions, Ulimit, check_hostname,
-};
 use kiln_proto::farm::v1 as pb;
+use kiln_proto::sandbox::{ExtraHost, SandboxOptionError, SandboxOptions, Ulimit, check_hostname};
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::sandbox::spec::Network;
 use kiln_worker::snapshot::Snapshots;

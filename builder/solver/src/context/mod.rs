@@ -7,7 +7,7 @@ pub mod remote;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
-use kiln_frontend::dockerignore::{self, DockerignoreError};
+use kiln_proto::dockerignore::{self, DockerignoreError};
 use kiln_worker::layer::compression::{Compression, decompressed};
 use kiln_worker::layer::{LayerError, Whiteouts, unpack_with};
 use thiserror::Error;
@@ -253,7 +253,7 @@ pub struct Entry {
 /// excludes. Symlinks are entries, never followed.
 pub fn entries(
     dir: &Path,
-    ignore: &kiln_frontend::dockerignore::Matcher,
+    ignore: &kiln_proto::dockerignore::Matcher,
 ) -> std::io::Result<Vec<Entry>> {
     use std::os::unix::fs::MetadataExt as _;
     let mut out = Vec::new();
@@ -316,7 +316,7 @@ pub fn entries(
 /// name of one is the same ignored content.
 fn hidden_links(
     dir: &Path,
-    ignore: &kiln_frontend::dockerignore::Matcher,
+    ignore: &kiln_proto::dockerignore::Matcher,
 ) -> std::io::Result<std::collections::HashSet<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt as _;
     let mut found = std::collections::HashSet::new();

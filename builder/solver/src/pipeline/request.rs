@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_frontend::sandbox::SandboxOptions;
+use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 use thiserror::Error;
 
@@ -39,7 +39,7 @@ pub enum RequestError {
         source: kiln_image::image::ImageError,
     },
     #[error(transparent)]
-    Sandbox(#[from] kiln_frontend::sandbox::SandboxOptionError),
+    Sandbox(#[from] kiln_proto::sandbox::SandboxOptionError),
     #[error(transparent)]
     Entitlement(#[from] EntitlementError),
     #[error("{0}")]

@@ -2,8 +2,8 @@
 //! Decoding runs the checks the CLI's parser runs, with the same
 //! messages: a kilnd client is not trusted to have run them.
 
-use kiln_frontend::sandbox::SandboxOptions;
 use kiln_proto::control::v1 as pb;
+use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 
 use super::request::{

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kiln_cache::{Digest, Hasher, MetaStore};
-use kiln_frontend::dockerignore::Matcher;
+use kiln_proto::dockerignore::Matcher;
 
 /// Context digests already computed, by context directory and what was
 /// asked. kilnd shares one across builds and forgets a directory when its

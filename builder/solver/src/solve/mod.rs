@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use kiln_cache::Store;
 use kiln_frontend::convert::BuildGraph;
-use kiln_frontend::dockerignore::Matcher;
+use kiln_proto::dockerignore::Matcher;
 use kiln_worker::exec::Worker;
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
@@ -277,7 +277,7 @@ pub enum SolverSetupError {
     #[error(transparent)]
     Snapshots(#[from] kiln_worker::layer::LayerError),
     #[error(transparent)]
-    Dockerignore(#[from] kiln_frontend::dockerignore::DockerignoreError),
+    Dockerignore(#[from] kiln_proto::dockerignore::DockerignoreError),
 }
 
 impl Solver<'_> {

@@ -4,13 +4,13 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_frontend::chmod::Chmod;
 use kiln_frontend::convert::Vertex;
-use kiln_frontend::sandbox::SandboxOptions;
+use kiln_proto::chmod::Chmod;
 use kiln_proto::ops::v1::{
     ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action,
     owner, source_op,
 };
+use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
 use kiln_worker::sandbox::Stream;

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use kiln_builder::client::ClientError;
 use kiln_cache::Store;
-use kiln_frontend::sandbox::SandboxOptions;
+use kiln_proto::sandbox::SandboxOptions;
 use kiln_solver::build::{BuildError, BuildRequest};
 use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
