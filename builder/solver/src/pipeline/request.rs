@@ -44,7 +44,15 @@ pub enum RequestError {
     Entitlement(#[from] EntitlementError),
     #[error("{0}")]
     Output(String),
+    /// `--label`s over [`MAX_LABEL_BYTES`].
+    #[error("--label: the labels hold {0} bytes, over kiln's bound of {MAX_LABEL_BYTES}")]
+    LabelsTooLarge(usize),
 }
+
+/// The bytes all `--label` keys and values may hold together: they go into
+/// the image config, which a reader takes only up to 4 MiB
+/// (`kiln_image::image::MAX_METADATA`), beside the Dockerfile's own.
+pub const MAX_LABEL_BYTES: usize = 1 << 20;
 
 type Result<T> = std::result::Result<T, RequestError>;
 
@@ -156,6 +164,19 @@ pub fn parse_label(spec: &str) -> Result<(String, String)> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
+/// Labels as a build takes them: each key named, all of them within
+/// [`MAX_LABEL_BYTES`] (from a command line or a kilnd client alike).
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    for key in labels.keys() {
+        check_label_key(key, key)?;
+    }
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_LABEL_BYTES {
+        return Err(RequestError::LabelsTooLarge(bytes));
+    }
+    Ok(())
+}
+
 /// A label key is not empty (the image config could hold one, but no
 /// tool reads it back).
 pub(super) fn check_label_key(key: &str, spec: &str) -> Result<()> {
@@ -225,6 +246,20 @@ pub(super) fn check_push(push: bool, named: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        let big = BTreeMap::from([("k".to_owned(), "v".repeat(MAX_LABEL_BYTES))]);
+        assert_eq!(
+            check_labels(&big).unwrap_err().to_string(),
+            format!(
+                "--label: the labels hold {} bytes, over kiln's bound of {MAX_LABEL_BYTES}",
+                MAX_LABEL_BYTES + 1
+            )
+        );
+        let small = BTreeMap::from([("k".to_owned(), "v".repeat(MAX_LABEL_BYTES - 1))]);
+        assert!(check_labels(&small).is_ok());
+    }
 
     #[test]
     fn labels_need_a_key() {

@@ -7,8 +7,7 @@ use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 
 use super::request::{
-    CacheRef, Outputs, Request, RequestError, check_label_key, check_push, normalize_names,
-    parse_pull,
+    CacheRef, Outputs, Request, RequestError, check_labels, check_push, normalize_names, parse_pull,
 };
 use crate::entitlements::Entitlements;
 use kiln_image::compress::{Kind, LayerCompression};
@@ -81,9 +80,8 @@ impl TryFrom<pb::BuildSpec> for Request {
                 .entry("SOURCE_DATE_EPOCH".to_owned())
                 .or_insert_with(|| epoch.to_string());
         }
-        for key in spec.labels.keys() {
-            check_label_key(key, key)?;
-        }
+        let labels: std::collections::BTreeMap<String, String> = spec.labels.into_iter().collect();
+        check_labels(&labels)?;
         Ok(Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
             cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
@@ -99,7 +97,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             build_args,
             target: (!spec.target.is_empty()).then_some(spec.target),
             tags,
-            labels: spec.labels.into_iter().collect(),
+            labels,
             no_cache: spec.no_cache,
             no_cache_filter: spec.no_cache_filter,
             sandbox,

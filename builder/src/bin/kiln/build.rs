@@ -11,7 +11,7 @@ use kiln_solver::build::{BuildError, BuildRequest};
 use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
-use kiln_solver::pipeline::request::{normalize_names, parse_label, parse_pull};
+use kiln_solver::pipeline::request::{check_labels, normalize_names, parse_label, parse_pull};
 use kiln_solver::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
 use kiln_worker::sandbox::spec::Network;
@@ -324,6 +324,17 @@ impl Build {
         Ok(build_args)
     }
 
+    /// `--label`s, each `KEY=VALUE` (or `KEY`), together within kiln's bound.
+    fn labels(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let labels = self
+            .labels
+            .iter()
+            .map(|l| parse_label(l))
+            .collect::<Result<_, _>>()?;
+        check_labels(&labels)?;
+        Ok(labels)
+    }
+
     /// The context argument made ready, in `tmp` when it must be read from
     /// standard input or fetched (see [`ContextArg`]).
     fn prepare_context(&self, tmp: &std::path::Path) -> Result<Context> {
@@ -418,11 +429,7 @@ impl Build {
             build_args: self.build_args()?,
             target: self.target.clone(),
             tags,
-            labels: self
-                .labels
-                .iter()
-                .map(|l| parse_label(l))
-                .collect::<Result<_, _>>()?,
+            labels: self.labels()?,
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             pull: parse_pull(&self.pull)?,
