@@ -103,6 +103,7 @@ fn kiln_and_docker_build_the_same_images() {
     // Fails with a clear message when `cargo test --workspace` did not build it.
     binary("kiln-sandbox");
     let docker = require_for("only the cases with expected.json run", &[Need::Dockerd]);
+    let _turn = crate::harness::dockerd_turn();
     let filter = std::env::var("KILN_DIFFERENTIAL").unwrap_or_default();
     let cases = read_cases(&filter);
     let known = read_known();

@@ -25,6 +25,7 @@ fn docker_loads_and_runs_what_kiln_built() {
     if !require(&[Need::Root, Need::Busybox, Need::Dockerd]) {
         return;
     }
+    let _turn = crate::harness::dockerd_turn();
     let s = Setup::new();
     fs::write(
         s.context.join("app.sh"),

@@ -47,3 +47,14 @@ pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
+
+/// Held by every test that builds in or removes from dockerd (the
+/// differential suite, the consumer test): dockerd 20.10 loses a
+/// snapshot (`stat /bin/sh: no such file or directory`) when an image is
+/// removed while another build runs, so its users take turns.
+pub(crate) fn dockerd_turn() -> std::sync::MutexGuard<'static, ()> {
+    static DOCKERD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DOCKERD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
