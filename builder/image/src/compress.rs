@@ -432,7 +432,7 @@ mod tests {
         }
     }
 
-    /// What kilnd does with a farm worker's layer (`solve/remote.rs`):
+    /// What kilnd does with a farm worker's layer (`solve/executor.rs`, `Solver::checked`):
     /// one whose bytes are not the diff ID it claims is refused, gzip or not.
     #[test]
     fn a_layer_that_is_not_its_claimed_diff_id_is_refused() {

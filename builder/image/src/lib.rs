@@ -31,9 +31,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// What a caught panic said (`panic!` with a literal or a formatted
+/// message), for an "internal error" that ends one step or one request
+/// instead of the process.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use super::{error_chain, panic_message};
+
+    #[test]
+    fn a_panic_says_its_message() {
+        let literal = std::panic::catch_unwind(|| panic!("a literal")).unwrap_err();
+        assert_eq!(panic_message(&*literal), "a literal");
+        let n = 3;
+        let formatted = std::panic::catch_unwind(|| panic!("formatted {n}")).unwrap_err();
+        assert_eq!(panic_message(&*formatted), "formatted 3");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7_u8)).unwrap_err();
+        assert_eq!(panic_message(&*other), "a panic");
+    }
 
     #[test]
     fn a_cause_the_message_quotes_is_not_repeated() {

@@ -84,7 +84,7 @@ pub struct BuildRequest {
     /// sessions); empty for a one-off build.
     pub context_digests: std::sync::Arc<crate::solve::ContextDigests>,
     /// Where RUN steps may run besides here (kilnd's attached workers).
-    pub farm: Option<std::sync::Arc<dyn crate::solve::RemoteWorkers>>,
+    pub farm: Option<std::sync::Arc<dyn crate::solve::Executor>>,
 }
 
 /// The image built.

@@ -6,8 +6,8 @@
 //! cache export, outputs, push), the build context on the client side
 //! ([`context`]: the Dockerfile and `.dockerignore` lookup, a context named
 //! by URL), remote sources ([`fetch`]), the solver ([`solve`]: the step
-//! cache, cache keys, steps on the local worker or handed to
-//! [`solve::RemoteWorkers`]), building an image ([`build`]: conversion,
+//! cache, cache keys, RUN steps offered to a [`solve::Executor`]: kilnd's
+//! farm, then this machine's worker, [`solve::Local`]), building an image ([`build`]: conversion,
 //! checks, solve, config, tags) and who may run privileged or host-network
 //! steps ([`entitlements`]).
 //!

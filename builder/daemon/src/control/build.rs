@@ -331,7 +331,7 @@ impl ControlService {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_build(&request, &received, &store, shared, cancellation, &tx)
             }))
-            .unwrap_or_else(|panic| Err(ControlError::Panic(super::panic_message(&*panic))));
+            .unwrap_or_else(|panic| Err(ControlError::Panic(kiln_image::panic_message(&*panic))));
             let last = result
                 .map(|r| BuildOutput {
                     output: Some(build_output::Output::Result(r)),

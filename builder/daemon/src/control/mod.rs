@@ -82,15 +82,6 @@ impl From<PipelineError> for ControlError {
     }
 }
 
-/// What a caught panic said.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".to_owned())
-}
-
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Self {
         let text = match &e {
@@ -203,7 +194,7 @@ impl ControlService {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| match e.try_into_panic() {
-                Ok(panic) => Status::from(ControlError::Panic(panic_message(&*panic))),
+                Ok(panic) => Status::from(ControlError::Panic(kiln_image::panic_message(&*panic))),
                 Err(e) => Status::internal(format!("a kilnd task failed: {e}")),
             })?
             .map_err(Status::from)

@@ -2,7 +2,7 @@
 //! `kiln.farm.v1` run RUN steps, moving layers by digest.
 //!
 //! kilnd's side is [`Farm`] (who is attached, what each holds, which steps
-//! run where; the solver hands it steps as `solve::RemoteWorkers`, which
+//! run where; the solver hands it steps as `solve::Executor`, which
 //! `wire` turns into `kiln.farm.v1` messages, [`Farm::place_and_run`]) and its gRPC
 //! face `service`. The worker's side is `attach`: a session with kilnd
 //! that fetches missing layers, runs steps in its own sandbox and store, and
@@ -29,7 +29,7 @@ use kiln_proto::farm::v1 as pb;
 use thiserror::Error;
 use tonic::Status;
 
-use kiln_solver::solve::{RemoteError, RemoteStep, RemoteWorkers, StepOutcome};
+use kiln_solver::solve::{Executor, SolveError, Step, StepOutcome};
 
 pub use service::FarmService;
 
@@ -111,22 +111,22 @@ pub struct FarmOutcome {
 
 /// The solver's steps, placed on attached workers; the farm's wire format
 /// and placement are its own.
-impl RemoteWorkers for Farm {
+impl Executor for Farm {
     fn run(
         &self,
-        step: &RemoteStep<'_>,
+        step: &Step<'_>,
         output: &mut dyn FnMut(&[u8]),
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<StepOutcome>, RemoteError> {
-        let Some(message) = wire::run_step(step) else {
+    ) -> kiln_solver::solve::Result<Option<StepOutcome>> {
+        let Some(message) = wire::run_step(step)? else {
             return Ok(None);
         };
-        let layers = wire::step_layers(step);
+        let layers = wire::step_layers(&message);
         let outcome = self
             .place_and_run(message, &step.platform, &layers, output, cancelled)
             .map_err(|e| match e {
-                FarmError::Cancelled => RemoteError::Cancelled,
-                e => RemoteError::Failed(e.to_string()),
+                FarmError::Cancelled => SolveError::Cancelled,
+                e => SolveError::remote(e),
             })?;
         let Some(outcome) = outcome else {
             return Ok(None);
@@ -139,7 +139,7 @@ impl RemoteWorkers for Farm {
             .as_ref()
             .and_then(wire::layer_of)
             .map(|layer| Some(StepOutcome::Made(layer)))
-            .ok_or_else(|| RemoteError::Failed("the worker named no layer it made".into()))
+            .ok_or_else(|| SolveError::remote("the worker named no layer it made"))
     }
 }
 

@@ -10,7 +10,7 @@ use kiln_worker::snapshot::Snapshots;
 
 use kiln_image::compress::LayerCompression;
 use kiln_image::image::Layer;
-use kiln_solver::solve::{RemoteMount, RemoteStep};
+use kiln_solver::solve::{Source, Step, StepMount};
 
 pub fn layer_message(layer: &Layer) -> pb::Layer {
     pb::Layer {
@@ -44,9 +44,18 @@ fn sharing_message(sharing: Sharing) -> i32 {
     }) as i32
 }
 
-/// A step the solver hands over, as the message a worker runs; `None` if
-/// one of its mounts cannot travel.
-pub fn run_step(step: &RemoteStep<'_>) -> Option<pb::RunStep> {
+/// A step the solver offers, as the message a worker runs; `None` if one
+/// of its mounts cannot leave this machine (a directory only it has, a
+/// seeded cache, an SSH agent). The build context travels as a layer,
+/// made the first time a step asks for it.
+pub fn run_step(step: &Step<'_>) -> kiln_solver::solve::Result<Option<pb::RunStep>> {
+    let mut mounts = Vec::with_capacity(step.mounts.len());
+    for mount in &step.mounts {
+        match step_mount_message(mount)? {
+            Some(message) => mounts.push(message),
+            None => return Ok(None),
+        }
+    }
     let request = step.request;
     let mut message = pb::RunStep {
         step: 0,
@@ -60,55 +69,61 @@ pub fn run_step(step: &RemoteStep<'_>) -> Option<pb::RunStep> {
         privileged: request.privileged,
         // The worker checks both against its own operator's allowance.
         entitlements: step.entitlements.names(),
-        mounts: step
-            .mounts
-            .iter()
-            .map(remote_mount_message)
-            .collect::<Option<_>>()?,
+        mounts,
         compression: step.compression.name().to_owned(),
         compression_level: step.compression.level,
         source_date_epoch: step.source_date_epoch,
         ..pb::RunStep::default()
     };
     set_sandbox(&mut message, &request.sandbox);
-    Some(message)
+    Ok(Some(message))
 }
 
-/// A step's layers for placing it: the snapshot name and size of each.
-pub fn step_layers(step: &RemoteStep<'_>) -> Vec<(String, u64)> {
-    let bound = step.mounts.iter().flat_map(|m| match m {
-        RemoteMount::Layers { layers, .. } => layers.as_slice(),
-        RemoteMount::Made { .. } => &[],
+/// A step's layers for placing it: the snapshot name and size of each
+/// (its root filesystem's and its bind mounts').
+pub fn step_layers(step: &pb::RunStep) -> Vec<(String, u64)> {
+    let bound = step.mounts.iter().flat_map(|m| match &m.kind {
+        Some(pb::mount::Kind::Bind(bind)) => bind.layers.as_slice(),
+        _ => &[],
     });
     step.rootfs
         .iter()
         .chain(bound)
-        .map(|l| (Snapshots::name(&l.diff_id.to_string()).to_owned(), l.size))
+        .map(|l| (Snapshots::name(&l.diff_id).to_owned(), l.size))
         .collect()
 }
 
-fn remote_mount_message(mount: &RemoteMount) -> Option<pb::Mount> {
-    match mount {
-        RemoteMount::Layers {
+fn step_mount_message(mount: &StepMount<'_>) -> kiln_solver::solve::Result<Option<pb::Mount>> {
+    Ok(match mount {
+        StepMount::Bind {
             target,
-            layers,
+            source,
             path,
             readonly,
-        } => Some(pb::Mount {
-            target: target.clone(),
-            kind: Some(pb::mount::Kind::Bind(pb::BindMount {
-                layers: layers.iter().map(layer_message).collect(),
-                path: path.clone(),
-                readonly: *readonly,
-            })),
-        }),
-        RemoteMount::Made { mount, secret } => mount_message(mount, secret.as_deref()),
-    }
+        } => {
+            let layers = match source {
+                Source::Layers(layers) => layers.clone(),
+                Source::Context(context) => vec![(context.layer)()?],
+                Source::Dir(_) => return Ok(None),
+            };
+            Some(pb::Mount {
+                target: target.clone(),
+                kind: Some(pb::mount::Kind::Bind(pb::BindMount {
+                    layers: layers.iter().map(layer_message).collect(),
+                    path: path.clone(),
+                    readonly: *readonly,
+                })),
+            })
+        }
+        StepMount::Made { mount, secret } => mount_message(mount, secret.as_deref()),
+        // A seeded cache is this machine's (its layers are).
+        StepMount::SeededCache { .. } => None,
+    })
 }
 
 /// A mount a worker makes itself, as a message (a secret's value carried);
 /// `None` for one that needs this machine (an SSH agent, a bind mount of
-/// its directories, a seeded cache), which the solver never hands over.
+/// its directories, a seeded cache).
 fn mount_message(mount: &ExecMount, secret: Option<&[u8]>) -> Option<pb::Mount> {
     let (target, kind) = match mount {
         // A seeded cache is this machine's (its layers are).

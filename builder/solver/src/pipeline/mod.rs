@@ -76,7 +76,7 @@ pub struct Shared {
     /// Context digests kept between builds of an unchanged context.
     pub context_digests: Arc<ContextDigests>,
     /// Where RUN steps may run besides here (kilnd's attached workers).
-    pub farm: Option<Arc<dyn crate::solve::RemoteWorkers>>,
+    pub farm: Option<Arc<dyn crate::solve::Executor>>,
 }
 
 /// Where a build runs: the store, its context directory, and what it

@@ -9,15 +9,17 @@
 
 mod cancel;
 mod context;
+mod executor;
 mod flight;
 mod key;
+mod local;
 mod ops;
-mod remote;
 
 pub use cancel::Cancellation;
 pub use context::ContextDigests;
+pub use executor::{ContextForms, Executor, Source, Step, StepMount, StepOutcome};
 pub use flight::InFlight;
-pub use remote::{RemoteError, RemoteMount, RemoteStep, RemoteWorkers, StepOutcome};
+pub use local::Local;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -215,7 +217,7 @@ pub struct SolveOptions<'a> {
     pub context_digests: std::sync::Arc<ContextDigests>,
     /// Workers elsewhere RUN steps may go to (kilnd's farm; `None`: all
     /// run here).
-    pub farm: Option<&'a dyn RemoteWorkers>,
+    pub farm: Option<&'a dyn Executor>,
 }
 
 /// One solve: a build graph's vertices run on the local worker (or handed
@@ -391,14 +393,12 @@ impl Solver<'_> {
             self.vertex(index, vertex, inputs)
         }))
         .unwrap_or_else(|panic| {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
             Err(SolveError::Step {
                 description: vertex.meta.description.clone(),
-                reason: format!("internal error (a bug in kiln): {why}"),
+                reason: format!(
+                    "internal error (a bug in kiln): {}",
+                    kiln_image::panic_message(&*panic)
+                ),
             })
         })
     }

@@ -11,11 +11,11 @@ use kiln_proto::ops::v1::{
     owner, source_op,
 };
 use kiln_proto::sandbox::SandboxOptions;
-use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Sharing};
+use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::fileop::{CopyRequest, FileAction, FileJob, OwnerSpec};
-use kiln_worker::sandbox::Stream;
 use kiln_worker::sandbox::spec::{Network, Rootfs};
 
+use super::local::{empty_dir, keep_layer, lowerdirs};
 use super::{Event, Fs, Result, SolveError, Solver, StepOutcome};
 use crate::fetch;
 use kiln_image::image;
@@ -172,20 +172,6 @@ impl Solver<'_> {
         }
     }
 
-    /// The layer directories of `chain`, top first (unpacked on demand).
-    fn lowerdirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>> {
-        let mut dirs = Vec::with_capacity(chain.len());
-        for layer in chain.iter().rev() {
-            let blob = self.store.content.open_blob(&layer.blob)?;
-            dirs.push(
-                self.snapshots
-                    .ensure(&layer.diff_id.to_string(), blob)
-                    .map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?,
-            );
-        }
-        Ok(dirs)
-    }
-
     /// An input as directories for a bind mount or a copy source.
     fn input_dirs(&self, inputs: &[(Fs, String)], index: i32) -> Result<Vec<PathBuf>> {
         match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
@@ -193,20 +179,11 @@ impl Solver<'_> {
             // `.dockerignore` excludes is not there, however it is named.
             Some((Fs::Context(_), _)) => Ok(vec![self.context_view()?]),
             Some((Fs::Fetched(fetched), _)) => Ok(vec![fetched.dir.clone()]),
-            Some((Fs::Layers(chain), _)) if !chain.is_empty() => self.lowerdirs(chain),
+            Some((Fs::Layers(chain), _)) if !chain.is_empty() => {
+                lowerdirs(self.store, &self.snapshots, chain)
+            }
             _ => Ok(Vec::new()),
         }
-    }
-
-    /// Stores an upperdir as a layer blob, compressed as the build asks.
-    fn store_layer(&self, upper: &std::path::Path) -> Result<Layer> {
-        kiln_image::compress::store_layer(
-            self.store,
-            upper,
-            self.options.compression,
-            self.options.source_date_epoch,
-        )
-        .map_err(step_err)
     }
 
     /// A `RUN --mount` other than a bind mount, as the worker takes it.
@@ -266,46 +243,6 @@ impl Solver<'_> {
         })
     }
 
-    /// The step's mounts, with their sources as this machine's directories.
-    fn exec_mounts(&self, exec: &ExecOp, inputs: &[(Fs, String)]) -> Result<Vec<ExecMount>> {
-        let mut mounts = Vec::new();
-        for m in &exec.mounts {
-            if m.r#type == MountType::Cache as i32 && m.input >= 0 {
-                let mut mount = self.plain_mount(m)?;
-                if let ExecMount::Cache { seed, .. } = &mut mount {
-                    let layers = self.input_dirs(inputs, m.input)?;
-                    *seed = Some(CacheSeed {
-                        layers: if layers.is_empty() {
-                            vec![self.empty_dir()?]
-                        } else {
-                            layers
-                        },
-                        path: m.source.clone(),
-                    });
-                }
-                mounts.push(mount);
-                continue;
-            }
-            if m.r#type != MountType::Bind as i32 {
-                mounts.push(self.plain_mount(m)?);
-                continue;
-            }
-            let layers = self.input_dirs(inputs, m.input)?;
-            let layers = if layers.is_empty() {
-                vec![self.empty_dir()?]
-            } else {
-                layers
-            };
-            mounts.push(ExecMount::Bind {
-                target: m.target.clone(),
-                layers,
-                path: m.source.clone(),
-                readonly: m.readonly,
-            });
-        }
-        Ok(mounts)
-    }
-
     pub(super) fn exec(
         &self,
         index: usize,
@@ -328,7 +265,7 @@ impl Solver<'_> {
                 .cloned(),
         );
         // Root filesystem and mounts are filled in where the step runs.
-        let mut request = ExecRequest {
+        let request = ExecRequest {
             rootfs: Vec::new(),
             args: meta.args,
             env,
@@ -348,7 +285,7 @@ impl Solver<'_> {
             sandbox,
         };
         let mut log = StepLog::new(self, index);
-        let outcome = self.exec_somewhere(&mut request, exec, inputs, base, &mut log);
+        let outcome = self.run_step(&request, exec, inputs, base, &mut log);
         log.finish();
         match outcome? {
             StepOutcome::Made(layer) => Ok(layer),
@@ -358,59 +295,6 @@ impl Solver<'_> {
                 log_tail: log.tail.into(),
             }),
         }
-    }
-
-    /// Runs a step on a farm worker, or here when none takes it: its layer,
-    /// or its exit code when that is not 0.
-    fn exec_somewhere(
-        &self,
-        request: &mut ExecRequest,
-        exec: &ExecOp,
-        inputs: &[(Fs, String)],
-        base: &[Layer],
-        log: &mut StepLog<'_, '_>,
-    ) -> Result<StepOutcome> {
-        if let Some(outcome) = self.on_remote(request, exec, inputs, base, log)? {
-            return Ok(outcome);
-        }
-        request.rootfs = self.lowerdirs(base)?;
-        request.mounts = self.exec_mounts(exec, inputs)?;
-        self.exec_here(request, log)
-    }
-
-    /// Runs a step on this machine's worker: its layer, or its exit code
-    /// when that is not 0.
-    fn exec_here(&self, request: &ExecRequest, log: &mut StepLog<'_, '_>) -> Result<StepOutcome> {
-        let cancel = self
-            .options
-            .cancellation
-            .step()
-            .ok_or(SolveError::Cancelled)?;
-        let outcome = self
-            .worker
-            .exec(
-                request,
-                &mut |_: Stream, chunk: &[u8]| log.push(chunk),
-                &cancel,
-            )
-            .map_err(|e| {
-                if self.options.cancellation.is_cancelled() {
-                    SolveError::Cancelled
-                } else {
-                    step_err(e)
-                }
-            });
-        self.options.cancellation.finished(&cancel);
-        let outcome = outcome?;
-        if outcome.exit_code != 0 {
-            let code = outcome.exit_code;
-            let _ = self.worker.discard(outcome);
-            return Ok(StepOutcome::Exit(code));
-        }
-        let layer = self.store_layer(&outcome.layer)?;
-        self.adopt(&layer, &outcome.layer);
-        self.worker.discard(outcome).map_err(step_err)?;
-        Ok(StepOutcome::Made(layer))
     }
 
     pub(super) fn file(
@@ -469,28 +353,19 @@ impl Solver<'_> {
             });
         }
         let lowerdirs = if base.is_empty() {
-            vec![self.empty_dir()?]
+            vec![empty_dir(self.store)?]
         } else {
-            self.lowerdirs(base)?
+            lowerdirs(self.store, &self.snapshots, base)?
         };
         let step = self.file_job(lowerdirs, sources, actions)?;
         let upper = step.path().join("upper");
-        let layer = self.store_layer(&upper)?;
-        self.adopt(&layer, &upper);
-        Ok(layer)
-    }
-
-    /// Keeps a step's upperdir as its layer's snapshot. Not with
-    /// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the upperdir's
-    /// are not, and the steps after must see what a cache hit would show.
-    fn adopt(&self, layer: &Layer, upper: &std::path::Path) {
-        if self.options.source_date_epoch.is_some() {
-            return;
-        }
-        if let Err(e) = self.snapshots.adopt(&layer.diff_id.to_string(), upper) {
-            // Only a lost shortcut: the layer is unpacked when needed.
-            tracing::debug!("keeping a step's upperdir as a snapshot: {e}");
-        }
+        keep_layer(
+            self.store,
+            &self.snapshots,
+            &upper,
+            self.options.compression,
+            self.options.source_date_epoch,
+        )
     }
 
     /// Runs file actions in the sandbox over `lowerdirs`; the changes are in
@@ -548,7 +423,7 @@ impl Solver<'_> {
                     archive_owners: false,
                 },
             };
-            let empty = self.empty_dir().map_err(|e| e.to_string())?;
+            let empty = empty_dir(self.store).map_err(|e| e.to_string())?;
             self.file_job(
                 vec![empty],
                 vec![vec![self.options.context.clone()]],
@@ -572,14 +447,6 @@ impl Solver<'_> {
             .prefix("step-")
             .tempdir_in(&steps)
             .map_err(|e| step_err(format!("creating a directory in {}: {e}", steps.display())))
-    }
-
-    /// An empty directory, a lowerdir for scratch.
-    fn empty_dir(&self) -> Result<PathBuf> {
-        let dir = self.store.root().join("steps/empty");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| step_err(format!("creating {}: {e}", dir.display())))?;
-        Ok(dir)
     }
 }
 
