@@ -140,36 +140,7 @@ pub(crate) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
     } else {
         source.r#ref.as_str()
     };
-    // A shallow fetch of the one ref; dumb-HTTP remotes cannot do that (a
-    // full fetch of the ref then), and a commit that is no ref's tip is
-    // found by fetching everything.
-    // `--` ends the options: what follows is never one (the ref is checked
-    // too).
-    let fetched = git(&["fetch", "-q", "--depth=1", "--", "origin", wanted])
-        .or_else(|_| git(&["fetch", "-q", "--", "origin", wanted]));
-    let commit = match fetched {
-        Ok(_) => git(&["rev-parse", "FETCH_HEAD^{commit}"])?,
-        Err(_) => {
-            git(&[
-                "fetch",
-                "-q",
-                "--tags",
-                "--",
-                "origin",
-                "+refs/heads/*:refs/remotes/origin/*",
-            ])
-            .map_err(|e| format!("fetching {}: {e}", source.remote))?;
-            let candidates = [
-                format!("refs/tags/{wanted}^{{commit}}"),
-                format!("refs/remotes/origin/{wanted}^{{commit}}"),
-                format!("{wanted}^{{commit}}"),
-            ];
-            candidates
-                .iter()
-                .find_map(|c| git(&["rev-parse", "-q", "--verify", c]).ok())
-                .ok_or_else(|| format!("{}: no branch, tag or commit {wanted}", source.remote))?
-        }
-    };
+    let commit = fetch_commit(&git, &source.remote, wanted)?;
     if !source.checksum.is_empty() && !commit.starts_with(&source.checksum) {
         return Err(format!(
             "{}#{wanted}: checksum mismatch: expected {}, got {commit}",
@@ -186,19 +157,7 @@ pub(crate) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
     let root = if source.subdir.is_empty() {
         repo
     } else {
-        let path = repo.join(source.subdir.trim_start_matches('/'));
-        // The subdirectory must be inside the checkout (no `..`, not
-        // through a link).
-        let real = path
-            .canonicalize()
-            .map_err(|_| format!("{}: no directory {}", source.remote, source.subdir))?;
-        if !real.starts_with(repo.canonicalize().map_err(|e| e.to_string())?) || !real.is_dir() {
-            return Err(format!(
-                "{}: {} is not a directory of the repository",
-                source.remote, source.subdir
-            ));
-        }
-        real
+        subdir(&repo, source)?
     };
     Ok(Fetched {
         dir: root,
@@ -206,6 +165,57 @@ pub(crate) fn git(source: &GitSource, scratch: tempfile::TempDir) -> Result<Fetc
         time,
         _scratch: scratch,
     })
+}
+
+/// Fetches `wanted` (a branch, a tag or a commit) from `origin`: its
+/// commit. A shallow fetch of the one ref; dumb-HTTP remotes cannot do that
+/// (a full fetch of the ref then), and a commit that is no ref's tip is
+/// found by fetching everything. `--` ends the options: what follows is
+/// never one (the ref is checked too).
+fn fetch_commit(
+    git: &dyn Fn(&[&str]) -> Result<String, String>,
+    remote: &str,
+    wanted: &str,
+) -> Result<String, String> {
+    let fetched = git(&["fetch", "-q", "--depth=1", "--", "origin", wanted])
+        .or_else(|_| git(&["fetch", "-q", "--", "origin", wanted]));
+    if fetched.is_ok() {
+        return git(&["rev-parse", "FETCH_HEAD^{commit}"]);
+    }
+    git(&[
+        "fetch",
+        "-q",
+        "--tags",
+        "--",
+        "origin",
+        "+refs/heads/*:refs/remotes/origin/*",
+    ])
+    .map_err(|e| format!("fetching {remote}: {e}"))?;
+    let candidates = [
+        format!("refs/tags/{wanted}^{{commit}}"),
+        format!("refs/remotes/origin/{wanted}^{{commit}}"),
+        format!("{wanted}^{{commit}}"),
+    ];
+    candidates
+        .iter()
+        .find_map(|c| git(&["rev-parse", "-q", "--verify", c]).ok())
+        .ok_or_else(|| format!("{remote}: no branch, tag or commit {wanted}"))
+}
+
+/// The checkout's `subdir`, which must be a directory inside it (no `..`,
+/// not through a link).
+fn subdir(repo: &std::path::Path, source: &GitSource) -> Result<std::path::PathBuf, String> {
+    let path = repo.join(source.subdir.trim_start_matches('/'));
+    let real = path
+        .canonicalize()
+        .map_err(|_| format!("{}: no directory {}", source.remote, source.subdir))?;
+    if !real.starts_with(repo.canonicalize().map_err(|e| e.to_string())?) || !real.is_dir() {
+        return Err(format!(
+            "{}: {} is not a directory of the repository",
+            source.remote, source.subdir
+        ));
+    }
+    Ok(real)
 }
 
 /// Runs `git args` in `repo` with `home` as its `$HOME`; its trimmed

@@ -149,51 +149,77 @@ fn read_archive(store: &Store, path: &Path, contents: &mut Contents) -> Result<(
             .unwrap_or_else(|| entry.path_bytes().into_owned());
         let name = name_of(&raw_name).map_err(&bad)?;
         match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {}
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                read_file(store, path, &mut entry, name, contents)?;
+            }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 let target = extensions
                     .link
                     .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()));
-                if let Some(target) = target.filter(|t| t.len() <= MAX_NAME) {
-                    let base = Path::new(&name).parent().unwrap_or(Path::new(""));
-                    let target = String::from_utf8_lossy(&target).into_owned();
-                    if let Some(target) = entry_name(&base.join(target)) {
-                        contents.links.insert(name, target);
-                    }
-                }
-                continue;
+                add_link(contents, name, target);
             }
-            _ => continue,
+            _ => {}
         }
-        let top_json = !name.contains('/') && name.ends_with(".json");
-        if (DESCRIPTIONS.contains(&name.as_str()) || top_json) && entry.size() > MAX_METADATA {
-            return Err(ImageError::TooLarge {
-                what: format!("{}: {name}", path.display()),
-                size: entry.size(),
-                limit: MAX_METADATA,
-            });
-        }
-        if DESCRIPTIONS.contains(&name.as_str()) {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(io("reading"))?;
-            contents.metadata.insert(name, bytes);
-            continue;
-        }
-        // OCI layouts name blobs by digest: check what arrives.
-        let expected: Option<Digest> = name
-            .strip_prefix("blobs/sha256/")
-            .and_then(|hex| format!("sha256:{hex}").parse().ok());
-        if let Some(d) = expected.as_ref().filter(|d| store.content.has(d)) {
-            contents.blobs.insert(name, (d.clone(), entry.size()));
-            continue;
-        }
-        // Everything else — layers, and a docker-archive's configs — goes
-        // straight to a blob.
-        let mut writer = store.content.writer()?;
-        std::io::copy(&mut entry, &mut writer).map_err(io("reading"))?;
-        let blob = writer.commit(expected.as_ref())?;
-        contents.add(name, blob);
     }
+    Ok(())
+}
+
+/// A link entry, recorded by the name it points to (resolved against its
+/// own directory) so that a docker-archive's layers may be links; a target
+/// too long or leaving the archive is left out.
+fn add_link(contents: &mut Contents, name: String, target: Option<Vec<u8>>) {
+    if let Some(target) = target.filter(|t| t.len() <= MAX_NAME) {
+        let base = Path::new(&name).parent().unwrap_or(Path::new(""));
+        let target = String::from_utf8_lossy(&target).into_owned();
+        if let Some(target) = entry_name(&base.join(target)) {
+            contents.links.insert(name, target);
+        }
+    }
+}
+
+/// A file entry: a description (`manifest.json`, `index.json`, …) read
+/// into memory within [`MAX_METADATA`]; anything else a blob in the store,
+/// checked against the digest its name claims under `blobs/sha256/`.
+fn read_file<R: Read>(
+    store: &Store,
+    path: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    name: String,
+    contents: &mut Contents,
+) -> Result<()> {
+    let io = |source| ImageError::Io {
+        action: "reading",
+        path: path.to_owned(),
+        source,
+    };
+    let top_json = !name.contains('/') && name.ends_with(".json");
+    if (DESCRIPTIONS.contains(&name.as_str()) || top_json) && entry.size() > MAX_METADATA {
+        return Err(ImageError::TooLarge {
+            what: format!("{}: {name}", path.display()),
+            size: entry.size(),
+            limit: MAX_METADATA,
+        });
+    }
+    if DESCRIPTIONS.contains(&name.as_str()) {
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(io)?;
+        contents.metadata.insert(name, bytes);
+        return Ok(());
+    }
+    // OCI layouts name blobs by digest: check what arrives.
+    let expected: Option<Digest> = name
+        .strip_prefix("blobs/sha256/")
+        .and_then(|hex| format!("sha256:{hex}").parse().ok());
+    if let Some(d) = expected.as_ref().filter(|d| store.content.has(d)) {
+        contents.blobs.insert(name, (d.clone(), entry.size()));
+        return Ok(());
+    }
+    // Everything else — layers, and a docker-archive's configs — goes
+    // straight to a blob.
+    let mut writer = store.content.writer()?;
+    std::io::copy(entry, &mut writer).map_err(io)?;
+    let blob = writer.commit(expected.as_ref())?;
+    contents.add(name, blob);
     Ok(())
 }
 
