@@ -151,6 +151,40 @@ fn doubling_env_is_refused_at_the_word_limit() {
     serves_another_build(&s, &addr);
 }
 
+/// An image config is read back only up to `MAX_METADATA` (4 MiB): five
+/// 900 KB CMD lines (continued lines, each within the 64 KiB line limit)
+/// make a 5.4 MB config through its history. The build says so and tags
+/// nothing, rather than tag an image no command could read.
+#[test]
+fn an_image_config_over_the_metadata_limit_is_refused_before_tagging() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let chunk = "x".repeat(60_000);
+    let cmd = format!("CMD echo {}\n", vec![chunk; 15].join(" \\\n"));
+    let dockerfile = format!("FROM scratch\n{}", cmd.repeat(5));
+    let refused = |flags: &[&str]| {
+        let stderr = failed(&s.build(&dockerfile, flags));
+        assert!(
+            stderr.contains(
+                "the image config (its ENV, LABEL and history) is larger than 4194304 bytes"
+            ),
+            "{stderr}"
+        );
+    };
+    // Embedded first: a running kilnd holds the store's lock.
+    refused(&["-t", "huge:1"]);
+    let (images, _) = s.ok(&["images"]);
+    assert!(!images.contains("huge"), "nothing tagged: {images}");
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    refused(&["--addr", &addr, "-t", "huge:1"]);
+    let (images, _) = s.ok(&["--addr", &addr, "images"]);
+    assert!(!images.contains("huge"), "nothing tagged: {images}");
+    serves_another_build(&s, &addr);
+}
+
 /// A tar file being written: regular entries from bytes.
 struct TarFile(tar::Builder<Box<dyn Write>>);
 

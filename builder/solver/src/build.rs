@@ -436,6 +436,16 @@ pub fn write_image(
         other: BTreeMap::new(),
     };
     let config_bytes = canonical_json(&config);
+    // kiln (and registries) read a config back only up to this size: an
+    // image whose config is larger would be tagged but unusable.
+    if config_bytes.len() as u64 > image::MAX_METADATA {
+        return Err(image::ImageError::TooLarge {
+            what: "the image config (its ENV, LABEL and history)".into(),
+            size: config_bytes.len() as u64,
+            limit: image::MAX_METADATA,
+        }
+        .into());
+    }
     let config_digest = store.content.write_bytes(&config_bytes)?;
     let mut manifest_layers = Vec::with_capacity(layers.len());
     for layer in &layers {
