@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::stages::Globals;
 use super::vars::{Env, expand, suggest};
 use super::{CheckConfig, CheckOptions, File, Linter, StageNodes, rules};
-use crate::instructions::{self, CommandKind, CopyCommand};
+use crate::instructions::{self, ArgDecl, CommandKind, CopyCommand, KeyValue, ShellCommand};
 use crate::parser::{Location, Node};
 use crate::reference::Reference;
 use crate::shell::Lexer;
@@ -127,6 +127,8 @@ struct StageCheck<'l, 'o> {
 }
 
 impl StageCheck<'_, '_> {
+    /// Runs the rules about one instruction and updates the stage's state
+    /// as dispatching it would.
     fn dispatch(&mut self, config: &CheckConfig, node: &Node) {
         // An invalid instruction fails the conversion, which says why.
         let Ok(command) = instructions::parse_command(node) else {
@@ -134,75 +136,14 @@ impl StageCheck<'_, '_> {
         };
         let at = node.location;
         match &command.kind {
-            CommandKind::Env(pairs) | CommandKind::Label(pairs) => {
-                let keyword = node.keyword.to_uppercase();
-                if node.args.get(2).is_some_and(String::is_empty) {
-                    let message = format!(
-                        "\"{keyword} key=value\" should be used instead of legacy \"{keyword} key value\" format"
-                    );
-                    self.linter
-                        .report(config, &rules::LEGACY_KEY_VALUE_FORMAT, at, message);
-                }
-                let is_env = matches!(command.kind, CommandKind::Env(_));
-                let mut expanded = Vec::new();
-                for pair in pairs {
-                    if is_env {
-                        self.secret(config, "ENV", &pair.key, at);
-                    }
-                    let key = self.expand(config, &pair.key, at);
-                    let value = self.expand(config, &pair.value, at);
-                    expanded.push((key, value));
-                }
-                if is_env {
-                    for (key, value) in expanded {
-                        self.state.env.set(&key, &value);
-                    }
-                }
-            }
-            CommandKind::Arg(decls) => {
-                for decl in decls {
-                    self.secret(config, "ARG", &decl.name, at);
-                    let default = decl.default.as_ref().map(|d| self.expand(config, d, at));
-                    let value = match (self.options.build_args.get(&decl.name), default) {
-                        (Some(v), _) => Some(v.clone()),
-                        (None, Some(d)) => Some(d),
-                        (None, None) => self.globals.values.get(&decl.name).map(str::to_owned),
-                    };
-                    self.state.args.insert(decl.name.clone());
-                    if let Some(value) = value.filter(|_| !NON_ENV_ARGS.contains(&&*decl.name)) {
-                        self.state.env.set(&decl.name, &value);
-                    }
-                }
-            }
-            CommandKind::Cmd(cmd) | CommandKind::Entrypoint(cmd) => {
-                let name = if matches!(command.kind, CommandKind::Cmd(_)) {
-                    "CMD"
-                } else {
-                    "ENTRYPOINT"
-                };
-                self.used_once(config, name, node);
-                if cmd.prepend_shell && !self.state.shell_set {
-                    let message = format!(
-                        "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
-                        node.keyword
-                    );
-                    self.linter
-                        .report(config, &rules::JSON_ARGS_RECOMMENDED, at, message);
-                }
-            }
+            CommandKind::Env(pairs) => self.key_values(config, node, pairs, true),
+            CommandKind::Label(pairs) => self.key_values(config, node, pairs, false),
+            CommandKind::Arg(decls) => self.arg(config, decls, at),
+            CommandKind::Cmd(cmd) => self.command_line(config, node, "CMD", cmd),
+            CommandKind::Entrypoint(cmd) => self.command_line(config, node, "ENTRYPOINT", cmd),
             CommandKind::Healthcheck(_) => self.used_once(config, "HEALTHCHECK", node),
             CommandKind::Shell(_) => self.state.shell_set = true,
-            CommandKind::Workdir(path) => {
-                let path = self.expand(config, path, at);
-                if !self.state.workdir_set && !path.starts_with('/') {
-                    let message = format!(
-                        "Relative workdir {path:?} can have unexpected results if the base image changes"
-                    );
-                    self.linter
-                        .report(config, &rules::WORKDIR_RELATIVE_PATH, at, message);
-                }
-                self.state.workdir_set = true;
-            }
+            CommandKind::Workdir(path) => self.workdir(config, path, at),
             CommandKind::Copy(copy) | CommandKind::Add(copy) => self.copy(config, node, copy),
             CommandKind::User(word) | CommandKind::StopSignal(word) => {
                 self.expand(config, word, at);
@@ -221,6 +162,92 @@ impl StageCheck<'_, '_> {
             CommandKind::Expose(ports) => self.expose(config, ports, at),
             CommandKind::Maintainer(_) | CommandKind::Onbuild(_) => {}
         }
+    }
+
+    /// ENV (`is_env`) and LABEL: `LegacyKeyValueFormat`; ENV's keys
+    /// checked for secrets; the words expanded, and ENV's values set (each
+    /// pair expanded with the environment from before the instruction).
+    fn key_values(&mut self, config: &CheckConfig, node: &Node, pairs: &[KeyValue], is_env: bool) {
+        let at = node.location;
+        let keyword = node.keyword.to_uppercase();
+        if node.args.get(2).is_some_and(String::is_empty) {
+            let message = format!(
+                "\"{keyword} key=value\" should be used instead of legacy \"{keyword} key value\" format"
+            );
+            self.linter
+                .report(config, &rules::LEGACY_KEY_VALUE_FORMAT, at, message);
+        }
+        let mut expanded = Vec::new();
+        for pair in pairs {
+            if is_env {
+                self.secret(config, "ENV", &pair.key, at);
+            }
+            let key = self.expand(config, &pair.key, at);
+            let value = self.expand(config, &pair.value, at);
+            expanded.push((key, value));
+        }
+        if is_env {
+            for (key, value) in expanded {
+                self.state.env.set(&key, &value);
+            }
+        }
+    }
+
+    /// ARG: names checked for secrets; each value (a build arg, the
+    /// default, or the global ARG's) put in the environment.
+    fn arg(&mut self, config: &CheckConfig, decls: &[ArgDecl], at: Location) {
+        for decl in decls {
+            self.secret(config, "ARG", &decl.name, at);
+            let default = decl.default.as_ref().map(|d| self.expand(config, d, at));
+            let value = match (self.options.build_args.get(&decl.name), default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(d)) => Some(d),
+                (None, None) => self.globals.values.get(&decl.name).map(str::to_owned),
+            };
+            self.state.args.insert(decl.name.clone());
+            if let Some(value) = value.filter(|_| !NON_ENV_ARGS.contains(&&*decl.name)) {
+                self.state.env.set(&decl.name, &value);
+            }
+        }
+    }
+
+    /// CMD and ENTRYPOINT (`name`): `MultipleInstructionsDisallowed`, and
+    /// `JsonArgsRecommended` for the shell form unless the stage set a
+    /// SHELL.
+    fn command_line(
+        &mut self,
+        config: &CheckConfig,
+        node: &Node,
+        name: &'static str,
+        cmd: &ShellCommand,
+    ) {
+        self.used_once(config, name, node);
+        if cmd.prepend_shell && !self.state.shell_set {
+            let message = format!(
+                "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
+                node.keyword
+            );
+            self.linter.report(
+                config,
+                &rules::JSON_ARGS_RECOMMENDED,
+                node.location,
+                message,
+            );
+        }
+    }
+
+    /// WORKDIR: `WorkdirRelativePath` for a relative path before any
+    /// WORKDIR of the stage.
+    fn workdir(&mut self, config: &CheckConfig, path: &str, at: Location) {
+        let path = self.expand(config, path, at);
+        if !self.state.workdir_set && !path.starts_with('/') {
+            let message = format!(
+                "Relative workdir {path:?} can have unexpected results if the base image changes"
+            );
+            self.linter
+                .report(config, &rules::WORKDIR_RELATIVE_PATH, at, message);
+        }
+        self.state.workdir_set = true;
     }
 
     /// Expands a word as the conversion will, reporting `UndefinedVar` for

@@ -5,15 +5,16 @@
 use super::image::{Empty, HealthConfig};
 use super::state::StageState;
 use super::{ConvertErrorKind as Kind, Converter, Step, expand};
-use crate::instructions::{ArgDecl, CommandKind, KeyValue, ShellCommand};
+use crate::instructions::{ArgDecl, CommandKind, Healthcheck, KeyValue, ShellCommand};
 
 impl Converter<'_> {
+    /// The instructions that only change the image config; the ones with
+    /// more to them than setting a field have a function of their own.
     pub(super) fn dispatch_config(
         &mut self,
         state: &mut StageState,
         command: &CommandKind,
     ) -> Result<Step, Kind> {
-        let lexer = self.lexer;
         match command {
             CommandKind::Env(pairs) => {
                 // Every pair sees the environment from before the instruction.
@@ -30,69 +31,16 @@ impl Converter<'_> {
                 state.image.config.cmd = Some(self.command_line(state, cmd));
                 state.cmd_set = true;
             }
-            CommandKind::Entrypoint(cmd) => {
-                let line = self.command_line(state, cmd);
-                state.image.config.entrypoint = (!line.is_empty()).then_some(line);
-                // An ENTRYPOINT drops a CMD inherited from the base.
-                if !state.cmd_set {
-                    state.image.config.cmd = None;
-                }
-            }
-            CommandKind::Expose(ports) => {
-                let mut exposed = Vec::new();
-                for port in ports {
-                    let words = lexer
-                        .expand_words(port, state)
-                        .map_err(|source| Kind::Expand {
-                            word: port.clone(),
-                            source,
-                        })?;
-                    for word in words {
-                        exposed.extend(parse_ports(&word)?);
-                    }
-                }
-                let all = state
-                    .image
-                    .config
-                    .exposed_ports
-                    .get_or_insert_with(Default::default);
-                all.extend(exposed.into_iter().map(|p| (p, Empty {})));
-            }
+            CommandKind::Entrypoint(cmd) => self.entrypoint(state, cmd),
+            CommandKind::Expose(ports) => self.expose(state, ports)?,
             CommandKind::User(user) => {
-                state.image.config.user = Some(expand(&lexer, user, state)?);
+                state.image.config.user = Some(expand(&self.lexer, user, state)?);
             }
-            CommandKind::Volume(volumes) => {
-                let volumes = volumes
-                    .iter()
-                    .map(|v| expand(&lexer, v, state))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if volumes.iter().any(|v| v.trim().is_empty()) {
-                    return Err(crate::instructions::InstructionErrorKind::EmptyVolume.into());
-                }
-                let all = state
-                    .image
-                    .config
-                    .volumes
-                    .get_or_insert_with(Default::default);
-                all.extend(volumes.into_iter().map(|v| (v, Empty {})));
-            }
-            CommandKind::StopSignal(signal) => {
-                let signal = expand(&lexer, signal, state)?;
-                if !valid_signal(&signal) {
-                    return Err(Kind::Signal(signal));
-                }
-                state.image.config.stop_signal = Some(signal);
-            }
+            CommandKind::Volume(volumes) => self.volume(state, volumes)?,
+            CommandKind::StopSignal(signal) => self.stop_signal(state, signal)?,
             CommandKind::Shell(shell) => state.image.config.shell = Some(shell.clone()),
             CommandKind::Healthcheck(h) => {
-                state.image.config.healthcheck = Some(HealthConfig {
-                    test: h.test.clone(),
-                    interval: h.interval,
-                    timeout: h.timeout,
-                    start_period: h.start_period,
-                    start_interval: h.start_interval,
-                    retries: h.retries,
-                });
+                state.image.config.healthcheck = Some(health_config(h));
             }
             CommandKind::Onbuild(trigger) => {
                 state
@@ -114,6 +62,70 @@ impl Converter<'_> {
             }
         }
         Ok(Step::Config)
+    }
+
+    /// ENTRYPOINT: an empty one (`ENTRYPOINT []`) clears it.
+    fn entrypoint(&self, state: &mut StageState, cmd: &ShellCommand) {
+        let line = self.command_line(state, cmd);
+        state.image.config.entrypoint = (!line.is_empty()).then_some(line);
+        // An ENTRYPOINT drops a CMD inherited from the base.
+        if !state.cmd_set {
+            state.image.config.cmd = None;
+        }
+    }
+
+    /// EXPOSE: each argument expanded and split into words, each word a
+    /// port or range (see [`parse_ports`]); added to the image's ports.
+    fn expose(&self, state: &mut StageState, ports: &[String]) -> Result<(), Kind> {
+        let mut exposed = Vec::new();
+        for port in ports {
+            let words = self
+                .lexer
+                .expand_words(port, state)
+                .map_err(|source| Kind::Expand {
+                    word: port.clone(),
+                    source,
+                })?;
+            for word in words {
+                exposed.extend(parse_ports(&word)?);
+            }
+        }
+        let all = state
+            .image
+            .config
+            .exposed_ports
+            .get_or_insert_with(Default::default);
+        all.extend(exposed.into_iter().map(|p| (p, Empty {})));
+        Ok(())
+    }
+
+    /// VOLUME: the expanded paths, none of them blank, added to the
+    /// image's volumes.
+    fn volume(&self, state: &mut StageState, volumes: &[String]) -> Result<(), Kind> {
+        let volumes = volumes
+            .iter()
+            .map(|v| expand(&self.lexer, v, state))
+            .collect::<Result<Vec<_>, _>>()?;
+        if volumes.iter().any(|v| v.trim().is_empty()) {
+            return Err(crate::instructions::InstructionErrorKind::EmptyVolume.into());
+        }
+        let all = state
+            .image
+            .config
+            .volumes
+            .get_or_insert_with(Default::default);
+        all.extend(volumes.into_iter().map(|v| (v, Empty {})));
+        Ok(())
+    }
+
+    /// STOPSIGNAL: the expanded signal, if it is one (see [`valid_signal`]).
+    fn stop_signal(&self, state: &mut StageState, signal: &str) -> Result<(), Kind> {
+        let signal = expand(&self.lexer, signal, state)?;
+        if !valid_signal(&signal) {
+            return Err(Kind::Signal(signal));
+        }
+        state.image.config.stop_signal = Some(signal);
+        Ok(())
     }
 
     /// ARG: a build arg overrides the default; a bare ARG takes the global
@@ -149,6 +161,18 @@ impl Converter<'_> {
             .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
         line.extend(cmd.args.iter().cloned());
         line
+    }
+}
+
+/// HEALTHCHECK's settings as the image config holds them.
+fn health_config(h: &Healthcheck) -> HealthConfig {
+    HealthConfig {
+        test: h.test.clone(),
+        interval: h.interval,
+        timeout: h.timeout,
+        start_period: h.start_period,
+        start_interval: h.start_interval,
+        retries: h.retries,
     }
 }
 

@@ -23,17 +23,130 @@ enum Origin {
     Vertex(String),
 }
 
+/// Sources read from one origin: one copy action.
+struct SourceGroup {
+    origin: Origin,
+    /// The paths in the origin.
+    paths: Vec<String>,
+    /// Unpack archives among them (ADD).
+    unpack: bool,
+}
+
+impl SourceGroup {
+    /// A group of one path.
+    fn one(origin: Origin, path: String, unpack: bool) -> Self {
+        Self {
+            origin,
+            paths: vec![path],
+            unpack,
+        }
+    }
+
+    /// Whether `other` can be copied by this group's action: both read the
+    /// build context, unpacking alike.
+    fn joins(&self, other: &SourceGroup) -> bool {
+        matches!(
+            (&self.origin, &other.origin),
+            (Origin::Context, Origin::Context)
+        ) && self.unpack == other.unpack
+    }
+}
+
+/// A COPY or ADD with its words expanded and checked.
+struct CopyWords {
+    /// The sources (not heredocs), as expanded: the history entry shows
+    /// them so.
+    sources: Vec<String>,
+    /// `--from`.
+    from: Option<String>,
+    /// ADD's `--checksum`; `None` when absent or empty.
+    checksum: Option<String>,
+    target: CopyTarget,
+}
+
+/// What every copy action of one instruction shares: the destination and
+/// what the copied files become.
+struct CopyTarget {
+    /// The destination, resolved against the WORKDIR.
+    dest: String,
+    /// `--chown`; `None` when absent or empty.
+    owner: Option<Owner>,
+    /// An octal `--chmod`.
+    mode: Option<u32>,
+    /// A symbolic `--chmod` (applied file by file); empty when none.
+    chmod: String,
+    /// `--exclude` patterns.
+    excludes: Vec<String>,
+    /// `--parents`.
+    parents: bool,
+}
+
+impl CopyTarget {
+    /// The action copying `paths` from the op's input `input` (-1: the
+    /// empty filesystem).
+    fn action(&self, input: i32, paths: Vec<String>, unpack: bool) -> FileAction {
+        FileAction {
+            action: Some(file_action::Action::Copy(FileCopy {
+                input,
+                sources: paths,
+                dest: self.dest.clone(),
+                owner: self.owner.clone(),
+                mode: self.mode,
+                chmod: self.chmod.clone(),
+                allow_wildcard: true,
+                unpack_archives: unpack,
+                parents: self.parents,
+                exclude_patterns: self.excludes.clone(),
+            })),
+        }
+    }
+}
+
 impl Converter<'_> {
+    /// COPY and ADD: one file op copying every source — context paths,
+    /// `--from` paths, downloads, heredoc files — to the destination, on
+    /// the stage's root (with `--link`, on nothing, merged onto the root).
     pub(super) fn dispatch_copy(
         &mut self,
         state: &mut StageState,
         command: &Command,
         copy: &CopyCommand,
     ) -> Result<Step, Kind> {
-        let is_add = copy.add.is_some();
-        let name = if is_add { "ADD" } else { "COPY" };
-        let lexer = self.lexer;
-        let word = |w: &String| expand(&lexer, w, state);
+        let words = self.expand_copy(state, copy)?;
+        let mut groups = match &words.from {
+            Some(from) => vec![self.stage_sources(state, copy, from, &words.sources)?],
+            None => self.context_sources(state, command, copy, &words)?,
+        };
+        groups.extend(self.heredoc_sources(state, command, copy)?);
+
+        let base = if copy.link { None } else { state.root.clone() };
+        let op = self.copy_op(base, &words.target, groups);
+        let meta = Self::meta(state, command);
+        let copied = self.graph.add(op, meta.clone());
+        state.root = Some(match (copy.link, &state.root) {
+            (true, Some(root)) => {
+                let merge = Op {
+                    inputs: vec![root.clone(), copied],
+                    kind: Some(op::Kind::Merge(MergeOp {})),
+                    platform: None,
+                };
+                self.graph.add(merge, meta)
+            }
+            _ => copied,
+        });
+        let mut created_by = vec![instruction_name(copy).to_owned()];
+        created_by.extend(words.sources);
+        created_by.extend(copy.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        created_by.push(words.target.dest);
+        Ok(Step::Layer(created_by.join(" ")))
+    }
+
+    /// Expands the words of a COPY or ADD with the stage's variables and
+    /// checks them, in an order that decides which error a Dockerfile with
+    /// several gets: sources, destination, `--chown`, `--chmod`,
+    /// `--exclude`, `--from`, `--checksum`.
+    fn expand_copy(&self, state: &StageState, copy: &CopyCommand) -> Result<CopyWords, Kind> {
+        let word = |w: &String| expand(&self.lexer, w, state);
         let sources = copy
             .sources
             .iter()
@@ -41,7 +154,7 @@ impl Converter<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let dest_text = word(&copy.dest)?;
         if sources.len() + copy.heredocs.len() > 1 && !dest_text.ends_with('/') {
-            return Err(Kind::DestNotDirectory(name));
+            return Err(Kind::DestNotDirectory(instruction_name(copy)));
         }
         let dest = resolve_dest(state.workdir(), &dest_text);
         let owner = copy
@@ -58,11 +171,7 @@ impl Converter<'_> {
             .transpose()?
             .map(|m| Chmod::parse(&m))
             .transpose()?;
-        let (mode, chmod) = match chmod {
-            None => (None, String::new()),
-            Some(Chmod::Octal(bits)) => (Some(bits), String::new()),
-            Some(symbolic) => (None, symbolic.to_string()),
-        };
+        let (mode, chmod) = split_chmod(chmod);
         let excludes = copy
             .excludes
             .iter()
@@ -75,84 +184,145 @@ impl Converter<'_> {
             .as_ref()
             .map(|f| self.expand_from(state, f))
             .transpose()?;
-        let add = copy.add.clone().unwrap_or_default();
         // Expanded as BuildKit does (`ARG SUM` … `--checksum=$SUM`); empty is
         // none.
-        let checksum = add
-            .checksum
+        let checksum = copy
+            .add
             .as_ref()
+            .and_then(|add| add.checksum.as_ref())
             .map(word)
             .transpose()?
             .filter(|c| !c.is_empty());
+        let target = CopyTarget {
+            dest,
+            owner,
+            mode,
+            chmod,
+            excludes,
+            parents: copy.parents,
+        };
+        Ok(CopyWords {
+            sources,
+            from,
+            checksum,
+            target,
+        })
+    }
 
-        let mut groups: Vec<(Origin, Vec<String>, bool)> = Vec::new();
-        let unpack_local = is_add && add.unpack != Some(false);
-        if let Some(from) = &from {
-            let root = self.resolve_from(state, from, FromUser::Copy)?;
-            let in_stage = |s: &str| Some(clean(&format!("/{s}")));
-            let paths = if copy.parents {
-                sources
-                    .iter()
-                    .map(|s| with_pivot(s, in_stage).ok_or_else(|| Kind::OutsideContext(s.clone())))
-                    .collect::<Result<_, _>>()?
-            } else {
-                sources.iter().filter_map(|s| in_stage(s)).collect()
-            };
-            groups.push((Origin::From(root), paths, unpack_local));
+    /// `--from`: the sources are paths in that stage or image, all copied
+    /// by one action.
+    fn stage_sources(
+        &mut self,
+        state: &StageState,
+        copy: &CopyCommand,
+        from: &str,
+        sources: &[String],
+    ) -> Result<SourceGroup, Kind> {
+        let root = self.resolve_from(state, from, FromUser::Copy)?;
+        let in_stage = |s: &str| Some(clean(&format!("/{s}")));
+        let paths = if copy.parents {
+            sources
+                .iter()
+                .map(|s| with_pivot(s, in_stage).ok_or_else(|| Kind::OutsideContext(s.clone())))
+                .collect::<Result<_, _>>()?
         } else {
-            // Consecutive context sources share one copy action.
-            let push = |groups: &mut Vec<(Origin, Vec<String>, bool)>,
-                        origin: Origin,
-                        path: String,
-                        unpack: bool| {
-                match groups.last_mut() {
-                    Some((Origin::Context, paths, u))
-                        if matches!(origin, Origin::Context) && *u == unpack =>
-                    {
-                        paths.push(path);
-                    }
-                    _ => groups.push((origin, vec![path], unpack)),
-                }
-            };
-            for source in &sources {
-                if is_add && is_git_url(source) {
-                    let digest = self.git_source(
-                        state,
-                        command,
-                        source,
-                        add.keep_git_dir,
-                        checksum.clone(),
-                    )?;
-                    push(&mut groups, Origin::Vertex(digest), "/".to_owned(), false);
-                } else if is_add && is_http_url(source) {
-                    if let Some(checksum) = &checksum {
-                        check_digest(checksum)?;
-                    }
-                    let (digest, file) = self.http_source(state, command, source, checksum.clone());
-                    push(
-                        &mut groups,
-                        Origin::Vertex(digest),
-                        format!("/{file}"),
-                        add.unpack == Some(true),
-                    );
-                } else if is_http_url(source) || is_git_url(source) {
-                    return Err(Kind::Source(name, source.clone()));
-                } else if is_add && foreign_url(source) {
-                    return Err(Kind::Scheme(source.clone()));
-                } else {
-                    if checksum.is_some() {
-                        return Err(Kind::ChecksumLocal(source.clone()));
-                    }
-                    let path = if copy.parents {
-                        with_pivot(source, in_context)
-                    } else {
-                        in_context(source)
-                    }
-                    .ok_or_else(|| Kind::OutsideContext(source.clone()))?;
-                    push(&mut groups, Origin::Context, path, unpack_local);
-                }
+            sources.iter().filter_map(|s| in_stage(s)).collect()
+        };
+        Ok(SourceGroup {
+            origin: Origin::From(root),
+            paths,
+            unpack: unpack_local(copy),
+        })
+    }
+
+    /// Without `--from`: each source a context path or, for ADD, a URL or
+    /// Git remote fetched by a vertex of its own. Consecutive context
+    /// paths share one action.
+    fn context_sources(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        copy: &CopyCommand,
+        words: &CopyWords,
+    ) -> Result<Vec<SourceGroup>, Kind> {
+        let mut groups: Vec<SourceGroup> = Vec::new();
+        for source in &words.sources {
+            let group = self.source(state, command, copy, source, words.checksum.as_deref())?;
+            match groups.last_mut() {
+                Some(last) if last.joins(&group) => last.paths.extend(group.paths),
+                _ => groups.push(group),
             }
         }
+        Ok(groups)
+    }
+
+    /// Where one source without `--from` is read from: a download of ADD
+    /// (its checksum checked), or a context path. COPY refuses URLs, ADD
+    /// the schemes it does not fetch; a checksum is only for downloads.
+    fn source(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        copy: &CopyCommand,
+        source: &str,
+        checksum: Option<&str>,
+    ) -> Result<SourceGroup, Kind> {
+        match &copy.add {
+            Some(add) if is_git_url(source) => {
+                let digest = self.git_source(
+                    state,
+                    command,
+                    source,
+                    add.keep_git_dir,
+                    checksum.map(str::to_owned),
+                )?;
+                Ok(SourceGroup::one(
+                    Origin::Vertex(digest),
+                    "/".to_owned(),
+                    false,
+                ))
+            }
+            Some(add) if is_http_url(source) => {
+                if let Some(checksum) = checksum {
+                    check_digest(checksum)?;
+                }
+                let (digest, file) =
+                    self.http_source(state, command, source, checksum.map(str::to_owned));
+                let unpack = add.unpack == Some(true);
+                Ok(SourceGroup::one(
+                    Origin::Vertex(digest),
+                    format!("/{file}"),
+                    unpack,
+                ))
+            }
+            _ if is_http_url(source) || is_git_url(source) => {
+                Err(Kind::Source(instruction_name(copy), source.to_owned()))
+            }
+            Some(_) if foreign_url(source) => Err(Kind::Scheme(source.to_owned())),
+            _ => {
+                if checksum.is_some() {
+                    return Err(Kind::ChecksumLocal(source.to_owned()));
+                }
+                let path = if copy.parents {
+                    with_pivot(source, in_context)
+                } else {
+                    in_context(source)
+                }
+                .ok_or_else(|| Kind::OutsideContext(source.to_owned()))?;
+                Ok(SourceGroup::one(Origin::Context, path, unpack_local(copy)))
+            }
+        }
+    }
+
+    /// Heredoc sources (`COPY <<EOF /dest`): each a file made by a vertex of
+    /// its own, its body expanded unless the terminator was quoted.
+    fn heredoc_sources(
+        &mut self,
+        state: &StageState,
+        command: &Command,
+        copy: &CopyCommand,
+    ) -> Result<Vec<SourceGroup>, Kind> {
+        let mut groups = Vec::new();
         for heredoc in &copy.heredocs {
             let data = if heredoc.expand {
                 // Heredoc bodies are text, not shell words: quotes stay.
@@ -162,63 +332,42 @@ impl Converter<'_> {
                 heredoc.data.clone()
             };
             let digest = self.heredoc_file(state, command, &heredoc.name, data);
-            groups.push((
-                Origin::Vertex(digest),
-                vec![format!("/{}", heredoc.name)],
-                false,
-            ));
+            let path = format!("/{}", heredoc.name);
+            groups.push(SourceGroup::one(Origin::Vertex(digest), path, false));
         }
+        Ok(groups)
+    }
 
+    /// The file op copying every group onto `base` (`None`: the empty
+    /// filesystem); its inputs are `base`, then each origin once, in order.
+    fn copy_op(
+        &mut self,
+        base: Option<String>,
+        target: &CopyTarget,
+        groups: Vec<SourceGroup>,
+    ) -> Op {
         let mut inputs = Vec::new();
-        let base = match (&state.root, copy.link) {
-            (Some(root), false) => input_index(&mut inputs, root.clone()),
-            _ => -1,
-        };
+        let base = base.map_or(-1, |root| input_index(&mut inputs, root));
         let mut actions = Vec::new();
-        for (origin, paths, unpack) in groups {
+        for SourceGroup {
+            origin,
+            paths,
+            unpack,
+        } in groups
+        {
             let digest = match origin {
                 Origin::Context => Some(self.context()),
                 Origin::From(root) => root,
                 Origin::Vertex(digest) => Some(digest),
             };
-            actions.push(FileAction {
-                action: Some(file_action::Action::Copy(FileCopy {
-                    input: digest.map_or(-1, |d| input_index(&mut inputs, d)),
-                    sources: paths,
-                    dest: dest.clone(),
-                    owner: owner.clone(),
-                    mode,
-                    chmod: chmod.clone(),
-                    allow_wildcard: true,
-                    unpack_archives: unpack,
-                    parents: copy.parents,
-                    exclude_patterns: excludes.clone(),
-                })),
-            });
+            let input = digest.map_or(-1, |d| input_index(&mut inputs, d));
+            actions.push(target.action(input, paths, unpack));
         }
-        let op = Op {
+        Op {
             inputs,
             kind: Some(op::Kind::File(FileOp { base, actions })),
             platform: None,
-        };
-        let meta = Self::meta(state, command);
-        let copied = self.graph.add(op, meta.clone());
-        state.root = Some(match (copy.link, &state.root) {
-            (true, Some(root)) => {
-                let merge = Op {
-                    inputs: vec![root.clone(), copied],
-                    kind: Some(op::Kind::Merge(MergeOp {})),
-                    platform: None,
-                };
-                self.graph.add(merge, meta)
-            }
-            _ => copied,
-        });
-        let mut created_by = vec![name.to_owned()];
-        created_by.extend(sources);
-        created_by.extend(copy.heredocs.iter().map(|h| format!("<<{}", h.name)));
-        created_by.push(dest);
-        Ok(Step::Layer(created_by.join(" ")))
+        }
     }
 
     /// WORKDIR: relative to the previous one; the directory is created
@@ -374,6 +523,29 @@ fn sub_meta(meta: VertexMeta, what: &str) -> VertexMeta {
         description: format!("{} ({what})", meta.description),
         ..meta
     }
+}
+
+/// `ADD` or `COPY`, as errors and the history name the instruction.
+fn instruction_name(copy: &CopyCommand) -> &'static str {
+    if copy.add.is_some() { "ADD" } else { "COPY" }
+}
+
+/// `--chmod` as a copy action takes it: an octal mode as its bits, a
+/// symbolic one as text (applied file by file).
+fn split_chmod(chmod: Option<Chmod>) -> (Option<u32>, String) {
+    match chmod {
+        None => (None, String::new()),
+        Some(Chmod::Octal(bits)) => (Some(bits), String::new()),
+        Some(symbolic) => (None, symbolic.to_string()),
+    }
+}
+
+/// ADD unpacks the local archives it copies (from the context or
+/// `--from`) unless `--unpack=false`; COPY never does.
+fn unpack_local(copy: &CopyCommand) -> bool {
+    copy.add
+        .as_ref()
+        .is_some_and(|add| add.unpack != Some(false))
 }
 
 fn is_http_url(s: &str) -> bool {

@@ -73,17 +73,153 @@ impl Expanded<'_> {
                 .ok_or_else(|| self.bad(format!("mode={v} is not an octal mode"))),
         }
     }
+
+    /// `type=`: bind when absent.
+    fn kind(&self) -> Result<MountType, Kind> {
+        Ok(match self.get("type").unwrap_or("bind") {
+            "bind" => MountType::Bind,
+            "cache" => MountType::Cache,
+            "tmpfs" => MountType::Tmpfs,
+            "secret" => MountType::Secret,
+            "ssh" => MountType::Ssh,
+            other => return Err(self.bad(format!("unsupported mount type {other:?}"))),
+        })
+    }
+
+    /// `target=`, cleaned and relative to `workdir`; `None` when absent or
+    /// empty.
+    fn target(&self, workdir: &str) -> Option<String> {
+        self.get("target").filter(|t| !t.is_empty()).map(|t| {
+            if t.starts_with('/') {
+                clean(t)
+            } else {
+                clean(&format!("{workdir}/{t}"))
+            }
+        })
+    }
+
+    /// `type=cache`'s options; the cache's id is its target unless named.
+    fn cache(&self, target: &str) -> Result<CacheOpt, Kind> {
+        let sharing = match self.get("sharing").unwrap_or("shared") {
+            "shared" => CacheSharing::Shared,
+            "private" => CacheSharing::Private,
+            "locked" => CacheSharing::Locked,
+            other => return Err(self.bad(format!("unsupported sharing value {other:?}"))),
+        };
+        Ok(CacheOpt {
+            id: self
+                .get("id")
+                .filter(|i| !i.is_empty())
+                .unwrap_or(target)
+                .to_owned(),
+            sharing: sharing as i32,
+            uid: self.number("uid", 0)?,
+            gid: self.number("gid", 0)?,
+            mode: self.mode(0o755)?,
+        })
+    }
+
+    /// `type=tmpfs`: a target, and a size (0: the default).
+    fn tmpfs(&self, target: Option<String>) -> Result<Mount, Kind> {
+        let target = target.ok_or_else(|| self.bad("mount target must be specified"))?;
+        let size = self
+            .get("size")
+            .map(|s| parse_size(s).ok_or_else(|| self.bad(format!("invalid size {s:?}"))));
+        Ok(Mount {
+            tmpfs: Some(TmpfsOpt {
+                size: size.transpose()?.unwrap_or(0),
+            }),
+            ..new_mount(MountType::Tmpfs, target)
+        })
+    }
+
+    /// `type=secret`, read-only: the id defaults to the target's file name
+    /// or the `env=` name; the target to `/run/secrets/<id>`, or none when
+    /// the secret goes only into `env=`.
+    fn secret(&self, target: Option<String>) -> Result<Mount, Kind> {
+        let env = self.get("env").unwrap_or_default().to_owned();
+        let id = match (self.get("id").filter(|i| !i.is_empty()), &target) {
+            (Some(id), _) => id.to_owned(),
+            (None, Some(t)) => base_name(t).to_owned(),
+            (None, None) if !env.is_empty() => env.clone(),
+            (None, None) => return Err(self.bad("secret needs an id or a target")),
+        };
+        let target = match target {
+            Some(t) => t,
+            None if !env.is_empty() => String::new(),
+            None => format!("/run/secrets/{id}"),
+        };
+        Ok(Mount {
+            readonly: true,
+            secret: Some(SecretOpt {
+                id,
+                env,
+                uid: self.number("uid", 0)?,
+                gid: self.number("gid", 0)?,
+                mode: self.mode(0o400)?,
+                required: self.flag("required")?.unwrap_or(false),
+            }),
+            ..new_mount(MountType::Secret, target)
+        })
+    }
+
+    /// `type=ssh`, read-only: the agent socket of id `default` unless
+    /// named, at BuildKit's path unless a target is given.
+    fn ssh(&self, target: Option<String>) -> Result<Mount, Kind> {
+        let id = self
+            .get("id")
+            .filter(|i| !i.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        let target = target.unwrap_or_else(|| "/run/buildkit/ssh_agent.0".to_owned());
+        Ok(Mount {
+            readonly: true,
+            ssh: Some(SshOpt {
+                id,
+                uid: self.number("uid", 0)?,
+                gid: self.number("gid", 0)?,
+                mode: self.mode(0o600)?,
+                required: self.flag("required")?.unwrap_or(false),
+            }),
+            ..new_mount(MountType::Ssh, target)
+        })
+    }
 }
 
 impl Converter<'_> {
     /// Builds the op mount for `spec`, adding any input it reads to
-    /// `inputs`.
+    /// `inputs`. `from=` is refused on the types that read no input only
+    /// after their own options are checked (which error comes first).
     pub(super) fn mount(
         &mut self,
         state: &StageState,
         spec: &MountSpec,
         inputs: &mut Vec<String>,
     ) -> Result<Mount, Kind> {
+        let m = self.expand_mount(state, spec)?;
+        let kind = m.kind()?;
+        let target = m.target(state.workdir());
+        let mount = match kind {
+            MountType::Bind | MountType::Cache => {
+                self.bind_or_cache(state, &m, kind, target, inputs)?
+            }
+            MountType::Tmpfs => m.tmpfs(target)?,
+            MountType::Secret => m.secret(target)?,
+            MountType::Ssh => m.ssh(target)?,
+        };
+        if kind != MountType::Bind && kind != MountType::Cache && m.has("from") {
+            return Err(m.bad("from= is only for bind and cache mounts"));
+        }
+        Ok(mount)
+    }
+
+    /// Expands every value of `spec` with the stage's variables (`from=`
+    /// as `COPY --from` is).
+    fn expand_mount<'s>(
+        &self,
+        state: &StageState,
+        spec: &'s MountSpec,
+    ) -> Result<Expanded<'s>, Kind> {
         let fields = spec
             .fields
             .iter()
@@ -95,122 +231,75 @@ impl Converter<'_> {
                 Ok((k.clone(), value.transpose()?))
             })
             .collect::<Result<_, Kind>>()?;
-        let m = Expanded { spec, fields };
-        let kind = match m.get("type").unwrap_or("bind") {
-            "bind" => MountType::Bind,
-            "cache" => MountType::Cache,
-            "tmpfs" => MountType::Tmpfs,
-            "secret" => MountType::Secret,
-            "ssh" => MountType::Ssh,
-            other => return Err(m.bad(format!("unsupported mount type {other:?}"))),
+        Ok(Expanded { spec, fields })
+    }
+
+    /// `type=bind` and `type=cache`: a target, what is mounted there (see
+    /// [`Self::mount_source`]), read-only by default for a bind, and a
+    /// cache's options.
+    fn bind_or_cache(
+        &mut self,
+        state: &StageState,
+        m: &Expanded<'_>,
+        kind: MountType,
+        target: Option<String>,
+        inputs: &mut Vec<String>,
+    ) -> Result<Mount, Kind> {
+        let target = target.ok_or_else(|| m.bad("mount target must be specified"))?;
+        let (input, source) = self.mount_source(state, m, kind, &target, inputs)?;
+        let readonly = m.readonly(kind == MountType::Bind)?;
+        let cache = match kind {
+            MountType::Cache => Some(m.cache(&target)?),
+            _ => None,
         };
-        let target = m.get("target").filter(|t| !t.is_empty()).map(|t| {
-            if t.starts_with('/') {
-                clean(t)
-            } else {
-                clean(&format!("{}/{t}", state.workdir()))
+        Ok(Mount {
+            input,
+            source,
+            readonly,
+            cache,
+            ..new_mount(kind, target)
+        })
+    }
+
+    /// What a bind or cache mount shows, as (input index, path in it): a
+    /// path in the stage or image of `from=`; without one, a path in the
+    /// build context (bind) or an empty directory (cache, no input).
+    fn mount_source(
+        &mut self,
+        state: &StageState,
+        m: &Expanded<'_>,
+        kind: MountType,
+        target: &str,
+        inputs: &mut Vec<String>,
+    ) -> Result<(i32, String), Kind> {
+        let source = m.get("source").unwrap_or("/");
+        match (kind, m.get("from").filter(|f| !f.is_empty())) {
+            (MountType::Bind, None) => {
+                let input = input_index(inputs, self.context());
+                let path =
+                    in_context(source).ok_or_else(|| Kind::OutsideContext(source.to_owned()))?;
+                Ok((input, path))
             }
-        });
-        let mut mount = Mount {
-            r#type: kind as i32,
-            input: -1,
-            ..Mount::default()
-        };
-        match kind {
-            MountType::Bind | MountType::Cache => {
-                mount.target = target.ok_or_else(|| m.bad("mount target must be specified"))?;
-                let source = m.get("source").unwrap_or("/");
-                let from = m.get("from").filter(|f| !f.is_empty());
-                mount.source = match (kind, from) {
-                    (MountType::Bind, None) => {
-                        mount.input = input_index(inputs, self.context());
-                        in_context(source).ok_or_else(|| Kind::OutsideContext(source.to_owned()))?
-                    }
-                    (_, Some(from)) => {
-                        let target = mount.target.clone();
-                        if let Some(digest) =
-                            self.resolve_from(state, from, FromUser::Mount(&target))?
-                        {
-                            mount.input = input_index(inputs, digest);
-                        }
-                        clean(&format!("/{source}"))
-                    }
-                    (_, None) => "/".to_owned(),
+            (_, Some(from)) => {
+                let input = match self.resolve_from(state, from, FromUser::Mount(target))? {
+                    Some(digest) => input_index(inputs, digest),
+                    None => -1,
                 };
-                mount.readonly = m.readonly(kind == MountType::Bind)?;
-                if kind == MountType::Cache {
-                    let sharing = match m.get("sharing").unwrap_or("shared") {
-                        "shared" => CacheSharing::Shared,
-                        "private" => CacheSharing::Private,
-                        "locked" => CacheSharing::Locked,
-                        other => return Err(m.bad(format!("unsupported sharing value {other:?}"))),
-                    };
-                    mount.cache = Some(CacheOpt {
-                        id: m
-                            .get("id")
-                            .filter(|i| !i.is_empty())
-                            .unwrap_or(&mount.target)
-                            .to_owned(),
-                        sharing: sharing as i32,
-                        uid: m.number("uid", 0)?,
-                        gid: m.number("gid", 0)?,
-                        mode: m.mode(0o755)?,
-                    });
-                }
+                Ok((input, clean(&format!("/{source}"))))
             }
-            MountType::Tmpfs => {
-                mount.target = target.ok_or_else(|| m.bad("mount target must be specified"))?;
-                let size = m
-                    .get("size")
-                    .map(|s| parse_size(s).ok_or_else(|| m.bad(format!("invalid size {s:?}"))));
-                mount.tmpfs = Some(TmpfsOpt {
-                    size: size.transpose()?.unwrap_or(0),
-                });
-            }
-            MountType::Secret => {
-                let env = m.get("env").unwrap_or_default().to_owned();
-                let id = match (m.get("id").filter(|i| !i.is_empty()), &target) {
-                    (Some(id), _) => id.to_owned(),
-                    (None, Some(t)) => base_name(t).to_owned(),
-                    (None, None) if !env.is_empty() => env.clone(),
-                    (None, None) => return Err(m.bad("secret needs an id or a target")),
-                };
-                mount.target = match target {
-                    Some(t) => t,
-                    None if !env.is_empty() => String::new(),
-                    None => format!("/run/secrets/{id}"),
-                };
-                mount.readonly = true;
-                mount.secret = Some(SecretOpt {
-                    id,
-                    env,
-                    uid: m.number("uid", 0)?,
-                    gid: m.number("gid", 0)?,
-                    mode: m.mode(0o400)?,
-                    required: m.flag("required")?.unwrap_or(false),
-                });
-            }
-            MountType::Ssh => {
-                let id = m
-                    .get("id")
-                    .filter(|i| !i.is_empty())
-                    .unwrap_or("default")
-                    .to_owned();
-                mount.target = target.unwrap_or_else(|| "/run/buildkit/ssh_agent.0".to_owned());
-                mount.readonly = true;
-                mount.ssh = Some(SshOpt {
-                    id,
-                    uid: m.number("uid", 0)?,
-                    gid: m.number("gid", 0)?,
-                    mode: m.mode(0o600)?,
-                    required: m.flag("required")?.unwrap_or(false),
-                });
-            }
+            (_, None) => Ok((-1, "/".to_owned())),
         }
-        if kind != MountType::Bind && kind != MountType::Cache && m.has("from") {
-            return Err(m.bad("from= is only for bind and cache mounts"));
-        }
-        Ok(mount)
+    }
+}
+
+/// A mount of `kind` at `target` that reads no input; the caller fills in
+/// the rest.
+fn new_mount(kind: MountType, target: String) -> Mount {
+    Mount {
+        r#type: kind as i32,
+        input: -1,
+        target,
+        ..Mount::default()
     }
 }
 

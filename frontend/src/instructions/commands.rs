@@ -107,102 +107,27 @@ pub(super) fn parse_from(node: &Node, index: usize) -> Result<Stage, Kind> {
     })
 }
 
+/// The typed command of an instruction inside a stage, its flags and
+/// arguments checked.
 pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
-    let no_flags = || Flags::parse(&node.flags, NO_FLAGS);
-    let one_arg = |name: &'static str| -> Result<String, Kind> {
-        no_flags()?;
-        match node.args.as_slice() {
-            [arg] => Ok(arg.clone()),
-            _ => Err(Kind::ExactlyOneArgument(name)),
-        }
-    };
     Ok(match node.command.as_str() {
         "run" => CommandKind::Run(run::parse(node)?),
         "copy" => CommandKind::Copy(copy::parse(node, false)?),
         "add" => CommandKind::Add(copy::parse(node, true)?),
-        "cmd" => {
-            no_flags()?;
-            CommandKind::Cmd(ShellCommand::from_node(node))
-        }
-        "entrypoint" => {
-            no_flags()?;
-            CommandKind::Entrypoint(ShellCommand::from_node(node))
-        }
+        "cmd" => CommandKind::Cmd(shell_command(node)?),
+        "entrypoint" => CommandKind::Entrypoint(shell_command(node)?),
         "healthcheck" => CommandKind::Healthcheck(healthcheck::parse(node)?),
         "env" => CommandKind::Env(key_values(node, "ENV")?),
         "label" => CommandKind::Label(key_values(node, "LABEL")?),
-        "arg" => {
-            no_flags()?;
-            if node.args.is_empty() {
-                return Err(Kind::AtLeastOneArgument("ARG"));
-            }
-            let decls = node.args.iter().map(|word| match word.split_once('=') {
-                Some((name, default)) => ArgDecl {
-                    name: name.to_owned(),
-                    default: Some(default.to_owned()),
-                },
-                None => ArgDecl {
-                    name: word.clone(),
-                    default: None,
-                },
-            });
-            let decls: Vec<_> = decls.collect();
-            if decls.iter().any(|d| d.name.is_empty()) {
-                return Err(Kind::BlankName("ARG"));
-            }
-            CommandKind::Arg(decls)
-        }
-        "expose" => {
-            no_flags()?;
-            if node.args.is_empty() {
-                return Err(Kind::AtLeastOneArgument("EXPOSE"));
-            }
-            CommandKind::Expose(node.args.clone())
-        }
-        "volume" => {
-            no_flags()?;
-            if node.args.is_empty() {
-                return Err(Kind::AtLeastOneArgument("VOLUME"));
-            }
-            if node.args.iter().any(|v| v.trim().is_empty()) {
-                return Err(Kind::EmptyVolume);
-            }
-            CommandKind::Volume(node.args.clone())
-        }
-        "shell" => {
-            no_flags()?;
-            if !node.json {
-                return Err(Kind::ShellNotJson);
-            }
-            if node.args.is_empty() {
-                return Err(Kind::AtLeastOneArgument("SHELL"));
-            }
-            CommandKind::Shell(node.args.clone())
-        }
-        "onbuild" => {
-            no_flags()?;
-            let Some(child) = &node.child else {
-                return Err(Kind::AtLeastOneArgument("ONBUILD"));
-            };
-            match child.command.as_str() {
-                "onbuild" => return Err(Kind::OnbuildChain),
-                "from" | "maintainer" => {
-                    return Err(Kind::OnbuildTrigger(child.keyword.to_uppercase()));
-                }
-                _ => {}
-            }
-            let mut expression = child.original.trim().to_owned();
-            for doc in &node.heredocs {
-                expression.push('\n');
-                expression.push_str(&doc.content);
-                expression.push_str(&doc.name);
-            }
-            CommandKind::Onbuild(expression)
-        }
-        "maintainer" => CommandKind::Maintainer(one_arg("MAINTAINER")?),
-        "user" => CommandKind::User(one_arg("USER")?),
-        "workdir" => CommandKind::Workdir(one_arg("WORKDIR")?),
-        "stopsignal" => CommandKind::StopSignal(one_arg("STOPSIGNAL")?),
+        "arg" => CommandKind::Arg(arg_decls(node)?),
+        "expose" => CommandKind::Expose(some_args(node, "EXPOSE")?),
+        "volume" => CommandKind::Volume(volumes(node)?),
+        "shell" => CommandKind::Shell(shell_args(node)?),
+        "onbuild" => CommandKind::Onbuild(onbuild_trigger(node)?),
+        "maintainer" => CommandKind::Maintainer(one_arg(node, "MAINTAINER")?),
+        "user" => CommandKind::User(one_arg(node, "USER")?),
+        "workdir" => CommandKind::Workdir(one_arg(node, "WORKDIR")?),
+        "stopsignal" => CommandKind::StopSignal(one_arg(node, "STOPSIGNAL")?),
         _ => {
             return Err(Kind::UnknownInstruction {
                 word: node.keyword.clone(),
@@ -212,9 +137,107 @@ pub(super) fn parse_kind(node: &Node) -> Result<CommandKind, Kind> {
     })
 }
 
+/// Refuses any flag: the instruction takes none.
+fn no_flags(node: &Node) -> Result<(), Kind> {
+    Flags::parse(&node.flags, NO_FLAGS)?;
+    Ok(())
+}
+
+/// The one argument of MAINTAINER, USER, WORKDIR and STOPSIGNAL.
+fn one_arg(node: &Node, name: &'static str) -> Result<String, Kind> {
+    no_flags(node)?;
+    match node.args.as_slice() {
+        [arg] => Ok(arg.clone()),
+        _ => Err(Kind::ExactlyOneArgument(name)),
+    }
+}
+
+/// The arguments of an instruction that takes no flag and at least one
+/// argument.
+fn some_args(node: &Node, name: &'static str) -> Result<Vec<String>, Kind> {
+    no_flags(node)?;
+    if node.args.is_empty() {
+        return Err(Kind::AtLeastOneArgument(name));
+    }
+    Ok(node.args.clone())
+}
+
+/// CMD and ENTRYPOINT: no flags; exec or shell form.
+fn shell_command(node: &Node) -> Result<ShellCommand, Kind> {
+    no_flags(node)?;
+    Ok(ShellCommand::from_node(node))
+}
+
+/// ARG: `name` or `name=default`, one or more, none with a blank name.
+fn arg_decls(node: &Node) -> Result<Vec<ArgDecl>, Kind> {
+    no_flags(node)?;
+    if node.args.is_empty() {
+        return Err(Kind::AtLeastOneArgument("ARG"));
+    }
+    let decls = node.args.iter().map(|word| match word.split_once('=') {
+        Some((name, default)) => ArgDecl {
+            name: name.to_owned(),
+            default: Some(default.to_owned()),
+        },
+        None => ArgDecl {
+            name: word.clone(),
+            default: None,
+        },
+    });
+    let decls: Vec<_> = decls.collect();
+    if decls.iter().any(|d| d.name.is_empty()) {
+        return Err(Kind::BlankName("ARG"));
+    }
+    Ok(decls)
+}
+
+/// VOLUME: one or more paths, none blank.
+fn volumes(node: &Node) -> Result<Vec<String>, Kind> {
+    let volumes = some_args(node, "VOLUME")?;
+    if volumes.iter().any(|v| v.trim().is_empty()) {
+        return Err(Kind::EmptyVolume);
+    }
+    Ok(volumes)
+}
+
+/// SHELL: a JSON array of at least one word.
+fn shell_args(node: &Node) -> Result<Vec<String>, Kind> {
+    no_flags(node)?;
+    if !node.json {
+        return Err(Kind::ShellNotJson);
+    }
+    if node.args.is_empty() {
+        return Err(Kind::AtLeastOneArgument("SHELL"));
+    }
+    Ok(node.args.clone())
+}
+
+/// ONBUILD: the trigger instruction's text (with its heredocs), stored for
+/// later builds. A trigger cannot be ONBUILD, FROM or MAINTAINER.
+fn onbuild_trigger(node: &Node) -> Result<String, Kind> {
+    no_flags(node)?;
+    let Some(child) = &node.child else {
+        return Err(Kind::AtLeastOneArgument("ONBUILD"));
+    };
+    match child.command.as_str() {
+        "onbuild" => return Err(Kind::OnbuildChain),
+        "from" | "maintainer" => {
+            return Err(Kind::OnbuildTrigger(child.keyword.to_uppercase()));
+        }
+        _ => {}
+    }
+    let mut expression = child.original.trim().to_owned();
+    for doc in &node.heredocs {
+        expression.push('\n');
+        expression.push_str(&doc.content);
+        expression.push_str(&doc.name);
+    }
+    Ok(expression)
+}
+
 /// ENV and LABEL: the parser's key/value/separator triples.
 fn key_values(node: &Node, name: &'static str) -> Result<Vec<KeyValue>, Kind> {
-    Flags::parse(&node.flags, NO_FLAGS)?;
+    no_flags(node)?;
     if node.args.is_empty() {
         return Err(Kind::AtLeastOneArgument(name));
     }

@@ -444,20 +444,35 @@ impl Expansion<'_> {
         Ok(text)
     }
 
+    /// The expansion after a `$` (under the cursor): `$NAME`, a lone `$`,
+    /// or `${…}`.
     fn dollar_inner(&mut self) -> Result<String> {
         self.pos += 1;
-        if self.peek() != Some('{') {
-            let name = self.name();
-            if name.is_empty() {
-                return Ok("$".to_owned());
-            }
-            return Ok(match self.lookup(&name) {
-                Some(v) => v,
-                None if self.lexer.keep_unset => format!("${name}"),
-                None => String::new(),
-            });
+        if self.peek() == Some('{') {
+            self.pos += 1;
+            self.braced()
+        } else {
+            Ok(self.unbraced())
         }
-        self.pos += 1;
+    }
+
+    /// `$NAME`: its value, or empty when unset (kept as written under
+    /// `keep_unset`). A `$` followed by no name stays a `$`.
+    fn unbraced(&mut self) -> String {
+        let name = self.name();
+        if name.is_empty() {
+            return "$".to_owned();
+        }
+        match self.lookup(&name) {
+            Some(v) => v,
+            None if self.lexer.keep_unset => format!("${name}"),
+            None => String::new(),
+        }
+    }
+
+    /// `${…}`, with the cursor after the `{`: the name, then the closing
+    /// brace or the operator that says what to do with the value.
+    fn braced(&mut self) -> Result<String> {
         match self.peek() {
             None => return Err(ExpandError::MissingBrace),
             Some('{' | '}' | ':') => return Err(ExpandError::BadSubstitution),
@@ -469,90 +484,105 @@ impl Expansion<'_> {
         };
         let value = self.lookup(&name);
         let keep = value.is_none() && self.lexer.keep_unset;
+        let param = Param { name, value, keep };
         match op {
-            '}' => Ok(match value {
-                Some(v) => v,
-                None if keep => format!("${{{name}}}"),
-                None => String::new(),
-            }),
-            ':' => {
-                let modifier = self.next().ok_or(ExpandError::MissingBrace)?;
-                let word = self.brace_word()?;
-                if keep {
-                    return Ok(format!("${{{name}:{modifier}{word}}}"));
-                }
-                let value = value.unwrap_or_default();
-                match modifier {
-                    '-' => Ok(if value.is_empty() { word } else { value }),
-                    '+' => Ok(if value.is_empty() { value } else { word }),
-                    '?' if value.is_empty() => Err(ExpandError::Required {
-                        name,
-                        message: non_empty_or(word, "is not allowed to be empty"),
-                    }),
-                    '?' => Ok(value),
-                    other => Err(ExpandError::UnsupportedModifier(other)),
-                }
-            }
-            '-' | '+' | '?' => {
-                let word = self.brace_word()?;
-                if keep {
-                    return Ok(format!("${{{name}{op}{word}}}"));
-                }
-                match value {
-                    Some(v) => Ok(if op == '+' { word } else { v }),
-                    None => match op {
-                        '-' => Ok(word),
-                        '+' => Ok(String::new()),
-                        _ => Err(ExpandError::Required {
-                            name,
-                            message: non_empty_or(word, "is not allowed to be unset"),
-                        }),
-                    },
-                }
-            }
-            '#' | '%' => {
-                let longest = self.peek() == Some(op);
-                if longest {
-                    self.pos += 1;
-                }
-                let pattern = self.brace_word()?;
-                if keep {
-                    let op = if longest {
-                        format!("{op}{op}")
-                    } else {
-                        op.to_string()
-                    };
-                    return Ok(format!("${{{name}{op}{pattern}}}"));
-                }
-                let value = value.unwrap_or_default();
-                let pattern = compile(&pattern)?;
-                if op == '#' {
-                    pattern.trim_prefix(&value, longest, &self.guard)
-                } else {
-                    pattern.trim_suffix(&value, longest, &self.guard)
-                }
-            }
-            '/' => {
-                let all = self.peek() == Some('/');
-                if all {
-                    self.pos += 1;
-                }
-                // `${x/pattern}` without a replacement deletes the match.
-                let (pattern, ended) = self.process_until_either('/', '}')?;
-                let replacement = if ended {
-                    String::new()
-                } else {
-                    self.brace_word()?
-                };
-                if keep {
-                    let op = if all { "//" } else { "/" };
-                    return Ok(format!("${{{name}{op}{pattern}/{replacement}}}"));
-                }
-                let value = value.unwrap_or_default();
-                compile(&pattern)?.replace(&value, &replacement, all, &self.guard)
-            }
+            '}' if param.keep => Ok(param.written("")),
+            '}' => Ok(param.value.unwrap_or_default()),
+            ':' => self.if_empty(param),
+            '-' | '+' | '?' => self.if_unset(param, op),
+            '#' | '%' => self.remove_affix(param, op),
+            '/' => self.replace(param),
             other => Err(ExpandError::UnsupportedModifier(other)),
         }
+    }
+
+    /// `${name:-word}`, `${name:+word}`, `${name:?message}`: the word in
+    /// place of (or, for `+`, instead of) a value that is unset or empty.
+    fn if_empty(&mut self, param: Param) -> Result<String> {
+        let modifier = self.next().ok_or(ExpandError::MissingBrace)?;
+        let word = self.brace_word()?;
+        if param.keep {
+            return Ok(param.written(&format!(":{modifier}{word}")));
+        }
+        let value = param.value.unwrap_or_default();
+        match modifier {
+            '-' => Ok(if value.is_empty() { word } else { value }),
+            '+' => Ok(if value.is_empty() { value } else { word }),
+            '?' if value.is_empty() => Err(ExpandError::Required {
+                name: param.name,
+                message: non_empty_or(word, "is not allowed to be empty"),
+            }),
+            '?' => Ok(value),
+            other => Err(ExpandError::UnsupportedModifier(other)),
+        }
+    }
+
+    /// `${name-word}`, `${name+word}`, `${name?message}`: as
+    /// [`Self::if_empty`], but only an unset value counts, not an empty one.
+    fn if_unset(&mut self, param: Param, op: char) -> Result<String> {
+        let word = self.brace_word()?;
+        if param.keep {
+            return Ok(param.written(&format!("{op}{word}")));
+        }
+        match param.value {
+            Some(v) => Ok(if op == '+' { word } else { v }),
+            None => match op {
+                '-' => Ok(word),
+                '+' => Ok(String::new()),
+                _ => Err(ExpandError::Required {
+                    name: param.name,
+                    message: non_empty_or(word, "is not allowed to be unset"),
+                }),
+            },
+        }
+    }
+
+    /// `${name#pattern}` and `${name%pattern}`: the value without the
+    /// shortest prefix (`#`) or suffix (`%`) matching the pattern; doubled
+    /// (`##`, `%%`), without the longest.
+    fn remove_affix(&mut self, param: Param, op: char) -> Result<String> {
+        let longest = self.peek() == Some(op);
+        if longest {
+            self.pos += 1;
+        }
+        let pattern = self.brace_word()?;
+        if param.keep {
+            let op = if longest {
+                format!("{op}{op}")
+            } else {
+                op.to_string()
+            };
+            return Ok(param.written(&format!("{op}{pattern}")));
+        }
+        let value = param.value.unwrap_or_default();
+        let pattern = compile(&pattern)?;
+        if op == '#' {
+            pattern.trim_prefix(&value, longest, &self.guard)
+        } else {
+            pattern.trim_suffix(&value, longest, &self.guard)
+        }
+    }
+
+    /// `${name/pattern/replacement}`: the value with the first match of the
+    /// pattern replaced; `${name//pattern/replacement}`, every match.
+    fn replace(&mut self, param: Param) -> Result<String> {
+        let all = self.peek() == Some('/');
+        if all {
+            self.pos += 1;
+        }
+        // `${x/pattern}` without a replacement deletes the match.
+        let (pattern, ended) = self.process_until_either('/', '}')?;
+        let replacement = if ended {
+            String::new()
+        } else {
+            self.brace_word()?
+        };
+        if param.keep {
+            let op = if all { "//" } else { "/" };
+            return Ok(param.written(&format!("{op}{pattern}/{replacement}")));
+        }
+        let value = param.value.unwrap_or_default();
+        compile(&pattern)?.replace(&value, &replacement, all, &self.guard)
     }
 
     /// The word of `${name<op>word}`, expanded, up to the closing brace.
@@ -572,6 +602,23 @@ impl Expansion<'_> {
             Err(_) => return Err(ExpandError::MissingBrace),
         };
         Ok((word, self.chars.get(self.pos - 1) == Some(&close)))
+    }
+}
+
+/// The variable of a `${name…}` expression.
+struct Param {
+    name: String,
+    /// Its value; `None` when unset.
+    value: Option<String>,
+    /// Unset, and the lexer keeps such expressions as written
+    /// ([`Lexer::with_keep_unset`]): the expression is rebuilt, not expanded.
+    keep: bool,
+}
+
+impl Param {
+    /// `${name<rest>}`: the expression as written, for [`Self::keep`].
+    fn written(&self, rest: &str) -> String {
+        format!("${{{}{rest}}}", self.name)
     }
 }
 
