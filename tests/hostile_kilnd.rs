@@ -2,21 +2,26 @@
 //! client cannot list or build with another client's context session by
 //! naming its host and directory; the farm's blob calls need the worker
 //! token; a token file others can read is refused; `--cache-to
-//! …,cache-mounts=true` exports only the build's own cache mounts.
+//! …,cache-mounts=true` exports only the build's own cache mounts; a
+//! client cannot make kilnd speak plain HTTP (with kilnd's credentials) to
+//! a registry kilnd's operator did not allow (`kilnd --insecure-registry`).
 
 use std::fs;
 use std::io::Read as _;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kiln_proto::control::v1::{self as control, control_client::ControlClient};
 use kiln_proto::farm::v1::{self as farm, farm_client::FarmClient};
 use kiln_testing::wait_until;
 
-use crate::busybox::{Setup, ready};
+use crate::busybox::{Setup, assert_stderr_has, ready};
 use crate::harness::{PATIENCE, binary};
-use crate::kilnd::{Kilnd, grpc};
+use crate::kilnd::{Kilnd, grpc, raw_build_error};
 use crate::registry::{Registry, registry_ready};
 
 const SECRET: &str = "client-a-secret-7f3e";
@@ -256,7 +261,7 @@ fn farm_blob_calls_need_the_token() {
     assert!(!path.exists(), "the blob was stored");
 }
 
-/// `program args` must exit with an error saying `needle`.
+/// `command` must exit with an error saying `needle`.
 fn exits_with(mut command: Command, needle: &str) {
     /// Killed when dropped: one that accepted the token file runs on.
     struct Running(std::process::Child);
@@ -267,7 +272,7 @@ fn exits_with(mut command: Command, needle: &str) {
         }
     }
     let mut running = Running(command.stderr(Stdio::piped()).spawn().unwrap());
-    let what = format!("{command:?} to refuse the token file and exit");
+    let what = format!("{command:?} to refuse and exit");
     wait_until(PATIENCE, &what, || running.0.try_wait().unwrap().is_some());
     let status = running.0.wait().unwrap();
     let mut stderr = String::new();
@@ -344,4 +349,190 @@ fn cache_mounts_export_holds_only_the_builds_own() {
         names.iter().all(|n| n.starts_with("mine-")) && !names.is_empty(),
         "{names:?}"
     );
+}
+
+/// A "registry" that only notes connections: a listener on a free
+/// loopback port, named `0.0.0.0:PORT` — not a loopback name, so kiln
+/// speaks plain HTTP to it only when told to. Each connection's first
+/// bytes are kept and the connection closed, so that a client it got
+/// fails at once instead of waiting for an answer.
+struct Tripwire {
+    host: String,
+    /// The first bytes of each connection so far.
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let host = format!("0.0.0.0:{}", listener.local_addr().unwrap().port());
+        let (seen, stop) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || Self::watch(&listener, &seen, &stop))
+        };
+        Self {
+            host,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn watch(listener: &TcpListener, seen: &Mutex<Vec<Vec<u8>>>, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => seen.lock().unwrap().push(first_bytes(conn)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("accepting on the tripwire: {e}"),
+            }
+        }
+    }
+
+    /// The first bytes of each connection made so far.
+    fn seen(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Up to 8 bytes a client sends first (a TLS handshake, or `GET /v2/`).
+fn first_bytes(mut conn: TcpStream) -> Vec<u8> {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut first = Vec::new();
+    let _ = (&mut conn).take(8).read_to_end(&mut first);
+    first
+}
+
+/// A raw Pull call asking for plain HTTP to `host`: kilnd's answer.
+fn raw_pull(socket: &Path, name: &str, host: &str) -> Result<(), tonic::Status> {
+    let request = control::PullRequest {
+        name: name.to_owned(),
+        platform: String::new(),
+        insecure_registries: vec![host.to_owned()],
+    };
+    grpc(socket, |channel| async move {
+        ControlClient::new(channel).pull(request).await.map(drop)
+    })
+}
+
+#[test]
+fn a_client_gets_plain_http_only_to_registries_kilnd_allows() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let tripwire = Tripwire::new();
+    let host = tripwire.host.clone();
+    let image = format!("{host}/hostile/base:1");
+    let refusal =
+        format!("plain HTTP to registry {host} is not allowed by build daemon configuration");
+    let remedy = format!("kilnd --insecure-registry {host}");
+    {
+        // Started without an allow-list: no client gets plain HTTP.
+        let kilnd = Kilnd::start(&s);
+        let addr = kilnd.addr();
+        // In the store: a push would have something to send.
+        s.ok(&["--addr", &addr, "tag", "base:busybox", &image]);
+        let dockerfile = format!("FROM {image}\nRUN true\n");
+        let insecure = ["--insecure-registry", host.as_str()];
+        let build_flags = [&["--addr", &addr, "--pull=always"][..], &insecure].concat();
+        let attempts = [
+            ("build", s.build(&dockerfile, &build_flags)),
+            (
+                "pull",
+                s.kiln(&[&["--addr", &addr, "pull"][..], &insecure, &[&image]].concat()),
+            ),
+            (
+                "push",
+                s.kiln(&[&["--addr", &addr, "push"][..], &insecure, &[&image]].concat()),
+            ),
+        ];
+        for (what, out) in &attempts {
+            assert!(!out.status.success(), "{what} went through");
+            assert_stderr_has(out, &refusal);
+            assert_stderr_has(out, &remedy);
+        }
+        // A client other than the CLI: the same refusal, PERMISSION_DENIED.
+        let spec = control::BuildSpec {
+            dockerfile: dockerfile.clone(),
+            pull_policy: control::PullPolicy::Always as i32,
+            registry: Some(control::RegistryOptions {
+                insecure: vec![host.clone()],
+            }),
+            ..Default::default()
+        };
+        let error = raw_build_error(&kilnd, spec);
+        assert!(error.contains(&refusal), "{error}");
+        let status = raw_pull(&socket_of(&kilnd), &image, &host).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains(&remedy), "{status:?}");
+        // Every call above has returned: a connection would have been seen.
+        assert_eq!(
+            tripwire.seen(),
+            Vec::<Vec<u8>>::new(),
+            "kilnd reached the registry it refused"
+        );
+    }
+
+    // Allowed by kilnd's operator: a client that asks gets plain HTTP.
+    let kilnd = Kilnd::start_with(&s, &["--insecure-registry", &host]);
+    let out = s.kiln(&[
+        "--addr",
+        &kilnd.addr(),
+        "pull",
+        "--insecure-registry",
+        &host,
+        &image,
+    ]);
+    // Nothing answers there: the pull fails, and not with the refusal.
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains(&refusal), "{}", stderr_of(&out));
+    let seen = tripwire.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|b| b.as_slice() == b"GET /v2/"),
+        "plain HTTP to the allowed registry, not TLS: {seen:?}"
+    );
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kilnd_takes_only_hosts_for_its_insecure_registries() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    for (value, says) in [
+        ("http://registry.lan", "a host, without a scheme"),
+        ("registry.lan/path", "a host, without a path or a list"),
+        ("registry.lan:99999", "a port from 1 to 65535"),
+    ] {
+        let mut kilnd = Command::new(binary("kilnd"));
+        kilnd
+            .env("KILN_ROOT", &s.root)
+            .arg("--addr")
+            .arg(format!(
+                "unix://{}",
+                s.dir.path().join("kilnd.sock").display()
+            ))
+            .args(["--insecure-registry", value]);
+        exits_with(kilnd, &format!("--insecure-registry \"{value}\": {says}"));
+    }
 }

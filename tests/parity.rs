@@ -32,7 +32,9 @@ fn lines_with(out: &std::process::Output, prefix: &str) -> Vec<String> {
 /// Drift 1: kilnd built with default registry options (and pushed with an
 /// empty list), so `--insecure-registry` did nothing through it. The
 /// registry is on loopback, named `0.0.0.0:PORT`: not a loopback name,
-/// so only `--insecure-registry` makes kiln speak plain HTTP to it.
+/// so only `--insecure-registry` makes kiln speak plain HTTP to it —
+/// through kilnd, only since kilnd's operator allowed it (kilnd's own
+/// `--insecure-registry`): a client that does not ask still gets HTTPS.
 #[test]
 fn insecure_registries_reach_from_and_push_both_ways() {
     if !registry_ready() {
@@ -45,7 +47,7 @@ fn insecure_registries_reach_from_and_push_both_ways() {
     embedded.ok(&["tag", "base:busybox", &base]);
     embedded.ok(&["push", "--insecure-registry", &host, &base]);
     let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
+    let kilnd = Kilnd::start_with(&through, &["--insecure-registry", &host]);
     let addr = kilnd.addr();
     let dockerfile = format!("FROM {base}\nRUN echo built > /built\n");
     for (s, addr, name) in [

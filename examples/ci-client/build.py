@@ -101,7 +101,12 @@ def main():
     parser.add_argument("--label", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--cache-from", action="append", default=[], help="a registry cache ref")
     parser.add_argument("--cache-to", action="append", default=[], help="a registry cache ref")
-    parser.add_argument("--insecure-registry", action="append", default=[], help="HOST[:PORT]")
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        help="HOST[:PORT]: plain HTTP to it (kilnd must be started with --insecure-registry HOST)",
+    )
     parser.add_argument("--push", action="store_true", help="push every tag after the build")
     parser.add_argument("context")
     args = parser.parse_args()

@@ -3,7 +3,8 @@
 //! store), with Docker's credentials.
 //!
 //! Owns: HTTP to registries (blocking reqwest over rustls, the system's
-//! roots; plain HTTP only for loopback and `--insecure-registry` hosts),
+//! roots; plain HTTP only for loopback and `--insecure-registry` hosts,
+//! which kilnd grants its clients only within its own: [`insecure`]),
 //! authentication challenges (basic, bearer tokens), credentials
 //! (`~/.docker/config.json` and `docker-credential-*` helpers), and
 //! retrying rate-limited requests.
@@ -14,11 +15,13 @@
 
 mod auth;
 pub mod cache;
+pub mod insecure;
 mod pull;
 mod push;
 mod session;
 
 pub use auth::{Credentials, config_path, login};
+pub use insecure::{InsecureError, InsecureRegistries};
 pub use pull::{PullPolicy, Pulled, pull};
 pub use push::{Pushed, push};
 pub use session::Options;

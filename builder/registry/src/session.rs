@@ -9,6 +9,7 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use super::auth::{self, Challenge, Credentials};
+use super::insecure::{covers, host_name, is_loopback};
 use super::{RegistryError, Result};
 
 /// How kiln talks to registries.
@@ -27,13 +28,7 @@ impl Options {
     /// Whether `host` is spoken to over plain HTTP: loopback hosts (as
     /// Docker treats them) and those given as insecure.
     fn plain_http(&self, host: &str) -> bool {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        };
-        matches!(name, "localhost" | "127.0.0.1" | "[::1]")
-            || name.starts_with("127.")
-            || self.insecure.iter().any(|h| h == host || h == name)
+        is_loopback(host_name(host)) || self.insecure.iter().any(|h| covers(h, host))
     }
 }
 
@@ -260,5 +255,10 @@ mod tests {
         assert!(o.plain_http("registry.lan:5000"));
         assert!(!o.plain_http("registry.lan:5001"));
         assert!(!o.plain_http("docker.io"));
+        assert!(o.plain_http("127.1.2.3:80"));
+        assert!(
+            !o.plain_http("127.example.com"),
+            "a DNS name is not loopback"
+        );
     }
 }

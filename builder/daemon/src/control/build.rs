@@ -14,8 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::agent_tunnel::{ForwardedAgents, Tunnels};
 use super::wire::{event_message, notice_message};
-use super::{ControlError, ControlService};
-use kiln_solver::entitlements::Entitlements;
+use super::{ControlError, ControlService, granted_insecure};
 use kiln_solver::pipeline::{self, Env, Report, Request as BuildRequest, Shared};
 use kiln_solver::solve::{Cancellation, ContextDigests};
 
@@ -65,17 +64,20 @@ fn remove_inside(root: &std::path::Path, rel: &str) -> Result<(), ControlError> 
 }
 
 /// The build a client asks for, checked as the CLI checks its flags, with
-/// the entitlements `allowed` (kilnd's `--allow-insecure-entitlement`)
-/// grants: BuildKit's check, before the build's context is even read.
-/// `--network=host` is not taken as an ask here: a client that wants it
-/// asks for `network.host` (the `kiln` CLI does), else the solver refuses
-/// its steps.
+/// what kilnd's operator allows granted: the entitlements of
+/// `--allow-insecure-entitlement` (BuildKit's check) and the plain-HTTP
+/// registries of `--insecure-registry`, before the build's context is even
+/// read. `--network=host` is not taken as an ask here: a client that wants
+/// it asks for `network.host` (the `kiln` CLI does), else the solver
+/// refuses its steps.
 fn checked_request(
-    allowed: &Entitlements,
+    service: &ControlService,
     spec: pb::BuildSpec,
 ) -> Result<BuildRequest, ControlError> {
     let mut request = BuildRequest::try_from(spec)?;
-    request.entitlements = allowed.grant(&request.entitlements)?;
+    request.entitlements = service.insecure_entitlements.grant(&request.entitlements)?;
+    request.registry.insecure =
+        granted_insecure(&service.insecure_registries, &request.registry.insecure)?;
     Ok(request)
 }
 
@@ -284,7 +286,7 @@ impl ControlService {
         let mut input = request.into_inner();
         let spec = first_spec(&mut input).await?;
         let (session_id, removed) = (spec.session.clone(), spec.removed.clone());
-        let mut request = checked_request(&self.insecure_entitlements, spec)?;
+        let mut request = checked_request(self, spec)?;
         // The context: received into a scratch directory of the store
         // (removed with it), unpacked with the layer unpacker, which
         // refuses paths that leave it.

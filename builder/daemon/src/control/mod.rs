@@ -31,8 +31,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use kiln_image::image::ImageError;
 use kiln_image::images;
+use kiln_registry::{InsecureError, InsecureRegistries};
 use kiln_solver::build::BuildError;
 use kiln_solver::entitlements::{EntitlementError, Entitlements};
+use kiln_solver::pipeline::request::check_count;
 use kiln_solver::pipeline::{PipelineError, RequestError};
 use kiln_solver::solve::{ContextDigests, InFlight, SolveError};
 
@@ -65,6 +67,9 @@ pub enum ControlError {
     Unauthenticated(String),
     #[error(transparent)]
     Entitlement(#[from] EntitlementError),
+    /// A client's `--insecure-registry` outside kilnd's.
+    #[error(transparent)]
+    InsecureRegistry(#[from] InsecureError),
     /// A bug met by one request: reported to its client, kilnd goes on.
     #[error("internal error (a bug in kilnd; other requests are unaffected): {0}")]
     Panic(String),
@@ -105,8 +110,12 @@ impl From<ControlError> for Status {
                 Status::invalid_argument(text)
             }
             ControlError::Entitlement(_)
+            | ControlError::InsecureRegistry(InsecureError::NotAllowedByDaemon(_))
             | ControlError::Build(BuildError::Solve(SolveError::Entitlement(_))) => {
                 Status::permission_denied(text)
+            }
+            ControlError::InsecureRegistry(InsecureError::Malformed { .. }) => {
+                Status::invalid_argument(text)
             }
             ControlError::Image(ImageError::NotFound(_)) => Status::not_found(text),
             ControlError::Build(BuildError::Frontend(_) | BuildError::Check(_)) => {
@@ -120,6 +129,19 @@ impl From<ControlError> for Status {
             _ => Status::internal(text),
         }
     }
+}
+
+/// The hosts a client asks kilnd to speak plain HTTP to — a build's, a
+/// pull's or a push's `--insecure-registry` — as granted by kilnd's own
+/// `--insecure-registry` (`allowed`): kilnd speaks to registries with its
+/// credentials, so plain HTTP is its operator's decision. The one check of
+/// the Build, Pull and Push calls, made before anything is fetched.
+pub(crate) fn granted_insecure(
+    allowed: &InsecureRegistries,
+    asked: &[String],
+) -> Result<Vec<String>, ControlError> {
+    check_count("--insecure-registry", asked.len())?;
+    Ok(allowed.grant(asked)?)
 }
 
 /// The service over one store root.
@@ -138,6 +160,9 @@ pub struct ControlService {
     collector: Arc<Collector>,
     /// The most a build is granted (`--allow-insecure-entitlement`).
     insecure_entitlements: Entitlements,
+    /// The registries a client may have spoken to over plain HTTP
+    /// (`--insecure-registry`).
+    insecure_registries: InsecureRegistries,
 }
 
 impl ControlService {
@@ -150,6 +175,7 @@ impl ControlService {
             sessions: Arc::default(),
             collector: Arc::new(collector),
             insecure_entitlements: Entitlements::default(),
+            insecure_registries: InsecureRegistries::default(),
         }
     }
 
@@ -158,6 +184,14 @@ impl ControlService {
     #[must_use]
     pub fn with_insecure_entitlements(mut self, allowed: Entitlements) -> Self {
         self.insecure_entitlements = allowed;
+        self
+    }
+
+    /// Registries this service lets clients that ask have spoken to over
+    /// plain HTTP (kilnd's `--insecure-registry`); none by default.
+    #[must_use]
+    pub fn with_insecure_registries(mut self, allowed: InsecureRegistries) -> Self {
+        self.insecure_registries = allowed;
         self
     }
 
@@ -365,7 +399,7 @@ impl Control for ControlService {
             None => return Err(ControlError::Invalid(format!("--platform {}", r.platform)).into()),
         };
         let options = kiln_registry::Options {
-            insecure: r.insecure_registries,
+            insecure: granted_insecure(&self.insecure_registries, &r.insecure_registries)?,
             platform,
             chunk_size: 0,
         };
@@ -386,7 +420,7 @@ impl Control for ControlService {
     ) -> Result<Response<pb::PushResponse>, Status> {
         let r = request.into_inner();
         let options = kiln_registry::Options {
-            insecure: r.insecure_registries,
+            insecure: granted_insecure(&self.insecure_registries, &r.insecure_registries)?,
             ..kiln_registry::Options::default()
         };
         let pushed = self
@@ -429,5 +463,55 @@ impl Control for ControlService {
         Ok(Response::new(pb::ListWorkersResponse {
             workers: std::iter::once(local).chain(attached).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(n: usize, host: &str) -> Vec<String> {
+        vec![host.to_owned(); n]
+    }
+
+    /// A host outside kilnd's list: PERMISSION_DENIED, as an entitlement
+    /// kilnd does not allow, naming the host and the flag that allows it.
+    #[test]
+    fn a_clients_insecure_host_outside_kilnds_is_denied() {
+        let allowed =
+            InsecureRegistries::from_flag("--insecure-registry", &["registry.lan:5000"]).unwrap();
+        assert_eq!(
+            granted_insecure(&allowed, &hosts(2, "registry.lan:5000")).unwrap(),
+            hosts(2, "registry.lan:5000")
+        );
+        assert!(granted_insecure(&InsecureRegistries::default(), &[]).is_ok());
+        let status = Status::from(granted_insecure(&allowed, &hosts(1, "evil.lan")).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status
+                .message()
+                .contains("registry evil.lan is not allowed")
+                && status
+                    .message()
+                    .contains("kilnd --insecure-registry evil.lan"),
+            "{}",
+            status.message()
+        );
+    }
+
+    /// Too many hosts: INVALID_ARGUMENT, as the CLI's flags.
+    #[test]
+    fn a_clients_insecure_hosts_are_bounded() {
+        let allowed = InsecureRegistries::from_flag("--insecure-registry", &["r.lan"]).unwrap();
+        let max = kiln_solver::pipeline::request::MAX_LIST_ENTRIES;
+        assert!(granted_insecure(&allowed, &hosts(max, "r.lan")).is_ok());
+        let status =
+            Status::from(granted_insecure(&allowed, &hosts(max + 1, "r.lan")).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("--insecure-registry: "),
+            "{}",
+            status.message()
+        );
     }
 }

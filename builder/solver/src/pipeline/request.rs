@@ -47,12 +47,22 @@ pub enum RequestError {
     /// `--label`s over [`MAX_LABEL_BYTES`].
     #[error("--label: the labels hold {0} bytes, over kiln's bound of {MAX_LABEL_BYTES}")]
     LabelsTooLarge(usize),
+    /// A list of registries over [`MAX_LIST_ENTRIES`].
+    #[error("{flag}: {count} given, over kiln's bound of {MAX_LIST_ENTRIES}")]
+    TooMany { flag: &'static str, count: usize },
 }
 
 /// The bytes all `--label` keys and values may hold together: they go into
 /// the image config, which a reader takes only up to 4 MiB
 /// (`kiln_image::image::MAX_METADATA`), beside the Dockerfile's own.
 pub const MAX_LABEL_BYTES: usize = 1 << 20;
+
+/// The entries each list of registries a request names may hold:
+/// `--cache-from`, `--cache-to`, `--insecure-registry` (and a pull's or
+/// push's). Each entry is a registry the build reaches or a host looked up
+/// on every registry call; a build needs a handful, and a kilnd client
+/// must not make one build reach thousands.
+pub const MAX_LIST_ENTRIES: usize = 64;
 
 type Result<T> = std::result::Result<T, RequestError>;
 
@@ -177,6 +187,22 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A list given with `flag` holds at most [`MAX_LIST_ENTRIES`].
+pub fn check_count(flag: &'static str, count: usize) -> Result<()> {
+    if count > MAX_LIST_ENTRIES {
+        return Err(RequestError::TooMany { flag, count });
+    }
+    Ok(())
+}
+
+/// A request's lists of registries within [`MAX_LIST_ENTRIES`] each (from
+/// a command line or a kilnd client alike).
+pub fn check_lists(request: &Request) -> Result<()> {
+    check_count("--cache-from", request.cache_imports.len())?;
+    check_count("--cache-to", request.cache_exports.len())?;
+    check_count("--insecure-registry", request.registry.insecure.len())
+}
+
 /// A label key is not empty (the image config could hold one, but no
 /// tool reads it back).
 pub(super) fn check_label_key(key: &str, spec: &str) -> Result<()> {
@@ -259,6 +285,39 @@ mod tests {
         );
         let small = BTreeMap::from([("k".to_owned(), "v".repeat(MAX_LABEL_BYTES - 1))]);
         assert!(check_labels(&small).is_ok());
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let cache = CacheRef::new("--cache-from", "r/c:1".into(), false).unwrap();
+        let host = "registry.lan:5000".to_owned();
+        let at_bound = Request {
+            cache_imports: vec![cache.clone(); MAX_LIST_ENTRIES],
+            cache_exports: vec![cache.clone(); MAX_LIST_ENTRIES],
+            registry: kiln_registry::Options {
+                insecure: vec![host.clone(); MAX_LIST_ENTRIES],
+                ..Default::default()
+            },
+            ..Request::default()
+        };
+        assert!(check_lists(&at_bound).is_ok());
+        let over = |mut r: Request, which: &str| {
+            match which {
+                "--cache-from" => r.cache_imports.push(cache.clone()),
+                "--cache-to" => r.cache_exports.push(cache.clone()),
+                _ => r.registry.insecure.push(host.clone()),
+            }
+            check_lists(&r).unwrap_err().to_string()
+        };
+        for flag in ["--cache-from", "--cache-to", "--insecure-registry"] {
+            assert_eq!(
+                over(at_bound.clone(), flag),
+                format!(
+                    "{flag}: {} given, over kiln's bound of {MAX_LIST_ENTRIES}",
+                    MAX_LIST_ENTRIES + 1
+                )
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 
 use super::request::{
-    CacheRef, Outputs, Request, RequestError, check_labels, check_push, normalize_names, parse_pull,
+    CacheRef, Outputs, Request, RequestError, check_labels, check_lists, check_push,
+    normalize_names, parse_pull,
 };
 use crate::entitlements::Entitlements;
 use kiln_image::compress::{Kind, LayerCompression};
@@ -82,7 +83,7 @@ impl TryFrom<pb::BuildSpec> for Request {
         }
         let labels: std::collections::BTreeMap<String, String> = spec.labels.into_iter().collect();
         check_labels(&labels)?;
-        Ok(Self {
+        let request = Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
             cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
             cache_exports: caches("--cache-to", &spec.cache_exports, &spec.cache_to)?,
@@ -113,7 +114,9 @@ impl TryFrom<pb::BuildSpec> for Request {
                 .map(|id| (id, Default::default()))
                 .collect(),
             context_time: spec.context_time,
-        })
+        };
+        check_lists(&request)?;
+        Ok(request)
     }
 }
 
@@ -317,5 +320,48 @@ mod tests {
             ..Default::default()
         };
         assert!(Request::try_from(no_key).is_err());
+    }
+
+    /// A hostile client's lists are bounded as the CLI's flags are, in
+    /// the typed fields and the legacy strings alike.
+    #[test]
+    fn a_clients_lists_are_bounded() {
+        let over = crate::pipeline::request::MAX_LIST_ENTRIES + 1;
+        let cache = pb::CacheRef {
+            r#ref: "r/c:1".into(),
+            cache_mounts: false,
+        };
+        let specs = [
+            pb::BuildSpec {
+                cache_imports: vec![cache.clone(); over],
+                ..Default::default()
+            },
+            pb::BuildSpec {
+                cache_from: vec!["type=registry,ref=r/c:1".into(); over],
+                ..Default::default()
+            },
+            pb::BuildSpec {
+                cache_exports: vec![cache; over],
+                ..Default::default()
+            },
+            pb::BuildSpec {
+                registry: Some(pb::RegistryOptions {
+                    insecure: vec!["registry.lan:5000".into(); over],
+                }),
+                ..Default::default()
+            },
+        ];
+        for (spec, flag) in specs.into_iter().zip([
+            "--cache-from",
+            "--cache-from",
+            "--cache-to",
+            "--insecure-registry",
+        ]) {
+            let error = Request::try_from(spec).unwrap_err();
+            assert!(
+                matches!(error, RequestError::TooMany { flag: f, count } if f == flag && count == over),
+                "{flag}: {error}"
+            );
+        }
     }
 }

@@ -11,7 +11,9 @@ use kiln_solver::build::{BuildError, BuildRequest};
 use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
-use kiln_solver::pipeline::request::{check_labels, normalize_names, parse_label, parse_pull};
+use kiln_solver::pipeline::request::{
+    check_labels, check_lists, normalize_names, parse_label, parse_pull,
+};
 use kiln_solver::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
 use kiln_worker::sandbox::spec::Network;
@@ -425,7 +427,7 @@ impl Build {
                 .map(|s| CacheRef::parse(flag, s))
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(Request {
+        let request = Request {
             build_args: self.build_args()?,
             target: self.target.clone(),
             tags,
@@ -459,7 +461,10 @@ impl Build {
                 .map(|s| ssh_agent(s))
                 .collect::<Result<_>>()?,
             ..Request::default()
-        })
+        };
+        // As kilnd checks a client's: the same message both ways.
+        check_lists(&request)?;
+        Ok(request)
     }
 
     /// The build through kilnd: the context goes over the wire (without

@@ -5,6 +5,7 @@ use std::io::Read as _;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use kiln_registry::Credentials;
+use kiln_solver::pipeline::request::check_count;
 
 use crate::backend::Backend;
 
@@ -12,7 +13,8 @@ use crate::backend::Backend;
 #[derive(Args, Clone, Default)]
 pub(crate) struct RegistryArgs {
     /// Speak plain HTTP to this registry (`host[:port]`); loopback
-    /// registries always are.
+    /// registries always are. Through kilnd (`--addr`), only to one kilnd
+    /// was started with `--insecure-registry` for.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure: Vec<String>,
 }
@@ -30,6 +32,8 @@ impl RegistryArgs {
                 }
             })
             .transpose()?;
+        // The same bound as kilnd's, embedded too.
+        check_count("--insecure-registry", self.insecure.len())?;
         Ok(kiln_registry::Options {
             insecure: self.insecure.clone(),
             platform,

@@ -17,6 +17,7 @@ use kiln_daemon::farm::token::RequireToken;
 use kiln_daemon::farm::{Farm, FarmService};
 use kiln_proto::control::v1::control_server::ControlServer;
 use kiln_proto::farm::v1::farm_server::FarmServer;
+use kiln_registry::InsecureRegistries;
 use kiln_solver::entitlements::Entitlements;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
@@ -57,6 +58,15 @@ struct Args {
     /// Repeated, or a comma-separated list; none by default.
     #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
     allow_insecure_entitlement: Vec<String>,
+    /// Let clients that ask (`kiln --addr … build|pull|push
+    /// --insecure-registry HOST`) have this registry (`host` — every port
+    /// — or `host:port`) spoken to over plain HTTP, with kilnd's
+    /// credentials in clear. A client's host outside this list is refused
+    /// before anything is fetched. The list only allows: a registry is
+    /// plain HTTP for the clients that ask for it, HTTPS for the others.
+    /// Loopback registries are plain HTTP always. Repeated; none by default.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registry: Vec<String>,
 }
 
 /// `--keep-storage` in bytes; `None`: off.
@@ -127,6 +137,8 @@ async fn main() -> Result<()> {
         "--allow-insecure-entitlement",
         &args.allow_insecure_entitlement,
     )?;
+    let insecure_registries =
+        InsecureRegistries::from_flag("--insecure-registry", &args.insecure_registry)?;
     // One process owns a store root (its lock); kilnd holds it while it runs.
     let store = tokio::task::spawn_blocking(move || kiln_cache::Store::open(&root))
         .await?
@@ -147,6 +159,12 @@ async fn main() -> Result<()> {
             "builds that ask may have these insecure entitlements (--allow-insecure-entitlement)"
         );
     }
+    if !insecure_registries.is_empty() {
+        tracing::warn!(
+            registries = insecure_registries.hosts().join(","),
+            "clients that ask may have these registries spoken to over plain HTTP (--insecure-registry)"
+        );
+    }
     tracing::info!(
         keep_storage = keep.map_or_else(|| "off".to_owned(), |k| k.to_string()),
         "the store is kept under --keep-storage after builds"
@@ -155,7 +173,8 @@ async fn main() -> Result<()> {
     let require_token = RequireToken::new(token.as_deref());
     let farm = Farm::new(token);
     let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep))
-        .with_insecure_entitlements(insecure_entitlements.clone());
+        .with_insecure_entitlements(insecure_entitlements.clone())
+        .with_insecure_registries(insecure_registries);
     let farm_service = FarmService::new(store, Arc::clone(&farm));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
