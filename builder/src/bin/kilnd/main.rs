@@ -133,12 +133,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let root = args.root.clone().unwrap_or_else(kiln_cache::default_root);
     let listen = listen_of(&args)?;
-    let insecure_entitlements = Entitlements::from_flag(
-        "--allow-insecure-entitlement",
-        &args.allow_insecure_entitlement,
-    )?;
-    let insecure_registries =
-        InsecureRegistries::from_flag("--insecure-registry", &args.insecure_registry)?;
+    let grants = Grants::of(&args)?;
     // One process owns a store root (its lock); kilnd holds it while it runs.
     let store = tokio::task::spawn_blocking(move || kiln_cache::Store::open(&root))
         .await?
@@ -153,18 +148,6 @@ async fn main() -> Result<()> {
         })
         .transpose()?;
     let keep = keep_storage(&args, &store)?;
-    if !insecure_entitlements.is_empty() {
-        tracing::warn!(
-            entitlements = insecure_entitlements.names().join(","),
-            "builds that ask may have these insecure entitlements (--allow-insecure-entitlement)"
-        );
-    }
-    if !insecure_registries.is_empty() {
-        tracing::warn!(
-            registries = insecure_registries.hosts().join(","),
-            "clients that ask may have these registries spoken to over plain HTTP (--insecure-registry)"
-        );
-    }
     tracing::info!(
         keep_storage = keep.map_or_else(|| "off".to_owned(), |k| k.to_string()),
         "the store is kept under --keep-storage after builds"
@@ -173,8 +156,8 @@ async fn main() -> Result<()> {
     let require_token = RequireToken::new(token.as_deref());
     let farm = Farm::new(token);
     let service = ControlService::new(Arc::clone(&store), Arc::clone(&farm), Collector::new(keep))
-        .with_insecure_entitlements(insecure_entitlements.clone())
-        .with_insecure_registries(insecure_registries);
+        .with_insecure_entitlements(grants.entitlements)
+        .with_insecure_registries(grants.registries);
     let farm_service = FarmService::new(store, Arc::clone(&farm));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -186,16 +169,7 @@ async fn main() -> Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let mut server = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        // Clients must present a certificate the CA signed.
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let Some(tls) = tls_config(&args)? {
         server = server.tls_config(tls).context("the TLS configuration")?;
     }
     let router = server
@@ -206,17 +180,84 @@ async fn main() -> Result<()> {
             FarmServer::new(farm_service).max_decoding_message_size(64 << 20),
             require_token,
         ));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    serve(router, listen, stopped(farm), args.tls_cert.is_some()).await
+}
+
+/// What kilnd's operator allows a client to ask for, each logged when it
+/// is not nothing.
+struct Grants {
+    /// `--allow-insecure-entitlement`
+    entitlements: Entitlements,
+    /// `--insecure-registry`
+    registries: InsecureRegistries,
+}
+
+impl Grants {
+    fn of(args: &Args) -> Result<Self> {
+        let entitlements = Entitlements::from_flag(
+            "--allow-insecure-entitlement",
+            &args.allow_insecure_entitlement,
+        )?;
+        let registries =
+            InsecureRegistries::from_flag("--insecure-registry", &args.insecure_registry)?;
+        if !entitlements.is_empty() {
+            tracing::warn!(
+                entitlements = entitlements.names().join(","),
+                "builds that ask may have these insecure entitlements (--allow-insecure-entitlement)"
+            );
         }
-        tracing::info!("stopping: no new calls; running builds finish");
-        // Workers' sessions would keep the server up; their steps run here.
-        farm.close();
+        if !registries.is_empty() {
+            tracing::warn!(
+                registries = registries.hosts().join(","),
+                "clients that ask may have these registries spoken to over plain HTTP (--insecure-registry)"
+            );
+        }
+        Ok(Self {
+            entitlements,
+            registries,
+        })
+    }
+}
+
+/// Mutual TLS from `--tls-cert`, `--tls-key` and `--tls-ca`: clients must
+/// present a certificate the CA signed. `None` without them.
+fn tls_config(args: &Args) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) else {
+        return Ok(None);
     };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?)),
+    ))
+}
+
+/// Resolves on SIGTERM or Ctrl-C, having closed the farm: no new calls are
+/// taken, running builds finish.
+async fn stopped(farm: Arc<Farm>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: no new calls; running builds finish");
+    // Workers' sessions would keep the server up; their steps run here.
+    farm.close();
+}
+
+/// Serves `router` on `listen` until `shutdown`; a Unix socket is removed
+/// after.
+async fn serve(
+    router: tonic::transport::server::Router,
+    listen: Listen,
+    shutdown: impl std::future::Future<Output = ()>,
+    tls: bool,
+) -> Result<()> {
     match listen {
         Listen::Unix(path) => {
             if let Some(dir) = path.parent() {
@@ -242,7 +283,7 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            tracing::info!(%addr, tls = args.tls_cert.is_some(), "kilnd ready");
+            tracing::info!(%addr, tls, "kilnd ready");
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
                 .await?;
