@@ -11,6 +11,7 @@ mod ci_client;
 mod copy_meta;
 mod debug;
 mod differential;
+mod digests;
 mod docker;
 mod empty_steps;
 mod everyday;
