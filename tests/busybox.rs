@@ -125,11 +125,8 @@ impl Setup {
                 .root
                 .join("content/blobs/sha256")
                 .join(digest.trim_start_matches("sha256:"));
-            let out = Command::new("tar")
-                .arg("-xOzf")
-                .arg(&path)
-                .output()
-                .unwrap();
+            // GNU tar finds out itself whether the blob is compressed.
+            let out = Command::new("tar").arg("-xOf").arg(&path).output().unwrap();
             text.push_str(&String::from_utf8_lossy(&out.stdout));
         }
         text

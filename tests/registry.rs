@@ -147,13 +147,18 @@ fn push_rmi_pull_and_skopeo_agree() {
         &["-t", &app],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let digest = manifest_digest(&s, &app);
+    let built = manifest_digest(&s, &app);
 
     let (pushed, _) = s.ok(&["push", &app]);
     assert!(
         pushed.contains("4 uploaded, 0 mounted, 0 already there"),
         "{pushed}"
     );
+    // The build's own layers were kept uncompressed and left gzip'd: the
+    // tag now names the manifest the registry has.
+    let digest = manifest_digest(&s, &app);
+    assert_ne!(digest, built, "a new manifest, of gzip layers");
+    assert!(pushed.contains(&digest), "{pushed}");
     let (again, _) = s.ok(&["push", &app]);
     assert!(
         again.contains("0 uploaded, 0 mounted, 4 already there"),

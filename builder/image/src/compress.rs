@@ -1,11 +1,16 @@
-//! Layer compression: how a built image's layers are stored
+//! Layer compression: how an image's layers leave this machine
 //! (`-o …,compression=gzip|zstd|uncompressed[,compression-level=N]`), an
 //! encoder that compresses as a layer is written, and conversion of a
 //! stored layer to another compression.
 //!
-//! Steps write their layers compressed in one pass (tar → diff ID hash →
-//! encoder → blob), so a layer is never stored twice; another compression
-//! is made from it only when a build asks for one.
+//! A build keeps its steps' layers uncompressed (as dockerd's BuildKit
+//! does): nothing on the build path waits for a compressor, and an
+//! uncompressed layer's blob digest is its diff ID, hashed once. A layer is
+//! compressed when it first leaves the machine — a push, an OCI output, a
+//! cache export ([`distributed`]) — and that blob is kept for the next
+//! time ([`converted`]). The compressor and the tar stream are the same as
+//! when layers were compressed at build time, so the bytes that leave are
+//! the same too.
 
 use std::io::{self, Write};
 
@@ -30,6 +35,9 @@ pub fn store_layer(
         path: upper.to_owned(),
         source,
     };
+    if how.kind == Kind::Uncompressed {
+        return store_uncompressed(store, upper, source_date_epoch);
+    }
     let encoder = Encoder::new(how, store.content.writer()?).map_err(compressing)?;
     let hashing = kiln_worker::layer::diff_clamped(upper, Hashing::new(encoder), source_date_epoch)
         .map_err(|e| ImageError::Archive {
@@ -42,6 +50,30 @@ pub fn store_layer(
         blob: blob.digest,
         diff_id,
         media_type: how.media_type().to_owned(),
+        size: blob.size,
+    })
+}
+
+/// An uncompressed layer: its blob is its tar, so the blob's digest (the
+/// store hashes what it writes) is the diff ID; the stream is hashed once.
+fn store_uncompressed(
+    store: &Store,
+    upper: &std::path::Path,
+    source_date_epoch: Option<u64>,
+) -> Result<Layer, ImageError> {
+    let writer =
+        kiln_worker::layer::diff_clamped(upper, store.content.writer()?, source_date_epoch)
+            .map_err(|e| ImageError::Archive {
+                path: upper.to_owned(),
+                reason: e.to_string(),
+            })?;
+    let blob = writer.commit(None)?;
+    Ok(Layer {
+        diff_id: blob.digest.clone(),
+        blob: blob.digest,
+        media_type: LayerCompression::of(Kind::Uncompressed)
+            .media_type()
+            .to_owned(),
         size: blob.size,
     })
 }
@@ -380,6 +412,54 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
         },
     )?;
     Ok(out)
+}
+
+/// Which layers of an image are compressed again as it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recompress {
+    /// Every layer not already in the compression asked for (a build's
+    /// push and outputs, `-o …,compression=`: as the build asked).
+    Every,
+    /// Only uncompressed ones (`kiln push` of an image in the store: what a
+    /// registry got compressed stays as it came).
+    Uncompressed,
+}
+
+/// The image `image` as it leaves this machine, its layers compressed
+/// `how` as `which` says: the manifest's digest. The same manifest when no
+/// layer changes; otherwise a new one, written as a build writes its own
+/// (so a layer compressed now gives the manifest a build compressing at
+/// build time gave).
+pub fn distributed(
+    store: &Store,
+    image: &image::Image,
+    how: LayerCompression,
+    which: Recompress,
+) -> Result<kiln_cache::Digest, ImageError> {
+    let layers = image.layer_pairs()?;
+    let changes = |l: &Layer| {
+        l.media_type != how.media_type()
+            && (which == Recompress::Every || !is_compressed(&l.media_type))
+    };
+    if !layers.iter().any(changes) {
+        return Ok(image.manifest_digest.clone());
+    }
+    let mut out = Vec::with_capacity(layers.len());
+    for layer in &layers {
+        let l = if changes(layer) {
+            converted(store, layer, how)?
+        } else {
+            layer.clone()
+        };
+        out.push((l.blob, l.media_type, l.size));
+    }
+    let config = (&image.config_digest, image.manifest.config().size());
+    Ok(image::write_manifest(store, config, &out)?.0)
+}
+
+/// Whether a layer's media type says gzip or zstd.
+pub fn is_compressed(media_type: &str) -> bool {
+    media_type.contains("gzip") || media_type.contains("zstd")
 }
 
 #[cfg(test)]

@@ -84,26 +84,34 @@ pub struct Imported {
 
 /// Pushes `steps` (cache key and layer of every step of a build) and, with
 /// `mounts`, the contents of the cache mounts of those ids (the build's
-/// own: `Built::cache_mounts`), to `reference`.
+/// own: `Built::cache_mounts`), to `reference`. A step's layer kept
+/// uncompressed leaves compressed `how` (the build's compression).
 pub fn export(
     store: &Store,
     reference: &str,
     steps: &[(String, Layer)],
     mounts: Option<&BTreeSet<String>>,
+    how: LayerCompression,
     options: &Options,
 ) -> Result<Pushed> {
     let reference = Reference::parse(reference)?;
+    let mut records = Vec::with_capacity(steps.len());
+    for (key, layer) in steps {
+        let l = if kiln_image::compress::is_compressed(&layer.media_type) {
+            layer.clone()
+        } else {
+            kiln_image::compress::converted(store, layer, how)?
+        };
+        records.push(Record {
+            key: key.clone(),
+            blob: l.blob,
+            diff_id: l.diff_id,
+            media_type: l.media_type,
+            size: l.size,
+        });
+    }
     let mut config = CacheConfig {
-        records: steps
-            .iter()
-            .map(|(key, l)| Record {
-                key: key.clone(),
-                blob: l.blob.clone(),
-                diff_id: l.diff_id.clone(),
-                media_type: l.media_type.clone(),
-                size: l.size,
-            })
-            .collect(),
+        records,
         mounts: Vec::new(),
     };
     if let Some(ids) = mounts {

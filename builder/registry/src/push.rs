@@ -15,6 +15,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 
 use super::Result;
 use super::session::{Options, Session};
+use kiln_image::compress::{self, LayerCompression, Recompress};
 use kiln_image::image;
 
 /// Blobs up to this size go in one PUT; larger ones in PATCH chunks of it
@@ -33,10 +34,38 @@ pub struct Pushed {
 }
 
 /// Pushes the image `name` names in the store to the registry in its name.
+///
+/// Layers kept uncompressed (a build's own) leave gzip-compressed, as
+/// `docker push` sends them; layers that came compressed go as they are.
+/// After the push, `name` names the manifest the registry has.
 pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
     let (full, image) = image::resolve(store, name)?;
-    let reference = Reference::parse(&full)?;
-    let manifest_bytes = store.content.read(&image.manifest_digest)?;
+    let manifest = compress::distributed(
+        store,
+        &image,
+        LayerCompression::default(),
+        Recompress::Uncompressed,
+    )?;
+    let pushed = push_image(store, &full, &manifest, options)?;
+    if manifest != image.manifest_digest {
+        image::tag(store, &full, &manifest, image::OCI_MANIFEST)?;
+        store.meta.flush()?;
+    }
+    Ok(pushed)
+}
+
+/// Pushes the image of `manifest` (in the store, its layers as they are)
+/// as `name`: a build's image, compressed as the build asked.
+pub fn push_image(
+    store: &Store,
+    name: &str,
+    manifest: &Digest,
+    options: &Options,
+) -> Result<Pushed> {
+    let reference = Reference::parse(name)?;
+    let (os, arch) = image::host_platform();
+    let image = image::read_image(store, manifest, (&os, &arch))?;
+    let manifest_bytes = store.content.read(manifest)?;
     let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
     blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
     push_manifest(store, &reference, &manifest_bytes, &blobs, options)

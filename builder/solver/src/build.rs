@@ -15,7 +15,6 @@ use thiserror::Error;
 
 use crate::solve::{Event, Fs, SolveError, SolveOptions, Solver, SolverSetupError};
 pub use kiln_image::compress::LayerCompression;
-use kiln_image::compress::converted;
 use kiln_image::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use kiln_image::image::{self, ImageError, OCI_MANIFEST, canonical_json};
 use kiln_registry::PullPolicy;
@@ -69,8 +68,6 @@ pub struct BuildRequest {
     pub sandbox: kiln_proto::sandbox::SandboxOptions,
     /// The entitlements granted to this build (see [`crate::entitlements`]).
     pub entitlements: crate::entitlements::Entitlements,
-    /// How the image's layers are compressed.
-    pub compression: LayerCompression,
     /// When base images are pulled (`--pull`).
     pub pull: PullPolicy,
     /// How registries are reached.
@@ -90,13 +87,25 @@ pub struct BuildRequest {
 /// The image built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
+    /// The image's manifest in the store (what its tags name).
     pub manifest: Digest,
+    /// The image as it left the machine (pushed, an OCI output), its
+    /// layers compressed as the build asked, when it did.
+    pub distribution: Option<Digest>,
     pub config: Digest,
     /// Every step's cache key and layer, for `--cache-to`.
     pub steps: Vec<(String, kiln_image::image::Layer)>,
     /// The ids of the cache mounts this build's RUN steps name, for
     /// `--cache-to …,cache-mounts=true` (only these, never another build's).
     pub cache_mounts: std::collections::BTreeSet<String>,
+}
+
+impl Built {
+    /// The manifest file outputs and pushes are made from: as it left the
+    /// machine when it did, else as it is in the store.
+    pub fn leaving(&self) -> &Digest {
+        self.distribution.as_ref().unwrap_or(&self.manifest)
+    }
 }
 
 /// The keys ([`kiln_worker::exec::cache_key`]) of the `RUN
@@ -368,7 +377,8 @@ pub fn solve(
         network: req.network,
         entitlements: req.entitlements.clone(),
         source_date_epoch: graph.source_date_epoch,
-        compression: req.compression,
+        // Kept uncompressed: compressed when they leave the machine.
+        compression: LayerCompression::of(kiln_image::compress::Kind::Uncompressed),
         cancellation: std::sync::Arc::clone(&req.cancellation),
         in_flight: std::sync::Arc::clone(&req.in_flight),
         context_digests: std::sync::Arc::clone(&req.context_digests),
@@ -388,14 +398,10 @@ pub fn solve(
 }
 
 /// Writes `solved`'s image: its config (history after the base image's),
-/// its layers compressed as `compression` says, the manifest, tagged with
-/// every name of `tags`.
-pub fn write_image(
-    store: &Store,
-    solved: Solved,
-    compression: LayerCompression,
-    tags: &[String],
-) -> Result<Built, BuildError> {
+/// the manifest of its layers as they are in the store (the steps'
+/// uncompressed, the base image's as pulled), tagged with every name of
+/// `tags`. Nothing is compressed here: see `kiln_image::compress`.
+pub fn write_image(store: &Store, solved: Solved, tags: &[String]) -> Result<Built, BuildError> {
     let Solved {
         layers,
         image: target,
@@ -447,11 +453,10 @@ pub fn write_image(
         .into());
     }
     let config_digest = store.content.write_bytes(&config_bytes)?;
-    let mut manifest_layers = Vec::with_capacity(layers.len());
-    for layer in &layers {
-        let l = converted(store, layer, compression)?;
-        manifest_layers.push((l.blob, l.media_type, l.size));
-    }
+    let manifest_layers: Vec<_> = layers
+        .into_iter()
+        .map(|l| (l.blob, l.media_type, l.size))
+        .collect();
     let (manifest, _) = image::write_manifest(
         store,
         (&config_digest, config_bytes.len() as u64),
@@ -463,6 +468,7 @@ pub fn write_image(
     store.meta.flush()?;
     Ok(Built {
         manifest,
+        distribution: None,
         config: config_digest,
         steps,
         cache_mounts,

@@ -252,7 +252,8 @@ fn run_build(
     }
     let built = built?;
     Ok(pb::BuildResult {
-        manifest: built.manifest.to_string(),
+        // What the client's file outputs are made from (Export).
+        manifest: built.leaving().to_string(),
         config: built.config.to_string(),
         tags: request.tags.clone(),
         context_bytes: received.bytes,

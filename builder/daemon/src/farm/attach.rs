@@ -285,12 +285,16 @@ impl StepRunner {
                 .ok_or_else(|| AttachError::Invalid(format!("layer {message:?}")))?;
             let diff_id = layer.diff_id.to_string();
             self.gc.used(Snapshots::name(&diff_id));
-            if !self.snapshots.has(&diff_id) {
-                if !self.store.content.has(&layer.blob) {
-                    self.fetch(&layer.blob)?;
-                }
-                held.push(Snapshots::name(&diff_id).to_owned());
+            // Unpacked already (perhaps from another blob of the same
+            // diff ID: kilnd's may be uncompressed, this worker's zstd).
+            if self.snapshots.has(&diff_id) {
+                dirs.push(self.snapshots.ensure(&diff_id, std::io::empty())?);
+                continue;
             }
+            if !self.store.content.has(&layer.blob) {
+                self.fetch(&layer.blob)?;
+            }
+            held.push(Snapshots::name(&diff_id).to_owned());
             let blob = self.store.content.open_blob(&layer.blob)?;
             dirs.push(self.snapshots.ensure(&diff_id, blob)?);
         }

@@ -8,7 +8,7 @@ use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
 use kiln_worker::sandbox::spec::Network;
 use kiln_worker::snapshot::Snapshots;
 
-use kiln_image::compress::LayerCompression;
+use kiln_image::compress::{Kind, LayerCompression};
 use kiln_image::image::Layer;
 use kiln_solver::solve::{Source, Step, StepMount};
 
@@ -57,6 +57,12 @@ pub fn run_step(step: &Step<'_>) -> kiln_solver::solve::Result<Option<pb::RunSte
         }
     }
     let request = step.request;
+    // A layer crosses the network compressed: zstd, fast both ways, when
+    // the solver keeps its own uncompressed.
+    let compression = match step.compression.kind {
+        Kind::Uncompressed => LayerCompression::of(Kind::Zstd),
+        _ => step.compression,
+    };
     let mut message = pb::RunStep {
         step: 0,
         rootfs: step.rootfs.iter().map(layer_message).collect(),
@@ -70,8 +76,8 @@ pub fn run_step(step: &Step<'_>) -> kiln_solver::solve::Result<Option<pb::RunSte
         // The worker checks both against its own operator's allowance.
         entitlements: step.entitlements.names(),
         mounts,
-        compression: step.compression.name().to_owned(),
-        compression_level: step.compression.level,
+        compression: compression.name().to_owned(),
+        compression_level: compression.level,
         source_date_epoch: step.source_date_epoch,
         ..pb::RunStep::default()
     };

@@ -174,7 +174,7 @@ fn append_layer<W: Write>(
     digest: &Digest,
     media_type: &str,
 ) -> Result<()> {
-    if !media_type.contains("gzip") && !media_type.contains("zstd") {
+    if !crate::compress::is_compressed(media_type) {
         return append_blob(store, tar, path, digest);
     }
     let tmp_dir = store.root().join("tmp");

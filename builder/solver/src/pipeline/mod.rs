@@ -14,7 +14,7 @@ pub mod wire;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_cache::Store;
+use kiln_cache::{Digest, Store};
 use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
 use thiserror::Error;
@@ -101,20 +101,42 @@ pub fn run(
 ) -> Result<Built> {
     import_caches(request, env, report);
     let solved = solve(request, env, report)?;
-    let built = write_image(request, env, solved)?;
+    let mut built = write_image(request, env, solved)?;
     export_caches(request, env, &built, report)?;
+    built.distribution = distribution(request, env, &built)?;
     if env.write_files {
         for output in &request.files {
             kiln_image::output::export(
                 env.store,
-                &built.manifest,
+                built.leaving(),
                 request.tags.first().map(String::as_str),
                 output,
             )?;
         }
     }
-    push(request, env, report)?;
+    push(request, env, built.leaving(), report)?;
     Ok(built)
+}
+
+/// The image as it leaves the machine — its layers compressed as the
+/// build asks — when something takes it away: a push or an OCI output.
+/// The store keeps a build's layers uncompressed (`kiln_image::compress`).
+fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Option<Digest>> {
+    let oci = request
+        .files
+        .iter()
+        .any(|o| matches!(o, kiln_image::output::Output::Oci(_)));
+    if !request.push && !oci {
+        return Ok(None);
+    }
+    let (os, arch) = kiln_image::image::host_platform();
+    let image = kiln_image::image::read_image(env.store, &built.manifest, (&os, &arch))?;
+    Ok(Some(kiln_image::compress::distributed(
+        env.store,
+        &image,
+        request.compression,
+        kiln_image::compress::Recompress::Every,
+    )?))
 }
 
 /// `--cache-from`: as BuildKit, a cache that cannot be imported is a
@@ -156,7 +178,6 @@ fn build_request(request: &Request, env: &Env<'_>) -> BuildRequest {
         network: request.network,
         sandbox: request.sandbox.clone(),
         entitlements: request.entitlements.clone(),
-        compression: request.compression,
         pull: request.pull,
         registry: request.registry.clone(),
         cancellation: Arc::clone(&env.cancellation),
@@ -200,12 +221,7 @@ fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<B
             .get_or_insert_with(Default::default);
         labels.extend(request.labels.clone());
     }
-    Ok(build::write_image(
-        env.store,
-        solved,
-        request.compression,
-        &request.tags,
-    )?)
+    Ok(build::write_image(env.store, solved, &request.tags)?)
 }
 
 /// `--cache-to`: every step's layer (and, when asked, the build's cache
@@ -224,6 +240,7 @@ fn export_caches(
             reference,
             &built.steps,
             mounts,
+            request.compression,
             &request.registry,
         )?;
         report(Report::Notice(Notice {
@@ -240,12 +257,20 @@ fn export_caches(
 }
 
 /// `--output type=image,push=true`: every tag to its registry.
-fn push(request: &Request, env: &Env<'_>, report: &mut (dyn FnMut(Report) + Send)) -> Result<()> {
+fn push(
+    request: &Request,
+    env: &Env<'_>,
+    manifest: &Digest,
+    report: &mut (dyn FnMut(Report) + Send),
+) -> Result<()> {
     if !request.push {
         return Ok(());
     }
     for tag in &request.tags {
-        let pushed = kiln_registry::push(env.store, tag, &request.registry)?;
+        let pushed = kiln_registry::push_image(env.store, tag, manifest, &request.registry)?;
+        // The tag names what the registry has, as after `kiln push`.
+        kiln_image::image::tag(env.store, tag, manifest, kiln_image::image::OCI_MANIFEST)?;
+        env.store.meta.flush().map_err(ImageError::from)?;
         report(Report::Notice(Notice {
             level: Level::Info,
             text: format!(

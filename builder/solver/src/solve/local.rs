@@ -186,12 +186,15 @@ pub(super) fn lowerdirs(
 ) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::with_capacity(chain.len());
     for layer in chain.iter().rev() {
-        let blob = store.content.open_blob(&layer.blob)?;
-        dirs.push(
-            snapshots
-                .ensure(&layer.diff_id.to_string(), blob)
-                .map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?,
-        );
+        let diff_id = layer.diff_id.to_string();
+        // Unpacked already: the blob is not read (it may be another of the
+        // same diff ID, or not kept at all).
+        let dir = if snapshots.has(&diff_id) {
+            snapshots.ensure(&diff_id, std::io::empty())
+        } else {
+            snapshots.ensure(&diff_id, store.content.open_blob(&layer.blob)?)
+        };
+        dirs.push(dir.map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?);
     }
     Ok(dirs)
 }
