@@ -264,6 +264,10 @@ impl Worker {
         result
     }
 
+    /// The step in `step_dir`, in order: its directories, its mounts (with
+    /// what they hold: cache locks, SSH agent relays, secret files), the
+    /// sandbox's spec, the run. What the mounts hold is released as soon as
+    /// the step ends, whether or not it ran.
     fn exec_in(
         &self,
         step_dir: &Path,
@@ -272,191 +276,150 @@ impl Worker {
         cancel: &Cancel,
     ) -> Result<ExecOutcome> {
         let shm_size = shm_size(&req.sandbox)?;
-        let d = |name: &str| -> Result<PathBuf> {
-            let p = step_dir.join(name);
-            fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
-            Ok(p)
-        };
-        let (upper, work, merged, state, secrets_dir) = (
-            d("upper")?,
-            d("work")?,
-            d("merged")?,
-            d("state")?,
-            d("secrets")?,
-        );
-        let lowerdirs = if req.rootfs.is_empty() {
-            vec![d("empty")?]
-        } else {
-            req.rootfs.clone()
-        };
-        let mut env = req.env.clone();
-        let mut mounts = Vec::new();
-        // Held until the step ends: cache locks and private cache copies.
-        let mut guards = Vec::new();
-        let mut relays = Vec::new();
-        for m in &req.mounts {
-            match m {
-                ExecMount::Bind {
-                    target,
-                    layers,
-                    path,
-                    readonly,
-                } => mounts.push(Mount {
-                    target: target.clone(),
-                    kind: MountKind::Layers {
-                        lowerdirs: layers.clone(),
-                        path: path.clone(),
-                        readonly: *readonly,
-                        upper: None,
-                    },
-                }),
-                ExecMount::Tmpfs { target, size } => mounts.push(Mount {
-                    target: target.clone(),
-                    kind: MountKind::Tmpfs { size: *size },
-                }),
-                ExecMount::Cache {
-                    target,
-                    id,
-                    sharing,
-                    uid,
-                    gid,
-                    mode,
-                    readonly,
-                    seed,
-                } => {
-                    let key = cache_key(id, *uid, *gid, *mode, seed.as_ref());
-                    let guard = match seed {
-                        None => self.cache(&key, *sharing, |p| make_dir(p, *uid, *gid, *mode))?,
-                        // Two overlays never share one upper directory:
-                        // shared steps take turns.
-                        Some(_) => self.cache(&key, sharing.exclusive(), |p| {
-                            make_dir(&p.join("upper"), 0, 0, 0o755)?;
-                            make_dir(&p.join("work"), 0, 0, 0o700)
-                        })?,
-                    };
-                    let kind = match seed {
-                        None => MountKind::Bind {
-                            source: guard.path.clone(),
-                            readonly: *readonly,
-                        },
-                        Some(seed) => MountKind::Layers {
-                            lowerdirs: seed.layers.clone(),
-                            path: seed.path.clone(),
-                            readonly: *readonly,
-                            upper: Some(guard.path.clone()),
-                        },
-                    };
-                    mounts.push(Mount {
-                        target: target.clone(),
-                        kind,
-                    });
-                    guards.push(guard);
-                }
-                ExecMount::Secret {
-                    id,
-                    target,
-                    env: var,
-                    uid,
-                    gid,
-                    mode,
-                    required,
-                } => {
-                    let Some(value) = self.secrets.get(id) else {
-                        if *required {
-                            return Err(ExecError::MissingSecret(id.clone()));
-                        }
-                        continue;
-                    };
-                    if let Some(var) = var {
-                        let text = std::str::from_utf8(value)
-                            .map_err(|_| ExecError::SecretNotText(id.clone()))?;
-                        env.push(format!("{var}={text}"));
-                    }
-                    if var.is_none() || target.is_some() {
-                        let file = secrets_dir.join(format!("{}", mounts.len()));
-                        write_secret(&file, value, *uid, *gid, *mode)?;
-                        let target = target
-                            .clone()
-                            .unwrap_or_else(|| format!("/run/secrets/{id}"));
-                        mounts.push(Mount {
-                            target,
-                            kind: MountKind::Bind {
-                                source: file,
-                                readonly: true,
-                            },
-                        });
-                    }
-                }
-                ExecMount::Ssh {
-                    id,
-                    target,
-                    uid,
-                    gid,
-                    mode,
-                    required,
-                } => {
-                    let Some(agent) = self.ssh_agents.get(id) else {
-                        if *required {
-                            return Err(ExecError::MissingSshAgent(id.clone()));
-                        }
-                        continue;
-                    };
-                    let socket = secrets_dir.join(format!("ssh-{}", mounts.len()));
-                    relays.push(
-                        AgentRelay::start(&socket, agent, *uid, *gid, *mode)
-                            .map_err(io_err("forwarding the SSH agent to", &socket))?,
-                    );
-                    mounts.push(Mount {
-                        target: target.clone(),
-                        kind: MountKind::Bind {
-                            source: socket,
-                            readonly: true,
-                        },
-                    });
-                }
-            }
-        }
-        let hostname = req
-            .sandbox
-            .hostname
-            .clone()
-            .unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned());
-        let etc = etc_files(
-            &state.join("etc"),
-            &hostname,
-            &req.sandbox.extra_hosts,
-            req.network,
-        )?;
-        let spec = RunSpec {
-            rootfs: Rootfs {
-                lowerdirs,
-                upperdir: upper.clone(),
-                workdir: work,
-                target: merged,
-            },
-            args: req.args.clone(),
+        let dirs = StepDirs::create(step_dir, &req.rootfs)?;
+        let StepMounts {
             env,
-            cwd: req.cwd.clone(),
-            user: req.user.clone(),
-            hostname: hostname.clone(),
-            network: req.network,
-            privileged: req.privileged,
             mounts,
-            etc_files: etc,
-            ulimits: req.sandbox.ulimits.clone(),
-            shm_size,
-            state_dir: state,
-        };
+            guards,
+            relays,
+            ..
+        } = self.step_mounts(req, &dirs.secrets)?;
+        let spec = run_spec(req, &dirs, mounts, env, shm_size)?;
         let result = self.sandbox.run(&spec, output, cancel);
         drop(guards);
         drop(relays);
         // Secrets never outlive the step.
-        let _ = fs::remove_dir_all(&secrets_dir);
+        let _ = fs::remove_dir_all(&dirs.secrets);
         Ok(ExecOutcome {
             exit_code: result?,
-            layer: upper,
+            layer: dirs.upper,
             step_dir: step_dir.to_owned(),
         })
+    }
+
+    /// The step's `--mount`s as the sandbox takes them, in the request's
+    /// order, with the step's environment (a secret may be a variable
+    /// there) and what must be held until the step ends. Secret files and
+    /// agent sockets are made in `secrets_dir`.
+    fn step_mounts(&self, req: &ExecRequest, secrets_dir: &Path) -> Result<StepMounts> {
+        let mut step = StepMounts {
+            secrets_dir: secrets_dir.to_owned(),
+            env: req.env.clone(),
+            mounts: Vec::new(),
+            relays: Vec::new(),
+            guards: Vec::new(),
+        };
+        for mount in &req.mounts {
+            self.step_mount(mount, &mut step)?;
+        }
+        Ok(step)
+    }
+
+    /// Adds one `--mount` to `step`. A secret or an agent the build was
+    /// not given is an error when the mount requires it, else the mount is
+    /// left out.
+    fn step_mount(&self, m: &ExecMount, step: &mut StepMounts) -> Result<()> {
+        match m {
+            ExecMount::Bind {
+                target,
+                layers,
+                path,
+                readonly,
+            } => step.push(
+                target,
+                MountKind::Layers {
+                    lowerdirs: layers.clone(),
+                    path: path.clone(),
+                    readonly: *readonly,
+                    upper: None,
+                },
+            ),
+            ExecMount::Tmpfs { target, size } => {
+                step.push(target, MountKind::Tmpfs { size: *size })
+            }
+            ExecMount::Cache {
+                target,
+                id,
+                sharing,
+                uid,
+                gid,
+                mode,
+                readonly,
+                seed,
+            } => {
+                let perms = Perms::new(*uid, *gid, *mode);
+                let (kind, guard) =
+                    self.cache_mount(id, *sharing, perms, *readonly, seed.as_ref())?;
+                step.push(target, kind);
+                step.guards.push(guard);
+            }
+            ExecMount::Secret {
+                id,
+                target,
+                env: var,
+                uid,
+                gid,
+                mode,
+                required,
+            } => {
+                let Some(value) = self.secrets.get(id) else {
+                    return missing(*required, || ExecError::MissingSecret(id.clone()));
+                };
+                let perms = Perms::new(*uid, *gid, *mode);
+                step.secret(id, value, target.as_deref(), var.as_deref(), perms)?;
+            }
+            ExecMount::Ssh {
+                id,
+                target,
+                uid,
+                gid,
+                mode,
+                required,
+            } => {
+                let Some(agent) = self.ssh_agents.get(id) else {
+                    return missing(*required, || ExecError::MissingSshAgent(id.clone()));
+                };
+                step.ssh_agent(agent, target, Perms::new(*uid, *gid, *mode))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cache mount's directory, held as its `sharing` says, and how the
+    /// step mounts it: bound as it is, or, seeded (`from=`), as an overlay
+    /// of the seed's layers with the cache as its upper directory.
+    fn cache_mount(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        perms: Perms,
+        readonly: bool,
+        seed: Option<&CacheSeed>,
+    ) -> Result<(MountKind, CacheGuard)> {
+        let Perms { uid, gid, mode } = perms;
+        let key = cache_key(id, uid, gid, mode, seed);
+        let guard = match seed {
+            None => self.cache(&key, sharing, |p| make_dir(p, uid, gid, mode))?,
+            // Two overlays never share one upper directory:
+            // shared steps take turns.
+            Some(_) => self.cache(&key, sharing.exclusive(), |p| {
+                make_dir(&p.join("upper"), 0, 0, 0o755)?;
+                make_dir(&p.join("work"), 0, 0, 0o700)
+            })?,
+        };
+        let kind = match seed {
+            None => MountKind::Bind {
+                source: guard.path.clone(),
+                readonly,
+            },
+            Some(seed) => MountKind::Layers {
+                lowerdirs: seed.layers.clone(),
+                path: seed.path.clone(),
+                readonly,
+                upper: Some(guard.path.clone()),
+            },
+        };
+        Ok((kind, guard))
     }
 
     /// Removes a finished step's files (after its layer was taken).
@@ -542,6 +505,193 @@ impl Drop for CacheGuard {
             let _ = fs::remove_dir_all(p);
         }
     }
+}
+
+/// A step's directories under `steps/`: the overlay's upper (the new
+/// layer), work and merged directories, the sandbox's state, the secrets'
+/// files; and the root filesystem's lowerdirs.
+struct StepDirs {
+    /// The image's layers, top first; for scratch, an empty directory of
+    /// the step's own.
+    lowerdirs: Vec<PathBuf>,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+    state: PathBuf,
+    secrets: PathBuf,
+}
+
+impl StepDirs {
+    /// Makes the directories under `step_dir`, for a root filesystem of
+    /// the layer directories `rootfs` (top first; empty for scratch).
+    fn create(step_dir: &Path, rootfs: &[PathBuf]) -> Result<Self> {
+        let d = |name: &str| -> Result<PathBuf> {
+            let p = step_dir.join(name);
+            fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+            Ok(p)
+        };
+        let (upper, work, merged, state, secrets) = (
+            d("upper")?,
+            d("work")?,
+            d("merged")?,
+            d("state")?,
+            d("secrets")?,
+        );
+        let lowerdirs = if rootfs.is_empty() {
+            vec![d("empty")?]
+        } else {
+            rootfs.to_vec()
+        };
+        Ok(Self {
+            lowerdirs,
+            upper,
+            work,
+            merged,
+            state,
+            secrets,
+        })
+    }
+}
+
+/// A step's mounts as the sandbox takes them, the environment they make,
+/// and what they hold until the step ends.
+struct StepMounts {
+    /// Where secret files and agent sockets are made: the step's own
+    /// `secrets/`, removed when it ends.
+    secrets_dir: PathBuf,
+    /// The request's environment, then the secrets given as variables.
+    env: Vec<String>,
+    mounts: Vec<Mount>,
+    /// SSH agent relays: dropped, they stop and remove their sockets.
+    relays: Vec<AgentRelay>,
+    /// Cache locks and private cache copies: dropped, they are released
+    /// and removed.
+    guards: Vec<CacheGuard>,
+}
+
+impl StepMounts {
+    fn push(&mut self, target: &str, kind: MountKind) {
+        self.mounts.push(Mount {
+            target: target.to_owned(),
+            kind,
+        });
+    }
+
+    /// The secret `id` (`value`) as the step asks for it: the variable
+    /// `var`, a read-only file at `target` (by default
+    /// `/run/secrets/<id>`), or both.
+    fn secret(
+        &mut self,
+        id: &str,
+        value: &[u8],
+        target: Option<&str>,
+        var: Option<&str>,
+        perms: Perms,
+    ) -> Result<()> {
+        if let Some(var) = var {
+            let text =
+                std::str::from_utf8(value).map_err(|_| ExecError::SecretNotText(id.to_owned()))?;
+            self.env.push(format!("{var}={text}"));
+        }
+        if var.is_none() || target.is_some() {
+            let file = self.secrets_dir.join(format!("{}", self.mounts.len()));
+            write_secret(&file, value, perms.uid, perms.gid, perms.mode)?;
+            let target = target.map_or_else(|| format!("/run/secrets/{id}"), str::to_owned);
+            self.push(
+                &target,
+                MountKind::Bind {
+                    source: file,
+                    readonly: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A socket at `target` relayed to the SSH agent listening at `agent`.
+    fn ssh_agent(&mut self, agent: &Path, target: &str, perms: Perms) -> Result<()> {
+        let socket = self.secrets_dir.join(format!("ssh-{}", self.mounts.len()));
+        self.relays.push(
+            AgentRelay::start(&socket, agent, perms.uid, perms.gid, perms.mode)
+                .map_err(io_err("forwarding the SSH agent to", &socket))?,
+        );
+        self.push(
+            target,
+            MountKind::Bind {
+                source: socket,
+                readonly: true,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The owner and mode of what a mount makes for the step: a cache
+/// directory, a secret file, an agent socket.
+#[derive(Debug, Clone, Copy)]
+struct Perms {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Perms {
+    fn new(uid: u32, gid: u32, mode: u32) -> Self {
+        Self { uid, gid, mode }
+    }
+}
+
+/// A secret or SSH agent the build was not given: `error` when the mount
+/// requires it, else nothing (the mount is left out).
+fn missing(required: bool, error: impl FnOnce() -> ExecError) -> Result<()> {
+    if required {
+        return Err(error());
+    }
+    Ok(())
+}
+
+/// What the sandbox runs: the request's step on the root filesystem of
+/// `dirs`, with `mounts` and `env`, its hostname (the build's or
+/// [`DEFAULT_HOSTNAME`]) and the `/etc` files that go with it, written in
+/// the step's state directory.
+fn run_spec(
+    req: &ExecRequest,
+    dirs: &StepDirs,
+    mounts: Vec<Mount>,
+    env: Vec<String>,
+    shm_size: u64,
+) -> Result<RunSpec> {
+    let hostname = req
+        .sandbox
+        .hostname
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned());
+    let etc = etc_files(
+        &dirs.state.join("etc"),
+        &hostname,
+        &req.sandbox.extra_hosts,
+        req.network,
+    )?;
+    Ok(RunSpec {
+        rootfs: Rootfs {
+            lowerdirs: dirs.lowerdirs.clone(),
+            upperdir: dirs.upper.clone(),
+            workdir: dirs.work.clone(),
+            target: dirs.merged.clone(),
+        },
+        args: req.args.clone(),
+        env,
+        cwd: req.cwd.clone(),
+        user: req.user.clone(),
+        hostname,
+        network: req.network,
+        privileged: req.privileged,
+        mounts,
+        etc_files: etc,
+        ulimits: req.sandbox.ulimits.clone(),
+        shm_size,
+        state_dir: dirs.state.clone(),
+    })
 }
 
 /// A file-system-safe name for a cache id (ids are free text: `/root/.cache`):

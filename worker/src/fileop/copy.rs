@@ -75,7 +75,7 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
     let hidden_files =
         tree::HiddenFiles::new(src_root.open_follow("", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?);
     let links = tree::Links::default();
-    let mut opts = Meta {
+    let meta = Meta {
         owner: req.owner.as_ref().map(|o| o.resolve(&dst)).transpose()?,
         mode: req.mode.as_ref(),
         excludes: &excludes,
@@ -92,91 +92,149 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             count: sources.len(),
         });
     }
-    let dest_base = components(&req.dest).join("/");
-    // As fsutil's MkdirAll in BuildKit's copy: the directories made to hold
-    // what is copied take a numeric `--chmod`, else 0755.
-    let made_dir_mode = match &req.mode {
-        Some(Chmod::Octal(mode)) => *mode,
-        _ => 0o755,
+    let mut copier = Copier {
+        src: &src_root,
+        dst: &dst,
+        req,
+        meta,
+        dest_base: components(&req.dest).join("/"),
+        dest_is_dir,
+        made_dir_mode: made_dir_mode(req.mode.as_ref()),
     };
     if parent_found {
         // BuildKit copies each parent's contents: the destination is made
         // even when its pattern matched nothing.
-        dst.mkdir_all(&dest_base, made_dir_mode, opts.owner)?;
+        dst.mkdir_all(&copier.dest_base, copier.made_dir_mode, copier.meta.owner)?;
     }
     for (source, pivot) in &sources {
-        let st = src_root
+        copier.source(source, *pivot)?;
+    }
+    Ok(())
+}
+
+/// The mode of the directories made to hold what is copied: as fsutil's
+/// MkdirAll in BuildKit's copy, a numeric `--chmod`, else 0755.
+fn made_dir_mode(chmod: Option<&Chmod>) -> u32 {
+    match chmod {
+        Some(Chmod::Octal(mode)) => *mode,
+        _ => 0o755,
+    }
+}
+
+/// A copy under way: the two roots, the request, and what each of its
+/// sources is copied with (the entries' metadata, the destination).
+struct Copier<'a> {
+    src: &'a Root,
+    dst: &'a Root,
+    req: &'a CopyRequest,
+    /// What the copied entries get; its `base` is the directory source
+    /// being copied.
+    meta: Meta<'a>,
+    /// `req.dest` as a path from the destination root.
+    dest_base: String,
+    /// Whether the destination is a directory (sources go inside it) or
+    /// the path of the one file copied.
+    dest_is_dir: bool,
+    /// The mode of the directories made to hold what is copied.
+    made_dir_mode: u32,
+}
+
+impl Copier<'_> {
+    /// Copies `source` (a path in the source root), of which `--parents`
+    /// keeps the components from `pivot` on: a directory's contents, an
+    /// archive ADD unpacks, or one file.
+    fn source(&mut self, source: &str, pivot: usize) -> Result<()> {
+        let st = self
+            .src
             .stat(source)?
-            .ok_or_else(|| FileOpError::NotFound(source.clone()))?;
-        let kept = components(source)[*pivot..].join("/");
-        let base = if req.parents {
-            join(&dest_base, parent_of(&kept))
+            .ok_or_else(|| FileOpError::NotFound(source.to_owned()))?;
+        let kept = components(source)[pivot..].join("/");
+        let base = if self.req.parents {
+            join(&self.dest_base, parent_of(&kept))
         } else {
-            dest_base.clone()
+            self.dest_base.clone()
         };
-        let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
         if is_dir(&st) {
-            let target = if req.parents {
-                join(&dest_base, &kept)
+            let target = if self.req.parents {
+                join(&self.dest_base, &kept)
             } else {
                 base
             };
-            // A directory's contents are copied, not the directory (as
-            // BuildKit does): a destination that exists keeps its owner and
-            // mode, one made here is made as the parents are. With
-            // `--parents` it is one of the copied directories, with the
-            // source's owner and mode.
-            dst.mkdir_all(&target, made_dir_mode, opts.owner)?;
-            let from = src_root.open_follow(source, dir_flags)?;
-            let to = dst.open_follow(&target, dir_flags)?;
-            opts.base.clone_from(source);
-            tree::copy_dir(&from, &to, "", &opts)?;
-            if req.parents {
-                let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
-                tree::finish(&to, uid, gid, opts.mode_of(&st), &st, target.as_bytes())?;
-            }
-            continue;
+            return self.dir(source, &st, &target);
         }
-        if req.unpack_archives && is_tar_archive(&src_root, source)? {
-            dst.mkdir_all(&base, 0o755, opts.owner)?;
-            let dir = dst.open_follow(&base, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
-            let file = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
-            let reader =
-                decompressed(file).map_err(|e| FileOpError::io("reading", Path::new(source), e))?;
-            // A tree, not a layer: `.wh.` files are files.
-            // `--chown` owns every entry (as BuildKit's untar with its
-            // ChownOpts); `--chmod` is not applied to them (BuildKit's
-            // unpack takes no mode).
-            layer::unpack_owned(
-                reader,
-                &proc_fd_path(&dir),
-                layer::Whiteouts::Plain,
-                opts.owner.filter(|_| !req.archive_owners),
-            )
-            .map_err(|e| FileOpError::Unpack {
-                path: source.clone(),
-                source: e,
-            })?;
-            continue;
+        if self.req.unpack_archives && is_tar_archive(self.src, source)? {
+            return self.unpack(source, &base);
         }
-        let target = if dest_is_dir || req.parents {
-            join(
-                &base,
-                components(source).last().copied().unwrap_or_default(),
-            )
+        self.file(source, &st, &base)
+    }
+
+    /// Copies the contents of the directory `source` (described by `st`)
+    /// into `target`.
+    fn dir(&mut self, source: &str, st: &FileStat, target: &str) -> Result<()> {
+        let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        // A directory's contents are copied, not the directory (as
+        // BuildKit does): a destination that exists keeps its owner and
+        // mode, one made here is made as the parents are. With
+        // `--parents` it is one of the copied directories, with the
+        // source's owner and mode.
+        self.dst
+            .mkdir_all(target, self.made_dir_mode, self.meta.owner)?;
+        let from = self.src.open_follow(source, dir_flags)?;
+        let to = self.dst.open_follow(target, dir_flags)?;
+        source.clone_into(&mut self.meta.base);
+        tree::copy_dir(&from, &to, "", &self.meta)?;
+        if self.req.parents {
+            let (uid, gid) = self.meta.owner.unwrap_or((st.st_uid, st.st_gid));
+            tree::finish(&to, uid, gid, self.meta.mode_of(st), st, target.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Unpacks the tar archive `source` (ADD) into the directory `base`.
+    fn unpack(&self, source: &str, base: &str) -> Result<()> {
+        let owner = self.meta.owner;
+        self.dst.mkdir_all(base, 0o755, owner)?;
+        let dir = self
+            .dst
+            .open_follow(base, OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
+        let file = std::fs::File::from(self.src.open_follow(source, OFlag::O_RDONLY)?);
+        let reader =
+            decompressed(file).map_err(|e| FileOpError::io("reading", Path::new(source), e))?;
+        // A tree, not a layer: `.wh.` files are files.
+        // `--chown` owns every entry (as BuildKit's untar with its
+        // ChownOpts); `--chmod` is not applied to them (BuildKit's
+        // unpack takes no mode).
+        layer::unpack_owned(
+            reader,
+            &proc_fd_path(&dir),
+            layer::Whiteouts::Plain,
+            owner.filter(|_| !self.req.archive_owners),
+        )
+        .map_err(|e| FileOpError::Unpack {
+            path: source.to_owned(),
+            source: e,
+        })?;
+        Ok(())
+    }
+
+    /// Copies the file `source` (described by `st`) into the directory
+    /// `base`, or to the destination's path when it is no directory.
+    fn file(&self, source: &str, st: &FileStat, base: &str) -> Result<()> {
+        let target = if self.dest_is_dir || self.req.parents {
+            join(base, components(source).last().copied().unwrap_or_default())
         } else {
             // A destination that is a symlink is written through (BuildKit
             // keeps the link and writes where it points, inside the root).
-            dst.through_links(&dest_base)?
+            self.dst.through_links(&self.dest_base)?
         };
         if let Some(parent) = parent_of_opt(&target) {
-            dst.mkdir_all(parent, made_dir_mode, opts.owner)?;
+            self.dst
+                .mkdir_all(parent, self.made_dir_mode, self.meta.owner)?;
         }
-        let (to_dir, name) = dst.parent(&target)?;
-        let from = std::fs::File::from(src_root.open_follow(source, OFlag::O_RDONLY)?);
-        tree::copy_file(from, &st, &to_dir, name.as_bytes(), &opts)?;
+        let (to_dir, name) = self.dst.parent(&target)?;
+        let from = std::fs::File::from(self.src.open_follow(source, OFlag::O_RDONLY)?);
+        tree::copy_file(from, st, &to_dir, name.as_bytes(), &self.meta)
     }
-    Ok(())
 }
 
 /// The paths `req.sources` name, wildcards expanded, each with how many

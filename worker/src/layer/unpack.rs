@@ -45,8 +45,10 @@ pub struct Unpacked {
     pub diff_id: String,
 }
 
-/// Ownership, mode and time, applied to directories after their contents.
-struct DirMeta {
+/// An entry's mode, ownership and time; a directory's are applied after
+/// its contents.
+#[derive(Clone, Copy)]
+struct EntryMeta {
     mode: u32,
     uid: u64,
     gid: u64,
@@ -133,7 +135,7 @@ struct Tree {
     /// Every entry's owner, when set.
     owner: Option<(u32, u32)>,
     /// Directories met, by path, for their metadata at the end.
-    dirs: BTreeMap<Vec<u8>, DirMeta>,
+    dirs: BTreeMap<Vec<u8>, EntryMeta>,
     /// The last parent directory opened (entries come grouped by
     /// directory); dropped whenever a directory is removed.
     parent: Option<(Vec<u8>, File)>,
@@ -304,7 +306,9 @@ impl Tree {
         Ok(())
     }
 
-    /// Writes a file, directory, link or device entry as `name` of `parent`.
+    /// Writes a file, directory, link or device entry as `name` of
+    /// `parent`; then its extended attributes, and its mtime (a directory's
+    /// is set after its contents, a hard link has its target's).
     fn write<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -314,7 +318,38 @@ impl Tree {
         hostile: &dyn Fn(&'static str) -> LayerError,
     ) -> Result<()> {
         let xattrs = pax_xattrs(entry)?;
-        let header = entry.header();
+        let meta = self.entry_meta(entry.header());
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => self.dir(parent, name, rel, meta)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.file(entry, parent, name, rel, meta)?;
+            }
+            tar::EntryType::Symlink => self.symlink(entry, parent, name, rel, meta)?,
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                self.hard_link(parent, name, rel, &target, hostile)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                self.device(entry.header(), parent, name, rel, meta)?;
+            }
+            _ => return Ok(()),
+        }
+        if !xattrs.is_empty() {
+            self.set_xattrs(parent, name, rel, xattrs)?;
+        }
+        if kind != tar::EntryType::Directory && kind != tar::EntryType::Link {
+            let t = timespec(meta.mtime);
+            let pfd = parent.as_fd();
+            utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                .map_err(self.sys("setting mtime of", rel))?;
+        }
+        Ok(())
+    }
+
+    /// The mode, owner (the tree's `owner` when set) and mtime an entry's
+    /// header gives it.
+    fn entry_meta(&self, header: &tar::Header) -> EntryMeta {
         // Empty numeric fields are 0, as Go's archive/tar reads them.
         let mode = header.mode().unwrap_or(0o644);
         let (uid, gid) = match self.owner {
@@ -322,96 +357,118 @@ impl Tree {
             None => (header.uid().unwrap_or(0), header.gid().unwrap_or(0)),
         };
         let mtime = header.mtime().unwrap_or(0);
-        let kind = header.entry_type();
+        EntryMeta {
+            mode,
+            uid,
+            gid,
+            mtime,
+        }
+    }
+
+    /// A directory: made (owner-only until [`Tree::finish_dirs`]) unless
+    /// one is there already; its metadata is kept for `finish_dirs`.
+    fn dir(&mut self, parent: &File, name: &OsStr, rel: &[u8], meta: EntryMeta) -> Result<()> {
+        let pfd = parent.as_fd();
+        let is_dir = fstatat(pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR);
+        if !is_dir {
+            self.remove(parent, name, rel)?;
+            mkdirat(pfd, name, Mode::from_bits_truncate(0o700))
+                .map_err(self.sys("creating", rel))?;
+        }
+        self.dirs.insert(rel.to_vec(), meta);
+        Ok(())
+    }
+
+    /// A regular file, made anew in place of what was there (never
+    /// through it), with the entry's contents, owner and mode.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        parent: &File,
+        name: &OsStr,
+        rel: &[u8],
+        meta: EntryMeta,
+    ) -> Result<()> {
+        self.remove(parent, name, rel)?;
+        let fd = openat(
+            parent.as_fd(),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(self.sys("creating", rel))?;
+        let mut file = File::from(fd);
+        io::copy(entry, &mut file).map_err(self.io("writing", rel))?;
+        fchown(
+            &file,
+            id(meta.uid).map(Uid::from_raw),
+            id(meta.gid).map(Gid::from_raw),
+        )
+        .map_err(self.sys("chown", rel))?;
+        // After chown, which clears set-id bits.
+        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))
+            .map_err(self.sys("chmod", rel))?;
+        Ok(())
+    }
+
+    /// A symlink in place of what was there; its target is never followed.
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        parent: &File,
+        name: &OsStr,
+        rel: &[u8],
+        meta: EntryMeta,
+    ) -> Result<()> {
+        let target = entry
+            .link_name_bytes()
+            .map(|t| OsString::from(OsStr::from_bytes(&t)))
+            .unwrap_or_default();
+        self.remove(parent, name, rel)?;
+        symlinkat(target.as_os_str(), parent.as_fd(), name)
+            .map_err(self.sys("creating symlink", rel))?;
+        self.lchown(parent, name, rel, meta.uid, meta.gid)
+    }
+
+    /// A character or block device, or a fifo, in place of what was there.
+    fn device(
+        &mut self,
+        header: &tar::Header,
+        parent: &File,
+        name: &OsStr,
+        rel: &[u8],
+        meta: EntryMeta,
+    ) -> Result<()> {
+        let flag = match header.entry_type() {
+            tar::EntryType::Char => SFlag::S_IFCHR,
+            tar::EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
         let dev = makedev(
             header.device_major().ok().flatten().unwrap_or(0).into(),
             header.device_minor().ok().flatten().unwrap_or(0).into(),
         );
-        let pfd = parent.as_fd();
-        match kind {
-            tar::EntryType::Directory => {
-                let is_dir = fstatat(pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR);
-                if !is_dir {
-                    self.remove(parent, name, rel)?;
-                    mkdirat(pfd, name, Mode::from_bits_truncate(0o700))
-                        .map_err(self.sys("creating", rel))?;
-                }
-                self.dirs.insert(
-                    rel.to_vec(),
-                    DirMeta {
-                        mode,
-                        uid,
-                        gid,
-                        mtime,
-                    },
-                );
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.remove(parent, name, rel)?;
-                let fd = openat(
-                    pfd,
-                    name,
-                    OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_WRONLY
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(self.sys("creating", rel))?;
-                let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(self.io("writing", rel))?;
-                fchown(
-                    &file,
-                    id(uid).map(Uid::from_raw),
-                    id(gid).map(Gid::from_raw),
-                )
-                .map_err(self.sys("chown", rel))?;
-                // After chown, which clears set-id bits.
-                fchmod(&file, Mode::from_bits_truncate(mode & 0o7777))
-                    .map_err(self.sys("chmod", rel))?;
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| OsString::from(OsStr::from_bytes(&t)))
-                    .unwrap_or_default();
-                self.remove(parent, name, rel)?;
-                symlinkat(target.as_os_str(), pfd, name)
-                    .map_err(self.sys("creating symlink", rel))?;
-                self.lchown(parent, name, rel, uid, gid)?;
-            }
-            tar::EntryType::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                self.hard_link(parent, name, rel, &target, hostile)?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let flag = match kind {
-                    tar::EntryType::Char => SFlag::S_IFCHR,
-                    tar::EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                self.remove(parent, name, rel)?;
-                mknodat(pfd, name, flag, Mode::from_bits_truncate(mode), dev)
-                    .map_err(self.sys("making device", rel))?;
-                self.lchown(parent, name, rel, uid, gid)?;
-            }
-            _ => return Ok(()),
-        }
-        if !xattrs.is_empty() {
-            // The parent's real path by its descriptor; `name` itself is not
-            // followed (lsetxattr).
-            let fd = OwnedFd::from(parent.try_clone().map_err(self.io("opening", rel))?);
-            let path = proc_fd_path(&fd).join(name);
-            for (key, value) in xattrs {
-                xattr::set(&path, &key, &value).map_err(self.io("setting xattr on", rel))?;
-            }
-        }
-        if kind != tar::EntryType::Directory && kind != tar::EntryType::Link {
-            let t = timespec(mtime);
-            utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
-                .map_err(self.sys("setting mtime of", rel))?;
+        self.remove(parent, name, rel)?;
+        let mode = Mode::from_bits_truncate(meta.mode);
+        mknodat(parent.as_fd(), name, flag, mode, dev).map_err(self.sys("making device", rel))?;
+        self.lchown(parent, name, rel, meta.uid, meta.gid)
+    }
+
+    /// The entry's extended attributes, set on `name` of `parent`.
+    fn set_xattrs(
+        &self,
+        parent: &File,
+        name: &OsStr,
+        rel: &[u8],
+        xattrs: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        // The parent's real path by its descriptor; `name` itself is not
+        // followed (lsetxattr).
+        let fd = OwnedFd::from(parent.try_clone().map_err(self.io("opening", rel))?);
+        let path = proc_fd_path(&fd).join(name);
+        for (key, value) in xattrs {
+            xattr::set(&path, &key, &value).map_err(self.io("setting xattr on", rel))?;
         }
         Ok(())
     }

@@ -404,35 +404,8 @@ fn step_mount<S: Syscall>(
             readonly,
             upper,
         } => {
-            // Read-only, one directory is bound as it is. Otherwise an
-            // overlay; a writable one gets an upper directory in the
-            // step's state, discarded with it (as BuildKit does): the
-            // step's writes reach neither the layers (snapshots that every
-            // build shares) nor the context on the host. A seeded cache
-            // keeps its writes in its own upper directory.
-            let top = match (lowerdirs.as_slice(), readonly, upper) {
-                ([one], true, None) => one.clone(),
-                _ => {
-                    let dir = |name: String| {
-                        let at = state.join(name);
-                        fs::create_dir_all(&at)
-                            .map_err(|e| fail(format!("creating {}", at.display()), e))?;
-                        Ok::<_, SetupError>(at)
-                    };
-                    let at = dir(format!("layers-{index}"))?;
-                    let scratch = match (upper, readonly) {
-                        (Some(kept), _) => Some((kept.join("upper"), kept.join("work"))),
-                        (None, true) => None,
-                        (None, false) => Some((
-                            dir(format!("layers-{index}-upper"))?,
-                            dir(format!("layers-{index}-work"))?,
-                        )),
-                    };
-                    let upper = scratch.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
-                    mount_overlay(m.sys, lowerdirs, upper, &at, nodev)?;
-                    at
-                }
-            };
+            let upper = upper.as_deref();
+            let top = layers_root(m.sys, state, index, lowerdirs, *readonly, upper, nodev)?;
             // Resolved inside the layers (a symlink there cannot point the
             // mount at the host), then bound through the descriptor.
             let source = Root::open(&top)
@@ -457,6 +430,44 @@ fn step_mount<S: Syscall>(
             )
         }
     }
+}
+
+/// The directory a layers mount's path is found in. Read-only, one
+/// directory is bound as it is. Otherwise an overlay of `lowerdirs`,
+/// mounted in the step's state; a writable one gets an upper directory
+/// there, discarded with it (as BuildKit does): the step's writes reach
+/// neither the layers (snapshots that every build shares) nor the context
+/// on the host. A seeded cache keeps its writes in its own upper
+/// directory, `upper`.
+fn layers_root<S: Syscall>(
+    sys: &S,
+    state: &Path,
+    index: usize,
+    lowerdirs: &[PathBuf],
+    readonly: bool,
+    upper: Option<&Path>,
+    nodev: MsFlags,
+) -> Result<PathBuf, SetupError> {
+    if let ([one], true, None) = (lowerdirs, readonly, upper) {
+        return Ok(one.clone());
+    }
+    let dir = |name: String| {
+        let at = state.join(name);
+        fs::create_dir_all(&at).map_err(|e| fail(format!("creating {}", at.display()), e))?;
+        Ok::<_, SetupError>(at)
+    };
+    let at = dir(format!("layers-{index}"))?;
+    let scratch = match (upper, readonly) {
+        (Some(kept), _) => Some((kept.join("upper"), kept.join("work"))),
+        (None, true) => None,
+        (None, false) => Some((
+            dir(format!("layers-{index}-upper"))?,
+            dir(format!("layers-{index}-work"))?,
+        )),
+    };
+    let upper = scratch.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    mount_overlay(sys, lowerdirs, upper, &at, nodev)?;
+    Ok(at)
 }
 
 /// After `pivot_root`: the user, the working directory, the privileges,
