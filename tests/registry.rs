@@ -526,3 +526,72 @@ fn push_and_pull_through_kilnd() {
         stderr(&out)
     );
 }
+
+/// A push compresses the build's uncompressed layers as they leave; a kill
+/// -9 in the middle of that leaves a store that opens clean (the partial
+/// blob gone, the tag still on the image built), and the next push makes
+/// the same image an OCI output of the same build makes.
+#[test]
+fn a_push_killed_while_compressing_leaves_a_store_that_pushes_again() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let s = Setup::new();
+    let app = format!("{}/team/big:1", registry.addr);
+    let dockerfile = "FROM base:busybox\nRUN head -c 33554432 /dev/urandom > /big\n";
+    // The second build is all cache hits; the epoch makes its config the same.
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let out = s.build(dockerfile, &[&epoch[..], &["-t", &app]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built = manifest_digest(&s, &app);
+
+    let ingest = s.root.join("content/ingest");
+    let mut child = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["push", &app])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(PATIENCE, "4 MiB of the compressed layer in ingest", || {
+        let partial = fs::read_dir(&ingest).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 << 20))
+        });
+        assert!(
+            partial || child.try_wait().unwrap().is_none(),
+            "the push finished before it could be killed"
+        );
+        partial
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(manifest_digest(&s, &app), built, "the tag is untouched");
+    assert_eq!(
+        fs::read_dir(&ingest).unwrap().count(),
+        0,
+        "the partial blob is gone once the store opens again"
+    );
+    let (pushed, _) = s.ok(&["push", &app]);
+    let digest = manifest_digest(&s, &app);
+    assert!(pushed.contains(&digest), "{pushed}");
+    assert_ne!(digest, built, "the pushed image has gzip layers");
+
+    let oci = s.dir.path().join("o.tar");
+    let dest = format!("type=oci,dest={}", oci.display());
+    let out = s.build(dockerfile, &[&epoch[..], &["-o", &dest]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index = Command::new("tar")
+        .args(["-xOf"])
+        .arg(&oci)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"], digest,
+        "a push and an OCI output of the same build agree"
+    );
+}
