@@ -57,40 +57,25 @@ fn the_same_build_names_the_same_image_as_it_always_has() {
     }
     let s = Setup::new();
     context(&s);
-    let oci = s.dir.path().join("o.tar");
-    let out = s.build(
-        DOCKERFILE,
-        &[
-            "--build-arg",
-            "SOURCE_DATE_EPOCH=1700000000",
-            "-t",
-            "pinned:1",
-            "-o",
-            &format!("type=oci,dest={}", oci.display()),
-        ],
+    let oci = |file: &str, extra: &str, tags: &[&str]| {
+        let path = s.dir.path().join(file);
+        let output = format!("type=oci,dest={}{extra}", path.display());
+        let mut flags = vec!["--build-arg", "SOURCE_DATE_EPOCH=1700000000", "-o", &output];
+        flags.extend(tags);
+        let out = s.build(DOCKERFILE, &flags);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        oci_manifest(&path)
+    };
+    assert_eq!(oci("o.tar", "", &["-t", "pinned:1"]), MANIFEST, "type=oci");
+    assert_eq!(
+        oci("z.tar", ",compression=zstd", &[]),
+        MANIFEST_ZSTD,
+        "compression=zstd"
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(oci_manifest(&oci), MANIFEST, "the type=oci output");
-    let zstd = s.dir.path().join("z.tar");
-    let out = s.build(
-        DOCKERFILE,
-        &[
-            "--build-arg",
-            "SOURCE_DATE_EPOCH=1700000000",
-            "-o",
-            &format!("type=oci,dest={},compression=zstd", zstd.display()),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(oci_manifest(&zstd), MANIFEST_ZSTD, "compression=zstd");
     let registry = Registry::with_auth("");
     let name = format!("{}/pinned:1", registry.addr);
     s.ok(&["tag", "pinned:1", &name]);

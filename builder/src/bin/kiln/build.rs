@@ -103,7 +103,10 @@ pub(crate) struct Build {
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
     /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
     /// `type=tar,dest=F`, or a directory; `dest=-` (or `-o -`, a tar) is
-    /// standard output.
+    /// standard output. `compression=gzip|zstd|uncompressed` (and
+    /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
+    /// and `--cache-to` (gzip by default); the store keeps a build's own
+    /// layers uncompressed.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Print only the image ID.
