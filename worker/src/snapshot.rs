@@ -259,16 +259,38 @@ impl Snapshots {
 
     /// Removes a snapshot (no error when absent).
     pub fn remove(&self, diff_id: &str) -> layer::Result<()> {
-        let path = self.path(diff_id);
-        self.unlink(diff_id);
-        match fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LayerError::Io {
-                action: "removing",
+        self.discard(Self::name(diff_id))
+    }
+
+    /// Removes the snapshot `name` (as [`Snapshots::names`] lists it; no
+    /// error when absent). It leaves its name first, by a rename: a kill
+    /// midway leaves an unfinished removal, which [`Snapshots::recover`]
+    /// clears, never a layer missing files under its name that a later
+    /// step would mount as complete.
+    pub fn discard(&self, name: &str) -> layer::Result<()> {
+        let dir = self.dir_named(name);
+        let doomed = self.dir.join(format!(
+            "tmp-{}-discard-{}",
+            std::process::id(),
+            Path::new(name)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| LayerError::Io {
+                action,
                 path,
-                source: e,
-            }),
-            _ => Ok(()),
+                source,
+            }
+        };
+        match fs::rename(&dir, &doomed) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            renamed => renamed.map_err(io("renaming", &dir))?,
         }
+        self.unlink(name);
+        fs::remove_dir_all(&doomed).map_err(io("removing", &doomed))
     }
 }
 

@@ -44,6 +44,9 @@ pub enum ImageError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Name(#[from] ReferenceError),
+    /// A snapshot could not be unpacked or removed.
+    #[error(transparent)]
+    Snapshot(#[from] kiln_worker::layer::LayerError),
     #[error("no such image: {0}")]
     NotFound(String),
     #[error("{what} {digest} is not valid JSON of its kind: {source}")]

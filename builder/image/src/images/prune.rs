@@ -83,16 +83,14 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
             kept.push((made, name));
             continue;
         }
-        remove_counted(&dir, &mut total, &mut pruned)?;
-        snapshots.unlink(&name);
+        discard_counted(&snapshots, &name, &mut total, &mut pruned)?;
     }
     kept.sort();
     for (_, name) in kept {
         if !over(total) {
             break;
         }
-        remove_counted(&snapshots.dir_named(&name), &mut total, &mut pruned)?;
-        snapshots.unlink(&name);
+        discard_counted(&snapshots, &name, &mut total, &mut pruned)?;
     }
     store.meta.flush()?;
     if over(total) {
@@ -105,6 +103,9 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     }
 
     if all {
+        for name in snapshots.names() {
+            discard_counted(&snapshots, &name, &mut total, &mut pruned)?;
+        }
         for dir in ["snapshots", "cache-mounts"] {
             let dir = store.root().join(dir);
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -142,6 +143,21 @@ fn caches_least_recently_used_first(dir: &std::path::Path) -> Vec<std::path::Pat
 fn remove_counted(dir: &std::path::Path, total: &mut u64, pruned: &mut Pruned) -> Result<()> {
     let size = tree_size(dir);
     remove_tree(dir)?;
+    *total = total.saturating_sub(size);
+    pruned.reclaimed += size;
+    Ok(())
+}
+
+/// Removes the snapshot `name` (out of its name first: see
+/// [`Snapshots::discard`]), counting what it held.
+fn discard_counted(
+    snapshots: &Snapshots,
+    name: &str,
+    total: &mut u64,
+    pruned: &mut Pruned,
+) -> Result<()> {
+    let size = tree_size(&snapshots.dir_named(name));
+    snapshots.discard(name)?;
     *total = total.saturating_sub(size);
     pruned.reclaimed += size;
     Ok(())
