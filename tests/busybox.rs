@@ -132,6 +132,22 @@ impl Setup {
         text
     }
 
+    /// 20,000 small files in the context, as the many-files workload:
+    /// `src/d000/f000.txt` … `src/d199/f099.txt`.
+    pub(crate) fn many_files(&self) {
+        for d in 0..200 {
+            let dir = self.context.join(format!("src/d{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..100 {
+                fs::write(
+                    dir.join(format!("f{f:03}.txt")),
+                    format!("file {d} {f}\n").repeat(8),
+                )
+                .unwrap();
+            }
+        }
+    }
+
     pub(crate) fn kiln(&self, args: &[&str]) -> std::process::Output {
         run(kiln().env("KILN_ROOT", &self.root).args(args))
     }

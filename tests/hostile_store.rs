@@ -202,13 +202,7 @@ fn a_prune_killed_midway_leaves_no_partial_snapshot() {
         return;
     }
     let s = Setup::new();
-    for d in 0..200 {
-        let dir = s.context.join(format!("src/d{d:03}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..100 {
-            fs::write(dir.join(format!("f{f:03}")), format!("{d} {f}\n")).unwrap();
-        }
-    }
+    s.many_files();
     let build = |s: &Setup, counted: &str| {
         let dockerfile = format!(
             "FROM base:busybox\nCOPY src /src\nRUN find /src -type f | wc -l > /{counted}\n"

@@ -437,17 +437,7 @@ fn a_rebuild_sends_only_what_changed() {
         return;
     }
     let s = Setup::new();
-    for d in 0..200 {
-        let dir = s.context.join(format!("src/d{d:03}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..100 {
-            fs::write(
-                dir.join(format!("f{f:03}.txt")),
-                format!("file {d} {f}\n").repeat(8),
-            )
-            .unwrap();
-        }
-    }
+    s.many_files();
     // Old enough that no file counts as just written (see `remote::changes`).
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
     for entry in walk(&s.context.join("src")) {

@@ -121,15 +121,24 @@ impl Snapshots {
         self.path(diff_id).is_dir()
     }
 
+    /// The layer's directory when it is unpacked already (no blob is
+    /// needed then: any blob of that diff ID made it), else `None`.
+    pub fn unpacked(&self, diff_id: &str) -> layer::Result<Option<PathBuf>> {
+        Self::valid(diff_id)?;
+        if !self.path(diff_id).is_dir() {
+            return Ok(None);
+        }
+        self.short(diff_id).map(Some)
+    }
+
     /// The layer's directory, unpacking `blob` (compressed or not) first
     /// when it is not there yet. The uncompressed stream must hash to
     /// `diff_id` ([`LayerError::DiffId`] when not; nothing is kept).
     pub fn ensure(&self, diff_id: &str, blob: impl Read) -> layer::Result<PathBuf> {
-        Self::valid(diff_id)?;
-        let target = self.path(diff_id);
-        if target.is_dir() {
-            return self.short(diff_id);
+        if let Some(dir) = self.unpacked(diff_id)? {
+            return Ok(dir);
         }
+        let target = self.path(diff_id);
         let tmp = self.dir.join(format!(
             "tmp-{}-{}",
             std::process::id(),

@@ -287,8 +287,8 @@ impl StepRunner {
             self.gc.used(Snapshots::name(&diff_id));
             // Unpacked already (perhaps from another blob of the same
             // diff ID: kilnd's may be uncompressed, this worker's zstd).
-            if self.snapshots.has(&diff_id) {
-                dirs.push(self.snapshots.ensure(&diff_id, std::io::empty())?);
+            if let Some(dir) = self.snapshots.unpacked(&diff_id)? {
+                dirs.push(dir);
                 continue;
             }
             if !self.store.content.has(&layer.blob) {

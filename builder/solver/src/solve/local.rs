@@ -189,12 +189,14 @@ pub(super) fn lowerdirs(
         let diff_id = layer.diff_id.to_string();
         // Unpacked already: the blob is not read (it may be another of the
         // same diff ID, or not kept at all).
-        let dir = if snapshots.has(&diff_id) {
-            snapshots.ensure(&diff_id, std::io::empty())
-        } else {
-            snapshots.ensure(&diff_id, store.content.open_blob(&layer.blob)?)
+        let failed = |e| step_err(format!("layer {}: {e}", layer.blob));
+        let dir = match snapshots.unpacked(&diff_id).map_err(failed)? {
+            Some(dir) => dir,
+            None => snapshots
+                .ensure(&diff_id, store.content.open_blob(&layer.blob)?)
+                .map_err(failed)?,
         };
-        dirs.push(dir.map_err(|e| step_err(format!("layer {}: {e}", layer.blob)))?);
+        dirs.push(dir);
     }
     Ok(dirs)
 }
