@@ -99,11 +99,20 @@ impl Setup {
     /// Every layer of image `name`, concatenated (from a docker-archive,
     /// whose layers are plain tars), as text to search.
     pub(crate) fn layers_text(&self, name: &str) -> String {
+        self.layers_text_of(&[], name)
+    }
+
+    /// Like [`Setup::layers_text`], with the image read through kilnd.
+    pub(crate) fn layers_text_through(&self, addr: &str, name: &str) -> String {
+        self.layers_text_of(&["--addr", addr], name)
+    }
+
+    fn layers_text_of(&self, global: &[&str], name: &str) -> String {
         let archive = self
             .dir
             .path()
-            .join(format!("{}.tar", name.replace(':', "-")));
-        self.ok(&["save", "-o", archive.to_str().unwrap(), name]);
+            .join(format!("{}.tar", name.replace([':', '/'], "-")));
+        self.ok(&[global, &["save", "-o", archive.to_str().unwrap(), name]].concat());
         let out = Command::new("tar")
             .arg("-xOf")
             .arg(&archive)
@@ -112,24 +121,6 @@ impl Setup {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Like [`Setup::layers_text`], with the image read through kilnd.
-    pub(crate) fn layers_text_through(&self, addr: &str, name: &str) -> String {
-        let (json, _) = self.ok(&["--addr", addr, "inspect", name]);
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let mut text = String::new();
-        for layer in v[0]["Manifest"]["layers"].as_array().into_iter().flatten() {
-            let digest = layer["digest"].as_str().unwrap_or_default();
-            let path = self
-                .root
-                .join("content/blobs/sha256")
-                .join(digest.trim_start_matches("sha256:"));
-            // GNU tar finds out itself whether the blob is compressed.
-            let out = Command::new("tar").arg("-xOf").arg(&path).output().unwrap();
-            text.push_str(&String::from_utf8_lossy(&out.stdout));
-        }
-        text
     }
 
     /// 20,000 small files in the context, as the many-files workload:

@@ -388,11 +388,12 @@ fn a_full_disk_during_a_layer_write_is_an_error() {
     let sentinel = Sentinel::new(&s);
     let kilnd = Kilnd::start_with(&s, &["--keep-storage", "off"]);
     let addr = kilnd.addr();
-    // The step's 26 MiB of random bytes fit; their gzip layer (as large)
-    // does not.
+    // The step's 26 MiB of random bytes fit in its snapshot; the gzip
+    // layer (as large) the OCI output makes does not.
+    let dest = format!("type=oci,dest={}", s.dir.path().join("out.tar").display());
     let out = s.build(
         "FROM base:busybox\nRUN dd if=/dev/urandom of=/random bs=1M count=26\n",
-        &["--addr", &addr, "-t", "full:1"],
+        &["--addr", &addr, "-t", "full:1", "-o", &dest],
     );
     let stderr = failed(&out);
     assert!(stderr.contains("No space left on device"), "{stderr}");

@@ -595,3 +595,97 @@ fn a_push_killed_while_compressing_leaves_a_store_that_pushes_again() {
         "a push and an OCI output of the same build agree"
     );
 }
+
+/// A build writes a step's layer once, into its snapshot: no blob until
+/// something reads it. A push makes the gzip blob straight from the
+/// snapshot; a kill -9 in the middle of that leaves a store that opens
+/// clean with the layer still pending, `prune -a` keeps the snapshot that
+/// is the layer, and the next push sends a layer whose content is the
+/// diff ID the image config names.
+#[test]
+fn a_layer_is_made_from_its_snapshot_when_it_leaves_even_after_a_kill() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let s = Setup::new();
+    let app = format!("{}/team/lazy:1", registry.addr);
+    let dockerfile = "FROM base:busybox\nRUN head -c 33554432 /dev/urandom > /big\n";
+    let out = s.build(dockerfile, &["-t", &app]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built = manifest_digest(&s, &app);
+    let inspect: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", &app]).0).unwrap();
+    let diff_id = inspect[0]["RootFS"]["Layers"][1]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hex = diff_id.strip_prefix("sha256:").unwrap();
+    let blob = s.root.join("content/blobs/sha256").join(hex);
+    let pending = s.root.join("content/pending").join(hex);
+    assert!(!blob.exists(), "the build wrote no blob of its layer");
+    assert!(pending.is_file(), "the layer is pending");
+    assert!(s.root.join("snapshots").join(hex).is_dir());
+
+    let ingest = s.root.join("content/ingest");
+    let mut child = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["push", &app])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(PATIENCE, "4 MiB of the compressed layer in ingest", || {
+        let partial = fs::read_dir(&ingest).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 << 20))
+        });
+        assert!(
+            partial || child.try_wait().unwrap().is_none(),
+            "the push finished before it could be killed"
+        );
+        partial
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(manifest_digest(&s, &app), built, "the tag is untouched");
+    assert_eq!(fs::read_dir(&ingest).unwrap().count(), 0);
+    assert!(pending.is_file() && !blob.exists(), "still pending");
+    s.ok(&["prune", "-a"]);
+    assert!(
+        s.root.join("snapshots").join(hex).is_dir(),
+        "prune -a keeps the snapshot that is the layer"
+    );
+
+    let (pushed, _) = s.ok(&["push", &app]);
+    let digest = manifest_digest(&s, &app);
+    assert!(pushed.contains(&digest), "{pushed}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(s.root.join("content/blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let gzip = manifest["layers"][1]["digest"].as_str().unwrap();
+    let layout = s.dir.path().join("pulled");
+    let copied = Command::new("skopeo")
+        .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+        .arg(format!("docker://{app}"))
+        .arg(format!("oci:{}:x", layout.display()))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{}", stderr(&copied));
+    let tar = Command::new("gzip")
+        .arg("-dc")
+        .arg(layout.join("blobs/sha256").join(&gzip[7..]))
+        .output()
+        .unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&tar.stdout)),
+        diff_id,
+        "the registry's layer is the layer the config names"
+    );
+
+    // Gone with its image: the mark and the snapshot.
+    s.ok(&["rmi", &app]);
+    s.ok(&["prune", "-a"]);
+    assert!(!pending.exists() && !s.root.join("snapshots").join(hex).exists());
+}

@@ -5,6 +5,13 @@
 //! the directory fsynced: a blob path either holds exactly the bytes of its
 //! digest or does not exist. Leftover ingest files (a crash, a kill) are
 //! removed by [`ContentStore::recover`].
+//!
+//! A layer a build made may be *pending* instead (`content/pending/<hex>`,
+//! holding the blob's size): an uncompressed layer whose bytes are the tar
+//! of the snapshot of the same name, not written until something first
+//! reads them (`kiln-image`'s `blobs` makes them, checked against the
+//! digest). [`ContentStore::has`] and [`ContentStore::open_blob`] see
+//! stored blobs only; [`crate::Store::available`] sees both.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -45,6 +52,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Conten
 pub struct ContentStore {
     blobs: PathBuf,
     ingest: PathBuf,
+    pending: PathBuf,
 }
 
 /// Distinguishes concurrent ingest files of one process.
@@ -55,10 +63,15 @@ impl ContentStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let blobs = dir.join("blobs/sha256");
         let ingest = dir.join("ingest");
-        for d in [&blobs, &ingest] {
+        let pending = dir.join("pending");
+        for d in [&blobs, &ingest, &pending] {
             fs::create_dir_all(d).map_err(io_err("creating", d))?;
         }
-        Ok(Self { blobs, ingest })
+        Ok(Self {
+            blobs,
+            ingest,
+            pending,
+        })
     }
 
     /// Removes unfinished writes left by a process that died. Call only
@@ -155,24 +168,74 @@ impl ContentStore {
     /// Every blob with its size.
     pub fn list(&self) -> Result<Vec<(Digest, u64)>> {
         let mut blobs = Vec::new();
-        for entry in fs::read_dir(&self.blobs).map_err(io_err("reading", &self.blobs))? {
-            let entry = entry.map_err(io_err("reading", &self.blobs))?;
-            let Some(digest) = entry
-                .file_name()
-                .to_str()
-                .and_then(|h| format!("sha256:{h}").parse().ok())
-            else {
-                continue;
-            };
-            let size = entry
-                .metadata()
-                .map_err(io_err("reading", &entry.path()))?
-                .len();
+        for (digest, path) in digests_in(&self.blobs)? {
+            let size = fs::metadata(&path).map_err(io_err("reading", &path))?.len();
             blobs.push((digest, size));
         }
         blobs.sort();
         Ok(blobs)
     }
+
+    /// The size of the pending blob `digest` (see the module's text), or
+    /// `None` when it is not pending (stored, or unknown).
+    pub fn pending(&self, digest: &Digest) -> Option<u64> {
+        let text = fs::read_to_string(self.pending.join(digest.hex())).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Records `digest` as pending, `size` bytes once made: written aside,
+    /// then renamed, so a marker is whole or absent. The caller has put the
+    /// snapshot of that name in place first.
+    pub fn set_pending(&self, digest: &Digest, size: u64) -> Result<()> {
+        let temp = self.ingest.join(format!(
+            "{}-{}-pending",
+            std::process::id(),
+            INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&temp, size.to_string()).map_err(io_err("writing", &temp))?;
+        let target = self.pending.join(digest.hex());
+        fs::rename(&temp, &target).map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            io_err("renaming", &target)(e)
+        })
+    }
+
+    /// Forgets that `digest` is pending (no error when it is not): its blob
+    /// is stored now, or the layer is deleted.
+    pub fn clear_pending(&self, digest: &Digest) -> Result<()> {
+        let path = self.pending.join(digest.hex());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every pending blob with its size once made.
+    pub fn list_pending(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut pending: Vec<_> = digests_in(&self.pending)?
+            .into_iter()
+            .filter_map(|(digest, _)| self.pending(&digest).map(|size| (digest, size)))
+            .collect();
+        pending.sort();
+        Ok(pending)
+    }
+}
+
+/// The entries of `dir` named by a digest's hex, with their paths (others,
+/// such as a stray temp file, are skipped).
+fn digests_in(dir: &Path) -> Result<Vec<(Digest, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("reading", dir))? {
+        let entry = entry.map_err(io_err("reading", dir))?;
+        if let Some(digest) = entry
+            .file_name()
+            .to_str()
+            .and_then(|h| format!("sha256:{h}").parse().ok())
+        {
+            found.push((digest, entry.path()));
+        }
+    }
+    Ok(found)
 }
 
 /// A blob written by [`BlobWriter::commit`].
@@ -300,6 +363,27 @@ mod tests {
 
         store.delete(&d).unwrap();
         assert!(matches!(store.read(&d), Err(ContentError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_pending_blob_is_listed_apart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"a layer's tar");
+        assert_eq!(store.pending(&d), None);
+        store.set_pending(&d, 13).unwrap();
+        assert_eq!(store.pending(&d), Some(13));
+        assert_eq!(store.list_pending().unwrap(), [(d.clone(), 13)]);
+        assert!(!store.has(&d), "not stored");
+        assert!(store.list().unwrap().is_empty());
+        assert!(matches!(
+            store.open_blob(&d),
+            Err(ContentError::NotFound(_))
+        ));
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        store.clear_pending(&d).unwrap();
+        store.clear_pending(&d).unwrap();
+        assert!(store.list_pending().unwrap().is_empty());
     }
 
     #[test]

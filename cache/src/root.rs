@@ -173,6 +173,20 @@ impl Store {
         })
     }
 
+    /// Whether the blob `digest` is here: stored, or pending (an
+    /// uncompressed layer made from its snapshot when first read) with that
+    /// snapshot in place — a pending layer whose snapshot is gone is lost.
+    pub fn available(&self, digest: &Digest) -> bool {
+        self.content.has(digest)
+            || (self.content.pending(digest).is_some() && self.snapshot_dir(digest).is_dir())
+    }
+
+    /// The snapshot directory of the layer whose diff ID is `digest` (the
+    /// worker's `Snapshots` names them so; a pending blob is its tar).
+    pub fn snapshot_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join("snapshots").join(digest.hex())
+    }
+
     /// Whether `digest` and everything it references (for a manifest or an
     /// index, recursively) are in the content store. A walk with its own
     /// stack, each blob read once: an index nested thousands deep (written
@@ -185,6 +199,10 @@ impl Store {
                 continue;
             }
             if !self.content.has(&digest) {
+                if self.available(&digest) {
+                    // A pending layer: it references nothing.
+                    continue;
+                }
                 return Ok(false);
             }
             let bytes = match fs::metadata(self.content.path(&digest)) {
@@ -347,6 +365,39 @@ mod tests {
             store.content.has(&broken),
             "blobs are collected by prune, not by recovery"
         );
+    }
+
+    /// A pending layer counts while its snapshot is there; without it the
+    /// image is incomplete and its tag goes.
+    #[test]
+    fn a_pending_layer_is_whole_with_its_snapshot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let config = store.content.write_bytes(b"{}").unwrap();
+            for (name, tar) in [("kept", "tar one"), ("lost", "tar two")] {
+                let layer = Digest::of(tar.as_bytes());
+                store.content.set_pending(&layer, 7).unwrap();
+                if name == "kept" {
+                    fs::create_dir_all(store.snapshot_dir(&layer)).unwrap();
+                }
+                assert_eq!(store.available(&layer), name == "kept");
+                let manifest = format!(
+                    r#"{{"config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#
+                );
+                let target = store.content.write_bytes(manifest.as_bytes()).unwrap();
+                let record = ImageRecord {
+                    target,
+                    media_type: "m".into(),
+                    tagged: 1,
+                };
+                store.meta.put_image(name, &record).unwrap();
+            }
+            store.meta.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recovery().dangling_tags, ["lost"]);
+        assert!(store.meta.image("kept").unwrap().is_some());
     }
 
     #[test]

@@ -334,6 +334,56 @@ fn gzp_err(e: gzp::GzpError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Passes writes on, keeping a copy of the first error for whoever
+/// started them: an encoder writing on threads of its own reports a
+/// broken pipe, not why.
+pub struct Witness<W> {
+    inner: W,
+    first: std::sync::Arc<std::sync::Mutex<Option<io::Error>>>,
+}
+
+/// The first error a [`Witness`] saw.
+pub struct Failure(std::sync::Arc<std::sync::Mutex<Option<io::Error>>>);
+
+impl Failure {
+    /// The error, once.
+    pub fn take(&self) -> Option<io::Error> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl<W: Write> Witness<W> {
+    pub fn new(inner: W) -> (Self, Failure) {
+        let first = std::sync::Arc::default();
+        let failure = Failure(std::sync::Arc::clone(&first));
+        (Self { inner, first }, failure)
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn seen<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        result.inspect_err(|e| {
+            if let Ok(mut first) = self.first.lock() {
+                first.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+impl<W: Write> Write for Witness<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.seen(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.inner.flush();
+        self.seen(result)
+    }
+}
+
 /// Passes writes on while hashing them: the diff ID of a layer written
 /// compressed.
 pub struct Hashing<W> {
@@ -377,7 +427,7 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
     if let Some(r) = store
         .meta
         .cache_record(&key)?
-        .filter(|r| store.content.has(&r.blob))
+        .filter(|r| store.available(&r.blob))
     {
         return Ok(Layer {
             blob: r.blob,
@@ -391,10 +441,22 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
         path: store.content.path(&layer.blob),
         source: e,
     };
-    let mut input = decompressed(store.content.open_blob(&layer.blob)?).map_err(io)?;
-    let mut encoder = Encoder::new(how, store.content.writer()?).map_err(io)?;
-    io::copy(&mut input, &mut encoder).map_err(io)?;
-    let blob = encoder.finish().map_err(io)?.commit(None)?;
+    let (writer, failure) = Witness::new(store.content.writer()?);
+    let mut encoder = Encoder::new(how, writer).map_err(io)?;
+    let streamed = if crate::blobs::is_pending(store, &layer.blob) {
+        // Straight from the snapshot: the uncompressed blob is not written.
+        crate::blobs::tar_into(store, &layer.blob, &mut encoder).map(drop)
+    } else {
+        decompressed(store.content.open_blob(&layer.blob)?)
+            .and_then(|mut input| io::copy(&mut input, &mut encoder))
+            .map(drop)
+            .map_err(io)
+    };
+    let finished = streamed.and_then(|()| encoder.finish().map_err(io));
+    // gzip writes on threads of its own and says only that its pipe broke:
+    // what the store's writer met (a full disk) is the cause.
+    let writer = finished.map_err(|e| failure.take().map_or(e, io))?;
+    let blob = writer.into_inner().commit(None)?;
     let out = Layer {
         blob: blob.digest,
         diff_id: layer.diff_id.clone(),

@@ -1,5 +1,6 @@
 //! kiln's image model and what reads and writes it: OCI images and layers
-//! in the store ([`image`]), layer compression and verification
+//! in the store ([`image`]), layer blobs a build leaves unwritten until
+//! something reads them ([`blobs`]), layer compression and verification
 //! ([`compress`]), `docker save`/`load`/`import` archives ([`archive`]), a
 //! built image's `-o` outputs ([`output`]) and the image commands' logic
 //! (`images`, `inspect`, `tag`, `rmi`, `prune`, `du`: [`images`]).
@@ -9,6 +10,7 @@
 //! store, which callers run on threads of their own.
 
 pub mod archive;
+pub mod blobs;
 pub mod compress;
 pub mod image;
 pub mod images;

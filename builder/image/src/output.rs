@@ -8,7 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Digest, Store};
-use kiln_worker::layer::compression::decompressed;
 use kiln_worker::layer::{Whiteouts, unpack_with};
 
 use crate::archive::{Format, save_images, save_images_to_file};
@@ -205,13 +204,12 @@ fn rootfs(store: &Store, img: &image::Image, dest: &Path) -> Result<()> {
     };
     fs::create_dir_all(dest).map_err(io("creating", dest))?;
     for layer in img.layer_pairs()? {
-        let reader =
-            decompressed(store.content.open_blob(&layer.blob)?).map_err(io("reading", dest))?;
-        let unpacked =
+        let unpacked = crate::blobs::with_tar(store, &layer.blob, |reader| {
             unpack_with(reader, dest, Whiteouts::Apply).map_err(|e| ImageError::Archive {
                 path: dest.to_owned(),
                 reason: format!("layer {}: {e}", layer.blob),
-            })?;
+            })
+        })?;
         if unpacked.diff_id != layer.diff_id.to_string() {
             return Err(ImageError::DiffId {
                 layer: layer.blob,

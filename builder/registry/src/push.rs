@@ -242,7 +242,7 @@ fn section(file: &Arc<std::fs::File>, start: u64, end: u64) -> Body {
 fn upload(store: &Store, session: &Session, digest: &Digest, size: u64, chunk: u64) -> Result<()> {
     let what = format!("uploading blob {digest}");
     let mut location = start_upload(session, &what)?;
-    let file = Arc::new(store.content.open_blob(digest)?);
+    let file = Arc::new(kiln_image::blobs::open(store, digest)?);
     if size <= chunk {
         let url = with_digest(&location, digest);
         let response = session.send(&what, &|http| {

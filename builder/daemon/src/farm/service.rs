@@ -4,7 +4,8 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use kiln_cache::{Digest, Store};
+use kiln_cache::{ContentError, Digest, Store};
+use kiln_image::image::ImageError;
 use kiln_proto::farm::v1::{self as pb, farm_server};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -101,11 +102,18 @@ impl farm_server::Farm for FarmService {
         request: Request<pb::ReadBlobRequest>,
     ) -> Result<Response<Self::ReadBlobStream>, Status> {
         let digest = digest_of(&request.into_inner().digest)?;
-        let mut file = self
-            .store
-            .content
-            .open_blob(&digest)
-            .map_err(|_| ServiceError::NoBlob(digest.clone()))?;
+        // A layer a build left unwritten is made now, off the runtime.
+        let (store, wanted) = (Arc::clone(&self.store), digest.clone());
+        let mut file =
+            tokio::task::spawn_blocking(move || kiln_image::blobs::open(&store, &wanted))
+                .await
+                .map_err(|e| Status::internal(format!("reading {digest}: {e}")))?
+                .map_err(|e| match e {
+                    ImageError::Content(ContentError::NotFound(_)) => {
+                        Status::from(ServiceError::NoBlob(digest.clone()))
+                    }
+                    other => Status::internal(format!("reading {digest}: {other}")),
+                })?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let mut out = ChunkWriter::new(tx.clone(), |data, _| {

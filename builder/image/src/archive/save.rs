@@ -52,7 +52,15 @@ pub fn save_images_to_file(
         .map_err(io("creating"))
         .and_then(|file| {
             let mut writer = io::BufWriter::with_capacity(1 << 20, file);
-            save_images(store, images, format, &mut writer)?;
+            // An entry that failed to go in names the archive too (which
+            // disk filled).
+            save_images(store, images, format, &mut writer).map_err(|e| match e {
+                ImageError::Io { .. } => ImageError::Archive {
+                    path: out.to_owned(),
+                    reason: e.to_string(),
+                },
+                other => other,
+            })?;
             let file = writer
                 .into_inner()
                 .map_err(|e| io("writing")(e.into_error()))?;
@@ -122,6 +130,12 @@ fn append_blob<W: Write>(
     path: &str,
     digest: &Digest,
 ) -> Result<()> {
+    if crate::blobs::is_pending(store, digest) {
+        // A layer a build left unwritten: made from its snapshot straight
+        // into the archive.
+        let size = crate::blobs::size(store, digest)?;
+        return crate::blobs::with_tar(store, digest, |layer| append(tar, path, size, layer));
+    }
     let size = store.content.size(digest)?;
     append(tar, path, size, store.content.open_blob(digest)?)
 }

@@ -83,6 +83,22 @@ pub enum ImageError {
         claimed: String,
         actual: String,
     },
+    /// A layer whose blob was never written lost its snapshot.
+    #[error(
+        "layer {layer} is lost: its blob was never written and its snapshot {} is gone (rebuild the image)",
+        snapshot.display()
+    )]
+    LayerLost { layer: Digest, snapshot: PathBuf },
+    /// A layer's snapshot no longer makes the layer's bytes.
+    #[error(
+        "layer {layer}: its snapshot {} was changed since the layer was made (it now makes {actual}); rebuild the image",
+        snapshot.display()
+    )]
+    SnapshotChanged {
+        layer: Digest,
+        snapshot: PathBuf,
+        actual: Digest,
+    },
     #[error(
         "image {image}: {layers} layer(s) in the manifest but {diff_ids} diff IDs in the config"
     )]

@@ -161,20 +161,27 @@ fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
         .collect();
     let live = reachable(store)?;
     let mut deleted = Vec::new();
-    // The manifest goes first: a crash then leaves only unreferenced blobs.
+    // The manifest goes first: a crash then leaves only unreferenced blobs
+    // (and snapshots of layers no longer stored, which prune collects).
     for digest in std::iter::once(&image.manifest_digest).chain(candidates.iter()) {
-        if !live.contains(digest) && store.content.has(digest) {
-            store.content.delete(digest)?;
-            store.meta.forget(digest)?;
-            deleted.push(digest.clone());
+        if live.contains(digest) {
+            continue;
         }
+        if store.content.has(digest) {
+            store.content.delete(digest)?;
+        } else if crate::blobs::is_pending(store, digest) {
+            crate::blobs::forget(store, digest)?;
+        } else {
+            continue;
+        }
+        store.meta.forget(digest)?;
+        deleted.push(digest.clone());
     }
     // The unpacked forms of the deleted layers go with them.
     let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
     for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
-        let dir = snapshots.path(diff_id);
-        if deleted.contains(layer) && dir.is_dir() {
-            remove_tree(&dir)?;
+        if deleted.contains(layer) {
+            snapshots.remove(diff_id)?;
         }
     }
     Ok(Removed {

@@ -3,13 +3,16 @@
 //! Three things take a store's disk: blobs, snapshots (layers unpacked for
 //! overlayfs) and cache mounts. Blobs no tag or lease reaches are build
 //! cache. A snapshot is only a faster form of a stored layer: it is made
-//! again from the blob when a step needs it. So a prune deletes, in order:
-//! unused blobs, least recently used first, with the step records that
-//! name them; every snapshot whose layer is no longer stored (whatever
-//! the bound: nothing can use it); then, while still over the bound, the
-//! least recently made snapshots of stored layers, and last the least
-//! recently used cache mounts (what a step would fetch again). `all`
-//! empties every snapshot and cache mount.
+//! again from the blob when a step needs it — except the snapshot of a
+//! layer whose blob is pending (`crate::blobs`: a build's layer not yet
+//! read), which *is* the layer and goes only with it. So a prune deletes,
+//! in order: unused blobs (pending ones too), least recently used first,
+//! with the step records that name them; every snapshot whose layer is no
+//! longer stored (whatever the bound: nothing can use it); then, while
+//! still over the bound, the least recently made snapshots of stored
+//! layers, and last the least recently used cache mounts (what a step
+//! would fetch again). `all` empties every snapshot and cache mount but
+//! those of pending layers still used.
 //! The caller holds collection apart from builds (the root's lock, or
 //! kilnd's collector), so nothing deleted here is in use.
 
@@ -42,16 +45,6 @@ pub struct Pruned {
 /// does): the next build starts cold.
 pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     let live = reachable(store)?;
-    let mut blobs: BTreeSet<Digest> = store.content.list()?.into_iter().map(|(d, _)| d).collect();
-    let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
-    for digest in &blobs {
-        if !live.contains(digest) {
-            let used = store.meta.last_used(digest)?.unwrap_or(0);
-            let size = allocated(&store.content.path(digest));
-            unused.push((used, digest.clone(), size));
-        }
-    }
-    unused.sort();
     // The whole root is walked only when there is a bound to meet.
     let mut total = match keep {
         Some(_) => usage_of(store, &live)?.total(),
@@ -59,27 +52,26 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     };
     let over = |total: u64| keep.is_some_and(|k| total > k);
     let mut pruned = Pruned::default();
-    for (_, digest, size) in unused {
-        if keep.is_some() && !over(total) {
-            break;
-        }
-        store.content.delete(&digest)?;
-        store.meta.forget(&digest)?;
-        total = total.saturating_sub(size);
-        pruned.reclaimed += size;
-        blobs.remove(&digest);
-        pruned.deleted.push(digest);
-    }
+    let blobs = prune_blobs(store, &live, keep.is_some(), &over, &mut total, &mut pruned)?;
 
     let snapshots = Snapshots::new(store.root().join("snapshots"));
+    // A pending blob's snapshot is the layer itself: it goes with the blob.
+    let pinned: BTreeSet<String> = blobs
+        .iter()
+        .filter(|d| crate::blobs::is_pending(store, d))
+        .map(|d| d.hex().to_owned())
+        .collect();
     let stored = stored_layers(store, &blobs)?;
     let mut kept: Vec<(i64, String)> = Vec::new();
     for name in snapshots.names() {
-        let dir = snapshots.dir_named(&name);
+        if pinned.contains(&name) {
+            continue;
+        }
         if stored.contains(&name) {
             // The change time: when it was renamed into place (its mtime
             // is the layer's own).
-            let made = std::fs::symlink_metadata(&dir).map_or(0, |m| m.ctime());
+            let made =
+                std::fs::symlink_metadata(snapshots.dir_named(&name)).map_or(0, |m| m.ctime());
             kept.push((made, name));
             continue;
         }
@@ -101,19 +93,76 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
             remove_counted(&dir, &mut total, &mut pruned)?;
         }
     }
-
     if all {
-        for name in snapshots.names() {
-            discard_counted(&snapshots, &name, &mut total, &mut pruned)?;
+        empty(store, &snapshots, &pinned, &mut total, &mut pruned)?;
+    }
+    Ok(pruned)
+}
+
+/// Deletes blobs no tag or lease uses, least recently used first, with
+/// the step records that name them (pending ones: their marks), while
+/// over the bound (every one with no bound). The blobs left, stored or
+/// pending.
+fn prune_blobs(
+    store: &Store,
+    live: &BTreeSet<Digest>,
+    bounded: bool,
+    over: &dyn Fn(u64) -> bool,
+    total: &mut u64,
+    pruned: &mut Pruned,
+) -> Result<BTreeSet<Digest>> {
+    let mut blobs: BTreeSet<Digest> = store.content.list()?.into_iter().map(|(d, _)| d).collect();
+    blobs.extend(store.content.list_pending()?.into_iter().map(|(d, _)| d));
+    let mut unused: Vec<(u64, Digest, u64)> = Vec::new();
+    for digest in &blobs {
+        if !live.contains(digest) {
+            let used = store.meta.last_used(digest)?.unwrap_or(0);
+            // A pending blob takes nothing yet: its snapshot is counted
+            // when it goes.
+            let size = allocated(&store.content.path(digest));
+            unused.push((used, digest.clone(), size));
         }
-        for dir in ["snapshots", "cache-mounts"] {
-            let dir = store.root().join(dir);
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                remove_counted(&entry.path(), &mut total, &mut pruned)?;
+    }
+    unused.sort();
+    for (_, digest, size) in unused {
+        if bounded && !over(*total) {
+            break;
+        }
+        store.content.delete(&digest)?;
+        store.content.clear_pending(&digest)?;
+        store.meta.forget(&digest)?;
+        *total = total.saturating_sub(size);
+        pruned.reclaimed += size;
+        blobs.remove(&digest);
+        pruned.deleted.push(digest);
+    }
+    Ok(blobs)
+}
+
+/// `prune -a`: every snapshot but the `pinned` ones (layers whose blob
+/// is pending) and every cache mount.
+fn empty(
+    store: &Store,
+    snapshots: &Snapshots,
+    pinned: &BTreeSet<String>,
+    total: &mut u64,
+    pruned: &mut Pruned,
+) -> Result<()> {
+    for name in snapshots.names() {
+        if !pinned.contains(&name) {
+            discard_counted(snapshots, &name, total, pruned)?;
+        }
+    }
+    for dir in ["snapshots", "cache-mounts"] {
+        let dir = store.root().join(dir);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(dir.ends_with("snapshots") && pinned.contains(&name)) {
+                remove_counted(&entry.path(), total, pruned)?;
             }
         }
     }
-    Ok(pruned)
+    Ok(())
 }
 
 /// The `RUN --mount=type=cache` directories under `dir`, least recently

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use kiln_cache::Store;
-use kiln_image::compress::LayerCompression;
+use kiln_image::compress::{Kind, LayerCompression};
 use kiln_image::image::Layer;
 use kiln_worker::exec::{CacheSeed, ExecMount, ExecRequest, Worker};
 use kiln_worker::sandbox::Stream;
@@ -156,10 +156,13 @@ impl Executor for Local<'_> {
     }
 }
 
-/// Stores a step's upperdir as a layer blob, compressed as asked, and
-/// keeps the upperdir as that layer's snapshot — except with
-/// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the upperdir's are
-/// not, and the steps after must see what a cache hit would show.
+/// Keeps a step's upperdir as its layer. Uncompressed (a build's layers):
+/// the upperdir becomes the layer's snapshot and its blob is written only
+/// when something reads it (`kiln_image::blobs`). Otherwise the blob is
+/// stored now, compressed as asked, and the upperdir kept as its snapshot
+/// — except with `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped, the
+/// upperdir's are not, and the steps after must see what a cache hit
+/// would show (so that layer's blob is stored, never made from a snapshot).
 pub(super) fn keep_layer(
     store: &Store,
     snapshots: &Snapshots,
@@ -167,6 +170,9 @@ pub(super) fn keep_layer(
     compression: LayerCompression,
     source_date_epoch: Option<u64>,
 ) -> Result<Layer> {
+    if source_date_epoch.is_none() && compression.kind == Kind::Uncompressed {
+        return kiln_image::blobs::record(store, snapshots, upper).map_err(step_err);
+    }
     let layer = kiln_image::compress::store_layer(store, upper, compression, source_date_epoch)
         .map_err(step_err)?;
     if source_date_epoch.is_none()
@@ -193,7 +199,10 @@ pub(super) fn lowerdirs(
         let dir = match snapshots.unpacked(&diff_id).map_err(failed)? {
             Some(dir) => dir,
             None => snapshots
-                .ensure(&diff_id, store.content.open_blob(&layer.blob)?)
+                .ensure(
+                    &diff_id,
+                    kiln_image::blobs::open(store, &layer.blob).map_err(step_err)?,
+                )
                 .map_err(failed)?,
         };
         dirs.push(dir);

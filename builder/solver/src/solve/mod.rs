@@ -537,7 +537,7 @@ impl Solver<'_> {
                 .store
                 .meta
                 .cache_record(key)?
-                .filter(|r| self.store.content.has(&r.blob)))
+                .filter(|r| self.store.available(&r.blob)))
         };
         loop {
             if let Some(record) = lookup()? {
