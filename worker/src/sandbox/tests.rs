@@ -104,7 +104,7 @@ fn setup_order() {
     assert_eq!(
         calls[6],
         format!(
-            "mount overlay {merged} overlay MS_NODEV lowerdir=l2:l1,upperdir=/up,workdir=/work"
+            "mount overlay {merged} overlay MS_NODEV lowerdir=l2:l1,upperdir=/up,workdir=/work,volatile"
         )
     );
     let locked = "MS_NOSUID | MS_NODEV | MS_NOEXEC";
