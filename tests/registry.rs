@@ -623,6 +623,12 @@ fn a_layer_is_made_from_its_snapshot_when_it_leaves_even_after_a_kill() {
     let blob = s.root.join("content/blobs/sha256").join(hex);
     let pending = s.root.join("content/pending").join(hex);
     assert!(!blob.exists(), "the build wrote no blob of its layer");
+    let manifest_layers = &inspect[0]["Manifest"]["layers"];
+    assert_eq!(
+        (&manifest_layers[0]["stored"], &manifest_layers[1]["stored"]),
+        (&serde_json::json!(true), &serde_json::json!(false)),
+        "inspect says which blobs exist: {manifest_layers}"
+    );
     assert!(pending.is_file(), "the layer is pending");
     assert!(s.root.join("snapshots").join(hex).is_dir());
 

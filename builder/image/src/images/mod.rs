@@ -65,7 +65,8 @@ pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
     Ok(rows)
 }
 
-/// `kiln inspect`: docker's shape, plus the manifest and its layers.
+/// `kiln inspect`: docker's shape, plus the manifest and its layers (each
+/// `stored`, or not yet: a build's layer made from its snapshot when read).
 pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
     let (_, image) = image::resolve(store, name)?;
     let tags: Vec<String> = store
@@ -78,7 +79,11 @@ pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
     let layers: Vec<serde_json::Value> = image
         .layers()
         .into_iter()
-        .map(|(digest, media_type, size)| serde_json::json!({"digest": digest, "mediaType": media_type, "size": size}))
+        .map(|(digest, media_type, size)| {
+            // A build's layer whose blob is still its snapshot's tar.
+            let stored = store.content.has(&digest);
+            serde_json::json!({"digest": digest, "mediaType": media_type, "size": size, "stored": stored})
+        })
         .collect();
     let c = &image.config;
     Ok(serde_json::json!({
