@@ -420,31 +420,57 @@ impl<W: Write> Write for Hashing<W> {
 /// `layer` stored as `how` asks: itself when it already is, else converted
 /// once per layer and compression and found again through the cache index.
 pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<Layer, ImageError> {
-    if layer.media_type == how.media_type() {
-        return Ok(layer.clone());
+    match converted_before(store, layer, how)? {
+        Some(found) => Ok(found),
+        None => Ok(convert(store, layer, how, io::sink())?.0),
     }
-    let key = format!("compressed:{:?}-{}:{}", how.kind, how.level, layer.diff_id);
-    if let Some(r) = store
+}
+
+/// `layer` as `how` asks when that needs no work: itself, or its
+/// conversion kept from before.
+pub fn converted_before(
+    store: &Store,
+    layer: &Layer,
+    how: LayerCompression,
+) -> Result<Option<Layer>, ImageError> {
+    if layer.media_type == how.media_type() {
+        return Ok(Some(layer.clone()));
+    }
+    let found = store
         .meta
-        .cache_record(&key)?
+        .cache_record(&conversion_key(layer, how))?
         .filter(|r| store.available(&r.blob))
-    {
-        return Ok(Layer {
+        .map(|r| Layer {
             blob: r.blob,
             diff_id: r.diff_id,
             media_type: r.media_type,
             size: r.size,
         });
-    }
+    Ok(found)
+}
+
+fn conversion_key(layer: &Layer, how: LayerCompression) -> String {
+    format!("compressed:{:?}-{}:{}", how.kind, how.level, layer.diff_id)
+}
+
+/// Converts `layer` to `how` (from its snapshot when its blob is pending,
+/// the uncompressed blob is then not written), keeps the new blob and
+/// records the conversion; every byte of the new blob also goes to `also`
+/// as it is made (a push streams it to the registry), which is given back.
+pub fn convert<W: Write + Send + 'static>(
+    store: &Store,
+    layer: &Layer,
+    how: LayerCompression,
+    also: W,
+) -> Result<(Layer, W), ImageError> {
     let io = |e: io::Error| ImageError::Io {
         action: "compressing",
         path: store.content.path(&layer.blob),
         source: e,
     };
-    let (writer, failure) = Witness::new(store.content.writer()?);
+    let (writer, failure) = Witness::new(Tee(store.content.writer()?, also));
     let mut encoder = Encoder::new(how, writer).map_err(io)?;
     let streamed = if crate::blobs::is_pending(store, &layer.blob) {
-        // Straight from the snapshot: the uncompressed blob is not written.
         crate::blobs::tar_into(store, &layer.blob, &mut encoder).map(drop)
     } else {
         decompressed(store.content.open_blob(&layer.blob)?)
@@ -454,9 +480,12 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
     };
     let finished = streamed.and_then(|()| encoder.finish().map_err(io));
     // gzip writes on threads of its own and says only that its pipe broke:
-    // what the store's writer met (a full disk) is the cause.
-    let writer = finished.map_err(|e| failure.take().map_or(e, io))?;
-    let blob = writer.into_inner().commit(None)?;
+    // what the writers met (a full disk) is the cause.
+    let Tee(writer, mut also) = finished
+        .map_err(|e| failure.take().map_or(e, io))?
+        .into_inner();
+    also.flush().map_err(io)?;
+    let blob = writer.commit(None)?;
     let out = Layer {
         blob: blob.digest,
         diff_id: layer.diff_id.clone(),
@@ -464,7 +493,7 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
         size: blob.size,
     };
     store.meta.put_cache_record(
-        &key,
+        &conversion_key(layer, how),
         &kiln_cache::CacheRecord {
             blob: out.blob.clone(),
             diff_id: out.diff_id.clone(),
@@ -473,7 +502,23 @@ pub fn converted(store: &Store, layer: &Layer, how: LayerCompression) -> Result<
             created: image::now(),
         },
     )?;
-    Ok(out)
+    Ok((out, also))
+}
+
+/// Writes everything to both.
+struct Tee<A, B>(A, B);
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
 }
 
 /// Which layers of an image are compressed again as it leaves.
@@ -498,6 +543,19 @@ pub fn distributed(
     how: LayerCompression,
     which: Recompress,
 ) -> Result<kiln_cache::Digest, ImageError> {
+    distributed_with(store, image, how, which, &mut |layer| {
+        converted(store, layer, how)
+    })
+}
+
+/// [`distributed`], each layer that changes made by `convert`.
+pub fn distributed_with<E: From<ImageError>>(
+    store: &Store,
+    image: &image::Image,
+    how: LayerCompression,
+    which: Recompress,
+    convert: &mut dyn FnMut(&Layer) -> Result<Layer, E>,
+) -> Result<kiln_cache::Digest, E> {
     let layers = image.layer_pairs()?;
     let changes = |l: &Layer| {
         l.media_type != how.media_type()
@@ -509,7 +567,7 @@ pub fn distributed(
     let mut out = Vec::with_capacity(layers.len());
     for layer in &layers {
         let l = if changes(layer) {
-            converted(store, layer, how)?
+            convert(layer)?
         } else {
             layer.clone()
         };

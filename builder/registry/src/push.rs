@@ -40,18 +40,47 @@ pub struct Pushed {
 /// After the push, `name` names the manifest the registry has.
 pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
     let (full, image) = image::resolve(store, name)?;
-    let manifest = compress::distributed(
+    let pushed = push_compressing(
         store,
+        &full,
         &image,
         LayerCompression::default(),
         Recompress::Uncompressed,
+        options,
     )?;
-    let pushed = push_image(store, &full, &manifest, options)?;
-    if manifest != image.manifest_digest {
-        image::tag(store, &full, &manifest, image::OCI_MANIFEST)?;
+    if pushed.manifest != image.manifest_digest {
+        image::tag(store, &full, &pushed.manifest, image::OCI_MANIFEST)?;
         store.meta.flush()?;
     }
     Ok(pushed)
+}
+
+/// Pushes `image` as `name`, its layers compressed `how` as `which` says
+/// (`compress::distributed`): a layer compressed before goes as it was
+/// kept; one compressed now is uploaded while it is being compressed, and
+/// its blob kept for the next push. [`Pushed::manifest`] is the manifest
+/// the registry has (in the store too).
+pub fn push_compressing(
+    store: &Store,
+    name: &str,
+    image: &image::Image,
+    how: LayerCompression,
+    which: Recompress,
+    options: &Options,
+) -> Result<Pushed> {
+    let reference = Reference::parse(name)?;
+    let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
+    let mut sent = Vec::new();
+    let manifest = compress::distributed_with(store, image, how, which, &mut |layer| {
+        if let Some(kept) = compress::converted_before(store, layer, how)? {
+            return Ok(kept);
+        }
+        let made = stream::upload_while_compressing(store, &session, layer, how, options)?;
+        sent.push(made.blob.clone());
+        Ok::<_, super::RegistryError>(made)
+    })?;
+    let (bytes, blobs) = image_blobs(store, &manifest)?;
+    send_all(store, &session, &reference, &bytes, &blobs, &sent, options)
 }
 
 /// Pushes the image of `manifest` (in the store, its layers as they are)
@@ -63,12 +92,20 @@ pub fn push_image(
     options: &Options,
 ) -> Result<Pushed> {
     let reference = Reference::parse(name)?;
+    let (manifest_bytes, blobs) = image_blobs(store, manifest)?;
+    push_manifest(store, &reference, &manifest_bytes, &blobs, options)
+}
+
+/// Blobs with their sizes.
+type Blobs = Vec<(Digest, u64)>;
+
+/// The manifest's bytes and the blobs it names (config, layers).
+fn image_blobs(store: &Store, manifest: &Digest) -> Result<(Vec<u8>, Blobs)> {
     let (os, arch) = image::host_platform();
     let image = image::read_image(store, manifest, (&os, &arch))?;
-    let manifest_bytes = store.content.read(manifest)?;
     let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
     blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
-    push_manifest(store, &reference, &manifest_bytes, &blobs, options)
+    Ok((store.content.read(manifest)?, blobs))
 }
 
 /// Pushes `blobs` (from the store) and then `manifest` under the
@@ -81,6 +118,20 @@ pub(super) fn push_manifest(
     options: &Options,
 ) -> Result<Pushed> {
     let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
+    send_all(store, &session, reference, manifest, blobs, &[], options)
+}
+
+/// [`push_manifest`] in `session`; the blobs in `sent` were uploaded
+/// already (while they were compressed).
+fn send_all(
+    store: &Store,
+    session: &Session,
+    reference: &Reference,
+    manifest: &[u8],
+    blobs: &[(Digest, u64)],
+    sent: &[Digest],
+    options: &Options,
+) -> Result<Pushed> {
     let media_type = serde_json::from_slice::<serde_json::Value>(manifest)
         .ok()
         .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
@@ -92,9 +143,11 @@ pub(super) fn push_manifest(
         skipped: 0,
     };
     for (digest, size) in blobs {
-        if exists(&session, digest)? {
+        if sent.contains(digest) {
+            pushed.uploaded += 1;
+        } else if exists(session, digest)? {
             pushed.skipped += 1;
-        } else if mount(store, &session, reference, digest)? {
+        } else if mount(store, session, reference, digest)? {
             pushed.mounted += 1;
         } else {
             let chunk = if options.chunk_size == 0 {
@@ -102,7 +155,7 @@ pub(super) fn push_manifest(
             } else {
                 options.chunk_size
             };
-            upload(store, &session, digest, *size, chunk)?;
+            upload(store, session, digest, *size, chunk)?;
             pushed.uploaded += 1;
         }
     }
@@ -271,12 +324,145 @@ fn upload(store: &Store, session: &Session, digest: &Digest, size: u64, chunk: u
         location = self::location(session, &what, &response)?;
         offset = end;
     }
-    let url = with_digest(&location, digest);
-    let response = session.send(&what, &|http| http.put(&url).header(CONTENT_LENGTH, "0"))?;
+    finish_upload(session, &what, &location, digest)
+}
+
+/// Ends a chunked upload: the blob's digest, for the registry to check.
+fn finish_upload(session: &Session, what: &str, location: &str, digest: &Digest) -> Result<()> {
+    let url = with_digest(location, digest);
+    let response = session.send(what, &|http| http.put(&url).header(CONTENT_LENGTH, "0"))?;
     if response.status() != StatusCode::CREATED {
-        return Err(session.status_error(&what, response));
+        return Err(session.status_error(what, response));
     }
     Ok(())
+}
+
+/// A layer uploaded while it is compressed: the encoder's output goes to
+/// the store and, in pieces, to a thread that sends each as a PATCH of one
+/// upload; the digest, known at the end, closes it.
+mod stream {
+    use std::io::{self, Write};
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+    use kiln_cache::Store;
+    use kiln_image::compress::{self, LayerCompression};
+    use kiln_image::image::Layer;
+    use reqwest::StatusCode;
+    use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE};
+
+    use super::{Options, Result, Session, finish_upload, location, start_upload};
+
+    /// Pieces sent as they fill (a registry's chunk limit, when one is
+    /// set, is `Options::chunk_size`).
+    const PIECE: usize = 16 << 20;
+
+    pub(super) fn upload_while_compressing(
+        store: &Store,
+        session: &Session,
+        layer: &Layer,
+        how: LayerCompression,
+        options: &Options,
+    ) -> Result<Layer> {
+        let what = format!("uploading layer {} as it is compressed", layer.diff_id);
+        let piece = match usize::try_from(options.chunk_size) {
+            Ok(0) | Err(_) => PIECE,
+            Ok(n) => n,
+        };
+        let (tx, rx) = sync_channel::<Vec<u8>>(2);
+        std::thread::scope(|scope| {
+            let uploader = scope.spawn(|| send_pieces(session, &what, rx));
+            let made = compress::convert(store, layer, how, Pieces::new(tx, piece))
+                .map_err(super::super::RegistryError::from)
+                .and_then(|(layer, pieces)| {
+                    pieces.close().map_err(|e| session.failed(&what, e))?;
+                    Ok(layer)
+                });
+            let uploaded = match uploader.join() {
+                Ok(uploaded) => uploaded,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            match (made, uploaded) {
+                (Ok(layer), Ok(location)) => {
+                    finish_upload(session, &what, &location, &layer.blob)?;
+                    Ok(layer)
+                }
+                // A failed upload ended the stream: it is the cause.
+                (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+            }
+        })
+    }
+
+    /// Sends each piece as the next PATCH of a new upload; its location
+    /// once the pieces end.
+    fn send_pieces(session: &Session, what: &str, pieces: Receiver<Vec<u8>>) -> Result<String> {
+        let mut location = start_upload(session, what)?;
+        let mut offset = 0u64;
+        for piece in pieces {
+            let end = offset + piece.len() as u64;
+            let url = location.clone();
+            let response = session.send(what, &|http| {
+                http.patch(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{}", end - 1))
+                    .body(piece.clone())
+            })?;
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(session.status_error(what, response));
+            }
+            location = self::location(session, what, &response)?;
+            offset = end;
+        }
+        Ok(location)
+    }
+
+    /// Gathers writes into pieces of `size` and hands each to the sender.
+    struct Pieces {
+        tx: SyncSender<Vec<u8>>,
+        buf: Vec<u8>,
+        size: usize,
+    }
+
+    impl Pieces {
+        fn new(tx: SyncSender<Vec<u8>>, size: usize) -> Self {
+            Self {
+                tx,
+                buf: Vec::with_capacity(size),
+                size,
+            }
+        }
+
+        fn send(&mut self) -> io::Result<()> {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+            self.tx
+                .send(piece)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        }
+
+        /// Sends what is left; the upload's pieces end.
+        fn close(mut self) -> io::Result<()> {
+            if self.buf.is_empty() {
+                Ok(())
+            } else {
+                self.send()
+            }
+        }
+    }
+
+    impl Write for Pieces {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let n = data.len().min(self.size - self.buf.len());
+            self.buf.extend_from_slice(&data[..n]);
+            if self.buf.len() == self.size {
+                self.send()?;
+            }
+            Ok(n)
+        }
+
+        /// Pieces go when full or closed, not on a flush.
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -349,13 +535,55 @@ mod tests {
         .unwrap()
         .bytes()
         .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
         assert_eq!(
             Digest::of(&back),
             layer,
             "the registry assembled the chunks"
         );
+
+        // The same layer compressed on the way: uploaded in pieces while
+        // gzip makes it, the gzip blob kept, the manifest the new one.
+        let (os, arch) = image::host_platform();
+        let config = serde_json::json!({
+            "architecture": arch, "os": os,
+            "rootfs": {"type": "layers", "diff_ids": [layer]},
+        });
+        let config = store
+            .content
+            .write_bytes(config.to_string().as_bytes())
+            .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_MANIFEST,
+            "config": {"mediaType": image::OCI_CONFIG, "digest": config, "size": store.content.size(&config).unwrap()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": data.len()}],
+        }))
+        .unwrap();
+        let manifest = store.content.write_bytes(&manifest).unwrap();
+        let img = image::read_image(&store, &manifest, (&os, &arch)).unwrap();
+        let name = format!("127.0.0.1:{port}/chunks/gz:1");
+        let how = LayerCompression::default();
+        let pushed =
+            push_compressing(&store, &name, &img, how, Recompress::Every, &options).unwrap();
+        assert_eq!((pushed.uploaded, pushed.skipped), (2, 0), "{pushed:?}");
+        let gz: serde_json::Value =
+            serde_json::from_slice(&store.content.read(&pushed.manifest).unwrap()).unwrap();
+        let gz: Digest = gz["layers"][0]["digest"].as_str().unwrap().parse().unwrap();
+        assert!(store.content.has(&gz), "the gzip blob is kept");
+        let back =
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/chunks/gz/blobs/{gz}"))
+                .unwrap()
+                .bytes()
+                .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(Digest::of(&back), gz, "the registry has the kept blob");
+        let mut plain = Vec::new();
+        kiln_worker::layer::compression::decompressed(&back[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(Digest::of(&plain), layer, "and it is the layer");
     }
 
     #[test]

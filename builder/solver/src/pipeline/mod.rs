@@ -114,19 +114,20 @@ pub fn run(
             )?;
         }
     }
-    push(request, env, built.leaving(), report)?;
+    push(request, env, &mut built, report)?;
     Ok(built)
 }
 
 /// The image as it leaves the machine — its layers compressed as the
-/// build asks — when something takes it away: a push or an OCI output.
-/// The store keeps a build's layers uncompressed (`kiln_image::compress`).
+/// build asks — for an OCI output. The store keeps a build's layers
+/// uncompressed (`kiln_image::compress`); a push alone makes this image
+/// itself, each layer uploaded while it is compressed.
 fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Option<Digest>> {
     let oci = request
         .files
         .iter()
         .any(|o| matches!(o, kiln_image::output::Output::Oci(_)));
-    if !request.push && !oci {
+    if !oci {
         return Ok(None);
     }
     let (os, arch) = kiln_image::image::host_platform();
@@ -256,18 +257,40 @@ fn export_caches(
     Ok(())
 }
 
-/// `--output type=image,push=true`: every tag to its registry.
+/// `--output type=image,push=true`: every tag to its registry. The first
+/// push makes the image as it leaves when no output did
+/// (`Built::distribution`).
 fn push(
     request: &Request,
     env: &Env<'_>,
-    manifest: &Digest,
+    built: &mut Built,
     report: &mut (dyn FnMut(Report) + Send),
 ) -> Result<()> {
     if !request.push {
         return Ok(());
     }
     for tag in &request.tags {
-        let pushed = kiln_registry::push_image(env.store, tag, manifest, &request.registry)?;
+        let pushed = match &built.distribution {
+            Some(manifest) => {
+                kiln_registry::push_image(env.store, tag, manifest, &request.registry)?
+            }
+            None => {
+                let (os, arch) = kiln_image::image::host_platform();
+                let image =
+                    kiln_image::image::read_image(env.store, &built.manifest, (&os, &arch))?;
+                let pushed = kiln_registry::push_compressing(
+                    env.store,
+                    tag,
+                    &image,
+                    request.compression,
+                    kiln_image::compress::Recompress::Every,
+                    &request.registry,
+                )?;
+                built.distribution = Some(pushed.manifest.clone());
+                pushed
+            }
+        };
+        let manifest = built.leaving();
         // The tag names what the registry has, as after `kiln push`.
         kiln_image::image::tag(env.store, tag, manifest, kiln_image::image::OCI_MANIFEST)?;
         env.store.meta.flush().map_err(ImageError::from)?;
