@@ -31,8 +31,9 @@ use crate::image::{ImageError, Layer, Result};
 
 /// Records the directory `upper` (a step's changes, whiteouts in overlay
 /// form) as an uncompressed layer: hashed, then taken as the layer's
-/// snapshot, its blob pending. When the layer is here already, `upper` is
-/// left for the caller to discard; when a snapshot of that name exists
+/// snapshot, its blob pending. When the layer is here already, `upper`
+/// becomes its snapshot only if it has none (else the caller discards
+/// it); when a snapshot of that name exists
 /// without a blob (a pulled layer unpacked, say), the blob is written
 /// from `upper` now, as its snapshot can not be trusted to make these
 /// very bytes.
@@ -48,10 +49,11 @@ pub fn record(store: &Store, snapshots: &Snapshots, upper: &Path) -> Result<Laye
             .to_owned(),
         size,
     };
+    let adopted = snapshots.adopt(&digest.to_string(), upper);
     if store.available(&digest) {
+        // Here already; `upper` is its snapshot now if it had none.
         return Ok(layer);
     }
-    let adopted = snapshots.adopt(&digest.to_string(), upper);
     if adopted.is_ok() && !upper.exists() {
         store.content.set_pending(&digest, size)?;
         return Ok(layer);
