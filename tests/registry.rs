@@ -527,6 +527,33 @@ fn push_and_pull_through_kilnd() {
     );
 }
 
+/// Starts `kiln push NAME` and kills it (-9) once 4 MiB of a compressed
+/// layer are in the store's ingest directory, which it returns.
+fn kill_a_push_while_it_compresses(s: &Setup, name: &str) -> PathBuf {
+    let ingest = s.root.join("content/ingest");
+    let mut child = crate::harness::kiln()
+        .env("KILN_ROOT", &s.root)
+        .args(["push", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(PATIENCE, "4 MiB of the compressed layer in ingest", || {
+        let partial = fs::read_dir(&ingest).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 << 20))
+        });
+        assert!(
+            partial || child.try_wait().unwrap().is_none(),
+            "the push finished before it could be killed"
+        );
+        partial
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ingest
+}
+
 /// A push compresses the build's uncompressed layers as they leave; a kill
 /// -9 in the middle of that leaves a store that opens clean (the partial
 /// blob gone, the tag still on the image built), and the next push makes
@@ -546,27 +573,7 @@ fn a_push_killed_while_compressing_leaves_a_store_that_pushes_again() {
     assert!(out.status.success(), "{}", stderr(&out));
     let built = manifest_digest(&s, &app);
 
-    let ingest = s.root.join("content/ingest");
-    let mut child = crate::harness::kiln()
-        .env("KILN_ROOT", &s.root)
-        .args(["push", &app])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(PATIENCE, "4 MiB of the compressed layer in ingest", || {
-        let partial = fs::read_dir(&ingest).is_ok_and(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 << 20))
-        });
-        assert!(
-            partial || child.try_wait().unwrap().is_none(),
-            "the push finished before it could be killed"
-        );
-        partial
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let ingest = kill_a_push_while_it_compresses(&s, &app);
 
     assert_eq!(manifest_digest(&s, &app), built, "the tag is untouched");
     assert_eq!(
@@ -632,27 +639,7 @@ fn a_layer_is_made_from_its_snapshot_when_it_leaves_even_after_a_kill() {
     assert!(pending.is_file(), "the layer is pending");
     assert!(s.root.join("snapshots").join(hex).is_dir());
 
-    let ingest = s.root.join("content/ingest");
-    let mut child = crate::harness::kiln()
-        .env("KILN_ROOT", &s.root)
-        .args(["push", &app])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(PATIENCE, "4 MiB of the compressed layer in ingest", || {
-        let partial = fs::read_dir(&ingest).is_ok_and(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 << 20))
-        });
-        assert!(
-            partial || child.try_wait().unwrap().is_none(),
-            "the push finished before it could be killed"
-        );
-        partial
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let ingest = kill_a_push_while_it_compresses(&s, &app);
 
     assert_eq!(manifest_digest(&s, &app), built, "the tag is untouched");
     assert_eq!(fs::read_dir(&ingest).unwrap().count(), 0);
