@@ -233,7 +233,8 @@ impl Copier<'_> {
         }
         let (to_dir, name) = self.dst.parent(&target)?;
         let from = std::fs::File::from(self.src.open_follow(source, OFlag::O_RDONLY)?);
-        tree::copy_file(from, st, &to_dir, name.as_bytes(), &self.meta)
+        let made = tree::made_owner(&to_dir)?;
+        tree::copy_file(from, st, (&to_dir, made), name.as_bytes(), &self.meta)
     }
 }
 
