@@ -212,7 +212,11 @@ static STEP_SEQ: AtomicU64 = AtomicU64::new(0);
 impl Worker {
     pub fn new(dir: impl Into<PathBuf>, sandbox: Sandbox) -> Self {
         let dir = dir.into();
-        spread_steps(&dir.join("steps"));
+        // Layers unpacked into snapshots/ (the base image's again after
+        // a prune) are as many new files.
+        for spread in ["steps", "snapshots"] {
+            spread_dirs(&dir.join(spread));
+        }
         Self {
             dir,
             sandbox,
@@ -510,7 +514,8 @@ impl Drop for CacheGuard {
 }
 
 /// Makes `steps` (every step's and file op's scratch directory is made in
-/// it) spread the directories made in it over the disk
+/// it; or `snapshots`, where layers are unpacked) spread the directories
+/// made in it over the disk
 /// ([`crate::sandbox::syscall::mark_top_dir`]): a step's new files then
 /// land in a block group of their own rather than among the inodes that
 /// the last prune freed next to `steps`, which ext4 without a journal
@@ -519,7 +524,7 @@ impl Drop for CacheGuard {
 /// ones doubled a COPY's time. The store makes `steps` anew (0700) each
 /// time it opens, so each worker marks it. Only a placement hint: a
 /// filesystem without the flag (tmpfs, xfs) is used as it is.
-fn spread_steps(steps: &Path) {
+fn spread_dirs(steps: &Path) {
     use std::os::unix::fs::DirBuilderExt as _;
     let made = fs::DirBuilder::new().mode(0o700).create(steps);
     if made.is_err() && !steps.is_dir() {
