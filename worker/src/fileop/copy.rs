@@ -23,12 +23,13 @@
 //!   destination directory.
 
 use std::io::Read;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path};
 
 use kiln_proto::chmod::Chmod;
 use kiln_proto::dockerignore::Matcher;
 use nix::fcntl::OFlag;
-use nix::sys::stat::FileStat;
+use nix::sys::stat::{FileStat, fstat};
 
 use super::root::{Root, components, proc_fd_path};
 use super::tree::{self, Meta};
@@ -65,6 +66,17 @@ pub struct CopyRequest {
 
 /// Copies `req.sources` from the root `src` into the root `dest`.
 pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
+    copy_over(src, dest, None, req)
+}
+
+/// [`copy`] into `dest`, an overlay whose changes land in the directory
+/// `upper`. A directory source copied into a directory that the copy
+/// itself makes is written into `upper` directly: that directory is new,
+/// empty and the upper's alone, so what lands there is what the overlay
+/// would have put there, without its work on each of thousands of files
+/// (a lookup in every layer, credentials switched for each creation and
+/// write, and its inodes and dentries torn down when the job ends).
+pub fn copy_over(src: &Path, dest: &Path, upper: Option<&Path>, req: &CopyRequest) -> Result<()> {
     let src_root = Root::open(src)?;
     let dst = Root::open(dest)?;
     let matcher = |patterns: &[String]| {
@@ -92,9 +104,16 @@ pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
             count: sources.len(),
         });
     }
+    // One directory source at most: its hard links are then all made
+    // where it is written.
+    let upper = match upper {
+        Some(upper) if sources.len() == 1 && !req.parents => Some(Root::open(upper)?),
+        _ => None,
+    };
     let mut copier = Copier {
         src: &src_root,
         dst: &dst,
+        upper,
         req,
         meta,
         dest_base: components(&req.dest).join("/"),
@@ -126,6 +145,9 @@ fn made_dir_mode(chmod: Option<&Chmod>) -> u32 {
 struct Copier<'a> {
     src: &'a Root,
     dst: &'a Root,
+    /// The destination overlay's upper directory, where a directory this
+    /// copy makes can be written directly ([`copy_over`]).
+    upper: Option<Root>,
     req: &'a CopyRequest,
     /// What the copied entries get; its `base` is the directory source
     /// being copied.
@@ -177,10 +199,16 @@ impl Copier<'_> {
         // mode, one made here is made as the parents are. With
         // `--parents` it is one of the copied directories, with the
         // source's owner and mode.
-        self.dst
+        let made = self
+            .dst
             .mkdir_all(target, self.made_dir_mode, self.meta.owner)?;
         let from = self.src.open_follow(source, dir_flags)?;
-        let to = self.dst.open_follow(target, dir_flags)?;
+        let mut to = self.dst.open_follow(target, dir_flags)?;
+        if made.last().is_some_and(|m| m == target)
+            && let Some(direct) = self.in_upper(&to)?
+        {
+            to = direct;
+        }
         source.clone_into(&mut self.meta.base);
         tree::copy_dir(&from, &to, "", &self.meta)?;
         if self.req.parents {
@@ -188,6 +216,36 @@ impl Copier<'_> {
             tree::finish(&to, uid, gid, self.meta.mode_of(st), st, target.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// The upper directory's own copy of `made`, a directory that this
+    /// copy has just made through the overlay: reached beneath the upper
+    /// directory through no symlink, by the path the overlay resolved, and
+    /// taken only when it is that directory (the same inode) and empty.
+    /// `None` without an upper directory, or when it is not so.
+    fn in_upper(&self, made: &OwnedFd) -> Result<Option<OwnedFd>> {
+        let Some(upper) = &self.upper else {
+            return Ok(None);
+        };
+        let rel = self.dst.relative_path(made)?;
+        let mut parts = Vec::new();
+        for part in rel.components() {
+            match part {
+                Component::Normal(name) => parts.push(name),
+                _ => return Ok(None),
+            }
+        }
+        let Ok(dir) = upper.dir_beneath(&parts, false) else {
+            return Ok(None);
+        };
+        let ino = |fd: &OwnedFd| fstat(fd.as_fd()).map(|st| (st.st_ino, st.st_mode));
+        if ino(made).ok() != ino(&dir).ok() {
+            return Ok(None);
+        }
+        let listed = proc_fd_path(&dir);
+        let mut entries =
+            std::fs::read_dir(&listed).map_err(|e| FileOpError::io("reading", &listed, e))?;
+        Ok(entries.next().is_none().then_some(dir))
     }
 
     /// Unpacks the tar archive `source` (ADD) into the directory `base`.
@@ -233,7 +291,8 @@ impl Copier<'_> {
         }
         let (to_dir, name) = self.dst.parent(&target)?;
         let from = std::fs::File::from(self.src.open_follow(source, OFlag::O_RDONLY)?);
-        tree::copy_file(from, st, &to_dir, name.as_bytes(), &self.meta)
+        let made = tree::made_owner(&to_dir)?;
+        tree::copy_file(from, st, (&to_dir, made), name.as_bytes(), &self.meta)
     }
 }
 

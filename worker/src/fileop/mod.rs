@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use thiserror::Error;
 
-pub use self::copy::{CopyRequest, copy};
+pub use self::copy::{CopyRequest, copy, copy_over};
 
 /// The entries of directory `path` as (name, is_dir) — a symlink is no
 /// directory — for `.dockerignore`'s walk into excluded directories
@@ -185,7 +185,9 @@ pub struct FileJob {
 }
 
 /// Runs `job`'s actions on already-mounted roots: `dest` (the merged
-/// destination) and `sources` (one directory per source).
+/// destination) and `sources` (one directory per source). A copy may
+/// write a directory it makes straight into `job.dest.upperdir`
+/// ([`copy_over`]).
 pub fn apply(job: &FileJob, dest: &Path, sources: &[PathBuf]) -> Result<()> {
     for action in &job.actions {
         match action {
@@ -193,7 +195,7 @@ pub fn apply(job: &FileJob, dest: &Path, sources: &[PathBuf]) -> Result<()> {
                 let src = sources.get(*source).ok_or_else(|| {
                     FileOpError::Invalid(format!("copy from source {source}, of {}", sources.len()))
                 })?;
-                copy(src, dest, request)?;
+                copy_over(src, dest, Some(&job.dest.upperdir), request)?;
             }
             FileAction::Mkdir {
                 path,

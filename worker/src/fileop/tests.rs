@@ -546,3 +546,67 @@ fn hard_links_among_copied_files_are_kept() {
         fs::metadata(r.src.join("dir/one")).unwrap().ino()
     );
 }
+
+/// Every entry below `root`: path, kind and mode, owner, mtime (not of
+/// the directories made now), and what a file or link holds.
+fn described(root: &Path, made: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in tree(root) {
+        let full = root.join(&path);
+        let m = fs::symlink_metadata(&full).unwrap();
+        let data = if m.is_file() {
+            let data = fs::read(&full).unwrap();
+            format!(
+                "{} bytes {}",
+                data.len(),
+                String::from_utf8_lossy(&data[..data.len().min(8)])
+            )
+        } else if m.is_symlink() {
+            fs::read_link(&full).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        let mtime = if made.contains(&path.as_str()) {
+            0
+        } else {
+            m.mtime()
+        };
+        out.push(format!(
+            "{path} {:o} {}:{} {mtime} {data}",
+            m.mode(),
+            m.uid(),
+            m.gid()
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_copy_into_a_directory_it_makes_is_the_same_written_into_the_upper() {
+    let r = roots();
+    write(&r.src, "app/a.txt", "a");
+    write(&r.src, "app/sub/b.txt", &"b".repeat(100_000));
+    fs::write(r.src.join("app/empty"), "").unwrap();
+    symlink("a.txt", r.src.join("app/link")).unwrap();
+    fs::hard_link(r.src.join("app/a.txt"), r.src.join("app/sub/a-again")).unwrap();
+    fs::set_permissions(r.src.join("app/a.txt"), fs::Permissions::from_mode(0o4751)).unwrap();
+    let expected = roots();
+    copy(&r.src, &expected.dst, &req(&["/app"], "/made/deep/")).unwrap();
+
+    // An overlay with no layer below: its upper directory is the
+    // destination itself, so the directory the copy makes is the upper's.
+    copy_over(&r.src, &r.dst, Some(&r.dst), &req(&["/app"], "/made/deep/")).unwrap();
+    let made = ["made/", "made/deep/"];
+    assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
+    let ino = |p: &str| fs::metadata(r.dst.join(p)).unwrap().ino();
+    assert_eq!(ino("made/deep/a.txt"), ino("made/deep/sub/a-again"));
+
+    // Into a directory that is there already: through the destination,
+    // replacing what is in the way (a file, a directory, a link).
+    fs::remove_file(r.dst.join("made/deep/sub/b.txt")).unwrap();
+    write(&r.dst, "made/deep/sub/b.txt/inside", "dir in the way");
+    fs::remove_file(r.dst.join("made/deep/empty")).unwrap();
+    symlink("/nowhere", r.dst.join("made/deep/empty")).unwrap();
+    copy_over(&r.src, &r.dst, Some(&r.dst), &req(&["/app"], "/made/deep/")).unwrap();
+    assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
+}

@@ -60,15 +60,16 @@ impl Links {
         let Some((dir, first)) = copies.get(&(st.st_dev, st.st_ino)) else {
             return Ok(false);
         };
-        replace(dst, name)?;
-        nix::unistd::linkat(
-            dir.as_fd(),
-            first.as_slice(),
-            dst.as_fd(),
-            name,
-            AtFlags::empty(),
-        )
-        .map_err(sys("linking", name))?;
+        let link = || {
+            nix::unistd::linkat(
+                dir.as_fd(),
+                first.as_slice(),
+                dst.as_fd(),
+                name,
+                AtFlags::empty(),
+            )
+        };
+        replacing(dst, name, "linking", link)?;
         Ok(true)
     }
 
@@ -182,6 +183,7 @@ fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError +
 /// Copies the contents of directory `src` into directory `dst`; `rel` is
 /// the path below the copied source (for excludes).
 pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>) -> Result<()> {
+    let made = made_owner(dst)?;
     let path = proc_fd_path(src);
     let mut names: Vec<Vec<u8>> = std::fs::read_dir(&path)
         .map_err(|e| FileOpError::io("reading", &path, e))?
@@ -215,9 +217,23 @@ pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>)
         if meta.hidden_files.hides(&st, meta.root_excludes)? {
             continue;
         }
-        copy_entry(src, dst, &name, &st, &child_rel, meta)?;
+        copy_entry(src, (dst, made), &name, &st, &child_rel, meta)?;
     }
     Ok(())
+}
+
+/// The owner a file made in the directory `dir` gets: this process's
+/// effective ids, the directory's group when it is set-group-ID (see
+/// inode(7), "The set-group-ID bit"). A copy then need not chown a file
+/// that is already its owner's.
+pub(super) fn made_owner(dir: &OwnedFd) -> Result<(u32, u32)> {
+    let st = nix::sys::stat::fstat(dir.as_fd()).map_err(sys("reading", b"."))?;
+    let gid = if st.st_mode & nix::libc::S_ISGID != 0 {
+        st.st_gid
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    Ok((nix::unistd::geteuid().as_raw(), gid))
 }
 
 /// Whether the excluded entry `name` of `src` (`from_root` in the
@@ -246,9 +262,10 @@ fn kept_below(src: &OwnedFd, name: &[u8], st: &FileStat, from_root: &str, meta: 
 }
 
 /// Copies entry `name` of directory `src` to the same name in `dst`.
+/// `dst` comes with the owner a file made there gets ([`made_owner`]).
 pub(super) fn copy_entry(
     src: &OwnedFd,
-    dst: &OwnedFd,
+    (dst, made): (&OwnedFd, (u32, u32)),
     name: &[u8],
     st: &FileStat,
     rel: &str,
@@ -280,7 +297,7 @@ pub(super) fn copy_entry(
                 Mode::empty(),
             )
             .map_err(sys("opening", name))?;
-            copy_file(File::from(from), st, dst, name, meta)?;
+            copy_file(File::from(from), st, (dst, made), name, meta)?;
             if linked {
                 meta.links.remember(st, dst, name)?;
             }
@@ -288,9 +305,9 @@ pub(super) fn copy_entry(
         }
         nix::libc::S_IFLNK => {
             let target = readlinkat(src.as_fd(), name).map_err(sys("reading link", name))?;
-            replace(dst, name)?;
-            symlinkat(target.as_os_str(), dst.as_fd(), name)
-                .map_err(sys("creating symlink", name))?;
+            replacing(dst, name, "creating symlink", || {
+                symlinkat(target.as_os_str(), dst.as_fd(), name)
+            })?;
             fchownat(
                 dst.as_fd(),
                 name,
@@ -309,24 +326,25 @@ pub(super) fn copy_entry(
 }
 
 /// Copies the open regular file `from` (described by `st`) to `name` in
-/// the directory `dst`.
+/// the directory `dst`, where a file made gets the owner `made`.
 pub(super) fn copy_file(
     mut from: File,
     st: &FileStat,
-    dst: &OwnedFd,
+    (dst, made): (&OwnedFd, (u32, u32)),
     name: &[u8],
     meta: &Meta<'_>,
 ) -> Result<()> {
-    replace(dst, name)?;
-    let to = openat(
-        dst.as_fd(),
-        name,
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(sys("creating", name))?;
+    let create = || {
+        openat(
+            dst.as_fd(),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+    };
+    let to = replacing(dst, name, "creating", create)?;
     let mut to = File::from(to);
-    io::copy(&mut from, &mut to).map_err(|e| {
+    copy_data(&mut from, &mut to, u64::try_from(st.st_size).unwrap_or(0)).map_err(|e| {
         FileOpError::io(
             "copying",
             std::path::Path::new(std::ffi::OsStr::from_bytes(name)),
@@ -334,7 +352,53 @@ pub(super) fn copy_file(
         )
     })?;
     let (uid, gid) = meta.owner.unwrap_or((st.st_uid, st.st_gid));
-    finish(&to.into(), uid, gid, meta.mode_of(st), st, name)
+    let owner = ((uid, gid) != made).then_some((uid, gid));
+    finish_made(&to.into(), owner, meta.mode_of(st), st, name)
+}
+
+/// Copies the file `from`, of `size` bytes when it was looked at, to `to`.
+/// A small file is read whole and written in one call each (one read of a
+/// byte more than `size` shows it ended there); a larger one, or one that
+/// changed size, goes through `std::io::copy` (`copy_file_range(2)`, which
+/// between two filesystems fails with `EXDEV` before `sendfile(2)`: three
+/// calls for each small file).
+fn copy_data(from: &mut File, to: &mut File, size: u64) -> io::Result<()> {
+    /// The largest file read whole into memory.
+    const SMALL: u64 = 64 << 10;
+    if size >= SMALL {
+        return io::copy(from, to).map(drop);
+    }
+    let mut buf = vec![0; usize::try_from(size).unwrap_or(0) + 1];
+    let read = loop {
+        match io::Read::read(from, &mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            read => break read?,
+        }
+    };
+    io::Write::write_all(to, &buf[..read])?;
+    if read as u64 != size {
+        // Grown, shrunk or read short: the rest up to its end.
+        io::copy(from, to)?;
+    }
+    Ok(())
+}
+
+/// `make` (a creation of `name` in `dst` that fails with `EEXIST` when
+/// something is there), again after removing what is there: one call for
+/// the usual new name, rather than a look first.
+fn replacing<T>(
+    dst: &OwnedFd,
+    name: &[u8],
+    action: &'static str,
+    make: impl Fn() -> nix::Result<T>,
+) -> Result<T> {
+    match make() {
+        Err(Errno::EEXIST) => {
+            replace(dst, name)?;
+            make().map_err(sys(action, name))
+        }
+        made => made.map_err(sys(action, name)),
+    }
 }
 
 /// The directory `name` in `dst`: opened when it is one, else made (a file
@@ -374,12 +438,26 @@ pub(super) fn finish(
     st: &FileStat,
     name: &[u8],
 ) -> Result<()> {
-    fchown(
-        fd.as_fd(),
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-    )
-    .map_err(sys("chown", name))?;
+    finish_made(fd, Some((uid, gid)), mode, st, name)
+}
+
+/// [`finish`] of a file whose owner is already right when `owner` is
+/// `None`.
+fn finish_made(
+    fd: &OwnedFd,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    st: &FileStat,
+    name: &[u8],
+) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        fchown(
+            fd.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(sys("chown", name))?;
+    }
     fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(sys("chmod", name))?;
     let t = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
     futimens(fd.as_fd(), &t, &t).map_err(sys("setting mtime of", name))
