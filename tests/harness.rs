@@ -58,3 +58,29 @@ pub(crate) fn dockerd_turn() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Writes `text` to `path` as a 0755 program — from a child process, so
+/// that no descriptor of this one is ever open for writing on it: another
+/// test's thread forking meanwhile would carry that descriptor into its
+/// child until it execs, and the program's own exec would then fail with
+/// ETXTBSY ("text file busy").
+pub(crate) fn write_program(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "writing {}",
+        path.display()
+    );
+}

@@ -275,15 +275,13 @@ fn a_nat_that_dies_before_it_is_up_fails_the_step_before_it_runs() {
     let bin = s.dir.path().join("fake-nat");
     fs::create_dir_all(&bin).unwrap();
     let fake = bin.join("slirp4netns");
-    fs::write(
+    crate::harness::write_program(
         &fake,
         "#!/bin/sh
 echo 'cannot attach to the namespace' >&2
 exit 1
 ",
-    )
-    .unwrap();
-    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     fs::write(
         s.context.join("Dockerfile"),
         "FROM base:busybox

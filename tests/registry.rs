@@ -386,12 +386,10 @@ fn indexes_pick_the_platform_and_helpers_give_credentials() {
     let bin = dir.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
     let helper = bin.join("docker-credential-kilntest");
-    fs::write(
+    crate::harness::write_program(
         &helper,
         "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"{\\\"ServerURL\\\":\\\"$server\\\",\\\"Username\\\":\\\"helper-user\\\",\\\"Secret\\\":\\\"helper-pass\\\"}\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let config = dir.path().join("docker");
     fs::create_dir_all(&config).unwrap();
     fs::write(
