@@ -48,6 +48,7 @@ fn job(
         sources,
         actions,
         state_dir: d("state"),
+        previous: None,
     }
 }
 

@@ -66,17 +66,28 @@ pub struct CopyRequest {
 
 /// Copies `req.sources` from the root `src` into the root `dest`.
 pub fn copy(src: &Path, dest: &Path, req: &CopyRequest) -> Result<()> {
-    copy_over(src, dest, None, req)
+    copy_over(src, dest, Onto::default(), req)
 }
 
-/// [`copy`] into `dest`, an overlay whose changes land in the directory
-/// `upper`. A directory source copied into a directory that the copy
-/// itself makes is written into `upper` directly: that directory is new,
-/// empty and the upper's alone, so what lands there is what the overlay
-/// would have put there, without its work on each of thousands of files
-/// (a lookup in every layer, credentials switched for each creation and
-/// write, and its inodes and dentries torn down when the job ends).
-pub fn copy_over(src: &Path, dest: &Path, upper: Option<&Path>, req: &CopyRequest) -> Result<()> {
+/// What a copy into an overlay may write through instead of the overlay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Onto<'a> {
+    /// The overlay's upper directory, where its changes land.
+    pub upper: Option<&'a Path>,
+    /// An earlier result of the same copy, as a layer root: an unchanged
+    /// file there is linked rather than written (`unchanged.rs`).
+    pub previous: Option<&'a Path>,
+}
+
+/// [`copy`] into `dest`, an overlay whose changes land in `onto.upper`. A
+/// directory source copied into a directory that the copy itself makes is
+/// written into the upper directly: that directory is new, empty and the
+/// upper's alone, so what lands there is what the overlay would have put
+/// there, without its work on each of thousands of files (a lookup in
+/// every layer, credentials switched for each creation and write, and its
+/// inodes and dentries torn down when the job ends). There, files that
+/// `onto.previous` holds as this copy would write them are linked.
+pub fn copy_over(src: &Path, dest: &Path, onto: Onto<'_>, req: &CopyRequest) -> Result<()> {
     let src_root = Root::open(src)?;
     let dst = Root::open(dest)?;
     let matcher = |patterns: &[String]| {
@@ -106,14 +117,20 @@ pub fn copy_over(src: &Path, dest: &Path, upper: Option<&Path>, req: &CopyReques
     }
     // One directory source at most: its hard links are then all made
     // where it is written.
-    let upper = match upper {
+    let upper = match onto.upper {
         Some(upper) if sources.len() == 1 && !req.parents => Some(Root::open(upper)?),
         _ => None,
     };
+    // Only a shortcut: an earlier result that cannot be opened is not used.
+    let previous = onto
+        .previous
+        .filter(|_| upper.is_some())
+        .and_then(|dir| Root::open(dir).ok());
     let mut copier = Copier {
         src: &src_root,
         dst: &dst,
         upper,
+        previous,
         req,
         meta,
         dest_base: components(&req.dest).join("/"),
@@ -148,6 +165,8 @@ struct Copier<'a> {
     /// The destination overlay's upper directory, where a directory this
     /// copy makes can be written directly ([`copy_over`]).
     upper: Option<Root>,
+    /// An earlier result of this copy ([`Onto::previous`]).
+    previous: Option<Root>,
     req: &'a CopyRequest,
     /// What the copied entries get; its `base` is the directory source
     /// being copied.
@@ -204,13 +223,15 @@ impl Copier<'_> {
             .mkdir_all(target, self.made_dir_mode, self.meta.owner)?;
         let from = self.src.open_follow(source, dir_flags)?;
         let mut to = self.dst.open_follow(target, dir_flags)?;
+        let mut previous = None;
         if made.last().is_some_and(|m| m == target)
             && let Some(direct) = self.in_upper(&to)?
         {
             to = direct;
+            previous = self.previous_dir(target);
         }
         source.clone_into(&mut self.meta.base);
-        tree::copy_dir(&from, &to, "", &self.meta)?;
+        tree::copy_dir(&from, &to, previous.as_ref(), "", &self.meta)?;
         if self.req.parents {
             let (uid, gid) = self.meta.owner.unwrap_or((st.st_uid, st.st_gid));
             tree::finish(&to, uid, gid, self.meta.mode_of(st), st, target.as_bytes())?;
@@ -246,6 +267,16 @@ impl Copier<'_> {
         let mut entries =
             std::fs::read_dir(&listed).map_err(|e| FileOpError::io("reading", &listed, e))?;
         Ok(entries.next().is_none().then_some(dir))
+    }
+
+    /// The directory `target` in the earlier result, when there is one
+    /// (reached beneath it through no symlink).
+    fn previous_dir(&self, target: &str) -> Option<OwnedFd> {
+        let parts: Vec<&std::ffi::OsStr> = components(target)
+            .into_iter()
+            .map(std::ffi::OsStr::new)
+            .collect();
+        self.previous.as_ref()?.dir_beneath(&parts, false).ok()
     }
 
     /// Unpacks the tar archive `source` (ADD) into the directory `base`.

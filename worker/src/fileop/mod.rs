@@ -9,6 +9,7 @@
 mod copy;
 pub mod root;
 mod tree;
+mod unchanged;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use thiserror::Error;
 
-pub use self::copy::{CopyRequest, copy, copy_over};
+pub use self::copy::{CopyRequest, Onto, copy, copy_over};
 
 /// The entries of directory `path` as (name, is_dir) — a symlink is no
 /// directory — for `.dockerignore`'s walk into excluded directories
@@ -182,6 +183,11 @@ pub struct FileJob {
     pub sources: Vec<Vec<PathBuf>>,
     pub actions: Vec<FileAction>,
     pub state_dir: PathBuf,
+    /// An earlier result of the same op (the snapshot of its layer, made
+    /// from other context files): what a copy would write again is linked
+    /// from there (`unchanged.rs`).
+    #[serde(default)]
+    pub previous: Option<PathBuf>,
 }
 
 /// Runs `job`'s actions on already-mounted roots: `dest` (the merged
@@ -195,7 +201,11 @@ pub fn apply(job: &FileJob, dest: &Path, sources: &[PathBuf]) -> Result<()> {
                 let src = sources.get(*source).ok_or_else(|| {
                     FileOpError::Invalid(format!("copy from source {source}, of {}", sources.len()))
                 })?;
-                copy_over(src, dest, Some(&job.dest.upperdir), request)?;
+                let onto = Onto {
+                    upper: Some(&job.dest.upperdir),
+                    previous: job.previous.as_deref(),
+                };
+                copy_over(src, dest, onto, request)?;
             }
             FileAction::Mkdir {
                 path,

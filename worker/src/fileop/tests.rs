@@ -595,7 +595,13 @@ fn a_copy_into_a_directory_it_makes_is_the_same_written_into_the_upper() {
 
     // An overlay with no layer below: its upper directory is the
     // destination itself, so the directory the copy makes is the upper's.
-    copy_over(&r.src, &r.dst, Some(&r.dst), &req(&["/app"], "/made/deep/")).unwrap();
+    copy_over(
+        &r.src,
+        &r.dst,
+        into_upper(&r.dst),
+        &req(&["/app"], "/made/deep/"),
+    )
+    .unwrap();
     let made = ["made/", "made/deep/"];
     assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
     let ino = |p: &str| fs::metadata(r.dst.join(p)).unwrap().ino();
@@ -607,6 +613,134 @@ fn a_copy_into_a_directory_it_makes_is_the_same_written_into_the_upper() {
     write(&r.dst, "made/deep/sub/b.txt/inside", "dir in the way");
     fs::remove_file(r.dst.join("made/deep/empty")).unwrap();
     symlink("/nowhere", r.dst.join("made/deep/empty")).unwrap();
-    copy_over(&r.src, &r.dst, Some(&r.dst), &req(&["/app"], "/made/deep/")).unwrap();
+    copy_over(
+        &r.src,
+        &r.dst,
+        into_upper(&r.dst),
+        &req(&["/app"], "/made/deep/"),
+    )
+    .unwrap();
     assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
+}
+
+/// An overlay with no layer below: its upper directory is the destination
+/// itself, so a directory the copy makes is the upper's.
+fn into_upper(dst: &Path) -> Onto<'_> {
+    Onto {
+        upper: Some(dst),
+        previous: None,
+    }
+}
+
+#[test]
+fn a_copy_again_links_the_files_an_earlier_result_holds_unchanged() {
+    let r = roots();
+    write(&r.src, "app/same.txt", "same");
+    write(&r.src, "app/sub/big", &"b".repeat(200_000));
+    write(&r.src, "app/edited", "old!");
+    write(&r.src, "app/grown", "1");
+    write(&r.src, "app/mode", "m");
+    let earlier = roots();
+    copy_over(
+        &r.src,
+        &earlier.dst,
+        into_upper(&earlier.dst),
+        &req(&["/app"], "/made/"),
+    )
+    .unwrap();
+    let before = described(&earlier.dst, &["made/"]);
+
+    // Same size and mtime, other bytes; a size changed; a mode changed.
+    let mtime = fs::metadata(r.src.join("app/edited"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    write(&r.src, "app/edited", "new!");
+    fs::File::options()
+        .write(true)
+        .open(r.src.join("app/edited"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    write(&r.src, "app/grown", "12");
+    fs::set_permissions(r.src.join("app/mode"), fs::Permissions::from_mode(0o600)).unwrap();
+    let expected = roots();
+    copy(&r.src, &expected.dst, &req(&["/app"], "/made/")).unwrap();
+
+    let onto = Onto {
+        upper: Some(&r.dst),
+        previous: Some(&earlier.dst),
+    };
+    copy_over(&r.src, &r.dst, onto, &req(&["/app"], "/made/")).unwrap();
+    assert_eq!(
+        described(&r.dst, &["made/"]),
+        described(&expected.dst, &["made/"])
+    );
+    let linked = |rel: &str| {
+        let ino = |root: &Path| fs::metadata(root.join(rel)).unwrap().ino();
+        ino(&r.dst) == ino(&earlier.dst)
+    };
+    assert!(linked("made/same.txt") && linked("made/sub/big"));
+    assert!(!linked("made/edited") && !linked("made/grown") && !linked("made/mode"));
+    // The earlier result is as it was.
+    assert_eq!(described(&earlier.dst, &["made/"]), before);
+    assert_eq!(read(&earlier.dst, "made/edited"), "old!");
+}
+
+#[test]
+fn only_a_regular_file_with_the_same_bytes_is_linked() {
+    let r = roots();
+    let big: String = (0..100_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    write(&r.src, "app/big", &big);
+    write(&r.src, "app/fifo", "not a fifo");
+    write(&r.src, "app/link", "not a link");
+    let earlier = roots();
+    copy_over(
+        &r.src,
+        &earlier.dst,
+        into_upper(&earlier.dst),
+        &req(&["/app"], "/made/"),
+    )
+    .unwrap();
+    // The last byte of a large file differs; where files were, a fifo
+    // and a symlink with their metadata.
+    let mut last = big.clone().into_bytes();
+    *last.last_mut().unwrap() = b'!';
+    // Each keeps the file's mode and mtime: only type or bytes differ.
+    let keep_times = |rel: &str, f: &dyn Fn(&Path)| {
+        let path = earlier.dst.join(rel);
+        let m = fs::metadata(&path).unwrap();
+        f(&path);
+        let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+        let follow = nix::sys::stat::UtimensatFlags::NoFollowSymlink;
+        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &path, &t, &t, follow).unwrap();
+    };
+    keep_times("made/big", &|p| fs::write(p, &last).unwrap());
+    keep_times("made/fifo", &|p| {
+        fs::remove_file(p).unwrap();
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::empty()).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+    });
+    keep_times("made/link", &|p| {
+        fs::remove_file(p).unwrap();
+        symlink("/etc/passwd", p).unwrap();
+    });
+
+    let onto = Onto {
+        upper: Some(&r.dst),
+        previous: Some(&earlier.dst),
+    };
+    copy_over(&r.src, &r.dst, onto, &req(&["/app"], "/made/")).unwrap();
+    assert_eq!(read(&r.dst, "made/big"), big);
+    assert_eq!(read(&r.dst, "made/fifo"), "not a fifo");
+    assert_eq!(read(&r.dst, "made/link"), "not a link");
+    for rel in ["made/big", "made/fifo", "made/link"] {
+        assert_eq!(
+            fs::symlink_metadata(r.dst.join(rel)).unwrap().nlink(),
+            1,
+            "{rel}"
+        );
+    }
 }

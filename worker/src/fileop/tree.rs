@@ -18,6 +18,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, symlinkat, unlinkat};
 
 use super::root::proc_fd_path;
+use super::unchanged::{link_unchanged, open_dir_in};
 use super::{FileOpError, Result};
 use kiln_proto::chmod::Chmod;
 use kiln_proto::dockerignore::Matcher;
@@ -181,8 +182,15 @@ fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError +
 }
 
 /// Copies the contents of directory `src` into directory `dst`; `rel` is
-/// the path below the copied source (for excludes).
-pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>) -> Result<()> {
+/// the path below the copied source (for excludes). `previous` is the same
+/// directory in an earlier result of this copy ([`link_unchanged`]).
+pub(super) fn copy_dir(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    previous: Option<&OwnedFd>,
+    rel: &str,
+    meta: &Meta<'_>,
+) -> Result<()> {
     let made = made_owner(dst)?;
     let path = proc_fd_path(src);
     let mut names: Vec<Vec<u8>> = std::fs::read_dir(&path)
@@ -217,7 +225,7 @@ pub(super) fn copy_dir(src: &OwnedFd, dst: &OwnedFd, rel: &str, meta: &Meta<'_>)
         if meta.hidden_files.hides(&st, meta.root_excludes)? {
             continue;
         }
-        copy_entry(src, (dst, made), &name, &st, &child_rel, meta)?;
+        copy_entry(src, (dst, made), previous, &name, &st, &child_rel, meta)?;
     }
     Ok(())
 }
@@ -262,10 +270,12 @@ fn kept_below(src: &OwnedFd, name: &[u8], st: &FileStat, from_root: &str, meta: 
 }
 
 /// Copies entry `name` of directory `src` to the same name in `dst`.
-/// `dst` comes with the owner a file made there gets ([`made_owner`]).
+/// `dst` comes with the owner a file made there gets ([`made_owner`]);
+/// `previous`, when given, is where an unchanged file may be linked from.
 pub(super) fn copy_entry(
     src: &OwnedFd,
     (dst, made): (&OwnedFd, (u32, u32)),
+    previous: Option<&OwnedFd>,
     name: &[u8],
     st: &FileStat,
     rel: &str,
@@ -282,7 +292,8 @@ pub(super) fn copy_entry(
                 Mode::empty(),
             )
             .map_err(sys("opening", name))?;
-            copy_dir(&from, &to, rel, meta)?;
+            let previous = previous.and_then(|dir| open_dir_in(dir, name));
+            copy_dir(&from, &to, previous.as_ref(), rel, meta)?;
             finish(&to, uid, gid, meta.mode_of(st), st, name)
         }
         nix::libc::S_IFREG => {
@@ -297,7 +308,14 @@ pub(super) fn copy_entry(
                 Mode::empty(),
             )
             .map_err(sys("opening", name))?;
-            copy_file(File::from(from), st, (dst, made), name, meta)?;
+            let mut from = File::from(from);
+            let unchanged = match previous {
+                Some(dir) => link_unchanged(dir, &mut from, st, dst, name, meta)?,
+                None => false,
+            };
+            if !unchanged {
+                copy_file(from, st, (dst, made), name, meta)?;
+            }
             if linked {
                 meta.links.remember(st, dst, name)?;
             }

@@ -69,6 +69,25 @@ impl<'a> StepKey<'a> {
         }
         h.finish().to_string()
     }
+
+    /// The key of this step's line of results: the same op on the same
+    /// inputs, whatever the context files it reads hold. The solver keeps
+    /// the step's latest result under it, so that a copy run again links
+    /// the files it would write again (`kiln_worker::fileop::Onto`).
+    /// `None` for a step that reads no context file.
+    pub(super) fn lineage(&self) -> Option<String> {
+        if self.context.is_empty() {
+            return None;
+        }
+        let line = StepKey {
+            op_digest: self.op_digest,
+            inputs: self.inputs.clone(),
+            context: String::new(),
+            source_date_epoch: self.source_date_epoch,
+            network: self.network,
+        };
+        Some(format!("previous:{}", line.digest()))
+    }
 }
 
 /// The key the vertices after a step are keyed by: for a RUN or file step,

@@ -170,6 +170,23 @@ pub fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4))
 }
 
+/// A vertex's cache key, and the key of its line of results.
+struct Keys {
+    key: String,
+    lineage: Option<String>,
+}
+
+/// What the step cache keeps of a layer a step made.
+fn cache_record(layer: &Layer) -> kiln_cache::CacheRecord {
+    kiln_cache::CacheRecord {
+        blob: layer.blob.clone(),
+        diff_id: layer.diff_id.clone(),
+        media_type: layer.media_type.clone(),
+        size: layer.size,
+        created: kiln_image::image::now(),
+    }
+}
+
 /// A step's cache lookup: a hit, or the claim to run it.
 enum Lookup<'a> {
     Hit(kiln_cache::CacheRecord),
@@ -410,16 +427,19 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
     ) -> Result<(Fs, String)> {
-        let key = key::StepKey::new(
+        let step_key = key::StepKey::new(
             &vertex.digest,
             &vertex.op,
             inputs.iter().map(|(_, key)| key.as_str()).collect(),
             self.context_part(&vertex.op, inputs),
             self.options.source_date_epoch,
             self.options.network,
-        )
-        .digest();
-        let result = self.run_vertex(index, vertex, inputs, &key).map_err(|e| {
+        );
+        let keys = Keys {
+            key: step_key.digest(),
+            lineage: step_key.lineage(),
+        };
+        let result = self.run_vertex(index, vertex, inputs, &keys).map_err(|e| {
             if let Some(error) = e.step_reason() {
                 self.emit(Event::Failed {
                     vertex: index,
@@ -430,7 +450,7 @@ impl Solver<'_> {
         })?;
         // What depends on this step is keyed by what it made, not only by
         // what it was asked.
-        let key = key::passed_on(key, &vertex.op, &result);
+        let key = key::passed_on(keys.key, &vertex.op, &result);
         Ok((result, key))
     }
 
@@ -439,8 +459,9 @@ impl Solver<'_> {
         index: usize,
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
-        key: &str,
+        keys: &Keys,
     ) -> Result<Fs> {
+        let key = keys.key.as_str();
         use kiln_proto::ops::v1::op::Kind;
         let chain_of = |i: i32| -> Vec<Layer> {
             match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
@@ -482,9 +503,20 @@ impl Solver<'_> {
             Lookup::Claimed(claim) => {
                 let layer = match &vertex.op.kind {
                     Some(Kind::Exec(exec)) => self.exec(index, vertex, exec, inputs, &base)?,
-                    Some(Kind::File(file)) => self.file(vertex, file, inputs, &base)?,
+                    Some(Kind::File(file)) => {
+                        let previous = keys
+                            .lineage
+                            .as_deref()
+                            .and_then(|line| self.previous_result(line, &base));
+                        self.file(vertex, file, inputs, &base, previous)?
+                    }
                     _ => unreachable!("sources and merges returned above"),
                 };
+                if let Some(line) = &keys.lineage {
+                    self.store
+                        .meta
+                        .put_cache_record(line, &cache_record(&layer))?;
+                }
                 self.remember(key, &layer)?;
                 drop(claim);
                 self.emit(Event::Done {
@@ -552,18 +584,25 @@ impl Solver<'_> {
     /// Records the layer a step made under its key (durably: the next
     /// build, or a crash, finds it).
     fn remember(&self, key: &str, layer: &Layer) -> Result<()> {
-        self.store.meta.put_cache_record(
-            key,
-            &kiln_cache::CacheRecord {
-                blob: layer.blob.clone(),
-                diff_id: layer.diff_id.clone(),
-                media_type: layer.media_type.clone(),
-                size: layer.size,
-                created: kiln_image::image::now(),
-            },
-        )?;
+        self.store
+            .meta
+            .put_cache_record(key, &cache_record(layer))?;
         self.store.meta.flush()?;
         Ok(())
+    }
+
+    /// The snapshot of the latest result of the step line `lineage`
+    /// ([`key::StepKey::lineage`]), when it is unpacked and not one of the
+    /// layers under this step (those are mounted, and never linked from).
+    fn previous_result(&self, lineage: &str, base: &[Layer]) -> Option<PathBuf> {
+        let record = self.store.meta.cache_record(lineage).ok()??;
+        if base.iter().any(|layer| layer.diff_id == record.diff_id) {
+            return None;
+        }
+        self.snapshots
+            .unpacked(&record.diff_id.to_string())
+            .ok()
+            .flatten()
     }
 
     fn record_step(&self, key: &str, layer: &Layer) {

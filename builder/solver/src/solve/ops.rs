@@ -303,6 +303,7 @@ impl Solver<'_> {
         file: &FileOp,
         inputs: &[(Fs, String)],
         base: &[Layer],
+        previous: Option<PathBuf>,
     ) -> Result<Layer> {
         let mut sources: Vec<Vec<PathBuf>> = Vec::new();
         let mut actions = Vec::new();
@@ -357,7 +358,7 @@ impl Solver<'_> {
         } else {
             lowerdirs(self.store, &self.snapshots, base)?
         };
-        let step = self.file_job(lowerdirs, sources, actions)?;
+        let step = self.file_job(lowerdirs, sources, actions, previous)?;
         let upper = step.path().join("upper");
         keep_layer(
             self.store,
@@ -375,6 +376,7 @@ impl Solver<'_> {
         lowerdirs: Vec<PathBuf>,
         sources: Vec<Vec<PathBuf>>,
         actions: Vec<FileAction>,
+        previous: Option<PathBuf>,
     ) -> Result<tempfile::TempDir> {
         let step = self.scratch()?;
         let d = |name: &str| -> Result<PathBuf> {
@@ -393,6 +395,7 @@ impl Solver<'_> {
             sources,
             actions,
             state_dir: d("state")?,
+            previous,
         };
         self.worker.sandbox().file(&job).map_err(file_err)?;
         Ok(step)
@@ -428,6 +431,7 @@ impl Solver<'_> {
                 vec![empty],
                 vec![vec![self.options.context.clone()]],
                 vec![copy],
+                None,
             )
             .map_err(|e| e.to_string())
         });
