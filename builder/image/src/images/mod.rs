@@ -315,27 +315,70 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 
 /// Bytes everything under `dir` occupies (hard links counted once).
 pub fn tree_size(dir: &Path) -> u64 {
-    let mut seen: BTreeMap<(u64, u64), ()> = BTreeMap::new();
-    let mut total = 0;
+    sizes(dir).0
+}
+
+/// Bytes that removing `dir` frees: [`tree_size`] less the files that also
+/// have names outside it (a COPY run again shares the files it did not
+/// change with its earlier result).
+pub fn freed_by_removing(dir: &Path) -> u64 {
+    sizes(dir).1
+}
+
+/// What [`tree_size`] and [`freed_by_removing`] count.
+fn sizes(dir: &Path) -> (u64, u64) {
+    // Per inode: names seen here, its link count, its bytes.
+    let mut seen: BTreeMap<(u64, u64), (u64, u64, u64)> = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if seen.insert((meta.dev(), meta.ino()), ()).is_some() {
+        // A directory's link count is not its names: it is all here.
+        let links = if meta.is_dir() { 1 } else { meta.nlink() };
+        let entry = seen
+            .entry((meta.dev(), meta.ino()))
+            .or_insert((0, links, meta.blocks() * 512));
+        entry.0 += 1;
+        if entry.0 > 1 {
             continue;
         }
-        total += meta.blocks() * 512;
         if meta.is_dir()
             && let Ok(entries) = std::fs::read_dir(&path)
         {
             stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
         }
     }
-    total
+    seen.values()
+        .fold((0, 0), |(total, alone), &(names, links, bytes)| {
+            let freed = if names >= links { bytes } else { 0 };
+            (total + bytes, alone + freed)
+        })
 }
 
 /// The images a name list resolves to (for commands taking several).
 pub fn resolve_all(store: &Store, names: &[String]) -> Result<Vec<(String, Image)>> {
     names.iter().map(|n| image::resolve(store, n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_removing_a_tree_frees_leaves_out_files_named_outside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, other) = (dir.path().join("tree"), dir.path().join("other"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let block = |path: &Path| std::fs::write(path, vec![7u8; 64 << 10]).unwrap();
+        block(&tree.join("own"));
+        std::fs::hard_link(tree.join("own"), tree.join("sub/own-again")).unwrap();
+        block(&tree.join("shared"));
+        std::fs::hard_link(tree.join("shared"), other.join("shared")).unwrap();
+        let bytes = |rel: &str| std::fs::metadata(tree.join(rel)).unwrap().blocks() * 512;
+        let dirs = bytes(".") + bytes("sub");
+        assert_eq!(tree_size(&tree), dirs + bytes("own") + bytes("shared"));
+        assert_eq!(freed_by_removing(&tree), dirs + bytes("own"));
+    }
 }

@@ -24,7 +24,7 @@ use kiln_cache::{Digest, Store};
 use kiln_worker::snapshot::Snapshots;
 use serde::Serialize;
 
-use super::{allocated, reachable, remove_tree, tree_size, usage_of};
+use super::{allocated, freed_by_removing, reachable, remove_tree, tree_size, usage_of};
 use crate::image::{self, Result, read_image};
 
 /// What `kiln prune` removed.
@@ -205,7 +205,7 @@ fn discard_counted(
     total: &mut u64,
     pruned: &mut Pruned,
 ) -> Result<()> {
-    let size = tree_size(&snapshots.dir_named(name));
+    let size = freed_by_removing(&snapshots.dir_named(name));
     snapshots.discard(name)?;
     *total = total.saturating_sub(size);
     pruned.reclaimed += size;
