@@ -22,3 +22,22 @@ pub fn init_logs(default: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// Raises this process's soft limit of open files to its hard limit, as Go
+/// programs (dockerd, BuildKit) do at start: a layer's tar is read by
+/// several threads at once, each holding a few hundred descriptors at
+/// most, and kilnd serves many builds. RUN steps get the limits their
+/// sandbox sets, not these.
+pub fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = raised {
+        tracing::debug!("raising the open-file limit: {e}");
+    }
+}

@@ -62,6 +62,7 @@ fn host_name() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     kiln_builder::init_logs("info");
+    kiln_builder::raise_file_limit();
     let args = Args::parse();
     let token = args
         .token_file

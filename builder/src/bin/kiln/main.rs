@@ -98,6 +98,7 @@ impl ImageCommand {
 
 fn main() -> ExitCode {
     kiln_builder::init_logs("warn");
+    kiln_builder::raise_file_limit();
     let cli = Cli::parse();
     let root = cli.root.unwrap_or_else(kiln_cache::default_root);
     let remote = match &cli.command {

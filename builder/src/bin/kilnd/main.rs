@@ -130,6 +130,7 @@ fn bind_private(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
 #[tokio::main]
 async fn main() -> Result<()> {
     kiln_builder::init_logs("info");
+    kiln_builder::raise_file_limit();
     let args = Args::parse();
     let root = args.root.clone().unwrap_or_else(kiln_cache::default_root);
     let listen = listen_of(&args)?;
