@@ -238,4 +238,400 @@ mod tests {
             digest(dir.path(), &["/a.txt".into()], &ignore, false, &memo)
         );
     }
+
+    /// A tree with every kind of entry the walk treats differently, with
+    /// fixed modes so the digests below do not depend on the umask.
+    fn varied_tree() -> tempfile::TempDir {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let file = |rel: &str, content: &str, mode: u32| {
+            fs::write(root.join(rel), content).unwrap();
+            fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let mkdir = |rel: &str, mode: u32| {
+            fs::create_dir(root.join(rel)).unwrap();
+            fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        file(
+            ".dockerignore",
+            "*.log\nignored\n!ignored/important.txt\n!dir/sub/keep.log\n",
+            0o644,
+        );
+        file("a.txt", "alpha", 0o644);
+        file("b.log", "log", 0o600);
+        file("run.sh", "#!/bin/sh\n", 0o755);
+        file("with space.txt", "space", 0o644);
+        file("\u{fc}ber.txt", "umlaut", 0o644);
+        mkdir("dir", 0o755);
+        file("dir/x.txt", "x", 0o644);
+        file("dir/y.md", "y", 0o640);
+        mkdir("dir/sub", 0o700);
+        file("dir/sub/deep.txt", "deep", 0o644);
+        file("dir/sub/keep.log", "kept", 0o644);
+        file("dir/sub/drop.log", "dropped", 0o644);
+        mkdir("empty", 0o755);
+        mkdir("ignored", 0o755);
+        file("ignored/y.txt", "y", 0o644);
+        file("ignored/important.txt", "important", 0o644);
+        symlink("a.txt", root.join("link")).unwrap();
+        symlink("dir", root.join("dirlink")).unwrap();
+        symlink("nowhere", root.join("dangling")).unwrap();
+        // Not UTF-8: today's walk looks it up by its lossy name, which
+        // does not exist, so it counts as missing.
+        fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), "b").unwrap();
+        dir
+    }
+
+    /// Digests of the varied tree, as the first implementation computed
+    /// them: they are part of every step cache key, so they must never
+    /// change.
+    #[test]
+    fn digests_are_pinned() {
+        let tree = varied_tree();
+        let ignore = Matcher::new(&[
+            "*.log".into(),
+            "ignored".into(),
+            "!ignored/important.txt".into(),
+            "!dir/sub/keep.log".into(),
+        ])
+        .unwrap();
+        let none = Matcher::new(&[]).unwrap();
+        let wild = Matcher::new(&["dir/s*".into(), "**/*.md".into()]).unwrap();
+        let cases: &[(&[&str], &Matcher, bool, &str)] = &[
+            (
+                &["/"],
+                &ignore,
+                true,
+                "sha256:368726a2660ae993f2023e4964964c967c712e0471cf98904fe80513024f2aca",
+            ),
+            (
+                &["/"],
+                &ignore,
+                false,
+                "sha256:9d2e25451eb8561d793f84ded5410be9400815ad2eea0ed5b1f37c29f53f35a8",
+            ),
+            (
+                &["."],
+                &none,
+                true,
+                "sha256:68367083aabf22bb6c28472481c0da124cce1a636e36816db63938e83115e47d",
+            ),
+            (
+                &["/"],
+                &wild,
+                true,
+                "sha256:8e077bf3498787da865da8bc9e24893c430e57459f983be35c3666d19328d4aa",
+            ),
+            (
+                &["dir"],
+                &ignore,
+                true,
+                "sha256:6d31121d9bdaca1c8a84fc98dee23d2076875327f77f4cc7b44a83d585729310",
+            ),
+            (
+                &["./dir/"],
+                &ignore,
+                false,
+                "sha256:234829f0cb1555adaffc114fe97fdb95fc9a8cf971d0d0d684dea98f21eb4ba4",
+            ),
+            (
+                &["dir/sub"],
+                &none,
+                true,
+                "sha256:e1a439edc5e2a159814a1663c4146ee6959edb79fc79f8801dcf421d9b4ea102",
+            ),
+            (
+                &["/a.txt"],
+                &ignore,
+                true,
+                "sha256:d2d248b477efb7036435791f3f115750ca8675bd81b76b500fc01e09c585f0d9",
+            ),
+            (
+                &["a.txt", "dir", "empty"],
+                &ignore,
+                true,
+                "sha256:ce80547efce1b6f11776d08d1796750b86cdf647b7ae8c23febc3b17ed329c31",
+            ),
+            (
+                &["empty"],
+                &ignore,
+                true,
+                "sha256:e3d45f36fc16eede27acc52567561025f468a3d006cc489f321a22e6945893fa",
+            ),
+            (
+                &["link"],
+                &ignore,
+                true,
+                "sha256:c947219e95742ff298c8d7f9ad7deab0cf96b88056f2a87e2f2f8b5a4901bd29",
+            ),
+            (
+                &["dirlink"],
+                &ignore,
+                true,
+                "sha256:1cbe3bf162be8a8362f5cb84882885684d71a1444d92b89f5f338b5b47cd3965",
+            ),
+            (
+                &["dirlink/x.txt"],
+                &ignore,
+                true,
+                "sha256:39b00267435ed15d0d6c907fb7f6638452cf39f36e531da66877fb742e50f5f2",
+            ),
+            (
+                &["dirlink/sub"],
+                &ignore,
+                true,
+                "sha256:01b2fce41a7cdb293408859219e013ecd07dfb0efc33360e5b5b4bcfdf95cd83",
+            ),
+            (
+                &["dangling"],
+                &ignore,
+                false,
+                "sha256:6a4cbf9fb764fdc7901544be4fe91da3097434ec37334c7a056e35b8e4c4eca9",
+            ),
+            (
+                &["*.txt"],
+                &ignore,
+                true,
+                "sha256:d00b7d4e9424013aa84863386a5d5e82a220d951983e5c7702c7675a83477576",
+            ),
+            (
+                &["dir/*.txt"],
+                &ignore,
+                true,
+                "sha256:b79ab4f1180838ffe7b597385a459ce8f74007a9f1b1f6a363e510b352e121b8",
+            ),
+            (
+                &["d?r/x.txt"],
+                &none,
+                true,
+                "sha256:049a6265b20c62f4670c77f2e61f88678934a54c55123eaf348c1c0ac6c09828",
+            ),
+            (
+                &["missing.txt"],
+                &ignore,
+                true,
+                "sha256:252670363cec5bd655ac7e7ef76918bc37eb220d31a81ab7a5518308151a9d3a",
+            ),
+            (
+                &["missing/deeper"],
+                &ignore,
+                false,
+                "sha256:9da3cdf74023666e33abcc626f3ff537b3bd098aa10b86ae6ed4042beaf7ebdd",
+            ),
+            (
+                &["ignored"],
+                &ignore,
+                true,
+                "sha256:d0f0da589fabcd57bb8988998049e8ad97ddc867c3cc00233e774d28bb5787bc",
+            ),
+            (
+                &["ignored/y.txt"],
+                &ignore,
+                true,
+                "sha256:c7819812243c035100915030f88a0c0706eab12c8cae51c949d3d6085531c034",
+            ),
+            (
+                &["b.log"],
+                &ignore,
+                true,
+                "sha256:b31cb050bf3b1e20a9f27a141729ee7f435d0cb9dd6ebfaeceac309f01f7abac",
+            ),
+            (
+                &["b.log"],
+                &none,
+                true,
+                "sha256:913bf2aed07e262c73f5db5139287d456b56a92083a8ee6bf9944218768a2128",
+            ),
+            (
+                &["bad\u{fffd}"],
+                &none,
+                true,
+                "sha256:14a152ab54b8c0f0c2102ea896f181602f5526f3e6b5ba172ed1fdd94e49f4a4",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (sources, ignore, with_mode, want) in cases {
+            let sources: Vec<String> = sources.iter().map(|s| (*s).to_owned()).collect();
+            let memo = kiln_cache::MemoryMeta::default();
+            let got = digest(tree.path(), &sources, ignore, *with_mode, &memo);
+            if got != *want {
+                wrong.push(format!("{sources:?} {with_mode}: {got}"));
+            }
+        }
+        assert!(wrong.is_empty(), "digests changed:\n{}", wrong.join("\n"));
+    }
+
+    /// Files whose path is longer than the kernel takes (`PATH_MAX`): the
+    /// first walk looked each entry up by its full path, so they count as
+    /// missing, and that must stay so.
+    #[test]
+    fn paths_longer_than_path_max_are_pinned() {
+        use std::os::unix::fs::symlink;
+        let tree = tempfile::tempdir().unwrap();
+        let shortcuts = tempfile::tempdir().unwrap();
+        let name = "n".repeat(250);
+        let mut below = tree.path().join("deep");
+        fs::create_dir(&below).unwrap();
+        for level in 0..20 {
+            // Every few levels, go on through a short symlink outside the
+            // tree: a full path would be too long to create.
+            let link = shortcuts.path().join(level.to_string());
+            symlink(&below, &link).unwrap();
+            fs::create_dir(link.join(&name)).unwrap();
+            fs::write(link.join(format!("f{level}")), level.to_string()).unwrap();
+            fs::set_permissions(link.join(&name), fs::Permissions::from_mode(0o755)).unwrap();
+            below = link.join(&name);
+        }
+        fs::set_permissions(tree.path().join("deep"), fs::Permissions::from_mode(0o755)).unwrap();
+        let memo = kiln_cache::MemoryMeta::default();
+        let none = Matcher::new(&[]).unwrap();
+        assert_eq!(
+            digest(tree.path(), &["deep".into()], &none, true, &memo),
+            "sha256:2e8345329e6e876259661625f4feabeff401cea589c5090051d4c5c63984f166"
+        );
+    }
+
+    /// The remembered digest of a file is found under
+    /// "dev:ino:size:mtime.ns:ctime.ns" of its own metadata: a store
+    /// filled by an earlier kiln keeps serving.
+    #[test]
+    fn memo_key_format_is_pinned() {
+        let tree = varied_tree();
+        let memo = kiln_cache::MemoryMeta::default();
+        let fake = Digest::of(b"remembered");
+        let mut files = 0;
+        for rel in [
+            ".dockerignore",
+            "a.txt",
+            "run.sh",
+            "with space.txt",
+            "\u{fc}ber.txt",
+            "dir/x.txt",
+            "dir/y.md",
+            "dir/sub/deep.txt",
+            "dir/sub/keep.log",
+            "ignored/important.txt",
+        ] {
+            let m = fs::symlink_metadata(tree.path().join(rel)).unwrap();
+            let key = format!(
+                "{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            );
+            memo.put_file_digest(&key, &fake).unwrap();
+            files += 1;
+        }
+        assert_eq!(files, 10);
+        let ignore = Matcher::new(&[
+            "*.log".into(),
+            "ignored".into(),
+            "!ignored/important.txt".into(),
+            "!dir/sub/keep.log".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            digest(tree.path(), &["/".into()], &ignore, true, &memo),
+            "sha256:73cd437c49798c2d20eaf0e11c0eff72c38cc64c5a2153a9c76e55b9ed747241",
+            "every file's remembered digest is used"
+        );
+    }
+
+    /// A file changed within the last second is read but not remembered;
+    /// an older one is remembered.
+    #[test]
+    fn racy_files_are_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), "a").unwrap();
+        let key = || {
+            let m = fs::symlink_metadata(dir.path().join("a")).unwrap();
+            format!(
+                "{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        };
+        let memo = kiln_cache::MemoryMeta::default();
+        let none = Matcher::new(&[]).unwrap();
+        let first = digest(dir.path(), &["a".into()], &none, true, &memo);
+        assert_eq!(memo.file_digest(&key()).unwrap(), None);
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        assert_eq!(digest(dir.path(), &["a".into()], &none, true, &memo), first);
+        assert_eq!(memo.file_digest(&key()).unwrap(), Some(Digest::of(b"a")));
+    }
+
+    /// Times a warm digest (every file remembered, in a sled store as
+    /// kiln's) of the many-files workload: 200 directories of 100 files,
+    /// or the tree in `KILN_BENCH_CONTEXT` (its `src`). Prints the median
+    /// of 5; no assertion on time.
+    ///
+    /// `cargo test --release -p kiln-solver --lib warm_many_files -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a benchmark: run by hand"]
+    fn warm_many_files() {
+        let generated = tempfile::tempdir().unwrap();
+        let context = match std::env::var_os("KILN_BENCH_CONTEXT") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                generate_many_files(generated.path());
+                // Older than the racy second, so the first walk remembers.
+                std::thread::sleep(std::time::Duration::from_millis(2200));
+                generated.path().to_owned()
+            }
+        };
+        let store = tempfile::tempdir().unwrap();
+        let memo = kiln_cache::SledMeta::open(&store.path().join("meta.sled")).unwrap();
+        let none = Matcher::new(&[]).unwrap();
+        let sources = ["src".to_owned()];
+        let run = || {
+            let start = std::time::Instant::now();
+            let d = digest(&context, &sources, &none, true, &memo);
+            (start.elapsed(), d)
+        };
+        let (cold, want) = run();
+        let mut times: Vec<_> = (0..5)
+            .map(|_| {
+                let (t, d) = run();
+                assert_eq!(d, want);
+                t
+            })
+            .collect();
+        times.sort();
+        println!(
+            "cold {cold:?}; warm {times:?}; median {:?}; {want}",
+            times[2]
+        );
+    }
+
+    fn generate_many_files(root: &Path) {
+        // A fixed LCG: the sizes do not matter, only that they vary.
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            seed >> 33
+        };
+        for d in 0..200 {
+            let dir = root.join(format!("src/d{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..100 {
+                let len = 200 + usize::try_from(next() % 1600).unwrap();
+                let bytes: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+                fs::write(dir.join(format!("f{f:03}.txt")), bytes).unwrap();
+            }
+        }
+    }
 }
