@@ -632,6 +632,24 @@ fn into_upper(dst: &Path) -> Onto<'_> {
     }
 }
 
+/// `/app` of `src` copied to `/made/` of a fresh destination, straight
+/// into its upper: an earlier result of the copy.
+fn copied_into_upper(src: &Path) -> Roots {
+    let earlier = roots();
+    let to = req(&["/app"], "/made/");
+    copy_over(src, &earlier.dst, into_upper(&earlier.dst), &to).unwrap();
+    earlier
+}
+
+/// The same copy into `r.dst`, linking from `earlier`.
+fn copy_again(r: &Roots, earlier: &Path) {
+    let onto = Onto {
+        upper: Some(&r.dst),
+        previous: Some(earlier),
+    };
+    copy_over(&r.src, &r.dst, onto, &req(&["/app"], "/made/")).unwrap();
+}
+
 #[test]
 fn a_copy_again_links_the_files_an_earlier_result_holds_unchanged() {
     let r = roots();
@@ -640,14 +658,7 @@ fn a_copy_again_links_the_files_an_earlier_result_holds_unchanged() {
     write(&r.src, "app/edited", "old!");
     write(&r.src, "app/grown", "1");
     write(&r.src, "app/mode", "m");
-    let earlier = roots();
-    copy_over(
-        &r.src,
-        &earlier.dst,
-        into_upper(&earlier.dst),
-        &req(&["/app"], "/made/"),
-    )
-    .unwrap();
+    let earlier = copied_into_upper(&r.src);
     let before = described(&earlier.dst, &["made/"]);
 
     // Same size and mtime, other bytes; a size changed; a mode changed.
@@ -667,11 +678,7 @@ fn a_copy_again_links_the_files_an_earlier_result_holds_unchanged() {
     let expected = roots();
     copy(&r.src, &expected.dst, &req(&["/app"], "/made/")).unwrap();
 
-    let onto = Onto {
-        upper: Some(&r.dst),
-        previous: Some(&earlier.dst),
-    };
-    copy_over(&r.src, &r.dst, onto, &req(&["/app"], "/made/")).unwrap();
+    copy_again(&r, &earlier.dst);
     assert_eq!(
         described(&r.dst, &["made/"]),
         described(&expected.dst, &["made/"])
@@ -696,14 +703,7 @@ fn only_a_regular_file_with_the_same_bytes_is_linked() {
     write(&r.src, "app/big", &big);
     write(&r.src, "app/fifo", "not a fifo");
     write(&r.src, "app/link", "not a link");
-    let earlier = roots();
-    copy_over(
-        &r.src,
-        &earlier.dst,
-        into_upper(&earlier.dst),
-        &req(&["/app"], "/made/"),
-    )
-    .unwrap();
+    let earlier = copied_into_upper(&r.src);
     // The last byte of a large file differs; where files were, a fifo
     // and a symlink with their metadata.
     let mut last = big.clone().into_bytes();
@@ -728,11 +728,7 @@ fn only_a_regular_file_with_the_same_bytes_is_linked() {
         symlink("/etc/passwd", p).unwrap();
     });
 
-    let onto = Onto {
-        upper: Some(&r.dst),
-        previous: Some(&earlier.dst),
-    };
-    copy_over(&r.src, &r.dst, onto, &req(&["/app"], "/made/")).unwrap();
+    copy_again(&r, &earlier.dst);
     assert_eq!(read(&r.dst, "made/big"), big);
     assert_eq!(read(&r.dst, "made/fifo"), "not a fifo");
     assert_eq!(read(&r.dst, "made/link"), "not a link");
