@@ -26,8 +26,8 @@ pub fn init_logs(default: &str) {
 /// Raises this process's soft limit of open files to its hard limit, as Go
 /// programs (dockerd, BuildKit) do at start: a layer's tar is read by
 /// several threads at once, each holding a few hundred descriptors at
-/// most, and kilnd serves many builds. RUN steps get the limits their
-/// sandbox sets, not these.
+/// most, and kilnd serves many builds. RUN steps inherit the raised limit,
+/// as BuildKit's inherit dockerd's, unless `--ulimit` sets theirs.
 pub fn raise_file_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {

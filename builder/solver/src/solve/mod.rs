@@ -461,8 +461,8 @@ impl Solver<'_> {
         inputs: &[(Fs, String)],
         keys: &Keys,
     ) -> Result<Fs> {
-        let key = keys.key.as_str();
         use kiln_proto::ops::v1::op::Kind;
+        let key = keys.key.as_str();
         let chain_of = |i: i32| -> Vec<Layer> {
             match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
                 Some((Fs::Layers(l), _)) => l.clone(),
