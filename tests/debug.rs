@@ -1,12 +1,10 @@
 //! `kiln debug parse` and `kiln debug graph`, through the real binary.
 
 use std::fs;
-use std::io::Write;
-use std::process::Stdio;
 
 use kiln_testing::{Need, conformance_dir, require};
 
-use crate::harness::{kiln, run};
+use crate::harness::{kiln, run, with_input};
 
 #[test]
 fn debug_parse_prints_buildkits_dump_for_every_case() {
@@ -60,21 +58,7 @@ fn debug_parse_rejects_the_negative_cases_with_a_line() {
 }
 
 fn with_stdin(args: &[&str], dir: &std::path::Path, stdin: &str) -> std::process::Output {
-    let mut child = kiln()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    with_input(kiln().args(args).current_dir(dir), stdin)
 }
 
 #[test]

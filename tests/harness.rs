@@ -65,22 +65,28 @@ pub(crate) fn dockerd_turn() -> std::sync::MutexGuard<'static, ()> {
 /// child until it execs, and the program's own exec would then fail with
 /// ETXTBSY ("text file busy").
 pub(crate) fn write_program(path: &std::path::Path, text: &str) {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path);
+    let out = with_input(&mut sh, text);
+    assert!(out.status.success(), "writing {}", path.display());
+}
+
+/// Runs `command` with `input` on its standard input; its output captured.
+pub(crate) fn with_input(command: &mut Command, input: &str) -> Output {
     use std::io::Write as _;
-    let mut child = Command::new("sh")
-        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "writing {}",
-        path.display()
-    );
+    child.wait_with_output().unwrap()
 }

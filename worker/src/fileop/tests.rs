@@ -592,16 +592,12 @@ fn a_copy_into_a_directory_it_makes_is_the_same_written_into_the_upper() {
     fs::set_permissions(r.src.join("app/a.txt"), fs::Permissions::from_mode(0o4751)).unwrap();
     let expected = roots();
     copy(&r.src, &expected.dst, &req(&["/app"], "/made/deep/")).unwrap();
+    let to = req(&["/app"], "/made/deep/");
+    let copy_into_upper = || copy_over(&r.src, &r.dst, into_upper(&r.dst), &to).unwrap();
 
     // An overlay with no layer below: its upper directory is the
     // destination itself, so the directory the copy makes is the upper's.
-    copy_over(
-        &r.src,
-        &r.dst,
-        into_upper(&r.dst),
-        &req(&["/app"], "/made/deep/"),
-    )
-    .unwrap();
+    copy_into_upper();
     let made = ["made/", "made/deep/"];
     assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
     let ino = |p: &str| fs::metadata(r.dst.join(p)).unwrap().ino();
@@ -613,13 +609,7 @@ fn a_copy_into_a_directory_it_makes_is_the_same_written_into_the_upper() {
     write(&r.dst, "made/deep/sub/b.txt/inside", "dir in the way");
     fs::remove_file(r.dst.join("made/deep/empty")).unwrap();
     symlink("/nowhere", r.dst.join("made/deep/empty")).unwrap();
-    copy_over(
-        &r.src,
-        &r.dst,
-        into_upper(&r.dst),
-        &req(&["/app"], "/made/deep/"),
-    )
-    .unwrap();
+    copy_into_upper();
     assert_eq!(described(&r.dst, &made), described(&expected.dst, &made));
 }
 
