@@ -181,10 +181,16 @@ impl Store {
             || (self.content.pending(digest).is_some() && self.snapshot_dir(digest).is_dir())
     }
 
-    /// The snapshot directory of the layer whose diff ID is `digest` (the
-    /// worker's `Snapshots` names them so; a pending blob is its tar).
+    /// Where the worker's `Snapshots` keeps unpacked layers.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// The snapshot directory of the layer whose diff ID is `digest`: its
+    /// hex, as the worker's `Snapshots::name` gives it for a valid diff ID
+    /// (a pending blob is the tar of this directory).
     pub fn snapshot_dir(&self, digest: &Digest) -> PathBuf {
-        self.root.join("snapshots").join(digest.hex())
+        self.snapshots_dir().join(digest.hex())
     }
 
     /// Whether `digest` and everything it references (for a manifest or an

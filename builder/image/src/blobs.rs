@@ -209,7 +209,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Store, Snapshots, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s")).unwrap();
-        let snapshots = Snapshots::open(store.root().join("snapshots")).unwrap();
+        let snapshots = Snapshots::open(store.snapshots_dir()).unwrap();
         let upper = store.root().join("steps/upper");
         fs::create_dir_all(upper.join("etc")).unwrap();
         fs::write(upper.join("etc/motd"), vec![b'x'; 100_000]).unwrap();

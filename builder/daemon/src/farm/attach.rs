@@ -82,7 +82,7 @@ pub async fn serve(
     channel: Channel,
     config: &WorkerConfig,
 ) -> Result<(), AttachError> {
-    let snapshots = Snapshots::open(store.root().join("snapshots"))?;
+    let snapshots = Snapshots::open(store.snapshots_dir())?;
     snapshots.recover()?;
     let send = SendToken::new(config.token.as_deref())
         .ok_or_else(|| AttachError::Invalid("the worker token is not printable ASCII".into()))?;

@@ -183,7 +183,7 @@ fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
         deleted.push(digest.clone());
     }
     // The unpacked forms of the deleted layers go with them.
-    let snapshots = kiln_worker::snapshot::Snapshots::new(store.root().join("snapshots"));
+    let snapshots = kiln_worker::snapshot::Snapshots::new(store.snapshots_dir());
     for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
         if deleted.contains(layer) {
             snapshots.remove(diff_id)?;
@@ -287,7 +287,7 @@ fn usage_of(store: &Store, live: &BTreeSet<Digest>) -> Result<Usage> {
         }
     }
     let root = store.root();
-    usage.snapshots = tree_size(&root.join("snapshots"));
+    usage.snapshots = tree_size(&store.snapshots_dir());
     usage.cache_mounts = tree_size(&root.join("cache-mounts"));
     let blobs = usage.images + usage.unused;
     usage.metadata = tree_size(root).saturating_sub(blobs + usage.snapshots + usage.cache_mounts);

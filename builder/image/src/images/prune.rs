@@ -54,7 +54,7 @@ pub fn prune(store: &Store, keep: Option<u64>, all: bool) -> Result<Pruned> {
     let mut pruned = Pruned::default();
     let blobs = prune_blobs(store, &live, keep.is_some(), &over, &mut total, &mut pruned)?;
 
-    let snapshots = Snapshots::new(store.root().join("snapshots"));
+    let snapshots = Snapshots::new(store.snapshots_dir());
     // A pending blob's snapshot is the layer itself: it goes with the blob.
     let pinned: BTreeSet<String> = blobs
         .iter()
@@ -310,7 +310,7 @@ mod tests {
     fn snapshots_go_with_their_layers_and_over_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s")).unwrap();
-        let snapshots = Snapshots::open(s.root().join("snapshots")).unwrap();
+        let snapshots = Snapshots::open(s.snapshots_dir()).unwrap();
         let tarball = dir.path().join("rootfs.tar");
         let mut tar = tar::Builder::new(std::fs::File::create(&tarball).unwrap());
         let mut header = tar::Header::new_ustar();

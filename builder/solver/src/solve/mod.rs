@@ -265,7 +265,7 @@ impl<'a> Solver<'a> {
         options: SolveOptions<'a>,
         progress: &'a mut (dyn FnMut(Event) + Send),
     ) -> std::result::Result<Self, SolverSetupError> {
-        let snapshots = Snapshots::open(store.root().join("snapshots"))?;
+        let snapshots = Snapshots::open(store.snapshots_dir())?;
         // Unpacks a killed build left half done (the root's lock is ours).
         snapshots.recover()?;
         Ok(Self {
