@@ -1,6 +1,6 @@
 //! Platforms as `os/arch[/variant]` strings (`linux/amd64`, `linux/arm/v7`).
 
-use kiln_proto::ops::v1::Platform;
+pub use kiln_proto::ops::v1::Platform;
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -127,8 +127,8 @@ impl Output {
 /// Writes the image `manifest` names (named `name`, a full reference, when
 /// tagged) to `output`.
 pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Output) -> Result<()> {
-    let (os, arch) = image::host_platform();
-    let img = || image::read_image(store, manifest, (&os, &arch));
+    let host = image::host_platform();
+    let img = || image::read_image(store, manifest, &host);
     match output {
         // Tagging and pushing are the caller's (they need the tags).
         Output::Image { .. } => Ok(()),

@@ -158,24 +158,27 @@ pub(super) fn manifest(session: &Session, reference: &str) -> Result<(Vec<u8>, S
     Ok((bytes, media_type))
 }
 
-/// The digest of the index entry for the wanted platform.
+/// The digest of the index entry for the wanted platform ([`image::runs`]).
 fn pick_platform(session: &Session, index: &[u8], options: &Options) -> Result<String> {
-    let (os, arch) = options
+    let wanted = options
         .platform
         .clone()
         .unwrap_or_else(image::host_platform);
-    let parsed: serde_json::Value =
+    let parsed: oci_spec::image::ImageIndex =
         serde_json::from_slice(index).map_err(|e| session.failed("reading the index", e))?;
-    parsed["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    parsed
+        .manifests()
+        .iter()
         .find(|m| {
-            m["platform"]["os"] == os.as_str() && m["platform"]["architecture"] == arch.as_str()
+            m.platform()
+                .as_ref()
+                .is_some_and(|p| image::runs(p, &wanted))
         })
-        .and_then(|m| m["digest"].as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| session.failed("choosing a platform", format!("no {os}/{arch} image")))
+        .map(|m| m.digest().to_string())
+        .ok_or_else(|| {
+            let wanted = kiln_frontend::platform::format(&wanted);
+            session.failed("choosing a platform", format!("no {wanted} image"))
+        })
 }
 
 /// Fetches `blobs` into the store, up to [`PARALLEL`] at once; the bytes

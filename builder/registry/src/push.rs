@@ -101,8 +101,8 @@ type Blobs = Vec<(Digest, u64)>;
 
 /// The manifest's bytes and the blobs it names (config, layers).
 fn image_blobs(store: &Store, manifest: &Digest) -> Result<(Vec<u8>, Blobs)> {
-    let (os, arch) = image::host_platform();
-    let image = image::read_image(store, manifest, (&os, &arch))?;
+    let host = image::host_platform();
+    let image = image::read_image(store, manifest, &host)?;
     let mut blobs = vec![(image.config_digest.clone(), image.manifest.config().size())];
     blobs.extend(image.layers().into_iter().map(|(d, _, size)| (d, size)));
     Ok((store.content.read(manifest)?, blobs))
@@ -191,7 +191,7 @@ fn exists(session: &Session, digest: &Digest) -> Result<bool> {
 /// Other repositories of the same registry that kiln has images of with
 /// this blob: the registry may link it instead of an upload.
 fn mount_sources(store: &Store, reference: &Reference, digest: &Digest) -> Result<Vec<String>> {
-    let (os, arch) = image::host_platform();
+    let host = image::host_platform();
     let mut sources = Vec::new();
     for (name, record) in store.meta.images()? {
         let Ok(other) = Reference::parse(&name) else {
@@ -200,7 +200,7 @@ fn mount_sources(store: &Store, reference: &Reference, digest: &Digest) -> Resul
         if other.domain != reference.domain || other.path == reference.path {
             continue;
         }
-        let Ok(img) = image::read_image(store, &record.target, (&os, &arch)) else {
+        let Ok(img) = image::read_image(store, &record.target, &host) else {
             continue;
         };
         if img.config_digest == *digest || img.layers().iter().any(|(d, _, _)| d == digest) {
@@ -543,9 +543,9 @@ mod tests {
 
         // The same layer compressed on the way: uploaded in pieces while
         // gzip makes it, the gzip blob kept, the manifest the new one.
-        let (os, arch) = image::host_platform();
+        let host = image::host_platform();
         let config = serde_json::json!({
-            "architecture": arch, "os": os,
+            "architecture": host.architecture, "os": host.os,
             "rootfs": {"type": "layers", "diff_ids": [layer]},
         });
         let config = store
@@ -560,7 +560,7 @@ mod tests {
         }))
         .unwrap();
         let manifest = store.content.write_bytes(&manifest).unwrap();
-        let img = image::read_image(&store, &manifest, (&os, &arch)).unwrap();
+        let img = image::read_image(&store, &manifest, &host).unwrap();
         let name = format!("127.0.0.1:{port}/chunks/gz:1");
         let how = LayerCompression::default();
         let pushed =

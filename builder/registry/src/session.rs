@@ -18,8 +18,8 @@ pub struct Options {
     /// Hosts (`host[:port]`) spoken to over plain HTTP, besides loopback
     /// ones (`--insecure-registry`).
     pub insecure: Vec<String>,
-    /// `os/arch` to pick from a multi-platform image; default: the host's.
-    pub platform: Option<(String, String)>,
+    /// The platform to pick from a multi-platform image; default: the host's.
+    pub platform: Option<kiln_image::image::Platform>,
     /// Upload chunk size in bytes; 0: kiln's default (128 MiB).
     pub chunk_size: u64,
 }

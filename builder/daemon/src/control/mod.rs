@@ -393,11 +393,13 @@ impl Control for ControlService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         let r = request.into_inner();
-        let platform = match r.platform.split_once('/') {
-            Some((os, arch)) => Some((os.to_owned(), arch.to_owned())),
-            None if r.platform.is_empty() => None,
-            None => return Err(ControlError::Invalid(format!("--platform {}", r.platform)).into()),
-        };
+        let platform =
+            match r.platform.as_str() {
+                "" => None,
+                p => Some(kiln_frontend::platform::parse(p).map_err(|e| {
+                    ControlError::Invalid(format!("--platform {}: {e}", r.platform))
+                })?),
+            };
         let options = kiln_registry::Options {
             insecure: granted_insecure(&self.insecure_registries, &r.insecure_registries)?,
             platform,
@@ -445,10 +447,10 @@ impl Control for ControlService {
         &self,
         _: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let (os, arch) = kiln_image::image::host_platform();
+        let host = kiln_image::image::host_platform();
         let local = pb::Worker {
             id: "local".into(),
-            platform: format!("{os}/{arch}"),
+            platform: kiln_frontend::platform::format(&host),
             parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
             running: 0,
             steps_run: 0,

@@ -89,10 +89,10 @@ pub async fn serve(
     let client: Client =
         FarmClient::with_interceptor(channel, send).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(64);
-    let (os, arch) = kiln_image::image::host_platform();
+    let host = kiln_image::image::host_platform();
     let hello = pb::Hello {
         id: config.id.clone(),
-        platform: format!("{os}/{arch}"),
+        platform: kiln_frontend::platform::format(&host),
         parallelism: config.parallelism,
         layers: snapshots.names(),
         token: config.token.clone().unwrap_or_default(),

@@ -40,7 +40,9 @@ pub fn import(store: &Store, path: &Path, name: &str, created: u64) -> Result<Di
             reason,
         });
     }
-    let (os, architecture) = image::host_platform();
+    let image::Platform {
+        os, architecture, ..
+    } = image::host_platform();
     let created = rfc3339(created);
     let config = ImageConfiguration {
         created: Some(created.clone()),

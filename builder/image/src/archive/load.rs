@@ -392,10 +392,10 @@ fn docker_entry(
 /// it is an image of this machine's platform (others cannot be used here;
 /// if they ever are, their snapshots check them).
 fn verify_image(store: &Store, manifest: &Digest) -> std::result::Result<(), String> {
-    let (os, arch) = image::host_platform();
-    let img = match image::read_image(store, manifest, (&os, &arch)) {
+    let host = image::host_platform();
+    let img = match image::read_image(store, manifest, &host) {
         Ok(img) => img,
-        Err(ImageError::NoPlatform(_)) => return Ok(()),
+        Err(ImageError::NoPlatform { .. }) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     for layer in img.layer_pairs().map_err(|e| e.to_string())? {

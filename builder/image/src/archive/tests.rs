@@ -74,7 +74,7 @@ fn compressed_layers_are_saved_uncompressed_for_docker() {
     let layer = a.content.write_bytes(&gz).unwrap();
     let diff_id = kiln_cache::Digest::of(&raw);
     let config = image::config::ImageConfiguration {
-        architecture: image::host_platform().1,
+        architecture: image::host_platform().architecture,
         os: "linux".into(),
         rootfs: image::config::RootFs {
             kind: "layers".into(),
@@ -280,7 +280,7 @@ fn docker_schema2_manifests_are_read() {
     let layer = s.content.write_bytes(&raw).unwrap();
     let config = format!(
         r#"{{"architecture":"{}","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#,
-        image::host_platform().1
+        image::host_platform().architecture
     );
     let config_digest = s.content.write_bytes(config.as_bytes()).unwrap();
     let manifest = format!(
@@ -296,7 +296,7 @@ fn docker_schema2_manifests_are_read() {
         image::DOCKER_LIST,
         image::DOCKER_MANIFEST,
         manifest.len(),
-        image::host_platform().1
+        image::host_platform().architecture
     );
     let list_digest = s.content.write_bytes(list.as_bytes()).unwrap();
     image::tag(

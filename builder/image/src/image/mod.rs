@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 use kiln_cache::{ContentError, Digest, MetaError, Store, StoreError};
+pub use kiln_frontend::platform::Platform;
 use kiln_frontend::reference::{Reference, ReferenceError};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde::Serialize;
@@ -68,8 +69,8 @@ pub enum ImageError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("index {0} has no manifest for this platform")]
-    NoPlatform(String),
+    #[error("index {index} has no manifest for {platform}")]
+    NoPlatform { index: String, platform: String },
     #[error("index {digest}: indexes nested more than {limit} deep (the limit)")]
     TooDeep { digest: String, limit: usize },
     #[error("{what} is larger than {limit} bytes (the limit of a metadata file): {size} bytes")]
@@ -235,9 +236,9 @@ fn parse_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
 }
 
 /// Reads the image a manifest or index digest names; an index resolves to
-/// the manifest for `platform` (`os/arch`).
+/// its first manifest for `platform` ([`runs`]).
 /// Follows at most [`MAX_INDEX_DEPTH`] indexes.
-pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Result<Image> {
+pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result<Image> {
     let top = digest;
     let mut digest = digest.clone();
     let mut depth = 0;
@@ -264,12 +265,11 @@ pub fn read_image(store: &Store, digest: &Digest, platform: (&str, &str)) -> Res
         let chosen = index
             .manifests()
             .iter()
-            .find(|m| {
-                m.platform().as_ref().is_none_or(|p| {
-                    p.os().to_string() == platform.0 && p.architecture().to_string() == platform.1
-                })
-            })
-            .ok_or_else(|| ImageError::NoPlatform(digest.to_string()))?;
+            .find(|m| m.platform().as_ref().is_none_or(|p| runs(p, platform)))
+            .ok_or_else(|| ImageError::NoPlatform {
+                index: digest.to_string(),
+                platform: kiln_frontend::platform::format(platform),
+            })?;
         digest = parse_digest(chosen.digest())?;
     };
     let digest = &digest;
@@ -340,25 +340,47 @@ pub fn check_index_depth(store: &Store, digest: &Digest) -> Result<usize> {
     })
 }
 
-/// The host's platform as an image names it (`linux`, `amd64`).
-pub fn host_platform() -> (String, String) {
-    let p = kiln_frontend::platform::host();
-    (p.os, p.architecture)
+/// The host's platform as an image names it (`linux/amd64`).
+pub fn host_platform() -> Platform {
+    kiln_frontend::platform::host()
+}
+
+/// Whether an index entry for `entry` serves `wanted`, as containerd's
+/// default matcher decides: the same OS and architecture once aliases are
+/// normalized (`aarch64` is `arm64`, `arm64/v8` is `arm64`), and the
+/// same variant unless `wanted` names none.
+pub fn runs(entry: &oci_spec::image::Platform, wanted: &Platform) -> bool {
+    let mut text = format!("{}/{}", entry.os(), entry.architecture());
+    if let Some(v) = entry.variant().as_deref().filter(|v| !v.is_empty()) {
+        text.push('/');
+        text.push_str(v);
+    }
+    let Ok(entry) = kiln_frontend::platform::parse(&text) else {
+        return false;
+    };
+    entry.os == wanted.os
+        && entry.architecture == wanted.architecture
+        && (wanted.variant.is_empty() || entry.variant == wanted.variant)
 }
 
 /// Resolves a user's name (or image ID prefix) to the image it tags.
 pub fn resolve(store: &Store, name: &str) -> Result<(String, Image)> {
-    let (os, arch) = host_platform();
+    resolve_for(store, name, &host_platform())
+}
+
+/// Resolves a user's name (or image ID prefix) to the image it tags for
+/// `platform` (an index's entry for it).
+pub fn resolve_for(store: &Store, name: &str, platform: &Platform) -> Result<(String, Image)> {
     if let Ok(full) = normalize(name)
         && let Some(record) = store.meta.image(&full)?
     {
-        return Ok((full, read_image(store, &record.target, (&os, &arch))?));
+        return Ok((full, read_image(store, &record.target, platform)?));
     }
     // `docker` also accepts an image ID (the config digest) or a prefix.
     let id = name.strip_prefix("sha256:").unwrap_or(name);
     if id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         for (full, record) in store.meta.images()? {
-            let image = read_image(store, &record.target, (&os, &arch))?;
+            let image = read_image(store, &record.target, platform)?;
             if image.config_digest.hex().starts_with(id) {
                 return Ok((full, image));
             }
@@ -430,5 +452,31 @@ mod tests {
         );
         assert_eq!(familiar("docker.io/team/app:1"), "team/app:1");
         assert_eq!(familiar("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
+    }
+
+    #[test]
+    fn an_index_entry_serves_a_platform_as_containerd_matches_it() {
+        let entry = |os: &str, arch: &str, variant: Option<&str>| {
+            let mut p = oci_spec::image::Platform::default();
+            p.set_os(os.into());
+            p.set_architecture(arch.into());
+            p.set_variant(variant.map(str::to_owned));
+            p
+        };
+        let want = |text: &str| kiln_frontend::platform::parse(text).unwrap();
+        let arm64 = want("linux/arm64");
+        assert!(runs(&entry("linux", "arm64", None), &arm64));
+        assert!(runs(&entry("linux", "arm64", Some("v8")), &arm64));
+        assert!(runs(&entry("linux", "aarch64", None), &arm64));
+        assert!(!runs(&entry("linux", "amd64", None), &arm64));
+        assert!(!runs(&entry("windows", "arm64", None), &arm64));
+        // arm with no variant is v7; a wanted variant must be the entry's.
+        assert!(runs(&entry("linux", "arm", None), &want("linux/arm/v7")));
+        assert!(!runs(
+            &entry("linux", "arm", Some("v6")),
+            &want("linux/arm/v7")
+        ));
+        // Hostile text in an index is no platform at all.
+        assert!(!runs(&entry("linux", "arm64/../x", None), &arm64));
     }
 }

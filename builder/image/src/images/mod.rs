@@ -31,12 +31,12 @@ pub struct ImageSummary {
 
 /// Every tagged image.
 pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
-    let (os, arch) = image::host_platform();
+    let host = image::host_platform();
     let mut rows = Vec::new();
     for (name, record) in store.meta.images()? {
         // One image that cannot be read (indexes nested past the bound, a
         // damaged blob) does not hide the others; `rmi` still removes it.
-        let image = match read_image(store, &record.target, (&os, &arch)) {
+        let image = match read_image(store, &record.target, &host) {
             Ok(image) => image,
             Err(e) => {
                 tracing::warn!("{name}: {e}");

@@ -226,10 +226,10 @@ fn stored_layers(store: &Store, blobs: &BTreeSet<Digest>) -> Result<BTreeSet<Str
             store.meta.remove_cache_record(&key)?;
         }
     }
-    let (os, arch) = image::host_platform();
+    let host = image::host_platform();
     for (_, record) in store.meta.images()? {
         // An index without this machine's platform has nothing unpacked here.
-        if let Ok(image) = read_image(store, &record.target, (&os, &arch)) {
+        if let Ok(image) = read_image(store, &record.target, &host) {
             for diff_id in &image.config.rootfs.diff_ids {
                 add(diff_id);
             }

@@ -130,8 +130,8 @@ fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Optio
     if !oci {
         return Ok(None);
     }
-    let (os, arch) = kiln_image::image::host_platform();
-    let image = kiln_image::image::read_image(env.store, &built.manifest, (&os, &arch))?;
+    let host = kiln_image::image::host_platform();
+    let image = kiln_image::image::read_image(env.store, &built.manifest, &host)?;
     Ok(Some(kiln_image::compress::distributed(
         env.store,
         &image,
@@ -275,9 +275,8 @@ fn push(
                 kiln_registry::push_image(env.store, tag, manifest, &request.registry)?
             }
             None => {
-                let (os, arch) = kiln_image::image::host_platform();
-                let image =
-                    kiln_image::image::read_image(env.store, &built.manifest, (&os, &arch))?;
+                let host = kiln_image::image::host_platform();
+                let image = kiln_image::image::read_image(env.store, &built.manifest, &host)?;
                 let pushed = kiln_registry::push_compressing(
                     env.store,
                     tag,

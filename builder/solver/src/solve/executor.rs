@@ -131,7 +131,7 @@ impl Solver<'_> {
             dir: &dir,
             layer: &layer,
         };
-        let (os, arch) = kiln_image::image::host_platform();
+        let host = kiln_image::image::host_platform();
         let step = Step {
             request,
             rootfs: base,
@@ -139,7 +139,7 @@ impl Solver<'_> {
             entitlements: &self.options.entitlements,
             compression: self.options.compression,
             source_date_epoch: self.options.source_date_epoch,
-            platform: format!("{os}/{arch}"),
+            platform: kiln_frontend::platform::format(&host),
         };
         let cancelled = || self.options.cancellation.is_cancelled();
         let farm = self.options.farm;

@@ -110,10 +110,10 @@ impl Backend for Local {
 
     /// Embedded, steps run on this machine only.
     fn workers(&mut self) -> Result<Vec<pb::Worker>> {
-        let (os, arch) = kiln_image::image::host_platform();
+        let host = kiln_image::image::host_platform();
         Ok(vec![pb::Worker {
             id: "local".into(),
-            platform: format!("{os}/{arch}"),
+            platform: kiln_frontend::platform::format(&host),
             parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
             running: 0,
             steps_run: 0,
@@ -214,7 +214,7 @@ impl Backend for Remote {
                 platform: options
                     .platform
                     .as_ref()
-                    .map(|(os, arch)| format!("{os}/{arch}"))
+                    .map(kiln_frontend::platform::format)
                     .unwrap_or_default(),
                 insecure_registries: options.insecure.clone(),
             },

@@ -22,15 +22,7 @@ pub(crate) struct RegistryArgs {
 impl RegistryArgs {
     pub(crate) fn options(&self, platform: Option<&str>) -> Result<kiln_registry::Options> {
         let platform = platform
-            .map(|p| {
-                let mut parts = p.split('/');
-                match (parts.next(), parts.next()) {
-                    (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
-                        Ok((os.to_owned(), arch.to_owned()))
-                    }
-                    _ => anyhow::bail!("--platform {p}: expected os/arch, e.g. linux/amd64"),
-                }
-            })
+            .map(|p| kiln_frontend::platform::parse(p).with_context(|| format!("--platform {p}")))
             .transpose()?;
         // The same bound as kilnd's, embedded too.
         check_count("--insecure-registry", self.insecure.len())?;
