@@ -105,6 +105,9 @@ pub struct ConvertOptions<'a> {
     /// `--shm-size`); a `BUILDKIT_SANDBOX_HOSTNAME` build arg, checked,
     /// takes the place of `hostname`.
     pub sandbox: SandboxOptions,
+    /// Whether progress names each stage's platform (a build for several
+    /// platforms: `[linux/arm64 build 2/3] RUN make`).
+    pub name_platforms: bool,
     pub resolver: &'a dyn ImageResolver,
     /// Asked between instructions and during expansion: conversion stops
     /// with [`ConvertErrorKind::Cancelled`] soon after it says so.
@@ -122,6 +125,7 @@ impl<'a> ConvertOptions<'a> {
             dockerignore: Vec::new(),
             context_time: None,
             sandbox: SandboxOptions::default(),
+            name_platforms: false,
             resolver,
             cancel: None,
         }
@@ -506,7 +510,7 @@ impl<'a> Converter<'a> {
             }
             None => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
-                let label = format!("{} 1/{total}", stage.display_name());
+                let label = format!("{} 1/{total}", self.display_name(stage, &platform));
                 let image = self
                     .image_source(&base, &platform, index, &label, Some(stage.location))
                     .map_err(from_error)?;
@@ -516,6 +520,7 @@ impl<'a> Converter<'a> {
                 state
             }
         };
+        state.name = self.display_name(stage, &state.image.platform);
         state.ensure_default_path();
         self.charge_vars(state.vars_bytes(), 0)
             .map_err(from_error)?;
@@ -711,6 +716,16 @@ impl<'a> Converter<'a> {
             });
         }
         Ok(())
+    }
+
+    /// How progress names `stage`: its name, after its platform when the
+    /// build is for several (`linux/arm64 build`, as buildx shows it).
+    fn display_name(&self, stage: &instructions::Stage, platform: &Platform) -> String {
+        if self.options.name_platforms {
+            format!("{} {}", platform::format(platform), stage.display_name())
+        } else {
+            stage.display_name()
+        }
     }
 
     /// `[stage k/n] INSTRUCTION` for the vertex a command makes.

@@ -389,6 +389,49 @@ fn from_platform_and_target_stage_only() {
 }
 
 #[test]
+fn a_build_platform_stage_is_the_same_ops_for_every_target() {
+    let text = concat!(
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nRUN make\n",
+        "ARG TARGETARCH\nRUN echo $TARGETARCH > /arch\n",
+        "FROM busybox\nCOPY --from=build /out /\nRUN uname -m\n",
+    );
+    let for_target = |target: &str| {
+        build_with(
+            text,
+            &ConvertOptions {
+                target_platform: platform::parse(target).unwrap(),
+                name_platforms: true,
+                ..options()
+            },
+        )
+    };
+    let (amd64, arm64) = (for_target("linux/amd64"), for_target("linux/arm64"));
+    let described = |g: &BuildGraph, what: &str| {
+        let v = g
+            .vertices
+            .iter()
+            .find(|v| v.meta.description.ends_with(what))
+            .unwrap_or_else(|| panic!("no {what}"));
+        (v.digest.clone(), v.meta.description.clone())
+    };
+    // The build platform's `RUN make` is one op, named for where it runs
+    // (an `ARG TARGETARCH` before it would make it one per target).
+    assert_eq!(described(&amd64, "RUN make"), described(&arm64, "RUN make"));
+    assert_eq!(
+        described(&arm64, "RUN make").1,
+        "[linux/amd64 build 2/4] RUN make"
+    );
+    // What reads TARGETARCH, and every step of the target stage, differ.
+    let arch = "RUN echo $TARGETARCH > /arch";
+    assert_ne!(described(&amd64, arch).0, described(&arm64, arch).0);
+    let uname = described(&arm64, "RUN uname -m");
+    assert_eq!(uname.1, "[linux/arm64 stage-1 3/3] RUN uname -m");
+    let from = "[linux/arm64 stage-1 1/3] FROM docker.io/library/busybox:latest";
+    assert!(arm64.vertices.iter().any(|v| v.meta.description == from));
+    assert_ne!(uname.0, described(&amd64, "RUN uname -m").0);
+}
+
+#[test]
 fn digests_are_content_addressed() {
     let a = build(
         "FROM busybox AS a\nRUN echo a\nFROM busybox AS b\nRUN echo b\nFROM scratch\nCOPY --from=a / /a\nCOPY --from=b / /b\n",
