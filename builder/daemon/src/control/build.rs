@@ -254,7 +254,7 @@ fn run_build(
     Ok(pb::BuildResult {
         // What the client's file outputs are made from (Export).
         manifest: built.leaving().to_string(),
-        config: built.config.to_string(),
+        config: built.id.to_string(),
         tags: request.tags.clone(),
         context_bytes: received.bytes,
     })

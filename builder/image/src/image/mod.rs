@@ -368,6 +368,20 @@ pub fn resolve(store: &Store, name: &str) -> Result<(String, Image)> {
     resolve_for(store, name, &host_platform())
 }
 
+/// The image a build's pinned reference (`name@sha256:…`, as the
+/// frontend pins a base image) names for `platform`: the manifest pinned
+/// when the store still has it, else what the name tags now.
+pub fn resolve_pinned(store: &Store, reference: &str, platform: &Platform) -> Result<Image> {
+    let (name, pinned) = match reference.split_once('@') {
+        Some((name, digest)) => (name, digest.parse::<Digest>().ok()),
+        None => (reference, None),
+    };
+    match pinned.filter(|d| store.content.has(d)) {
+        Some(digest) => read_image(store, &digest, platform),
+        None => Ok(resolve_for(store, name, platform)?.1),
+    }
+}
+
 /// Resolves a user's name (or image ID prefix) to the image it tags for
 /// `platform` (an index's entry for it).
 pub fn resolve_for(store: &Store, name: &str, platform: &Platform) -> Result<(String, Image)> {
@@ -414,6 +428,37 @@ pub fn write_manifest(
         "layers": layers.iter().map(|(d, m, s)| descriptor(m, d, *s)).collect::<Result<Vec<_>>>()?,
     });
     let bytes = canonical_json(&manifest);
+    let digest = store.content.write_bytes(&bytes)?;
+    Ok((digest, bytes.len() as u64))
+}
+
+/// Writes an OCI index of `manifests` (digest, size, platform) and
+/// returns its digest and size.
+pub fn write_index(store: &Store, manifests: &[(Digest, u64, Platform)]) -> Result<(Digest, u64)> {
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|(digest, size, platform)| {
+            let mut p = serde_json::json!({
+                "os": platform.os,
+                "architecture": platform.architecture,
+            });
+            if !platform.variant.is_empty() {
+                p["variant"] = platform.variant.clone().into();
+            }
+            serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": digest.to_string(),
+                "size": size,
+                "platform": p,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": entries,
+    });
+    let bytes = canonical_json(&index);
     let digest = store.content.write_bytes(&bytes)?;
     Ok((digest, bytes.len() as u64))
 }

@@ -99,6 +99,7 @@ pub fn run(
     env: &Env<'_>,
     report: &mut (dyn FnMut(Report) + Send),
 ) -> Result<Built> {
+    request::check_outputs_for_platforms(request)?;
     import_caches(request, env, report);
     let solved = solve(request, env, report)?;
     let mut built = write_image(request, env, solved)?;
@@ -173,6 +174,7 @@ fn build_request(request: &Request, env: &Env<'_>) -> BuildRequest {
         dockerignore: request.dockerignore.clone(),
         build_args: request.build_args.clone(),
         target: request.target.clone(),
+        platforms: request.platforms.clone(),
         no_cache: request.no_cache,
         no_cache_filter: request.no_cache_filter.clone(),
         context_time: request.context_time,
@@ -215,12 +217,14 @@ fn solve(
 /// config, layers and manifest, tagged.
 fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<Built> {
     if !request.labels.is_empty() {
-        let labels = solved
-            .image
-            .config
-            .labels
-            .get_or_insert_with(Default::default);
-        labels.extend(request.labels.clone());
+        for solved in &mut solved.images {
+            let labels = solved
+                .image
+                .config
+                .labels
+                .get_or_insert_with(Default::default);
+            labels.extend(request.labels.clone());
+        }
     }
     Ok(build::write_image(env.store, solved, &request.tags)?)
 }

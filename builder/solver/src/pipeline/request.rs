@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kiln_proto::ops::v1::Platform;
 use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 use thiserror::Error;
@@ -123,6 +124,9 @@ pub struct Request {
     pub build_args: BTreeMap<String, String>,
     /// `--target`; `None`: the last stage.
     pub target: Option<String>,
+    /// `--platform`: the platforms to build for, each once, in order;
+    /// none: the host's.
+    pub platforms: Vec<Platform>,
     /// Full names to tag: `-t` and `--output type=image,name=`, normalized.
     pub tags: Vec<String>,
     /// `--label`: set on the image over the Dockerfile's `LABEL`s.
@@ -198,9 +202,49 @@ pub fn check_count(flag: &'static str, count: usize) -> Result<()> {
 /// A request's lists of registries within [`MAX_LIST_ENTRIES`] each (from
 /// a command line or a kilnd client alike).
 pub fn check_lists(request: &Request) -> Result<()> {
+    check_count("--platform", request.platforms.len())?;
     check_count("--cache-from", request.cache_imports.len())?;
     check_count("--cache-to", request.cache_exports.len())?;
     check_count("--insecure-registry", request.registry.insecure.len())
+}
+
+/// `--platform` values (each a list: `linux/amd64,linux/arm64`), parsed
+/// and normalized, each platform once in the order first given.
+pub fn parse_platforms(values: &[String]) -> Result<Vec<Platform>> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for text in values.iter().flat_map(|v| v.split(',')) {
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let platform = kiln_frontend::platform::parse(text).map_err(|e| RequestError::Invalid {
+            flag: "--platform",
+            value: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !platforms.contains(&platform) {
+            platforms.push(platform);
+        }
+        check_count("--platform", platforms.len())?;
+    }
+    Ok(platforms)
+}
+
+/// An output that holds one image refuses a build for several platforms,
+/// as BuildKit's docker exporter does.
+pub fn check_outputs_for_platforms(request: &Request) -> Result<()> {
+    if request.platforms.len() < 2 {
+        return Ok(());
+    }
+    let docker = request.files.iter().any(|o| matches!(o, Output::Docker(_)));
+    if docker {
+        return Err(RequestError::Output(
+            "docker exporter does not currently support exporting manifest lists: \
+             -o type=docker takes one platform (use type=oci, or one --platform)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// A label key is not empty (the image config could hold one, but no

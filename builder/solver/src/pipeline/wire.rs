@@ -26,6 +26,11 @@ impl From<&Request> for pb::BuildSpec {
             dockerignore: r.dockerignore.clone(),
             build_args: r.build_args.clone().into_iter().collect(),
             target: r.target.clone().unwrap_or_default(),
+            platforms: r
+                .platforms
+                .iter()
+                .map(kiln_frontend::platform::format)
+                .collect(),
             tags: r.tags.clone(),
             no_cache: r.no_cache,
             no_cache_filter: r.no_cache_filter.clone(),
@@ -97,6 +102,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             dockerignore: spec.dockerignore,
             build_args,
             target: (!spec.target.is_empty()).then_some(spec.target),
+            platforms: super::request::parse_platforms(&spec.platforms)?,
             tags,
             labels,
             no_cache: spec.no_cache,

@@ -314,6 +314,14 @@ impl Solver<'_> {
     /// `root` (`None`: scratch). After a failure no new step starts; the
     /// first error is returned once running steps have ended.
     pub fn solve(&self, graph: &BuildGraph, root: Option<&str>) -> Result<Fs> {
+        let mut solved = self.solve_roots(graph, &[root])?;
+        Ok(solved.pop().expect("one filesystem per root"))
+    }
+
+    /// [`Solver::solve`] for several roots of one graph (a build for
+    /// several platforms): each vertex once, the filesystem of each root
+    /// in the order given.
+    pub fn solve_roots(&self, graph: &BuildGraph, roots: &[Option<&str>]) -> Result<Vec<Fs>> {
         crate::entitlements::check_graph(
             graph,
             &self.options.entitlements,
@@ -330,14 +338,17 @@ impl Solver<'_> {
             .iter()
             .map(|v| v.op.inputs.iter().map(|d| index_of[d.as_str()]).collect())
             .collect();
-        let mut done = self.run_all(graph, &deps)?;
-        Ok(match root {
-            None => Fs::Layers(Vec::new()),
-            Some(d) => done[index_of[d]]
-                .take()
-                .map(|(fs, _)| fs)
-                .expect("the root is a solved vertex"),
-        })
+        let done = self.run_all(graph, &deps)?;
+        Ok(roots
+            .iter()
+            .map(|root| match root {
+                None => Fs::Layers(Vec::new()),
+                Some(d) => done[index_of[d]]
+                    .as_ref()
+                    .map(|(fs, _)| fs.clone())
+                    .expect("the root is a solved vertex"),
+            })
+            .collect())
     }
 
     /// Runs every vertex once its inputs (`deps`, by index) are done, up to
@@ -541,15 +552,16 @@ impl Solver<'_> {
         source: &kiln_proto::ops::v1::SourceOp,
     ) -> Result<Fs> {
         use kiln_proto::ops::v1::source_op::Source;
+        let platform = vertex.op.platform.as_ref();
         if !matches!(source.source, Some(Source::Http(_) | Source::Git(_))) {
-            return self.source(index, source);
+            return self.source(index, source, platform);
         }
         let start = Instant::now();
         self.emit(Event::Started {
             vertex: index,
             description: vertex.meta.description.clone(),
         });
-        let fs = self.source(index, source)?;
+        let fs = self.source(index, source, platform)?;
         self.emit(Event::Done {
             vertex: index,
             seconds: start.elapsed().as_secs_f64(),

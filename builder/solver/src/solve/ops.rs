@@ -7,8 +7,8 @@ use std::sync::Arc;
 use kiln_frontend::convert::Vertex;
 use kiln_proto::chmod::Chmod;
 use kiln_proto::ops::v1::{
-    ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, SecurityMode, SourceOp, file_action,
-    owner, source_op,
+    ExecOp, FileCopy, FileOp, MountType, NetworkMode, Owner, Platform, SecurityMode, SourceOp,
+    file_action, owner, source_op,
 };
 use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::exec::{ExecMount, ExecRequest, Sharing};
@@ -125,18 +125,16 @@ fn file_err(reason: impl std::fmt::Display) -> SolveError {
 }
 
 impl Solver<'_> {
-    pub(super) fn source(&self, index: usize, source: &SourceOp) -> Result<Fs> {
+    pub(super) fn source(
+        &self,
+        index: usize,
+        source: &SourceOp,
+        platform: Option<&Platform>,
+    ) -> Result<Fs> {
         match &source.source {
             Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.options.context.clone())),
             Some(source_op::Source::Image(img)) => {
-                // The reference may carry the digest the frontend pinned.
-                let name = img.reference.split('@').next().unwrap_or(&img.reference);
-                let (_, image) = image::resolve(self.store, name).map_err(|e| match e {
-                    image::ImageError::NotFound(_) => step_err(format!(
-                        "image {name} is not in the local store (--pull=never; use kiln pull, load or import)"
-                    )),
-                    other => other.into(),
-                })?;
+                let (name, image) = self.source_image(&img.reference, platform)?;
                 let layers = image
                     .layer_pairs()
                     .map_err(|e| step_err(format!("image {name}: {e}")))?
@@ -170,6 +168,26 @@ impl Solver<'_> {
             }
             None => Err(step_err("a source op without a source")),
         }
+    }
+
+    /// The image a source op names for its platform (the host's when it
+    /// names none): the manifest the frontend pinned while the store has
+    /// it (a multi-platform index's entry for the platform).
+    fn source_image<'r>(
+        &self,
+        reference: &'r str,
+        platform: Option<&Platform>,
+    ) -> Result<(&'r str, image::Image)> {
+        let name = reference.split('@').next().unwrap_or(reference);
+        let host = image::host_platform();
+        let image = image::resolve_pinned(self.store, reference, platform.unwrap_or(&host))
+            .map_err(|e| match e {
+                image::ImageError::NotFound(_) => step_err(format!(
+                    "image {name} is not in the local store (--pull=never; use kiln pull, load or import)"
+                )),
+                other => other.into(),
+            })?;
+        Ok((name, image))
     }
 
     /// An input as directories for a bind mount or a copy source.

@@ -12,7 +12,8 @@ use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
 use kiln_solver::pipeline::request::{
-    check_labels, check_lists, normalize_names, parse_label, parse_pull,
+    check_labels, check_lists, check_outputs_for_platforms, normalize_names, parse_label,
+    parse_platforms, parse_pull,
 };
 use kiln_solver::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
@@ -38,6 +39,12 @@ pub(crate) struct Build {
     /// The stage to build; default: the last one.
     #[arg(long)]
     target: Option<String>,
+    /// The platforms to build for (`os/arch[/variant]`, a comma-separated
+    /// list or repeated): several make one image index; default: this
+    /// machine's. Foreign platforms' RUN steps run under emulation (`kiln
+    /// debug platforms`).
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    platforms: Vec<String>,
     /// Run every step, using no cached result.
     #[arg(long)]
     no_cache: bool,
@@ -433,6 +440,7 @@ impl Build {
         let request = Request {
             build_args: self.build_args()?,
             target: self.target.clone(),
+            platforms: parse_platforms(&self.platforms)?,
             tags,
             labels: self.labels()?,
             no_cache: self.no_cache,
@@ -467,6 +475,7 @@ impl Build {
         };
         // As kilnd checks a client's: the same message both ways.
         check_lists(&request)?;
+        check_outputs_for_platforms(&request)?;
         Ok(request)
     }
 
@@ -533,7 +542,7 @@ impl Build {
             }
             Err(e) => return Err(e.into()),
         };
-        let (config, manifest) = (built.config.to_string(), built.manifest.to_string());
+        let (config, manifest) = (built.id.to_string(), built.manifest.to_string());
         self.print_result(&config, &manifest, &request.tags, None);
         Ok(())
     }
