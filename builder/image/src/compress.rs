@@ -548,6 +548,40 @@ pub fn distributed(
     })
 }
 
+/// [`distributed`] for what `digest` names: a manifest, or an index,
+/// each of whose platforms' images leaves so, under an index of the
+/// manifests that leave (the same index when none changes).
+pub fn distributed_all(
+    store: &Store,
+    digest: &kiln_cache::Digest,
+    how: LayerCompression,
+    which: Recompress,
+) -> Result<kiln_cache::Digest, ImageError> {
+    index_with(store, digest, &mut |image| {
+        distributed(store, image, how, which)
+    })
+}
+
+/// The index (or single manifest) `digest` names again, each platform's
+/// image turned into the manifest `leave` gives for it.
+pub fn index_with<E: From<ImageError>>(
+    store: &Store,
+    digest: &kiln_cache::Digest,
+    leave: &mut dyn FnMut(&image::Image) -> Result<kiln_cache::Digest, E>,
+) -> Result<kiln_cache::Digest, E> {
+    if !image::is_index(store, digest)? {
+        let image = image::read_image(store, digest, &image::host_platform())?;
+        return leave(&image);
+    }
+    let mut entries = Vec::new();
+    for (platform, image) in image::platform_images(store, digest)? {
+        let manifest = leave(&image)?;
+        let size = store.content.size(&manifest).map_err(ImageError::from)?;
+        entries.push((manifest, size, platform));
+    }
+    Ok(image::write_index(store, &entries)?.0)
+}
+
 /// [`distributed`], each layer that changes made by `convert`.
 pub fn distributed_with<E: From<ImageError>>(
     store: &Store,

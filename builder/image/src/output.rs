@@ -134,7 +134,7 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
         Output::Image { .. } => Ok(()),
         Output::Docker(dest) => archive(store, name, img()?, Format::Docker, dest),
         Output::Oci(dest) => archive(store, name, img()?, Format::Oci, dest),
-        Output::Local(dest) => rootfs(store, &img()?, dest),
+        Output::Local(dest) => rootfs_each(store, manifest, dest),
         Output::Tar(dest) => {
             // One directory per export: kilnd runs several builds at once.
             let tmp_root = store.root().join("tmp");
@@ -151,7 +151,7 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
                     path: tmp_root.clone(),
                     source,
                 })?;
-            rootfs(store, &img()?, tmp.path())?;
+            rootfs_each(store, manifest, tmp.path())?;
             match dest {
                 Dest::File(path) => {
                     let file = fs::File::create(path).map_err(io_error("creating", path))?;
@@ -189,6 +189,24 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
         path,
         source,
     }
+}
+
+/// The root filesystem of what `digest` names in `dest`: a manifest's
+/// in `dest` itself, an index's platforms' each in a directory of its own
+/// named as BuildKit names them (`linux_amd64`, `linux_arm_v7`).
+fn rootfs_each(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
+    if !image::is_index(store, digest)? {
+        return rootfs(
+            store,
+            &image::read_image(store, digest, &image::host_platform())?,
+            dest,
+        );
+    }
+    for (platform, img) in image::platform_images(store, digest)? {
+        let dir = dest.join(kiln_frontend::platform::format(&platform).replace('/', "_"));
+        rootfs(store, &img, &dir)?;
+    }
+    Ok(())
 }
 
 /// Every layer, bottom first, applied into `dest` (beneath it: the

@@ -23,7 +23,7 @@ mod session;
 pub use auth::{Credentials, config_path, login};
 pub use insecure::{InsecureError, InsecureRegistries};
 pub use pull::{PullPolicy, Pulled, pull};
-pub use push::{Pushed, push, push_compressing, push_image};
+pub use push::{Pushed, push, push_compressing};
 pub use session::Options;
 
 use thiserror::Error;

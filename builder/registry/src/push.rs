@@ -33,67 +33,104 @@ pub struct Pushed {
     pub skipped: usize,
 }
 
-/// Pushes the image `name` names in the store to the registry in its name.
+/// Pushes the image `name` names in the store to the registry in its name:
+/// a multi-platform image as an index of its platforms' images.
 ///
 /// Layers kept uncompressed (a build's own) leave gzip-compressed, as
 /// `docker push` sends them; layers that came compressed go as they are.
-/// After the push, `name` names the manifest the registry has.
+/// After the push, `name` names the manifest (or index) the registry has.
 pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
     let (full, image) = image::resolve(store, name)?;
+    let target = match store.meta.image(&full)? {
+        Some(record) => record.target,
+        None => image.manifest_digest.clone(),
+    };
     let pushed = push_compressing(
         store,
         &full,
-        &image,
+        &target,
         LayerCompression::default(),
         Recompress::Uncompressed,
         options,
     )?;
-    if pushed.manifest != image.manifest_digest {
-        image::tag(store, &full, &pushed.manifest, image::OCI_MANIFEST)?;
+    if pushed.manifest != target {
+        let media_type = if image::is_index(store, &pushed.manifest)? {
+            image::OCI_INDEX
+        } else {
+            image::OCI_MANIFEST
+        };
+        image::tag(store, &full, &pushed.manifest, media_type)?;
         store.meta.flush()?;
     }
     Ok(pushed)
 }
 
-/// Pushes `image` as `name`, its layers compressed `how` as `which` says
+/// Pushes what `digest` names — an image, or an index of several
+/// platforms' — as `name`, layers compressed `how` as `which` says
 /// (`compress::distributed`): a layer compressed before goes as it was
 /// kept; one compressed now is uploaded while it is being compressed, and
-/// its blob kept for the next push. [`Pushed::manifest`] is the manifest
-/// the registry has (in the store too).
+/// its blob kept for the next push. An index's images go by digest, then
+/// the index of them under the tag. [`Pushed::manifest`] is what the
+/// registry has under the tag (in the store too).
 pub fn push_compressing(
     store: &Store,
     name: &str,
-    image: &image::Image,
+    digest: &Digest,
     how: LayerCompression,
     which: Recompress,
     options: &Options,
 ) -> Result<Pushed> {
     let reference = Reference::parse(name)?;
     let session = Session::new(&reference.domain, &reference.path, options, "pull,push")?;
+    let index = image::is_index(store, digest)?;
+    let by_digest = Reference {
+        tag: None,
+        digest: None,
+        ..reference.clone()
+    };
+    let each = if index { &by_digest } else { &reference };
+    let mut total = Pushed {
+        manifest: digest.clone(),
+        uploaded: 0,
+        mounted: 0,
+        skipped: 0,
+    };
+    let top = compress::index_with(store, digest, &mut |image| {
+        let pushed = push_one(store, &session, each, image, (how, which), options)?;
+        total.uploaded += pushed.uploaded;
+        total.mounted += pushed.mounted;
+        total.skipped += pushed.skipped;
+        Ok::<_, super::RegistryError>(pushed.manifest)
+    })?;
+    if index {
+        let bytes = store.content.read(&top)?;
+        send_all(store, &session, &reference, &bytes, &[], &[], options)?;
+    }
+    total.manifest = top;
+    Ok(total)
+}
+
+/// Pushes one platform's `image` in `session` as `reference` (its tag, or
+/// by digest when it has none).
+fn push_one(
+    store: &Store,
+    session: &Session,
+    reference: &Reference,
+    image: &image::Image,
+    (how, which): (LayerCompression, Recompress),
+    options: &Options,
+) -> Result<Pushed> {
     let mut sent = Vec::new();
     let manifest = compress::distributed_with(store, image, how, which, &mut |layer| {
         if let Some(kept) = compress::converted_before(store, layer, how)? {
             return Ok(kept);
         }
-        let made = stream::upload_while_compressing(store, &session, layer, how, options)?;
+        let made = stream::upload_while_compressing(store, session, layer, how, options)?;
         sent.push(made.blob.clone());
         Ok::<_, super::RegistryError>(made)
     })?;
     let (bytes, blobs) = image_blobs(store, &manifest)?;
-    send_all(store, &session, &reference, &bytes, &blobs, &sent, options)
-}
-
-/// Pushes the image of `manifest` (in the store, its layers as they are)
-/// as `name`: a build's image, compressed as the build asked.
-pub fn push_image(
-    store: &Store,
-    name: &str,
-    manifest: &Digest,
-    options: &Options,
-) -> Result<Pushed> {
-    let reference = Reference::parse(name)?;
-    let (manifest_bytes, blobs) = image_blobs(store, manifest)?;
-    push_manifest(store, &reference, &manifest_bytes, &blobs, options)
+    send_all(store, session, reference, &bytes, &blobs, &sent, options)
 }
 
 /// Blobs with their sizes.
@@ -560,11 +597,10 @@ mod tests {
         }))
         .unwrap();
         let manifest = store.content.write_bytes(&manifest).unwrap();
-        let img = image::read_image(&store, &manifest, &host).unwrap();
         let name = format!("127.0.0.1:{port}/chunks/gz:1");
         let how = LayerCompression::default();
         let pushed =
-            push_compressing(&store, &name, &img, how, Recompress::Every, &options).unwrap();
+            push_compressing(&store, &name, &manifest, how, Recompress::Every, &options).unwrap();
         assert_eq!((pushed.uploaded, pushed.skipped), (2, 0), "{pushed:?}");
         let gz: serde_json::Value =
             serde_json::from_slice(&store.content.read(&pushed.manifest).unwrap()).unwrap();

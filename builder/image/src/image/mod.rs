@@ -295,6 +295,57 @@ pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result
     })
 }
 
+/// Whether `digest` is an index (its JSON lists `manifests`).
+pub fn is_index(store: &Store, digest: &Digest) -> Result<bool> {
+    let bytes = read_metadata(store, digest)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+            what: "manifest",
+            digest: digest.to_string(),
+            source,
+        })?;
+    Ok(value.get("manifests").is_some())
+}
+
+/// The images a manifest or an index names, each with its platform: a
+/// manifest's from its config; an index's entries whose manifests are in
+/// the store, in its order (a pull may have fetched only some platforms;
+/// an entry without a platform, such as an attestation, is left out).
+pub fn platform_images(store: &Store, digest: &Digest) -> Result<Vec<(Platform, Image)>> {
+    if !is_index(store, digest)? {
+        let image = read_image(store, digest, &host_platform())?;
+        let config = &image.config;
+        let platform = Platform {
+            os: config.os.clone(),
+            architecture: config.architecture.clone(),
+            variant: config.variant.clone().unwrap_or_default(),
+        };
+        return Ok(vec![(platform, image)]);
+    }
+    let bytes = read_metadata(store, digest)?;
+    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+        what: "index",
+        digest: digest.to_string(),
+        source,
+    })?;
+    let mut images = Vec::new();
+    for entry in index.manifests() {
+        let Some(p) = entry.platform() else { continue };
+        let Ok(digest) = parse_digest(entry.digest()) else {
+            continue;
+        };
+        if !store.content.has(&digest) {
+            continue;
+        }
+        let Some(platform) = platform_of(p) else {
+            continue;
+        };
+        let image = read_image(store, &digest, &platform)?;
+        images.push((platform, image));
+    }
+    Ok(images)
+}
+
 /// A manifest, index or config blob, refused over [`MAX_METADATA`].
 pub fn read_metadata(store: &Store, digest: &Digest) -> Result<Vec<u8>> {
     let size = store.content.size(digest)?;
@@ -350,17 +401,23 @@ pub fn host_platform() -> Platform {
 /// normalized (`aarch64` is `arm64`, `arm64/v8` is `arm64`), and the
 /// same variant unless `wanted` names none.
 pub fn runs(entry: &oci_spec::image::Platform, wanted: &Platform) -> bool {
-    let mut text = format!("{}/{}", entry.os(), entry.architecture());
-    if let Some(v) = entry.variant().as_deref().filter(|v| !v.is_empty()) {
-        text.push('/');
-        text.push_str(v);
-    }
-    let Ok(entry) = kiln_frontend::platform::parse(&text) else {
+    let Some(entry) = platform_of(entry) else {
         return false;
     };
     entry.os == wanted.os
         && entry.architecture == wanted.architecture
         && (wanted.variant.is_empty() || entry.variant == wanted.variant)
+}
+
+/// An index entry's platform, normalized as `--platform` is (`aarch64`
+/// is `arm64`); `None` when it is no platform kiln can name.
+pub fn platform_of(entry: &oci_spec::image::Platform) -> Option<Platform> {
+    let mut text = format!("{}/{}", entry.os(), entry.architecture());
+    if let Some(v) = entry.variant().as_deref().filter(|v| !v.is_empty()) {
+        text.push('/');
+        text.push_str(v);
+    }
+    kiln_frontend::platform::parse(&text).ok()
 }
 
 /// Resolves a user's name (or image ID prefix) to the image it tags.

@@ -120,9 +120,9 @@ pub fn run(
 }
 
 /// The image as it leaves the machine — its layers compressed as the
-/// build asks — for an OCI output. The store keeps a build's layers
-/// uncompressed (`kiln_image::compress`); a push alone makes this image
-/// itself, each layer uploaded while it is compressed.
+/// build asks, for every platform — for an OCI output. The store keeps a
+/// build's layers uncompressed (`kiln_image::compress`); a push alone
+/// makes this image itself, each layer uploaded while it is compressed.
 fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Option<Digest>> {
     let oci = request
         .files
@@ -131,11 +131,9 @@ fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Optio
     if !oci {
         return Ok(None);
     }
-    let host = kiln_image::image::host_platform();
-    let image = kiln_image::image::read_image(env.store, &built.manifest, &host)?;
-    Ok(Some(kiln_image::compress::distributed(
+    Ok(Some(kiln_image::compress::distributed_all(
         env.store,
-        &image,
+        &built.manifest,
         request.compression,
         kiln_image::compress::Recompress::Every,
     )?))
@@ -274,28 +272,24 @@ fn push(
         return Ok(());
     }
     for tag in &request.tags {
-        let pushed = match &built.distribution {
-            Some(manifest) => {
-                kiln_registry::push_image(env.store, tag, manifest, &request.registry)?
-            }
-            None => {
-                let host = kiln_image::image::host_platform();
-                let image = kiln_image::image::read_image(env.store, &built.manifest, &host)?;
-                let pushed = kiln_registry::push_compressing(
-                    env.store,
-                    tag,
-                    &image,
-                    request.compression,
-                    kiln_image::compress::Recompress::Every,
-                    &request.registry,
-                )?;
-                built.distribution = Some(pushed.manifest.clone());
-                pushed
-            }
-        };
-        let manifest = built.leaving();
+        // What left before (an OCI output, the first tag) goes as it is:
+        // its layers are compressed as asked, so none is made again.
+        let pushed = kiln_registry::push_compressing(
+            env.store,
+            tag,
+            built.leaving(),
+            request.compression,
+            kiln_image::compress::Recompress::Every,
+            &request.registry,
+        )?;
+        built.distribution = Some(pushed.manifest.clone());
         // The tag names what the registry has, as after `kiln push`.
-        kiln_image::image::tag(env.store, tag, manifest, kiln_image::image::OCI_MANIFEST)?;
+        let media_type = if kiln_image::image::is_index(env.store, &pushed.manifest)? {
+            kiln_image::image::OCI_INDEX
+        } else {
+            kiln_image::image::OCI_MANIFEST
+        };
+        kiln_image::image::tag(env.store, tag, &pushed.manifest, media_type)?;
         env.store.meta.flush().map_err(ImageError::from)?;
         report(Report::Notice(Notice {
             level: Level::Info,
