@@ -14,6 +14,7 @@ mod differential;
 mod digests;
 mod docker;
 mod empty_steps;
+mod emulation;
 mod everyday;
 mod farm;
 mod git_query;

@@ -52,6 +52,15 @@ pub const DOCKER: &str = "/usr/bin/docker";
 /// Debian's docker-registry binary.
 pub const REGISTRY: &str = "/usr/bin/docker-registry";
 
+/// Debian's busybox-static for arm64, unpacked (`bin/busybox`): the root
+/// filesystem of the emulation tests' arm64 base, from Debian's archive
+/// rather than a registry. `.ci/run` makes it (`dpkg --add-architecture
+/// arm64`, `apt-get download busybox-static:arm64`, `dpkg-deb -x`).
+pub const ARM64_ROOTFS: &str = "/var/lib/kiln-test/arm64";
+
+/// Where the kernel lists its binfmt_misc handlers.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
 /// Something a test needs from the machine it runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -72,6 +81,12 @@ pub enum Need {
     PythonGrpc,
     /// BuildKit's conformance data, [`conformance_dir`].
     Conformance,
+    /// An arm64 busybox at [`ARM64_ROOTFS`] that this machine runs in a
+    /// sandbox: natively, or through an enabled binfmt_misc handler with
+    /// the fix-binary flag (its interpreter opened when registered, so
+    /// found from inside any root filesystem), as Debian's
+    /// qemu-user-static registers it.
+    Arm64Busybox,
 }
 
 impl Need {
@@ -135,8 +150,96 @@ impl Need {
                     format!("BuildKit's conformance data ({} not found)", dir.display())
                 })
             }
+            Self::Arm64Busybox => arm64_busybox(),
         }
     }
+}
+
+fn arm64_busybox() -> Result<(), String> {
+    let busybox = Path::new(ARM64_ROOTFS).join("bin/busybox");
+    let header = elf_header(&busybox).ok_or_else(|| {
+        format!(
+            "an arm64 busybox at {} (`apt-get download busybox-static:arm64` \
+             and `dpkg-deb -x` it into {ARM64_ROOTFS}, as .ci/run does)",
+            busybox.display()
+        )
+    })?;
+    let runs = std::env::consts::ARCH == "aarch64" || fix_binary_handler(&header);
+    ok_or(runs, || {
+        format!(
+            "a binfmt_misc handler with the fix-binary flag for arm64 \
+             (`apt-get install qemu-user-static binfmt-support`, binfmt_misc \
+             mounted at {BINFMT_MISC}, `update-binfmts --enable`)"
+        )
+    })
+}
+
+/// The first 128 bytes of `path` when it is an ELF file.
+fn elf_header(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut header = Vec::with_capacity(128);
+    std::fs::File::open(path)
+        .ok()?
+        .take(128)
+        .read_to_end(&mut header)
+        .ok()?;
+    header.starts_with(b"\x7fELF").then_some(header)
+}
+
+/// Whether an enabled binfmt_misc handler with the `F` flag matches
+/// `header` (its magic, under its mask, at its offset).
+fn fix_binary_handler(header: &[u8]) -> bool {
+    let read = |path: &Path| {
+        use std::io::Read as _;
+        let mut text = String::new();
+        let file = std::fs::File::open(path).ok()?;
+        file.take(4096).read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let Ok(entries) = std::fs::read_dir(BINFMT_MISC) else {
+        return false;
+    };
+    let enabled = read(&Path::new(BINFMT_MISC).join("status"));
+    enabled.is_some_and(|s| s.trim() == "enabled")
+        && entries
+            .filter_map(|e| read(&e.ok()?.path()))
+            .any(|handler| handler_matches(&handler, header))
+}
+
+/// Whether one handler's file (`enabled`, `flags: PF`, `offset 0`,
+/// `magic 7f454c46…`, `mask ff…`) says it is enabled, fix-binary, and
+/// matches `header`.
+fn handler_matches(handler: &str, header: &[u8]) -> bool {
+    let field = |name: &str| {
+        handler
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let hex = |text: &str| -> Option<Vec<u8>> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect()
+    };
+    let (Some(flags), Some(offset), Some(magic)) = (
+        field("flags:"),
+        field("offset ").and_then(|o| o.parse::<usize>().ok()),
+        field("magic ").and_then(hex),
+    ) else {
+        return false;
+    };
+    let mask = field("mask ")
+        .and_then(hex)
+        .unwrap_or_else(|| vec![0xff; magic.len()]);
+    handler.lines().next() == Some("enabled")
+        && flags.contains('F')
+        && header.len() >= offset + magic.len()
+        && magic
+            .iter()
+            .zip(&mask)
+            .zip(&header[offset..])
+            .all(|((m, k), h)| m & k == h & k)
 }
 
 fn ok_or(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
@@ -268,6 +371,34 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_fix_binary_handler_matches_the_elf_it_names_under_its_mask() {
+        // Debian's qemu-aarch64 as /proc/sys/fs/binfmt_misc lists it.
+        let aarch64 = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n\
+                       flags: PF\noffset 0\n\
+                       magic 7f454c460201010000000000000000000200b700\n\
+                       mask ffffffffffffff00fffffffffffffffffeffffff\n";
+        // An ELF64 header of a static aarch64 executable (ET_EXEC,
+        // EM_AARCH64), with an OS ABI byte the mask ignores.
+        let mut header = b"\x7fELF\x02\x01\x01\x03".to_vec();
+        header.extend([0; 8]);
+        header.extend([2, 0, 183, 0]);
+        assert!(handler_matches(aarch64, &header));
+        let mut x86_64 = header.clone();
+        x86_64[18] = 62;
+        assert!(!handler_matches(aarch64, &x86_64));
+        assert!(!handler_matches(&aarch64.replace("PF", "P"), &header));
+        assert!(!handler_matches(
+            &aarch64.replace("enabled", "disabled"),
+            &header
+        ));
+        assert!(!handler_matches(aarch64, &header[..10]));
+        assert!(!handler_matches(
+            "enabled\nflags: F\noffset 0\nmagic 7g\n",
+            &header
+        ));
     }
 
     #[test]

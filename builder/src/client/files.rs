@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use kiln_proto::control::v1 as pb;
+use kiln_proto::ops::v1::Platform;
 
 use super::{Client, ClientError, Result};
 use kiln_image::output::{Dest, Output};
@@ -95,13 +96,22 @@ impl Client {
         Ok((r.tags, r.untagged))
     }
 
-    /// `kiln import`: the tarball streamed to kilnd; the manifest digest.
-    pub fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
+    /// `kiln import`: the tarball streamed to kilnd, as an image for
+    /// `platform` (kilnd's when `None`); the manifest digest.
+    pub fn import(
+        &mut self,
+        file: &Path,
+        name: &str,
+        created: Option<u64>,
+        platform: Option<&Platform>,
+    ) -> Result<String> {
         let name = name.to_owned();
+        let platform = platform.map(kiln_frontend::platform::format);
         let (chunks, reader) = file_chunks(file, move |data| pb::ImportChunk {
             name: name.clone(),
             data,
             created,
+            platform: platform.clone().unwrap_or_default(),
         })?;
         let (runtime, mut client) = self.parts();
         let response = runtime.block_on(client.import(chunks));

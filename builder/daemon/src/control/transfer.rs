@@ -117,21 +117,29 @@ impl ControlService {
         request: Request<Streaming<pb::ImportChunk>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let mut input = request.into_inner();
-        let mut first: Option<(String, Option<u64>)> = None;
+        let mut first: Option<pb::ImportChunk> = None;
         let (scratch, path) = self
             .receive(
                 &mut input,
                 |chunk: &pb::ImportChunk| &chunk.data,
                 |chunk| {
-                    first.get_or_insert((chunk.name.clone(), chunk.created));
+                    first.get_or_insert_with(|| pb::ImportChunk {
+                        data: Vec::new(),
+                        ..chunk.clone()
+                    });
                 },
             )
             .await?;
-        let (name, created) = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
+        let first = first.ok_or_else(|| ControlError::Invalid("no image name".into()))?;
+        let platform = (!first.platform.is_empty())
+            .then(|| kiln_frontend::platform::parse(&first.platform))
+            .transpose()
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let digest = self
             .blocking_using(move |s| {
-                let created = created.unwrap_or_else(kiln_image::image::now);
-                let digest = kiln_image::archive::import(s, &path, &name, created)?;
+                let created = first.created.unwrap_or_else(kiln_image::image::now);
+                let digest =
+                    kiln_image::archive::import(s, &path, &first.name, created, platform.as_ref())?;
                 drop(scratch);
                 Ok(digest)
             })

@@ -6,6 +6,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use kiln_cache::{Digest, Store};
+use kiln_proto::ops::v1::Platform;
 
 use crate::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use crate::image::{self, ImageError, OCI_MANIFEST, Result, canonical_json};
@@ -13,8 +14,17 @@ use kiln_worker::layer::compression::{Compression, decompressed};
 
 /// Imports `path` as the image `name` and returns the manifest digest. The
 /// layer is stored uncompressed (its digest is its diff ID); `created` is
-/// the image's creation time (seconds since the epoch).
-pub fn import(store: &Store, path: &Path, name: &str, created: u64) -> Result<Digest> {
+/// the image's creation time (seconds since the epoch). The config says
+/// `platform` (this machine's when `None`): what the files are for, which
+/// kiln cannot tell from a tarball — a foreign root filesystem imported as
+/// the host's would build, and then fail where it runs.
+pub fn import(
+    store: &Store,
+    path: &Path,
+    name: &str,
+    created: u64,
+    platform: Option<&Platform>,
+) -> Result<Digest> {
     let full = image::normalize(name)?;
     let io = |action| {
         move |source| ImageError::Io {
@@ -40,14 +50,15 @@ pub fn import(store: &Store, path: &Path, name: &str, created: u64) -> Result<Di
             reason,
         });
     }
-    let image::Platform {
-        os, architecture, ..
-    } = image::host_platform();
+    let platform = platform
+        .cloned()
+        .unwrap_or_else(kiln_frontend::platform::host);
     let created = rfc3339(created);
     let config = ImageConfiguration {
         created: Some(created.clone()),
-        architecture,
-        os,
+        architecture: platform.architecture,
+        os: platform.os,
+        variant: (!platform.variant.is_empty()).then_some(platform.variant),
         rootfs: RootFs {
             kind: "layers".into(),
             diff_ids: vec![layer.digest.to_string()],

@@ -32,7 +32,7 @@ fn import_save_load_round_trips_diff_ids_and_config() {
     let tarball = dir.path().join("rootfs.tar");
     rootfs_tar(&tarball, b"hello\n");
     let a = store(&dir.path().join("a"));
-    import(&a, &tarball, "base:test", 1_700_000_000).unwrap();
+    import(&a, &tarball, "base:test", 1_700_000_000, None).unwrap();
     let (_, original) = image::resolve(&a, "base:test").unwrap();
     assert_eq!(
         original.config.created.as_deref(),
@@ -185,7 +185,7 @@ fn rmi_keeps_shared_blobs_and_prune_respects_tags() {
     let s = store(&dir.path().join("s"));
     let tarball = dir.path().join("rootfs.tar");
     rootfs_tar(&tarball, b"shared\n");
-    import(&s, &tarball, "one:1", 1).unwrap();
+    import(&s, &tarball, "one:1", 1, None).unwrap();
     images::tag(&s, "one:1", "two:2").unwrap();
     let removed = images::remove(&s, "one:1").unwrap();
     assert!(removed.deleted.is_empty(), "two:2 still uses every blob");
@@ -227,12 +227,36 @@ fn prune_keep_storage_removes_least_recently_used_first() {
 }
 
 #[test]
+fn an_import_says_the_platform_it_was_given_or_this_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("s"));
+    let tarball = dir.path().join("rootfs.tar");
+    rootfs_tar(&tarball, b"hello\n");
+    let arm = kiln_frontend::platform::parse("linux/arm/v7").unwrap();
+    import(&s, &tarball, "base:arm", 1, Some(&arm)).unwrap();
+    import(&s, &tarball, "base:here", 1, None).unwrap();
+    let config = |name| image::resolve(&s, name).unwrap().1.config;
+    let arm = config("base:arm");
+    assert_eq!(
+        (
+            arm.os.as_str(),
+            arm.architecture.as_str(),
+            arm.variant.as_deref()
+        ),
+        ("linux", "arm", Some("v7"))
+    );
+    let here = config("base:here");
+    assert_eq!((here.os, here.architecture), image::host_platform());
+    assert_eq!(here.variant, None);
+}
+
+#[test]
 fn an_oci_blob_that_does_not_match_its_digest_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let a = store(&dir.path().join("a"));
     let tarball = dir.path().join("rootfs.tar");
     rootfs_tar(&tarball, b"genuine\n");
-    import(&a, &tarball, "base:test", 1).unwrap();
+    import(&a, &tarball, "base:test", 1, None).unwrap();
     let good = dir.path().join("good.tar");
     save_to_file(&a, &["base:test".to_owned()], Format::Oci, &good).unwrap();
 

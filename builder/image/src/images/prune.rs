@@ -261,7 +261,7 @@ mod tests {
         header.set_mode(0o644);
         tar.append_data(&mut header, "hi", &b"hi\n"[..]).unwrap();
         tar.finish().unwrap();
-        crate::archive::import(&s, &tarball, "base:1", 1).unwrap();
+        crate::archive::import(&s, &tarball, "base:1", 1, None).unwrap();
         let (_, base) = image::resolve(&s, "base:1").unwrap();
         let mut top = base.manifest_digest.clone();
         for _ in 0..3000 {
@@ -319,7 +319,7 @@ mod tests {
         tar.append_data(&mut header, "hello", &b"hello\n"[..])
             .unwrap();
         tar.finish().unwrap();
-        crate::archive::import(&s, &tarball, "base:1", 1).unwrap();
+        crate::archive::import(&s, &tarball, "base:1", 1, None).unwrap();
         let (_, base) = image::resolve(&s, "base:1").unwrap();
         let tagged = base.config.rootfs.diff_ids[0].clone();
         unpacked(&snapshots, &tagged);

@@ -9,6 +9,7 @@ use kiln_cache::Store;
 use kiln_image::archive::{self, Format};
 use kiln_image::images::{self, ImageSummary, Usage};
 use kiln_proto::control::v1 as pb;
+use kiln_proto::ops::v1::Platform;
 
 use crate::remote::Remote;
 
@@ -44,8 +45,15 @@ pub(crate) trait Backend {
     fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()>;
     /// The names tagged and the digests of untagged images.
     fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)>;
-    /// The manifest digest; `created`: `SOURCE_DATE_EPOCH`, else now.
-    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String>;
+    /// The manifest digest; `created`: `SOURCE_DATE_EPOCH`, else now;
+    /// `platform`: what the files are for, else this machine's (kilnd's).
+    fn import(
+        &mut self,
+        file: &Path,
+        name: &str,
+        created: Option<u64>,
+        platform: Option<&Platform>,
+    ) -> Result<String>;
     fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled>;
     fn push(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pushed>;
 }
@@ -131,10 +139,16 @@ impl Backend for Local {
         Ok((loaded.tags, untagged))
     }
 
-    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
+    fn import(
+        &mut self,
+        file: &Path,
+        name: &str,
+        created: Option<u64>,
+        platform: Option<&Platform>,
+    ) -> Result<String> {
         let store = self.store()?;
         let created = created.unwrap_or_else(kiln_image::image::now);
-        Ok(archive::import(store, file, name, created)?.to_string())
+        Ok(archive::import(store, file, name, created, platform)?.to_string())
     }
 
     fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {
@@ -202,8 +216,14 @@ impl Backend for Remote {
         Ok(Remote::load(self, input)?)
     }
 
-    fn import(&mut self, file: &Path, name: &str, created: Option<u64>) -> Result<String> {
-        Ok(Remote::import(self, file, name, created)?)
+    fn import(
+        &mut self,
+        file: &Path,
+        name: &str,
+        created: Option<u64>,
+        platform: Option<&Platform>,
+    ) -> Result<String> {
+        Ok(Remote::import(self, file, name, created, platform)?)
     }
 
     fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 use kiln_image::archive::Format;
 use kiln_image::images::{self, Usage};
+use kiln_proto::ops::v1::Platform;
 
 use crate::backend::Backend;
 
@@ -28,6 +29,11 @@ pub(crate) struct Import {
     file: PathBuf,
     /// The image name, e.g. `base:busybox`.
     name: String,
+    /// The platform the files are for (`os/arch[/variant]`, e.g.
+    /// `linux/arm64`), written into the image's config; default: this
+    /// machine's.
+    #[arg(long, value_parser = kiln_frontend::platform::parse)]
+    platform: Option<Platform>,
 }
 
 #[derive(Args)]
@@ -126,7 +132,12 @@ impl Load {
 
 impl Import {
     pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
-        let digest = backend.import(&self.file, &self.name, source_date_epoch()?)?;
+        let digest = backend.import(
+            &self.file,
+            &self.name,
+            source_date_epoch()?,
+            self.platform.as_ref(),
+        )?;
         stdout(&format!("{digest}\n"))
     }
 }

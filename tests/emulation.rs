@@ -1,0 +1,131 @@
+//! Foreign platforms: a base imported for another platform (`kiln import
+//! --platform`), its RUN steps under QEMU user emulation registered in
+//! binfmt_misc, the error when nothing on this host runs a step's program,
+//! and `kiln debug platforms`. The arm64 base is Debian's busybox-static
+//! for arm64 (`kiln_testing::ARM64_ROOTFS`, unpacked by `.ci/run`): no
+//! registry. No test here changes the host's binfmt_misc registrations
+//! (other tests run at the same time).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_testing::{ARM64_ROOTFS, Need, require};
+
+use crate::busybox::{BUILD, Setup, base_tarball_with};
+use crate::kilnd::{Kilnd, grpc};
+
+/// What the emulated builds need: a build's, and the arm64 busybox with a
+/// handler that runs it.
+const EMULATED: [Need; 3] = [BUILD[0], BUILD[1], Need::Arm64Busybox];
+
+/// A busybox root filesystem tarball whose busybox is the arm64 one.
+fn arm64_tarball(dir: &Path) -> PathBuf {
+    base_tarball_with(dir, |root| {
+        let busybox = root.join("bin/busybox");
+        fs::remove_file(&busybox).unwrap();
+        fs::copy(Path::new(ARM64_ROOTFS).join("bin/busybox"), &busybox).unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/uname")).unwrap();
+    })
+}
+
+/// A store with `base:busybox` (this machine's) and `base:arm64`, imported
+/// with `--platform linux/arm64`.
+fn arm64_setup() -> Setup {
+    let s = Setup::new();
+    let tarball = arm64_tarball(&s.dir.path().join("arm64"));
+    s.ok(&[
+        "import",
+        "--platform",
+        "linux/arm64",
+        tarball.to_str().unwrap(),
+        "base:arm64",
+    ]);
+    s
+}
+
+/// `kiln inspect`'s `(Os, Architecture, Variant)` of `name`.
+fn platform_of(s: &Setup, global: &[&str], name: &str) -> (String, String, Option<String>) {
+    let (inspect, _) = s.ok(&[global, &["inspect", name]].concat());
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let text = |key: &str| v[0][key].as_str().map(str::to_owned);
+    (
+        text("Os").unwrap_or_default(),
+        text("Architecture").unwrap_or_default(),
+        text("Variant"),
+    )
+}
+
+#[test]
+fn import_writes_the_platform_it_is_given_embedded_and_through_kilnd() {
+    if !require(&BUILD) {
+        return;
+    }
+    let s = Setup::new();
+    let tarball = s.dir.path().join("base.tar");
+    let tarball = tarball.to_str().unwrap();
+    s.ok(&["import", "--platform", "linux/arm/v7", tarball, "here:arm"]);
+    assert_eq!(
+        platform_of(&s, &[], "here:arm"),
+        ("linux".into(), "arm".into(), Some("v7".into()))
+    );
+    // This machine's by default (base:busybox, imported without it).
+    let host = platform_of(&s, &[], "base:busybox");
+    assert_eq!((host.0.as_str(), host.2.as_deref()), ("linux", None));
+    assert_eq!(host.1, kiln_frontend::platform::host().architecture);
+
+    let out = s.kiln(&["import", "--platform", "linux/", tarball, "bad:1"]);
+    assert!(!out.status.success());
+    crate::busybox::assert_stderr_has(
+        &out,
+        "invalid platform \"linux/\": expected os/arch[/variant], e.g. linux/amd64",
+    );
+
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    s.ok(&[
+        "--addr",
+        &addr,
+        "import",
+        "--platform",
+        "arm64",
+        tarball,
+        "there:arm64",
+    ]);
+    assert_eq!(
+        platform_of(&s, &["--addr", &addr], "there:arm64"),
+        ("linux".into(), "arm64".into(), None)
+    );
+    // kilnd checks what a client other than kiln's sends.
+    use kiln_proto::control::v1 as pb;
+    let chunk = pb::ImportChunk {
+        name: "raw:1".into(),
+        data: fs::read(tarball).unwrap(),
+        created: None,
+        platform: "linux/$X".into(),
+    };
+    let status = grpc(&s.dir.path().join("kilnd.sock"), |channel| async move {
+        pb::control_client::ControlClient::new(channel)
+            .import(tokio_stream::iter([chunk]))
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("invalid platform \"linux/$X\""),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn an_arm64_base_runs_its_steps_under_emulation() {
+    if !require(&EMULATED) {
+        return;
+    }
+    let s = arm64_setup();
+    assert_eq!(
+        platform_of(&s, &[], "base:arm64"),
+        ("linux".into(), "arm64".into(), None)
+    );
+    let out = s.build_to_dir("FROM base:arm64\nRUN uname -m > /arch\n", &[]);
+    assert_eq!(fs::read_to_string(out.join("arch")).unwrap(), "aarch64\n");
+}
