@@ -36,6 +36,7 @@ mod kilnd_tls;
 mod mounts_rw;
 mod noise;
 mod parity;
+mod platforms;
 mod proxy_args;
 mod registry;
 mod registry_token;

@@ -30,7 +30,7 @@ fn arm64_tarball(dir: &Path) -> PathBuf {
 
 /// A store with `base:busybox` (this machine's) and `base:arm64`, imported
 /// with `--platform linux/arm64`.
-fn arm64_setup() -> Setup {
+pub(crate) fn arm64_setup() -> Setup {
     let s = Setup::new();
     let tarball = arm64_tarball(&s.dir.path().join("arm64"));
     s.ok(&[
