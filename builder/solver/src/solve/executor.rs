@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use kiln_image::compress::{Kind, LayerCompression};
 use kiln_image::image::Layer;
-use kiln_proto::ops::v1::{ExecOp, MountType};
+use kiln_proto::ops::v1::{ExecOp, MountType, Platform};
 use kiln_worker::exec::{ExecMount, ExecRequest};
 
 use super::local::Local;
@@ -46,7 +46,8 @@ pub struct Step<'a> {
     /// How the step's new layer is written.
     pub compression: LayerCompression,
     pub source_date_epoch: Option<u64>,
-    /// `os/arch` it runs as.
+    /// The platform it runs as (`os/arch[/variant]`): a worker of that
+    /// platform runs it.
     pub platform: String,
 }
 
@@ -121,8 +122,8 @@ impl Solver<'_> {
         &self,
         request: &ExecRequest,
         exec: &ExecOp,
-        inputs: &[(Fs, String)],
-        base: &[Layer],
+        (inputs, base): (&[(Fs, String)], &[Layer]),
+        platform: Option<&Platform>,
         log: &mut StepLog<'_, '_>,
     ) -> Result<StepOutcome> {
         let dir = || self.context_view();
@@ -132,6 +133,7 @@ impl Solver<'_> {
             layer: &layer,
         };
         let host = kiln_image::image::host_platform();
+        let platform = platform.unwrap_or(&host);
         let step = Step {
             request,
             rootfs: base,
@@ -139,7 +141,7 @@ impl Solver<'_> {
             entitlements: &self.options.entitlements,
             compression: self.options.compression,
             source_date_epoch: self.options.source_date_epoch,
-            platform: kiln_frontend::platform::format(&host),
+            platform: kiln_frontend::platform::format(platform),
         };
         let cancelled = || self.options.cancellation.is_cancelled();
         let farm = self.options.farm;

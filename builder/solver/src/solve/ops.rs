@@ -303,7 +303,8 @@ impl Solver<'_> {
             sandbox,
         };
         let mut log = StepLog::new(self, index);
-        let outcome = self.run_step(&request, exec, inputs, base, &mut log);
+        let platform = vertex.op.platform.as_ref();
+        let outcome = self.run_step(&request, exec, (inputs, base), platform, &mut log);
         log.finish();
         match outcome? {
             StepOutcome::Made(layer) => Ok(layer),
