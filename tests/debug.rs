@@ -167,3 +167,44 @@ fn debug_graph_reads_stdin_and_reports_errors_with_the_line() {
         String::from_utf8_lossy(&out.stderr).starts_with("error: reading missing.Dockerfile: ")
     );
 }
+
+#[test]
+fn debug_graph_for_two_platforms_names_them_and_shares_the_build_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nRUN make\nFROM busybox\nCOPY --from=build /out /\n",
+    )
+    .unwrap();
+    let graph = |format: &str| {
+        let out = run(kiln()
+            .args(["debug", "graph", "--platform", "linux/amd64,linux/arm64"])
+            .args(["--format", format])
+            .current_dir(dir.path()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // JSON: one graph per platform, each naming its stages' platforms.
+    let graphs: serde_json::Value = serde_json::from_str(&graph("json")).unwrap();
+    let described = |g: &serde_json::Value| -> Vec<String> {
+        let vertices = g["vertices"].as_array().unwrap().iter();
+        vertices
+            .map(|v| v["meta"]["description"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let make = "[linux/amd64 build 2/2] RUN make".to_owned();
+    for (g, target) in graphs.as_array().unwrap().iter().zip(["amd64", "arm64"]) {
+        let names = described(g);
+        assert!(names.contains(&make), "{names:?}");
+        let copy = format!("[linux/{target} stage-1 2/2] COPY --from=build /out /");
+        assert!(names.contains(&copy), "{names:?}");
+    }
+    // DOT: the graph both make, the build stage's step once.
+    let dot = graph("dot");
+    assert_eq!(dot.matches("RUN make").count(), 1, "{dot}");
+    assert_eq!(dot.matches("COPY --from=build").count(), 2, "{dot}");
+}

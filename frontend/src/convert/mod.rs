@@ -165,6 +165,30 @@ impl BuildGraph {
     }
 }
 
+/// The graphs of one Dockerfile for several target platforms as one:
+/// each vertex once, after its inputs (each graph lists a vertex after its
+/// inputs, and a vertex already taken from an earlier graph has its inputs
+/// taken too), so an op that is the same for several platforms (a `FROM
+/// --platform=$BUILDPLATFORM` stage) is solved once. Stages and the rest
+/// are the first graph's.
+///
+/// # Panics
+/// When `graphs` is empty.
+pub fn merged(graphs: &[BuildGraph]) -> BuildGraph {
+    let (first, rest) = graphs.split_first().expect("a graph per platform");
+    let mut graph = first.clone();
+    let mut seen: std::collections::HashSet<String> =
+        graph.vertices.iter().map(|v| v.digest.clone()).collect();
+    for other in rest {
+        for vertex in &other.vertices {
+            if seen.insert(vertex.digest.clone()) {
+                graph.vertices.push(vertex.clone());
+            }
+        }
+    }
+    graph
+}
+
 /// Parses, checks and converts Dockerfile text in one go.
 pub fn convert_dockerfile(
     text: &str,

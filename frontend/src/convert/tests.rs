@@ -429,6 +429,32 @@ fn a_build_platform_stage_is_the_same_ops_for_every_target() {
     let from = "[linux/arm64 stage-1 1/3] FROM docker.io/library/busybox:latest";
     assert!(arm64.vertices.iter().any(|v| v.meta.description == from));
     assert_ne!(uname.0, described(&amd64, "RUN uname -m").0);
+
+    // Merged, what both share is there once, and every vertex follows its
+    // inputs.
+    let both = merged(&[amd64.clone(), arm64.clone()]);
+    let make = both
+        .vertices
+        .iter()
+        .filter(|v| v.meta.description.ends_with("RUN make"));
+    assert_eq!(make.count(), 1);
+    let mut all: Vec<&str> = amd64
+        .vertices
+        .iter()
+        .chain(&arm64.vertices)
+        .map(|v| v.digest.as_str())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(both.vertices.len(), all.len());
+    for (i, v) in both.vertices.iter().enumerate() {
+        for input in &v.op.inputs {
+            assert!(
+                both.vertices[..i].iter().any(|u| &u.digest == input),
+                "{input} after its user"
+            );
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod write;
 pub use self::graphs::{CheckResult, check};
 pub use self::write::write_image;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use kiln_cache::Digest;
@@ -183,7 +183,7 @@ pub fn solve(
     progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Solved, BuildError> {
     let graphs = graphs::checked_graphs(store, req, progress)?;
-    let graph = merged(&graphs);
+    let graph = convert::merged(&graphs);
     let cache_mounts = cache_mount_ids(&graph);
     let options = SolveOptions {
         context: req.context.clone(),
@@ -225,23 +225,6 @@ pub fn solve(
         steps: solver.into_steps(),
         cache_mounts,
     })
-}
-
-/// The graphs of every target platform as one: each vertex once, after
-/// its inputs (each graph lists a vertex after its inputs, and a vertex
-/// already taken from an earlier graph has its inputs taken too).
-fn merged(graphs: &[BuildGraph]) -> BuildGraph {
-    let (first, rest) = graphs.split_first().expect("a build has a platform");
-    let mut graph = first.clone();
-    let mut seen: HashSet<String> = graph.vertices.iter().map(|v| v.digest.clone()).collect();
-    for other in rest {
-        for vertex in &other.vertices {
-            if seen.insert(vertex.digest.clone()) {
-                graph.vertices.push(vertex.clone());
-            }
-        }
-    }
-    graph
 }
 
 /// `--no-cache-filter`: the indexes of the stages named, in any

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, NoImages};
 use kiln_frontend::{instructions, parser, platform};
@@ -34,9 +34,11 @@ pub(crate) struct GraphArgs {
     /// The stage to build; default: the last one.
     #[arg(long)]
     target: Option<String>,
-    /// The platform to build for (`os/arch[/variant]`); default: this machine's.
-    #[arg(long)]
-    platform: Option<String>,
+    /// The platforms to build for (`os/arch[/variant]`, a comma-separated
+    /// list or repeated); default: this machine's. With several, JSON is
+    /// an array of their graphs and DOT the graph they make together.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    platforms: Vec<String>,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
     /// The build context (for `.dockerignore`).
@@ -75,18 +77,35 @@ impl GraphArgs {
         options.build_args = parse_build_args(&self.build_args)?;
         options.target = self.target;
         options.dockerignore = source.dockerignore(&self.context)?;
-        if let Some(p) = &self.platform {
-            options.target_platform = platform::parse(p).context("--platform")?;
-        }
+        let targets = kiln_solver::pipeline::request::parse_platforms(&self.platforms)?;
+        let targets = if targets.is_empty() {
+            vec![platform::host()]
+        } else {
+            targets
+        };
+        options.name_platforms = targets.len() > 1;
         let ast = parser::parse(&text)?;
         let stages = instructions::parse(&ast)?;
-        let graph = convert::convert(&stages, &options)?;
-        for warning in ast.warnings.iter().chain(&graph.warnings) {
-            eprintln!("warning: {}", warning.message);
+        let mut graphs = Vec::with_capacity(targets.len());
+        for target in targets {
+            options.target_platform = target;
+            graphs.push(convert::convert(&stages, &options)?);
         }
-        let out = match self.format {
-            Format::Json => serde_json::to_string_pretty(&graph)? + "\n",
-            Format::Dot => to_dot(&graph),
+        let mut warned = Vec::new();
+        for warning in ast
+            .warnings
+            .iter()
+            .chain(graphs.iter().flat_map(|g| &g.warnings))
+        {
+            if !warned.contains(&warning.message) {
+                eprintln!("warning: {}", warning.message);
+                warned.push(warning.message.clone());
+            }
+        }
+        let out = match (self.format, graphs.as_slice()) {
+            (Format::Json, [one]) => serde_json::to_string_pretty(one)? + "\n",
+            (Format::Json, several) => serde_json::to_string_pretty(several)? + "\n",
+            (Format::Dot, several) => to_dot(&convert::merged(several)),
         };
         write_stdout(&out)
     }
