@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use kiln_testing::{ARM64_ROOTFS, Need, require};
 
 use crate::busybox::{BUILD, Setup, base_tarball_with};
+use crate::harness::{kiln, run};
 use crate::kilnd::{Kilnd, grpc};
 
 /// What the emulated builds need: a build's, and the arm64 busybox with a
@@ -128,4 +129,44 @@ fn an_arm64_base_runs_its_steps_under_emulation() {
     );
     let out = s.build_to_dir("FROM base:arm64\nRUN uname -m > /arch\n", &[]);
     assert_eq!(fs::read_to_string(out.join("arch")).unwrap(), "aarch64\n");
+}
+
+#[test]
+fn debug_platforms_lists_this_host_native_and_arm64_emulated() {
+    if !require(&[Need::Arm64Busybox]) {
+        return;
+    }
+    let out = run(kiln().args(["debug", "platforms"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = kiln_frontend::platform::format(&kiln_frontend::platform::host());
+    assert!(text.starts_with(&format!("native:\n  {host}\n")), "{text}");
+    if host == "linux/arm64" {
+        return;
+    }
+    // In the emulated section, with its handler and interpreter.
+    let (_, emulated) = text
+        .split_once("\nemulated (binfmt_misc handlers with the fix-binary flag, in /proc/sys/fs/binfmt_misc):\n")
+        .unwrap_or_else(|| panic!("{text}"));
+    let emulated = emulated.split("\nunusable").next().unwrap_or_default();
+    let arm64 = emulated
+        .lines()
+        .find(|l| l.starts_with("  linux/arm64 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<&str> = arm64.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{arm64}");
+    let handler =
+        fs::read_to_string(Path::new("/proc/sys/fs/binfmt_misc").join(fields[1])).unwrap();
+    assert!(
+        handler.starts_with("enabled\n")
+            && handler.contains(&format!("interpreter {}\n", fields[2]))
+            && handler
+                .lines()
+                .any(|l| l.starts_with("flags: ") && l.contains('F')),
+        "{handler}"
+    );
 }
