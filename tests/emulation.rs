@@ -170,3 +170,68 @@ fn debug_platforms_lists_this_host_native_and_arm64_emulated() {
         "{handler}"
     );
 }
+
+/// A root filesystem whose `/bin/sh` is an ELF header for IA-64 (machine
+/// 50), which neither the kernel nor QEMU runs, as a tarball.
+fn ia64_tarball(dir: &Path) -> PathBuf {
+    base_tarball_with(dir, |root| {
+        let mut header = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        header.extend([0; 8]);
+        header.extend([2, 0, 50, 0, 1, 0, 0, 0]);
+        header.resize(64, 0);
+        let sh = root.join("bin/sh");
+        fs::remove_file(&sh).unwrap();
+        fs::write(&sh, header).unwrap();
+        fs::set_permissions(&sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    })
+}
+
+#[test]
+fn a_step_nothing_here_runs_fails_naming_its_line_its_platform_and_the_fix() {
+    if !require(&BUILD) {
+        return;
+    }
+    let s = Setup::new();
+    let tarball = ia64_tarball(&s.dir.path().join("ia64"));
+    s.ok(&[
+        "import",
+        "--platform",
+        "linux/ia64",
+        tarball.to_str().unwrap(),
+        "base:ia64",
+    ]);
+    let host = kiln_frontend::platform::format(&kiln_frontend::platform::host());
+    let reason = |step_platform: &str, conjunction: &str| {
+        format!(
+            "exec /bin/sh: ENOEXEC: Exec format error: the step is for {step_platform}, \
+             {conjunction} /bin/sh is an ELF for machine 50; this host ({host}) does not run \
+             machine 50 natively, and no binfmt_misc handler with the fix-binary flag is \
+             registered for it; to run it under QEMU user emulation, install qemu-user-static \
+             and binfmt-support (`apt-get install qemu-user-static binfmt-support` on Debian) \
+             or run `docker run --privileged --rm tonistiigi/binfmt --install all`; `kiln debug \
+             platforms` lists what this host runs\n"
+        )
+    };
+    // FROM without --platform: the step is for the build's platform.
+    let out = s.build("FROM base:ia64\nRUN true\n", &["--progress=plain"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "error: [stage-0 2/2] RUN true (Dockerfile line 2): {}",
+        reason(&host, "but")
+    );
+    assert!(stderr.ends_with(&expected), "{stderr}");
+
+    let dockerfile = "ARG P=linux/ia64\nFROM --platform=$P base:ia64\n\nRUN true\n";
+    let expected = format!(
+        "error: [stage-0 2/2] RUN true (Dockerfile line 4): {}",
+        reason("linux/ia64", "and")
+    );
+    let out = s.build(dockerfile, &["--progress=plain"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with(&expected), "{stderr}");
+    let kilnd = Kilnd::start(&s);
+    let out = s.build(dockerfile, &["--progress=plain", "--addr", &kilnd.addr()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with(&expected), "through kilnd: {stderr}");
+}

@@ -52,12 +52,18 @@ pub struct NotRunnable {
     pub binfmt_misc: String,
 }
 
-/// Why the kernel refused `failure`'s program for a step for `platform`,
-/// with binfmt_misc at `binfmt_misc`; `None` when it is not because this
-/// host does not run the program's platform (a corrupt program for this
-/// host, a missing file): the kernel's error then says enough.
+/// Why the kernel refused `failure`'s program for a step for `platform`
+/// (empty: this host's), with binfmt_misc at `binfmt_misc`; `None` when
+/// it is not because this host does not run the program's platform (a
+/// corrupt program for this host, a missing file): the kernel's error then
+/// says enough.
 pub fn explain(failure: &ExecFailure, platform: &str, binfmt_misc: &Path) -> Option<NotRunnable> {
     let host = elf::host()?;
+    let platform = match platform {
+        "" => host.describe(),
+        given => given.to_owned(),
+    };
+    let platform = platform.as_str();
     let elf = Elf::parse(&failure.header);
     // What the kernel was asked to run: the file's machine, else (not an
     // ELF file, unreadable) the step's platform's.
@@ -112,25 +118,23 @@ impl NotRunnable {
     }
 
     /// `, but /bin/sh is an ELF for …` when that is not the step's
-    /// platform.
-    fn but(&self) -> String {
+    /// platform; `, and …` when kiln cannot tell (neither machine known).
+    fn file_is_for(&self) -> String {
         let Some(elf) = self.elf else {
             return String::new();
         };
-        let needs = elf.describe();
-        if elf
-            .known()
-            .is_some_and(|m| m.platforms.contains(&self.platform.as_str()))
-        {
-            return String::new();
-        }
+        let conjunction = match (elf.known(), Elf::of_platform(&self.platform)) {
+            (Some(m), _) if m.platforms.contains(&self.platform.as_str()) => return String::new(),
+            (None, None) => "and",
+            _ => "but",
+        };
         let f = &self.failure;
         let file = if f.examined == f.program {
             f.program.clone()
         } else {
             format!("{}'s interpreter {}", f.program, f.examined)
         };
-        format!(", but {file} is an ELF for {needs}")
+        format!(", {conjunction} {file} is an ELF for {}", elf.describe())
     }
 
     /// Why no handler runs it, and what to do.
@@ -175,7 +179,7 @@ impl fmt::Display for NotRunnable {
              `kiln debug platforms` lists what this host runs",
             self.failure,
             self.platform,
-            self.but(),
+            self.file_is_for(),
             self.host,
             self.needs(),
             self.cause_and_fix()

@@ -379,6 +379,26 @@ fn a_program_for_a_platform_nothing_here_runs_is_explained() {
         "{e}"
     );
 
+    // A platform kiln does not know may well be the file's.
+    let e = explain(&ia64, "linux/ia64", dir.path()).unwrap();
+    assert!(
+        e.to_string()
+            .contains("the step is for linux/ia64, and /bin/sh is an ELF for machine 50;"),
+        "{e}"
+    );
+    let big_endian = Elf::of_platform("linux/s390x").unwrap().header(2);
+    let e = explain(
+        &failure(Errno::ENOEXEC, &big_endian),
+        "linux/ia64",
+        dir.path(),
+    )
+    .unwrap();
+    assert!(
+        e.to_string()
+            .contains("the step is for linux/ia64, but /bin/sh is an ELF for linux/s390x;"),
+        "{e}"
+    );
+
     let unmounted = binfmt_dir(None, &[]);
     let e = explain(&ia64, "linux/ia64", unmounted.path()).unwrap();
     assert_eq!(e.cause, Cause::NotMounted);

@@ -27,7 +27,7 @@ use super::mountpoint::{Mounter, Stubs, existing};
 use super::network::{self, Nat};
 use super::rlimit;
 use super::seccomp;
-use super::spec::{Mount, MountKind, Network, RunSpec};
+use super::spec::{ExecFailure, Failure, Mount, MountKind, Network, RunSpec};
 use super::syscall::Syscall;
 use super::user;
 use crate::fileop::FileOpError;
@@ -113,13 +113,14 @@ pub struct Started {
 
 /// The helper's main part: namespaces, fork, and in the child everything
 /// up to `execve`. Returns the step's pid in the parent; in the child it
-/// returns only on failure.
+/// returns only on failure (an [`ExecFailure`] when the kernel refused
+/// the step's program).
 ///
 /// The child sets up its mounts while the parent waits for the NAT, and
 /// starts the step only on the parent's go (a byte on a pipe): a step never
 /// runs before its network is up, and a NAT that fails takes the step with
 /// it.
-pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, SetupError> {
+pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Failure> {
     // The NAT first, while the helper is still in the host's mount and PID
     // namespaces: its child must stay out of the step's.
     let nat = match spec.network {
@@ -138,7 +139,7 @@ pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Set
                 Err(why) => {
                     let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                     let _ = nix::sys::wait::waitpid(child, None);
-                    return Err(why);
+                    return Err(why.into());
                 }
             };
             // A child that already failed has its status and its error.
@@ -160,7 +161,7 @@ fn confined(spec: &RunSpec) -> bool {
     !spec.privileged
 }
 
-fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
+fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), Failure> {
     let root_path = &spec.rootfs.target;
     let state = &spec.state_dir;
     let mut stubs = Stubs::open(state)?;
@@ -478,7 +479,7 @@ fn layers_root<S: Syscall>(
 /// After `pivot_root`: the user, the working directory, the privileges,
 /// the parent's go, and `execve`. The seccomp filter goes on last, right before the exec,
 /// so that only the step runs under it.
-fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
+fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), Failure> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let id = user::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))
         .map_err(|e| e.to_string())?;
@@ -493,7 +494,7 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
         env.push(format!("HOME={}", id.home));
     }
     let Some(name) = spec.args.first() else {
-        return Err("no command to run".to_owned());
+        return Err(Failure::Setup("no command to run".to_owned()));
     };
     let program = find_program(name, &env)
         .ok_or_else(|| format!("{name:?}: executable file not found in $PATH"))?;
@@ -525,21 +526,86 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
-    let program = cstr(&program)?;
+    let program_path = cstr(&program)?;
     // The parent's go: the network is up (when the step has one).
     if !sys
         .wait_go(go.as_fd())
         .map_err(|e| fail("waiting for the network", e))?
     {
-        return Err("the helper stopped before the step started".to_owned());
+        return Err(Failure::Setup(
+            "the helper stopped before the step started".to_owned(),
+        ));
     }
     drop(go);
     if !filters.is_empty() {
         sys.seccomp(&filters)
             .map_err(|e| fail("loading the seccomp filter", e))?;
     }
-    sys.execve(&program, &args, &env)
-        .map_err(|e| fail(format!("exec {name}"), e))
+    sys.execve(&program_path, &args, &env)
+        .map_err(|errno| Failure::Exec(exec_failure(name, &program, errno)))
+}
+
+/// The kernel refused to execute `program` (`name` as the step named it):
+/// what the worker needs to say why — the first bytes of the program, or
+/// of the interpreter its `#!` line names when that is what the kernel
+/// could not run. Read here, inside the step's root, as the step's user;
+/// never a FIFO or device's (opened without blocking, a regular file only).
+fn exec_failure(name: &str, program: &str, errno: nix::errno::Errno) -> ExecFailure {
+    let mut failure = ExecFailure {
+        program: name.to_owned(),
+        errno: errno as i32,
+        examined: program.to_owned(),
+        header: Vec::new(),
+    };
+    if !matches!(
+        errno,
+        nix::errno::Errno::ENOEXEC | nix::errno::Errno::ENOENT
+    ) {
+        return failure;
+    }
+    let start = head(program);
+    match interpreter(&start) {
+        Some(interpreter) => {
+            failure.header = head(&interpreter);
+            failure.examined = interpreter;
+        }
+        None => failure.header = start,
+    }
+    failure.header.truncate(EXAMINED);
+    failure
+}
+
+/// How much of a refused program the worker is told.
+const EXAMINED: usize = 64;
+
+/// The first bytes of the regular file `path` (as many as the kernel reads
+/// for a `#!` line); none when it is not one or cannot be read.
+fn head(path: &str) -> Vec<u8> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+    else {
+        return Vec::new();
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Vec::new();
+    }
+    let mut bytes = Vec::with_capacity(256);
+    let _ = file.take(256).read_to_end(&mut bytes);
+    bytes
+}
+
+/// The interpreter a `#!` line names (the path before any argument).
+pub(super) fn interpreter(start: &[u8]) -> Option<String> {
+    let line = start.strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let path = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .find(|word| !word.is_empty())?;
+    String::from_utf8(path.to_vec()).ok()
 }
 
 /// The kernel reads mount options from one page.

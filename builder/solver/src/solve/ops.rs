@@ -283,6 +283,12 @@ impl Solver<'_> {
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts: Vec::new(),
             sandbox,
+            platform: vertex
+                .op
+                .platform
+                .as_ref()
+                .map(kiln_frontend::platform::format)
+                .unwrap_or_default(),
         };
         let mut log = StepLog::new(self, index);
         let outcome = self.run_step(&request, exec, inputs, base, &mut log);
