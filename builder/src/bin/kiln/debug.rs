@@ -145,14 +145,15 @@ fn platforms_text(p: &Platforms) -> String {
     let dir = p.binfmt_misc.display();
     let mut out = String::from("native:\n");
     for native in &p.native {
-        let _ = match native.confined {
-            true => writeln!(out, "  {}", native.platform),
-            false => writeln!(
+        let _ = if native.confined {
+            writeln!(out, "  {}", native.platform)
+        } else {
+            writeln!(
                 out,
                 "  {:<14} the CPU runs it, but a RUN step's sandbox refuses its system calls \
                  (its seccomp filter takes this machine's own only): with --security=insecure only",
                 native.platform
-            ),
+            )
         };
     }
     let _ = match p.binfmt {
