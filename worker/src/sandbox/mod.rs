@@ -10,6 +10,7 @@
 
 mod mountpoint;
 pub mod network;
+mod refused;
 mod rlimit;
 pub mod seccomp;
 pub mod setup;

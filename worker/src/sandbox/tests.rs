@@ -333,7 +333,7 @@ fn private_network_starts_the_nat_before_the_other_namespaces() {
 
 #[test]
 fn a_refused_scripts_interpreter_is_the_path_its_first_line_names() {
-    use super::setup::interpreter;
+    use super::refused::interpreter;
     assert_eq!(
         interpreter(b"#!/bin/sh -e\necho\n").as_deref(),
         Some("/bin/sh")
