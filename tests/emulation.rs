@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use kiln_testing::{ARM64_ROOTFS, Need, require};
 
 use crate::busybox::{BUILD, Setup, base_tarball_with};
+use crate::harness::{kiln, run};
 use crate::kilnd::{Kilnd, grpc};
 
 /// What the emulated builds need: a build's, and the arm64 busybox with a
@@ -128,4 +129,109 @@ fn an_arm64_base_runs_its_steps_under_emulation() {
     );
     let out = s.build_to_dir("FROM base:arm64\nRUN uname -m > /arch\n", &[]);
     assert_eq!(fs::read_to_string(out.join("arch")).unwrap(), "aarch64\n");
+}
+
+#[test]
+fn debug_platforms_lists_this_host_native_and_arm64_emulated() {
+    if !require(&[Need::Arm64Busybox]) {
+        return;
+    }
+    let out = run(kiln().args(["debug", "platforms"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = kiln_frontend::platform::format(&kiln_frontend::platform::host());
+    assert!(text.starts_with(&format!("native:\n  {host}\n")), "{text}");
+    if host == "linux/arm64" {
+        return;
+    }
+    // In the emulated section, with its handler and interpreter.
+    let (_, emulated) = text
+        .split_once("\nemulated (binfmt_misc handlers with the fix-binary flag, in /proc/sys/fs/binfmt_misc):\n")
+        .unwrap_or_else(|| panic!("{text}"));
+    let emulated = emulated.split("\nunusable").next().unwrap_or_default();
+    let arm64 = emulated
+        .lines()
+        .find(|l| l.starts_with("  linux/arm64 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<&str> = arm64.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{arm64}");
+    let handler =
+        fs::read_to_string(Path::new("/proc/sys/fs/binfmt_misc").join(fields[1])).unwrap();
+    assert!(
+        handler.starts_with("enabled\n")
+            && handler.contains(&format!("interpreter {}\n", fields[2]))
+            && handler
+                .lines()
+                .any(|l| l.starts_with("flags: ") && l.contains('F')),
+        "{handler}"
+    );
+}
+
+/// A root filesystem whose `/bin/sh` is an ELF header for IA-64 (machine
+/// 50), which neither the kernel nor QEMU runs, as a tarball.
+fn ia64_tarball(dir: &Path) -> PathBuf {
+    base_tarball_with(dir, |root| {
+        let mut header = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        header.extend([0; 8]);
+        header.extend([2, 0, 50, 0, 1, 0, 0, 0]);
+        header.resize(64, 0);
+        let sh = root.join("bin/sh");
+        fs::remove_file(&sh).unwrap();
+        fs::write(&sh, header).unwrap();
+        fs::set_permissions(&sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    })
+}
+
+#[test]
+fn a_step_nothing_here_runs_fails_naming_its_line_its_platform_and_the_fix() {
+    if !require(&BUILD) {
+        return;
+    }
+    let s = Setup::new();
+    let tarball = ia64_tarball(&s.dir.path().join("ia64"));
+    s.ok(&[
+        "import",
+        "--platform",
+        "linux/ia64",
+        tarball.to_str().unwrap(),
+        "base:ia64",
+    ]);
+    let host = kiln_frontend::platform::format(&kiln_frontend::platform::host());
+    let reason = |step_platform: &str, conjunction: &str| {
+        format!(
+            "exec /bin/sh: ENOEXEC: Exec format error: the step is for {step_platform}, \
+             {conjunction} /bin/sh is an ELF for machine 50; this host ({host}) does not run \
+             machine 50 natively, and no binfmt_misc handler with the fix-binary flag is \
+             registered for it; to run it under QEMU user emulation, install qemu-user-static \
+             and binfmt-support (`apt-get install qemu-user-static binfmt-support` on Debian) \
+             or run `docker run --privileged --rm tonistiigi/binfmt --install all`; `kiln debug \
+             platforms` lists what this host runs\n"
+        )
+    };
+    // FROM without --platform: the step is for the build's platform.
+    let out = s.build("FROM base:ia64\nRUN true\n", &["--progress=plain"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "error: [stage-0 2/2] RUN true (Dockerfile line 2): {}",
+        reason(&host, "but")
+    );
+    assert!(stderr.ends_with(&expected), "{stderr}");
+
+    let dockerfile = "ARG P=linux/ia64\nFROM --platform=$P base:ia64\n\nRUN true\n";
+    let expected = format!(
+        "error: [stage-0 2/2] RUN true (Dockerfile line 4): {}",
+        reason("linux/ia64", "and")
+    );
+    let out = s.build(dockerfile, &["--progress=plain"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with(&expected), "{stderr}");
+    let kilnd = Kilnd::start(&s);
+    let out = s.build(dockerfile, &["--progress=plain", "--addr", &kilnd.addr()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with(&expected), "through kilnd: {stderr}");
 }

@@ -14,6 +14,7 @@ use kiln_proto::sandbox::{DEFAULT_SHM_SIZE, SandboxOptions};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
+use crate::platforms::{self, BINFMT_MISC, NotRunnable};
 use crate::sandbox::spec::{Mount, MountKind, Network, Rootfs, RunSpec};
 use crate::sandbox::{Cancel, Sandbox, SandboxError, Stream, etc_files};
 use crate::ssh_agent::AgentRelay;
@@ -22,6 +23,11 @@ use crate::ssh_agent::AgentRelay;
 pub enum ExecError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The kernel refused the step's program: it is for a platform this
+    /// host runs neither natively nor through a binfmt_misc handler that
+    /// works inside a sandbox.
+    #[error(transparent)]
+    NotRunnable(Box<NotRunnable>),
     #[error("secret {0:?} was not provided (--secret id={0},src=…)")]
     MissingSecret(String),
     #[error("SSH agent {0:?} was not provided (--ssh {0}=SOCKET)")]
@@ -50,6 +56,21 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
         action,
         path,
         source,
+    }
+}
+
+/// The sandbox's error; a program the kernel refused is explained when it
+/// is for a platform this host does not run (for `platform`).
+fn refused(e: SandboxError, platform: &str) -> ExecError {
+    let explained = match &e {
+        SandboxError::Exec(failure) => {
+            platforms::explain(failure, platform, Path::new(BINFMT_MISC))
+        }
+        _ => None,
+    };
+    match explained {
+        Some(not_runnable) => ExecError::NotRunnable(Box::new(not_runnable)),
+        None => e.into(),
     }
 }
 
@@ -186,6 +207,10 @@ pub struct ExecRequest {
     /// The build's hostname, `/etc/hosts` entries, resource limits and
     /// `/dev/shm` size.
     pub sandbox: SandboxOptions,
+    /// The platform the step is for (`os/arch[/variant]`, its op's): what
+    /// its error names when this host cannot run its program; empty: this
+    /// host's.
+    pub platform: String,
 }
 
 /// A finished step.
@@ -297,7 +322,7 @@ impl Worker {
         // Secrets never outlive the step.
         let _ = fs::remove_dir_all(&dirs.secrets);
         Ok(ExecOutcome {
-            exit_code: result?,
+            exit_code: result.map_err(|e| refused(e, &req.platform))?,
             layer: dirs.upper,
             step_dir: step_dir.to_owned(),
         })

@@ -13,6 +13,7 @@
 pub mod exec;
 pub mod fileop;
 pub mod layer;
+pub mod platforms;
 pub mod sandbox;
 pub mod snapshot;
 mod ssh_agent;

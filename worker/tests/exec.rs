@@ -33,6 +33,7 @@ fn request(rootfs: &Path, script: &str, mounts: Vec<ExecMount>) -> ExecRequest {
         privileged: false,
         mounts,
         sandbox: Default::default(),
+        platform: String::new(),
     }
 }
 

@@ -2,7 +2,9 @@
 //! runs one command in it. The worker starts it with a `RunSpec` as JSON on
 //! standard input; it exits with the command's status (128 + signal when
 //! killed), or with 125 after writing the reason to `<state_dir>/error`
-//! when the sandbox could not be set up.
+//! when the sandbox could not be set up or the kernel refused to execute
+//! the command (for a run, a `spec::Failure` as JSON; for a file job, the
+//! message).
 //!
 //! It exists so that namespaces are never entered, nor `fork` called, from
 //! the multi-threaded daemon.
@@ -13,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use kiln_worker::sandbox::setup::{enter, file_job};
-use kiln_worker::sandbox::spec::Job;
+use kiln_worker::sandbox::spec::{Failure, Job};
 use kiln_worker::sandbox::syscall::Linux;
 use kiln_worker::sandbox::{PARENT_ENV, SETUP_FAILED};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -70,8 +72,8 @@ fn main() -> ExitCode {
     }
     let started = match enter(&Linux, &spec) {
         Ok(Some(started)) => started,
-        Ok(None) => "execve returned".to_owned().pipe_err(&mut error_file),
-        Err(message) => message.pipe_err(&mut error_file),
+        Ok(None) => Failure::from("execve returned".to_owned()).pipe_err(&mut error_file),
+        Err(failure) => failure.pipe_err(&mut error_file),
     };
     let status = wait_step(started.step);
     if let Some(nat) = started.nat {
@@ -79,7 +81,7 @@ fn main() -> ExitCode {
     }
     match status {
         Ok(code) => ExitCode::from(code),
-        Err(message) => message.pipe_err(&mut error_file),
+        Err(message) => Failure::from(message).pipe_err(&mut error_file),
     }
 }
 
@@ -122,5 +124,15 @@ impl Report for String {
     fn pipe_err(self, file: &mut std::fs::File) -> ! {
         let _ = file.write_all(self.as_bytes());
         std::process::exit(i32::from(SETUP_FAILED));
+    }
+}
+
+impl Report for Failure {
+    fn pipe_err(self, file: &mut std::fs::File) -> ! {
+        // A message of the helper's own making always serializes; a
+        // failure to is still a failure, reported as such.
+        let json = serde_json::to_string(&self)
+            .unwrap_or_else(|e| format!("{{\"Setup\":\"reporting a failure: {e}\"}}"));
+        json.pipe_err(file)
     }
 }

@@ -10,6 +10,7 @@
 
 mod mountpoint;
 pub mod network;
+mod refused;
 mod rlimit;
 pub mod seccomp;
 pub mod setup;
@@ -42,6 +43,11 @@ pub enum SandboxError {
     Spawn { helper: PathBuf, source: io::Error },
     #[error("setting up the sandbox: {0}")]
     Setup(String),
+    /// The sandbox was ready and the kernel refused to execute the step's
+    /// program (the platform's explanation is the worker's:
+    /// [`crate::platforms::explain`]).
+    #[error("{0}")]
+    Exec(spec::ExecFailure),
     /// A file op failed (the message names the path and the cause).
     #[error("{0}")]
     File(String),
@@ -222,7 +228,12 @@ impl Sandbox {
         }
         let error = fs::read_to_string(spec.state_dir.join("error")).unwrap_or_default();
         if !error.is_empty() {
-            return Err(SandboxError::Setup(error));
+            return Err(match serde_json::from_str(&error) {
+                Ok(spec::Failure::Exec(failure)) => SandboxError::Exec(failure),
+                Ok(spec::Failure::Setup(message)) => SandboxError::Setup(message),
+                // Cut short (the helper killed while it wrote): as it is.
+                Err(_) => SandboxError::Setup(error),
+            });
         }
         Ok(status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;

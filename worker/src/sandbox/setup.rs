@@ -25,9 +25,10 @@ use nix::unistd::{ForkResult, Gid, Uid};
 
 use super::mountpoint::{Mounter, Stubs, existing};
 use super::network::{self, Nat};
+use super::refused::exec_failure;
 use super::rlimit;
 use super::seccomp;
-use super::spec::{Mount, MountKind, Network, RunSpec};
+use super::spec::{Failure, Mount, MountKind, Network, RunSpec};
 use super::syscall::Syscall;
 use super::user;
 use crate::fileop::FileOpError;
@@ -113,13 +114,14 @@ pub struct Started {
 
 /// The helper's main part: namespaces, fork, and in the child everything
 /// up to `execve`. Returns the step's pid in the parent; in the child it
-/// returns only on failure.
+/// returns only on failure (a [`Failure::Exec`] when the kernel refused
+/// the step's program).
 ///
 /// The child sets up its mounts while the parent waits for the NAT, and
 /// starts the step only on the parent's go (a byte on a pipe): a step never
 /// runs before its network is up, and a NAT that fails takes the step with
 /// it.
-pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, SetupError> {
+pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Failure> {
     // The NAT first, while the helper is still in the host's mount and PID
     // namespaces: its child must stay out of the step's.
     let nat = match spec.network {
@@ -138,7 +140,7 @@ pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Set
                 Err(why) => {
                     let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                     let _ = nix::sys::wait::waitpid(child, None);
-                    return Err(why);
+                    return Err(why.into());
                 }
             };
             // A child that already failed has its status and its error.
@@ -160,7 +162,7 @@ fn confined(spec: &RunSpec) -> bool {
     !spec.privileged
 }
 
-fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
+fn child<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), Failure> {
     let root_path = &spec.rootfs.target;
     let state = &spec.state_dir;
     let mut stubs = Stubs::open(state)?;
@@ -478,7 +480,7 @@ fn layers_root<S: Syscall>(
 /// After `pivot_root`: the user, the working directory, the privileges,
 /// the parent's go, and `execve`. The seccomp filter goes on last, right before the exec,
 /// so that only the step runs under it.
-fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupError> {
+fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), Failure> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let id = user::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))
         .map_err(|e| e.to_string())?;
@@ -493,7 +495,7 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
         env.push(format!("HOME={}", id.home));
     }
     let Some(name) = spec.args.first() else {
-        return Err("no command to run".to_owned());
+        return Err(Failure::Setup("no command to run".to_owned()));
     };
     let program = find_program(name, &env)
         .ok_or_else(|| format!("{name:?}: executable file not found in $PATH"))?;
@@ -525,21 +527,23 @@ fn exec<S: Syscall>(sys: &S, spec: &RunSpec, go: OwnedFd) -> Result<(), SetupErr
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
-    let program = cstr(&program)?;
+    let program_path = cstr(&program)?;
     // The parent's go: the network is up (when the step has one).
     if !sys
         .wait_go(go.as_fd())
         .map_err(|e| fail("waiting for the network", e))?
     {
-        return Err("the helper stopped before the step started".to_owned());
+        return Err(Failure::Setup(
+            "the helper stopped before the step started".to_owned(),
+        ));
     }
     drop(go);
     if !filters.is_empty() {
         sys.seccomp(&filters)
             .map_err(|e| fail("loading the seccomp filter", e))?;
     }
-    sys.execve(&program, &args, &env)
-        .map_err(|e| fail(format!("exec {name}"), e))
+    sys.execve(&program_path, &args, &env)
+        .map_err(|errno| Failure::Exec(exec_failure(name, &program, errno)))
 }
 
 /// The kernel reads mount options from one page.

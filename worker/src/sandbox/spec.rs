@@ -111,3 +111,44 @@ pub enum MountKind {
         upper: Option<PathBuf>,
     },
 }
+
+/// Why the helper stopped before a run's step started: what it writes,
+/// as JSON, to the state directory's `error` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// Setting up the sandbox failed (what it was doing, and why).
+    Setup(String),
+    /// The sandbox was ready and the kernel refused to execute the step's
+    /// program.
+    Exec(ExecFailure),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Setup(message)
+    }
+}
+
+/// A step's program the kernel refused to execute, with what the worker
+/// needs to say why (a program for another platform, which this host
+/// does not run): read inside the sandbox, where the program is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecFailure {
+    /// As the step names it (`args[0]`).
+    pub program: String,
+    /// execve(2)'s errno.
+    pub errno: i32,
+    /// The file whose first bytes are `header`: the program, or the
+    /// interpreter its `#!` line names.
+    pub examined: String,
+    /// The first bytes of `examined` (at most 64), as the step's user
+    /// could read them; empty when it could not.
+    pub header: Vec<u8>,
+}
+
+impl std::fmt::Display for ExecFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let errno = nix::errno::Errno::from_raw(self.errno);
+        write!(f, "exec {}: {errno}", self.program)
+    }
+}

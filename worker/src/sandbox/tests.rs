@@ -330,3 +330,26 @@ fn private_network_starts_the_nat_before_the_other_namespaces() {
     assert!(calls[..go].iter().any(|c| c.starts_with("pivot_root")));
     assert!(calls[go + 1].starts_with("seccomp"), "{}", calls[go + 1]);
 }
+
+#[test]
+fn a_refused_scripts_interpreter_is_the_path_its_first_line_names() {
+    use super::refused::interpreter;
+    assert_eq!(
+        interpreter(b"#!/bin/sh -e\necho\n").as_deref(),
+        Some("/bin/sh")
+    );
+    assert_eq!(
+        interpreter(b"#! \t/usr/bin/env python3\n").as_deref(),
+        Some("/usr/bin/env")
+    );
+    assert_eq!(interpreter(b"#!/bin/sh").as_deref(), Some("/bin/sh"));
+    for none in [
+        &b"#!"[..],
+        b"#!   \n/bin/sh\n",
+        b"\x7fELF",
+        b"",
+        b"#!/bin/\xff\n",
+    ] {
+        assert_eq!(interpreter(none), None, "{none:?}");
+    }
+}

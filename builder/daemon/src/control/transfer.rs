@@ -124,8 +124,10 @@ impl ControlService {
                 |chunk: &pb::ImportChunk| &chunk.data,
                 |chunk| {
                     first.get_or_insert_with(|| pb::ImportChunk {
+                        name: chunk.name.clone(),
                         data: Vec::new(),
-                        ..chunk.clone()
+                        created: chunk.created,
+                        platform: chunk.platform.clone(),
                     });
                 },
             )

@@ -79,6 +79,7 @@ pub fn run_step(step: &Step<'_>) -> kiln_solver::solve::Result<Option<pb::RunSte
         compression: compression.name().to_owned(),
         compression_level: compression.level,
         source_date_epoch: step.source_date_epoch,
+        platform: request.platform.clone(),
         ..pb::RunStep::default()
     };
     set_sandbox(&mut message, &request.sandbox);
@@ -314,6 +315,7 @@ pub fn exec_request<E: From<SandboxOptionError>>(
         },
         privileged: step.privileged,
         mounts,
+        platform: step.platform.clone(),
     };
     Ok((request, secrets))
 }
@@ -323,7 +325,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sandbox_options_travel_with_the_step() {
+    fn the_sandbox_options_and_platform_travel_with_the_step() {
         let sandbox = SandboxOptions {
             hostname: Some("builder".into()),
             extra_hosts: vec![
@@ -336,7 +338,10 @@ mod tests {
             ],
             shm_size: Some(128 << 20),
         };
-        let mut step = pb::RunStep::default();
+        let mut step = pb::RunStep {
+            platform: "linux/arm64".into(),
+            ..Default::default()
+        };
         set_sandbox(&mut step, &sandbox);
         let empty = std::path::Path::new("/empty");
         let (request, _) =
@@ -347,6 +352,7 @@ mod tests {
             ..sandbox
         };
         assert_eq!(request.sandbox, expected);
+        assert_eq!(request.platform, "linux/arm64", "what its error names");
         let (plain, _) =
             exec_request::<SandboxOptionError>(&pb::RunStep::default(), empty, |_| Ok(Vec::new()))
                 .unwrap();

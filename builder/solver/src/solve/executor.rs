@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use kiln_image::compress::{Kind, LayerCompression};
 use kiln_image::image::Layer;
-use kiln_proto::ops::v1::{ExecOp, MountType, Platform};
+use kiln_proto::ops::v1::{ExecOp, MountType};
 use kiln_worker::exec::{ExecMount, ExecRequest};
 
 use super::local::Local;
@@ -122,8 +122,8 @@ impl Solver<'_> {
         &self,
         request: &ExecRequest,
         exec: &ExecOp,
-        (inputs, base): (&[(Fs, String)], &[Layer]),
-        platform: Option<&Platform>,
+        inputs: &[(Fs, String)],
+        base: &[Layer],
         log: &mut StepLog<'_, '_>,
     ) -> Result<StepOutcome> {
         let dir = || self.context_view();
@@ -132,8 +132,12 @@ impl Solver<'_> {
             dir: &dir,
             layer: &layer,
         };
-        let host = kiln_image::image::host_platform();
-        let platform = platform.unwrap_or(&host);
+        // The op's platform (a farm worker of it runs the step), else the
+        // host's.
+        let platform = match request.platform.as_str() {
+            "" => kiln_frontend::platform::format(&kiln_image::image::host_platform()),
+            op => op.to_owned(),
+        };
         let step = Step {
             request,
             rootfs: base,
@@ -141,7 +145,7 @@ impl Solver<'_> {
             entitlements: &self.options.entitlements,
             compression: self.options.compression,
             source_date_epoch: self.options.source_date_epoch,
-            platform: kiln_frontend::platform::format(platform),
+            platform,
         };
         let cancelled = || self.options.cancellation.is_cancelled();
         let farm = self.options.farm;

@@ -301,10 +301,15 @@ impl Solver<'_> {
             privileged: exec.security == SecurityMode::Insecure as i32,
             mounts: Vec::new(),
             sandbox,
+            platform: vertex
+                .op
+                .platform
+                .as_ref()
+                .map(kiln_frontend::platform::format)
+                .unwrap_or_default(),
         };
         let mut log = StepLog::new(self, index);
-        let platform = vertex.op.platform.as_ref();
-        let outcome = self.run_step(&request, exec, (inputs, base), platform, &mut log);
+        let outcome = self.run_step(&request, exec, inputs, base, &mut log);
         log.finish();
         match outcome? {
             StepOutcome::Made(layer) => Ok(layer),

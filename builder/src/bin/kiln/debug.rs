@@ -1,4 +1,4 @@
-//! `kiln debug parse` and `kiln debug graph`.
+//! `kiln debug parse`, `kiln debug graph` and `kiln debug platforms`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_frontend::convert::{self, BuildGraph, ConvertOptions, NoImages};
 use kiln_frontend::{instructions, parser, platform};
 use kiln_solver::context::DockerfileSource;
+use kiln_worker::platforms::{Platforms, State};
 
 #[derive(Subcommand)]
 pub(crate) enum Debug {
@@ -21,6 +22,10 @@ pub(crate) enum Debug {
     },
     /// Print the build graph (ops with digests) and each stage's image config.
     Graph(GraphArgs),
+    /// List the platforms this host runs RUN steps for: natively, and under
+    /// emulation through binfmt_misc (QEMU), with the handlers that cannot
+    /// run a step and why.
+    Platforms,
 }
 
 #[derive(Args)]
@@ -65,6 +70,7 @@ impl Debug {
                 write_stdout(&ast.dump())
             }
             Self::Graph(args) => args.run(),
+            Self::Platforms => write_stdout(&platforms_text(&Platforms::detect())),
         }
     }
 }
@@ -149,6 +155,68 @@ fn to_dot(graph: &BuildGraph) -> String {
         }
     }
     out.push_str("}\n");
+    out
+}
+
+/// What `debug platforms` prints: a section each for native, emulated
+/// and unusable, one platform a line.
+fn platforms_text(p: &Platforms) -> String {
+    let dir = p.binfmt_misc.display();
+    let mut out = String::from("native:\n");
+    for native in &p.native {
+        let _ = if native.confined {
+            writeln!(out, "  {}", native.platform)
+        } else {
+            writeln!(
+                out,
+                "  {:<14} the CPU runs it, but a RUN step's sandbox refuses its system calls \
+                 (its seccomp filter takes this machine's own only): with --security=insecure only",
+                native.platform
+            )
+        };
+    }
+    let _ = match p.binfmt {
+        State::NotMounted => writeln!(
+            out,
+            "emulated: none: binfmt_misc is not mounted at {dir} \
+             (`mount -t binfmt_misc binfmt_misc {dir}`)"
+        ),
+        State::Disabled => writeln!(
+            out,
+            "emulated: none: binfmt_misc is disabled (`echo 1 > {dir}/status`)"
+        ),
+        State::Enabled if p.emulated.is_empty() => writeln!(
+            out,
+            "emulated: none: no binfmt_misc handler with the fix-binary flag in {dir}"
+        ),
+        State::Enabled => writeln!(
+            out,
+            "emulated (binfmt_misc handlers with the fix-binary flag, in {dir}):"
+        ),
+    };
+    for e in &p.emulated {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<18} {}",
+            e.platform, e.handler, e.interpreter
+        );
+    }
+    if p.emulated.is_empty() {
+        out.push_str(
+            "  (for QEMU user emulation: `apt-get install qemu-user-static binfmt-support` \
+             on Debian, or `docker run --privileged --rm tonistiigi/binfmt --install all`)\n",
+        );
+    }
+    if !p.unusable.is_empty() {
+        out.push_str("unusable (their handlers do not run a RUN step's programs):\n");
+    }
+    for u in &p.unusable {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<18} {}: {}",
+            u.platform, u.handler, u.interpreter, u.why
+        );
+    }
     out
 }
 
