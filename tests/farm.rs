@@ -48,18 +48,25 @@ impl Drop for FarmWorker {
 
 /// `kiln workers` through kilnd: (id, running, steps) of each farm worker.
 pub(crate) fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
+    listing(s, addr)
+        .into_iter()
+        .map(|cols| {
+            let [id, _, _, _, running, steps] = cols;
+            (id, running.parse().unwrap(), steps.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `kiln workers` through kilnd: the columns of each farm worker (ID,
+/// PLATFORM, EMULATED, PARALLELISM, RUNNING, STEPS).
+pub(crate) fn listing(s: &Setup, addr: &str) -> Vec<[String; 6]> {
     let (out, _) = s.ok(&["--addr", addr, "workers"]);
     out.lines()
         .skip(1)
         .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.len() == 5 && cols[0] != "local").then(|| {
-                (
-                    cols[0].to_owned(),
-                    cols[3].parse().unwrap(),
-                    cols[4].parse().unwrap(),
-                )
-            })
+            let cols: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            let cols: [String; 6] = cols.try_into().ok()?;
+            (cols[0] != "local").then_some(cols)
         })
         .collect()
 }

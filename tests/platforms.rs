@@ -13,6 +13,8 @@ use kiln_testing::{Need, require};
 
 use crate::busybox::{BUILD, Setup};
 use crate::emulation::arm64_setup;
+use crate::farm::{FarmWorker, listing, wait_for, workers};
+use crate::kilnd::Kilnd;
 use crate::registry::{REGISTRY_TEST, Registry, stderr};
 
 /// The base, for both platforms: each platform's stage is its own image.
@@ -156,4 +158,43 @@ fn a_two_platform_push_is_an_index_of_both_images() {
         assert_eq!(image["Architecture"], arch, "{image}");
         assert_eq!(image["Layers"].as_array().unwrap().len(), 3, "{image}");
     }
+}
+
+#[test]
+fn through_kilnd_an_arm64_step_goes_to_a_farm_worker_that_runs_arm64() {
+    if !ready(&[]) {
+        return;
+    }
+    let s = arm64_setup();
+    let kilnd = Kilnd::start(&s);
+    let addr = kilnd.addr();
+    let _worker = FarmWorker::start(&s, &kilnd, "w1", &[]);
+    wait_for(&s, &addr, "w1 to attach", |w| w.len() == 1);
+    // This machine runs arm64 under emulation: the worker says so.
+    let [id, platform, emulated, ..] = listing(&s, &addr).remove(0);
+    assert_eq!((id.as_str(), platform.as_str()), ("w1", "linux/amd64"));
+    assert!(
+        emulated.split(',').any(|p| p == "linux/arm64"),
+        "{emulated}"
+    );
+
+    // No native arm64 worker: the one that emulates it runs the step.
+    let out_dir = s.dir.path().join("out");
+    let out = s.build(
+        "FROM base:arm64\nRUN uname -m > /arch\n",
+        &[
+            "--addr",
+            &addr,
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out_dir.display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(out_dir.join("arch")).unwrap(),
+        "aarch64\n"
+    );
+    assert_eq!(workers(&s, &addr), [("w1".to_owned(), 0, 1)]);
 }

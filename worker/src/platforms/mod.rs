@@ -91,6 +91,15 @@ pub struct Platforms {
 }
 
 impl Platforms {
+    /// The platforms this host runs under emulation, as `os/arch[/variant]`
+    /// (what a farm worker advertises).
+    pub fn emulated_platforms(&self) -> Vec<String> {
+        self.emulated
+            .iter()
+            .map(|e| e.platform.to_owned())
+            .collect()
+    }
+
     /// This host's: its machine (kiln's own program's), its 32-bit sibling
     /// when a probe program runs, and binfmt_misc at [`BINFMT_MISC`].
     pub fn detect() -> Self {

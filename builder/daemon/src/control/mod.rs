@@ -447,24 +447,32 @@ impl Control for ControlService {
         &self,
         _: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let host = kiln_image::image::host_platform();
-        let local = pb::Worker {
-            id: "local".into(),
-            platform: kiln_frontend::platform::format(&host),
-            parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
-            running: 0,
-            steps_run: 0,
-        };
+        let local = local_worker();
         let attached = self.farm.workers().into_iter().map(|w| pb::Worker {
             id: w.id,
             platform: w.platform,
             parallelism: u32::try_from(w.parallelism).unwrap_or(u32::MAX),
             running: u32::try_from(w.running).unwrap_or(u32::MAX),
             steps_run: w.steps_run,
+            emulated: w.emulated,
         });
         Ok(Response::new(pb::ListWorkersResponse {
             workers: std::iter::once(local).chain(attached).collect(),
         }))
+    }
+}
+
+/// This machine as a worker (`kiln workers`' "local"): steps that no farm
+/// worker takes run here, natively or under emulation.
+pub fn local_worker() -> pb::Worker {
+    let host = kiln_image::image::host_platform();
+    pb::Worker {
+        id: "local".into(),
+        platform: kiln_frontend::platform::format(&host),
+        parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
+        running: 0,
+        steps_run: 0,
+        emulated: kiln_worker::platforms::Platforms::detect().emulated_platforms(),
     }
 }
 

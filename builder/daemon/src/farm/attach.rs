@@ -96,6 +96,7 @@ pub async fn serve(
         parallelism: config.parallelism,
         layers: snapshots.names(),
         token: config.token.clone().unwrap_or_default(),
+        emulated: kiln_worker::platforms::Platforms::detect().emulated_platforms(),
     };
     tx.send(message(Message::Hello(hello)))
         .await

@@ -44,6 +44,10 @@ pub const BUSY_BYTES: u64 = 64 << 20;
 /// Workers a step may be lost with before its build fails.
 pub const ATTEMPTS: u32 = 3;
 
+/// The emulated platforms kept of a worker's hello (a kernel registers a
+/// few dozen handlers at most).
+const MAX_EMULATED: usize = 64;
+
 pub use token::read_token;
 
 /// Why a step did not run on the farm.
@@ -74,6 +78,8 @@ struct Attached {
     /// Tells this attachment from a later one of the same id.
     session: u64,
     platform: String,
+    /// Platforms it runs under emulation.
+    emulated: Vec<String>,
     parallelism: usize,
     /// Snapshot names of the layers it holds unpacked.
     snapshots: HashSet<String>,
@@ -96,6 +102,8 @@ struct State {
 pub struct WorkerInfo {
     pub id: String,
     pub platform: String,
+    /// Platforms it runs under emulation.
+    pub emulated: Vec<String>,
     pub parallelism: usize,
     pub running: usize,
     pub steps_run: u64,
@@ -174,6 +182,7 @@ impl Farm {
             .map(|(id, w)| WorkerInfo {
                 id: id.clone(),
                 platform: w.platform.clone(),
+                emulated: w.emulated.clone(),
                 parallelism: w.parallelism,
                 running: w.running.len(),
                 steps_run: w.steps_run,
@@ -264,8 +273,9 @@ impl Farm {
             }
             let mut any = false;
             let mut best: Option<(&String, i128, usize)> = None;
+            let serves = Self::serving(&state, platform);
             for (id, w) in &state.workers {
-                if w.platform != platform {
+                if !serves(w) {
                     continue;
                 }
                 any = true;
@@ -337,6 +347,20 @@ impl Farm {
         self.changed.notify_all();
     }
 
+    /// Which workers take a step of `platform`: those of that platform when
+    /// one is attached (busy or not: a native run beats an emulated one, as
+    /// BuildKit prefers a native worker), else those that emulate it.
+    fn serving<'s>(state: &State, platform: &'s str) -> impl Fn(&Attached) -> bool + use<'s> {
+        let native = state.workers.values().any(|w| w.platform == platform);
+        move |w: &Attached| {
+            if native {
+                w.platform == platform
+            } else {
+                w.emulated.iter().any(|p| p == platform)
+            }
+        }
+    }
+
     /// Takes a worker's hello: its attachment's session number.
     fn attach(&self, hello: &pb::Hello, to_worker: ToWorker) -> Result<u64, AttachRefused> {
         if let Some(token) = &self.token
@@ -361,6 +385,7 @@ impl Farm {
             Attached {
                 session,
                 platform: hello.platform.clone(),
+                emulated: hello.emulated.iter().take(MAX_EMULATED).cloned().collect(),
                 parallelism: hello.parallelism as usize,
                 snapshots: hello.layers.iter().cloned().collect(),
                 running: HashMap::new(),

@@ -17,6 +17,7 @@ fn hello(id: &str, layers: &[&str]) -> pb::Hello {
         parallelism: 1,
         layers: layers.iter().map(|l| (*l).to_owned()).collect(),
         token: String::new(),
+        emulated: Vec::new(),
     }
 }
 
@@ -70,6 +71,57 @@ fn no_worker_of_the_platform_means_the_step_runs_here() {
     other.platform = "linux/arm64".into();
     let _attached = attach(&farm, &other);
     assert!(run(&farm, Vec::new()).join().unwrap().unwrap().is_none());
+}
+
+/// Runs a step of `platform` on another thread.
+fn run_for(
+    farm: &Arc<Farm>,
+    platform: &'static str,
+) -> std::thread::JoinHandle<Result<Option<FarmOutcome>, FarmError>> {
+    let farm = Arc::clone(farm);
+    std::thread::spawn(move || {
+        farm.place_and_run(pb::RunStep::default(), platform, &[], &mut |_| {}, &|| {
+            false
+        })
+    })
+}
+
+#[test]
+fn a_foreign_step_goes_to_a_native_worker_and_only_else_to_one_that_emulates() {
+    let farm = Farm::new(None);
+    let mut emulates = hello("emulates", &[]);
+    emulates.emulated = vec!["linux/arm64".into(), "linux/riscv64".into()];
+    let (s1, mut rx1) = attach(&farm, &emulates);
+    // No arm64 worker: the one that emulates it takes the step.
+    let step = run_for(&farm, "linux/arm64");
+    let sent = received(&mut rx1);
+    farm.deliver("emulates", s1, done(sent.step));
+    assert_eq!(step.join().unwrap().unwrap().unwrap().exit_code, 7);
+    // Nobody runs s390x: the step runs here.
+    assert!(
+        run_for(&farm, "linux/s390x")
+            .join()
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
+
+    // A native arm64 worker attached: it takes arm64 steps, even busy.
+    let mut native = hello("native", &[]);
+    native.platform = "linux/arm64".into();
+    let (s2, mut rx2) = attach(&farm, &native);
+    let first = run_for(&farm, "linux/arm64");
+    let sent = received(&mut rx2);
+    let second = run_for(&farm, "linux/arm64");
+    farm.deliver("native", s2, done(sent.step));
+    assert!(first.join().unwrap().unwrap().is_some());
+    let sent = received(&mut rx2);
+    farm.deliver("native", s2, done(sent.step));
+    assert!(second.join().unwrap().unwrap().is_some());
+    let info = farm.workers();
+    let steps = |id: &str| info.iter().find(|w| w.id == id).unwrap().steps_run;
+    assert_eq!((steps("emulates"), steps("native")), (1, 2));
+    assert_eq!(info[0].emulated, ["linux/arm64", "linux/riscv64"]);
 }
 
 #[test]

@@ -118,14 +118,7 @@ impl Backend for Local {
 
     /// Embedded, steps run on this machine only.
     fn workers(&mut self) -> Result<Vec<pb::Worker>> {
-        let host = kiln_image::image::host_platform();
-        Ok(vec![pb::Worker {
-            id: "local".into(),
-            platform: kiln_frontend::platform::format(&host),
-            parallelism: u32::try_from(kiln_solver::solve::parallelism()).unwrap_or(u32::MAX),
-            running: 0,
-            steps_run: 0,
-        }])
+        Ok(vec![kiln_daemon::control::local_worker()])
     }
 
     fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()> {

@@ -263,12 +263,17 @@ pub(crate) fn workers(backend: &mut dyn Backend) -> Result<()> {
 }
 
 fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
-    let rows: Vec<[String; 5]> = workers
+    let rows: Vec<[String; 6]> = workers
         .iter()
         .map(|w| {
             [
                 w.id.clone(),
                 w.platform.clone(),
+                if w.emulated.is_empty() {
+                    "-".to_owned()
+                } else {
+                    w.emulated.join(",")
+                },
                 w.parallelism.to_string(),
                 w.running.to_string(),
                 w.steps_run.to_string(),
@@ -276,7 +281,14 @@ fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
         })
         .collect();
     stdout(&render(
-        ["ID", "PLATFORM", "PARALLELISM", "RUNNING", "STEPS"],
+        [
+            "ID",
+            "PLATFORM",
+            "EMULATED",
+            "PARALLELISM",
+            "RUNNING",
+            "STEPS",
+        ],
         &rows,
     ))
 }
