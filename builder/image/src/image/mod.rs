@@ -5,6 +5,7 @@
 //! Both OCI and Docker schema-2 media types are read; kiln writes OCI.
 
 pub mod config;
+pub mod index;
 
 use std::io;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use kiln_cache::{ContentError, Digest, MetaError, Store, StoreError};
 pub use kiln_frontend::platform::Platform;
 use kiln_frontend::reference::{Reference, ReferenceError};
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -71,6 +72,17 @@ pub enum ImageError {
     },
     #[error("index {index} has no manifest for {platform}")]
     NoPlatform { index: String, platform: String },
+    /// The index has the platform, but it was not pulled.
+    #[error(
+        "image index {index}: the {platform} image is not in the store (pull it with --platform {platform})"
+    )]
+    NotPulled { index: String, platform: String },
+    #[error("index {index} has {entries} entries, more than {limit} (the limit)")]
+    TooManyEntries {
+        index: String,
+        entries: usize,
+        limit: usize,
+    },
     #[error("index {digest}: indexes nested more than {limit} deep (the limit)")]
     TooDeep { digest: String, limit: usize },
     #[error("{what} is larger than {limit} bytes (the limit of a metadata file): {size} bytes")]
@@ -236,7 +248,8 @@ fn parse_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
 }
 
 /// Reads the image a manifest or index digest names; an index resolves to
-/// its first manifest for `platform` ([`runs`]).
+/// its first manifest for `platform` ([`runs`]) that is in the store
+/// ([`ImageError::NotPulled`] when the index has one but none was pulled).
 /// Follows at most [`MAX_INDEX_DEPTH`] indexes.
 pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result<Image> {
     let top = digest;
@@ -261,14 +274,24 @@ pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result
             });
         }
         depth += 1;
-        let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| json("index", e))?;
-        let chosen = index
-            .manifests()
+        let entries = index::entries(&digest.to_string(), &bytes)?;
+        let mut runnable = entries
             .iter()
-            .find(|m| m.platform().as_ref().is_none_or(|p| runs(p, platform)))
-            .ok_or_else(|| ImageError::NoPlatform {
+            .filter(|m| m.platform().as_ref().is_none_or(|p| runs(p, platform)))
+            .peekable();
+        let platform_text = || kiln_frontend::platform::format(platform);
+        if runnable.peek().is_none() {
+            return Err(ImageError::NoPlatform {
                 index: digest.to_string(),
-                platform: kiln_frontend::platform::format(platform),
+                platform: platform_text(),
+            });
+        }
+        // An entry whose manifest is absent is a platform not pulled.
+        let chosen = runnable
+            .find(|m| parse_digest(m.digest()).is_ok_and(|d| store.content.has(&d)))
+            .ok_or_else(|| ImageError::NotPulled {
+                index: digest.to_string(),
+                platform: platform_text(),
             })?;
         digest = parse_digest(chosen.digest())?;
     };
@@ -363,6 +386,11 @@ pub fn runs(entry: &oci_spec::image::Platform, wanted: &Platform) -> bool {
         && (wanted.variant.is_empty() || entry.variant == wanted.variant)
 }
 
+/// Whether a media type is an index's (OCI, or Docker's manifest list).
+pub fn is_index_type(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
 /// Resolves a user's name (or image ID prefix) to the image it tags.
 pub fn resolve(store: &Store, name: &str) -> Result<(String, Image)> {
     resolve_for(store, name, &host_platform())
@@ -394,7 +422,14 @@ pub fn resolve_for(store: &Store, name: &str, platform: &Platform) -> Result<(St
     let id = name.strip_prefix("sha256:").unwrap_or(name);
     if id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         for (full, record) in store.meta.images()? {
-            let image = read_image(store, &record.target, platform)?;
+            // An index's ID is its own digest (as docker's containerd
+            // store shows it), a manifest's its config's.
+            if is_index_type(&record.media_type) && record.target.hex().starts_with(id) {
+                return Ok((full.clone(), read_image(store, &record.target, platform)?));
+            }
+            let Ok(image) = read_image(store, &record.target, platform) else {
+                continue;
+            };
             if image.config_digest.hex().starts_with(id) {
                 return Ok((full, image));
             }
