@@ -34,6 +34,7 @@ mod instructions;
 mod kilnd;
 mod kilnd_tls;
 mod mounts_rw;
+mod multi_platform;
 mod noise;
 mod parity;
 mod platforms;

@@ -422,8 +422,8 @@ fn first_bytes(mut conn: TcpStream) -> Vec<u8> {
 fn raw_pull(socket: &Path, name: &str, host: &str) -> Result<(), tonic::Status> {
     let request = control::PullRequest {
         name: name.to_owned(),
-        platform: String::new(),
         insecure_registries: vec![host.to_owned()],
+        ..Default::default()
     };
     grpc(socket, |channel| async move {
         ControlClient::new(channel).pull(request).await.map(drop)

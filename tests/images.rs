@@ -62,7 +62,8 @@ fn import_images_tag_inspect_rmi() {
     assert!(
         lines[0].starts_with("REPOSITORY")
             && lines[0].contains("IMAGE ID")
-            && lines[0].ends_with("SIZE")
+            && lines[0].contains(" SIZE ")
+            && lines[0].ends_with("PLATFORMS")
     );
     assert!(
         lines

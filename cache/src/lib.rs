@@ -21,4 +21,6 @@ mod root;
 pub use self::content::{BlobWriter, Committed, ContentError, ContentStore};
 pub use self::digest::{Digest, DigestError, Hasher};
 pub use self::meta::{CacheRecord, ImageRecord, Lease, MemoryMeta, MetaError, MetaStore, SledMeta};
-pub use self::root::{Recovery, Store, StoreError, default_root, private_dir, referenced};
+pub use self::root::{
+    Recovery, References, Store, StoreError, default_root, private_dir, referenced, references,
+};

@@ -193,10 +193,14 @@ impl Store {
         self.snapshots_dir().join(digest.hex())
     }
 
-    /// Whether `digest` and everything it references (for a manifest or an
-    /// index, recursively) are in the content store. A walk with its own
-    /// stack, each blob read once: an index nested thousands deep (written
-    /// by an archive or an older kiln) cannot overflow the thread's stack.
+    /// Whether `digest` and everything it needs are here: a manifest's
+    /// config and layers, all of them; an index's entries, those present.
+    /// An image index is complete when its blob is here, at least one of
+    /// its entries is, and every entry here is complete: a pull fetches
+    /// only the platforms asked for, so an absent entry is a platform not
+    /// pulled, not damage (its tag stays). A walk with its own stack, each
+    /// blob read once: an index nested thousands deep (written by an
+    /// archive or an older kiln) cannot overflow the thread's stack.
     pub fn complete(&self, digest: &Digest) -> Result<bool> {
         let mut seen = std::collections::HashSet::new();
         let mut todo = vec![digest.clone()];
@@ -216,7 +220,17 @@ impl Store {
                 Ok(m) if m.len() > 4 << 20 => continue,
                 _ => self.content.read(&digest)?,
             };
-            todo.extend(referenced(&bytes));
+            let refs = references(&bytes);
+            todo.extend(refs.needed);
+            let present: Vec<Digest> = refs
+                .entries
+                .into_iter()
+                .filter(|d| self.content.has(d))
+                .collect();
+            if refs.is_index && present.is_empty() {
+                return Ok(false);
+            }
+            todo.extend(present);
         }
         Ok(true)
     }
@@ -301,25 +315,55 @@ fn lock(path: &Path) -> Result<Flock<File>> {
 /// without knowing which of the OCI/Docker shapes it is; nothing for other
 /// blobs.
 pub fn referenced(manifest: &[u8]) -> Vec<Digest> {
+    let refs = references(manifest);
+    refs.needed.into_iter().chain(refs.entries).collect()
+}
+
+/// What a manifest or an index names, split by need.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct References {
+    /// Whether the blob is an index (it has `manifests`).
+    pub is_index: bool,
+    /// Blobs that must be here for it to be whole: a manifest's config and
+    /// layers.
+    pub needed: Vec<Digest>,
+    /// An index's entries: each a platform's manifest (or a nested index),
+    /// here only if that platform was pulled.
+    pub entries: Vec<Digest>,
+}
+
+/// [`referenced`], with a manifest's needs apart from an index's entries.
+pub fn references(manifest: &[u8]) -> References {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(manifest) else {
-        return Vec::new();
+        return References::default();
     };
     let descriptor = |v: &serde_json::Value| {
         v.get("digest")
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok())
     };
-    let mut out: Vec<Digest> = value
+    let list = |key: &str| -> Vec<Digest> {
+        value
+            .get(key)
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(descriptor)
+            .collect()
+    };
+    let mut needed: Vec<Digest> = value
         .get("config")
         .and_then(descriptor)
         .into_iter()
         .collect();
-    for list in ["layers", "manifests"] {
-        if let Some(items) = value.get(list).and_then(|l| l.as_array()) {
-            out.extend(items.iter().filter_map(descriptor));
-        }
+    needed.extend(list("layers"));
+    References {
+        is_index: value
+            .get("manifests")
+            .is_some_and(serde_json::Value::is_array),
+        needed,
+        entries: list("manifests"),
     }
-    out
 }
 
 #[cfg(test)]
@@ -404,6 +448,51 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.recovery().dangling_tags, ["lost"]);
         assert!(store.meta.image("kept").unwrap().is_some());
+    }
+
+    /// An index whose other platforms were never pulled keeps its tag; one
+    /// with no entry here, or a present entry missing a layer, does not.
+    #[test]
+    fn an_index_is_whole_with_the_entries_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let layer = store.content.write_bytes(b"layer").unwrap();
+            let whole =
+                format!(r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
+            let whole = store.content.write_bytes(whole.as_bytes()).unwrap();
+            let lost = Digest::of(b"a layer never fetched");
+            let broken =
+                format!(r#"{{"config":{{"digest":"{layer}"}},"layers":[{{"digest":"{lost}"}}]}}"#);
+            let broken = store.content.write_bytes(broken.as_bytes()).unwrap();
+            let absent = Digest::of(b"a platform not pulled");
+            let index = |entries: &[&Digest]| {
+                let list: Vec<String> = entries
+                    .iter()
+                    .map(|d| format!(r#"{{"digest":"{d}"}}"#))
+                    .collect();
+                let text = format!(r#"{{"manifests":[{}]}}"#, list.join(","));
+                store.content.write_bytes(text.as_bytes()).unwrap()
+            };
+            for (name, target) in [
+                ("partial", index(&[&absent, &whole])),
+                ("none-here", index(&[&absent])),
+                ("damaged", index(&[&whole, &broken])),
+            ] {
+                let record = ImageRecord {
+                    target,
+                    media_type: "i".into(),
+                    tagged: 1,
+                };
+                store.meta.put_image(name, &record).unwrap();
+            }
+            store.meta.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut dropped = store.recovery().dangling_tags.clone();
+        dropped.sort();
+        assert_eq!(dropped, ["damaged", "none-here"]);
+        assert!(store.meta.image("partial").unwrap().is_some());
     }
 
     #[test]

@@ -574,7 +574,11 @@ pub fn index_with<E: From<ImageError>>(
         return leave(&image);
     }
     let mut entries = Vec::new();
-    for (platform, image) in image::platform_images(store, digest)? {
+    for present in image::index::present_images(store, digest)? {
+        let Some(platform) = present.parsed() else {
+            continue;
+        };
+        let image = present.image;
         let manifest = leave(&image)?;
         let size = store.content.size(&manifest).map_err(ImageError::from)?;
         entries.push((manifest, size, platform));

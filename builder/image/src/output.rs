@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use kiln_cache::{Digest, Store};
 use kiln_worker::layer::{Whiteouts, unpack_with};
 
-use crate::archive::{Format, save_images, save_images_to_file};
+use crate::archive::{Format, save_targets, save_targets_to_file};
 use crate::image::{self, ImageError, Result};
 
 /// One `-o` value.
@@ -125,15 +125,15 @@ impl Output {
 }
 
 /// Writes the image `manifest` names (named `name`, a full reference, when
-/// tagged) to `output`.
+/// tagged) to `output`. `manifest` may be a multi-platform image's index:
+/// an OCI output keeps it (every platform), a docker-archive takes the
+/// host's image, a root filesystem is one directory per platform.
 pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Output) -> Result<()> {
-    let host = image::host_platform();
-    let img = || image::read_image(store, manifest, &host);
     match output {
         // Tagging and pushing are the caller's (they need the tags).
         Output::Image { .. } => Ok(()),
-        Output::Docker(dest) => archive(store, name, img()?, Format::Docker, dest),
-        Output::Oci(dest) => archive(store, name, img()?, Format::Oci, dest),
+        Output::Docker(dest) => archive(store, name, manifest, Format::Docker, dest),
+        Output::Oci(dest) => archive(store, name, manifest, Format::Oci, dest),
         Output::Local(dest) => rootfs_each(store, manifest, dest),
         Output::Tar(dest) => {
             // One directory per export: kilnd runs several builds at once.
@@ -163,20 +163,21 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
     }
 }
 
-/// The image as an archive of `format`, named `name` when tagged.
-fn archive(
+/// The image `target` names (a manifest or an index) as an archive of
+/// `format`, named `name` when tagged.
+pub fn archive(
     store: &Store,
     name: Option<&str>,
-    img: image::Image,
+    target: &Digest,
     format: Format,
     dest: &Dest,
 ) -> Result<()> {
-    let images = [(name.unwrap_or_default().to_owned(), img)];
+    let targets = [(name.unwrap_or_default().to_owned(), target.clone())];
     match dest {
-        Dest::File(path) => save_images_to_file(store, &images, format, path),
+        Dest::File(path) => save_targets_to_file(store, &targets, format, None, path).map(drop),
         Dest::Stdout => {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            save_images(store, &images, format, &mut out)?;
+            save_targets(store, &targets, format, None, &mut out)?;
             out.flush().map_err(io_error("writing", Path::new("-")))
         }
     }
@@ -202,7 +203,11 @@ fn rootfs_each(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
             dest,
         );
     }
-    for (platform, img) in image::platform_images(store, digest)? {
+    for present in image::index::present_images(store, digest)? {
+        let Some(platform) = present.parsed() else {
+            continue;
+        };
+        let img = present.image;
         let dir = dest.join(kiln_frontend::platform::format(&platform).replace('/', "_"));
         rootfs(store, &img, &dir)?;
     }

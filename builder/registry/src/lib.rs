@@ -22,7 +22,7 @@ mod session;
 
 pub use auth::{Credentials, config_path, login};
 pub use insecure::{InsecureError, InsecureRegistries};
-pub use pull::{PullPolicy, Pulled, pull};
+pub use pull::{Platforms, PullPolicy, Pulled, pull, pull_platforms};
 pub use push::{Pushed, push, push_compressing};
 pub use session::Options;
 

@@ -21,9 +21,22 @@ fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 impl Client {
     /// Writes the archive kilnd streams into `output`.
     pub fn save(&mut self, names: Vec<String>, format: &str, output: &Path) -> Result<()> {
+        self.save_platform(names, format, "", output)
+    }
+
+    /// [`Client::save`]; a docker-archive takes `platform`'s image of a
+    /// multi-platform image (`os/arch`; empty: kilnd's).
+    pub fn save_platform(
+        &mut self,
+        names: Vec<String>,
+        format: &str,
+        platform: &str,
+        output: &Path,
+    ) -> Result<()> {
         let request = pb::SaveRequest {
             names,
             format: format.to_owned(),
+            platform: platform.to_owned(),
         };
         let (runtime, mut client) = self.parts();
         let tmp = runtime.block_on(async {

@@ -171,7 +171,14 @@ impl Client {
 
     /// Images' config, layers and sizes as JSON (`kiln inspect`).
     pub fn inspect(&mut self, names: Vec<String>) -> Result<String> {
-        let r = self.call(|mut c| async move { c.inspect(pb::InspectRequest { names }).await })?;
+        self.inspect_platform(names, String::new())
+    }
+
+    /// [`Client::inspect`]; of a multi-platform image, `platform`'s entry
+    /// (`os/arch`; empty: kilnd's, else the first it holds).
+    pub fn inspect_platform(&mut self, names: Vec<String>, platform: String) -> Result<String> {
+        let request = pb::InspectRequest { names, platform };
+        let r = self.call(|mut c| async move { c.inspect(request).await })?;
         Ok(r.json)
     }
 

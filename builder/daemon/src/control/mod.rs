@@ -274,12 +274,20 @@ impl Control for ControlService {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
-        let names = request.into_inner().names;
+        let r = request.into_inner();
+        let platform = match r.platform.as_str() {
+            "" => None,
+            p => Some(
+                kiln_frontend::platform::parse(p)
+                    .map_err(|e| ControlError::Invalid(format!("--platform {p}: {e}")))?,
+            ),
+        };
+        let names = r.names;
         let all = self
             .blocking(move |s| {
                 names
                     .iter()
-                    .map(|n| images::inspect(s, n).map_err(ControlError::from))
+                    .map(|n| images::inspect(s, n, platform.as_ref()).map_err(ControlError::from))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?;
@@ -393,26 +401,25 @@ impl Control for ControlService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         let r = request.into_inner();
-        let platform =
-            match r.platform.as_str() {
-                "" => None,
-                p => Some(kiln_frontend::platform::parse(p).map_err(|e| {
-                    ControlError::Invalid(format!("--platform {}: {e}", r.platform))
-                })?),
-            };
+        let wanted = kiln_registry::Platforms::parse(&r.platform, r.all_platforms, None)
+            .map_err(ControlError::Invalid)?;
         let options = kiln_registry::Options {
             insecure: granted_insecure(&self.insecure_registries, &r.insecure_registries)?,
-            platform,
-            chunk_size: 0,
+            ..kiln_registry::Options::default()
         };
         let pulled = self
-            .blocking_using(move |s| Ok(kiln_registry::pull(s, &r.name, &options)?))
+            .blocking_using(move |s| {
+                Ok(kiln_registry::pull_platforms(
+                    s, &r.name, &options, &wanted,
+                )?)
+            })
             .await?;
         Ok(Response::new(pb::PullResponse {
             name: pulled.name,
             manifest: pulled.manifest.to_string(),
             fetched: pulled.fetched as u64,
             bytes: pulled.bytes,
+            platforms: pulled.platforms,
         }))
     }
 

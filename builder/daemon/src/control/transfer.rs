@@ -72,18 +72,26 @@ impl ControlService {
             "oci" => kiln_image::archive::Format::Oci,
             other => return Err(ControlError::Invalid(format!("--format {other}")).into()),
         };
+        let platform = match r.platform.as_str() {
+            "" => None,
+            p => Some(
+                kiln_frontend::platform::parse(p)
+                    .map_err(|e| ControlError::Invalid(format!("--platform {p}: {e}")))?,
+            ),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let store = Arc::clone(&self.store);
         let using = self.collector.using().await;
         tokio::task::spawn_blocking(move || {
             let _using = using;
             let mut out = ChunkWriter::new(tx.clone(), data_chunk);
-            let saved = kiln_image::archive::save(&store, &r.names, format, &mut out)
-                .map_err(ControlError::from)
-                .and_then(|()| {
-                    out.finish()
-                        .map_err(|e| ControlError::Invalid(e.to_string()))
-                });
+            let saved =
+                kiln_image::archive::save(&store, &r.names, format, platform.as_ref(), &mut out)
+                    .map_err(ControlError::from)
+                    .and_then(|_| {
+                        out.finish()
+                            .map_err(|e| ControlError::Invalid(e.to_string()))
+                    });
             if let Err(e) = saved {
                 let _ = tx.blocking_send(Err(e.into()));
             }

@@ -19,6 +19,7 @@ pub(super) fn summary_message(r: images::ImageSummary) -> pb::ImageSummary {
         digest: r.digest,
         created: r.created,
         size: r.size,
+        platforms: r.platforms,
     }
 }
 
@@ -31,6 +32,7 @@ pub fn summary_of(r: pb::ImageSummary) -> images::ImageSummary {
         digest: r.digest,
         created: r.created,
         size: r.size,
+        platforms: r.platforms,
     }
 }
 

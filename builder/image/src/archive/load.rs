@@ -388,18 +388,16 @@ fn docker_entry(
         .map_err(|e| e.to_string())
 }
 
-/// Every layer of the image `manifest` checked against its diff ID, when
-/// it is an image of this machine's platform (others cannot be used here;
-/// if they ever are, their snapshots check them).
-fn verify_image(store: &Store, manifest: &Digest) -> std::result::Result<(), String> {
-    let host = image::host_platform();
-    let img = match image::read_image(store, manifest, &host) {
-        Ok(img) => img,
-        Err(ImageError::NoPlatform { .. }) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
-    };
-    for layer in img.layer_pairs().map_err(|e| e.to_string())? {
-        verify_layer(store, &layer.blob, &layer.diff_id).map_err(|e| e.to_string())?;
+/// Every layer of the images `target` holds (a manifest, or each platform
+/// of an index that the archive has) checked against its diff ID: a
+/// multi-platform image's other platforms run here too (under emulation),
+/// and a load is the last time their bytes are checked against the config.
+fn verify_image(store: &Store, target: &Digest) -> std::result::Result<(), String> {
+    let images = image::index::present_images(store, target).map_err(|e| e.to_string())?;
+    for img in images {
+        for layer in img.image.layer_pairs().map_err(|e| e.to_string())? {
+            verify_layer(store, &layer.blob, &layer.diff_id).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }
@@ -453,6 +451,12 @@ fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded
             .and_then(|t| t.as_str())
             .unwrap_or(OCI_MANIFEST);
         image::check_index_depth(store, &digest).map_err(Rejected::Bound)?;
+        if store.content.has(&digest) {
+            let bytes = image::read_metadata(store, &digest).map_err(Rejected::Bound)?;
+            if image::index::is_index(&bytes) {
+                image::index::entries(&digest.to_string(), &bytes).map_err(Rejected::Bound)?;
+            }
+        }
         if !store.complete(&digest).map_err(|e| e.to_string())? {
             return Err(
                 format!("manifest {digest} or a blob it names is not in the archive").into(),
@@ -478,13 +482,91 @@ fn oci_layout_entries(store: &Store, index: &[u8]) -> std::result::Result<Loaded
             Some(name) => vec![image::normalize(&name).map_err(|e| e.to_string())?],
             None => Vec::new(),
         };
-        images.push((digest, names, media_type));
+        let platform = m.get("platform").and_then(platform_of);
+        images.push(Listed {
+            digest,
+            names,
+            media_type,
+            platform,
+        });
     }
+    let images = join_platforms(store, images)?;
     tag_all(store, images).map_err(Rejected::Bound)
 }
 
+/// What is tagged: a manifest or index, its names (none: untagged), its
+/// media type.
+type ToTag<'a> = (Digest, Vec<String>, &'a str);
+
+/// One image `index.json` lists.
+struct Listed<'a> {
+    digest: Digest,
+    names: Vec<String>,
+    media_type: &'a str,
+    /// The descriptor's platform, when it names one.
+    platform: Option<image::Platform>,
+}
+
+/// A descriptor's `platform` object as kiln's platform, when it is one.
+fn platform_of(value: &serde_json::Value) -> Option<image::Platform> {
+    let field = |key: &str| value.get(key).and_then(|v| v.as_str());
+    let mut text = format!("{}/{}", field("os")?, field("architecture")?);
+    if let Some(variant) = field("variant").filter(|v| !v.is_empty()) {
+        text.push('/');
+        text.push_str(variant);
+    }
+    kiln_frontend::platform::parse(&text).ok()
+}
+
+/// An `index.json` listing one name's platform manifests side by side
+/// (instead of naming their index) becomes one multi-platform image: an
+/// index of them, written here and tagged with the name, as containerd
+/// imports such a layout.
+fn join_platforms<'a>(
+    store: &Store,
+    images: Vec<Listed<'a>>,
+) -> std::result::Result<Vec<ToTag<'a>>, Rejected> {
+    let mut by_name: BTreeMap<Vec<String>, Vec<Listed<'a>>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for listed in images {
+        if listed.names.is_empty() || listed.platform.is_none() {
+            out.push((listed.digest, listed.names, listed.media_type));
+        } else {
+            by_name
+                .entry(listed.names.clone())
+                .or_default()
+                .push(listed);
+        }
+    }
+    for (names, group) in by_name {
+        if let [one] = group.as_slice() {
+            out.push((one.digest.clone(), names, one.media_type));
+            continue;
+        }
+        if group.len() > image::index::MAX_INDEX_ENTRIES {
+            return Err(Rejected::Bound(ImageError::TooManyEntries {
+                index: "index.json".into(),
+                entries: group.len(),
+                limit: image::index::MAX_INDEX_ENTRIES,
+            }));
+        }
+        let mut entries = Vec::new();
+        for listed in group {
+            let size = store
+                .content
+                .size(&listed.digest)
+                .map_err(|e| e.to_string())?;
+            let platform = listed.platform.unwrap_or_else(image::host_platform);
+            entries.push((listed.digest, size, platform));
+        }
+        let (index, _) = image::write_index(store, &entries).map_err(Rejected::Bound)?;
+        out.push((index, names, image::OCI_INDEX));
+    }
+    Ok(out)
+}
+
 /// Tags each checked image with its names (none: untagged).
-fn tag_all(store: &Store, images: Vec<(Digest, Vec<String>, &str)>) -> Result<Loaded> {
+fn tag_all(store: &Store, images: Vec<ToTag<'_>>) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     for (digest, names, media_type) in images {
         if names.is_empty() {

@@ -41,7 +41,7 @@ fn import_save_load_round_trips_diff_ids_and_config() {
 
     for format in [Format::Docker, Format::Oci] {
         let archive = dir.path().join(format!("{format:?}.tar"));
-        save_to_file(&a, &["base:test".to_owned()], format, &archive).unwrap();
+        save_to_file(&a, &["base:test".to_owned()], format, None, &archive).unwrap();
         let b = store(&dir.path().join(format!("b-{format:?}")));
         let loaded = load(&b, &archive).unwrap();
         assert_eq!(loaded.tags, ["docker.io/library/base:test"]);
@@ -100,7 +100,7 @@ fn compressed_layers_are_saved_uncompressed_for_docker() {
     .unwrap();
 
     let archive = dir.path().join("docker.tar");
-    save_to_file(&a, &["zipped:1".to_owned()], Format::Docker, &archive).unwrap();
+    save_to_file(&a, &["zipped:1".to_owned()], Format::Docker, None, &archive).unwrap();
     let b = store(&dir.path().join("b"));
     load(&b, &archive).unwrap();
     let (_, copy) = image::resolve(&b, "zipped:1").unwrap();
@@ -259,7 +259,7 @@ fn an_oci_blob_that_does_not_match_its_digest_is_refused() {
     rootfs_tar(&tarball, b"genuine\n");
     import(&a, &tarball, "base:test", 1, None).unwrap();
     let good = dir.path().join("good.tar");
-    save_to_file(&a, &["base:test".to_owned()], Format::Oci, &good).unwrap();
+    save_to_file(&a, &["base:test".to_owned()], Format::Oci, None, &good).unwrap();
 
     // Same archive, one layer byte changed (the name still claims the old digest).
     let (_, image) = image::resolve(&a, "base:test").unwrap();
@@ -339,7 +339,7 @@ fn docker_schema2_manifests_are_read() {
         Some(&["sh".to_owned()][..])
     );
     let out = dir.path().join("out.tar");
-    save_to_file(&s, &["fromdocker:1".to_owned()], Format::Docker, &out).unwrap();
+    save_to_file(&s, &["fromdocker:1".to_owned()], Format::Docker, None, &out).unwrap();
     let t = store(&dir.path().join("t"));
     load(&t, &out).unwrap();
     let (_, copy) = image::resolve(&t, "fromdocker:1").unwrap();

@@ -5,6 +5,7 @@
 //! Both OCI and Docker schema-2 media types are read; kiln writes OCI.
 
 pub mod config;
+pub mod index;
 
 use std::io;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use kiln_cache::{ContentError, Digest, MetaError, Store, StoreError};
 pub use kiln_frontend::platform::Platform;
 use kiln_frontend::reference::{Reference, ReferenceError};
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -71,6 +72,17 @@ pub enum ImageError {
     },
     #[error("index {index} has no manifest for {platform}")]
     NoPlatform { index: String, platform: String },
+    /// The index has the platform, but it was not pulled.
+    #[error(
+        "image index {index}: the {platform} image is not in the store (pull it with --platform {platform})"
+    )]
+    NotPulled { index: String, platform: String },
+    #[error("index {index} has {entries} entries, more than {limit} (the limit)")]
+    TooManyEntries {
+        index: String,
+        entries: usize,
+        limit: usize,
+    },
     #[error("index {digest}: indexes nested more than {limit} deep (the limit)")]
     TooDeep { digest: String, limit: usize },
     #[error("{what} is larger than {limit} bytes (the limit of a metadata file): {size} bytes")]
@@ -236,7 +248,8 @@ fn parse_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
 }
 
 /// Reads the image a manifest or index digest names; an index resolves to
-/// its first manifest for `platform` ([`runs`]).
+/// its first manifest for `platform` ([`runs`]) that is in the store
+/// ([`ImageError::NotPulled`] when the index has one but none was pulled).
 /// Follows at most [`MAX_INDEX_DEPTH`] indexes.
 pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result<Image> {
     let top = digest;
@@ -261,14 +274,24 @@ pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result
             });
         }
         depth += 1;
-        let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| json("index", e))?;
-        let chosen = index
-            .manifests()
+        let entries = index::entries(&digest.to_string(), &bytes)?;
+        let mut runnable = entries
             .iter()
-            .find(|m| m.platform().as_ref().is_none_or(|p| runs(p, platform)))
-            .ok_or_else(|| ImageError::NoPlatform {
+            .filter(|m| m.platform().as_ref().is_none_or(|p| runs(p, platform)))
+            .peekable();
+        let platform_text = || kiln_frontend::platform::format(platform);
+        if runnable.peek().is_none() {
+            return Err(ImageError::NoPlatform {
                 index: digest.to_string(),
-                platform: kiln_frontend::platform::format(platform),
+                platform: platform_text(),
+            });
+        }
+        // An entry whose manifest is absent is a platform not pulled.
+        let chosen = runnable
+            .find(|m| parse_digest(m.digest()).is_ok_and(|d| store.content.has(&d)))
+            .ok_or_else(|| ImageError::NotPulled {
+                index: digest.to_string(),
+                platform: platform_text(),
             })?;
         digest = parse_digest(chosen.digest())?;
     };
@@ -297,53 +320,7 @@ pub fn read_image(store: &Store, digest: &Digest, platform: &Platform) -> Result
 
 /// Whether `digest` is an index (its JSON lists `manifests`).
 pub fn is_index(store: &Store, digest: &Digest) -> Result<bool> {
-    let bytes = read_metadata(store, digest)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
-            what: "manifest",
-            digest: digest.to_string(),
-            source,
-        })?;
-    Ok(value.get("manifests").is_some())
-}
-
-/// The images a manifest or an index names, each with its platform: a
-/// manifest's from its config; an index's entries whose manifests are in
-/// the store, in its order (a pull may have fetched only some platforms;
-/// an entry without a platform, such as an attestation, is left out).
-pub fn platform_images(store: &Store, digest: &Digest) -> Result<Vec<(Platform, Image)>> {
-    if !is_index(store, digest)? {
-        let image = read_image(store, digest, &host_platform())?;
-        let config = &image.config;
-        let platform = Platform {
-            os: config.os.clone(),
-            architecture: config.architecture.clone(),
-            variant: config.variant.clone().unwrap_or_default(),
-        };
-        return Ok(vec![(platform, image)]);
-    }
-    let bytes = read_metadata(store, digest)?;
-    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
-        what: "index",
-        digest: digest.to_string(),
-        source,
-    })?;
-    let mut images = Vec::new();
-    for entry in index.manifests() {
-        let Some(p) = entry.platform() else { continue };
-        let Ok(digest) = parse_digest(entry.digest()) else {
-            continue;
-        };
-        if !store.content.has(&digest) {
-            continue;
-        }
-        let Some(platform) = platform_of(p) else {
-            continue;
-        };
-        let image = read_image(store, &digest, &platform)?;
-        images.push((platform, image));
-    }
-    Ok(images)
+    Ok(index::is_index(&read_metadata(store, digest)?))
 }
 
 /// A manifest, index or config blob, refused over [`MAX_METADATA`].
@@ -401,12 +378,16 @@ pub fn host_platform() -> Platform {
 /// normalized (`aarch64` is `arm64`, `arm64/v8` is `arm64`), and the
 /// same variant unless `wanted` names none.
 pub fn runs(entry: &oci_spec::image::Platform, wanted: &Platform) -> bool {
-    let Some(entry) = platform_of(entry) else {
-        return false;
-    };
-    entry.os == wanted.os
-        && entry.architecture == wanted.architecture
-        && (wanted.variant.is_empty() || entry.variant == wanted.variant)
+    platform_of(entry).is_some_and(|entry| serves(&entry, wanted))
+}
+
+/// Whether an image of platform `have` serves `wanted` (both normalized):
+/// the same OS and architecture, and the same variant unless `wanted`
+/// names none.
+pub fn serves(have: &Platform, wanted: &Platform) -> bool {
+    have.os == wanted.os
+        && have.architecture == wanted.architecture
+        && (wanted.variant.is_empty() || have.variant == wanted.variant)
 }
 
 /// An index entry's platform, normalized as `--platform` is (`aarch64`
@@ -418,6 +399,11 @@ pub fn platform_of(entry: &oci_spec::image::Platform) -> Option<Platform> {
         text.push_str(v);
     }
     kiln_frontend::platform::parse(&text).ok()
+}
+
+/// Whether a media type is an index's (OCI, or Docker's manifest list).
+pub fn is_index_type(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
 }
 
 /// Resolves a user's name (or image ID prefix) to the image it tags.
@@ -451,7 +437,14 @@ pub fn resolve_for(store: &Store, name: &str, platform: &Platform) -> Result<(St
     let id = name.strip_prefix("sha256:").unwrap_or(name);
     if id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         for (full, record) in store.meta.images()? {
-            let image = read_image(store, &record.target, platform)?;
+            // An index's ID is its own digest (as docker's containerd
+            // store shows it), a manifest's its config's.
+            if is_index_type(&record.media_type) && record.target.hex().starts_with(id) {
+                return Ok((full.clone(), read_image(store, &record.target, platform)?));
+            }
+            let Ok(image) = read_image(store, &record.target, platform) else {
+                continue;
+            };
             if image.config_digest.hex().starts_with(id) {
                 return Ok((full, image));
             }

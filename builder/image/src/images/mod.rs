@@ -12,32 +12,44 @@ use kiln_cache::{Digest, Store, referenced};
 use serde::Serialize;
 
 use crate::image::config::parse_rfc3339;
-use crate::image::{self, Image, ImageError, Result, read_image};
+use crate::image::index::{self, PlatformImage};
+use crate::image::{self, Image, ImageError, Platform, Result};
 
 pub use prune::{Pruned, prune};
 
-/// One row of `kiln images`.
+/// One row of `kiln images`: a tag, and the image or multi-platform image
+/// (one row for all its platforms, as docker's containerd store shows it)
+/// it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageSummary {
     pub repository: String,
     pub tag: String,
-    /// The config digest (docker's image ID).
+    /// docker's image ID: the config digest; of a multi-platform image,
+    /// its index's digest.
     pub id: String,
+    /// What the tag names: a manifest or an index.
     pub digest: String,
-    /// Creation time, seconds since the epoch (0 when unknown).
+    /// Creation time, seconds since the epoch (0 when unknown); of a
+    /// multi-platform image, its newest platform's.
     pub created: u64,
+    /// Bytes of the configs and layers of every platform here.
     pub size: u64,
+    /// The platforms here (`os/arch[/variant]`), in the index's order.
+    pub platforms: Vec<String>,
 }
 
 /// Every tagged image.
 pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
-    let host = image::host_platform();
     let mut rows = Vec::new();
     for (name, record) in store.meta.images()? {
         // One image that cannot be read (indexes nested past the bound, a
         // damaged blob) does not hide the others; `rmi` still removes it.
-        let image = match read_image(store, &record.target, &host) {
-            Ok(image) => image,
+        let images = match index::present_images(store, &record.target) {
+            Ok(images) if !images.is_empty() => images,
+            Ok(_) => {
+                tracing::warn!("{name}: no image of a platform in the store");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("{name}: {e}");
                 continue;
@@ -51,29 +63,48 @@ pub fn list(store: &Store) -> Result<Vec<ImageSummary>> {
         rows.push(ImageSummary {
             repository,
             tag,
-            id: image.config_digest.to_string(),
+            id: image_id(&record.target, &images).to_string(),
             digest: record.target.to_string(),
-            created: image
-                .config
-                .created
-                .as_deref()
-                .and_then(parse_rfc3339)
+            created: images
+                .iter()
+                .filter_map(|i| i.image.config.created.as_deref().and_then(parse_rfc3339))
+                .max()
                 .unwrap_or(0),
-            size: image.size(),
+            size: images.iter().map(|i| i.image.size()).sum(),
+            platforms: images.into_iter().map(|i| i.platform).collect(),
         });
     }
     Ok(rows)
 }
 
-/// `kiln inspect`: docker's shape, plus the manifest and its layers (each
-/// `stored`, or not yet: a build's layer made from its snapshot when read).
-pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
-    let (_, image) = image::resolve(store, name)?;
+/// docker's image ID of what a tag targets: one manifest's config
+/// digest, or an index's own digest.
+fn image_id<'a>(target: &'a Digest, images: &'a [PlatformImage]) -> &'a Digest {
+    match images {
+        [one] if one.image.manifest_digest == *target => &one.image.config_digest,
+        _ => target,
+    }
+}
+
+/// `kiln inspect [--platform P]`: docker's shape, plus the manifest and
+/// its layers (each `stored`, or not yet: a build's layer made from its
+/// snapshot when read). Of a multi-platform image, `platform`'s entry
+/// (none: the host's, else the first here), with `Index`: the index's
+/// digest and the platforms here.
+pub fn inspect(
+    store: &Store,
+    name: &str,
+    platform: Option<&Platform>,
+) -> Result<serde_json::Value> {
+    let (_, target) = index::resolve_target(store, name)?;
+    let chosen = index::image_for(store, &target, platform)?;
+    let present = index::present_images(store, &target)?;
+    let image = &chosen.image;
     let tags: Vec<String> = store
         .meta
         .images()?
         .into_iter()
-        .filter(|(_, r)| r.target == image.manifest_digest)
+        .filter(|(_, r)| r.target == target)
         .map(|(n, _)| image::familiar(&n))
         .collect();
     let layers: Vec<serde_json::Value> = image
@@ -85,26 +116,36 @@ pub fn inspect(store: &Store, name: &str) -> Result<serde_json::Value> {
             serde_json::json!({"digest": digest, "mediaType": media_type, "size": size, "stored": stored})
         })
         .collect();
+    let is_index = target != image.manifest_digest;
+    let index = is_index.then(|| {
+        serde_json::json!({
+            "digest": target,
+            "platforms": present.iter().map(|i| i.platform.clone()).collect::<Vec<_>>(),
+        })
+    });
     let c = &image.config;
     Ok(serde_json::json!({
-        "Id": image.config_digest,
+        "Id": image_id(&target, &present),
         "RepoTags": tags,
         "Created": c.created,
         "Author": c.author,
         "Architecture": c.architecture,
         "Os": c.os,
         "Variant": c.variant,
+        "Platform": chosen.platform,
         "Config": c.config,
         "RootFS": {"Type": c.rootfs.kind, "Layers": c.rootfs.diff_ids},
         "History": c.history,
         "Size": image.size(),
         "Manifest": {"digest": image.manifest_digest, "layers": layers},
+        "Index": index,
     }))
 }
 
-/// `kiln tag SRC DST`.
+/// `kiln tag SRC DST`: DST names what SRC names (a multi-platform image's
+/// index, whole).
 pub fn tag(store: &Store, source: &str, target: &str) -> Result<String> {
-    let (source_name, _) = image::resolve(store, source)?;
+    let (source_name, _) = index::resolve_target(store, source)?;
     let record = store
         .meta
         .image(&source_name)?
@@ -135,64 +176,60 @@ pub fn untag(store: &Store, name: &str) -> Result<Removed> {
 }
 
 fn remove_tag(store: &Store, name: &str, delete: bool) -> Result<Removed> {
-    let (full, image) = match image::resolve(store, name) {
-        Ok(found) => found,
-        // A tag whose image cannot be read goes alone; prune collects its
-        // blobs.
-        Err(e) => match image::normalize(name) {
-            Ok(full) if store.meta.image(&full)?.is_some() => {
-                tracing::warn!("{full}: {e}");
-                store.meta.remove_image(&full)?;
-                store.meta.flush()?;
-                return Ok(Removed {
-                    untagged: image::familiar(&full),
-                    deleted: Vec::new(),
-                });
-            }
-            _ => return Err(e),
-        },
-    };
+    let (full, target) = index::resolve_target(store, name)?;
+    let readable = image::check_index_depth(store, &target)
+        .and_then(|_| index::present_images(store, &target));
     store.meta.remove_image(&full)?;
     store.meta.flush()?;
-    if !delete {
-        return Ok(Removed {
-            untagged: image::familiar(&full),
-            deleted: Vec::new(),
-        });
-    }
-    let candidates: BTreeSet<Digest> = std::iter::once(image.manifest_digest.clone())
-        .chain(std::iter::once(image.config_digest.clone()))
-        .chain(image.layers().into_iter().map(|(d, _, _)| d))
-        .collect();
+    let untagged = image::familiar(&full);
+    let images = match readable {
+        Ok(images) if delete => images,
+        Ok(_) => {
+            return Ok(Removed {
+                untagged,
+                deleted: Vec::new(),
+            });
+        }
+        // A tag whose image cannot be read goes alone; prune collects its
+        // blobs.
+        Err(e) => {
+            tracing::warn!("{full}: {e}");
+            return Ok(Removed {
+                untagged,
+                deleted: Vec::new(),
+            });
+        }
+    };
     let live = reachable(store)?;
     let mut deleted = Vec::new();
-    // The manifest goes first: a crash then leaves only unreferenced blobs
-    // (and snapshots of layers no longer stored, which prune collects).
-    for digest in std::iter::once(&image.manifest_digest).chain(candidates.iter()) {
-        if live.contains(digest) {
+    // The index, then the manifests go first: a crash then leaves only
+    // unreferenced blobs (and snapshots of layers no longer stored, which
+    // prune collects).
+    for digest in index::blobs_of(store, &target)? {
+        if live.contains(&digest) {
             continue;
         }
-        if store.content.has(digest) {
-            store.content.delete(digest)?;
-        } else if crate::blobs::is_pending(store, digest) {
-            crate::blobs::forget(store, digest)?;
+        if store.content.has(&digest) {
+            store.content.delete(&digest)?;
+        } else if crate::blobs::is_pending(store, &digest) {
+            crate::blobs::forget(store, &digest)?;
         } else {
             continue;
         }
-        store.meta.forget(digest)?;
-        deleted.push(digest.clone());
+        store.meta.forget(&digest)?;
+        deleted.push(digest);
     }
-    // The unpacked forms of the deleted layers go with them.
+    // The unpacked forms of the deleted layers (of every platform) go with
+    // them.
     let snapshots = kiln_worker::snapshot::Snapshots::new(store.snapshots_dir());
-    for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
-        if deleted.contains(layer) {
-            snapshots.remove(diff_id)?;
+    for image in images.iter().map(|i| &i.image) {
+        for ((layer, _, _), diff_id) in image.layers().iter().zip(&image.config.rootfs.diff_ids) {
+            if deleted.contains(layer) {
+                snapshots.remove(diff_id)?;
+            }
         }
     }
-    Ok(Removed {
-        untagged: image::familiar(&full),
-        deleted,
-    })
+    Ok(Removed { untagged, deleted })
 }
 
 /// Every blob a tag or a lease keeps alive, with what they reference.
@@ -360,6 +397,9 @@ fn sizes(dir: &Path) -> (u64, u64) {
 pub fn resolve_all(store: &Store, names: &[String]) -> Result<Vec<(String, Image)>> {
     names.iter().map(|n| image::resolve(store, n)).collect()
 }
+
+#[cfg(test)]
+mod multi_tests;
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,7 @@ use kiln_worker::snapshot::Snapshots;
 use serde::Serialize;
 
 use super::{allocated, freed_by_removing, reachable, remove_tree, tree_size, usage_of};
-use crate::image::{self, Result, read_image};
+use crate::image::{self, Result};
 
 /// What `kiln prune` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -226,11 +226,11 @@ fn stored_layers(store: &Store, blobs: &BTreeSet<Digest>) -> Result<BTreeSet<Str
             store.meta.remove_cache_record(&key)?;
         }
     }
-    let host = image::host_platform();
     for (_, record) in store.meta.images()? {
-        // An index without this machine's platform has nothing unpacked here.
-        if let Ok(image) = read_image(store, &record.target, &host) {
-            for diff_id in &image.config.rootfs.diff_ids {
+        // Every platform of a multi-platform image here is live: a build
+        // for another platform unpacks its layers too.
+        for image in image::index::present_images(store, &record.target).unwrap_or_default() {
+            for diff_id in &image.image.config.rootfs.diff_ids {
                 add(diff_id);
             }
         }

@@ -68,9 +68,11 @@ impl ImageResolver for StoreImages<'_> {
             self.pull(&name, platform)?;
         }
         let found = match image::resolve_for(self.store, &name, platform) {
-            Err(ImageError::NotFound(_) | ImageError::NoPlatform { .. })
-                if self.pull == PullPolicy::Missing =>
-            {
+            Err(
+                ImageError::NotFound(_)
+                | ImageError::NoPlatform { .. }
+                | ImageError::NotPulled { .. },
+            ) if self.pull == PullPolicy::Missing => {
                 self.pull(&name, platform)?;
                 image::resolve_for(self.store, &name, platform)
             }

@@ -4,19 +4,23 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use kiln_cache::Store;
 use kiln_image::archive::{self, Format};
 use kiln_image::images::{self, ImageSummary, Usage};
 use kiln_proto::control::v1 as pb;
 use kiln_proto::ops::v1::Platform;
+use kiln_registry::Platforms;
 
 use crate::remote::Remote;
 
 /// What a pull brought.
 pub(crate) struct Pulled {
     pub(crate) name: String,
+    /// What the name tags: a manifest or an index.
     pub(crate) manifest: String,
+    /// The platforms of an index fetched; empty for one manifest.
+    pub(crate) platforms: Vec<String>,
     pub(crate) fetched: u64,
     pub(crate) bytes: u64,
 }
@@ -32,8 +36,9 @@ pub(crate) struct Pushed {
 /// Both answer alike: the commands print the same either way.
 pub(crate) trait Backend {
     fn list(&mut self) -> Result<Vec<ImageSummary>>;
-    /// docker inspect's JSON array, one object per name.
-    fn inspect(&mut self, names: Vec<String>) -> Result<String>;
+    /// docker inspect's JSON array, one object per name; of a
+    /// multi-platform image, `platform`'s entry.
+    fn inspect(&mut self, names: Vec<String>, platform: Option<&str>) -> Result<String>;
     fn tag(&mut self, source: &str, target: &str) -> Result<()>;
     /// The name untagged and the digests deleted.
     fn remove(&mut self, name: &str) -> Result<(String, Vec<String>)>;
@@ -42,7 +47,15 @@ pub(crate) trait Backend {
     fn disk_usage(&mut self) -> Result<Usage>;
     /// The workers that run steps.
     fn workers(&mut self) -> Result<Vec<pb::Worker>>;
-    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()>;
+    /// A docker-archive takes `platform`'s image of a multi-platform
+    /// image (none: the host's). The notes to show the user.
+    fn save(
+        &mut self,
+        names: Vec<String>,
+        format: Format,
+        platform: Option<&str>,
+        output: &Path,
+    ) -> Result<Vec<String>>;
     /// The names tagged and the digests of untagged images.
     fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)>;
     /// The manifest digest; `created`: `SOURCE_DATE_EPOCH`, else now;
@@ -54,8 +67,28 @@ pub(crate) trait Backend {
         created: Option<u64>,
         platform: Option<&Platform>,
     ) -> Result<String>;
-    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled>;
+    /// Of a multi-platform image, the `wanted` platforms.
+    fn pull(
+        &mut self,
+        name: &str,
+        options: &kiln_registry::Options,
+        wanted: &Platforms,
+    ) -> Result<Pulled>;
     fn push(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pushed>;
+}
+
+/// What a docker-archive save of multi-platform images tells the user.
+fn one_platform_notes(report: &archive::SaveReport) -> Vec<String> {
+    report
+        .one_platform
+        .iter()
+        .map(|(name, platform)| {
+            format!(
+                "{}: a multi-platform image; the docker-archive holds its {platform} image only (--platform picks another, --format oci keeps them all)",
+                kiln_image::image::familiar(name)
+            )
+        })
+        .collect()
 }
 
 /// The store at a root, opened at the first command that needs it.
@@ -86,11 +119,14 @@ impl Backend for Local {
         Ok(images::list(self.store()?)?)
     }
 
-    fn inspect(&mut self, names: Vec<String>) -> Result<String> {
+    fn inspect(&mut self, names: Vec<String>, platform: Option<&str>) -> Result<String> {
+        let platform = platform
+            .map(|p| kiln_frontend::platform::parse(p).with_context(|| format!("--platform {p}")))
+            .transpose()?;
         let store = self.store()?;
         let all = names
             .iter()
-            .map(|n| images::inspect(store, n))
+            .map(|n| images::inspect(store, n, platform.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(serde_json::to_string_pretty(&all)?)
     }
@@ -121,9 +157,19 @@ impl Backend for Local {
         Ok(vec![kiln_daemon::control::local_worker()])
     }
 
-    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()> {
-        archive::save_to_file(self.store()?, &names, format, output)?;
-        Ok(())
+    fn save(
+        &mut self,
+        names: Vec<String>,
+        format: Format,
+        platform: Option<&str>,
+        output: &Path,
+    ) -> Result<Vec<String>> {
+        let platform = platform
+            .map(|p| kiln_frontend::platform::parse(p).with_context(|| format!("--platform {p}")))
+            .transpose()?;
+        let report =
+            archive::save_to_file(self.store()?, &names, format, platform.as_ref(), output)?;
+        Ok(one_platform_notes(&report))
     }
 
     fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
@@ -144,11 +190,17 @@ impl Backend for Local {
         Ok(archive::import(store, file, name, created, platform)?.to_string())
     }
 
-    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {
-        let pulled = kiln_registry::pull(self.store()?, name, options)?;
+    fn pull(
+        &mut self,
+        name: &str,
+        options: &kiln_registry::Options,
+        wanted: &Platforms,
+    ) -> Result<Pulled> {
+        let pulled = kiln_registry::pull_platforms(self.store()?, name, options, wanted)?;
         Ok(Pulled {
             name: pulled.name,
             manifest: pulled.manifest.to_string(),
+            platforms: pulled.platforms,
             fetched: pulled.fetched as u64,
             bytes: pulled.bytes,
         })
@@ -172,8 +224,12 @@ impl Backend for Remote {
             .collect())
     }
 
-    fn inspect(&mut self, names: Vec<String>) -> Result<String> {
-        Ok(Remote::inspect(self, names)?)
+    fn inspect(&mut self, names: Vec<String>, platform: Option<&str>) -> Result<String> {
+        Ok(Remote::inspect_platform(
+            self,
+            names,
+            platform.unwrap_or_default().to_owned(),
+        )?)
     }
 
     fn tag(&mut self, source: &str, target: &str) -> Result<()> {
@@ -197,12 +253,21 @@ impl Backend for Remote {
         Ok(self.list_workers()?)
     }
 
-    fn save(&mut self, names: Vec<String>, format: Format, output: &Path) -> Result<()> {
+    /// kilnd sends the archive only: no notes.
+    fn save(
+        &mut self,
+        names: Vec<String>,
+        format: Format,
+        platform: Option<&str>,
+        output: &Path,
+    ) -> Result<Vec<String>> {
         let format = match format {
             Format::Docker => "docker",
             Format::Oci => "oci",
         };
-        Ok(Remote::save(self, names, format, output)?)
+        let platform = platform.unwrap_or_default();
+        Remote::save_platform(self, names, format, platform, output)?;
+        Ok(Vec::new())
     }
 
     fn load(&mut self, input: &Path) -> Result<(Vec<String>, Vec<String>)> {
@@ -219,22 +284,25 @@ impl Backend for Remote {
         Ok(Remote::import(self, file, name, created, platform)?)
     }
 
-    fn pull(&mut self, name: &str, options: &kiln_registry::Options) -> Result<Pulled> {
+    fn pull(
+        &mut self,
+        name: &str,
+        options: &kiln_registry::Options,
+        wanted: &Platforms,
+    ) -> Result<Pulled> {
         let pulled = Remote::pull(
             self,
             pb::PullRequest {
                 name: name.to_owned(),
-                platform: options
-                    .platform
-                    .as_ref()
-                    .map(kiln_frontend::platform::format)
-                    .unwrap_or_default(),
+                platform: wanted.text(),
                 insecure_registries: options.insecure.clone(),
+                all_platforms: *wanted == Platforms::All,
             },
         )?;
         Ok(Pulled {
             name: pulled.name,
             manifest: pulled.manifest,
+            platforms: pulled.platforms,
             fetched: pulled.fetched,
             bytes: pulled.bytes,
         })

@@ -43,6 +43,10 @@ pub(crate) struct Save {
     output: PathBuf,
     #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
     format: SaveFormat,
+    /// The platform a docker-archive takes of a multi-platform image
+    /// (`os/arch`; default this machine's); an OCI layout keeps them all.
+    #[arg(long)]
+    platform: Option<String>,
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -74,6 +78,10 @@ enum ListFormat {
 pub(crate) struct Inspect {
     #[arg(required = true)]
     names: Vec<String>,
+    /// Of a multi-platform image, the platform to describe (`os/arch`);
+    /// default this machine's, else the first in the store.
+    #[arg(long)]
+    platform: Option<String>,
 }
 
 #[derive(Args)]
@@ -160,7 +168,11 @@ impl Save {
             SaveFormat::Docker => Format::Docker,
             SaveFormat::Oci => Format::Oci,
         };
-        backend.save(self.names, format, &self.output)
+        let notes = backend.save(self.names, format, self.platform.as_deref(), &self.output)?;
+        for note in notes {
+            eprintln!("{note}");
+        }
+        Ok(())
     }
 }
 
@@ -179,7 +191,9 @@ impl List {
             return stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));
         }
         let now = kiln_image::image::now();
-        let table: Vec<[String; 5]> = rows
+        // A multi-platform image is one row (its index's ID, the size of
+        // the platforms here), its platforms listed last.
+        let table: Vec<[String; 6]> = rows
             .iter()
             .map(|r| {
                 [
@@ -188,11 +202,19 @@ impl List {
                     r.id[7..19].to_owned(),
                     ago(now, r.created),
                     human(r.size),
+                    r.platforms.join(","),
                 ]
             })
             .collect();
         stdout(&render(
-            ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            [
+                "REPOSITORY",
+                "TAG",
+                "IMAGE ID",
+                "CREATED",
+                "SIZE",
+                "PLATFORMS",
+            ],
             &table,
         ))
     }
@@ -200,7 +222,7 @@ impl List {
 
 impl Inspect {
     pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
-        stdout(&(backend.inspect(self.names)? + "\n"))
+        stdout(&(backend.inspect(self.names, self.platform.as_deref())? + "\n"))
     }
 }
 

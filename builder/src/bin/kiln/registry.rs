@@ -38,9 +38,14 @@ impl RegistryArgs {
 pub(crate) struct Pull {
     /// `NAME[:TAG]` or `NAME@DIGEST`.
     name: String,
-    /// The platform to pick from a multi-platform image (`os/arch`).
+    /// Of a multi-platform image, the platforms to fetch (`os/arch`, or a
+    /// comma list); default this machine's. The index is kept whole: a
+    /// later pull of another platform adds it.
     #[arg(long)]
     platform: Option<String>,
+    /// Fetch every platform of a multi-platform image.
+    #[arg(long, conflicts_with = "platform")]
+    all_platforms: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -48,18 +53,31 @@ pub(crate) struct Pull {
 impl Pull {
     pub(crate) fn run(self, backend: &mut dyn Backend) -> Result<()> {
         // Checked here: the same error for a bad --platform both ways.
-        let options = self.registry.options(self.platform.as_deref())?;
-        let pulled = backend.pull(&self.name, &options)?;
-        print_pulled(&pulled.name, pulled.fetched, pulled.bytes, &pulled.manifest);
+        let options = self.registry.options(None)?;
+        let wanted = kiln_registry::Platforms::parse(
+            self.platform.as_deref().unwrap_or_default(),
+            self.all_platforms,
+            None,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let pulled = backend.pull(&self.name, &options, &wanted)?;
+        print_pulled(&pulled);
         Ok(())
     }
 }
 
-fn print_pulled(name: &str, fetched: u64, bytes: u64, manifest: &str) {
-    println!(
-        "{}: {fetched} blobs fetched ({bytes} bytes)\nDigest: {manifest}",
-        kiln_image::image::familiar(name)
+fn print_pulled(pulled: &crate::backend::Pulled) {
+    let mut out = format!(
+        "{}: {} blobs fetched ({} bytes)\n",
+        kiln_image::image::familiar(&pulled.name),
+        pulled.fetched,
+        pulled.bytes
     );
+    if !pulled.platforms.is_empty() {
+        out.push_str(&format!("Platforms: {}\n", pulled.platforms.join(", ")));
+    }
+    out.push_str(&format!("Digest: {}", pulled.manifest));
+    println!("{out}");
 }
 
 #[derive(Args)]
