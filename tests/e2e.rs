@@ -20,6 +20,7 @@ mod farm;
 mod git_query;
 mod harness;
 mod hostile_bounds;
+mod hostile_depth;
 mod hostile_dockerignore;
 mod hostile_entitlements;
 mod hostile_git;

@@ -30,7 +30,7 @@ impl Sentinel {
 
 /// A build through `addr` after the hostile request succeeds: kilnd lives
 /// and its store still has the base image.
-fn serves_another_build(s: &Setup, addr: &str) {
+pub(crate) fn serves_another_build(s: &Setup, addr: &str) {
     let out = s.build(
         "FROM base:busybox\nRUN echo after > /after\n",
         &["--addr", addr, "-t", "after:1"],

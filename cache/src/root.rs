@@ -152,7 +152,7 @@ impl Store {
         // Scratch of processes that died: their running steps (mounts lived
         // in the helpers' own namespaces and are gone) and temp files.
         for dir in ["steps", "tmp"] {
-            let _ = fs::remove_dir_all(self.root.join(dir));
+            let _ = crate::remove_all(&self.root.join(dir));
         }
         let leases = self.meta.leases()?;
         for lease in &leases {

@@ -7,6 +7,8 @@
 use regex::Regex;
 use thiserror::Error;
 
+use crate::depth::MAX_TREE_DEPTH;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DockerignoreError {
     #[error(".dockerignore line {0}: illegal exclusion pattern: \"!\"")]
@@ -165,7 +167,9 @@ impl Matcher {
     /// an excluded directory brings the directory back (as docker and
     /// BuildKit walk excluded directories when exceptions could match in
     /// them). `list` gives a directory's entries as (name, is_dir); it is
-    /// called only for excluded directories an exception could reach.
+    /// called only for excluded directories an exception could reach, and
+    /// never below [`MAX_TREE_DEPTH`] levels (the walk that reads such a
+    /// tree refuses it).
     pub fn keeps(
         &self,
         rel: &str,
@@ -175,7 +179,8 @@ impl Matcher {
         if !self.excludes(rel) {
             return true;
         }
-        if !is_dir || !self.exception_below(rel) {
+        let level = rel.split('/').filter(|p| !p.is_empty()).count();
+        if !is_dir || !self.exception_below(rel) || level > MAX_TREE_DEPTH {
             return false;
         }
         list(rel).into_iter().any(|(name, dir)| {
@@ -355,6 +360,37 @@ mod tests {
         assert!(!m.keeps("cache/x/drop", false, &mut list));
         let m = matcher("docs\n");
         assert!(!m.keeps("docs", true, &mut |_| panic!("no exception: not walked")));
+    }
+
+    #[test]
+    fn excluded_directories_are_walked_no_deeper_than_the_bound() {
+        // `d/d/…` all the way down, from a level just above the bound.
+        let m = matcher("d\n!**/keep\n");
+        let start = vec!["d"; MAX_TREE_DEPTH - 1].join("/");
+        let walk = |keep_at: usize| {
+            let mut listed = Vec::new();
+            let kept = m.keeps(&start, true, &mut |rel: &str| {
+                let level = rel.split('/').count();
+                listed.push(level);
+                let mut entries = vec![("d".to_owned(), true)];
+                if level == keep_at {
+                    entries.push(("keep".to_owned(), false));
+                }
+                entries
+            });
+            (kept, listed)
+        };
+        let bound = MAX_TREE_DEPTH;
+        assert_eq!(
+            walk(bound),
+            (true, vec![bound - 1, bound]),
+            "a file at the bound"
+        );
+        assert_eq!(
+            walk(bound + 1),
+            (false, vec![bound - 1, bound]),
+            "nothing deeper"
+        );
     }
 
     /// moby/patternmatcher's `TestMatches` table (Unix cases), through

@@ -10,7 +10,9 @@
 //! `--chmod` modes ([`chmod`]), the RUN sandbox's build-wide settings
 //! (`--add-host`, `--ulimit`, `--shm-size`: [`sandbox`]) and Go's slash-path
 //! cleaning ([`path`]). The frontend parses and checks them, the worker
-//! applies them; neither needs the other.
+//! applies them; neither needs the other. And one bound every walk of a
+//! directory tree keeps, on the client, in kilnd and in the worker alike
+//! ([`depth`]).
 //!
 //! Does not own: I/O, or what the messages mean beyond that syntax
 //! (`kiln-frontend` builds ops, the solver and workers run them). The gRPC
@@ -18,6 +20,7 @@
 //! worker builds without it.
 
 pub mod chmod;
+pub mod depth;
 pub mod dockerignore;
 pub mod path;
 pub mod sandbox;

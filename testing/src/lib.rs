@@ -1,6 +1,7 @@
-//! What kiln's tests share, in every crate: their prerequisites and their
-//! waits. A dev-dependency only (std only), so that the unit tests of each
-//! crate and the end-to-end tests in `tests/` use one implementation.
+//! What kiln's tests share, in every crate: their prerequisites, their
+//! waits, and the deep trees a hostile step makes ([`deep_tree`]). A
+//! dev-dependency only (std only), so that the unit tests of each crate
+//! and the end-to-end tests in `tests/` use one implementation.
 //!
 //! # Prerequisites
 //!
@@ -335,9 +336,39 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Opt
     }
 }
 
+/// Makes `dir/a/a/…/a`, `levels` directories below `dir` (which must hold
+/// no `a` nor `b`), with a file `f` in the deepest one, as a RUN step can:
+/// `mkdir b && mv a b/a && mv b a`, again and again. No path longer than
+/// `dir/b/a` is ever resolved, so the tree can be far deeper than
+/// `PATH_MAX` lets a path name.
+#[track_caller]
+pub fn deep_tree(dir: &Path, levels: usize) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir(&a).expect("making the deepest directory");
+    std::fs::write(a.join("f"), "at the bottom\n").expect("writing its file");
+    for _ in 1..levels {
+        std::fs::create_dir(&b).expect("making the next level");
+        std::fs::rename(&a, b.join("a")).expect("moving the tree down a level");
+        std::fs::rename(&b, &a).expect("naming the new top");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deep_tree_is_as_deep_as_asked() {
+        let dir = std::env::temp_dir().join(format!("kiln-testing-deep-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        deep_tree(&dir, 3);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("a/a/a/f")).unwrap(),
+            "at the bottom\n"
+        );
+        assert!(!dir.join("b").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn what_is_there_is_required_without_a_word() {

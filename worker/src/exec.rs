@@ -290,7 +290,7 @@ impl Worker {
         ));
         let result = self.exec_in(&step_dir, req, output, cancel);
         if result.is_err() {
-            let _ = fs::remove_dir_all(&step_dir);
+            let _ = kiln_cache::remove_all(&step_dir);
         }
         result
     }
@@ -453,9 +453,10 @@ impl Worker {
         Ok((kind, guard))
     }
 
-    /// Removes a finished step's files (after its layer was taken).
+    /// Removes a finished step's files (after its layer was taken, or when
+    /// none is), however deep the step made them.
     pub fn discard(&self, outcome: ExecOutcome) -> Result<()> {
-        fs::remove_dir_all(&outcome.step_dir).map_err(io_err("removing", &outcome.step_dir))
+        kiln_cache::remove_all(&outcome.step_dir).map_err(io_err("removing", &outcome.step_dir))
     }
 
     /// The directory of the cache keyed `id` ([`cache_key`]), made by
@@ -533,7 +534,7 @@ struct CacheGuard {
 impl Drop for CacheGuard {
     fn drop(&mut self) {
         if let Some(p) = &self.private {
-            let _ = fs::remove_dir_all(p);
+            let _ = kiln_cache::remove_all(p);
         }
     }
 }

@@ -7,7 +7,9 @@
 //! message).
 //!
 //! It exists so that namespaces are never entered, nor `fork` called, from
-//! the multi-threaded daemon.
+//! the multi-threaded daemon. (A file op's copy runs on a second thread,
+//! once the mounts are made: a deep tree needs more stack than the main
+//! thread may have; see `fileop::copy_over`.)
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};

@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
 
 use kiln_proto::chmod::Chmod;
+use kiln_proto::depth;
 use kiln_proto::dockerignore::Matcher;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, fstat};
@@ -79,6 +80,16 @@ pub struct Onto<'a> {
     pub previous: Option<&'a Path>,
 }
 
+/// The stack of the thread a copy runs on. A copy takes frames per level
+/// of the copied tree (`copy_dir` and `copy_entry`: 7.4 KB in a debug
+/// build, measured), and may walk the whole source root for hard links
+/// of ignored files from its deepest level (`hidden_links`: 2.7 KB a
+/// level): about 10.6 MB at
+/// [`MAX_TREE_DEPTH`](kiln_proto::depth::MAX_TREE_DEPTH) levels, more than
+/// the helper's main thread may have (`ulimit -s`, often 8 MiB). Only
+/// touched pages are used.
+const COPY_STACK: usize = 32 << 20;
+
 /// [`copy`] into `dest`, an overlay whose changes land in `onto.upper`. A
 /// directory source copied into a directory that the copy itself makes is
 /// written into the upper directly: that directory is new, empty and the
@@ -87,7 +98,25 @@ pub struct Onto<'a> {
 /// every layer, credentials switched for each creation and write, and its
 /// inodes and dentries torn down when the job ends). There, files that
 /// `onto.previous` holds as this copy would write them are linked.
+///
+/// The copy runs on a thread of its own with [`COPY_STACK`] bytes of stack;
+/// a tree deeper than [`MAX_TREE_DEPTH`](kiln_proto::depth::MAX_TREE_DEPTH)
+/// fails it with [`FileOpError::TooDeep`].
 pub fn copy_over(src: &Path, dest: &Path, onto: Onto<'_>, req: &CopyRequest) -> Result<()> {
+    std::thread::scope(|scope| {
+        let copying = std::thread::Builder::new()
+            .name("kiln-copy".to_owned())
+            .stack_size(COPY_STACK)
+            .spawn_scoped(scope, || copy_here(src, dest, onto, req))
+            .map_err(|e| FileOpError::io("starting a thread to copy into", dest, e))?;
+        copying
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// [`copy_over`] on this thread.
+fn copy_here(src: &Path, dest: &Path, onto: Onto<'_>, req: &CopyRequest) -> Result<()> {
     let src_root = Root::open(src)?;
     let dst = Root::open(dest)?;
     let matcher = |patterns: &[String]| {
@@ -450,7 +479,7 @@ struct IncludeWalk<'a> {
 impl IncludeWalk<'_> {
     /// Walks `dir` (`rel` below the parent, `depth` components deep): a
     /// match is taken whole, a directory that is none is entered (symlinks
-    /// are not).
+    /// are not), down to [`depth::MAX_TREE_DEPTH`] levels.
     fn walk(
         &self,
         dir: &str,
@@ -468,6 +497,7 @@ impl IncludeWalk<'_> {
             } else if depth + 1 < self.depth
                 && self.root.lstat(&path)?.is_some_and(|st| is_dir(&st))
             {
+                depth::check(depth + 1, || format!("/{path}"))?;
                 self.walk(&path, &rel, depth + 1, out)?;
             }
         }

@@ -69,6 +69,9 @@ pub enum FileOpError {
         path: String,
         source: crate::layer::LayerError,
     },
+    /// A copied tree is deeper than kiln walks.
+    #[error(transparent)]
+    TooDeep(#[from] kiln_proto::depth::TooDeep),
 }
 
 impl FileOpError {

@@ -730,3 +730,33 @@ fn only_a_regular_file_with_the_same_bytes_is_linked() {
         );
     }
 }
+
+/// A copied tree exactly [`MAX_TREE_DEPTH`] directories deep is copied
+/// whole, and the walk for hard links of ignored files can start from its
+/// deepest level (the deepest the copy's thread ever goes); one level
+/// deeper is refused, naming the path shortened — never a stack overflow.
+#[test]
+fn a_tree_at_the_depth_bound_is_copied_and_one_level_deeper_is_refused() {
+    use kiln_proto::depth::MAX_TREE_DEPTH;
+    let bottom = "a/".repeat(MAX_TREE_DEPTH);
+    let r = roots();
+    kiln_testing::deep_tree(&r.src, MAX_TREE_DEPTH);
+    fs::hard_link(r.src.join(&bottom).join("f"), r.src.join(&bottom).join("g")).unwrap();
+    let mut to = req(&["/"], "/");
+    to.root_excludes = vec!["ignored".into()];
+    copy(&r.src, &r.dst, &to).unwrap();
+    assert_eq!(read(&r.dst, &format!("{bottom}g")), "at the bottom\n");
+    let copied = fs::metadata(r.dst.join(&bottom).join("f")).unwrap();
+    assert_eq!(copied.nlink(), 2, "the hard link is kept");
+
+    let r = roots();
+    kiln_testing::deep_tree(&r.src, MAX_TREE_DEPTH + 1);
+    let err = copy(&r.src, &r.dst, &to).unwrap_err();
+    assert!(matches!(err, FileOpError::TooDeep(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.starts_with("refusing /a/a/a/"), "{message}");
+    assert!(
+        message.ends_with("…: deeper than 1024 directories"),
+        "{message}"
+    );
+}

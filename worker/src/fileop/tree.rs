@@ -21,6 +21,7 @@ use super::root::proc_fd_path;
 use super::unchanged::{link_unchanged, open_dir_in};
 use super::{FileOpError, Result};
 use kiln_proto::chmod::Chmod;
+use kiln_proto::depth;
 use kiln_proto::dockerignore::Matcher;
 
 /// What every copied entry gets instead of the source's, when set.
@@ -135,7 +136,8 @@ impl HiddenFiles {
 /// Adds to `found` the regular files with several names below directory
 /// `dir` (at `rel` from the root) that `root_excludes` hides. Every
 /// directory is walked, hidden ones too, by descriptor and never through
-/// a symlink.
+/// a symlink, down to [`depth::MAX_TREE_DEPTH`] levels: a deeper one is
+/// refused.
 fn hidden_links(
     dir: &OwnedFd,
     rel: &str,
@@ -158,6 +160,7 @@ fn hidden_links(
             .map_err(sys("reading", &name))?;
         match st.st_mode & nix::libc::S_IFMT {
             nix::libc::S_IFDIR => {
+                depth::check(depth_of(&child), || format!("/{child}"))?;
                 let sub = openat(
                     dir.as_fd(),
                     name.as_slice(),
@@ -183,7 +186,9 @@ fn sys(action: &'static str, name: &[u8]) -> impl FnOnce(Errno) -> FileOpError +
 
 /// Copies the contents of directory `src` into directory `dst`; `rel` is
 /// the path below the copied source (for excludes). `previous` is the same
-/// directory in an earlier result of this copy ([`link_unchanged`]).
+/// directory in an earlier result of this copy ([`link_unchanged`]). A
+/// directory deeper than [`depth::MAX_TREE_DEPTH`] below the copied
+/// source is refused ([`FileOpError::TooDeep`]).
 pub(super) fn copy_dir(
     src: &OwnedFd,
     dst: &OwnedFd,
@@ -211,11 +216,7 @@ pub(super) fn copy_dir(
         let st = fstatat(src.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(sys("reading", &name))?;
         if !meta.root_excludes.is_empty() {
-            let from_root = if meta.base.is_empty() {
-                child_rel.clone()
-            } else {
-                format!("{}/{child_rel}", meta.base)
-            };
+            let from_root = path_from_root(meta, &child_rel);
             if meta.root_excludes.excludes(&from_root)
                 && !kept_below(src, &name, &st, &from_root, meta)
             {
@@ -228,6 +229,22 @@ pub(super) fn copy_dir(
         copy_entry(src, (dst, made), previous, &name, &st, &child_rel, meta)?;
     }
     Ok(())
+}
+
+/// The path from the source root of `rel`, a path below the copied source.
+fn path_from_root(meta: &Meta<'_>, rel: &str) -> String {
+    if meta.base.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{}/{rel}", meta.base)
+    }
+}
+
+/// How many levels of directories below the walk's top the directory at
+/// `rel` (a path from that top) is: each is a frame of the walk (this
+/// one's, [`copy_dir`] and [`copy_entry`], on the helper's stack).
+fn depth_of(rel: &str) -> usize {
+    rel.split('/').count()
 }
 
 /// The owner a file made in the directory `dir` gets: this process's
@@ -284,6 +301,7 @@ pub(super) fn copy_entry(
     let (uid, gid) = meta.owner.unwrap_or((st.st_uid, st.st_gid));
     match st.st_mode & nix::libc::S_IFMT {
         nix::libc::S_IFDIR => {
+            depth::check(depth_of(rel), || format!("/{}", path_from_root(meta, rel)))?;
             let to = open_or_make_dir(dst, name)?;
             let from = openat(
                 src.as_fd(),

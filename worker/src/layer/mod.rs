@@ -45,6 +45,9 @@ pub enum LayerError {
     DiffId { expected: String, actual: String },
     #[error("diff ID {0:?} is not sha256:<64 hex digits>")]
     InvalidDiffId(String),
+    /// The tree (a step's upperdir) is deeper than kiln walks.
+    #[error(transparent)]
+    TooDeep(#[from] kiln_proto::depth::TooDeep),
 }
 
 pub type Result<T> = std::result::Result<T, LayerError>;

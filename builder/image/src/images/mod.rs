@@ -336,14 +336,10 @@ fn allocated(path: &Path) -> u64 {
     std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
-/// Removes a file or a directory tree.
+/// Removes a file or a directory tree, however deep a step made it (a
+/// cache mount's: [`kiln_cache::remove_all`]).
 pub fn remove_tree(path: &Path) -> Result<()> {
-    let removed = if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    removed.map_err(|source| ImageError::Io {
+    kiln_cache::remove_all(path).map_err(|source| ImageError::Io {
         action: "removing",
         path: path.to_owned(),
         source,

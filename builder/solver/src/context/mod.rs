@@ -251,6 +251,12 @@ pub struct Entry {
 /// Every entry under `dir` (parents before children), leaving out what
 /// `ignore` excludes, and the other names (hard links) of files it
 /// excludes. Symlinks are entries, never followed.
+///
+/// Not bounded by `kiln_proto::depth::MAX_TREE_DEPTH`: the walk keeps its
+/// directories on the heap (no frame per level) and goes by full path, so
+/// `PATH_MAX` ends it; a tree deeper than the bound is sent, and the COPY
+/// that reads it refuses it, as an embedded build's does — a deep
+/// directory that no step reads fails no build.
 pub fn entries(
     dir: &Path,
     ignore: &kiln_proto::dockerignore::Matcher,

@@ -150,7 +150,16 @@ impl Executor for Local<'_> {
             &outcome.layer,
             step.compression,
             step.source_date_epoch,
-        )?;
+        );
+        let layer = match layer {
+            Ok(layer) => layer,
+            Err(e) => {
+                // (A tree too deep to be a layer, say): the step's files
+                // go with it, as a failed process's do.
+                let _ = self.worker.discard(outcome);
+                return Err(e);
+            }
+        };
         self.worker.discard(outcome).map_err(step_err)?;
         Ok(Some(StepOutcome::Made(layer)))
     }

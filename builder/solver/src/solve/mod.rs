@@ -164,6 +164,15 @@ impl SolveError {
     }
 }
 
+/// The stack of a step's thread. A step that reads the context walks it
+/// for its digest (`context::digest`): 1 KB a level in a debug build
+/// (measured), and from any level on, `.dockerignore`'s walk into an
+/// excluded directory for an exception (`Matcher::keeps`) another 1 KB a
+/// level: about 2.1 MB down to
+/// [`MAX_TREE_DEPTH`](kiln_proto::depth::MAX_TREE_DEPTH) levels, more
+/// than a thread's default 2 MiB. Only touched pages are used.
+const STEP_STACK: usize = 8 << 20;
+
 /// How many steps run at once: twice the CPUs, at least 4 (RUN steps often
 /// wait on the network or on `sleep`, not on a CPU).
 pub fn parallelism() -> usize {
@@ -384,9 +393,18 @@ impl Solver<'_> {
                         .collect();
                     let tx = tx.clone();
                     let vertex = &graph.vertices[index];
-                    scope.spawn(move || {
-                        let _ = tx.send((index, self.caught(index, vertex, &inputs)));
-                    });
+                    let spawned = std::thread::Builder::new()
+                        .stack_size(STEP_STACK)
+                        .spawn_scoped(scope, move || {
+                            let _ = tx.send((index, self.caught(index, vertex, &inputs)));
+                        });
+                    if let Err(e) = spawned {
+                        running -= 1;
+                        failure.get_or_insert(SolveError::Step {
+                            description: vertex.meta.description.clone(),
+                            reason: format!("starting a thread for the step: {e}"),
+                        });
+                    }
                 }
                 if running == 0 {
                     break;

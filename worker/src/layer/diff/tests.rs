@@ -2,7 +2,7 @@
 //! whole walk is compared with the old one in `tests/layer_diff.rs`.
 
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -140,4 +140,37 @@ fn the_proc_route_to_an_entry_is_checked_to_reach_it() {
     assert!(super::read::reaches(&route("link"), &stat("link")));
     assert!(!super::read::reaches(&route("link"), &stat("other")));
     assert!(!super::read::reaches(&route("missing"), &stat("link")));
+}
+
+/// A step's upperdir exactly [`MAX_TREE_DEPTH`] directories deep makes its
+/// layer (the walk thread's stack holds it, and the walk keeps reopening
+/// directories below `KEPT_OPEN`); one level deeper is refused, naming the
+/// path shortened — never a stack overflow that aborts the process.
+#[test]
+fn a_tree_at_the_depth_bound_is_a_layer_and_one_level_deeper_is_refused() {
+    use kiln_proto::depth::MAX_TREE_DEPTH;
+    let tmp = tempfile::tempdir().unwrap();
+    kiln_testing::deep_tree(tmp.path(), MAX_TREE_DEPTH);
+    let tar = diff(tmp.path(), Vec::new()).unwrap();
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let paths: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(paths.len(), MAX_TREE_DEPTH + 1, "every level and the file");
+    let bottom = format!("{}f", "a/".repeat(MAX_TREE_DEPTH));
+    assert_eq!(paths.last(), Some(&bottom));
+
+    let tmp = tempfile::tempdir().unwrap();
+    kiln_testing::deep_tree(tmp.path(), MAX_TREE_DEPTH + 1);
+    let err = diff(tmp.path(), io::sink()).unwrap_err();
+    assert!(matches!(err, LayerError::TooDeep(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.starts_with("refusing /a/a/a/"), "{message}");
+    assert!(
+        message.ends_with("…: deeper than 1024 directories"),
+        "{message}"
+    );
+    assert!(message.len() < 300, "the path is shortened: {message}");
 }

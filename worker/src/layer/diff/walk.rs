@@ -14,6 +14,8 @@ use nix::dir::Type;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{Mode, fstat, fstatat};
 
+use kiln_proto::depth;
+
 use super::read::{self, Entry};
 use super::sys;
 use crate::layer::{LayerError, Result, io_err};
@@ -126,7 +128,9 @@ impl From<LayerError> for Stop {
 }
 
 /// Walks the tree below `root`, giving every entry to `emit` in tar
-/// order; `emit` returns `Err(Stop::Gone)` when nobody listens.
+/// order; `emit` returns `Err(Stop::Gone)` when nobody listens. A
+/// directory deeper than [`depth::MAX_TREE_DEPTH`] levels stops it with
+/// [`LayerError::TooDeep`]: each level is a frame of this thread's stack.
 pub(super) fn walk(
     root: Dir,
     emit: &mut impl FnMut(Job) -> std::result::Result<(), Stop>,
@@ -157,6 +161,7 @@ impl<F: FnMut(Job) -> std::result::Result<(), Stop>> Walker<'_, F> {
                 None => look(&dir, &name)?,
             };
             if seen == Seen::Dir {
+                depth::check(depth + 1, || format!("/{rel}")).map_err(LayerError::from)?;
                 let sub = dir.open_sub(&name)?;
                 (self.emit)(Job::Ready(read::directory(&sub, rel.clone(), name_at)?))?;
                 dir = self.sub(dir, sub, &format!("{rel}/"), depth)?;

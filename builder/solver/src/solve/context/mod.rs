@@ -14,6 +14,11 @@
 //! rather than by full path, so each entry costs one short lookup instead
 //! of resolving every leading component again, and by reused buffers
 //! rather than an allocation per path and memo key.
+//!
+//! The digest cannot fail: a directory deeper than
+//! [`MAX_TREE_DEPTH`](kiln_proto::depth::MAX_TREE_DEPTH) levels below a
+//! source's top is hashed as a marker, not walked, and the copy that reads
+//! the source then fails, naming it.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -27,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kiln_cache::{Digest, Hasher, MetaStore};
+use kiln_proto::depth::MAX_TREE_DEPTH;
 use kiln_proto::dockerignore::Matcher;
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
@@ -132,7 +138,9 @@ struct Walk<'a> {
     /// File reads, allocated on the first file not remembered.
     buf: Vec<u8>,
     /// How many directories down from the top the walk is: the first
-    /// [`FD_DEPTH`] of them keep their descriptor.
+    /// [`FD_DEPTH`] of them keep their descriptor, and a directory deeper
+    /// than [`MAX_TREE_DEPTH`] is not entered (each level is two frames
+    /// of this thread's stack).
     depth: usize,
 }
 
@@ -195,6 +203,8 @@ impl<'a> Walk<'a> {
             self.h.update(&meta.mode.to_le_bytes());
         }
         match kind {
+            // Not walked: the copy that reads it refuses it, naming it.
+            b'd' if self.depth > MAX_TREE_DEPTH => self.h.update(b"too deep\0"),
             b'd' => self.dir(at),
             b'l' => {
                 if let Some(target) = at.read_link() {

@@ -582,3 +582,39 @@ fn large_directories_are_pinned() {
         ]
     );
 }
+
+/// A context tree is hashed down to [`MAX_TREE_DEPTH`] levels below a
+/// source's top; a directory deeper is hashed as a marker, not walked (the
+/// copy that reads it refuses it), so what lies below it does not count.
+#[test]
+fn directories_deeper_than_the_bound_are_a_marker() {
+    let ignore = Matcher::new(&[]).unwrap();
+    let memo = kiln_cache::MemoryMeta::default();
+    let bottom = |levels: usize| "a/".repeat(levels);
+    let at_bound = tempfile::tempdir().unwrap();
+    kiln_testing::deep_tree(at_bound.path(), MAX_TREE_DEPTH);
+    let digest_of = |dir: &Path| digest(dir, &["/".into()], &ignore, true, &memo);
+    let before = digest_of(at_bound.path());
+    fs::write(at_bound.path().join(bottom(MAX_TREE_DEPTH)).join("f"), "x").unwrap();
+    assert_ne!(
+        digest_of(at_bound.path()),
+        before,
+        "the deepest level counts"
+    );
+
+    let deeper = tempfile::tempdir().unwrap();
+    kiln_testing::deep_tree(deeper.path(), MAX_TREE_DEPTH + 1);
+    let before = digest_of(deeper.path());
+    fs::write(
+        deeper.path().join(bottom(MAX_TREE_DEPTH + 1)).join("f"),
+        "x",
+    )
+    .unwrap();
+    assert_eq!(
+        digest_of(deeper.path()),
+        before,
+        "below the bound: a marker"
+    );
+    fs::write(deeper.path().join(bottom(MAX_TREE_DEPTH)).join("g"), "x").unwrap();
+    assert_ne!(digest_of(deeper.path()), before, "above it, walked");
+}
