@@ -113,23 +113,40 @@ fn two_platforms_make_one_index_each_running_its_own_steps_and_the_build_stage_o
 }
 
 #[test]
-fn a_two_platform_push_is_an_index_of_both_images() {
+fn a_two_platform_push_is_an_index_of_both_images_and_their_cache_serves_an_empty_store() {
     if !ready(&REGISTRY_TEST) {
         return;
     }
     let registry = Registry::with_auth("");
     let s = multi_setup();
     let name = format!("{}/multi/app:1", registry.addr);
+    let base = format!("{}/multi/base:1", registry.addr);
+    let cache = format!("type=registry,ref={}/multi/cache:1", registry.addr);
+    let oci = s.dir.path().join("app-oci.tar");
+    let oci_output = format!("type=oci,dest={}", oci.display());
     let push = [
-        "--platform",
-        BOTH,
-        "-t",
-        &name,
-        "-o",
-        "type=image,push=true",
-    ];
+        ["--platform", BOTH, "-t", &name, "--cache-to", &cache].as_slice(),
+        &["-o", "type=image,push=true", "-o", &oci_output],
+    ]
+    .concat();
     let out = s.build(APP, &push);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // The OCI output is the index too: skopeo copies every platform.
+    let archive = format!("oci-archive:{}", oci.display());
+    let layout = format!("oci:{}", s.dir.path().join("layout").display());
+    let copied = Command::new("skopeo")
+        .args(["copy", "--all", &archive, &layout])
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{}", stderr(&copied));
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", &archive])
+        .output()
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(raw["manifests"].as_array().map(Vec::len), Some(2), "{raw}");
+
     let skopeo = |args: &[&str]| {
         let out = Command::new("skopeo")
             .args(args)
@@ -158,6 +175,31 @@ fn a_two_platform_push_is_an_index_of_both_images() {
         assert_eq!(image["Architecture"], arch, "{image}");
         assert_eq!(image["Layers"].as_array().unwrap().len(), 3, "{image}");
     }
+
+    // An empty store pulls the base index whole and rebuilds both
+    // platforms from the registry's cache: no step runs.
+    s.ok(&["tag", "base:multi", &base]);
+    s.ok(&["push", &base]);
+    let fresh = Setup::new();
+    let (pulled, _) = fresh.ok(&["pull", "--all-platforms", &base]);
+    assert!(pulled.contains("linux/arm64"), "{pulled}");
+    fresh.ok(&["tag", &base, "base:multi"]);
+    let from = [
+        "--progress",
+        "plain",
+        "--platform",
+        BOTH,
+        "--cache-from",
+        &cache,
+    ];
+    let again = fresh.build(APP, &from);
+    let log = stderr(&again);
+    assert!(again.status.success(), "{log}");
+    assert_eq!(log.matches(" DONE").count(), 0, "nothing ran: {log}");
+    assert!(
+        log.matches(" CACHED").count() >= 5,
+        "both platforms' steps: {log}"
+    );
 }
 
 #[test]

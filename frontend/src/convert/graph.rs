@@ -51,6 +51,20 @@ pub fn op_digest(op: &Op) -> String {
     op_digest_with(op, &mut buf)
 }
 
+/// The digest of what `op` does, its inputs left out: a cache key adds
+/// its inputs' keys in their place, as BuildKit's cache map does, so that
+/// a step over the same content keys the same whichever digest pinned its
+/// base image (the manifest of a compressed copy, another name).
+pub fn op_cache_digest(op: &Op) -> String {
+    if op.inputs.is_empty() {
+        return op_digest(op);
+    }
+    op_digest(&Op {
+        inputs: Vec::new(),
+        ..op.clone()
+    })
+}
+
 /// [`op_digest`], encoding into `buf` (cleared first) to spare an
 /// allocation per op.
 fn op_digest_with(op: &Op, buf: &mut Vec<u8>) -> String {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 pub use self::error::{ConvertError, ConvertErrorKind};
 use self::graph::GraphBuilder;
-pub use self::graph::{Vertex, VertexMeta, op_digest, sha256_digest};
+pub use self::graph::{Vertex, VertexMeta, op_cache_digest, op_digest, sha256_digest};
 pub use self::image::{Empty, HealthConfig, History, ImageConfig};
 pub(crate) use self::state::DEFAULT_PATH;
 pub use self::state::StageImage;

@@ -1,6 +1,7 @@
 //! A step's cache key, in one place: what it is made of, as data.
 //!
-//! A vertex's key is the SHA-256 of its op digest, its inputs' keys (in
+//! A vertex's key is the SHA-256 of its op's digest without its inputs
+//! (`op_cache_digest`), its inputs' keys (in
 //! input order), the digest of the context files it reads, the build's
 //! `SOURCE_DATE_EPOCH` (clamped mtimes make other layer bytes) and, for a
 //! RUN on the default network, the build's `--network` when not the
@@ -9,7 +10,7 @@
 
 use kiln_cache::Hasher;
 use kiln_proto::ops::v1::op::Kind;
-use kiln_proto::ops::v1::{NetworkMode, Op};
+use kiln_proto::ops::v1::{NetworkMode, Op, source_op};
 use kiln_worker::sandbox::spec::Network;
 
 use super::Fs;
@@ -94,8 +95,14 @@ impl<'a> StepKey<'a> {
 /// its key and the diff ID of the layer it made, so a step run again
 /// (`--no-cache`, `--no-cache-filter`) that makes the same layer leaves the
 /// steps after it cached, and one that makes another layer re-runs them;
-/// for a download or checkout, its key and what was fetched; else the key.
+/// for a download or checkout, its key and what was fetched; for a base
+/// image, its layers alone ([`image_key`]); else the key.
 pub(super) fn passed_on(key: String, op: &Op, made: &Fs) -> String {
+    if let (Some(Kind::Source(source)), Fs::Layers(chain)) = (&op.kind, made)
+        && matches!(source.source, Some(source_op::Source::Image(_)))
+    {
+        return image_key(chain);
+    }
     let made_part = match (&op.kind, made) {
         (Some(Kind::Exec(_) | Kind::File(_)), Fs::Layers(chain)) => {
             Some(chain.last().map(|top| top.diff_id.to_string()))
@@ -110,6 +117,20 @@ pub(super) fn passed_on(key: String, op: &Op, made: &Fs) -> String {
     h.update(key.as_bytes());
     if let Some(part) = part {
         h.update(part.as_bytes());
+    }
+    h.finish().to_string()
+}
+
+/// What a base image passes on: its layers' diff IDs, as BuildKit keys an
+/// image source by its content — not the name or the manifest digest the
+/// frontend pinned, which change when the same image comes compressed
+/// otherwise (a build's own image pushed, then pulled into another store).
+fn image_key(chain: &[kiln_image::image::Layer]) -> String {
+    let mut h = Hasher::default();
+    h.update(b"image layers\0");
+    for layer in chain {
+        h.update(layer.diff_id.to_string().as_bytes());
+        h.update(b"\0");
     }
     h.finish().to_string()
 }
@@ -231,5 +252,31 @@ mod tests {
             passed_on("k".into(), &merge, &Fs::Layers(vec![layer("one")])),
             "k"
         );
+    }
+
+    #[test]
+    fn a_base_image_passes_on_its_layers_whatever_names_it() {
+        use kiln_proto::ops::v1::{ImageSource, SourceOp};
+        let image = |reference: &str| Op {
+            kind: Some(Kind::Source(SourceOp {
+                source: Some(source_op::Source::Image(ImageSource {
+                    reference: reference.into(),
+                })),
+            })),
+            ..Op::default()
+        };
+        let layer = |n: u8| kiln_image::image::Layer {
+            blob: kiln_cache::Digest::of(&[n, 0]),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            size: 1,
+            diff_id: kiln_cache::Digest::of(&[n]),
+        };
+        let made = Fs::Layers(vec![layer(1), layer(2)]);
+        // Pinned to the manifest of its compressed copy, or another name.
+        let pushed = passed_on("k1".into(), &image("a@sha256:1"), &made);
+        let pulled = passed_on("k2".into(), &image("b@sha256:2"), &made);
+        assert_eq!(pushed, pulled);
+        let other = Fs::Layers(vec![layer(1), layer(3)]);
+        assert_ne!(pushed, passed_on("k1".into(), &image("a@sha256:1"), &other));
     }
 }

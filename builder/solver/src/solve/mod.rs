@@ -456,8 +456,9 @@ impl Solver<'_> {
         vertex: &kiln_frontend::convert::Vertex,
         inputs: &[(Fs, String)],
     ) -> Result<(Fs, String)> {
+        let op_digest = kiln_frontend::convert::op_cache_digest(&vertex.op);
         let step_key = key::StepKey::new(
-            &vertex.digest,
+            &op_digest,
             &vertex.op,
             inputs.iter().map(|(_, key)| key.as_str()).collect(),
             self.context_part(&vertex.op, inputs),
