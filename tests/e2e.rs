@@ -34,6 +34,7 @@ mod images;
 mod instructions;
 mod kilnd;
 mod kilnd_tls;
+mod media_types;
 mod mounts_rw;
 mod multi_platform;
 mod noise;

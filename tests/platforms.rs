@@ -23,16 +23,16 @@ const MULTI_BASE: &str = "FROM base:busybox AS base-amd64\n\
                           FROM base-$TARGETARCH\n";
 
 /// A build-platform stage (runs once, natively) and a step per target.
-const APP: &str = "FROM --platform=$BUILDPLATFORM base:multi AS build\n\
+pub(crate) const APP: &str = "FROM --platform=$BUILDPLATFORM base:multi AS build\n\
                    RUN echo built once on $(uname -m) > /built\n\
                    FROM base:multi\n\
                    COPY --from=build /built /built\n\
                    RUN uname -m > /arch\n";
 
-const BOTH: &str = "linux/amd64,linux/arm64";
+pub(crate) const BOTH: &str = "linux/amd64,linux/arm64";
 
 /// What these tests need: an emulated arm64 build on an amd64 host.
-fn ready(more: &[Need]) -> bool {
+pub(crate) fn ready(more: &[Need]) -> bool {
     let needs = [&BUILD[..], &[Need::Arm64Busybox], more].concat();
     if !require(&needs) {
         return false;
@@ -43,7 +43,7 @@ fn ready(more: &[Need]) -> bool {
 
 /// A store with `base:multi`: this machine's busybox for amd64, Debian's
 /// arm64 one for arm64.
-fn multi_setup() -> Setup {
+pub(crate) fn multi_setup() -> Setup {
     let s = arm64_setup();
     let out = s.build(MULTI_BASE, &["--platform", BOTH, "-t", "base:multi"]);
     assert!(out.status.success(), "{}", stderr(&out));

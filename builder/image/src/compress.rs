@@ -17,8 +17,7 @@ use std::io::{self, Write};
 use kiln_cache::{Hasher, Store};
 use kiln_worker::layer::compression::{Compression, decompressed};
 
-use crate::image::Layer;
-use crate::image::{self, ImageError};
+use crate::image::{self, ImageError, Layer, MediaTypes};
 
 /// Stores the directory `upper` (a step's changes) as a layer blob of
 /// `store`, compressed `how`, in one pass: the tar is hashed (its diff ID)
@@ -107,12 +106,16 @@ pub fn verify_layer(
     }
 }
 
-/// Layer compression of a built image.
+/// How a built image's layers leave: their compression and the media
+/// types of what names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerCompression {
     pub kind: Kind,
     /// gzip 1–9, zstd 1–22.
     pub level: u32,
+    /// `oci-mediatypes=`: the manifests (and layer descriptors) that leave;
+    /// the store's blobs and their conversions are the same for both.
+    pub media_types: MediaTypes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +140,11 @@ impl LayerCompression {
             Kind::Zstd => 3,
             Kind::Uncompressed => 0,
         };
-        Self { kind, level }
+        Self {
+            kind,
+            level,
+            media_types: MediaTypes::Oci,
+        }
     }
 
     /// `gzip`, `zstd` or `uncompressed`.
@@ -169,11 +176,14 @@ impl LayerCompression {
         (1..=max).contains(&level).then_some(Self { level, ..self })
     }
 
-    /// What the `-o` values ask (`compression=`, `compression-level=`, in
-    /// any of them); gzip at level 6 when none does.
+    /// What the `-o` values ask (`compression=`, `compression-level=`,
+    /// `oci-mediatypes=`, in any of them); gzip at level 6 in OCI types
+    /// when none does. zstd in Docker types is refused: Docker has no zstd
+    /// layer type (BuildKit forces OCI types for zstd instead).
     pub fn from_outputs(outputs: &[String]) -> Result<Self, String> {
         let mut compression = Self::default();
         let mut level = None;
+        let mut media_types = MediaTypes::Oci;
         for spec in outputs {
             for field in spec.split(',') {
                 if let Some(value) = field.strip_prefix("compression=") {
@@ -182,19 +192,37 @@ impl LayerCompression {
                     })?;
                 } else if let Some(value) = field.strip_prefix("compression-level=") {
                     level = Some((spec, value));
+                } else if let Some(value) = field.strip_prefix("oci-mediatypes=") {
+                    media_types = MediaTypes::parse(value).ok_or_else(|| {
+                        format!("--output {spec}: oci-mediatypes is true or false")
+                    })?;
                 }
             }
         }
-        match level {
-            None => Ok(compression),
+        let compression = match level {
+            None => compression,
             Some((spec, value)) => value
                 .parse()
                 .ok()
                 .and_then(|l| compression.with_level(l))
                 .ok_or_else(|| {
                     format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
-                }),
+                })?,
+        };
+        compression.with_media_types(media_types)
+    }
+
+    /// In `media_types`; zstd has no Docker type.
+    pub fn with_media_types(self, media_types: MediaTypes) -> Result<Self, String> {
+        if self.kind == Kind::Zstd && media_types == MediaTypes::Docker {
+            return Err("--output compression=zstd needs OCI media types: \
+                 Docker's have no zstd layer (drop oci-mediatypes=false)"
+                .to_owned());
         }
+        Ok(Self {
+            media_types,
+            ..self
+        })
     }
 
     fn format(self) -> Compression {
@@ -205,6 +233,8 @@ impl LayerCompression {
         }
     }
 
+    /// The OCI media type of a layer compressed so (as the store keeps
+    /// it; [`MediaTypes::layer`] gives what a Docker manifest says).
     pub fn media_type(self) -> &'static str {
         self.format().layer_media_type()
     }
@@ -557,16 +587,19 @@ pub fn distributed_all(
     how: LayerCompression,
     which: Recompress,
 ) -> Result<kiln_cache::Digest, ImageError> {
-    index_with(store, digest, &mut |image| {
+    index_with(store, digest, how.media_types, &mut |image| {
         distributed(store, image, how, which)
     })
 }
 
 /// The index (or single manifest) `digest` names again, each platform's
-/// image turned into the manifest `leave` gives for it.
+/// image turned into the manifest `leave` gives for it, the index written
+/// in `types` (Docker's: a manifest list, whose entries `leave` must make
+/// Docker manifests).
 pub fn index_with<E: From<ImageError>>(
     store: &Store,
     digest: &kiln_cache::Digest,
+    types: MediaTypes,
     leave: &mut dyn FnMut(&image::Image) -> Result<kiln_cache::Digest, E>,
 ) -> Result<kiln_cache::Digest, E> {
     if !image::is_index(store, digest)? {
@@ -583,10 +616,12 @@ pub fn index_with<E: From<ImageError>>(
         let size = store.content.size(&manifest).map_err(ImageError::from)?;
         entries.push((manifest, size, platform));
     }
-    Ok(image::write_index(store, &entries)?.0)
+    Ok(image::write_index_as(store, types, &entries)?.0)
 }
 
-/// [`distributed`], each layer that changes made by `convert`.
+/// [`distributed`], each layer that changes made by `convert`. In Docker
+/// media types the manifest is always written anew (the store's is OCI);
+/// its layers are the same blobs as the OCI one's.
 pub fn distributed_with<E: From<ImageError>>(
     store: &Store,
     image: &image::Image,
@@ -595,11 +630,14 @@ pub fn distributed_with<E: From<ImageError>>(
     convert: &mut dyn FnMut(&Layer) -> Result<Layer, E>,
 ) -> Result<kiln_cache::Digest, E> {
     let layers = image.layer_pairs()?;
+    // A base image's Docker gzip layer is what Docker types ask already.
+    let wanted = how.media_types.layer(how.media_type()).ok();
     let changes = |l: &Layer| {
-        l.media_type != how.media_type()
+        how.media_types.layer(&l.media_type).ok() != wanted
             && (which == Recompress::Every || !is_compressed(&l.media_type))
     };
-    if !layers.iter().any(changes) {
+    let same_types = how.media_types == MediaTypes::Oci;
+    if same_types && !layers.iter().any(changes) {
         return Ok(image.manifest_digest.clone());
     }
     let mut out = Vec::with_capacity(layers.len());
@@ -612,7 +650,7 @@ pub fn distributed_with<E: From<ImageError>>(
         out.push((l.blob, l.media_type, l.size));
     }
     let config = (&image.config_digest, image.manifest.config().size());
-    Ok(image::write_manifest(store, config, &out)?.0)
+    Ok(image::write_manifest_as(store, how.media_types, config, &out)?.0)
 }
 
 /// Whether a layer's media type says gzip or zstd.
@@ -746,6 +784,24 @@ mod tests {
             of(&["type=image,compression-level=12"])
                 .unwrap_err()
                 .contains("1-9")
+        );
+        assert_eq!(of(&[]).unwrap().media_types, MediaTypes::Oci);
+        let docker = of(&["type=image,push=true,oci-mediatypes=false"]).unwrap();
+        assert_eq!(
+            (docker.kind, docker.media_types),
+            (Kind::Gzip, MediaTypes::Docker)
+        );
+        let plain = of(&["type=oci,compression=uncompressed,oci-mediatypes=false"]).unwrap();
+        assert_eq!(plain.media_types, MediaTypes::Docker);
+        assert!(
+            of(&["type=image,compression=zstd,oci-mediatypes=false"])
+                .unwrap_err()
+                .contains("zstd needs OCI media types")
+        );
+        assert!(
+            of(&["type=image,oci-mediatypes=maybe"])
+                .unwrap_err()
+                .contains("true or false")
         );
     }
 

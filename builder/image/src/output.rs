@@ -76,7 +76,7 @@ impl Output {
                     };
                 }
                 // Read by the build (`LayerCompression`), for every output.
-                Some(("compression" | "compression-level", _)) => {}
+                Some(("compression" | "compression-level" | "oci-mediatypes", _)) => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }

@@ -95,7 +95,7 @@ pub fn push_compressing(
         mounted: 0,
         skipped: 0,
     };
-    let top = compress::index_with(store, digest, &mut |image| {
+    let top = compress::index_with(store, digest, how.media_types, &mut |image| {
         let pushed = push_one(store, &session, each, image, (how, which), options)?;
         total.uploaded += pushed.uploaded;
         total.mounted += pushed.mounted;

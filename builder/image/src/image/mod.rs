@@ -2,10 +2,12 @@
 //! configs (kiln's own type, see [`config`]), names, and the operations the
 //! image commands share.
 //!
-//! Both OCI and Docker schema-2 media types are read; kiln writes OCI.
+//! Both OCI and Docker schema-2 media types are read; kiln writes OCI,
+//! and Docker's for what leaves when asked ([`media_types`]).
 
 pub mod config;
 pub mod index;
+pub mod media_types;
 
 use std::io;
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use self::config::ImageConfiguration;
+pub use self::media_types::MediaTypes;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -460,6 +463,18 @@ pub fn write_manifest(
     config: (&Digest, u64),
     layers: &[(Digest, String, u64)],
 ) -> Result<(Digest, u64)> {
+    write_manifest_as(store, MediaTypes::Oci, config, layers)
+}
+
+/// [`write_manifest`] in `types`: the manifest's, the config's and each
+/// layer's media type ([`MediaTypes::layer`]; a layer Docker has no type
+/// for is an error).
+pub fn write_manifest_as(
+    store: &Store,
+    types: MediaTypes,
+    config: (&Digest, u64),
+    layers: &[(Digest, String, u64)],
+) -> Result<(Digest, u64)> {
     let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor> {
         let d: oci_spec::image::Digest =
             digest
@@ -471,11 +486,15 @@ pub fn write_manifest(
                 })?;
         Ok(Descriptor::new(MediaType::from(media), size, d))
     };
+    let layers = layers
+        .iter()
+        .map(|(d, m, s)| descriptor(types.layer(m)?, d, *s))
+        .collect::<Result<Vec<_>>>()?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config.0, config.1)?,
-        "layers": layers.iter().map(|(d, m, s)| descriptor(m, d, *s)).collect::<Result<Vec<_>>>()?,
+        "mediaType": types.manifest(),
+        "config": descriptor(types.config(), config.0, config.1)?,
+        "layers": layers,
     });
     let bytes = canonical_json(&manifest);
     let digest = store.content.write_bytes(&bytes)?;
@@ -485,6 +504,16 @@ pub fn write_manifest(
 /// Writes an OCI index of `manifests` (digest, size, platform) and
 /// returns its digest and size.
 pub fn write_index(store: &Store, manifests: &[(Digest, u64, Platform)]) -> Result<(Digest, u64)> {
+    write_index_as(store, MediaTypes::Oci, manifests)
+}
+
+/// [`write_index`] in `types` (Docker: a manifest list of Docker
+/// manifests, which `manifests` must be).
+pub fn write_index_as(
+    store: &Store,
+    types: MediaTypes,
+    manifests: &[(Digest, u64, Platform)],
+) -> Result<(Digest, u64)> {
     let entries: Vec<serde_json::Value> = manifests
         .iter()
         .map(|(digest, size, platform)| {
@@ -496,7 +525,7 @@ pub fn write_index(store: &Store, manifests: &[(Digest, u64, Platform)]) -> Resu
                 p["variant"] = platform.variant.clone().into();
             }
             serde_json::json!({
-                "mediaType": OCI_MANIFEST,
+                "mediaType": types.manifest(),
                 "digest": digest.to_string(),
                 "size": size,
                 "platform": p,
@@ -505,12 +534,30 @@ pub fn write_index(store: &Store, manifests: &[(Digest, u64, Platform)]) -> Resu
         .collect();
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
+        "mediaType": types.index(),
         "manifests": entries,
     });
     let bytes = canonical_json(&index);
     let digest = store.content.write_bytes(&bytes)?;
     Ok((digest, bytes.len() as u64))
+}
+
+/// The `mediaType` a manifest or index names itself with (OCI's when it
+/// names none): what a tag of it records.
+pub fn media_type_of(store: &Store, digest: &Digest) -> Result<String> {
+    let bytes = read_metadata(store, digest)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+            what: "manifest",
+            digest: digest.to_string(),
+            source,
+        })?;
+    let fallback = if index::is_index(&bytes) {
+        OCI_INDEX
+    } else {
+        OCI_MANIFEST
+    };
+    Ok(value["mediaType"].as_str().unwrap_or(fallback).to_owned())
 }
 
 /// Points `name` at a manifest.

@@ -283,13 +283,10 @@ fn push(
             &request.registry,
         )?;
         built.distribution = Some(pushed.manifest.clone());
-        // The tag names what the registry has, as after `kiln push`.
-        let media_type = if kiln_image::image::is_index(env.store, &pushed.manifest)? {
-            kiln_image::image::OCI_INDEX
-        } else {
-            kiln_image::image::OCI_MANIFEST
-        };
-        kiln_image::image::tag(env.store, tag, &pushed.manifest, media_type)?;
+        // The tag names what the registry has, as after `kiln push` (in
+        // Docker media types with `oci-mediatypes=false`).
+        let media_type = kiln_image::image::media_type_of(env.store, &pushed.manifest)?;
+        kiln_image::image::tag(env.store, tag, &pushed.manifest, &media_type)?;
         env.store.meta.flush().map_err(ImageError::from)?;
         report(Report::Notice(Notice {
             level: Level::Info,

@@ -391,4 +391,23 @@ mod tests {
         assert!(Outputs::parse(&specs, false).is_err());
         assert!(Outputs::parse(&specs, true).unwrap().push);
     }
+
+    /// `oci-mediatypes=false` on the image and OCI outputs alike; never
+    /// with zstd.
+    #[test]
+    fn outputs_choose_docker_media_types() {
+        use kiln_image::image::MediaTypes;
+        let specs = [
+            "type=image,push=true,oci-mediatypes=false".to_owned(),
+            "type=oci,dest=o.tar,oci-mediatypes=false".to_owned(),
+        ];
+        let outputs = Outputs::parse(&specs, true).unwrap();
+        assert_eq!(outputs.compression.media_types, MediaTypes::Docker);
+        assert_eq!(outputs.files.len(), 1);
+        let zstd = ["type=image,push=true,compression=zstd,oci-mediatypes=false".to_owned()];
+        let Err(RequestError::Output(e)) = Outputs::parse(&zstd, true) else {
+            panic!("zstd in Docker media types was taken");
+        };
+        assert!(e.contains("zstd needs OCI media types"), "{e}");
+    }
 }

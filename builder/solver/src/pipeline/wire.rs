@@ -12,6 +12,7 @@ use super::request::{
 };
 use crate::entitlements::Entitlements;
 use kiln_image::compress::{Kind, LayerCompression};
+use kiln_image::image::MediaTypes;
 use kiln_registry::PullPolicy;
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -51,6 +52,7 @@ impl From<&Request> for pb::BuildSpec {
                 names: Vec::new(),
                 push: r.push,
                 compression: Some(compression_message(r.compression)),
+                media_types: media_types_message(r.compression.media_types) as i32,
             }),
             pull_policy: pull_message(r.pull) as i32,
             cache_imports: r.cache_imports.iter().map(cache_message).collect(),
@@ -228,6 +230,23 @@ fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
     }
 }
 
+fn media_types_message(t: MediaTypes) -> pb::MediaTypes {
+    match t {
+        MediaTypes::Oci => pb::MediaTypes::Oci,
+        MediaTypes::Docker => pb::MediaTypes::Docker,
+    }
+}
+
+fn media_types(value: i32) -> Result<MediaTypes> {
+    match pb::MediaTypes::try_from(value) {
+        Ok(pb::MediaTypes::Unspecified | pb::MediaTypes::Oci) => Ok(MediaTypes::Oci),
+        Ok(pb::MediaTypes::Docker) => Ok(MediaTypes::Docker),
+        Err(_) => Err(RequestError::Output(format!(
+            "--output oci-mediatypes: {value} is not a choice of media types (BuildSpec.image_output.media_types)"
+        ))),
+    }
+}
+
 /// The typed `type=image` output, else what the legacy `-o` strings say
 /// of it (their file outputs are the client's).
 fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
@@ -243,7 +262,9 @@ fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
         compression: image
             .compression
             .as_ref()
-            .map_or(Ok(LayerCompression::default()), compression)?,
+            .map_or(Ok(LayerCompression::default()), compression)?
+            .with_media_types(media_types(image.media_types)?)
+            .map_err(RequestError::Output)?,
     })
 }
 
@@ -267,9 +288,11 @@ mod tests {
                 Some("1m"),
             )
             .unwrap(),
-            compression: LayerCompression::parse("zstd")
+            compression: LayerCompression::parse("gzip")
                 .unwrap()
                 .with_level(9)
+                .unwrap()
+                .with_media_types(MediaTypes::Docker)
                 .unwrap(),
             push: true,
             cache_imports: vec![CacheRef::new("--cache-from", "r/c:1".into(), false).unwrap()],

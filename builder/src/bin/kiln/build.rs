@@ -113,7 +113,8 @@ pub(crate) struct Build {
     /// standard output. `compression=gzip|zstd|uncompressed` (and
     /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
     /// and `--cache-to` (gzip by default); the store keeps a build's own
-    /// layers uncompressed.
+    /// layers uncompressed. `oci-mediatypes=false`: the push and `type=oci`
+    /// in Docker schema 2 media types (OCI's by default; not with zstd).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Print only the image ID.
