@@ -167,6 +167,10 @@ fn read_cases(filter: &str) -> Vec<Case> {
         .collect()
 }
 
+/// How many times a case's docker build is tried (dockerd 20.10's own
+/// failures under parallel builds).
+const DOCKER_TRIES: usize = 4;
+
 /// `KNOWN_MISMATCHES`: case name → reason.
 fn read_known() -> BTreeMap<String, String> {
     let path = suite_dir().join("KNOWN_MISMATCHES");
@@ -254,14 +258,16 @@ impl Suite {
         };
         let theirs = match &case.expected {
             Some(expected) => expected.clone(),
-            // A second try: dockerd 20.10 now and then fails a step of
-            // parallel builds on its own (`stat /bin/sh: no such file`).
-            None => match self
-                .docker_build(case, &context, &secrets, dir)
-                .or_else(|_| self.docker_build(case, &context, &secrets, dir))
-            {
+            // More tries: dockerd 20.10 now and then fails a step of
+            // parallel builds on its own (`stat /bin/sh: no such file`),
+            // and again at once when its machine is busy.
+            None => match self.docker_build_tries(case, &context, &secrets, dir) {
                 Ok(image) => image,
-                Err(e) => return Outcome::Broken(format!("docker build failed twice: {e}")),
+                Err(e) => {
+                    return Outcome::Broken(format!(
+                        "docker build failed {DOCKER_TRIES} times: {e}"
+                    ));
+                }
             },
         };
         let ours = match self.kiln_build(case, &context, &secrets, store, dir) {
@@ -306,6 +312,26 @@ impl Suite {
         cmd.arg(context);
         run_logged(&mut cmd, &dir.join("kiln.log"))?;
         self.normalize(case, &archive)
+    }
+
+    /// [`Suite::docker_build`] up to [`DOCKER_TRIES`] times, a second
+    /// apart: the last error when none succeeds.
+    fn docker_build_tries(
+        &self,
+        case: &Case,
+        context: &Path,
+        secrets: &[String],
+        dir: &Path,
+    ) -> Result<Value, String> {
+        let mut result = self.docker_build(case, context, secrets, dir);
+        for _ in 1..DOCKER_TRIES {
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            result = self.docker_build(case, context, secrets, dir);
+        }
+        result
     }
 
     fn docker_build(
