@@ -181,6 +181,11 @@ fn a_two_platform_push_is_an_index_of_both_images_and_their_cache_serves_an_empt
     s.ok(&["tag", "base:multi", &base]);
     s.ok(&["push", &base]);
     let fresh = Setup::new();
+    // The app's index itself comes whole into an empty store.
+    fresh.ok(&["pull", "--all-platforms", &name]);
+    let (inspect, _) = fresh.ok(&["inspect", "--platform", "linux/arm64", &name]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["Architecture"], "arm64", "{inspect}");
     let (pulled, _) = fresh.ok(&["pull", "--all-platforms", &base]);
     assert!(pulled.contains("linux/arm64"), "{pulled}");
     fresh.ok(&["tag", &base, "base:multi"]);
