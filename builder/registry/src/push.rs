@@ -54,12 +54,8 @@ pub fn push(store: &Store, name: &str, options: &Options) -> Result<Pushed> {
         options,
     )?;
     if pushed.manifest != target {
-        let media_type = if image::is_index(store, &pushed.manifest)? {
-            image::OCI_INDEX
-        } else {
-            image::OCI_MANIFEST
-        };
-        image::tag(store, &full, &pushed.manifest, media_type)?;
+        let media_type = image::media_type_of(store, &pushed.manifest)?;
+        image::tag(store, &full, &pushed.manifest, &media_type)?;
         store.meta.flush()?;
     }
     Ok(pushed)
@@ -169,10 +165,7 @@ fn send_all(
     sent: &[Digest],
     options: &Options,
 ) -> Result<Pushed> {
-    let media_type = serde_json::from_slice::<serde_json::Value>(manifest)
-        .ok()
-        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| image::OCI_MANIFEST.to_owned());
+    let media_type = image::media_type_in(manifest);
     let mut pushed = Pushed {
         manifest: Digest::of(manifest),
         uploaded: 0,

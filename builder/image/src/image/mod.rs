@@ -546,18 +546,28 @@ pub fn write_index_as(
 /// names none): what a tag of it records.
 pub fn media_type_of(store: &Store, digest: &Digest) -> Result<String> {
     let bytes = read_metadata(store, digest)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
-            what: "manifest",
-            digest: digest.to_string(),
-            source,
-        })?;
-    let fallback = if index::is_index(&bytes) {
-        OCI_INDEX
-    } else {
-        OCI_MANIFEST
-    };
-    Ok(value["mediaType"].as_str().unwrap_or(fallback).to_owned())
+    serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|source| ImageError::Json {
+        what: "manifest",
+        digest: digest.to_string(),
+        source,
+    })?;
+    Ok(media_type_in(&bytes))
+}
+
+/// The `mediaType` manifest or index `bytes` name themselves with; OCI's
+/// manifest or index type when they name none (or are no JSON).
+pub fn media_type_in(bytes: &[u8]) -> String {
+    let named = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned));
+    named.unwrap_or_else(|| {
+        if index::is_index(bytes) {
+            OCI_INDEX
+        } else {
+            OCI_MANIFEST
+        }
+        .to_owned()
+    })
 }
 
 /// Points `name` at a manifest.
