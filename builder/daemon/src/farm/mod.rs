@@ -385,7 +385,7 @@ impl Farm {
             Attached {
                 session,
                 platform: hello.platform.clone(),
-                emulated: hello.emulated.iter().take(MAX_EMULATED).cloned().collect(),
+                emulated: emulated_platforms(&hello.emulated),
                 parallelism: hello.parallelism as usize,
                 snapshots: hello.layers.iter().cloned().collect(),
                 running: HashMap::new(),
@@ -493,6 +493,27 @@ enum AttachRefused {
     Taken(String),
     #[error("kilnd is stopping")]
     Closed,
+}
+
+/// The platforms a worker's hello says it emulates, as kilnd keeps them:
+/// each one a platform (`os/arch[/variant]`, parsed and normalized, so a
+/// step's platform finds it), at most [`MAX_EMULATED`] of them. What a
+/// worker sends is not trusted: anything else is dropped.
+fn emulated_platforms(said: &[String]) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for text in said {
+        if kept.len() == MAX_EMULATED {
+            break;
+        }
+        let Ok(platform) = kiln_frontend::platform::parse(text) else {
+            continue;
+        };
+        let platform = kiln_frontend::platform::format(&platform);
+        if !kept.contains(&platform) {
+            kept.push(platform);
+        }
+    }
+    kept
 }
 
 #[cfg(test)]

@@ -209,3 +209,25 @@ fn refusals() {
     ));
     assert!(farm.workers().is_empty());
 }
+
+#[test]
+fn a_workers_emulated_platforms_are_checked_and_bounded() {
+    let farm = Farm::new(None);
+    let mut said = hello("w", &[]);
+    let long = "a".repeat(10_000);
+    said.emulated = vec![
+        "linux/aarch64".into(),
+        "linux/arm64".into(),
+        "../../etc".into(),
+        long,
+        "linux/arm/v7".into(),
+    ];
+    said.emulated
+        .extend((0..100).map(|i| format!("linux/arch{i}")));
+    let _attached = attach(&farm, &said);
+    let emulated = &farm.workers()[0].emulated;
+    // Normalized (aarch64 is arm64, once), the rest dropped, at most 64.
+    assert_eq!(emulated[..2], ["linux/arm64", "linux/arm/v7"]);
+    assert_eq!(emulated.len(), MAX_EMULATED);
+    assert!(emulated.iter().all(|p| p.len() < 32), "{emulated:?}");
+}
