@@ -86,7 +86,9 @@ fn a_push_without_oci_media_types_is_a_docker_manifest_that_docker_pulls() {
     let pulled = docker(&["pull", &name]);
     assert!(pulled.status.success(), "{}", stderr(&pulled));
     let ran = docker(&["run", "--rm", "--network", "none", &name, "cat", "/made"]);
-    let _ = docker(&["rmi", "-f", &name]);
+    // Not removed: its base layer is the one tests/docker.rs loads, and
+    // dockerd 20.10 removing a layer while another test registers it
+    // again left a container without /bin (`sh` not found) in CI.
     assert!(ran.status.success(), "{}", stderr(&ran));
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "docker types\n");
 }
