@@ -24,9 +24,10 @@
 //! full root; and it took 110–140 ms to bring a namespace up here against
 //! slirp4netns' 5–15 ms (numbers and commands in the benchmarks record).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -56,6 +57,8 @@ const INTERFACE: &str = "eth0";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The NAT's standard error, in the step's state directory.
 const LOG: &str = "nat.log";
+/// The most of the NAT's standard error a failure quotes.
+const LOG_QUOTED: usize = 4096;
 
 /// A running NAT, the helper's child.
 #[derive(Debug)]
@@ -97,7 +100,11 @@ fn nat_args(pid: u32) -> Vec<String> {
 pub struct Starting {
     nat: Nat,
     ready: OwnedFd,
-    log: PathBuf,
+    /// The NAT's standard error, read through this descriptor and never
+    /// by its path: by the time [`Starting::ready`] runs, the step's child
+    /// may have called `pivot_root` in the mount namespace the helper
+    /// shares with it, which moves the helper's root to the step's.
+    log: File,
 }
 
 impl Starting {
@@ -109,7 +116,7 @@ impl Starting {
             Ok(()) => Ok(self.nat),
             Err(why) => {
                 self.nat.stop();
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let log = quoted(&self.log);
                 let log = log.trim();
                 Err(if log.is_empty() {
                     format!("{NAT_PROGRAM}: {why}")
@@ -135,15 +142,23 @@ pub fn start<S: Syscall>(sys: &S, state_dir: &Path) -> Result<Starting, SetupErr
     let (ready, ready_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
     let log_path = state_dir.join(LOG);
-    let log =
-        File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let log = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&log_path)
+        .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let nat_stderr = log
+        .try_clone()
+        .map_err(|e| format!("duplicating the descriptor of {}: {e}", log_path.display()))?;
     let pid = sys
         .spawn_in_netns(
             NAT_PROGRAM,
             &nat_args(std::process::id()),
             host.as_fd(),
             ready_write,
-            OwnedFd::from(log),
+            OwnedFd::from(nat_stderr),
         )
         .map_err(|e| match e {
             Errno::ENOENT => format!(
@@ -158,8 +173,24 @@ pub fn start<S: Syscall>(sys: &S, state_dir: &Path) -> Result<Starting, SetupErr
     Ok(Starting {
         nat: Nat { pid },
         ready,
-        log: log_path,
+        log,
     })
+}
+
+/// The start of the NAT's standard error, at most [`LOG_QUOTED`] bytes
+/// (read from offset 0: the NAT's descriptor shares the file's offset).
+fn quoted(log: &File) -> String {
+    let mut buf = vec![0u8; LOG_QUOTED];
+    let mut len = 0;
+    while len < buf.len() {
+        match log.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 /// Waits for slirp4netns' `1` on the ready pipe (it writes it once the

@@ -121,6 +121,11 @@ pub struct Started {
 /// starts the step only on the parent's go (a byte on a pipe): a step never
 /// runs before its network is up, and a NAT that fails takes the step with
 /// it.
+///
+/// Parent and child share the new mount namespace, so the child's
+/// `pivot_root` moves the parent's root and working directory too: after
+/// the fork the parent resolves no path, and works only through
+/// descriptors opened before it.
 pub fn enter<S: Syscall>(sys: &S, spec: &RunSpec) -> Result<Option<Started>, Failure> {
     // The NAT first, while the helper is still in the host's mount and PID
     // namespaces: its child must stay out of the step's.
