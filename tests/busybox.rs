@@ -76,6 +76,18 @@ impl Setup {
         Self::with_base(dir, &tarball)
     }
 
+    /// Like [`Setup::new`], with a base whose layer is `test`'s own (it
+    /// holds `/etc/kiln-test` naming it): for the tests that hand images
+    /// to dockerd, so that none shares a layer with another's (see
+    /// [`crate::harness::dockerd_turn`]).
+    pub(crate) fn own_base(test: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = base_tarball_with(dir.path(), |root| {
+            fs::write(root.join("etc/kiln-test"), test).unwrap();
+        });
+        Self::with_base(dir, &tarball)
+    }
+
     /// A store with `tarball` imported as `base:busybox` (created at a fixed time).
     pub(crate) fn with_base(dir: tempfile::TempDir, tarball: &Path) -> Self {
         let root = dir.path().join("root");

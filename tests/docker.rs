@@ -26,7 +26,7 @@ fn docker_loads_and_runs_what_kiln_built() {
         return;
     }
     let _turn = crate::harness::dockerd_turn();
-    let s = Setup::new();
+    let s = Setup::own_base("docker-consumer");
     fs::write(
         s.context.join("app.sh"),
         "echo \"$GREETING from $(pwd)\"\ncat built\n",
@@ -51,10 +51,7 @@ fn docker_loads_and_runs_what_kiln_built() {
     );
     let loaded = docker(&["load", "-i", archive.to_str().unwrap()]);
     assert!(loaded.contains(&name), "{loaded}");
-    let ran = Command::new(DOCKER)
-        .args(["run", "--rm", "--network", "none", &name])
-        .output()
-        .unwrap();
+    let ran = crate::harness::docker_run(&[&name]);
     let _ = docker(&["rmi", "-f", &name]);
     assert!(
         ran.status.success(),

@@ -48,15 +48,42 @@ pub(crate) fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
-/// Held by every test that builds in or removes from dockerd (the
-/// differential suite, the consumer test): dockerd 20.10 loses a
+/// Held by every test that builds in, loads into or removes from dockerd
+/// (the differential suite, the consumer tests): dockerd 20.10 loses a
 /// snapshot (`stat /bin/sh: no such file or directory`) when an image is
-/// removed while another build runs, so its users take turns.
+/// removed while another build runs, so its users take turns. Each also
+/// starts from a base layer of its own ([`crate::busybox::Setup::own_base`]),
+/// so no layer is shared between their images.
 pub(crate) fn dockerd_turn() -> std::sync::MutexGuard<'static, ()> {
     static DOCKERD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     DOCKERD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `docker run --network none ARGS` in a container of its own name,
+/// removed before this returns. Not `--rm`: dockerd removes such a
+/// container on its own after `run` returns, and a layer it releases then
+/// raced with the next test's `docker load` of the same layer (a container
+/// without `/bin/sh` in CI).
+pub(crate) fn docker_run(args: &[&str]) -> Output {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "kiln-test-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let ran = run(Command::new(kiln_testing::DOCKER)
+        .args(["run", "--name", &name, "--network", "none"])
+        .args(args));
+    let removed = run(Command::new(kiln_testing::DOCKER).args(["rm", "-f", &name]));
+    assert!(
+        removed.status.success() || !ran.status.success(),
+        "docker rm {name}: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    ran
 }
 
 /// Writes `text` to `path` as a 0755 program — from a child process, so

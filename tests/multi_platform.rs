@@ -220,7 +220,7 @@ fn a_docker_archive_of_a_multi_platform_image_loads_in_dockerd() {
         return;
     }
     let registry = Registry::with_auth("");
-    let s = Setup::new();
+    let s = Setup::own_base("multi-platform-docker-archive");
     registry_with_an_index(&s, &registry);
     let (_, other) = arches();
     let other = format!("linux/{other}");
@@ -253,10 +253,7 @@ fn a_docker_archive_of_a_multi_platform_image_loads_in_dockerd() {
     assert!(loaded.status.success(), "{}", stderr(&loaded));
     // The other platform's image (its config claims this machine's
     // architecture: it was built here), told apart by the file it adds.
-    let ran = Command::new(DOCKER)
-        .args(["run", "--rm", "--network", "none", &both, "cat", "/o"])
-        .output()
-        .unwrap();
+    let ran = crate::harness::docker_run(&[&both, "cat", "/o"]);
     let _ = Command::new(DOCKER).args(["rmi", "-f", &both]).output();
     assert!(ran.status.success(), "{}", stderr(&ran));
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "other\n");
