@@ -8,6 +8,7 @@ mod busybox;
 mod cache_mounts;
 mod checks;
 mod ci_client;
+mod ci_parity;
 mod copy_meta;
 mod debug;
 mod differential;

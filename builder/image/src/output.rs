@@ -17,8 +17,13 @@ use crate::image::{self, ImageError, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// The image store: tagged with `-t` and `name=`, then pushed to the
-    /// names' registries with `push=true`.
+    /// names' registries with `push=true` (`type=registry`, `--push`).
+    /// `type=docker` without `dest` (`--load`) is this too: kiln's store
+    /// is where buildx would load into docker's.
     Image { names: Vec<String>, push: bool },
+    /// `type=cacheonly`: nothing but the build cache (`--cache-to`);
+    /// no name is tagged.
+    CacheOnly,
     /// A docker-archive (`docker load` reads it).
     Docker(Dest),
     /// An OCI layout tar.
@@ -51,7 +56,8 @@ impl Output {
     /// Parses `type=…[,dest=…]`; a bare path means `type=local,dest=PATH`
     /// and a bare `-` a tar on standard output, as `docker build -o` takes
     /// them. As buildx: `tar` and `oci` without `dest` go to standard output,
-    /// `local` never does.
+    /// `local` never does; `docker` without `dest` loads the image (here:
+    /// into the store), `registry` is `image` with `push=true`.
     pub fn parse(spec: &str) -> std::result::Result<Self, String> {
         if spec == "-" {
             return Ok(Self::Tar(Dest::Stdout));
@@ -62,21 +68,24 @@ impl Output {
         let mut kind = None;
         let mut dest = None;
         let mut names = Vec::new();
-        let mut push = false;
+        let mut push = None;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", t)) => kind = Some(t.to_owned()),
                 Some(("dest", d)) => dest = Some(PathBuf::from(d)),
                 Some(("name", n)) => names.push(n.to_owned()),
                 Some(("push", p)) => {
-                    push = match p {
+                    push = Some(match p {
                         "true" => true,
                         "false" => false,
                         _ => return Err(format!("--output {spec:?}: push is true or false")),
-                    };
+                    });
                 }
                 // Read by the build (`LayerCompression`), for every output.
-                Some(("compression" | "compression-level" | "oci-mediatypes", _)) => {}
+                Some((
+                    "compression" | "compression-level" | "oci-mediatypes" | "force-compression",
+                    _,
+                )) => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }
@@ -86,9 +95,22 @@ impl Output {
         };
         let file_or_stdout = || Dest::new(dest.clone().unwrap_or_else(|| PathBuf::from("-")));
         match kind.as_deref() {
-            Some("image") => Ok(Self::Image { names, push }),
-            // buildx loads it into docker then; kiln has no docker to load into.
-            Some("docker") => Ok(Self::Docker(Dest::new(need_dest("docker")?))),
+            Some("image") => Ok(Self::Image {
+                names,
+                push: push.unwrap_or(false),
+            }),
+            Some("registry") if push == Some(false) => Err(format!(
+                "--output {spec:?}: type=registry always pushes (type=image,push=false does not)"
+            )),
+            Some("registry") => Ok(Self::Image { names, push: true }),
+            Some("docker") => Ok(match dest {
+                Some(dest) => Self::Docker(Dest::new(dest)),
+                None => Self::Image {
+                    names,
+                    push: push.unwrap_or(false),
+                },
+            }),
+            Some("cacheonly") => Ok(Self::CacheOnly),
             Some("oci") => Ok(Self::Oci(file_or_stdout())),
             Some("local") => match need_dest("local")? {
                 d if d.as_os_str() == "-" => Err(format!(
@@ -98,7 +120,8 @@ impl Output {
             },
             Some("tar") => Ok(Self::Tar(file_or_stdout())),
             Some(other) => Err(format!(
-                "--output {spec:?}: unknown type {other:?} (image, docker, oci, local, tar)"
+                "--output {spec:?}: unknown type {other:?} \
+                 (image, registry, docker, oci, local, tar, cacheonly)"
             )),
             None => Err(format!("--output {spec:?}: no type=")),
         }
@@ -108,6 +131,7 @@ impl Output {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Image { .. } => "image",
+            Self::CacheOnly => "cacheonly",
             Self::Docker(_) => "docker",
             Self::Oci(_) => "oci",
             Self::Local(_) => "local",
@@ -131,7 +155,7 @@ impl Output {
 pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Output) -> Result<()> {
     match output {
         // Tagging and pushing are the caller's (they need the tags).
-        Output::Image { .. } => Ok(()),
+        Output::Image { .. } | Output::CacheOnly => Ok(()),
         Output::Docker(dest) => archive(store, name, manifest, Format::Docker, dest),
         Output::Oci(dest) => archive(store, name, manifest, Format::Oci, dest),
         Output::Local(dest) => rootfs_each(store, manifest, dest),
@@ -282,7 +306,23 @@ mod tests {
                 .unwrap_err()
                 .contains("dest cannot be stdout for local exporter")
         );
-        assert!(Output::parse("type=docker").is_err());
+        assert_eq!(
+            Output::parse("type=docker"),
+            Ok(Output::Image {
+                names: vec![],
+                push: false
+            }),
+            "--load: into the store"
+        );
+        assert_eq!(
+            Output::parse("type=registry,name=r/x"),
+            Ok(Output::Image {
+                names: vec!["r/x".into()],
+                push: true
+            })
+        );
+        assert!(Output::parse("type=registry,push=false").is_err());
+        assert_eq!(Output::parse("type=cacheonly"), Ok(Output::CacheOnly));
         assert_eq!(
             Output::parse("type=image,name=x,push=true"),
             Ok(Output::Image {

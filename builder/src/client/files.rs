@@ -57,7 +57,7 @@ impl Client {
             // A directory: the root filesystem's tar, unpacked here (from a
             // temporary file first).
             Output::Local(_) => ("tar", Dest::File(std::env::temp_dir().join("kiln-export"))),
-            Output::Image { .. } => return Ok(()),
+            Output::Image { .. } | Output::CacheOnly => return Ok(()),
         };
         let request = pb::ExportRequest {
             manifest: manifest.to_owned(),

@@ -251,12 +251,21 @@ fn run_build(
         digests.forget(&context);
     }
     let built = built?;
+    let build_ref = pipeline::metadata::new_build_ref("kilnd")
+        .map_err(|e| ControlError::Invalid(format!("making a build ref: {e}")))?;
+    let metadata = pipeline::Metadata::of(store, &built, &request.tags, build_ref)?;
     Ok(pb::BuildResult {
         // What the client's file outputs are made from (Export).
         manifest: built.leaving().to_string(),
         config: built.id.to_string(),
         tags: request.tags.clone(),
         context_bytes: received.bytes,
+        metadata: Some(pb::BuildMetadata {
+            build_ref: metadata.build_ref,
+            media_type: metadata.media_type,
+            size: metadata.size,
+            created: metadata.created.unwrap_or_default(),
+        }),
     })
 }
 

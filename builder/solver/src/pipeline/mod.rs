@@ -8,6 +8,7 @@
 //! [`Notice`] — embedded on standard error, through kilnd as a `Notice`
 //! message of the Build call — so both say the same.
 
+pub mod metadata;
 pub mod request;
 pub mod wire;
 
@@ -19,6 +20,7 @@ use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
 use thiserror::Error;
 
+pub use self::metadata::Metadata;
 pub use self::request::{CacheRef, Outputs, Request, RequestError};
 use crate::build::{self, BuildError, BuildRequest, Built, Solved};
 use crate::solve::{Cancellation, ContextDigests, Event, InFlight};

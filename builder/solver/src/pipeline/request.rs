@@ -278,6 +278,10 @@ pub struct Outputs {
     pub names: Vec<String>,
     pub push: bool,
     pub compression: LayerCompression,
+    /// `type=cacheonly` and no image output: the build tags nothing (its
+    /// `-t` names are dropped), as BuildKit's cacheonly exporter makes no
+    /// image.
+    pub untagged: bool,
 }
 
 impl Outputs {
@@ -287,16 +291,21 @@ impl Outputs {
             names: Vec::new(),
             push: false,
             compression: LayerCompression::from_outputs(specs).map_err(RequestError::Output)?,
+            untagged: false,
         };
+        let (mut image, mut cache_only) = (false, false);
         for spec in specs {
             match Output::parse(spec).map_err(RequestError::Output)? {
                 Output::Image { names, push } => {
                     outputs.names.extend(names);
                     outputs.push |= push;
+                    image = true;
                 }
+                Output::CacheOnly => cache_only = true,
                 file => outputs.files.push(file),
             }
         }
+        outputs.untagged = cache_only && !image;
         outputs.names = normalize_names("--output name=", &outputs.names)?;
         check_push(outputs.push, tagged || !outputs.names.is_empty())?;
         Ok(outputs)
@@ -383,6 +392,24 @@ mod tests {
             parse_pull("sometimes").unwrap_err().to_string(),
             "--pull=sometimes: expected missing, always or never (or true, false)"
         );
+    }
+
+    /// buildx's shorthands: `type=registry` pushes, `type=docker` without
+    /// `dest` loads (into the store), `type=cacheonly` alone tags nothing.
+    #[test]
+    fn shorthand_outputs() {
+        let parse = |specs: &[&str]| {
+            let specs: Vec<String> = specs.iter().map(|s| (*s).to_owned()).collect();
+            Outputs::parse(&specs, true).unwrap()
+        };
+        let registry = parse(&["type=registry"]);
+        assert!(registry.push && registry.files.is_empty() && !registry.untagged);
+        let load = parse(&["type=docker"]);
+        assert!(!load.push && load.files.is_empty() && !load.untagged);
+        assert!(parse(&["type=cacheonly"]).untagged);
+        assert!(!parse(&["type=cacheonly", "type=docker"]).untagged);
+        let both = parse(&["type=registry", "type=docker,dest=a.tar"]);
+        assert!(both.push && both.files.len() == 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use kiln_proto::control::v1 as pb;
 use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 
+use super::Metadata;
 use super::request::{
     CacheRef, Outputs, Request, RequestError, check_labels, check_lists, check_push,
     normalize_names, parse_pull,
@@ -76,6 +77,9 @@ impl TryFrom<pb::BuildSpec> for Request {
         let mut tags = normalize_names("-t", &spec.tags)?;
         check_push(outputs.push, !tags.is_empty() || !outputs.names.is_empty())?;
         tags.extend(outputs.names);
+        if outputs.untagged {
+            tags.clear();
+        }
         let sandbox = SandboxOptions::from_flags(
             &spec.add_hosts,
             &spec.ulimits,
@@ -125,6 +129,35 @@ impl TryFrom<pb::BuildSpec> for Request {
         };
         check_lists(&request)?;
         Ok(request)
+    }
+}
+
+impl TryFrom<&pb::BuildResult> for Metadata {
+    type Error = RequestError;
+
+    /// What kilnd says of the image it built, for `--metadata-file`: its
+    /// digests checked as digests.
+    fn try_from(result: &pb::BuildResult) -> Result<Self> {
+        let parse = |field: &'static str, text: &str| {
+            text.parse().map_err(|_| RequestError::Invalid {
+                flag: field,
+                value: text.to_owned(),
+                reason: "not a digest".to_owned(),
+            })
+        };
+        let m = result.metadata.clone().unwrap_or_default();
+        let index = kiln_image::image::is_index_type(&m.media_type);
+        Ok(Self {
+            build_ref: m.build_ref,
+            digest: parse("BuildResult.manifest", &result.manifest)?,
+            config: (!index)
+                .then(|| parse("BuildResult.config", &result.config))
+                .transpose()?,
+            media_type: m.media_type,
+            size: m.size,
+            created: (!m.created.is_empty()).then_some(m.created),
+            names: result.tags.clone(),
+        })
     }
 }
 
@@ -265,6 +298,8 @@ fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
             .map_or(Ok(LayerCompression::default()), compression)?
             .with_media_types(media_types(image.media_types)?)
             .map_err(RequestError::Output)?,
+        // The client drops the names of a cache-only build itself.
+        untagged: false,
     })
 }
 

@@ -15,7 +15,7 @@ use kiln_solver::pipeline::request::{
     check_labels, check_lists, check_outputs_for_platforms, normalize_names, parse_label,
     parse_platforms, parse_pull,
 };
-use kiln_solver::pipeline::{self, CacheRef, Env, Outputs, PipelineError, Request};
+use kiln_solver::pipeline::{self, CacheRef, Env, Metadata, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
 use kiln_worker::sandbox::spec::Network;
 
@@ -108,15 +108,35 @@ pub(crate) struct Build {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     progress: Mode,
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
-    /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
-    /// `type=tar,dest=F`, or a directory; `dest=-` (or `-o -`, a tar) is
-    /// standard output. `compression=gzip|zstd|uncompressed` (and
+    /// default; `push=true` pushes its names), `type=registry` (pushed:
+    /// `--push`), `type=docker` (without `dest=`, into the store:
+    /// `--load`), `type=docker,dest=F`, `type=oci,dest=F`,
+    /// `type=local,dest=DIR`, `type=tar,dest=F`, `type=cacheonly` (only
+    /// `--cache-to`; nothing tagged), or a directory; `dest=-` (or `-o -`, a
+    /// tar) is standard output. `compression=gzip|zstd|uncompressed` (and
     /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
     /// and `--cache-to` (gzip by default); the store keeps a build's own
     /// layers uncompressed. `oci-mediatypes=false`: the push and `type=oci`
     /// in Docker schema 2 media types (OCI's by default; not with zstd).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
+    /// Push the image to its names' registries: `--output type=registry`.
+    #[arg(long)]
+    push: bool,
+    /// Keep the image in kiln's store (docker's `--load`: `--output
+    /// type=docker`, which without `dest=` loads into the store).
+    #[arg(long)]
+    load: bool,
+    /// Write the build's result as JSON to FILE, with buildx's keys:
+    /// `containerimage.digest`, `containerimage.config.digest` (one
+    /// platform), `containerimage.descriptor`, `image.name`,
+    /// `buildx.build.ref`.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Write the image ID to FILE (the config's digest; for several
+    /// platforms, the index's).
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
     /// Print only the image ID.
     #[arg(short, long)]
     quiet: bool,
@@ -228,6 +248,26 @@ fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
             .into_bytes(),
     };
     Ok((id, value))
+}
+
+/// `bytes` in `path`: a file beside it, then renamed over it (no reader
+/// sees half of it), 0666 less the umask as a file `docker` writes.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kiln-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// A directory removed when dropped (a context read from standard input).
@@ -425,13 +465,29 @@ impl Build {
         crate::check::print(&result, &request.dockerfile, &name)
     }
 
+    /// `-o` values with `--push` and `--load` as the outputs they stand
+    /// for (buildx's shorthands).
+    fn output_specs(&self) -> Vec<String> {
+        let mut specs = self.outputs.clone();
+        if self.push {
+            specs.push("type=registry".to_owned());
+        }
+        if self.load {
+            specs.push("type=docker".to_owned());
+        }
+        specs
+    }
+
     /// The typed request of the flags; the Dockerfile and what else
     /// comes from the context are filled in once it is ready.
     fn request(&self) -> Result<Request> {
         let mut tags = normalize_names("-t", &self.tags)?;
-        let outputs = Outputs::parse(&self.outputs, !tags.is_empty())?;
+        let outputs = Outputs::parse(&self.output_specs(), !tags.is_empty())?;
         check_stdout(&outputs.files, self.quiet)?;
         tags.extend(outputs.names);
+        if outputs.untagged {
+            tags.clear();
+        }
         let caches = |flag, specs: &[String]| {
             specs
                 .iter()
@@ -506,6 +562,28 @@ impl Build {
             &result.tags,
             Some(result.context_bytes),
         );
+        if self.wants_metadata() {
+            self.write_metadata(&Metadata::try_from(&result)?)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `--metadata-file` or `--iidfile` asks for the result.
+    fn wants_metadata(&self) -> bool {
+        self.metadata_file.is_some() || self.iidfile.is_some()
+    }
+
+    /// `--metadata-file` and `--iidfile`, each written whole (beside, then
+    /// renamed) into a directory that must exist, as buildx's.
+    fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
+        if let Some(path) = &self.metadata_file {
+            let mut text = serde_json::to_string_pretty(&metadata.to_json())?;
+            text.push('\n');
+            write_whole(path, text.as_bytes()).context("--metadata-file")?;
+        }
+        if let Some(path) = &self.iidfile {
+            write_whole(path, metadata.image_id().to_string().as_bytes()).context("--iidfile")?;
+        }
         Ok(())
     }
 
@@ -545,6 +623,10 @@ impl Build {
         };
         let (config, manifest) = (built.id.to_string(), built.manifest.to_string());
         self.print_result(&config, &manifest, &request.tags, None);
+        if self.wants_metadata() {
+            let build_ref = pipeline::metadata::new_build_ref("embedded")?;
+            self.write_metadata(&Metadata::of(&store, &built, &request.tags, build_ref)?)?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,198 @@
+//! CI parity with `docker buildx build` (issue 18): what pipelines set
+//! (`--push`, `--load`, `-o type=registry|docker|cacheonly`) and read back
+//! (`--metadata-file`, `--iidfile`), embedded and through kilnd alike.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use kiln_cache::Digest;
+
+use crate::busybox::Setup;
+use crate::kilnd::Kilnd;
+use crate::registry::{Registry, registry_ready, stderr};
+
+const APP: &str = "FROM base:busybox\nRUN echo ci > /ci\n";
+
+/// `kiln build` with `flags` on `s`'s store, through kilnd when `addr`.
+fn build(s: &Setup, addr: Option<&str>, flags: &[&str]) -> Output {
+    let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+    args.push("--progress=plain");
+    args.extend_from_slice(flags);
+    let out = s.build(APP, &args);
+    assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+    out
+}
+
+/// The raw manifest `name` names in the loopback registry.
+fn raw_manifest(name: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out.stdout
+}
+
+/// The names `kiln images` lists on `s`'s store (short, as docker shows
+/// them), with what each names.
+fn tagged(s: &Setup, addr: Option<&str>) -> Vec<(String, String)> {
+    let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+    args.extend_from_slice(&["images", "--format", "json"]);
+    let (out, _) = s.ok(&args);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let name = format!(
+                "{}:{}",
+                i["repository"].as_str().unwrap(),
+                i["tag"].as_str().unwrap()
+            );
+            (name, i["digest"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `--push` and `-o type=registry` push; `--metadata-file` names what the
+/// registry holds (its digest is that of the manifest bytes the registry
+/// serves, its size theirs, its config the manifest's), `--iidfile` the
+/// config — embedded and through kilnd.
+#[test]
+fn a_push_is_read_back_from_the_metadata_file() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::with_auth("");
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    for (s, addr, node) in [
+        (&s, None, "embedded"),
+        (&through, Some(addr.as_str()), "kilnd"),
+    ] {
+        for push in [&["--push"][..], &["-o", "type=registry"]] {
+            let name = format!("{}/ci/app:{node}-{}", registry.addr, push.len());
+            let meta = s.dir.path().join(format!("meta-{}.json", push.len()));
+            let iid = s.dir.path().join(format!("iid-{}", push.len()));
+            let mut flags = vec!["-t", &name, "--metadata-file"];
+            let (meta_arg, iid_arg) = (meta.display().to_string(), iid.display().to_string());
+            flags.extend([meta_arg.as_str(), "--iidfile", iid_arg.as_str()]);
+            flags.extend_from_slice(push);
+            build(s, addr, &flags);
+
+            let manifest = raw_manifest(&name);
+            let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+            let m = read_json(&meta);
+            let digest = Digest::of(&manifest).to_string();
+            assert_eq!(m["containerimage.digest"], digest.as_str(), "{node}: {m}");
+            let descriptor = &m["containerimage.descriptor"];
+            assert_eq!(descriptor["digest"], digest.as_str());
+            assert_eq!(descriptor["size"], manifest.len());
+            assert_eq!(descriptor["mediaType"], parsed["mediaType"]);
+            let config = parsed["config"]["digest"].as_str().unwrap();
+            assert_eq!(m["containerimage.config.digest"], config);
+            assert_eq!(descriptor["annotations"]["config.digest"], config);
+            assert!(
+                descriptor["annotations"]["org.opencontainers.image.created"].is_string(),
+                "{m}"
+            );
+            assert_eq!(m["image.name"], name.as_str());
+            let build_ref = m["buildx.build.ref"].as_str().unwrap();
+            assert!(
+                build_ref.starts_with(&format!("kiln/{node}/")),
+                "{build_ref}"
+            );
+            assert_eq!(fs::read_to_string(&iid).unwrap(), config);
+        }
+    }
+}
+
+/// `--load` and `-o type=docker` without `dest` keep the image in the
+/// store, tagged (where buildx loads into docker's); the metadata names
+/// the store's manifest.
+#[test]
+fn load_and_a_docker_output_without_dest_tag_the_store() {
+    if !crate::busybox::ready() {
+        return;
+    }
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+        for (name, load) in [
+            ("ci-load:1", &["--load"][..]),
+            ("ci-docker:1", &["-o", "type=docker"]),
+        ] {
+            let meta = s.dir.path().join("meta.json");
+            let meta_arg = meta.display().to_string();
+            let mut flags = vec!["-t", name, "--metadata-file", meta_arg.as_str()];
+            flags.extend_from_slice(load);
+            build(s, addr, &flags);
+            let full = format!("docker.io/library/{name}");
+            let images = tagged(s, addr);
+            let (_, digest) = images
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} not in {images:?}"));
+            let m = read_json(&meta);
+            assert_eq!(m["containerimage.digest"], digest.as_str(), "{m}");
+            assert_eq!(m["image.name"], full.as_str());
+        }
+    }
+}
+
+/// `-o type=cacheonly`: the build runs and tags nothing (its `-t` name
+/// is not applied), as BuildKit's cacheonly exporter makes no image; with
+/// `--load` beside it, the image is tagged.
+#[test]
+fn a_cache_only_build_tags_nothing() {
+    if !crate::busybox::ready() {
+        return;
+    }
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+        build(s, addr, &["-t", "ci-cache:1", "-o", "type=cacheonly"]);
+        let images = tagged(s, addr);
+        assert!(
+            !images.iter().any(|(n, _)| n.contains("ci-cache")),
+            "{images:?}"
+        );
+        let out = build(
+            s,
+            addr,
+            &["-t", "ci-cache:2", "-o", "type=cacheonly", "--load"],
+        );
+        assert!(stderr(&out).contains("CACHED"), "{}", stderr(&out));
+        let images = tagged(s, addr);
+        assert!(images.iter().any(|(n, _)| n == "ci-cache:2"), "{images:?}");
+    }
+}
+
+/// `type=registry` always pushes: `push=false` with it is refused, naming
+/// the output, before anything runs.
+#[test]
+fn a_registry_output_that_does_not_push_is_refused() {
+    if !crate::busybox::ready() {
+        return;
+    }
+    let s = Setup::new();
+    let out = s.build(APP, &["-t", "r.lan/a:1", "-o", "type=registry,push=false"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("type=registry always pushes"),
+        "{}",
+        stderr(&out)
+    );
+}
