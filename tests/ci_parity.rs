@@ -196,3 +196,46 @@ fn a_registry_output_that_does_not_push_is_refused() {
         stderr(&out)
     );
 }
+
+/// `compression=zstd` compresses the build's own layers; a base image's,
+/// as the registry gave them (gzip), stay so unless
+/// `force-compression=true` — BuildKit's rule, embedded and through kilnd.
+#[test]
+fn force_compression_recompresses_the_base_layers_too() {
+    if !registry_ready() {
+        return;
+    }
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let registry = Registry::with_auth("");
+    let base = format!("{}/ci/base:1", registry.addr);
+    let s = Setup::new();
+    s.ok(&["tag", "base:busybox", &base]);
+    s.ok(&["push", &base]);
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    let dockerfile = format!("FROM {base}\nRUN echo zstd > /z\n");
+    for (s, addr, node) in [
+        (&s, None, "embedded"),
+        (&through, Some(addr.as_str()), "kilnd"),
+    ] {
+        for (force, want) in [("false", [GZIP, ZSTD]), ("true", [ZSTD, ZSTD])] {
+            let name = format!("{}/ci/zstd:{node}-{force}", registry.addr);
+            let output =
+                format!("type=registry,name={name},compression=zstd,force-compression={force}");
+            let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+            args.extend(["--pull=always", "-o", &output]);
+            let out = s.build(&dockerfile, &args);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let manifest: serde_json::Value = serde_json::from_slice(&raw_manifest(&name)).unwrap();
+            let types: Vec<&str> = manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["mediaType"].as_str().unwrap())
+                .collect();
+            assert_eq!(types, want, "{node} force-compression={force}");
+        }
+    }
+}

@@ -116,6 +116,10 @@ pub struct LayerCompression {
     /// `oci-mediatypes=`: the manifests (and layer descriptors) that leave;
     /// the store's blobs and their conversions are the same for both.
     pub media_types: MediaTypes,
+    /// `force-compression=true`: every layer leaves compressed as asked,
+    /// a base image's too; by default (BuildKit's) only the build's own
+    /// layers are, and what a registry gave stays as it came.
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +148,7 @@ impl LayerCompression {
             kind,
             level,
             media_types: MediaTypes::Oci,
+            force: false,
         }
     }
 
@@ -184,6 +189,7 @@ impl LayerCompression {
         let mut compression = Self::default();
         let mut level = None;
         let mut media_types = MediaTypes::Oci;
+        let mut force = false;
         for spec in outputs {
             for field in spec.split(',') {
                 if let Some(value) = field.strip_prefix("compression=") {
@@ -192,6 +198,16 @@ impl LayerCompression {
                     })?;
                 } else if let Some(value) = field.strip_prefix("compression-level=") {
                     level = Some((spec, value));
+                } else if let Some(value) = field.strip_prefix("force-compression=") {
+                    force = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(format!(
+                                "--output {spec}: force-compression is true or false"
+                            ));
+                        }
+                    };
                 } else if let Some(value) = field.strip_prefix("oci-mediatypes=") {
                     media_types = MediaTypes::parse(value).ok_or_else(|| {
                         format!("--output {spec}: oci-mediatypes is true or false")
@@ -209,7 +225,19 @@ impl LayerCompression {
                     format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
                 })?,
         };
-        compression.with_media_types(media_types)
+        Ok(Self {
+            force,
+            ..compression.with_media_types(media_types)?
+        })
+    }
+
+    /// Which layers leave compressed as asked ([`LayerCompression::force`]).
+    pub fn recompress(self) -> Recompress {
+        if self.force {
+            Recompress::Every
+        } else {
+            Recompress::Uncompressed
+        }
     }
 
     /// In `media_types`; zstd has no Docker type.
@@ -554,11 +582,12 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 /// Which layers of an image are compressed again as it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recompress {
-    /// Every layer not already in the compression asked for (a build's
-    /// push and outputs, `-o …,compression=`: as the build asked).
+    /// Every layer not already in the compression asked for
+    /// (`force-compression=true`).
     Every,
-    /// Only uncompressed ones (`kiln push` of an image in the store: what a
-    /// registry got compressed stays as it came).
+    /// Only uncompressed ones: a build's own layers (the store keeps them
+    /// uncompressed), while what a registry gave stays as it came (a
+    /// build's push and outputs by default, as BuildKit's; `kiln push`).
     Uncompressed,
 }
 

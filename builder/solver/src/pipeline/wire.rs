@@ -236,6 +236,7 @@ fn compression_message(c: LayerCompression) -> pb::LayerCompression {
     pb::LayerCompression {
         kind: kind as i32,
         level: Some(c.level),
+        force: c.force,
     }
 }
 
@@ -252,7 +253,10 @@ fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
             )));
         }
     };
-    let of = LayerCompression::of(kind);
+    let of = LayerCompression {
+        force: c.force,
+        ..LayerCompression::of(kind)
+    };
     match c.level {
         None => Ok(of),
         Some(level) => of.with_level(level).ok_or_else(|| {

@@ -116,7 +116,8 @@ pub(crate) struct Build {
     /// tar) is standard output. `compression=gzip|zstd|uncompressed` (and
     /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
     /// and `--cache-to` (gzip by default); the store keeps a build's own
-    /// layers uncompressed. `oci-mediatypes=false`: the push and `type=oci`
+    /// layers uncompressed; a base image's leave as the registry gave them
+    /// unless `force-compression=true`. `oci-mediatypes=false`: the push and `type=oci`
     /// in Docker schema 2 media types (OCI's by default; not with zstd).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
