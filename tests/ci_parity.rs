@@ -239,3 +239,49 @@ fn force_compression_recompresses_the_base_layers_too() {
         }
     }
 }
+
+/// `-o type=oci,dest=DIR,tar=false`: the OCI layout itself in DIR, the
+/// same image embedded and through kilnd (its layers compressed as a
+/// push's), which skopeo reads.
+#[test]
+fn an_oci_output_without_tar_is_a_layout_directory() {
+    if !registry_ready() {
+        return;
+    }
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    let mut manifests = Vec::new();
+    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+        let dir = s.dir.path().join("layout");
+        let output = format!("type=oci,dest={},tar=false", dir.display());
+        build(
+            s,
+            addr,
+            &["--build-arg", "SOURCE_DATE_EPOCH=1700000000", "-o", &output],
+        );
+        let layout = read_json(&dir.join("oci-layout"));
+        assert_eq!(layout["imageLayoutVersion"], "1.0.0");
+        let index = read_json(&dir.join("index.json"));
+        let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+        let blob = dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&blob).unwrap()).unwrap();
+        for layer in manifest["layers"].as_array().unwrap() {
+            assert_eq!(
+                layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+                "{addr:?}: {manifest}"
+            );
+        }
+        let inspected = Command::new("skopeo")
+            .args(["inspect", &format!("oci:{}", dir.display())])
+            .output()
+            .unwrap();
+        assert!(inspected.status.success(), "{}", stderr(&inspected));
+        manifests.push(digest);
+    }
+    assert_eq!(manifests[0], manifests[1], "embedded and through kilnd");
+}

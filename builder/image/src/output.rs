@@ -40,6 +40,9 @@ pub enum Dest {
     File(PathBuf),
     /// `dest=-`.
     Stdout,
+    /// `tar=false` of an OCI output: the layout itself (`oci-layout`,
+    /// `index.json`, `blobs/`) in this directory, as BuildKit writes it.
+    Dir(PathBuf),
 }
 
 impl Dest {
@@ -69,11 +72,19 @@ impl Output {
         let mut dest = None;
         let mut names = Vec::new();
         let mut push = None;
+        let mut tar = true;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", t)) => kind = Some(t.to_owned()),
                 Some(("dest", d)) => dest = Some(PathBuf::from(d)),
                 Some(("name", n)) => names.push(n.to_owned()),
+                Some(("tar", t)) => {
+                    tar = match t {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("--output {spec:?}: tar is true or false")),
+                    };
+                }
                 Some(("push", p)) => {
                     push = Some(match p {
                         "true" => true,
@@ -94,6 +105,19 @@ impl Output {
                 .ok_or_else(|| format!("--output {spec:?}: type={kind} needs dest=PATH"))
         };
         let file_or_stdout = || Dest::new(dest.clone().unwrap_or_else(|| PathBuf::from("-")));
+        if !tar {
+            return match kind.as_deref() {
+                Some("oci") => match need_dest("oci")? {
+                    d if d.as_os_str() == "-" => Err(format!(
+                        "--output {spec:?}: tar=false writes a directory, not standard output"
+                    )),
+                    d => Ok(Self::Oci(Dest::Dir(d))),
+                },
+                _ => Err(format!(
+                    "--output {spec:?}: tar=false is for type=oci (a layout in a directory)"
+                )),
+            };
+        }
         match kind.as_deref() {
             Some("image") => Ok(Self::Image {
                 names,
@@ -158,7 +182,8 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
         Output::Image { .. } | Output::CacheOnly => Ok(()),
         Output::Docker(dest) => archive(store, name, manifest, Format::Docker, dest),
         Output::Oci(dest) => archive(store, name, manifest, Format::Oci, dest),
-        Output::Local(dest) => rootfs_each(store, manifest, dest),
+        // A tar not bundled is the directory itself (parse makes none).
+        Output::Local(dest) | Output::Tar(Dest::Dir(dest)) => rootfs_each(store, manifest, dest),
         Output::Tar(dest) => {
             // One directory per export: kilnd runs several builds at once.
             let tmp_root = store.root().join("tmp");
@@ -182,6 +207,7 @@ pub fn export(store: &Store, manifest: &Digest, name: Option<&str>, output: &Out
                     tar_dir(tmp.path(), file, path)
                 }
                 Dest::Stdout => tar_dir(tmp.path(), std::io::stdout().lock(), Path::new("-")),
+                Dest::Dir(_) => Ok(()),
             }
         }
     }
@@ -199,12 +225,48 @@ pub fn archive(
     let targets = [(name.unwrap_or_default().to_owned(), target.clone())];
     match dest {
         Dest::File(path) => save_targets_to_file(store, &targets, format, None, path).map(drop),
+        Dest::Dir(dir) => {
+            // The archive streamed through a socket pair into the
+            // unpacker, which writes nothing outside `dir`: the layout is
+            // made as the tar's reader would make it, without the tar.
+            let (mut writer, reader) = std::os::unix::net::UnixStream::pair()
+                .map_err(io_error("creating a socket pair for", dir))?;
+            std::thread::scope(|scope| {
+                let saving = scope.spawn(move || {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut writer);
+                    save_targets(store, &targets, format, None, &mut out)?;
+                    out.flush().map_err(io_error("writing", Path::new("-")))
+                });
+                let unpacked = unpack_dir(reader, dir);
+                let saved = saving.join().unwrap_or_else(|_| {
+                    Err(ImageError::Archive {
+                        path: dir.clone(),
+                        reason: "the thread writing the layout panicked".to_owned(),
+                    })
+                });
+                // The writer's own error is the cause when both failed.
+                saved.and(unpacked)
+            })
+        }
         Dest::Stdout => {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             save_targets(store, &targets, format, None, &mut out)?;
             out.flush().map_err(io_error("writing", Path::new("-")))
         }
     }
+}
+
+/// The archive `reader` holds unpacked into `dir` (created when missing),
+/// nothing written outside it.
+pub fn unpack_dir(reader: impl std::io::Read, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+    unpack_with(std::io::BufReader::new(reader), dir, Whiteouts::Plain).map_err(|e| {
+        ImageError::Archive {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(())
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -323,6 +385,18 @@ mod tests {
         );
         assert!(Output::parse("type=registry,push=false").is_err());
         assert_eq!(Output::parse("type=cacheonly"), Ok(Output::CacheOnly));
+        assert_eq!(
+            Output::parse("type=oci,dest=layout,tar=false"),
+            Ok(Output::Oci(Dest::Dir("layout".into())))
+        );
+        for refused in [
+            "type=oci,tar=false",
+            "type=oci,dest=-,tar=false",
+            "type=docker,dest=d,tar=false",
+            "type=oci,dest=o,tar=maybe",
+        ] {
+            assert!(Output::parse(refused).is_err(), "{refused}");
+        }
         assert_eq!(
             Output::parse("type=image,name=x,push=true"),
             Ok(Output::Image {

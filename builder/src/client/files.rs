@@ -52,11 +52,11 @@ impl Client {
     /// named `name` in an archive; written as the embedded build writes
     /// it (a file's mode is 0666 less the umask, as docker's).
     pub fn export(&mut self, manifest: &str, name: Option<&str>, output: &Output) -> Result<()> {
+        // A directory (`type=local`, `type=oci,tar=false`): the archive,
+        // received into a temporary file first, unpacked there.
         let (kind, dest) = match output {
+            Output::Local(dir) => ("tar", Dest::Dir(dir.clone())),
             Output::Docker(d) | Output::Oci(d) | Output::Tar(d) => (output.kind(), d.clone()),
-            // A directory: the root filesystem's tar, unpacked here (from a
-            // temporary file first).
-            Output::Local(_) => ("tar", Dest::File(std::env::temp_dir().join("kiln-export"))),
             Output::Image { .. } | Output::CacheOnly => return Ok(()),
         };
         let request = pb::ExportRequest {
@@ -65,8 +65,9 @@ impl Client {
             name: name.unwrap_or_default().to_owned(),
         };
         let (runtime, mut client) = self.parts();
-        let place = match dest {
-            Dest::File(path) => path,
+        let place = match &dest {
+            Dest::File(path) => path.clone(),
+            Dest::Dir(_) => std::env::temp_dir().join("kiln-export"),
             Dest::Stdout => {
                 return runtime.block_on(async {
                     let stream = client.export(request).await?.into_inner();
@@ -78,19 +79,10 @@ impl Client {
             let stream = client.export(request).await?.into_inner();
             receive_file(stream, &place).await
         })?;
-        if let Output::Local(dir) = output {
-            std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
+        if let Dest::Dir(dir) = &dest {
             let file = tmp.reopen().map_err(file_error("reading", tmp.path()))?;
-            // kilnd's tar of the root filesystem: a tree, whiteouts applied.
-            kiln_worker::layer::unpack_with(
-                std::io::BufReader::new(file),
-                dir,
-                kiln_worker::layer::Whiteouts::Plain,
-            )
-            .map_err(|source| ClientError::Unpack {
-                path: dir.clone(),
-                source,
-            })?;
+            // kilnd's archive: a tree, written beneath `dir` only.
+            kiln_image::output::unpack_dir(file, dir).map_err(ClientError::Unpack)?;
             return Ok(());
         }
         tmp.persist(&place)

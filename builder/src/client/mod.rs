@@ -69,11 +69,10 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {path}: {source}")]
-    Unpack {
-        path: PathBuf,
-        source: kiln_worker::layer::LayerError,
-    },
+    /// A directory output (`type=local`, `type=oci,tar=false`) that could
+    /// not be written (the error names the directory).
+    #[error("writing the output: {0}")]
+    Unpack(#[source] kiln_image::image::ImageError),
 }
 
 impl From<tonic::Status> for ClientError {

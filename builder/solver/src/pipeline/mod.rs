@@ -126,11 +126,7 @@ pub fn run(
 /// build's layers uncompressed (`kiln_image::compress`); a push alone
 /// makes this image itself, each layer uploaded while it is compressed.
 fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Option<Digest>> {
-    let oci = request
-        .files
-        .iter()
-        .any(|o| matches!(o, kiln_image::output::Output::Oci(_)));
-    if !oci {
+    if !request.oci_elsewhere && !request::has_oci(&request.files) {
         return Ok(None);
     }
     Ok(Some(kiln_image::compress::distributed_all(

@@ -148,6 +148,9 @@ pub struct Request {
     pub compression: LayerCompression,
     /// The file outputs (`type=docker|oci|tar|local`).
     pub files: Vec<Output>,
+    /// Through kilnd: the client writes an OCI output (its `files` stay
+    /// with it), so the image is made as it leaves, as for one here.
+    pub oci_elsewhere: bool,
     /// `--output type=image,push=true`: push every tag after the build.
     pub push: bool,
     /// `--cache-from`.
@@ -245,6 +248,12 @@ pub fn check_outputs_for_platforms(request: &Request) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether `files` hold an OCI output (one made from the image as it
+/// leaves, its layers compressed as asked).
+pub fn has_oci(files: &[Output]) -> bool {
+    files.iter().any(|o| matches!(o, Output::Oci(_)))
 }
 
 /// A label key is not empty (the image config could hold one, but no

@@ -62,6 +62,7 @@ impl From<&Request> for pb::BuildSpec {
                 insecure: r.registry.insecure.clone(),
             }),
             labels: r.labels.clone().into_iter().collect(),
+            oci_output: super::request::has_oci(&r.files),
             ..Self::default()
         }
     }
@@ -117,6 +118,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             compression: outputs.compression,
             // The client's to write.
             files: Vec::new(),
+            oci_elsewhere: spec.oci_output,
             push: outputs.push,
             secrets: spec.secrets.into_iter().collect(),
             // kilnd puts its relays' sockets here.

@@ -111,6 +111,7 @@ pub(crate) struct Build {
     /// default; `push=true` pushes its names), `type=registry` (pushed:
     /// `--push`), `type=docker` (without `dest=`, into the store:
     /// `--load`), `type=docker,dest=F`, `type=oci,dest=F`,
+    /// `type=oci,dest=DIR,tar=false` (the layout in a directory),
     /// `type=local,dest=DIR`, `type=tar,dest=F`, `type=cacheonly` (only
     /// `--cache-to`; nothing tagged), or a directory; `dest=-` (or `-o -`, a
     /// tar) is standard output. `compression=gzip|zstd|uncompressed` (and
