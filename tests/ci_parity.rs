@@ -285,3 +285,112 @@ fn an_oci_output_without_tar_is_a_layout_directory() {
     }
     assert_eq!(manifests[0], manifests[1], "embedded and through kilnd");
 }
+
+/// buildx's flags kiln lacks fail naming the flag and why, before
+/// anything runs; `--provenance=false` and the old builder's flags that
+/// buildx ignores pass (with a warning for each); `--help` shows the
+/// global options apart.
+#[test]
+fn buildx_flags_kiln_lacks_are_named() {
+    if !crate::busybox::ready() {
+        return;
+    }
+    let s = Setup::new();
+    for (flags, named) in [
+        (
+            &["--attest", "type=provenance"][..],
+            "--attest is not supported by kiln yet",
+        ),
+        (&["--sbom=true"], "--sbom is not supported by kiln yet"),
+        (
+            &["--builder", "mybuilder"],
+            "--builder is not supported by kiln yet",
+        ),
+        (
+            &["--cgroup-parent", "ci.slice"],
+            "--cgroup-parent is not supported by kiln yet",
+        ),
+    ] {
+        let out = s.build(APP, flags);
+        assert!(!out.status.success(), "{flags:?}");
+        let err = stderr(&out);
+        assert!(err.contains(named), "{flags:?}: {err}");
+        assert!(!err.contains("unexpected argument"), "{err}");
+        assert!(!err.contains("#1 "), "nothing ran: {err}");
+    }
+    let out = build(
+        &s,
+        None,
+        &["--provenance=false", "--rm", "--force-rm", "-t", "old:1"],
+    );
+    let err = stderr(&out);
+    assert!(err.contains("warning: --rm is ignored"), "{err}");
+    assert!(!err.contains("provenance"), "{err}");
+
+    let help = crate::harness::run(crate::harness::kiln().args(["build", "--help"]));
+    let help = String::from_utf8_lossy(&help.stdout);
+    let (own, global) = help
+        .split_once("Global options:")
+        .expect("a global heading");
+    assert!(
+        own.contains("--metadata-file") && !own.contains("--tls-ca"),
+        "{help}"
+    );
+    assert!(
+        global.contains("--tls-ca") && global.contains("--root"),
+        "{help}"
+    );
+    assert!(!help.contains("--cgroup-parent"), "hidden: {help}");
+}
+
+/// `--progress rawjson`: BuildKit's SolveStatus lines, each a JSON object
+/// of vertexes / statuses / logs / warnings, a step's log in base64 under
+/// its vertex's digest — embedded and through kilnd; `--progress quiet`
+/// prints nothing but the result.
+#[test]
+fn rawjson_progress_is_buildkits_solve_status() {
+    use base64::Engine as _;
+    if !crate::busybox::ready() {
+        return;
+    }
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    let dockerfile = "FROM base:busybox\nRUN echo raw-$((6*7))\n";
+    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+        let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+        args.extend(["--progress", "rawjson", "--no-cache"]);
+        let out = s.build(dockerfile, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut run_digest = None;
+        let mut logged = String::new();
+        for line in stderr(&out).lines() {
+            let status: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            for v in status["vertexes"].as_array().into_iter().flatten() {
+                if v["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("RUN echo raw"))
+                {
+                    run_digest = Some(v["digest"].as_str().unwrap().to_owned());
+                }
+            }
+            for log in status["logs"].as_array().into_iter().flatten() {
+                assert_eq!(log["vertex"].as_str(), run_digest.as_deref(), "{line}");
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(log["data"].as_str().unwrap())
+                    .unwrap();
+                logged.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        assert!(run_digest.is_some(), "{}", stderr(&out));
+        assert!(logged.contains("raw-42\n"), "{logged}");
+
+        let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+        args.extend(["--progress", "quiet", "--no-cache"]);
+        let out = s.build(dockerfile, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "quiet");
+    }
+}

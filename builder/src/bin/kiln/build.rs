@@ -104,7 +104,9 @@ pub(crate) struct Build {
     /// list, or repeated; through kilnd, only what kilnd allows.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
-    /// How progress is shown: auto (tty on a terminal, else plain), tty, plain, json.
+    /// How progress is shown: auto (tty on a terminal, else plain), tty,
+    /// plain, json (kiln's events), rawjson (BuildKit's SolveStatus, as
+    /// buildx), quiet or none (only warnings and errors).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     progress: Mode,
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
@@ -150,6 +152,8 @@ pub(crate) struct Build {
     /// What the build does: `build` (the default) or `check` (`--check`).
     #[arg(long, value_enum, default_value_t = Call::Build, value_name = "build|check")]
     call: Call,
+    #[command(flatten)]
+    buildx: crate::buildx_flags::BuildxFlags,
     /// The build context: a directory; `-` for standard input (a tar of it,
     /// plain, gzip, bzip2, xz or zstd, or a lone Dockerfile and no
     /// context); a Git repository (`https://host/repo.git#REF:DIR`,
@@ -643,6 +647,19 @@ impl Build {
     ) {
         if self.quiet {
             println!("{config}");
+        } else if matches!(self.progress, Mode::Quiet | Mode::None) {
+        } else if self.progress == Mode::Rawjson {
+            // As vertexes of their own: a rawjson reader sees only JSON.
+            let mut raw = crate::rawjson::RawJson::new();
+            let lines = std::iter::once(format!("writing image {config} done"))
+                .chain(tags.iter().map(|t| format!("naming to {t} done")));
+            for text in lines {
+                let notice = pipeline::Notice {
+                    level: pipeline::Level::Info,
+                    text,
+                };
+                eprintln!("{}", raw.notice(&notice));
+            }
         } else if self.progress == Mode::Json {
             let mut line = serde_json::json!({"event": "image", "id": config, "manifest": manifest, "tags": tags});
             if let Some(bytes) = context_bytes {
@@ -665,6 +682,9 @@ impl Build {
         root: &std::path::Path,
         remote: Option<crate::remote::Remote>,
     ) -> Result<()> {
+        for warning in self.buildx.check()? {
+            eprintln!("warning: {warning}");
+        }
         // A misspelt --allow fails before anything is read or sent.
         // Embedded, kiln is this machine's own user's: what it asks is
         // granted (the solver checks the steps against it); kilnd grants

@@ -2,10 +2,12 @@
 
 mod backend;
 mod build;
+mod buildx_flags;
 mod check;
 mod debug;
 mod images;
 mod progress;
+mod rawjson;
 mod registry;
 mod remote;
 
@@ -14,17 +16,33 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The help heading of the options every command takes, apart from a
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Build Dockerfiles into OCI images")]
 struct Cli {
     /// kiln's store (images, build cache); default /var/lib/kiln for root,
     /// $XDG_DATA_HOME/kiln otherwise.
-    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ROOT",
+        value_name = "DIR",
+        help_heading = GLOBAL
+    )]
     root: Option<PathBuf>,
     /// kilnd to send commands to (`unix:///PATH`, `tcp://HOST:PORT`); by
     /// default the one at /run/kiln/kilnd.sock if it answers, else none
     /// (kiln works on the store itself).
-    #[arg(long, global = true, env = "KILN_ADDR", value_name = "ADDR")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ADDR",
+        value_name = "ADDR",
+        help_heading = GLOBAL
+    )]
     addr: Option<String>,
     #[command(flatten)]
     tls: remote::Tls,

@@ -36,8 +36,16 @@ pub(crate) enum Mode {
     Tty,
     /// Plain lines for logs: `#N [stage 2/5] RUN …`, every output line, `#N DONE 1.2s`.
     Plain,
-    /// One JSON object per event, for programs.
+    /// One JSON object per event, for programs (kiln's own).
     Json,
+    /// BuildKit's `SolveStatus` JSON, a line each, as `docker buildx build
+    /// --progress rawjson` prints it.
+    Rawjson,
+    /// Nothing but warnings and errors (buildx's `quiet`; the image ID
+    /// only with `-q`).
+    Quiet,
+    /// As `quiet` (buildx's `none`).
+    None,
 }
 
 /// Where events go for one build, and the build checks' warnings, shown
@@ -52,6 +60,7 @@ pub(crate) struct Printer {
 enum Shown {
     Quiet,
     Json,
+    RawJson(crate::rawjson::RawJson),
     Plain { log_bytes: HashMap<usize, usize> },
     Tty(Live),
 }
@@ -61,7 +70,9 @@ impl Printer {
         let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let shown = match mode {
             _ if quiet => Shown::Quiet,
+            Mode::Quiet | Mode::None => Shown::Quiet,
             Mode::Json => Shown::Json,
+            Mode::Rawjson => Shown::RawJson(crate::rawjson::RawJson::new()),
             Mode::Tty => Shown::Tty(Live::start()),
             Mode::Auto if on_terminal => Shown::Tty(Live::start()),
             Mode::Auto | Mode::Plain => Shown::Plain {
@@ -86,8 +97,9 @@ impl Printer {
     /// A notice as a line of its own (a warning even with `-q`); kept
     /// for the end while the live view draws.
     fn notice(&mut self, notice: Notice) {
-        match (&self.shown, notice.level) {
+        match (&mut self.shown, notice.level) {
             (Shown::Tty(_), _) => self.notices.push(notice),
+            (Shown::RawJson(raw), _) => say!("{}", raw.notice(&notice)),
             (Shown::Quiet, Level::Info) => {}
             _ => print_notice(&notice),
         }
@@ -101,6 +113,7 @@ impl Printer {
                     say!("{line}");
                 }
             }
+            (Shown::RawJson(raw), event) => say!("{}", raw.event(event)),
             (_, Event::Warning { warning }) => self.warnings.push(warning),
             (Shown::Plain { log_bytes }, event) => plain(log_bytes, event),
             (Shown::Tty(live), event) => live.view().apply(event, Instant::now()),

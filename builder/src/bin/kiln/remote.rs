@@ -16,25 +16,31 @@ pub(crate) type Remote = kiln_builder::client::Client;
 /// `KILN_TLS_CERT`, `KILN_TLS_KEY`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct Tls {
+    /// The CA that signed kilnd's certificate (a `tcp://` `--addr`).
     #[arg(
         long = "tls-ca",
         global = true,
         env = "KILN_TLS_CA",
-        value_name = "PEM"
+        value_name = "PEM",
+        help_heading = crate::GLOBAL
     )]
     ca: Option<std::path::PathBuf>,
+    /// This client's certificate, for kilnd's mutual TLS.
     #[arg(
         long = "tls-cert",
         global = true,
         env = "KILN_TLS_CERT",
-        value_name = "PEM"
+        value_name = "PEM",
+        help_heading = crate::GLOBAL
     )]
     cert: Option<std::path::PathBuf>,
+    /// This client's private key, for kilnd's mutual TLS.
     #[arg(
         long = "tls-key",
         global = true,
         env = "KILN_TLS_KEY",
-        value_name = "PEM"
+        value_name = "PEM",
+        help_heading = crate::GLOBAL
     )]
     key: Option<std::path::PathBuf>,
 }
