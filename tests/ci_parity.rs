@@ -394,3 +394,147 @@ fn rawjson_progress_is_buildkits_solve_status() {
         assert_eq!(stderr(&out), "", "quiet");
     }
 }
+
+/// The JSON the registry serves for `name` (`repo@digest` too).
+fn raw_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&raw_manifest(name)).unwrap()
+}
+
+/// `--annotation` and `-o annotation.K=V` on a one-platform push: on its
+/// manifest, embedded and through kilnd; an index's annotation without an
+/// index, and annotations in Docker's media types, are refused.
+#[test]
+fn annotations_reach_the_pushed_manifest() {
+    if !registry_ready() {
+        return;
+    }
+    let registry = Registry::with_auth("");
+    let s = Setup::new();
+    let through = Setup::new();
+    let kilnd = Kilnd::start(&through);
+    let addr = kilnd.addr();
+    for (s, addr, node) in [
+        (&s, None, "embedded"),
+        (&through, Some(addr.as_str()), "kilnd"),
+    ] {
+        let name = format!("{}/ci/annotated:{node}", registry.addr);
+        let output = format!("type=registry,name={name},annotation.org.example.by=kiln");
+        build(
+            s,
+            addr,
+            &[
+                "--annotation",
+                "org.opencontainers.image.title=ci app",
+                "-o",
+                &output,
+            ],
+        );
+        let manifest = raw_json(&name);
+        assert_eq!(
+            manifest["annotations"]["org.opencontainers.image.title"], "ci app",
+            "{node}: {manifest}"
+        );
+        assert_eq!(manifest["annotations"]["org.example.by"], "kiln");
+
+        let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+        args.extend(["--annotation", "index:k=v"]);
+        let out = s.build(APP, &args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("need an index"), "{}", stderr(&out));
+        let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+        args.extend([
+            "--annotation",
+            "k=v",
+            "-o",
+            "type=image,oci-mediatypes=false",
+        ]);
+        let out = s.build(APP, &args);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("needs OCI media types"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+/// Several platforms: index, manifest-descriptor and per-platform manifest
+/// annotations land where buildx puts them; the metadata names the index
+/// (no config digest) and `--iidfile` holds the index's digest — embedded
+/// and through kilnd.
+#[test]
+fn a_multi_platform_push_is_annotated_and_read_back() {
+    if !crate::platforms::ready(&crate::registry::REGISTRY_TEST) {
+        return;
+    }
+    let registry = Registry::with_auth("");
+    let s = crate::platforms::multi_setup();
+    let meta = s.dir.path().join("meta.json");
+    let iid = s.dir.path().join("iid");
+    let flags = |name: &str| -> Vec<String> {
+        [
+            "--platform",
+            crate::platforms::BOTH,
+            "-t",
+            name,
+            "--push",
+            "--annotation",
+            "index:org.example.index=i",
+            "--annotation",
+            "manifest-descriptor[linux/arm64]:org.example.entry=e",
+            "--annotation",
+            "manifest[linux/arm64]:org.example.arm=a",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let check = |name: &str| {
+        let index_bytes = raw_manifest(name);
+        let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
+        assert_eq!(index["annotations"]["org.example.index"], "i", "{index}");
+        let repo = name.rsplit_once(':').unwrap().0;
+        for entry in index["manifests"].as_array().unwrap() {
+            let arm = entry["platform"]["architecture"] == "arm64";
+            let described = entry["annotations"]["org.example.entry"].as_str();
+            assert_eq!(described, arm.then_some("e"), "{entry}");
+            let digest = entry["digest"].as_str().unwrap();
+            let manifest = raw_json(&format!("{repo}@{digest}"));
+            let own = manifest["annotations"]["org.example.arm"].as_str();
+            assert_eq!(own, arm.then_some("a"), "{manifest}");
+        }
+        let m = read_json(&meta);
+        let digest = Digest::of(&index_bytes).to_string();
+        assert_eq!(m["containerimage.digest"], digest.as_str(), "{m}");
+        assert!(m.get("containerimage.config.digest").is_none(), "{m}");
+        assert_eq!(
+            m["containerimage.descriptor"]["mediaType"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(fs::read_to_string(&iid).unwrap(), digest);
+    };
+    let embedded = format!("{}/ci/multi:embedded", registry.addr);
+    let out = s.build(
+        crate::platforms::APP,
+        &flags(&embedded)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(&embedded);
+
+    let kilnd = Kilnd::start(&s);
+    let through = format!("{}/ci/multi:kilnd", registry.addr);
+    let mut args = vec!["--addr".to_owned(), kilnd.addr()];
+    args.extend(flags(&through));
+    let out = s.build(
+        crate::platforms::APP,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(&through);
+}

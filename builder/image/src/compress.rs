@@ -645,7 +645,9 @@ pub fn index_with<E: From<ImageError>>(
         let size = store.content.size(&manifest).map_err(ImageError::from)?;
         entries.push((manifest, size, platform));
     }
-    Ok(image::write_index_as(store, types, &entries)?.0)
+    let (index, _) = image::write_index_as(store, types, &entries)?;
+    // The index's own annotations and its entries' go along.
+    Ok(image::annotations::carried(store, digest, &index)?)
 }
 
 /// [`distributed`], each layer that changes made by `convert`. In Docker
@@ -679,7 +681,13 @@ pub fn distributed_with<E: From<ImageError>>(
         out.push((l.blob, l.media_type, l.size));
     }
     let config = (&image.config_digest, image.manifest.config().size());
-    Ok(image::write_manifest_as(store, how.media_types, config, &out)?.0)
+    let (manifest, _) = image::write_manifest_as(store, how.media_types, config, &out)?;
+    // The store's manifest's annotations go along.
+    Ok(image::annotations::carried(
+        store,
+        &image.manifest_digest,
+        &manifest,
+    )?)
 }
 
 /// Whether a layer's media type says gzip or zstd.

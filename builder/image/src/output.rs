@@ -97,6 +97,8 @@ impl Output {
                     "compression" | "compression-level" | "oci-mediatypes" | "force-compression",
                     _,
                 )) => {}
+                // Read by the build (`Annotation::parse_attribute`).
+                Some((key, _)) if key.starts_with("annotation") => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }

@@ -5,6 +5,7 @@
 //! Both OCI and Docker schema-2 media types are read; kiln writes OCI,
 //! and Docker's for what leaves when asked ([`media_types`]).
 
+pub mod annotations;
 pub mod config;
 pub mod index;
 pub mod media_types;

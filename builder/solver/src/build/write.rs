@@ -8,14 +8,21 @@
 use std::collections::BTreeMap;
 
 use kiln_cache::{Digest, Store};
+use kiln_image::image::annotations::{self, Annotations, Target};
 use kiln_image::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
 use kiln_image::image::{self, OCI_INDEX, OCI_MANIFEST, canonical_json};
 
 use super::{BuildError, Built, Solved, SolvedImage};
 
-/// Writes `solved`'s images and tags them with every name of `tags`: the
-/// manifest of the one platform, or the index of several.
-pub fn write_image(store: &Store, solved: Solved, tags: &[String]) -> Result<Built, BuildError> {
+/// Writes `solved`'s images, annotated as `annotations` asks, and tags
+/// them with every name of `tags`: the manifest of the one platform, or
+/// the index of several.
+pub fn write_image(
+    store: &Store,
+    solved: Solved,
+    tags: &[String],
+    annotations: &Annotations,
+) -> Result<Built, BuildError> {
     let Solved {
         images,
         source_date_epoch,
@@ -25,7 +32,7 @@ pub fn write_image(store: &Store, solved: Solved, tags: &[String]) -> Result<Bui
     let created = rfc3339(source_date_epoch.unwrap_or_else(image::now));
     let written = images
         .into_iter()
-        .map(|solved| write_one(store, solved, &created))
+        .map(|solved| write_one(store, solved, &created, annotations))
         .collect::<Result<Vec<_>, _>>()?;
     let (manifest, media_type, id) = match written.as_slice() {
         [one] => (one.manifest.clone(), OCI_MANIFEST, one.config.clone()),
@@ -35,6 +42,12 @@ pub fn write_image(store: &Store, solved: Solved, tags: &[String]) -> Result<Bui
                 .map(|w| (w.manifest.clone(), w.size, w.platform.clone()))
                 .collect();
             let (index, _) = image::write_index(store, &entries)?;
+            let (index, _) = annotations::annotate_index(
+                store,
+                &index,
+                &annotations.on(Target::Index, None),
+                &|p| annotations.on(Target::ManifestDescriptor, p),
+            )?;
             (index.clone(), OCI_INDEX, index)
         }
     };
@@ -61,7 +74,12 @@ struct Written {
 }
 
 /// Writes one platform's config and manifest.
-fn write_one(store: &Store, solved: SolvedImage, created: &str) -> Result<Written, BuildError> {
+fn write_one(
+    store: &Store,
+    solved: SolvedImage,
+    created: &str,
+    annotations: &Annotations,
+) -> Result<Written, BuildError> {
     let SolvedImage {
         layers,
         image: target,
@@ -112,10 +130,15 @@ fn write_one(store: &Store, solved: SolvedImage, created: &str) -> Result<Writte
         .into_iter()
         .map(|l| (l.blob, l.media_type, l.size))
         .collect();
-    let (manifest, size) = image::write_manifest(
+    let (manifest, _) = image::write_manifest(
         store,
         (&config_digest, config_bytes.len() as u64),
         &manifest_layers,
+    )?;
+    let (manifest, size) = annotations::annotate(
+        store,
+        &manifest,
+        &annotations.on(Target::Manifest, Some(&platform)),
     )?;
     Ok(Written {
         manifest,

@@ -222,7 +222,12 @@ fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<B
             labels.extend(request.labels.clone());
         }
     }
-    Ok(build::write_image(env.store, solved, &request.tags)?)
+    Ok(build::write_image(
+        env.store,
+        solved,
+        &request.tags,
+        &request.annotations,
+    )?)
 }
 
 /// `--cache-to`: every step's layer (and, when asked, the build's cache

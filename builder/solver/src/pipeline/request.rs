@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::entitlements::{EntitlementError, Entitlements};
 use kiln_image::compress::LayerCompression;
+use kiln_image::image::annotations::{Annotation, Annotations, MAX_ANNOTATION_BYTES};
 use kiln_image::output::Output;
 use kiln_registry::PullPolicy;
 
@@ -45,6 +46,11 @@ pub enum RequestError {
     Entitlement(#[from] EntitlementError),
     #[error("{0}")]
     Output(String),
+    /// Annotations over [`MAX_ANNOTATION_BYTES`].
+    #[error(
+        "--annotation: the annotations hold {0} bytes, over kiln's bound of {MAX_ANNOTATION_BYTES}"
+    )]
+    AnnotationsTooLarge(usize),
     /// `--label`s over [`MAX_LABEL_BYTES`].
     #[error("--label: the labels hold {0} bytes, over kiln's bound of {MAX_LABEL_BYTES}")]
     LabelsTooLarge(usize),
@@ -131,6 +137,9 @@ pub struct Request {
     pub tags: Vec<String>,
     /// `--label`: set on the image over the Dockerfile's `LABEL`s.
     pub labels: BTreeMap<String, String>,
+    /// `--annotation` and `-o annotation*.K=V`: on the manifests, the
+    /// index and its entries.
+    pub annotations: Annotations,
     /// `--no-cache`.
     pub no_cache: bool,
     /// `--no-cache-filter`: stages whose steps run again.
@@ -190,6 +199,49 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > MAX_LABEL_BYTES {
         return Err(RequestError::LabelsTooLarge(bytes));
+    }
+    Ok(())
+}
+
+/// `--annotation` values, each buildx's `[TYPE[PLATFORM]:]KEY=VALUE`.
+pub fn parse_annotations(specs: &[String]) -> Result<Annotations> {
+    let mut all = Vec::new();
+    for spec in specs {
+        all.extend(
+            Annotation::parse_flag(spec).map_err(|reason| RequestError::Invalid {
+                flag: "--annotation",
+                value: spec.clone(),
+                reason,
+            })?,
+        );
+    }
+    Ok(Annotations(all))
+}
+
+/// Annotations as a build takes them: within [`MAX_ANNOTATION_BYTES`], an
+/// index's only for several platforms (only they make one), and in OCI
+/// media types (Docker's manifests have no annotations).
+pub fn check_annotations(request: &Request) -> Result<()> {
+    let annotations = &request.annotations;
+    if annotations.is_empty() {
+        return Ok(());
+    }
+    if annotations.bytes() > MAX_ANNOTATION_BYTES {
+        return Err(RequestError::AnnotationsTooLarge(annotations.bytes()));
+    }
+    if annotations.need_index() && request.platforms.len() < 2 {
+        return Err(RequestError::Output(
+            "--annotation: index and manifest-descriptor annotations need an index: \
+             build for several platforms (--platform)"
+                .to_owned(),
+        ));
+    }
+    if request.compression.media_types == kiln_image::image::MediaTypes::Docker {
+        return Err(RequestError::Output(
+            "--annotation needs OCI media types: Docker's manifests have no annotations \
+             (drop oci-mediatypes=false)"
+                .to_owned(),
+        ));
     }
     Ok(())
 }
@@ -287,6 +339,8 @@ pub struct Outputs {
     pub names: Vec<String>,
     pub push: bool,
     pub compression: LayerCompression,
+    /// `annotation*.K=V` attributes of any output.
+    pub annotations: Annotations,
     /// `type=cacheonly` and no image output: the build tags nothing (its
     /// `-t` names are dropped), as BuildKit's cacheonly exporter makes no
     /// image.
@@ -300,8 +354,23 @@ impl Outputs {
             names: Vec::new(),
             push: false,
             compression: LayerCompression::from_outputs(specs).map_err(RequestError::Output)?,
+            annotations: Annotations::default(),
             untagged: false,
         };
+        for spec in specs {
+            for field in spec.split(',') {
+                if let Some(parsed) = Annotation::parse_attribute(field) {
+                    outputs
+                        .annotations
+                        .0
+                        .push(parsed.map_err(|reason| RequestError::Invalid {
+                            flag: "--output",
+                            value: spec.clone(),
+                            reason,
+                        })?);
+                }
+            }
+        }
         let (mut image, mut cache_only) = (false, false);
         for spec in specs {
             match Output::parse(spec).map_err(RequestError::Output)? {

@@ -63,6 +63,7 @@ impl From<&Request> for pb::BuildSpec {
             }),
             labels: r.labels.clone().into_iter().collect(),
             oci_output: super::request::has_oci(&r.files),
+            annotations: r.annotations.0.iter().map(|a| a.spec()).collect(),
             ..Self::default()
         }
     }
@@ -95,6 +96,8 @@ impl TryFrom<pb::BuildSpec> for Request {
         }
         let labels: std::collections::BTreeMap<String, String> = spec.labels.into_iter().collect();
         check_labels(&labels)?;
+        let mut annotations = super::request::parse_annotations(&spec.annotations)?;
+        annotations.0.extend(outputs.annotations.0);
         let request = Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
             cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
@@ -112,6 +115,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             platforms: super::request::parse_platforms(&spec.platforms)?,
             tags,
             labels,
+            annotations,
             no_cache: spec.no_cache,
             no_cache_filter: spec.no_cache_filter,
             sandbox,
@@ -130,6 +134,7 @@ impl TryFrom<pb::BuildSpec> for Request {
             context_time: spec.context_time,
         };
         check_lists(&request)?;
+        super::request::check_annotations(&request)?;
         Ok(request)
     }
 }
@@ -304,6 +309,8 @@ fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
             .map_or(Ok(LayerCompression::default()), compression)?
             .with_media_types(media_types(image.media_types)?)
             .map_err(RequestError::Output)?,
+        // Carried in `BuildSpec.annotations`.
+        annotations: Default::default(),
         // The client drops the names of a cache-only build itself.
         untagged: false,
     })

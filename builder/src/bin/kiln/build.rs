@@ -12,8 +12,8 @@ use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
 use kiln_solver::pipeline::request::{
-    check_labels, check_lists, check_outputs_for_platforms, normalize_names, parse_label,
-    parse_platforms, parse_pull,
+    check_annotations, check_labels, check_lists, check_outputs_for_platforms, normalize_names,
+    parse_annotations, parse_label, parse_platforms, parse_pull,
 };
 use kiln_solver::pipeline::{self, CacheRef, Env, Metadata, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
@@ -33,6 +33,11 @@ pub(crate) struct Build {
     /// `LABEL` of the same key.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Add an OCI annotation: `[TYPE[PLATFORM]:]KEY=VALUE`, TYPE `manifest`
+    /// (the default), `index` or `manifest-descriptor` (several platforms),
+    /// e.g. `index:org.opencontainers.image.title=app`; as buildx.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
     /// Set a build argument (`KEY=VALUE`, or `KEY` to take it from the environment).
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
@@ -506,6 +511,11 @@ impl Build {
             platforms: parse_platforms(&self.platforms)?,
             tags,
             labels: self.labels()?,
+            annotations: {
+                let mut a = parse_annotations(&self.annotations)?;
+                a.0.extend(outputs.annotations.0);
+                a
+            },
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter.clone(),
             pull: parse_pull(&self.pull)?,
@@ -539,6 +549,7 @@ impl Build {
         // As kilnd checks a client's: the same message both ways.
         check_lists(&request)?;
         check_outputs_for_platforms(&request)?;
+        check_annotations(&request)?;
         Ok(request)
     }
 

@@ -10,8 +10,6 @@ use clap::Args;
 /// takes the context argument for its value.
 #[derive(Args, Default, Debug)]
 pub(crate) struct BuildxFlags {
-    #[arg(long, hide = true, value_name = "KEY=VALUE")]
-    annotation: Vec<String>,
     #[arg(long, hide = true, value_name = "ATTEST")]
     attest: Vec<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -64,9 +62,6 @@ impl BuildxFlags {
         let not_yet = |flag: &str, why: &str| -> Result<Vec<String>> {
             bail!("{flag} is not supported by kiln yet: {why}")
         };
-        if !self.annotation.is_empty() {
-            return not_yet("--annotation", "set labels with --label");
-        }
         if !self.attest.is_empty() {
             return not_yet("--attest", "kiln makes no attestations (SBOM, provenance)");
         }
@@ -164,7 +159,6 @@ mod tests {
             (&["--provenance=mode=max", "."], "--provenance"),
             (&["--builder", "b", "."], "--builder"),
             (&["--cgroup-parent", "p", "."], "--cgroup-parent"),
-            (&["--annotation", "a=b", "."], "--annotation"),
         ] {
             let e = check(args).unwrap_err().to_string();
             assert!(
