@@ -76,7 +76,10 @@ impl Output {
                     };
                 }
                 // Read by the build (`LayerCompression`), for every output.
-                Some(("compression" | "compression-level" | "oci-mediatypes", _)) => {}
+                Some((
+                    "compression" | "compression-level" | "force-compression" | "oci-mediatypes",
+                    _,
+                )) => {}
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }

@@ -135,7 +135,7 @@ fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Optio
         env.store,
         &built.manifest,
         request.compression,
-        kiln_image::compress::Recompress::Every,
+        request.compression.recompress(),
     )?))
 }
 
@@ -279,7 +279,7 @@ fn push(
             tag,
             built.leaving(),
             request.compression,
-            kiln_image::compress::Recompress::Every,
+            request.compression.recompress(),
             &request.registry,
         )?;
         built.distribution = Some(pushed.manifest.clone());

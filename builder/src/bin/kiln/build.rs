@@ -110,11 +110,13 @@ pub(crate) struct Build {
     /// Where the result goes, buildctl's syntax: `type=image` (the store; the
     /// default), `type=docker,dest=F`, `type=oci,dest=F`, `type=local,dest=DIR`,
     /// `type=tar,dest=F`, or a directory; `dest=-` (or `-o -`, a tar) is
-    /// standard output. `compression=gzip|zstd|uncompressed` (and
+    /// standard output. `compression=gzip|estargz|zstd|uncompressed` (and
     /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
-    /// and `--cache-to` (gzip by default); the store keeps a build's own
-    /// layers uncompressed. `oci-mediatypes=false`: the push and `type=oci`
-    /// in Docker schema 2 media types (OCI's by default; not with zstd).
+    /// and `--cache-to` (gzip by default; estargz: gzip that runtimes can
+    /// pull lazily); the store keeps a build's own layers uncompressed, and
+    /// a base image's leave as they came unless `force-compression=true`.
+    /// `oci-mediatypes=false`: the push and `type=oci` in Docker schema 2
+    /// media types (OCI's by default; not with zstd nor estargz).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Print only the image ID.
