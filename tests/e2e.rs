@@ -16,6 +16,7 @@ mod digests;
 mod docker;
 mod empty_steps;
 mod emulation;
+mod estargz;
 mod everyday;
 mod farm;
 mod git_query;

@@ -48,6 +48,7 @@ pub fn record(store: &Store, snapshots: &Snapshots, upper: &Path) -> Result<Laye
             .media_type()
             .to_owned(),
         size,
+        annotations: std::collections::BTreeMap::new(),
     };
     let adopted = snapshots.adopt(&digest.to_string(), upper);
     if store.available(&digest) {

@@ -1,5 +1,6 @@
 //! Layer compression: how an image's layers leave this machine
-//! (`-o …,compression=gzip|zstd|uncompressed[,compression-level=N]`), an
+//! (`-o …,compression=gzip|estargz|zstd|uncompressed[,compression-level=N]
+//! [,force-compression=true]`), an
 //! encoder that compresses as a layer is written, and conversion of a
 //! stored layer to another compression.
 //!
@@ -44,12 +45,19 @@ pub fn store_layer(
             reason: e.to_string(),
         })?;
     let (encoder, diff_id) = hashing.finish();
-    let blob = encoder.finish().map_err(compressing)?.commit(None)?;
+    let (writer, estargz) = encoder.finish_layer().map_err(compressing)?;
+    let blob = writer.commit(None)?;
+    // An eStargz blob gunzips to the tar and its TOC: that is its diff ID.
+    let (diff_id, annotations) = match estargz {
+        Some(made) => (made.diff_id.clone(), made.annotations()),
+        None => (diff_id, std::collections::BTreeMap::new()),
+    };
     Ok(Layer {
         blob: blob.digest,
         diff_id,
         media_type: how.media_type().to_owned(),
         size: blob.size,
+        annotations,
     })
 }
 
@@ -74,6 +82,7 @@ fn store_uncompressed(
             .media_type()
             .to_owned(),
         size: blob.size,
+        annotations: std::collections::BTreeMap::new(),
     })
 }
 
@@ -111,20 +120,24 @@ pub fn verify_layer(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerCompression {
     pub kind: Kind,
-    /// gzip 1–9, zstd 1–22.
+    /// gzip and eStargz 1–9, zstd 1–22.
     pub level: u32,
+    /// `force-compression=true`: every layer leaves in `kind`, a base
+    /// image's too; without it only layers kept uncompressed (the build's
+    /// own) are compressed, and a base image's layers leave as they came
+    /// (BuildKit: "compression option isn't applied to layers that
+    /// already exist").
+    pub force: bool,
     /// `oci-mediatypes=`: the manifests (and layer descriptors) that leave;
     /// the store's blobs and their conversions are the same for both.
     pub media_types: MediaTypes,
-    /// `force-compression=true`: every layer leaves compressed as asked,
-    /// a base image's too; by default (BuildKit's) only the build's own
-    /// layers are, and what a registry gave stays as it came.
-    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Gzip,
+    /// gzip in eStargz's layout ([`crate::estargz`]); OCI media types only.
+    Estargz,
     Zstd,
     Uncompressed,
 }
@@ -137,25 +150,26 @@ impl Default for LayerCompression {
 }
 
 impl LayerCompression {
-    /// `kind` at its default level (gzip 6, zstd 3).
+    /// `kind` at its default level (gzip and eStargz 6, zstd 3).
     pub fn of(kind: Kind) -> Self {
         let level = match kind {
-            Kind::Gzip => 6,
+            Kind::Gzip | Kind::Estargz => 6,
             Kind::Zstd => 3,
             Kind::Uncompressed => 0,
         };
         Self {
             kind,
             level,
-            media_types: MediaTypes::Oci,
             force: false,
+            media_types: MediaTypes::Oci,
         }
     }
 
-    /// `gzip`, `zstd` or `uncompressed`.
+    /// `gzip`, `estargz`, `zstd` or `uncompressed`.
     pub fn parse(name: &str) -> Option<Self> {
         Some(Self::of(match name {
             "gzip" => Kind::Gzip,
+            "estargz" => Kind::Estargz,
             "zstd" => Kind::Zstd,
             "uncompressed" => Kind::Uncompressed,
             _ => return None,
@@ -166,15 +180,48 @@ impl LayerCompression {
     pub fn name(self) -> &'static str {
         match self.kind {
             Kind::Gzip => "gzip",
+            Kind::Estargz => "estargz",
             Kind::Zstd => "zstd",
             Kind::Uncompressed => "uncompressed",
+        }
+    }
+
+    /// Which layers leave compressed again: all of them with
+    /// `force-compression`, else only those kept uncompressed.
+    pub fn recompress(self) -> Recompress {
+        if self.force {
+            Recompress::Every
+        } else {
+            Recompress::Uncompressed
+        }
+    }
+
+    /// Whether `layer` already is what this compression makes (an eStargz
+    /// layer is a gzip one too; a gzip one is eStargz only if its
+    /// descriptor names its TOC).
+    pub fn holds(self, layer: &Layer) -> bool {
+        // Docker's and OCI's gzip (or plain tar) types are the same bytes.
+        let family = |m: &str| {
+            MediaTypes::Docker
+                .layer(m)
+                .map_or(m.to_owned(), str::to_owned)
+        };
+        let same_type = family(&layer.media_type) == family(self.media_type());
+        match self.kind {
+            Kind::Estargz => {
+                same_type
+                    && layer
+                        .annotations
+                        .contains_key(crate::estargz::TOC_DIGEST_ANNOTATION)
+            }
+            _ => same_type,
         }
     }
 
     /// With `compression-level=N`, checked against the kind's range.
     pub fn with_level(self, level: u32) -> Option<Self> {
         let max = match self.kind {
-            Kind::Gzip => 9,
+            Kind::Gzip | Kind::Estargz => 9,
             Kind::Zstd => 22,
             Kind::Uncompressed => return Some(self),
         };
@@ -182,25 +229,27 @@ impl LayerCompression {
     }
 
     /// What the `-o` values ask (`compression=`, `compression-level=`,
-    /// `oci-mediatypes=`, in any of them); gzip at level 6 in OCI types
-    /// when none does. zstd in Docker types is refused: Docker has no zstd
-    /// layer type (BuildKit forces OCI types for zstd instead).
+    /// `force-compression=`, `oci-mediatypes=`, in any of them); gzip at
+    /// level 6 in OCI types when none does. zstd and eStargz in Docker
+    /// types are refused: Docker has no zstd layer type (BuildKit forces
+    /// OCI types for zstd instead), and eStargz's TOC digest is an
+    /// annotation, which Docker's manifests lack (BuildKit refuses it).
     pub fn from_outputs(outputs: &[String]) -> Result<Self, String> {
         let mut compression = Self::default();
         let mut level = None;
-        let mut media_types = MediaTypes::Oci;
         let mut force = false;
+        let mut media_types = MediaTypes::Oci;
         for spec in outputs {
             for field in spec.split(',') {
                 if let Some(value) = field.strip_prefix("compression=") {
                     compression = Self::parse(value).ok_or_else(|| {
-                        format!("--output {spec}: compression is gzip, zstd or uncompressed")
+                        format!(
+                            "--output {spec}: compression is gzip, estargz, zstd or uncompressed"
+                        )
                     })?;
-                } else if let Some(value) = field.strip_prefix("compression-level=") {
-                    level = Some((spec, value));
                 } else if let Some(value) = field.strip_prefix("force-compression=") {
                     force = match value {
-                        "true" => true,
+                        "" | "true" => true,
                         "false" => false,
                         _ => {
                             return Err(format!(
@@ -208,6 +257,8 @@ impl LayerCompression {
                             ));
                         }
                     };
+                } else if let Some(value) = field.strip_prefix("compression-level=") {
+                    level = Some((spec, value));
                 } else if let Some(value) = field.strip_prefix("oci-mediatypes=") {
                     media_types = MediaTypes::parse(value).ok_or_else(|| {
                         format!("--output {spec}: oci-mediatypes is true or false")
@@ -222,30 +273,31 @@ impl LayerCompression {
                 .ok()
                 .and_then(|l| compression.with_level(l))
                 .ok_or_else(|| {
-                    format!("--output {spec}: compression-level is 1-9 for gzip, 1-22 for zstd")
+                    format!(
+                        "--output {spec}: compression-level is 1-9 for gzip and estargz, 1-22 for zstd"
+                    )
                 })?,
         };
-        Ok(Self {
+        Self {
             force,
-            ..compression.with_media_types(media_types)?
-        })
-    }
-
-    /// Which layers leave compressed as asked ([`LayerCompression::force`]).
-    pub fn recompress(self) -> Recompress {
-        if self.force {
-            Recompress::Every
-        } else {
-            Recompress::Uncompressed
+            ..compression
         }
+        .with_media_types(media_types)
     }
 
-    /// In `media_types`; zstd has no Docker type.
+    /// In `media_types`; zstd has no Docker type, and eStargz needs OCI's.
     pub fn with_media_types(self, media_types: MediaTypes) -> Result<Self, String> {
         if self.kind == Kind::Zstd && media_types == MediaTypes::Docker {
             return Err("--output compression=zstd needs OCI media types: \
                  Docker's have no zstd layer (drop oci-mediatypes=false)"
                 .to_owned());
+        }
+        if self.kind == Kind::Estargz && media_types == MediaTypes::Docker {
+            return Err(
+                "--output compression=estargz conflicts with oci-mediatypes=false: \
+                 eStargz needs OCI media types (drop oci-mediatypes=false)"
+                    .to_owned(),
+            );
         }
         Ok(Self {
             media_types,
@@ -255,7 +307,7 @@ impl LayerCompression {
 
     fn format(self) -> Compression {
         match self.kind {
-            Kind::Gzip => Compression::Gzip,
+            Kind::Gzip | Kind::Estargz => Compression::Gzip,
             Kind::Zstd => Compression::Zstd,
             Kind::Uncompressed => Compression::None,
         }
@@ -275,6 +327,7 @@ impl LayerCompression {
 pub enum Encoder<W: Write + Send + 'static> {
     Plain(W),
     Gzip(GzipWriter<W>),
+    Estargz(Box<crate::estargz::Writer<W>>),
     Zstd(zstd::stream::Encoder<'static, W>),
 }
 
@@ -294,6 +347,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
                     .compression_level(gzp::Compression::new(how.level))
                     .from_writer(out),
             )),
+            Kind::Estargz => Self::Estargz(Box::new(crate::estargz::Writer::new(out, how.level))),
             Kind::Zstd => Self::Zstd(zstd::stream::Encoder::new(
                 out,
                 i32::try_from(how.level).unwrap_or(3),
@@ -303,10 +357,17 @@ impl<W: Write + Send + 'static> Encoder<W> {
 
     /// Writes what is buffered and the trailer; returns the writer.
     pub fn finish(self) -> io::Result<W> {
+        Ok(self.finish_layer()?.0)
+    }
+
+    /// [`Encoder::finish`], and what an eStargz layer is besides its
+    /// bytes (its TOC digest and diff ID).
+    pub fn finish_layer(self) -> io::Result<(W, Option<crate::estargz::Made>)> {
         match self {
-            Self::Plain(w) => Ok(w),
-            Self::Gzip(mut gz) => gz.finish(),
-            Self::Zstd(z) => z.finish(),
+            Self::Plain(w) => Ok((w, None)),
+            Self::Gzip(mut gz) => Ok((gz.finish()?, None)),
+            Self::Estargz(e) => e.finish().map(|(w, made)| (w, Some(made))),
+            Self::Zstd(z) => Ok((z.finish()?, None)),
         }
     }
 }
@@ -375,6 +436,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
         match self {
             Self::Plain(w) => w.write(buf),
             Self::Gzip(gz) => gz.with(|w| w.write(buf)),
+            Self::Estargz(e) => e.write(buf),
             Self::Zstd(z) => z.write(buf),
         }
     }
@@ -383,6 +445,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
         match self {
             Self::Plain(w) => w.flush(),
             Self::Gzip(gz) => gz.with(|w| w.flush()),
+            Self::Estargz(e) => e.flush(),
             Self::Zstd(z) => z.flush(),
         }
     }
@@ -491,7 +554,7 @@ pub fn converted_before(
     layer: &Layer,
     how: LayerCompression,
 ) -> Result<Option<Layer>, ImageError> {
-    if layer.media_type == how.media_type() {
+    if how.holds(layer) {
         return Ok(Some(layer.clone()));
     }
     let found = store
@@ -503,6 +566,7 @@ pub fn converted_before(
             diff_id: r.diff_id,
             media_type: r.media_type,
             size: r.size,
+            annotations: r.annotations,
         });
     Ok(found)
 }
@@ -536,19 +600,25 @@ pub fn convert<W: Write + Send + 'static>(
             .map(drop)
             .map_err(io)
     };
-    let finished = streamed.and_then(|()| encoder.finish().map_err(io));
+    let finished = streamed.and_then(|()| encoder.finish_layer().map_err(io));
     // gzip writes on threads of its own and says only that its pipe broke:
     // what the writers met (a full disk) is the cause.
-    let Tee(writer, mut also) = finished
-        .map_err(|e| failure.take().map_or(e, io))?
-        .into_inner();
+    let (witness, estargz) = finished.map_err(|e| failure.take().map_or(e, io))?;
+    let Tee(writer, mut also) = witness.into_inner();
     also.flush().map_err(io)?;
     let blob = writer.commit(None)?;
+    // An eStargz blob gunzips to the layer's tar and then its TOC's: that
+    // is its diff ID, which the image's config names.
+    let (diff_id, annotations) = match estargz {
+        Some(made) => (made.diff_id.clone(), made.annotations()),
+        None => (layer.diff_id.clone(), std::collections::BTreeMap::new()),
+    };
     let out = Layer {
         blob: blob.digest,
-        diff_id: layer.diff_id.clone(),
+        diff_id,
         media_type: how.media_type().to_owned(),
         size: blob.size,
+        annotations,
     };
     store.meta.put_cache_record(
         &conversion_key(layer, how),
@@ -558,6 +628,7 @@ pub fn convert<W: Write + Send + 'static>(
             media_type: out.media_type.clone(),
             size: out.size,
             created: image::now(),
+            annotations: out.annotations.clone(),
         },
     )?;
     Ok((out, also))
@@ -652,7 +723,9 @@ pub fn index_with<E: From<ImageError>>(
 
 /// [`distributed`], each layer that changes made by `convert`. In Docker
 /// media types the manifest is always written anew (the store's is OCI);
-/// its layers are the same blobs as the OCI one's.
+/// its layers are the same blobs as the OCI one's. A layer whose diff ID
+/// changes (eStargz: its blob gunzips to the tar and the TOC) gets the
+/// image a config naming the new diff IDs.
 pub fn distributed_with<E: From<ImageError>>(
     store: &Store,
     image: &image::Image,
@@ -661,11 +734,13 @@ pub fn distributed_with<E: From<ImageError>>(
     convert: &mut dyn FnMut(&Layer) -> Result<Layer, E>,
 ) -> Result<kiln_cache::Digest, E> {
     let layers = image.layer_pairs()?;
-    // A base image's Docker gzip layer is what Docker types ask already.
-    let wanted = how.media_types.layer(how.media_type()).ok();
     let changes = |l: &Layer| {
-        how.media_types.layer(&l.media_type).ok() != wanted
-            && (which == Recompress::Every || !is_compressed(&l.media_type))
+        // A layer Docker's types cannot name leaves converted whatever
+        // `which` says.
+        !how.holds(l)
+            && (which == Recompress::Every
+                || !is_compressed(&l.media_type)
+                || how.media_types.layer(&l.media_type).is_err())
     };
     let same_types = how.media_types == MediaTypes::Oci;
     if same_types && !layers.iter().any(changes) {
@@ -673,21 +748,57 @@ pub fn distributed_with<E: From<ImageError>>(
     }
     let mut out = Vec::with_capacity(layers.len());
     for layer in &layers {
-        let l = if changes(layer) {
+        let mut l = if changes(layer) {
             convert(layer)?
         } else {
             layer.clone()
         };
-        out.push((l.blob, l.media_type, l.size));
+        if how.media_types == MediaTypes::Oci {
+            // An OCI manifest names a Docker-typed layer by OCI's type for
+            // the same bytes (BuildKit's `ConvertAllLayerMediaTypes`).
+            l.media_type = image::media_types::oci_layer(&l.media_type).to_owned();
+        }
+        out.push(l);
     }
-    let config = (&image.config_digest, image.manifest.config().size());
-    let (manifest, _) = image::write_manifest_as(store, how.media_types, config, &out)?;
+    let diff_ids: Vec<&kiln_cache::Digest> = out.iter().map(|l| &l.diff_id).collect();
+    let config = if layers
+        .iter()
+        .map(|l| &l.diff_id)
+        .eq(diff_ids.iter().copied())
+    {
+        (image.config_digest.clone(), image.manifest.config().size())
+    } else {
+        with_diff_ids(store, image, &diff_ids)?
+    };
+    let (manifest, _) =
+        image::write_manifest_layers(store, how.media_types, (&config.0, config.1), &out)?;
     // The store's manifest's annotations go along.
     Ok(image::annotations::carried(
         store,
         &image.manifest_digest,
         &manifest,
     )?)
+}
+
+/// `image`'s config with `diff_ids` in its `rootfs`, everything else as it
+/// was: its digest and size.
+fn with_diff_ids(
+    store: &Store,
+    image: &image::Image,
+    diff_ids: &[&kiln_cache::Digest],
+) -> Result<(kiln_cache::Digest, u64), ImageError> {
+    let bytes = store.content.read(&image.config_digest)?;
+    let json = |source| ImageError::Json {
+        what: "config",
+        digest: image.config_digest.to_string(),
+        source,
+    };
+    let mut config: serde_json::Value = serde_json::from_slice(&bytes).map_err(json)?;
+    let ids: Vec<String> = diff_ids.iter().map(ToString::to_string).collect();
+    config["rootfs"]["diff_ids"] = serde_json::json!(ids);
+    let bytes = image::canonical_json(&config);
+    let digest = store.content.write_bytes(&bytes)?;
+    Ok((digest, bytes.len() as u64))
 }
 
 /// Whether a layer's media type says gzip or zstd.
@@ -815,7 +926,7 @@ mod tests {
         assert!(
             of(&["type=image,compression=brotli"])
                 .unwrap_err()
-                .contains("gzip, zstd")
+                .contains("gzip, estargz, zstd")
         );
         assert!(
             of(&["type=image,compression-level=12"])
@@ -840,6 +951,53 @@ mod tests {
                 .unwrap_err()
                 .contains("true or false")
         );
+    }
+
+    #[test]
+    fn estargz_and_force_compression_as_buildkit_reads_them() {
+        let of = |spec: &str| LayerCompression::from_outputs(&[spec.to_owned()]);
+        let esgz = of("type=image,compression=estargz,compression-level=9").unwrap();
+        assert_eq!(
+            (esgz.kind, esgz.level, esgz.force),
+            (Kind::Estargz, 9, false)
+        );
+        assert_eq!(
+            esgz.media_type(),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(esgz.recompress(), Recompress::Uncompressed);
+        assert!(of("type=image,compression=estargz,compression-level=10").is_err());
+        let forced = of("type=image,compression=zstd,force-compression=true").unwrap();
+        assert_eq!(forced.recompress(), Recompress::Every);
+        assert!(of("type=image,force-compression=").unwrap().force);
+        assert!(!of("type=image,force-compression=false").unwrap().force);
+        assert!(
+            of("type=image,force-compression=maybe")
+                .unwrap_err()
+                .contains("true or false")
+        );
+        assert!(
+            of("type=image,compression=estargz,oci-mediatypes=false")
+                .unwrap_err()
+                .contains("conflicts with oci-mediatypes=false")
+        );
+        // A gzip layer is eStargz only if its descriptor names its TOC; an
+        // eStargz one is gzip.
+        let mut layer = Layer {
+            blob: kiln_cache::Digest::of(b"blob"),
+            diff_id: kiln_cache::Digest::of(b"tar"),
+            media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+            size: 1,
+            annotations: std::collections::BTreeMap::new(),
+        };
+        assert!(!esgz.holds(&layer));
+        assert!(LayerCompression::default().holds(&layer));
+        layer.annotations.insert(
+            crate::estargz::TOC_DIGEST_ANNOTATION.to_owned(),
+            kiln_cache::Digest::of(b"toc").to_string(),
+        );
+        assert!(esgz.holds(&layer));
+        assert!(!LayerCompression::of(Kind::Zstd).holds(&layer));
     }
 
     #[test]

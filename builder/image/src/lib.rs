@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod blobs;
 pub mod compress;
+pub mod estargz;
 pub mod image;
 pub mod images;
 pub mod output;

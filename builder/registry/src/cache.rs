@@ -234,6 +234,8 @@ pub fn import(store: &Store, reference: &str, options: &Options) -> Result<Impor
                 media_type: r.media_type.clone(),
                 size: r.size,
                 created: image::now(),
+                // A registry's annotations are not taken on its word.
+                annotations: std::collections::BTreeMap::new(),
             },
         )?;
     }

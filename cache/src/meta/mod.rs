@@ -50,6 +50,10 @@ pub struct CacheRecord {
     pub size: u64,
     /// When the step ran (seconds since the epoch).
     pub created: u64,
+    /// The layer descriptor's annotations (an eStargz layer's TOC digest
+    /// and uncompressed size); absent in records from before the field.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Blobs a running operation uses; they are not collected while it lives.
@@ -175,6 +179,7 @@ pub(crate) mod suite {
             media_type: "m".into(),
             size: 7,
             created: 8,
+            annotations: std::collections::BTreeMap::new(),
         };
         store.put_cache_record("key", &record).unwrap();
         assert_eq!(store.cache_record("key").unwrap(), Some(record.clone()));

@@ -28,6 +28,9 @@ pub fn layer_of(message: &pb::Layer) -> Option<Layer> {
         diff_id: message.diff_id.parse().ok()?,
         media_type: message.media_type.clone(),
         size: message.size,
+        // A worker's layers are its steps' (zstd or uncompressed): no
+        // annotations cross.
+        annotations: std::collections::BTreeMap::new(),
     })
 }
 

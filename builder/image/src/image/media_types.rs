@@ -88,6 +88,16 @@ impl MediaTypes {
     }
 }
 
+/// OCI's type for a Docker layer type naming the same bytes (gzip, plain
+/// tar); any other type as it is.
+pub fn oci_layer(media_type: &str) -> &str {
+    match media_type {
+        DOCKER_LAYER_GZIP => OCI_LAYER_GZIP,
+        DOCKER_LAYER => OCI_LAYER,
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

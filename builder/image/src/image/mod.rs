@@ -10,6 +10,7 @@ pub mod config;
 pub mod index;
 pub mod media_types;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
@@ -168,7 +169,18 @@ pub struct Layer {
     /// whenever the layer is read ([`crate::compress::verify_layer`], the
     /// worker's snapshots).
     pub diff_id: Digest,
+    /// The descriptor annotations a layer keeps wherever it goes: an
+    /// eStargz layer's TOC digest and uncompressed size
+    /// ([`crate::estargz::Made::annotations`]); empty for others.
+    pub annotations: BTreeMap<String, String>,
 }
+
+/// The layer descriptor annotations kept when a manifest is written anew
+/// (BuildKit's: eStargz's; others are the registry's or a tool's business).
+pub const KEPT_LAYER_ANNOTATIONS: [&str; 2] = [
+    crate::estargz::TOC_DIGEST_ANNOTATION,
+    crate::estargz::UNCOMPRESSED_SIZE_ANNOTATION,
+];
 
 /// An image in the store: its manifest and config, read and parsed.
 #[derive(Debug, Clone)]
@@ -227,6 +239,13 @@ impl Image {
                     diff_id: diff_id
                         .parse()
                         .map_err(|_| bad("diff ID", diff_id.clone()))?,
+                    annotations: d
+                        .annotations()
+                        .iter()
+                        .flatten()
+                        .filter(|(k, _)| KEPT_LAYER_ANNOTATIONS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 })
             })
             .collect()
@@ -476,21 +495,52 @@ pub fn write_manifest_as(
     config: (&Digest, u64),
     layers: &[(Digest, String, u64)],
 ) -> Result<(Digest, u64)> {
-    let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor> {
-        let d: oci_spec::image::Digest =
-            digest
-                .to_string()
-                .parse()
-                .map_err(|_| ImageError::MediaType {
-                    what: "digest",
-                    media_type: digest.to_string(),
-                })?;
-        Ok(Descriptor::new(MediaType::from(media), size, d))
-    };
-    let layers = layers
+    let layers: Vec<Descriptor> = layers
         .iter()
         .map(|(d, m, s)| descriptor(types.layer(m)?, d, *s))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<_>>()?;
+    write_manifest_of(store, types, config, layers)
+}
+
+/// [`write_manifest_as`] of [`Layer`]s: their descriptors carry the
+/// layers' annotations.
+pub fn write_manifest_layers(
+    store: &Store,
+    types: MediaTypes,
+    config: (&Digest, u64),
+    layers: &[Layer],
+) -> Result<(Digest, u64)> {
+    let layers: Vec<Descriptor> = layers
+        .iter()
+        .map(|l| {
+            let mut d = descriptor(types.layer(&l.media_type)?, &l.blob, l.size)?;
+            if !l.annotations.is_empty() {
+                d.set_annotations(Some(l.annotations.clone().into_iter().collect()));
+            }
+            Ok(d)
+        })
+        .collect::<Result<_>>()?;
+    write_manifest_of(store, types, config, layers)
+}
+
+fn descriptor(media: &str, digest: &Digest, size: u64) -> Result<Descriptor> {
+    let d: oci_spec::image::Digest =
+        digest
+            .to_string()
+            .parse()
+            .map_err(|_| ImageError::MediaType {
+                what: "digest",
+                media_type: digest.to_string(),
+            })?;
+    Ok(Descriptor::new(MediaType::from(media), size, d))
+}
+
+fn write_manifest_of(
+    store: &Store,
+    types: MediaTypes,
+    config: (&Digest, u64),
+    layers: Vec<Descriptor>,
+) -> Result<(Digest, u64)> {
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": types.manifest(),

@@ -332,6 +332,7 @@ mod tests {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             size: 12,
             created: 1,
+            annotations: std::collections::BTreeMap::new(),
         };
         s.meta.put_cache_record("step", &record).unwrap();
         unpacked(&snapshots, &step.to_string());

@@ -237,6 +237,7 @@ fn caches(flag: &'static str, typed: &[pb::CacheRef], legacy: &[String]) -> Resu
 fn compression_message(c: LayerCompression) -> pb::LayerCompression {
     let kind = match c.kind {
         Kind::Gzip => pb::layer_compression::Kind::Gzip,
+        Kind::Estargz => pb::layer_compression::Kind::Estargz,
         Kind::Zstd => pb::layer_compression::Kind::Zstd,
         Kind::Uncompressed => pb::layer_compression::Kind::Uncompressed,
     };
@@ -251,6 +252,7 @@ fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
     use pb::layer_compression::Kind as K;
     let kind = match K::try_from(c.kind) {
         Ok(K::Unspecified | K::Gzip) => Kind::Gzip,
+        Ok(K::Estargz) => Kind::Estargz,
         Ok(K::Zstd) => Kind::Zstd,
         Ok(K::Uncompressed) => Kind::Uncompressed,
         Err(_) => {
@@ -268,7 +270,7 @@ fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
         None => Ok(of),
         Some(level) => of.with_level(level).ok_or_else(|| {
             RequestError::Output(format!(
-                "--output compression-level={level}: compression-level is 1-9 for gzip, 1-22 for zstd"
+                "--output compression-level={level}: compression-level is 1-9 for gzip and estargz, 1-22 for zstd"
             ))
         }),
     }

@@ -241,6 +241,7 @@ mod tests {
             diff_id: kiln_cache::Digest::of(diff.as_bytes()),
             media_type: String::new(),
             size: 0,
+            annotations: std::collections::BTreeMap::new(),
         };
         let op = exec(NetworkMode::Default);
         let made = |diff| passed_on("k".into(), &op, &Fs::Layers(vec![layer(diff)]));
@@ -270,6 +271,7 @@ mod tests {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             size: 1,
             diff_id: kiln_cache::Digest::of(&[n]),
+            annotations: std::collections::BTreeMap::new(),
         };
         let made = Fs::Layers(vec![layer(1), layer(2)]);
         // Pinned to the manifest of its compressed copy, or another name.

@@ -193,6 +193,7 @@ fn cache_record(layer: &Layer) -> kiln_cache::CacheRecord {
         media_type: layer.media_type.clone(),
         size: layer.size,
         created: kiln_image::image::now(),
+        annotations: layer.annotations.clone(),
     }
 }
 
@@ -528,6 +529,7 @@ impl Solver<'_> {
                     diff_id: record.diff_id,
                     media_type: record.media_type,
                     size: record.size,
+                    annotations: record.annotations,
                 }
             }
             Lookup::Claimed(claim) => {

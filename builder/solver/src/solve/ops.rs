@@ -144,6 +144,7 @@ impl Solver<'_> {
                         diff_id: l.diff_id,
                         media_type: l.media_type,
                         size: l.size,
+                        annotations: l.annotations,
                     })
                     .collect();
                 Ok(Fs::Layers(layers))

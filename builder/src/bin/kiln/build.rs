@@ -121,12 +121,16 @@ pub(crate) struct Build {
     /// `type=oci,dest=DIR,tar=false` (the layout in a directory),
     /// `type=local,dest=DIR`, `type=tar,dest=F`, `type=cacheonly` (only
     /// `--cache-to`; nothing tagged), or a directory; `dest=-` (or `-o -`, a
-    /// tar) is standard output. `compression=gzip|zstd|uncompressed` (and
-    /// `compression-level=N`): how layers leave with `push=true`, `type=oci`
-    /// and `--cache-to` (gzip by default); the store keeps a build's own
-    /// layers uncompressed; a base image's leave as the registry gave them
-    /// unless `force-compression=true`. `oci-mediatypes=false`: the push and `type=oci`
-    /// in Docker schema 2 media types (OCI's by default; not with zstd).
+    /// tar) is standard output. `compression=gzip|estargz|zstd|uncompressed`
+    /// (and `compression-level=N`): how layers leave with `push=true`,
+    /// `type=oci` and `--cache-to` (gzip by default; estargz: gzip that
+    /// runtimes can pull lazily); the store keeps a build's own layers
+    /// uncompressed, and a base image's leave as they came unless
+    /// `force-compression=true`. `oci-mediatypes=false`: the push and
+    /// `type=oci` in Docker schema 2 media types (OCI's by default; not with
+    /// zstd nor estargz). `annotation.K=V` (and `annotation-index.`,
+    /// `annotation-manifest.`, `annotation-manifest-descriptor.`): as
+    /// `--annotation`.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Push the image to its names' registries: `--output type=registry`.
