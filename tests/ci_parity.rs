@@ -538,3 +538,53 @@ fn a_multi_platform_push_is_annotated_and_read_back() {
     assert!(out.status.success(), "{}", stderr(&out));
     check(&through);
 }
+
+/// `SOURCE_DATE_EPOCH` with `rewrite-timestamp=true`: a build on another
+/// day, of a context touched since, gives the same image — embedded and
+/// through kilnd, from fresh stores; `rewrite-timestamp=false` says it is
+/// not honoured.
+#[test]
+fn rewrite_timestamp_makes_the_same_image_another_day() {
+    if !crate::busybox::ready() {
+        return;
+    }
+    let dockerfile = "FROM base:busybox\nCOPY a.txt /\nRUN touch /made && mkdir /d\n";
+    let digest_of = |s: &Setup, addr: Option<&str>, mtime: &str| {
+        fs::write(s.context.join("a.txt"), "same\n").unwrap();
+        let touched = Command::new("touch")
+            .args(["-d", mtime])
+            .arg(s.context.join("a.txt"))
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        let dir = s.dir.path().join("layout");
+        let output = format!(
+            "type=oci,dest={},tar=false,rewrite-timestamp=true",
+            dir.display()
+        );
+        let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
+        args.extend(["--build-arg", "SOURCE_DATE_EPOCH=1700000000", "-o", &output]);
+        let out = s.build(dockerfile, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let index = read_json(&dir.join("index.json"));
+        index["manifests"][0]["digest"].as_str().unwrap().to_owned()
+    };
+    let first = Setup::new();
+    let a = digest_of(&first, None, "2024-01-02 03:04:05");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = Setup::new();
+    let kilnd = Kilnd::start(&second);
+    let b = digest_of(&second, Some(&kilnd.addr()), "2025-06-07 08:09:10");
+    assert_eq!(
+        a, b,
+        "the same image, built again later from a touched context"
+    );
+
+    let out = first.build(dockerfile, &["-o", "type=image,rewrite-timestamp=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rewrite-timestamp=false is not honoured"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -55,6 +55,19 @@ impl Dest {
     }
 }
 
+/// Whether an `-o` value says `rewrite-timestamp=` (`Some(true|false)`).
+/// kiln clamps every mtime in the layers a build makes to
+/// `SOURCE_DATE_EPOCH` when it is set — what BuildKit does only with
+/// `rewrite-timestamp=true` — and leaves the base image's as they are, as
+/// BuildKit does; `false` cannot turn that off.
+pub fn rewrites_timestamps(spec: &str) -> Option<bool> {
+    spec.split(',').find_map(|f| match f {
+        "rewrite-timestamp=true" => Some(true),
+        "rewrite-timestamp=false" => Some(false),
+        _ => None,
+    })
+}
+
 impl Output {
     /// Parses `type=…[,dest=…]`; a bare path means `type=local,dest=PATH`
     /// and a bare `-` a tar on standard output, as `docker build -o` takes
@@ -99,6 +112,14 @@ impl Output {
                 )) => {}
                 // Read by the build (`Annotation::parse_attribute`).
                 Some((key, _)) if key.starts_with("annotation") => {}
+                // What kiln always does with `SOURCE_DATE_EPOCH` (see
+                // [`rewrites_timestamps`]).
+                Some(("rewrite-timestamp", "true" | "false")) => {}
+                Some(("rewrite-timestamp", _)) => {
+                    return Err(format!(
+                        "--output {spec:?}: rewrite-timestamp is true or false"
+                    ));
+                }
                 _ => return Err(format!("--output {spec:?}: unknown field {field:?}")),
             }
         }

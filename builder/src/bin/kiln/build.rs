@@ -700,6 +700,16 @@ impl Build {
         for warning in self.buildx.check()? {
             eprintln!("warning: {warning}");
         }
+        let keeps_times = self
+            .outputs
+            .iter()
+            .any(|o| kiln_image::output::rewrites_timestamps(o) == Some(false));
+        if keeps_times {
+            eprintln!(
+                "warning: rewrite-timestamp=false is not honoured: with SOURCE_DATE_EPOCH kiln \
+                 always clamps the mtimes in the layers a build makes (rewrite-timestamp=true)"
+            );
+        }
         // A misspelt --allow fails before anything is read or sent.
         // Embedded, kiln is this machine's own user's: what it asks is
         // granted (the solver checks the steps against it); kilnd grants
