@@ -56,6 +56,39 @@ fn tagged(s: &Setup, addr: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A store used by `kiln` itself and another behind a kilnd, each with
+/// `base:busybox`: the same test runs both ways.
+struct BothWays {
+    embedded: Setup,
+    through: Setup,
+    /// Runs while this lives (stopped when dropped).
+    _kilnd: Kilnd,
+    addr: String,
+}
+
+impl BothWays {
+    fn new() -> Self {
+        let through = Setup::new();
+        let kilnd = Kilnd::start(&through);
+        let addr = kilnd.addr();
+        Self {
+            embedded: Setup::new(),
+            through,
+            _kilnd: kilnd,
+            addr,
+        }
+    }
+
+    /// Each store, the kilnd address to build through (none: embedded)
+    /// and its name.
+    fn each(&self) -> [(&Setup, Option<&str>, &'static str); 2] {
+        [
+            (&self.embedded, None, "embedded"),
+            (&self.through, Some(self.addr.as_str()), "kilnd"),
+        ]
+    }
+}
+
 fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -70,14 +103,8 @@ fn a_push_is_read_back_from_the_metadata_file() {
         return;
     }
     let registry = Registry::with_auth("");
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
-    for (s, addr, node) in [
-        (&s, None, "embedded"),
-        (&through, Some(addr.as_str()), "kilnd"),
-    ] {
+    let both = BothWays::new();
+    for (s, addr, node) in both.each() {
         for push in [&["--push"][..], &["-o", "type=registry"]] {
             let name = format!("{}/ci/app:{node}-{}", registry.addr, push.len());
             let meta = s.dir.path().join(format!("meta-{}.json", push.len()));
@@ -123,11 +150,8 @@ fn load_and_a_docker_output_without_dest_tag_the_store() {
     if !crate::busybox::ready() {
         return;
     }
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
-    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+    let both = BothWays::new();
+    for (s, addr, _) in both.each() {
         for (name, load) in [
             ("ci-load:1", &["--load"][..]),
             ("ci-docker:1", &["-o", "type=docker"]),
@@ -158,11 +182,8 @@ fn a_cache_only_build_tags_nothing() {
     if !crate::busybox::ready() {
         return;
     }
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
-    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+    let both = BothWays::new();
+    for (s, addr, _) in both.each() {
         build(s, addr, &["-t", "ci-cache:1", "-o", "type=cacheonly"]);
         let images = tagged(s, addr);
         assert!(
@@ -209,17 +230,11 @@ fn force_compression_recompresses_the_base_layers_too() {
     const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
     let registry = Registry::with_auth("");
     let base = format!("{}/ci/base:1", registry.addr);
-    let s = Setup::new();
-    s.ok(&["tag", "base:busybox", &base]);
-    s.ok(&["push", &base]);
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
+    let both = BothWays::new();
+    both.embedded.ok(&["tag", "base:busybox", &base]);
+    both.embedded.ok(&["push", &base]);
     let dockerfile = format!("FROM {base}\nRUN echo zstd > /z\n");
-    for (s, addr, node) in [
-        (&s, None, "embedded"),
-        (&through, Some(addr.as_str()), "kilnd"),
-    ] {
+    for (s, addr, node) in both.each() {
         for (force, want) in [("false", [GZIP, ZSTD]), ("true", [ZSTD, ZSTD])] {
             let name = format!("{}/ci/zstd:{node}-{force}", registry.addr);
             let output =
@@ -248,12 +263,9 @@ fn an_oci_output_without_tar_is_a_layout_directory() {
     if !registry_ready() {
         return;
     }
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
+    let both = BothWays::new();
     let mut manifests = Vec::new();
-    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+    for (s, addr, _) in both.each() {
         let dir = s.dir.path().join("layout");
         let output = format!("type=oci,dest={},tar=false", dir.display());
         build(
@@ -353,12 +365,9 @@ fn rawjson_progress_is_buildkits_solve_status() {
     if !crate::busybox::ready() {
         return;
     }
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
+    let both = BothWays::new();
     let dockerfile = "FROM base:busybox\nRUN echo raw-$((6*7))\n";
-    for (s, addr) in [(&s, None), (&through, Some(addr.as_str()))] {
+    for (s, addr, _) in both.each() {
         let mut args: Vec<&str> = addr.map_or(Vec::new(), |a| vec!["--addr", a]);
         args.extend(["--progress", "rawjson", "--no-cache"]);
         let out = s.build(dockerfile, &args);
@@ -409,14 +418,8 @@ fn annotations_reach_the_pushed_manifest() {
         return;
     }
     let registry = Registry::with_auth("");
-    let s = Setup::new();
-    let through = Setup::new();
-    let kilnd = Kilnd::start(&through);
-    let addr = kilnd.addr();
-    for (s, addr, node) in [
-        (&s, None, "embedded"),
-        (&through, Some(addr.as_str()), "kilnd"),
-    ] {
+    let both = BothWays::new();
+    for (s, addr, node) in both.each() {
         let name = format!("{}/ci/annotated:{node}", registry.addr);
         let output = format!("type=registry,name={name},annotation.org.example.by=kiln");
         build(
