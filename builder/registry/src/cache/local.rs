@@ -245,10 +245,10 @@ fn chosen(layout: &Layout, tag: &str, digest: Option<&str>) -> Result<(artifact:
         None => {
             let index = read_index(layout)?.ok_or_else(|| invalid(dir, "no index.json"))?;
             let by = |key: &str| {
-                let found = index.manifests.iter();
-                found
-                    .filter(|e| e.annotations.get(key).map(String::as_str) == Some(tag))
-                    .next_back()
+                index
+                    .manifests
+                    .iter()
+                    .rfind(|e| e.annotations.get(key).map(String::as_str) == Some(tag))
             };
             let entry = by(IMAGE_NAME)
                 .or_else(|| by(REF_NAME))

@@ -119,7 +119,7 @@ fn cache(flag: &'static str, direction: Direction, c: &pb::CacheRef) -> Result<C
             return Err(invalid("type=inline", "exports only"));
         }
         Some(B::Inline(_)) => Backend::Inline,
-        Some(B::S3(s3)) => Backend::S3(s3_spec(s3).map_err(|r| invalid("type=s3", &r))?),
+        Some(B::S3(s3)) => Backend::S3(s3_spec(s3).map_err(|r| invalid("type=s3", r))?),
     };
     let mode = match pb::CacheMode::try_from(c.mode) {
         Ok(pb::CacheMode::Unspecified | pb::CacheMode::Min) => Mode::Min,
