@@ -5,6 +5,7 @@
 
 mod build;
 mod busybox;
+mod cache_backends;
 mod cache_mounts;
 mod checks;
 mod ci_client;

@@ -121,7 +121,7 @@ fn a_two_platform_push_is_an_index_of_both_images_and_their_cache_serves_an_empt
     let s = multi_setup();
     let name = format!("{}/multi/app:1", registry.addr);
     let base = format!("{}/multi/base:1", registry.addr);
-    let cache = format!("type=registry,ref={}/multi/cache:1", registry.addr);
+    let cache = format!("type=registry,ref={}/multi/cache:1,mode=max", registry.addr);
     let oci = s.dir.path().join("app-oci.tar");
     let oci_output = format!("type=oci,dest={}", oci.display());
     let push = [

@@ -29,7 +29,7 @@ impl Drop for Registry {
 
 impl Registry {
     /// Starts one; with `htpasswd`, it asks for basic auth.
-    fn start(htpasswd: Option<&Path>) -> Self {
+    pub(crate) fn start(htpasswd: Option<&Path>) -> Self {
         let auth = htpasswd.map_or(String::new(), |p| {
             format!(
                 "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
@@ -334,7 +334,7 @@ fn build_cache_round_trip_through_a_registry() {
         dockerfile,
         &[
             "--cache-to",
-            &format!("type=registry,ref={cache},cache-mounts=true"),
+            &format!("type=registry,ref={cache},cache-mounts=true,mode=max"),
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -80,6 +80,9 @@ pub enum Need {
     Dockerd,
     /// `python3` that imports grpc and grpc_tools (grpcio, grpcio-tools).
     PythonGrpc,
+    /// `python3` that imports moto's server (`moto[server]`): a real
+    /// S3-compatible server on loopback for the `type=s3` cache tests.
+    PythonMoto,
     /// BuildKit's conformance data, [`conformance_dir`].
     Conformance,
     /// An arm64 busybox at [`ARM64_ROOTFS`] that this machine runs in a
@@ -140,6 +143,22 @@ impl Need {
                         ok_or(imports, || {
                             "python3 with grpcio and grpcio-tools \
                              (`import grpc, grpc_tools` fails)"
+                                .into()
+                        })
+                    })
+                    .clone()
+            }
+            Self::PythonMoto => {
+                static IMPORTS: OnceLock<Result<(), String>> = OnceLock::new();
+                IMPORTS
+                    .get_or_init(|| {
+                        let imports = Command::new("python3")
+                            .args(["-c", "import moto.server, flask"])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                        ok_or(imports, || {
+                            "python3 with moto[server] \
+                             (`import moto.server, flask` fails)"
                                 .into()
                         })
                     })

@@ -7,7 +7,9 @@
 //! which kilnd grants its clients only within its own: [`insecure`]),
 //! authentication challenges (basic, bearer tokens), credentials
 //! (`~/.docker/config.json` and `docker-credential-*` helpers), and
-//! retrying rate-limited requests.
+//! retrying rate-limited requests; the build cache outside the store
+//! (`cache`: its artifact and its backends — registry, local directory,
+//! S3, inline).
 //!
 //! Does not own: what an image is ([`kiln_image::image`]) or where blobs live
 //! (`kiln-cache`): blobs stream into the content store, which verifies
@@ -58,6 +60,9 @@ pub enum RegistryError {
     Meta(#[from] kiln_cache::MetaError),
     #[error(transparent)]
     Name(#[from] kiln_frontend::reference::ReferenceError),
+    /// A build cache backend (`type=local`, `type=s3`, …).
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;

@@ -62,6 +62,7 @@ impl Client {
         context: &Path,
         on_report: &mut dyn FnMut(Report),
     ) -> Result<pb::BuildResult> {
+        self.import_local_caches(request, on_report);
         let mut spec = pb::BuildSpec::from(request);
         let ignore = Matcher::new(&request.dockerignore)?;
         let send = self.session_changes(&mut spec, context, &ignore)?;
@@ -95,6 +96,7 @@ impl Client {
             Ok(None) => return Err(ClientError::NoResult),
             Err(status) => return Err(failure(status, &mut tails, sent)),
         };
+        self.export_local_caches(request, &result, on_report)?;
         for output in &request.files {
             self.export(
                 &result.manifest,

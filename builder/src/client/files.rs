@@ -148,7 +148,7 @@ async fn receive_file(
 }
 
 /// Writes every chunk of `stream` to `out` (`dest` names it in errors).
-async fn receive_into(
+pub(super) async fn receive_into(
     mut stream: tonic::Streaming<pb::DataChunk>,
     out: &mut impl Write,
     dest: &Path,
@@ -164,7 +164,7 @@ type Reader = std::thread::JoinHandle<std::io::Result<()>>;
 
 /// A file as a stream of messages `make` wraps its chunks in, read on a
 /// thread of its own; join the thread with [`read_fully`].
-fn file_chunks<M: Send + 'static>(
+pub(super) fn file_chunks<M: Send + 'static>(
     path: &Path,
     make: impl Fn(Vec<u8>) -> M + Send + 'static,
 ) -> Result<(tokio_stream::wrappers::ReceiverStream<M>, Reader)> {
@@ -183,7 +183,7 @@ fn file_chunks<M: Send + 'static>(
     Ok((tokio_stream::wrappers::ReceiverStream::new(rx), reader))
 }
 
-fn read_fully(path: &Path, reader: Reader) -> Result<()> {
+pub(super) fn read_fully(path: &Path, reader: Reader) -> Result<()> {
     match reader.join() {
         Ok(Err(e)) => Err(file_error("reading", path)(e)),
         _ => Ok(()),

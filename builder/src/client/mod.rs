@@ -22,6 +22,7 @@
 //! ```
 
 mod build;
+mod cache;
 mod files;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A `type=local` build cache on this machine.
+    #[error(transparent)]
+    Cache(#[from] kiln_registry::RegistryError),
     /// A directory output (`type=local`, `type=oci,tar=false`) that could
     /// not be written (the error names the directory).
     #[error("writing the output: {0}")]

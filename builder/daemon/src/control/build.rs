@@ -266,6 +266,7 @@ fn run_build(
             size: metadata.size,
             created: metadata.created.unwrap_or_default(),
         }),
+        local_caches: built.local_caches.iter().map(ToString::to_string).collect(),
     })
 }
 

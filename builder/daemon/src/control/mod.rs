@@ -375,6 +375,13 @@ impl Control for ControlService {
         self.export_call(request).await
     }
 
+    async fn import_cache(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::ImportCacheResponse>, Status> {
+        self.import_cache_call(request).await
+    }
+
     async fn save(
         &self,
         request: Request<pb::SaveRequest>,

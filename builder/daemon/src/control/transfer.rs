@@ -28,6 +28,9 @@ impl ControlService {
             .manifest
             .parse()
             .map_err(|_| ControlError::Invalid(format!("manifest {}", r.manifest)))?;
+        if r.kind == "cache" {
+            return self.export_cache(manifest).await;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let store = Arc::clone(&self.store);
         let using = self.collector.using().await;
@@ -60,6 +63,58 @@ impl ControlService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// A build cache the store holds as a layout tar (`--cache-to
+    /// type=local` through kilnd): only a manifest of a kiln cache.
+    async fn export_cache(
+        &self,
+        manifest: kiln_cache::Digest,
+    ) -> Result<Response<SaveStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
+        tokio::task::spawn_blocking(move || {
+            let _using = using;
+            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
+            let sent = kiln_registry::cache::write_local_tar(&store, &manifest, &mut out)
+                .map_err(ControlError::from)
+                .and_then(|()| {
+                    out.finish()
+                        .map_err(|e| ControlError::Context(e.to_string()))
+                });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// `--cache-from type=local` through kilnd: the client's layout tar,
+    /// unpacked into a scratch directory of kilnd's and imported from
+    /// there (blobs verified, sizes bounded, as any layout).
+    pub(super) async fn import_cache_call(
+        &self,
+        request: Request<Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::ImportCacheResponse>, Status> {
+        let mut input = request.into_inner();
+        let (scratch, path) = self
+            .receive(&mut input, |chunk: &pb::DataChunk| &chunk.data, |_| {})
+            .await?;
+        let imported = self
+            .blocking_using(move |s| {
+                let mut file =
+                    std::fs::File::open(&path).map_err(|e| ControlError::Context(e.to_string()))?;
+                let layout = scratch.path().join("layout");
+                let imported = kiln_registry::cache::import_local_tar(s, &mut file, &layout)?;
+                drop(scratch);
+                Ok(imported)
+            })
+            .await?;
+        Ok(Response::new(pb::ImportCacheResponse {
+            records: imported.records as u64,
+            mounts: imported.mounts as u64,
+        }))
     }
 
     pub(super) async fn save_call(

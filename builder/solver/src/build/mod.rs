@@ -109,6 +109,12 @@ pub struct Built {
     /// The ids of the cache mounts this build's RUN steps name, for
     /// `--cache-to …,cache-mounts=true` (only these, never another build's).
     pub cache_mounts: std::collections::BTreeSet<String>,
+    /// The diff IDs of the built image's layers (every platform's): the
+    /// steps a `mode=min` cache export holds.
+    pub image_layers: std::collections::BTreeSet<Digest>,
+    /// Through kilnd: the manifests of the `type=local` cache exports, in
+    /// the request's order, made in the store for the client to fetch.
+    pub local_caches: Vec<Digest>,
 }
 
 impl BuildRequest {
@@ -158,6 +164,9 @@ pub struct SolvedImage {
     pub layers: Vec<kiln_image::image::Layer>,
     /// The target stage's image: config, history, platform, base.
     pub image: convert::StageImage,
+    /// Top-level config fields besides the image's own (the inline
+    /// cache: `kiln_registry::cache::inline`).
+    pub config_extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// What the solver made: an image per target platform, in the order asked.
@@ -216,6 +225,7 @@ pub fn solve(
             SolvedImage {
                 layers,
                 image: g.target_stage().image.clone(),
+                config_extra: BTreeMap::new(),
             }
         })
         .collect();

@@ -5,8 +5,6 @@
 //! are set last, so a failure leaves no tag on a half-written image.
 //! Nothing is compressed here: see `kiln_image::compress`.
 
-use std::collections::BTreeMap;
-
 use kiln_cache::{Digest, Store};
 use kiln_image::image::annotations::{self, Annotations, Target};
 use kiln_image::image::config::{HistoryEntry, ImageConfiguration, RootFs, rfc3339};
@@ -30,6 +28,11 @@ pub fn write_image(
         cache_mounts,
     } = solved;
     let created = rfc3339(source_date_epoch.unwrap_or_else(image::now));
+    let image_layers = images
+        .iter()
+        .flat_map(|i| &i.layers)
+        .map(|l| l.diff_id.clone())
+        .collect();
     let written = images
         .into_iter()
         .map(|solved| write_one(store, solved, &created, annotations))
@@ -61,6 +64,8 @@ pub fn write_image(
         id,
         steps,
         cache_mounts,
+        image_layers,
+        local_caches: Vec::new(),
     })
 }
 
@@ -83,6 +88,7 @@ fn write_one(
     let SolvedImage {
         layers,
         image: target,
+        config_extra,
     } = solved;
     let platform = target.platform.clone();
     let mut history = match &target.base {
@@ -112,7 +118,7 @@ fn write_one(
             diff_ids: layers.iter().map(|l| l.diff_id.to_string()).collect(),
         },
         history,
-        other: BTreeMap::new(),
+        other: config_extra,
     };
     let config_bytes = canonical_json(&config);
     // kiln (and registries) read a config back only up to this size: an

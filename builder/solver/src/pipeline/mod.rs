@@ -11,6 +11,7 @@
 pub mod metadata;
 pub mod request;
 pub mod wire;
+mod wire_cache;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::build::{self, BuildError, BuildRequest, Built, Solved};
 use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
 use kiln_image::image::ImageError;
 use kiln_registry::RegistryError;
+use kiln_registry::cache::Mode;
 
 /// Why a build failed.
 #[derive(Debug, Error)]
@@ -103,9 +105,10 @@ pub fn run(
 ) -> Result<Built> {
     request::check_outputs_for_platforms(request)?;
     import_caches(request, env, report);
-    let solved = solve(request, env, report)?;
+    let mut solved = solve(request, env, report)?;
+    inline_cache(request, &mut solved, report);
     let mut built = write_image(request, env, solved)?;
-    export_caches(request, env, &built, report)?;
+    export_caches(request, env, &mut built, report)?;
     built.distribution = distribution(request, env, &built)?;
     if env.write_files {
         for output in &request.files {
@@ -138,27 +141,75 @@ fn distribution(request: &Request, env: &Env<'_>, built: &Built) -> Result<Optio
 }
 
 /// `--cache-from`: as BuildKit, a cache that cannot be imported is a
-/// warning, and the build goes on without it.
+/// warning, and the build goes on without it. A `type=local` cache through
+/// kilnd is the client's to send (its directory is on the client's
+/// machine): kilnd never reads a path a client names.
 fn import_caches(request: &Request, env: &Env<'_>, report: &mut (dyn FnMut(Report) + Send)) {
     for cache in &request.cache_imports {
-        let reference = &cache.reference;
-        let notice = match kiln_registry::cache::import(env.store, reference, &request.registry) {
+        if is_local(cache) && !env.write_files {
+            continue;
+        }
+        let name = cache.name();
+        let notice = match kiln_registry::cache::import(env.store, cache, &request.registry) {
             Ok(i) => Notice {
                 level: Level::Info,
                 text: format!(
-                    "importing cache from {reference}: {} steps, {} cache mounts",
+                    "importing cache from {name}: {} steps, {} cache mounts",
                     i.records, i.mounts
                 ),
             },
             Err(e) => Notice {
                 level: Level::Warning,
-                text: format!("importing cache from {reference}: {e}"),
+                text: format!("importing cache from {name}: {e}"),
             },
         };
         if notice.level == Level::Warning {
             tracing::warn!("{}", notice.text);
         }
         report(Report::Notice(notice));
+    }
+}
+
+fn is_local(cache: &CacheRef) -> bool {
+    matches!(cache.backend, kiln_registry::cache::Backend::Local { .. })
+}
+
+/// Whether the build exports its cache inline: `--cache-to type=inline`,
+/// or `--build-arg BUILDKIT_INLINE_CACHE=1` (the same request, as buildx).
+fn inline_export(request: &Request) -> Option<Mode> {
+    let asked = request
+        .cache_exports
+        .iter()
+        .find(|c| c.backend == kiln_registry::cache::Backend::Inline)
+        .map(|c| c.mode);
+    let by_arg = request
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE"));
+    asked.or(by_arg.then_some(Mode::Min))
+}
+
+/// `type=inline`: each platform's image config gets the records of the
+/// steps whose layers it holds. BuildKit exports inline cache in
+/// `mode=min` only; kiln does the same and says so when `mode=max` was
+/// asked.
+fn inline_cache(request: &Request, solved: &mut Solved, report: &mut (dyn FnMut(Report) + Send)) {
+    let Some(mode) = inline_export(request) else {
+        return;
+    };
+    if mode == Mode::Max {
+        report(Report::Notice(Notice {
+            level: Level::Warning,
+            text: "type=inline cache supports mode=min only (the image holds only its own \
+                   stage's layers): exporting mode=min"
+                .to_owned(),
+        }));
+    }
+    for image in &mut solved.images {
+        let value = kiln_registry::cache::inline::value(&image.layers, &solved.steps);
+        image
+            .config_extra
+            .insert(kiln_registry::cache::inline::INLINE_KEY.to_owned(), value);
     }
 }
 
@@ -230,33 +281,57 @@ fn write_image(request: &Request, env: &Env<'_>, mut solved: Solved) -> Result<B
     )?)
 }
 
-/// `--cache-to`: every step's layer (and, when asked, the build's cache
-/// mounts) to each registry cache.
+/// `--cache-to`: the steps `mode=` asks for (and, when asked, the
+/// build's cache mounts) to each cache; `type=inline` went with the image.
+/// A failed export fails the build, unless `ignore-error=true` makes it a
+/// warning (as BuildKit). A `type=local` cache through kilnd is made in
+/// the store and its manifest left in [`Built::local_caches`] for the
+/// client to fetch into its directory.
 fn export_caches(
     request: &Request,
     env: &Env<'_>,
-    built: &Built,
+    built: &mut Built,
     report: &mut (dyn FnMut(Report) + Send),
 ) -> Result<()> {
     for cache in &request.cache_exports {
-        let reference = &cache.reference;
+        if cache.backend == kiln_registry::cache::Backend::Inline {
+            continue;
+        }
+        let name = cache.name();
+        let steps = kiln_registry::cache::steps_for(cache.mode, &built.steps, &built.image_layers);
         let mounts = cache.cache_mounts.then_some(&built.cache_mounts);
-        let pushed = kiln_registry::cache::export(
-            env.store,
-            reference,
-            &built.steps,
-            mounts,
-            request.compression,
-            &request.registry,
-        )?;
+        let how = cache.compression.unwrap_or(request.compression);
+        let done = if is_local(cache) && !env.write_files {
+            kiln_registry::cache::build_artifact(env.store, &steps, mounts, how).map(|a| {
+                built.local_caches.push(a.manifest_digest);
+                None
+            })
+        } else {
+            kiln_registry::cache::export(env.store, cache, &steps, mounts, how, &request.registry)
+                .map(Some)
+        };
+        let text = match done {
+            Ok(None) => continue,
+            Ok(Some(exported)) => format!(
+                "exporting cache to {name} done ({} steps; {} uploaded, {} already there)",
+                steps.len(),
+                exported.uploaded,
+                exported.skipped
+            ),
+            Err(e) if cache.ignore_error => {
+                let text = format!("exporting cache to {name}: {e} (ignore-error=true)");
+                tracing::warn!("{text}");
+                report(Report::Notice(Notice {
+                    level: Level::Warning,
+                    text,
+                }));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         report(Report::Notice(Notice {
             level: Level::Info,
-            text: format!(
-                "exporting cache to {reference} done ({} steps; {} uploaded, {} already there)",
-                built.steps.len(),
-                pushed.uploaded,
-                pushed.skipped
-            ),
+            text,
         }));
     }
     Ok(())

@@ -73,48 +73,26 @@ pub const MAX_LIST_ENTRIES: usize = 64;
 
 type Result<T> = std::result::Result<T, RequestError>;
 
-/// A build cache in a registry (`--cache-from`, `--cache-to`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheRef {
-    /// The cache's image reference.
-    pub reference: String,
-    /// Exports only: the build's cache mounts go along.
-    pub cache_mounts: bool,
-}
+/// A build cache outside the store (`--cache-from`, `--cache-to`): its
+/// backend (registry, local directory, inline, S3) and export settings.
+pub use kiln_registry::cache::CacheSpec as CacheRef;
+use kiln_registry::cache::Direction;
 
-impl CacheRef {
-    /// `type=registry,ref=REF[,cache-mounts=true]`; `flag` names the
-    /// option in the error.
-    pub fn parse(flag: &'static str, spec: &str) -> Result<Self> {
-        let (reference, cache_mounts) =
-            kiln_registry::cache::parse_spec(flag, spec).map_err(RequestError::Output)?;
-        Self::new(flag, reference, cache_mounts)
+/// A `--cache-from` (`Direction::Import`) or `--cache-to` value, parsed
+/// as buildx parses it; `flag` names the option in the error. S3
+/// settings left unset come from `env` (the CLI's environment: the AWS
+/// variables), never from kilnd's.
+pub fn parse_cache(
+    flag: &'static str,
+    direction: Direction,
+    spec: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CacheRef> {
+    let mut cache = CacheRef::parse(flag, direction, spec).map_err(RequestError::Output)?;
+    if let kiln_registry::cache::Backend::S3(s3) = &mut cache.backend {
+        s3.from_env(env);
     }
-
-    /// A reference as the wire carries it, checked as a parsed one.
-    pub fn new(flag: &'static str, reference: String, cache_mounts: bool) -> Result<Self> {
-        if reference.is_empty() {
-            return Err(RequestError::Invalid {
-                flag,
-                value: String::new(),
-                reason: "no ref=".to_owned(),
-            });
-        }
-        Ok(Self {
-            reference,
-            cache_mounts,
-        })
-    }
-
-    /// The flag's form, for a wire field of old kilnds.
-    pub fn spec(&self) -> String {
-        let mounts = if self.cache_mounts {
-            ",cache-mounts=true"
-        } else {
-            ""
-        };
-        format!("type=registry,ref={}{mounts}", self.reference)
-    }
+    Ok(cache)
 }
 
 /// What one build takes: the Dockerfile and its settings, where the result
@@ -420,7 +398,7 @@ mod tests {
 
     #[test]
     fn lists_are_bounded() {
-        let cache = CacheRef::new("--cache-from", "r/c:1".into(), false).unwrap();
+        let cache = parse_cache("--cache-from", Direction::Import, "r/c:1", &|_| None).unwrap();
         let host = "registry.lan:5000".to_owned();
         let at_bound = Request {
             cache_imports: vec![cache.clone(); MAX_LIST_ENTRIES],

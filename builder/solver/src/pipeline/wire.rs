@@ -8,8 +8,8 @@ use kiln_worker::sandbox::spec::Network;
 
 use super::Metadata;
 use super::request::{
-    CacheRef, Outputs, Request, RequestError, check_labels, check_lists, check_push,
-    normalize_names, parse_pull,
+    Outputs, Request, RequestError, check_labels, check_lists, check_push, normalize_names,
+    parse_pull,
 };
 use crate::entitlements::Entitlements;
 use kiln_image::compress::{Kind, LayerCompression};
@@ -56,8 +56,16 @@ impl From<&Request> for pb::BuildSpec {
                 media_types: media_types_message(r.compression.media_types) as i32,
             }),
             pull_policy: pull_message(r.pull) as i32,
-            cache_imports: r.cache_imports.iter().map(cache_message).collect(),
-            cache_exports: r.cache_exports.iter().map(cache_message).collect(),
+            cache_imports: r
+                .cache_imports
+                .iter()
+                .map(super::wire_cache::message)
+                .collect(),
+            cache_exports: r
+                .cache_exports
+                .iter()
+                .map(super::wire_cache::message)
+                .collect(),
             registry: Some(pb::RegistryOptions {
                 insecure: r.registry.insecure.clone(),
             }),
@@ -100,8 +108,16 @@ impl TryFrom<pb::BuildSpec> for Request {
         annotations.0.extend(outputs.annotations.0);
         let request = Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
-            cache_imports: caches("--cache-from", &spec.cache_imports, &spec.cache_from)?,
-            cache_exports: caches("--cache-to", &spec.cache_exports, &spec.cache_to)?,
+            cache_imports: super::wire_cache::caches(
+                "--cache-from",
+                &spec.cache_imports,
+                &spec.cache_from,
+            )?,
+            cache_exports: super::wire_cache::caches(
+                "--cache-to",
+                &spec.cache_exports,
+                &spec.cache_to,
+            )?,
             network: network(spec.network_none, spec.network_host)?,
             entitlements: Entitlements::from_flag("--allow", &spec.entitlements)?,
             registry: kiln_registry::Options {
@@ -216,25 +232,7 @@ fn pull_policy(typed: i32, legacy: &str) -> Result<PullPolicy> {
     }
 }
 
-fn cache_message(c: &CacheRef) -> pb::CacheRef {
-    pb::CacheRef {
-        r#ref: c.reference.clone(),
-        cache_mounts: c.cache_mounts,
-    }
-}
-
-/// The typed caches, else the legacy specs.
-fn caches(flag: &'static str, typed: &[pb::CacheRef], legacy: &[String]) -> Result<Vec<CacheRef>> {
-    if typed.is_empty() {
-        return legacy.iter().map(|s| CacheRef::parse(flag, s)).collect();
-    }
-    typed
-        .iter()
-        .map(|c| CacheRef::new(flag, c.r#ref.clone(), c.cache_mounts))
-        .collect()
-}
-
-fn compression_message(c: LayerCompression) -> pb::LayerCompression {
+pub(super) fn compression_message(c: LayerCompression) -> pb::LayerCompression {
     let kind = match c.kind {
         Kind::Gzip => pb::layer_compression::Kind::Gzip,
         Kind::Estargz => pb::layer_compression::Kind::Estargz,
@@ -248,7 +246,7 @@ fn compression_message(c: LayerCompression) -> pb::LayerCompression {
     }
 }
 
-fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
+pub(super) fn compression(c: &pb::LayerCompression) -> Result<LayerCompression> {
     use pb::layer_compression::Kind as K;
     let kind = match K::try_from(c.kind) {
         Ok(K::Unspecified | K::Gzip) => Kind::Gzip,
@@ -321,6 +319,8 @@ fn image_output(spec: &pb::BuildSpec) -> Result<Outputs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::request::parse_cache;
+    use kiln_registry::cache::Direction;
 
     /// A request goes over the wire and comes back the same (less what is
     /// the client's: file outputs, agent sockets).
@@ -345,8 +345,18 @@ mod tests {
                 .with_media_types(MediaTypes::Docker)
                 .unwrap(),
             push: true,
-            cache_imports: vec![CacheRef::new("--cache-from", "r/c:1".into(), false).unwrap()],
-            cache_exports: vec![CacheRef::new("--cache-to", "r/c:1".into(), true).unwrap()],
+            cache_imports: vec![
+                parse_cache("--cache-from", Direction::Import, "r/c:1", &|_| None).unwrap(),
+            ],
+            cache_exports: vec![
+                parse_cache(
+                    "--cache-to",
+                    Direction::Export,
+                    "type=registry,ref=r/c:1,cache-mounts=true,mode=max",
+                    &|_| None,
+                )
+                .unwrap(),
+            ],
             registry: kiln_registry::Options {
                 insecure: vec!["0.0.0.0:5000".into()],
                 ..Default::default()
@@ -378,7 +388,7 @@ mod tests {
         };
         let r = Request::try_from(spec).unwrap();
         assert_eq!(r.pull, PullPolicy::Always);
-        assert_eq!(r.cache_imports[0].reference, "r/c:1");
+        assert_eq!(r.cache_imports[0].name(), "r/c:1");
         assert!(r.push);
         assert_eq!(r.compression.kind, Kind::Zstd);
         let bad = pb::BuildSpec {
@@ -408,7 +418,7 @@ mod tests {
         let over = crate::pipeline::request::MAX_LIST_ENTRIES + 1;
         let cache = pb::CacheRef {
             r#ref: "r/c:1".into(),
-            cache_mounts: false,
+            ..Default::default()
         };
         let specs = [
             pb::BuildSpec {

@@ -7,15 +7,17 @@ use clap::{Args, ValueEnum};
 use kiln_builder::client::ClientError;
 use kiln_cache::Store;
 use kiln_proto::sandbox::SandboxOptions;
+use kiln_registry::cache::Direction;
 use kiln_solver::build::{BuildError, BuildRequest};
 use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
 use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
+use kiln_solver::pipeline::request::parse_cache;
 use kiln_solver::pipeline::request::{
     check_annotations, check_labels, check_lists, check_outputs_for_platforms, normalize_names,
     parse_annotations, parse_label, parse_platforms, parse_pull,
 };
-use kiln_solver::pipeline::{self, CacheRef, Env, Metadata, Outputs, PipelineError, Request};
+use kiln_solver::pipeline::{self, Env, Metadata, Outputs, PipelineError, Request};
 use kiln_solver::solve::SolveError;
 use kiln_worker::sandbox::spec::Network;
 
@@ -59,11 +61,28 @@ pub(crate) struct Build {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
-    /// Export the build cache of every step: `type=registry,ref=REF[,cache-mounts=true]`.
-    #[arg(long = "cache-to", value_name = "type=registry,ref=REF")]
+    /// Export the build cache, as `docker buildx build --cache-to`:
+    /// `type=registry,ref=REF`, `type=local,dest=DIR[,tag=T][,reset=true]`,
+    /// `type=inline` (in the image config; also `--build-arg
+    /// BUILDKIT_INLINE_CACHE=1`), or `type=s3,bucket=B,region=R
+    /// [,endpoint_url=URL,use_path_style=true,prefix=P,name=N1;N2,
+    /// blobs_prefix=P,manifests_prefix=P,access_key_id=…,secret_access_key=…,
+    /// session_token=…]` (unset: `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` of this machine).
+    /// Any type takes `mode=min|max` (min, the default: the image's own
+    /// steps; max: every stage's), `ignore-error=true` (a failed export is
+    /// a warning), `compression=gzip|zstd|uncompressed`,
+    /// `compression-level=N` and kiln's `cache-mounts=true` (the build's
+    /// `RUN --mount=type=cache` contents go along). Taken and ignored:
+    /// `oci-mediatypes`, `image-manifest`, `force-compression`,
+    /// `touch_refresh`, `upload_parallelism`, `registry.insecure`.
+    #[arg(long = "cache-to", value_name = "type=TYPE,…")]
     cache_to: Vec<String>,
-    /// Import a build cache exported with --cache-to: `type=registry,ref=REF`.
-    #[arg(long = "cache-from", value_name = "type=registry,ref=REF")]
+    /// Import a build cache: `REF` (a registry cache, or an image pushed
+    /// with inline cache), `type=registry,ref=REF`,
+    /// `type=local,src=DIR[,tag=T|digest=sha256:…]`, `type=s3,bucket=B,…`
+    /// (as --cache-to). A cache that cannot be imported is a warning.
+    #[arg(long = "cache-from", value_name = "REF|type=TYPE,…")]
     cache_from: Vec<String>,
     /// Pull every base image (`--pull`, a switch as in `docker buildx
     /// build`), or say when: `--pull=missing` (the default), `always`, `never`.
@@ -503,10 +522,13 @@ impl Build {
         if outputs.untagged {
             tags.clear();
         }
-        let caches = |flag, specs: &[String]| {
+        // S3 settings a value leaves unset come from this machine's AWS
+        // variables (through kilnd too: kilnd never uses its own).
+        let env = |k: &str| std::env::var(k).ok();
+        let caches = |flag, direction, specs: &[String]| {
             specs
                 .iter()
-                .map(|s| CacheRef::parse(flag, s))
+                .map(|s| parse_cache(flag, direction, s, &env))
                 .collect::<Result<Vec<_>, _>>()
         };
         let request = Request {
@@ -533,8 +555,8 @@ impl Build {
             compression: outputs.compression,
             files: outputs.files,
             push: outputs.push,
-            cache_imports: caches("--cache-from", &self.cache_from)?,
-            cache_exports: caches("--cache-to", &self.cache_to)?,
+            cache_imports: caches("--cache-from", Direction::Import, &self.cache_from)?,
+            cache_exports: caches("--cache-to", Direction::Export, &self.cache_to)?,
             registry: self.registry.options(None)?,
             secrets: self
                 .secrets
