@@ -487,15 +487,15 @@ fn inline_cache_through_kilnd() {
 /// (`sha256:…`, BuildKit's layout) does: the round trips use a server
 /// that does not check, and the checking one is asked only for a manifest
 /// (by a store that holds its blobs).
-struct Moto {
+pub(crate) struct Moto {
     child: std::process::Child,
     port: u16,
-    key_id: String,
-    secret: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
 impl Moto {
-    fn start(verify: bool) -> Self {
+    pub(crate) fn start(verify: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -546,12 +546,12 @@ impl Moto {
         moto
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Runs `code` with boto3 and `kw` (this server, the key); its stdout.
-    fn python(&self, code: &str) -> String {
+    pub(crate) fn python(&self, code: &str) -> String {
         let prelude = format!(
             "import boto3\nkw = dict(endpoint_url='{}', region_name='us-east-1', \
              aws_access_key_id='{}', aws_secret_access_key='{}')\n",

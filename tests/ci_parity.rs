@@ -591,3 +591,87 @@ fn rewrite_timestamp_makes_the_same_image_another_day() {
         stderr(&out)
     );
 }
+
+/// Issue 18's CI job (`tests/ci_script/buildx-job.sh`), written for
+/// `docker buildx build`, run with kiln by its name alone: the first run
+/// (embedded) labels, annotates, pushes and exports its cache to a
+/// directory and to S3 (moto on loopback); a fresh store behind a kilnd
+/// runs it again from those caches — every step CACHED, the same pushed
+/// digest, as `--metadata-file` says.
+#[test]
+fn a_ci_job_written_for_buildx_runs_with_kiln() {
+    use kiln_testing::{Need, require};
+    if !registry_ready() || !require(&[Need::PythonMoto]) {
+        return;
+    }
+    let registry = Registry::with_auth("");
+    let moto = crate::cache_backends::Moto::start(false);
+    moto.python("boto3.client('s3', **kw).create_bucket(Bucket='ci-cache')\n");
+    let both = BothWays::new();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ci_script/buildx-job.sh");
+    let cache_dir = both.embedded.dir.path().join("ci-cache");
+    let out = both.embedded.dir.path().join("ci-out");
+    fs::create_dir_all(&out).unwrap();
+    let run = |s: &Setup, buildx: String, phase: &str| {
+        fs::write(
+            s.context.join("Dockerfile"),
+            "FROM base:busybox\nCOPY app.txt /app/\nRUN sort /app/app.txt > /app/sorted\n",
+        )
+        .unwrap();
+        fs::write(s.context.join("app.txt"), "b\na\n").unwrap();
+        let ran = crate::harness::run(
+            Command::new("bash")
+                .arg(&script)
+                .arg(phase)
+                .current_dir(&s.context)
+                .env("BUILDX", buildx)
+                .env("KILN_ROOT", &s.root)
+                .env("REGISTRY", &registry.addr)
+                .env("CACHE_DIR", &cache_dir)
+                .env("S3_ENDPOINT", moto.endpoint())
+                .env("AWS_ACCESS_KEY_ID", &moto.key_id)
+                .env("AWS_SECRET_ACCESS_KEY", &moto.secret)
+                .env("OUT", &out),
+        );
+        let log = fs::read_to_string(out.join(format!("{phase}.log"))).unwrap_or_default();
+        assert!(ran.status.success(), "{phase}: {}\n{log}", stderr(&ran));
+        (
+            log,
+            fs::read_to_string(out.join(format!("{phase}.digest"))).unwrap(),
+        )
+    };
+    let kiln = crate::harness::binary("kiln").display().to_string();
+    let (first_log, first) = run(&both.embedded, kiln.clone(), "first");
+    assert!(first_log.contains("exporting cache to"), "{first_log}");
+    let (_, addr, _) = both.each()[1];
+    let through = format!("{kiln} --addr {}", addr.unwrap());
+    let (again_log, again) = run(&both.through, through, "again");
+    assert_eq!(
+        again_log.matches(" DONE").count(),
+        0,
+        "every step CACHED: {again_log}"
+    );
+    assert_eq!(again_log.matches(" CACHED").count(), 2, "{again_log}");
+    assert_eq!(first, again, "the same image, pushed from a fresh store");
+    let manifest = raw_json(&format!("{}/ci/app:again", registry.addr));
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.title"],
+        "ci-app"
+    );
+    let config = crate::harness::run(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &format!("docker://{}/ci/app:again", registry.addr),
+    ]));
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.revision"],
+        "0123abcd"
+    );
+    assert_eq!(
+        format!("sha256:{}", first.trim().trim_start_matches("sha256:")),
+        Digest::of(&raw_manifest(&format!("{}/ci/app:again", registry.addr))).to_string()
+    );
+}
