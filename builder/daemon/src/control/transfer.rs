@@ -18,7 +18,34 @@ fn data_chunk(data: Vec<u8>, _last: bool) -> Result<pb::DataChunk, Status> {
     Ok(pb::DataChunk { data })
 }
 
+/// Where a streamed answer is written: chunks to the client.
+type Out = ChunkWriter<Result<pb::DataChunk, Status>>;
+
 impl ControlService {
+    /// Runs `write` on a blocking thread, the store held from collection,
+    /// what it writes streamed to the client in chunks; its error ends the
+    /// stream as the call's status.
+    async fn stream_blocking(
+        &self,
+        write: impl FnOnce(&kiln_cache::Store, &mut Out) -> Result<(), ControlError> + Send + 'static,
+    ) -> Result<Response<SaveStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = Arc::clone(&self.store);
+        let using = self.collector.using().await;
+        tokio::task::spawn_blocking(move || {
+            let _using = using;
+            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
+            let sent = write(&store, &mut out).and_then(|()| {
+                out.finish()
+                    .map_err(|e| ControlError::Context(e.to_string()))
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     pub(super) async fn export_call(
         &self,
         request: Request<pb::ExportRequest>,
@@ -31,38 +58,26 @@ impl ControlService {
         if r.kind == "cache" {
             return self.export_cache(manifest).await;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let store = Arc::clone(&self.store);
-        let using = self.collector.using().await;
-        tokio::task::spawn_blocking(move || {
-            let _using = using;
-            let sent = (|| -> Result<(), ControlError> {
-                let scratch = tempfile::Builder::new()
-                    .prefix("export-")
-                    .tempdir_in(store.root().join("tmp"))
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
-                let file = scratch.path().join("out");
-                let output = match r.kind.as_str() {
-                    "docker" => kiln_image::output::Output::Docker(Dest::File(file.clone())),
-                    "oci" => kiln_image::output::Output::Oci(Dest::File(file.clone())),
-                    "tar" => kiln_image::output::Output::Tar(Dest::File(file.clone())),
-                    other => return Err(ControlError::Invalid(format!("output type {other}"))),
-                };
-                let name = (!r.name.is_empty()).then_some(r.name.as_str());
-                kiln_image::output::export(&store, &manifest, name, &output)?;
-                let mut out = ChunkWriter::new(tx.clone(), data_chunk);
-                let mut input =
-                    std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
-                std::io::copy(&mut input, &mut out)
-                    .and_then(|_| out.finish())
-                    .map_err(|e| ControlError::Context(e.to_string()))?;
-                Ok(())
-            })();
-            if let Err(e) = sent {
-                let _ = tx.blocking_send(Err(e.into()));
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.stream_blocking(move |store, out| {
+            let scratch = tempfile::Builder::new()
+                .prefix("export-")
+                .tempdir_in(store.root().join("tmp"))
+                .map_err(|e| ControlError::Context(e.to_string()))?;
+            let file = scratch.path().join("out");
+            let output = match r.kind.as_str() {
+                "docker" => kiln_image::output::Output::Docker(Dest::File(file.clone())),
+                "oci" => kiln_image::output::Output::Oci(Dest::File(file.clone())),
+                "tar" => kiln_image::output::Output::Tar(Dest::File(file.clone())),
+                other => return Err(ControlError::Invalid(format!("output type {other}"))),
+            };
+            let name = (!r.name.is_empty()).then_some(r.name.as_str());
+            kiln_image::output::export(store, &manifest, name, &output)?;
+            let mut input =
+                std::fs::File::open(&file).map_err(|e| ControlError::Context(e.to_string()))?;
+            std::io::copy(&mut input, out).map_err(|e| ControlError::Context(e.to_string()))?;
+            Ok(())
+        })
+        .await
     }
 
     /// A build cache the store holds as a layout tar (`--cache-to
@@ -71,23 +86,10 @@ impl ControlService {
         &self,
         manifest: kiln_cache::Digest,
     ) -> Result<Response<SaveStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let store = Arc::clone(&self.store);
-        let using = self.collector.using().await;
-        tokio::task::spawn_blocking(move || {
-            let _using = using;
-            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
-            let sent = kiln_registry::cache::write_local_tar(&store, &manifest, &mut out)
-                .map_err(ControlError::from)
-                .and_then(|()| {
-                    out.finish()
-                        .map_err(|e| ControlError::Context(e.to_string()))
-                });
-            if let Err(e) = sent {
-                let _ = tx.blocking_send(Err(e.into()));
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.stream_blocking(move |store, out| {
+            Ok(kiln_registry::cache::write_local_tar(store, &manifest, out)?)
+        })
+        .await
     }
 
     /// `--cache-from type=local` through kilnd: the client's layout tar,
@@ -134,24 +136,11 @@ impl ControlService {
                     .map_err(|e| ControlError::Invalid(format!("--platform {p}: {e}")))?,
             ),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let store = Arc::clone(&self.store);
-        let using = self.collector.using().await;
-        tokio::task::spawn_blocking(move || {
-            let _using = using;
-            let mut out = ChunkWriter::new(tx.clone(), data_chunk);
-            let saved =
-                kiln_image::archive::save(&store, &r.names, format, platform.as_ref(), &mut out)
-                    .map_err(ControlError::from)
-                    .and_then(|_| {
-                        out.finish()
-                            .map_err(|e| ControlError::Invalid(e.to_string()))
-                    });
-            if let Err(e) = saved {
-                let _ = tx.blocking_send(Err(e.into()));
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.stream_blocking(move |store, out| {
+            kiln_image::archive::save(store, &r.names, format, platform.as_ref(), out)?;
+            Ok(())
+        })
+        .await
     }
 
     pub(super) async fn load_call(
