@@ -181,6 +181,11 @@ fn named_contexts(
                 dockerignore: local.dockerignore.clone(),
             },
             Some(Source::Image(reference)) => NamedContext::Image(reference.clone()),
+            Some(Source::OciLayout(layout)) if layout.files.is_none() => {
+                return Err(invalid(
+                    "an OCI layout without its files (OciLayoutContext.files)",
+                ));
+            }
             Some(Source::OciLayout(layout)) => NamedContext::OciLayout {
                 path: Default::default(),
                 tag: (!layout.tag.is_empty()).then(|| layout.tag.clone()),
