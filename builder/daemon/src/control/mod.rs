@@ -84,7 +84,7 @@ impl From<PipelineError> for ControlError {
             PipelineError::Output(e) => Self::Image(e),
             PipelineError::Registry(e) => Self::Registry(e),
             // The client's layout, as kilnd received it: the client's to fix.
-            e @ PipelineError::Layout { .. } => Self::Context(e.to_string()),
+            e @ PipelineError::Layout { .. } => Self::Invalid(e.to_string()),
         }
     }
 }

@@ -41,7 +41,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// An `oci-layout://` context that could not be read.
-    #[error("--build-context {name}=oci-layout://{}: {source}", path.display())]
+    #[error("--build-context {name}=oci-layout://…: {source}")]
     Layout {
         name: String,
         path: PathBuf,
