@@ -4,6 +4,7 @@
 //! that cargo builds the binaries first and says where they are.
 
 mod build;
+mod build_contexts;
 mod busybox;
 mod cache_backends;
 mod cache_mounts;

@@ -19,7 +19,7 @@ const V1_TIME: u64 = 1_650_000_000;
 /// What the test server says as `Last-Modified` (`tests/httpd.rs`).
 const SERVED_TIME: u64 = 1_600_000_000;
 
-fn git(dir: &Path, time: u64, args: &[&str]) {
+pub(crate) fn git(dir: &Path, time: u64, args: &[&str]) {
     let date = format!("@{time} +0000");
     let out = Command::new("git")
         .arg("-C")
@@ -43,7 +43,7 @@ fn git(dir: &Path, time: u64, args: &[&str]) {
 /// `app/other.Dockerfile` and `app/hello.txt`; `main` one commit later
 /// changes `hello.txt`, and adds `evil/Dockerfile`, a symlink to the
 /// host's `/etc/passwd`.
-fn served_repo(work: &Path, served: &Path) {
+pub(crate) fn served_repo(work: &Path, served: &Path) {
     fs::create_dir_all(work.join("app")).unwrap();
     git(work, V1_TIME, &["init", "-q", "-b", "main"]);
     fs::write(

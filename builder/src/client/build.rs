@@ -65,7 +65,11 @@ impl Client {
         self.import_local_caches(request, on_report);
         let mut spec = pb::BuildSpec::from(request);
         let ignore = Matcher::new(&request.dockerignore)?;
-        let send = self.session_changes(&mut spec, context, &ignore)?;
+        let (session, removed, send) = self.session_changes(context, &ignore, None)?;
+        spec.session = session;
+        spec.removed = removed;
+        let mut trees = vec![(context.to_owned(), send)];
+        trees.extend(self.named_sessions(request, &mut spec)?);
         let (tx, rx) = tokio::sync::mpsc::channel::<BuildInput>(16);
         tx.blocking_send(BuildInput {
             input: Some(build_input::Input::Spec(spec)),
@@ -74,7 +78,7 @@ impl Client {
         // The call stays open after the context (forwarded agents' frames
         // go over it) until the result.
         let tunnels = Tunnels::new(&tx, ssh_input);
-        let sender = send_context(context.to_owned(), send, tx.clone());
+        let sender = send_trees(trees, tx.clone());
         let mut tails = Tails::default();
         let (runtime, mut client) = self.parts();
         let outcome = runtime.block_on(async {
@@ -107,22 +111,61 @@ impl Client {
         Ok(result)
     }
 
-    /// The context session: kilnd keeps the tree from the last build of
-    /// this directory on this machine; only what changed goes over. Sets
-    /// the spec's session and removed paths; the entries to send.
+    /// The sessions of the named contexts that send files (directories,
+    /// OCI layouts), in the spec's order, filled into it: each directory
+    /// and what to send of it.
+    fn named_sessions(
+        &mut self,
+        request: &Request,
+        spec: &mut pb::BuildSpec,
+    ) -> Result<Vec<(PathBuf, Vec<kiln_solver::context::Entry>)>> {
+        use kiln_solver::pipeline::NamedContext;
+        use pb::named_context::Source;
+        let mut trees = Vec::new();
+        for message in &mut spec.named_contexts {
+            let (dir, patterns, local) = match (
+                request.named_contexts.get(&message.name),
+                message.source.as_mut(),
+            ) {
+                (Some(NamedContext::Dir { path, dockerignore }), Some(Source::Local(local))) => {
+                    (path, dockerignore.as_slice(), local)
+                }
+                (Some(NamedContext::OciLayout { path, .. }), Some(Source::OciLayout(layout))) => {
+                    match layout.files.as_mut() {
+                        Some(local) => (path, &[][..], local),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let ignore = Matcher::new(patterns)?;
+            let role = format!("context:{}", message.name);
+            let (session, removed, send) = self.session_changes(dir, &ignore, Some(&role))?;
+            local.session = session;
+            local.removed = removed;
+            trees.push((dir.clone(), send));
+        }
+        Ok(trees)
+    }
+
+    /// The session of one tree (the context, or a named context's
+    /// directory, `role` naming which): kilnd keeps the tree from the last
+    /// build of this directory on this machine; only what changed goes
+    /// over. The session, the paths kilnd removes first, and the entries
+    /// to send.
     fn session_changes(
         &mut self,
-        spec: &mut pb::BuildSpec,
         context: &Path,
         ignore: &Matcher,
-    ) -> Result<Vec<kiln_solver::context::Entry>> {
+        role: Option<&str>,
+    ) -> Result<(String, Vec<String>, Vec<kiln_solver::context::Entry>)> {
         let local = kiln_solver::context::entries(context, ignore).map_err(|source| {
             ClientError::Context {
                 path: context.to_owned(),
                 source,
             }
         })?;
-        let kept = SessionFile::new(&self.addr, context);
+        let kept = SessionFile::new(&self.addr, context, role);
         let session = kept
             .as_ref()
             .and_then(SessionFile::read)
@@ -133,28 +176,30 @@ impl Client {
         if let Some(kept) = &kept {
             kept.write(&state.session);
         }
-        spec.session = state.session;
         let (send, removed) = changes(&local, &state.files);
-        spec.removed = removed;
-        Ok(send)
+        Ok((state.session, removed, send))
     }
 }
 
-/// The context tar, made on a thread of its own while it is sent.
-fn send_context(
-    context: PathBuf,
-    send: Vec<kiln_solver::context::Entry>,
+/// The trees' tars — the context's, then each named context's — made on
+/// a thread of their own while they are sent, one after the other, each
+/// ended by its `eof` chunk.
+fn send_trees(
+    trees: Vec<(PathBuf, Vec<kiln_solver::context::Entry>)>,
     tx: tokio::sync::mpsc::Sender<BuildInput>,
 ) -> std::thread::JoinHandle<std::io::Result<()>> {
     std::thread::spawn(move || -> std::io::Result<()> {
-        let chunks = kiln_solver::context::write_tar(
-            &context,
-            &send,
-            ChunkWriter::new(tx, |data, eof| BuildInput {
-                input: Some(build_input::Input::Context(pb::ContextChunk { data, eof })),
-            }),
-        )?;
-        chunks.finish()
+        for (dir, send) in trees {
+            let chunks = kiln_solver::context::write_tar(
+                &dir,
+                &send,
+                ChunkWriter::new(tx.clone(), |data, eof| BuildInput {
+                    input: Some(build_input::Input::Context(pb::ContextChunk { data, eof })),
+                }),
+            )?;
+            chunks.finish()?;
+        }
+        Ok(())
     })
 }
 
@@ -226,7 +271,10 @@ fn failure(
 struct SessionFile(PathBuf);
 
 impl SessionFile {
-    fn new(addr: &str, context: &Path) -> Option<Self> {
+    /// The file of `context`'s session; `role` tells a named context's
+    /// session (`context:NAME`) from the build context's of the same
+    /// directory, so that each tree kilnd keeps is one build's one tree.
+    fn new(addr: &str, context: &Path, role: Option<&str>) -> Option<Self> {
         let state = std::env::var_os("XDG_STATE_HOME")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
@@ -238,7 +286,10 @@ impl SessionFile {
         let dir = context
             .canonicalize()
             .unwrap_or_else(|_| context.to_owned());
-        let key = format!("{addr}\0{}", dir.display());
+        let key = match role {
+            None => format!("{addr}\0{}", dir.display()),
+            Some(role) => format!("{addr}\0{}\0{role}", dir.display()),
+        };
         let digest = kiln_cache::Digest::of(key.as_bytes());
         Some(Self(state.join("kiln/sessions").join(&digest.hex()[..32])))
     }

@@ -14,6 +14,7 @@ mod error;
 mod graph;
 mod image;
 mod mounts;
+mod named;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +26,7 @@ pub use self::error::{ConvertError, ConvertErrorKind};
 use self::graph::GraphBuilder;
 pub use self::graph::{Vertex, VertexMeta, op_cache_digest, op_digest, sha256_digest};
 pub use self::image::{Empty, HealthConfig, History, ImageConfig};
+pub use self::named::{NamedContext, context_key, local_name};
 pub(crate) use self::state::DEFAULT_PATH;
 pub use self::state::StageImage;
 use self::state::StageState;
@@ -112,6 +114,9 @@ pub struct ConvertOptions<'a> {
     /// Asked between instructions and during expansion: conversion stops
     /// with [`ConvertErrorKind::Cancelled`] soon after it says so.
     pub cancel: Option<Cancel<'a>>,
+    /// `--build-context`s by key ([`context_key`]): read before a stage or
+    /// an image of the name (see [`NamedContext`]).
+    pub named_contexts: BTreeMap<String, NamedContext>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -128,6 +133,7 @@ impl<'a> ConvertOptions<'a> {
             name_platforms: false,
             resolver,
             cancel: None,
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -514,7 +520,17 @@ impl<'a> Converter<'a> {
             None => None,
         };
         let total = stage.commands.len() + 1;
-        let mut state = match self.find_stage(&base, false).filter(|&i| i < index) {
+        if let Some(replaced) = self.replaced_stage(index, platform.clone())? {
+            return Ok(replaced);
+        }
+        let earlier = self.find_stage(&base, false).filter(|&i| i < index);
+        let named = match earlier {
+            Some(_) => None,
+            None => self
+                .named_context(&base)
+                .map(|(key, context)| (key, context.clone())),
+        };
+        let mut state = match earlier {
             Some(base_index) => {
                 // Errors of the stage itself name their own line; a chain
                 // too long or a cycle names this FROM.
@@ -527,6 +543,12 @@ impl<'a> Converter<'a> {
                     state.image.platform = p;
                 }
                 state
+            }
+            None if named.is_some() => {
+                let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
+                let (key, context) = named.as_ref().expect("matched just now");
+                self.named_stage(index, stage, total, platform, (key, context))
+                    .map_err(from_error)?
             }
             None if base.eq_ignore_ascii_case("scratch") => {
                 let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
@@ -563,6 +585,31 @@ impl<'a> Converter<'a> {
             self.dispatch(&mut state, command)?;
         }
         Ok(state)
+    }
+
+    /// Stage `index` when a named context of its name replaces it (its
+    /// instructions are not run; BuildKit's `namedContext` of `st.Name`).
+    fn replaced_stage(
+        &mut self,
+        index: usize,
+        platform: Option<Platform>,
+    ) -> Result<Option<StageState>, ConvertError> {
+        let stage = &self.instructions.stages[index];
+        let Some((key, context)) = stage
+            .name
+            .as_deref()
+            .and_then(|name| self.named_context(name))
+            .map(|(key, context)| (key, context.clone()))
+        else {
+            return Ok(None);
+        };
+        let platform = platform.unwrap_or_else(|| self.options.target_platform.clone());
+        let mut state = self
+            .named_stage(index, stage, 1, platform, (&key, &context))
+            .map_err(|kind| ConvertError::at(stage.location, &stage.source, kind))?;
+        state.name = self.display_name(stage, &state.image.platform);
+        state.ensure_default_path();
+        Ok(Some(state))
     }
 
     /// Adds the source op of image `name` (resolving its config).
@@ -637,7 +684,14 @@ impl<'a> Converter<'a> {
         from: &str,
         user: FromUser<'_>,
     ) -> Result<Option<String>, ConvertErrorKind> {
-        if let Some(index) = self.find_stage(from, true) {
+        let stage = self.find_stage(from, true);
+        if stage.is_none()
+            && let Some((key, context)) = self.named_context(from)
+        {
+            let context = context.clone();
+            return self.named_from(state, &key, &context).map(Some);
+        }
+        if let Some(index) = stage {
             if index == state.index {
                 return Err(ConvertErrorKind::Cycle(state.name.clone()));
             }

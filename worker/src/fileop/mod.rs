@@ -75,6 +75,17 @@ pub enum FileOpError {
 }
 
 impl FileOpError {
+    /// Whether what was looked up is not there (`ENOENT`).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Sys {
+                errno: Errno::ENOENT,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn sys(action: &'static str, path: &Path, errno: Errno) -> Self {
         Self::Sys {
             action,

@@ -125,6 +125,34 @@ impl Root {
         Ok(dir)
     }
 
+    /// Opens the regular file `parts` (names, as for
+    /// [`Root::dir_beneath`]) for reading, beneath the root and through no
+    /// symlink: what a reader of a hostile tree (an OCI layout) reads is
+    /// in it. A symlink in the way is `ELOOP`, anything but a regular file
+    /// an error.
+    pub fn file_beneath(&self, parts: &[&OsStr]) -> Result<File> {
+        let joined = join_parts(parts);
+        let fd = open_in(
+            self.fd.as_fd(),
+            joined.as_os_str(),
+            // O_NONBLOCK: a FIFO planted in the tree does not hang the open.
+            how_beneath(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| self.err_os("opening", &joined, e))?;
+        let file = File::from(fd);
+        let regular = file
+            .metadata()
+            .map_err(|e| FileOpError::io("reading", &self.path.join(&joined), e))?
+            .is_file();
+        if !regular {
+            return Err(FileOpError::Invalid(format!(
+                "{}: not a regular file",
+                self.path.join(&joined).display()
+            )));
+        }
+        Ok(file)
+    }
+
     /// Removes `parts` (names, as for [`Root::dir_beneath`]) whatever it
     /// is, reached beneath the root through no symlink. Nothing there — or
     /// a parent that is no directory, or a symlink — is fine: `false`.

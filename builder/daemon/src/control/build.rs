@@ -167,32 +167,73 @@ async fn receive_tar(
     Ok(bytes)
 }
 
-/// A build's context as received: the tar, and the session it changes.
-struct Received {
+/// One tree of files a build's client sent — the context, or a named
+/// context's directory — as received: the tar, and the session it changes.
+struct Tree {
+    /// `None`: the build context; else the named context's name.
+    name: Option<String>,
     tar_path: PathBuf,
     bytes: u64,
     /// The session's tree and its lock; `None`: a fresh directory.
     session: Option<(PathBuf, Arc<std::sync::Mutex<()>>)>,
     /// The session's paths to remove first.
     removed: Vec<String>,
-    scratch: tempfile::TempDir,
+    /// Where a tree of no session goes.
+    fresh: PathBuf,
 }
 
-impl Received {
-    /// Writes the context into its directory: a session's tree is changed
-    /// in place (what was removed or changed goes first, then the new
-    /// entries); else a fresh directory of the scratch one. Holds the
-    /// session's lock while the build runs.
-    fn unpack(
-        &self,
-        digests: &ContextDigests,
-    ) -> Result<(PathBuf, Option<std::sync::MutexGuard<'_, ()>>), ControlError> {
+/// A build's trees as received, in the scratch directory they go with.
+struct Received {
+    trees: Vec<Tree>,
+    /// Holds the tars and the fresh trees; removed with them.
+    _scratch: tempfile::TempDir,
+}
+
+/// A session a tree is sent in (`BuildSpec.session`, or a named
+/// context's `LocalContext.session`), with its paths to remove first.
+struct TreeSession {
+    name: Option<String>,
+    session: String,
+    removed: Vec<String>,
+}
+
+/// The trees a spec says follow its context, in order: the build
+/// context's, then each named context's that sends files.
+fn tree_sessions(spec: &pb::BuildSpec) -> Vec<TreeSession> {
+    use pb::named_context::Source;
+    let mut trees = vec![TreeSession {
+        name: None,
+        session: spec.session.clone(),
+        removed: spec.removed.clone(),
+    }];
+    for named in &spec.named_contexts {
+        let local = match &named.source {
+            Some(Source::Local(local)) => Some(local),
+            Some(Source::OciLayout(layout)) => layout.files.as_ref(),
+            _ => None,
+        };
+        let Some(local) = local else {
+            // An OCI layout without its files: the request's decoding says.
+            continue;
+        };
+        trees.push(TreeSession {
+            name: Some(named.name.clone()),
+            session: local.session.clone(),
+            removed: local.removed.clone(),
+        });
+    }
+    trees
+}
+
+impl Tree {
+    /// Writes the tree into its directory: a session's tree is changed in
+    /// place (what was removed or changed goes first, then the new
+    /// entries) — the caller holds the session's lock; else a fresh
+    /// directory of the scratch one.
+    fn unpack(&self, digests: &ContextDigests) -> Result<PathBuf, ControlError> {
         let failed = |e: std::io::Error| ControlError::Context(e.to_string());
-        let (context, guard) = match &self.session {
-            Some((dir, lock)) => {
-                let guard = lock
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let context = match &self.session {
+            Some((dir, _)) => {
                 std::fs::create_dir_all(dir).map_err(failed)?;
                 for rel in &self.removed {
                     remove_inside(dir, rel)?;
@@ -201,12 +242,11 @@ impl Received {
                 if !self.removed.is_empty() || self.bytes > 1024 {
                     digests.forget(dir);
                 }
-                (dir.clone(), Some(guard))
+                dir.clone()
             }
             None => {
-                let dir = self.scratch.path().join("context");
-                std::fs::create_dir(&dir).map_err(failed)?;
-                (dir, None)
+                std::fs::create_dir(&self.fresh).map_err(failed)?;
+                self.fresh.clone()
             }
         };
         let file = std::fs::File::open(&self.tar_path).map_err(failed)?;
@@ -218,20 +258,84 @@ impl Received {
             kiln_worker::layer::Whiteouts::Plain,
         )
         .map_err(|e| ControlError::Context(e.to_string()))?;
-        Ok((context, guard))
+        Ok(context)
     }
 }
 
-/// One build on a blocking thread: its context unpacked, the pipeline run.
+impl Received {
+    /// Writes every tree into its directory, holding the locks of their
+    /// sessions (taken in the order of their directories, so that two
+    /// builds never wait on each other) while the build runs: the build
+    /// context's directory, and each named context's set in `request`.
+    fn unpack(
+        &self,
+        digests: &ContextDigests,
+        request: &mut BuildRequest,
+    ) -> Result<(PathBuf, Vec<std::sync::MutexGuard<'_, ()>>), ControlError> {
+        let mut locks: Vec<&(PathBuf, Arc<std::sync::Mutex<()>>)> = self
+            .trees
+            .iter()
+            .filter_map(|t| t.session.as_ref())
+            .collect();
+        locks.sort_by(|a, b| a.0.cmp(&b.0));
+        let guards = locks
+            .into_iter()
+            .map(|(_, lock)| {
+                lock.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .collect();
+        let mut context = None;
+        for tree in &self.trees {
+            let dir = tree.unpack(digests)?;
+            match &tree.name {
+                None => context = Some(dir),
+                Some(name) => set_named_dir(request, name, dir)?,
+            }
+        }
+        let context = context.ok_or_else(|| ControlError::Invalid("no build context".into()))?;
+        Ok((context, guards))
+    }
+
+    /// The trees' fresh directories, which go with this build.
+    fn fresh_dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.trees
+            .iter()
+            .filter(|t| t.session.is_none())
+            .map(|t| &t.fresh)
+    }
+
+    /// Bytes received for every tree.
+    fn bytes(&self) -> u64 {
+        self.trees.iter().map(|t| t.bytes).sum()
+    }
+}
+
+/// A named context's files arrived in `dir`: its directory from now on.
+fn set_named_dir(request: &mut BuildRequest, name: &str, dir: PathBuf) -> Result<(), ControlError> {
+    use kiln_solver::pipeline::NamedContext;
+    match request.named_contexts.get_mut(name) {
+        Some(NamedContext::Dir { path, .. } | NamedContext::OciLayout { path, .. }) => {
+            *path = dir;
+            Ok(())
+        }
+        _ => Err(ControlError::Invalid(format!(
+            "files sent for the named context {name:?}, which takes none"
+        ))),
+    }
+}
+
+/// One build on a blocking thread: its trees unpacked, the pipeline run.
 fn run_build(
-    request: &BuildRequest,
+    mut request: BuildRequest,
     received: &Received,
     store: &Store,
     shared: Shared,
     cancellation: Arc<Cancellation>,
     tx: &BuildSender,
 ) -> Result<pb::BuildResult, ControlError> {
-    let (context, _session_lock) = received.unpack(&shared.context_digests)?;
+    let (context, _session_locks) = received.unpack(&shared.context_digests, &mut request)?;
+    let request = &request;
     let digests = Arc::clone(&shared.context_digests);
     let env = Env {
         store,
@@ -246,9 +350,9 @@ fn run_build(
         let _ = progress_tx.blocking_send(Ok(report_message(report)));
     };
     let built = pipeline::run(request, &env, &mut report);
-    if received.session.is_none() {
-        // The scratch context goes with this build.
-        digests.forget(&context);
+    // The scratch trees go with this build.
+    for dir in received.fresh_dirs() {
+        digests.forget(dir);
     }
     let built = built?;
     let build_ref = pipeline::metadata::new_build_ref("kilnd")
@@ -259,7 +363,7 @@ fn run_build(
         manifest: built.leaving().to_string(),
         config: built.id.to_string(),
         tags: request.tags.clone(),
-        context_bytes: received.bytes,
+        context_bytes: received.bytes(),
         metadata: Some(pb::BuildMetadata {
             build_ref: metadata.build_ref,
             media_type: metadata.media_type,
@@ -296,7 +400,7 @@ impl ControlService {
     ) -> Result<Response<BuildStream>, Status> {
         let mut input = request.into_inner();
         let spec = first_spec(&mut input).await?;
-        let (session_id, removed) = (spec.session.clone(), spec.removed.clone());
+        let sessions = tree_sessions(&spec);
         let mut request = checked_request(self, spec)?;
         // The context: received into a scratch directory of the store
         // (removed with it), unpacked with the layer unpacker, which
@@ -305,13 +409,33 @@ impl ControlService {
             .prefix("context-")
             .tempdir_in(self.store.root().join("tmp"))
             .map_err(|e| ControlError::Context(e.to_string()))?;
-        let tar_path = scratch.path().join("context.tar");
-        let bytes = receive_tar(&mut input, &tar_path).await?;
-        if !session_id.is_empty() && !self.known_session(&session_id) {
-            return Err(ControlError::Invalid(format!(
-                "context session {session_id:?}: kilnd did not issue it (ask ContextState for one)"
-            ))
-            .into());
+        let mut trees = Vec::with_capacity(sessions.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, tree) in sessions.into_iter().enumerate() {
+            let tar_path = scratch.path().join(format!("tree-{i}.tar"));
+            let bytes = receive_tar(&mut input, &tar_path).await?;
+            let id = tree.session;
+            if !id.is_empty() && !self.known_session(&id) {
+                return Err(ControlError::Invalid(format!(
+                    "context session {id:?}: kilnd did not issue it (ask ContextState for one)"
+                ))
+                .into());
+            }
+            // One tree per session: two would write one directory.
+            if !id.is_empty() && !seen.insert(id.clone()) {
+                return Err(ControlError::Invalid(format!(
+                    "context session {id:?} is given for two trees of one build"
+                ))
+                .into());
+            }
+            trees.push(Tree {
+                name: tree.name,
+                tar_path,
+                bytes,
+                session: (!id.is_empty()).then(|| self.session(&id)),
+                removed: tree.removed,
+                fresh: scratch.path().join(format!("tree-{i}")),
+            });
         }
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let ids: Vec<String> = request.ssh.keys().cloned().collect();
@@ -320,13 +444,9 @@ impl ControlService {
         for (id, socket) in agents.iter().flat_map(ForwardedAgents::sockets) {
             request.ssh.insert(id.clone(), socket.clone());
         }
-        let session = (!session_id.is_empty()).then(|| self.session(&session_id));
         let received = Received {
-            tar_path,
-            bytes,
-            session,
-            removed,
-            scratch,
+            trees,
+            _scratch: scratch,
         };
         let store = Arc::clone(&self.store);
         let shared = Shared {
@@ -342,7 +462,7 @@ impl ControlService {
         tokio::task::spawn_blocking(move || {
             // A panic in this build is this client's error; kilnd goes on.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_build(&request, &received, &store, shared, cancellation, &tx)
+                run_build(request, &received, &store, shared, cancellation, &tx)
             }))
             .unwrap_or_else(|panic| Err(ControlError::Panic(kiln_image::panic_message(&*panic))));
             let last = result

@@ -83,6 +83,8 @@ impl From<PipelineError> for ControlError {
             PipelineError::Build(e) => Self::Build(e),
             PipelineError::Output(e) => Self::Image(e),
             PipelineError::Registry(e) => Self::Registry(e),
+            // The client's layout, as kilnd received it: the client's to fix.
+            e @ PipelineError::Layout { .. } => Self::Invalid(e.to_string()),
         }
     }
 }

@@ -87,7 +87,9 @@ impl ControlService {
         manifest: kiln_cache::Digest,
     ) -> Result<Response<SaveStream>, Status> {
         self.stream_blocking(move |store, out| {
-            Ok(kiln_registry::cache::write_local_tar(store, &manifest, out)?)
+            Ok(kiln_registry::cache::write_local_tar(
+                store, &manifest, out,
+            )?)
         })
         .await
     }

@@ -392,7 +392,7 @@ fn docker_entry(
 /// of an index that the archive has) checked against its diff ID: a
 /// multi-platform image's other platforms run here too (under emulation),
 /// and a load is the last time their bytes are checked against the config.
-fn verify_image(store: &Store, target: &Digest) -> std::result::Result<(), String> {
+pub(super) fn verify_image(store: &Store, target: &Digest) -> std::result::Result<(), String> {
     let images = image::index::present_images(store, target).map_err(|e| e.to_string())?;
     for img in images {
         for layer in img.image.layer_pairs().map_err(|e| e.to_string())? {

@@ -23,6 +23,9 @@ struct StoreImages<'a> {
     /// Names pulled by this build, with the platform (`--pull=always`
     /// pulls each once).
     pulled: std::sync::Mutex<BTreeSet<String>>,
+    /// Digests of images only the store has (`oci-layout://` contexts):
+    /// read by digest, never pulled.
+    local: &'a BTreeSet<String>,
 }
 
 impl StoreImages<'_> {
@@ -59,6 +62,19 @@ impl ImageResolver for StoreImages<'_> {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
+        if let Some(digest) = reference
+            .digest
+            .as_ref()
+            .filter(|d| self.local.contains(*d))
+        {
+            let pinned = digest.parse().map_err(|_| format!("digest {digest}"))?;
+            let img =
+                image::read_image(self.store, &pinned, platform).map_err(|e| e.to_string())?;
+            return Ok(Some(ResolvedImage {
+                digest: Some(img.manifest_digest.to_string()),
+                config: img.config.config,
+            }));
+        }
         let name = Reference {
             digest: None,
             ..reference.clone()
@@ -145,6 +161,7 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<Vec<Convert
             pull: req.pull,
             registry: &req.registry,
             pulled: Default::default(),
+            local: &req.local_images,
         };
         let cancelled = || req.cancellation.is_cancelled();
         let mut options = ConvertOptions::new(&resolver);
@@ -155,6 +172,7 @@ fn convert_on_own_stack(store: &Store, req: &BuildRequest) -> Result<Vec<Convert
         options.sandbox = req.sandbox.clone();
         options.cancel = Some(Cancel(&cancelled));
         options.name_platforms = targets.len() > 1;
+        options.named_contexts = req.frontend_contexts();
         targets
             .iter()
             .map(|target| {
@@ -228,6 +246,7 @@ pub fn check(store: Option<&Store>, req: &BuildRequest) -> Result<CheckResult, B
         pull: PullPolicy::Never,
         registry: &req.registry,
         pulled: Default::default(),
+        local: &req.local_images,
     });
     let resolver: &dyn ImageResolver = match &stored {
         Some(images) => images,

@@ -90,6 +90,61 @@ pub struct BuildRequest {
     pub context_digests: std::sync::Arc<crate::solve::ContextDigests>,
     /// Where RUN steps may run besides here (kilnd's attached workers).
     pub farm: Option<std::sync::Arc<dyn crate::solve::Executor>>,
+    /// `--build-context`s, by name (the frontend's key), made ready.
+    pub named_contexts: BTreeMap<String, NamedInput>,
+    /// Manifests (and indexes) of images only this store has, which a
+    /// `name@digest` reference pins and no registry is asked for: the
+    /// images of `oci-layout://` contexts.
+    pub local_images: BTreeSet<String>,
+}
+
+/// A named context as a build reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedInput {
+    /// A directory (its own `.dockerignore` patterns): read as the build
+    /// context is.
+    Dir {
+        path: PathBuf,
+        dockerignore: Vec<String>,
+    },
+    /// An image reference, resolved as a `FROM` image (pulled as `--pull`
+    /// says, unless it is one of [`BuildRequest::local_images`]).
+    Image(String),
+}
+
+impl BuildRequest {
+    /// The named contexts as the frontend takes them.
+    fn frontend_contexts(&self) -> BTreeMap<String, convert::NamedContext> {
+        self.named_contexts
+            .iter()
+            .map(|(name, input)| {
+                let context = match input {
+                    NamedInput::Dir { dockerignore, .. } => convert::NamedContext::Local {
+                        exclude_patterns: dockerignore.clone(),
+                    },
+                    NamedInput::Image(reference) => convert::NamedContext::Image(reference.clone()),
+                };
+                (name.clone(), context)
+            })
+            .collect()
+    }
+
+    /// The named directories as the solver reads them.
+    fn named_dirs(&self) -> BTreeMap<String, crate::solve::NamedDir> {
+        self.named_contexts
+            .iter()
+            .filter_map(|(name, input)| match input {
+                NamedInput::Dir { path, dockerignore } => Some((
+                    name.clone(),
+                    crate::solve::NamedDir {
+                        dir: path.clone(),
+                        dockerignore: dockerignore.clone(),
+                    },
+                )),
+                NamedInput::Image(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The image built.
@@ -197,6 +252,7 @@ pub fn solve(
     let options = SolveOptions {
         context: req.context.clone(),
         dockerignore: req.dockerignore.clone(),
+        named_dirs: req.named_dirs(),
         no_cache: req.no_cache,
         no_cache_stages: no_cache_stages(&graphs, &req.no_cache_filter),
         network: req.network,

@@ -97,19 +97,36 @@ impl DockerfileSource {
         };
         let candidates = beside.into_iter().chain([context.join(".dockerignore")]);
         for path in candidates {
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let text = String::from_utf8(bytes)
-                        .map_err(|_| ContextError::NotText { path: path.clone() })?;
-                    return dockerignore::read_patterns(&text)
-                        .map_err(|source| ContextError::Dockerignore { path, source });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(ContextError::Read { path, source }),
+            if let Some(patterns) = read_dockerignore(&path)? {
+                return Ok(patterns);
             }
         }
         Ok(Vec::new())
     }
+}
+
+/// The patterns of the `.dockerignore` file at `path`; `None` when there
+/// is none.
+fn read_dockerignore(path: &Path) -> Result<Option<Vec<String>>, ContextError> {
+    let path = path.to_owned();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ContextError::NotText { path: path.clone() })?;
+            dockerignore::read_patterns(&text)
+                .map(Some)
+                .map_err(|source| ContextError::Dockerignore { path, source })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ContextError::Read { path, source }),
+    }
+}
+
+/// The `.dockerignore` patterns of a named context's directory: its own
+/// `<dir>/.dockerignore` only, as BuildKit reads it for a local named
+/// context (no `<Dockerfile>.dockerignore`); none without one.
+pub fn dir_dockerignore(dir: &Path) -> Result<Vec<String>, ContextError> {
+    Ok(read_dockerignore(&dir.join(".dockerignore"))?.unwrap_or_default())
 }
 
 /// Opens the Dockerfile at `path`, or `dockerfile` beside it when `path`

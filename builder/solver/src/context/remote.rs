@@ -155,6 +155,47 @@ pub fn fetch_context(arg: &ContextArg, tmp: &Path) -> Result<RemoteContext, Cont
     }
 }
 
+/// Fetches a named context's URL (`--build-context NAME=URL`) into a
+/// scratch directory made in `tmp`: a Git repository checked out, as the
+/// build context is; any other HTTP(S) URL downloaded as the one file
+/// `context` of the directory, as BuildKit's named contexts keep it
+/// (never unpacked, never a Dockerfile).
+pub fn fetch_named_context(arg: &ContextArg, tmp: &Path) -> Result<RemoteContext, ContextError> {
+    let scratch = tempfile::TempDir::with_prefix_in("context-", tmp).map_err(|source| {
+        ContextError::Read {
+            path: tmp.to_owned(),
+            source,
+        }
+    })?;
+    match arg {
+        ContextArg::Git(url) => git_context(url, scratch),
+        ContextArg::Url(url) => {
+            let source = HttpSource {
+                url: url.clone(),
+                filename: "context".to_owned(),
+                ..Default::default()
+            };
+            let fetched = fetch::http(&source, scratch, &mut |_, _| {}).map_err(|why| {
+                ContextError::Remote {
+                    url: url.clone(),
+                    why,
+                }
+            })?;
+            Ok(RemoteContext {
+                dir: fetched.dir.clone(),
+                dockerfile: None,
+                time: fetched.time,
+                _fetched: Some(fetched),
+                _scratch: None,
+            })
+        }
+        ContextArg::Stdin | ContextArg::Local(_) => Err(ContextError::Remote {
+            url: String::new(),
+            why: "not a URL".to_owned(),
+        }),
+    }
+}
+
 fn git_context(url: &str, scratch: tempfile::TempDir) -> Result<RemoteContext, ContextError> {
     let remote_err = |why: String| ContextError::Remote {
         url: url.to_owned(),

@@ -8,6 +8,7 @@
 //! [`Notice`] — embedded on standard error, through kilnd as a `Notice`
 //! message of the Build call — so both say the same.
 
+pub mod contexts;
 pub mod metadata;
 pub mod request;
 pub mod wire;
@@ -21,9 +22,10 @@ use kiln_worker::exec::Worker;
 use kiln_worker::sandbox::Sandbox;
 use thiserror::Error;
 
+pub use self::contexts::NamedContext;
 pub use self::metadata::Metadata;
 pub use self::request::{CacheRef, Outputs, Request, RequestError};
-use crate::build::{self, BuildError, BuildRequest, Built, Solved};
+use crate::build::{self, BuildError, BuildRequest, Built, NamedInput, Solved};
 use crate::solve::{Cancellation, ContextDigests, Event, InFlight};
 use kiln_image::image::ImageError;
 use kiln_registry::RegistryError;
@@ -42,6 +44,13 @@ pub enum PipelineError {
     /// A cache export or a push.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// An `oci-layout://` context that could not be read.
+    #[error("--build-context {name}=oci-layout://…: {source}")]
+    Layout {
+        name: String,
+        path: PathBuf,
+        source: Box<ImageError>,
+    },
 }
 
 type Result<T> = std::result::Result<T, PipelineError>;
@@ -213,9 +222,59 @@ fn inline_cache(request: &Request, solved: &mut Solved, report: &mut (dyn FnMut(
     }
 }
 
+/// The named contexts as the build reads them: each OCI layout's image
+/// copied into the store (checked, untagged) and named by its digest,
+/// which is then never pulled.
+fn named_inputs(
+    request: &Request,
+    env: &Env<'_>,
+) -> Result<(
+    std::collections::BTreeMap<String, NamedInput>,
+    std::collections::BTreeSet<String>,
+)> {
+    let mut inputs = std::collections::BTreeMap::new();
+    let mut local_images = std::collections::BTreeSet::new();
+    for (name, context) in &request.named_contexts {
+        let input = match context {
+            NamedContext::Dir { path, dockerignore } => NamedInput::Dir {
+                path: path.clone(),
+                dockerignore: dockerignore.clone(),
+            },
+            NamedContext::Image(reference) => NamedInput::Image(reference.clone()),
+            NamedContext::OciLayout { path, tag, digest } => {
+                let failed = |source| PipelineError::Layout {
+                    name: name.clone(),
+                    path: path.clone(),
+                    source: Box::new(source),
+                };
+                let selector = match (digest, tag) {
+                    (Some(d), _) => kiln_image::archive::Selector::Digest(
+                        d.parse()
+                            .map_err(|_| failed(ImageError::NotFound(d.clone())))?,
+                    ),
+                    (None, tag) => kiln_image::archive::Selector::Tag(
+                        tag.clone().unwrap_or_else(|| "latest".to_owned()),
+                    ),
+                };
+                let target = kiln_image::archive::import_layout(env.store, path, &selector)
+                    .map_err(failed)?;
+                // BuildKit's reference for it: the context's name pinned.
+                let named = kiln_frontend::reference::Reference::parse(name)
+                    .map_err(|e| failed(ImageError::Name(e)))?
+                    .with_digest(&target.to_string());
+                local_images.insert(target.to_string());
+                NamedInput::Image(named.to_string())
+            }
+        };
+        inputs.insert(name.clone(), input);
+    }
+    Ok((inputs, local_images))
+}
+
 /// The solver's request: the typed request and the environment.
-fn build_request(request: &Request, env: &Env<'_>) -> BuildRequest {
-    BuildRequest {
+fn build_request(request: &Request, env: &Env<'_>) -> Result<BuildRequest> {
+    let (named_contexts, local_images) = named_inputs(request, env)?;
+    Ok(BuildRequest {
         dockerfile: request.dockerfile.clone(),
         context: env.context.clone(),
         dockerignore: request.dockerignore.clone(),
@@ -234,7 +293,9 @@ fn build_request(request: &Request, env: &Env<'_>) -> BuildRequest {
         in_flight: Arc::clone(&env.shared.in_flight),
         context_digests: Arc::clone(&env.shared.context_digests),
         farm: env.shared.farm.clone(),
-    }
+        named_contexts,
+        local_images,
+    })
 }
 
 /// Resolves the base images, converts, checks and runs the steps.
@@ -254,7 +315,7 @@ fn solve(
     Ok(build::solve(
         env.store,
         &worker,
-        &build_request(request, env),
+        &build_request(request, env)?,
         &mut progress,
     )?)
 }

@@ -66,7 +66,7 @@ pub const MAX_LABEL_BYTES: usize = 1 << 20;
 
 /// The entries each list of registries a request names may hold:
 /// `--cache-from`, `--cache-to`, `--insecure-registry` (and a pull's or
-/// push's). Each entry is a registry the build reaches or a host looked up
+/// push's); and the named contexts of `--build-context`. Each entry is a registry the build reaches or a host looked up
 /// on every registry call; a build needs a handful, and a kilnd client
 /// must not make one build reach thousands.
 pub const MAX_LIST_ENTRIES: usize = 64;
@@ -154,6 +154,10 @@ pub struct Request {
     /// When a fetched context (Git, HTTP) last changed:
     /// `SOURCE_DATE_EPOCH=context`.
     pub context_time: Option<u64>,
+    /// `--build-context`s by normalized name, made ready by the client (a
+    /// URL fetched into a directory, a directory's `.dockerignore` read);
+    /// through kilnd, their directories are kilnd's copies.
+    pub named_contexts: BTreeMap<String, super::contexts::NamedContext>,
 }
 
 /// `--pull`'s value (buildx's boolean forms too).
@@ -238,7 +242,8 @@ pub fn check_lists(request: &Request) -> Result<()> {
     check_count("--platform", request.platforms.len())?;
     check_count("--cache-from", request.cache_imports.len())?;
     check_count("--cache-to", request.cache_exports.len())?;
-    check_count("--insecure-registry", request.registry.insecure.len())
+    check_count("--insecure-registry", request.registry.insecure.len())?;
+    super::contexts::check(&request.named_contexts)
 }
 
 /// `--platform` values (each a list: `linux/amd64,linux/arm64`), parsed

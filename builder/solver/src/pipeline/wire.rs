@@ -7,6 +7,7 @@ use kiln_proto::sandbox::SandboxOptions;
 use kiln_worker::sandbox::spec::Network;
 
 use super::Metadata;
+use super::contexts::NamedContext;
 use super::request::{
     Outputs, Request, RequestError, check_labels, check_lists, check_push, normalize_names,
     parse_pull,
@@ -72,6 +73,11 @@ impl From<&Request> for pb::BuildSpec {
             labels: r.labels.clone().into_iter().collect(),
             oci_output: super::request::has_oci(&r.files),
             annotations: r.annotations.0.iter().map(|a| a.spec()).collect(),
+            named_contexts: r
+                .named_contexts
+                .iter()
+                .map(|(name, c)| named_message(name, c))
+                .collect(),
             ..Self::default()
         }
     }
@@ -106,6 +112,7 @@ impl TryFrom<pb::BuildSpec> for Request {
         check_labels(&labels)?;
         let mut annotations = super::request::parse_annotations(&spec.annotations)?;
         annotations.0.extend(outputs.annotations.0);
+        let named_contexts = named_contexts(&spec.named_contexts)?;
         let request = Self {
             pull: pull_policy(spec.pull_policy, &spec.pull)?,
             cache_imports: super::wire_cache::caches(
@@ -148,6 +155,7 @@ impl TryFrom<pb::BuildSpec> for Request {
                 .map(|id| (id, Default::default()))
                 .collect(),
             context_time: spec.context_time,
+            named_contexts,
         };
         check_lists(&request)?;
         super::request::check_annotations(&request)?;
@@ -182,6 +190,70 @@ impl TryFrom<&pb::BuildResult> for Metadata {
             names: result.tags.clone(),
         })
     }
+}
+
+/// A named context on the wire; a directory's session is the
+/// transport's (the client fills it in), its path stays here.
+fn named_message(name: &str, context: &NamedContext) -> pb::NamedContext {
+    use pb::named_context::Source;
+    let local = |dockerignore: &[String]| pb::LocalContext {
+        dockerignore: dockerignore.to_vec(),
+        ..pb::LocalContext::default()
+    };
+    let source = match context {
+        NamedContext::Dir { dockerignore, .. } => Source::Local(local(dockerignore)),
+        NamedContext::Image(reference) => Source::Image(reference.clone()),
+        NamedContext::OciLayout { tag, digest, .. } => Source::OciLayout(pb::OciLayoutContext {
+            files: Some(local(&[])),
+            tag: tag.clone().unwrap_or_default(),
+            digest: digest.clone().unwrap_or_default(),
+        }),
+    };
+    pb::NamedContext {
+        name: name.to_owned(),
+        source: Some(source),
+    }
+}
+
+/// The named contexts a client sent, each name once (checked with the
+/// rest by `check_lists`). A directory's path is kilnd's to fill in, once
+/// its files have arrived.
+fn named_contexts(
+    messages: &[pb::NamedContext],
+) -> Result<std::collections::BTreeMap<String, NamedContext>> {
+    use pb::named_context::Source;
+    super::request::check_count("--build-context", messages.len())?;
+    let mut contexts = std::collections::BTreeMap::new();
+    for message in messages {
+        let spec = format!("{}=…", message.name);
+        let invalid = |reason: &str| RequestError::Invalid {
+            flag: "--build-context",
+            value: spec.clone(),
+            reason: reason.to_owned(),
+        };
+        let context = match &message.source {
+            Some(Source::Local(local)) => NamedContext::Dir {
+                path: Default::default(),
+                dockerignore: local.dockerignore.clone(),
+            },
+            Some(Source::Image(reference)) => NamedContext::Image(reference.clone()),
+            Some(Source::OciLayout(layout)) if layout.files.is_none() => {
+                return Err(invalid(
+                    "an OCI layout without its files (OciLayoutContext.files)",
+                ));
+            }
+            Some(Source::OciLayout(layout)) => NamedContext::OciLayout {
+                path: Default::default(),
+                tag: (!layout.tag.is_empty()).then(|| layout.tag.clone()),
+                digest: (!layout.digest.is_empty()).then(|| layout.digest.clone()),
+            },
+            None => return Err(invalid("no source (NamedContext.source)")),
+        };
+        if contexts.insert(message.name.clone(), context).is_some() {
+            return Err(invalid("the name is given twice"));
+        }
+    }
+    Ok(contexts)
 }
 
 fn sandbox_hosts(sandbox: &SandboxOptions) -> Vec<String> {

@@ -126,12 +126,38 @@ impl Solver<'_> {
         base: &[Layer],
         log: &mut StepLog<'_, '_>,
     ) -> Result<StepOutcome> {
-        let dir = || self.context_view();
-        let layer = || self.context_layer();
-        let context = ContextForms {
-            dir: &dir,
-            layer: &layer,
-        };
+        // Each directory from the client the step mounts, in both forms.
+        type Forms<'f> = (
+            Box<dyn Fn() -> Result<PathBuf> + Sync + 'f>,
+            Box<dyn Fn() -> Result<Layer> + Sync + 'f>,
+        );
+        let names: std::collections::BTreeSet<&str> = inputs
+            .iter()
+            .filter_map(|(fs, _)| match fs {
+                Fs::Context(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let made: Vec<(&str, Forms<'_>)> = names
+            .into_iter()
+            .map(|name| {
+                let forms: Forms<'_> = (
+                    Box::new(move || self.context_view(name)),
+                    Box::new(move || self.context_layer(name)),
+                );
+                (name, forms)
+            })
+            .collect();
+        let contexts: std::collections::BTreeMap<&str, ContextForms<'_>> = made
+            .iter()
+            .map(|(name, (dir, layer))| {
+                let forms = ContextForms {
+                    dir: &**dir,
+                    layer: &**layer,
+                };
+                (*name, forms)
+            })
+            .collect();
         // The op's platform (a farm worker of it runs the step), else the
         // host's.
         let platform = match request.platform.as_str() {
@@ -141,7 +167,7 @@ impl Solver<'_> {
         let step = Step {
             request,
             rootfs: base,
-            mounts: self.step_mounts(exec, inputs, &context)?,
+            mounts: self.step_mounts(exec, inputs, &contexts)?,
             entitlements: &self.options.entitlements,
             compression: self.options.compression,
             source_date_epoch: self.options.source_date_epoch,
@@ -187,9 +213,9 @@ impl Solver<'_> {
     /// for workers to fetch (zstd: fast both ways, small on a network).
     /// Made once per build; the same files make the same layer, which a
     /// worker then holds already.
-    fn context_layer(&self) -> Result<Layer> {
-        let layer = self.context_layer.get_or_init(|| {
-            let view = self.context_view().map_err(|e| e.to_string())?;
+    fn context_layer(&self, name: &str) -> Result<Layer> {
+        let layer = self.local(name)?.layer.get_or_init(|| {
+            let view = self.context_view(name).map_err(|e| e.to_string())?;
             kiln_image::compress::store_layer(
                 self.store,
                 &view,
@@ -208,27 +234,30 @@ impl Solver<'_> {
         &self,
         exec: &ExecOp,
         inputs: &[(Fs, String)],
-        context: &'c ContextForms<'c>,
+        contexts: &'c std::collections::BTreeMap<&str, ContextForms<'c>>,
     ) -> Result<Vec<StepMount<'c>>> {
         let source = |input: i32| match usize::try_from(input).ok().and_then(|i| inputs.get(i)) {
-            Some((Fs::Layers(chain), _)) => Source::Layers(chain.clone()),
-            Some((Fs::Context(_), _)) => Source::Context(context),
-            Some((Fs::Fetched(fetched), _)) => Source::Dir(fetched.dir.clone()),
-            None => Source::Layers(Vec::new()),
+            Some((Fs::Layers(chain), _)) => Ok(Source::Layers(chain.clone())),
+            Some((Fs::Context(name), _)) => contexts
+                .get(name.as_str())
+                .map(Source::Context)
+                .ok_or_else(|| step_err(format!("no files from the client are named {name:?}"))),
+            Some((Fs::Fetched(fetched), _)) => Ok(Source::Dir(fetched.dir.clone())),
+            None => Ok(Source::Layers(Vec::new())),
         };
         let mut mounts = Vec::with_capacity(exec.mounts.len());
         for m in &exec.mounts {
             mounts.push(if m.r#type == MountType::Bind as i32 {
                 StepMount::Bind {
                     target: m.target.clone(),
-                    source: source(m.input),
+                    source: source(m.input)?,
                     path: m.source.clone(),
                     readonly: m.readonly,
                 }
             } else if m.r#type == MountType::Cache as i32 && m.input >= 0 {
                 StepMount::SeededCache {
                     mount: self.plain_mount(m)?,
-                    source: source(m.input),
+                    source: source(m.input)?,
                     path: m.source.clone(),
                 }
             } else {

@@ -40,8 +40,9 @@ use kiln_image::image::Layer;
 pub enum Fs {
     /// Layers, bottom first (empty: scratch).
     Layers(Vec<Layer>),
-    /// The build context directory.
-    Context(PathBuf),
+    /// Files from the client: the build context (`context`) or a named
+    /// one (`context:NAME`), by its source's name.
+    Context(String),
     /// A downloaded file or a Git checkout (`ADD <url>`).
     Fetched(std::sync::Arc<fetch::Fetched>),
 }
@@ -223,6 +224,10 @@ pub struct SolveOptions<'a> {
     pub context: PathBuf,
     /// Its `.dockerignore` patterns, as written.
     pub dockerignore: Vec<String>,
+    /// The named contexts that are directories (`--build-context
+    /// NAME=DIR`), by name: each read as the build context is, with its
+    /// own `.dockerignore` patterns.
+    pub named_dirs: std::collections::BTreeMap<String, NamedDir>,
     /// Run every step, using no cache hit.
     pub no_cache: bool,
     /// Stages (by index) whose steps run again (`--no-cache-filter`).
@@ -247,20 +252,51 @@ pub struct SolveOptions<'a> {
     pub farm: Option<&'a dyn Executor>,
 }
 
+/// A named context's directory and its `.dockerignore` patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedDir {
+    pub dir: PathBuf,
+    pub dockerignore: Vec<String>,
+}
+
+/// A directory of files from the client as steps read it: the build
+/// context or a named one. Its view and layer are made on first use and
+/// kept for the build.
+struct LocalDir {
+    dir: PathBuf,
+    dockerignore: Vec<String>,
+    matcher: Matcher,
+    /// The directory minus `.dockerignore`d files, for RUN bind mounts.
+    view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
+    /// That view as a layer for remote workers.
+    layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
+}
+
+impl LocalDir {
+    fn new(dir: PathBuf, dockerignore: Vec<String>) -> std::result::Result<Self, SolverSetupError> {
+        Ok(Self {
+            matcher: Matcher::new(&dockerignore)?,
+            dir,
+            dockerignore,
+            view: Default::default(),
+            layer: Default::default(),
+        })
+    }
+}
+
+/// The source name of the build context (`LocalSource.name`).
+const BUILD_CONTEXT: &str = "context";
+
 /// One solve: a build graph's vertices run on the local worker (or handed
 /// to remote workers), with the step cache.
 pub struct Solver<'a> {
     store: &'a Store,
     worker: &'a Worker,
     snapshots: Snapshots,
-    dockerignore: Matcher,
     options: SolveOptions<'a>,
     progress: std::sync::Mutex<&'a mut (dyn FnMut(Event) + Send)>,
-    /// The context minus `.dockerignore`d files, for RUN bind mounts; made
-    /// on first use.
-    context_view: std::sync::OnceLock<std::result::Result<tempfile::TempDir, String>>,
-    /// That view as a layer for remote workers; made on first use.
-    context_layer: std::sync::OnceLock<std::result::Result<Layer, String>>,
+    /// The build context and the named directories, by source name.
+    locals: std::collections::BTreeMap<String, LocalDir>,
     /// Every step's cache key and layer, run or cached, as the build went
     /// (what `--cache-to` exports).
     steps: std::sync::Mutex<Vec<(String, Layer)>>,
@@ -278,15 +314,24 @@ impl<'a> Solver<'a> {
         let snapshots = Snapshots::open(store.snapshots_dir())?;
         // Unpacks a killed build left half done (the root's lock is ours).
         snapshots.recover()?;
+        let mut locals = std::collections::BTreeMap::new();
+        locals.insert(
+            BUILD_CONTEXT.to_owned(),
+            LocalDir::new(options.context.clone(), options.dockerignore.clone())?,
+        );
+        for (name, named) in &options.named_dirs {
+            locals.insert(
+                kiln_frontend::convert::local_name(name),
+                LocalDir::new(named.dir.clone(), named.dockerignore.clone())?,
+            );
+        }
         Ok(Self {
             store,
             worker,
             snapshots,
-            dockerignore: Matcher::new(&options.dockerignore)?,
             options,
             progress: std::sync::Mutex::new(progress),
-            context_view: Default::default(),
-            context_layer: Default::default(),
+            locals,
             steps: Default::default(),
         })
     }
@@ -645,48 +690,53 @@ impl Solver<'_> {
             .push((key.to_owned(), layer.clone()));
     }
 
-    /// The digest of context files `sources` cover (see `context.rs`).
-    fn context_digest(&self, sources: &[String], with_mode: bool) -> String {
-        let ask = format!("{sources:?}\0{with_mode}\0{:?}", self.options.dockerignore);
-        self.options
-            .context_digests
-            .get_or(&self.options.context, ask, || {
-                context::digest(
-                    &self.options.context,
-                    sources,
-                    &self.dockerignore,
-                    with_mode,
-                    &*self.store.meta,
-                )
-            })
+    /// The files from the client a source of that name reads.
+    fn local(&self, name: &str) -> Result<&LocalDir> {
+        self.locals
+            .get(name)
+            .ok_or_else(|| ops::step_err(format!("no files from the client are named {name:?}")))
+    }
+
+    /// The digest of the files of `local` that `sources` cover (see
+    /// `context.rs`).
+    fn context_digest(&self, local: &LocalDir, sources: &[String], with_mode: bool) -> String {
+        let ask = format!("{sources:?}\0{with_mode}\0{:?}", local.dockerignore);
+        self.options.context_digests.get_or(&local.dir, ask, || {
+            context::digest(
+                &local.dir,
+                sources,
+                &local.matcher,
+                with_mode,
+                &*self.store.meta,
+            )
+        })
     }
 
     /// The part of the cache key that comes from context files the op reads.
     fn context_part(&self, op: &kiln_proto::ops::v1::Op, inputs: &[(Fs, String)]) -> String {
         use kiln_proto::ops::v1::{file_action::Action, op::Kind};
-        let is_context = |i: i32| {
-            matches!(
-                usize::try_from(i).ok().and_then(|i| inputs.get(i)),
-                Some((Fs::Context(_), _))
-            )
+        let local_of = |i: i32| match usize::try_from(i).ok().and_then(|i| inputs.get(i)) {
+            Some((Fs::Context(name), _)) => self.locals.get(name),
+            _ => None,
         };
         let mut parts = Vec::new();
         match &op.kind {
             Some(Kind::File(f)) => {
                 for action in &f.actions {
                     if let Some(Action::Copy(c)) = &action.action
-                        && is_context(c.input)
+                        && let Some(local) = local_of(c.input)
                     {
-                        parts.push(self.context_digest(&c.sources, c.mode.is_none()));
+                        parts.push(self.context_digest(local, &c.sources, c.mode.is_none()));
                     }
                 }
             }
             Some(Kind::Exec(e)) => {
                 for m in &e.mounts {
                     if m.r#type == kiln_proto::ops::v1::MountType::Bind as i32
-                        && is_context(m.input)
+                        && let Some(local) = local_of(m.input)
                     {
-                        parts.push(self.context_digest(std::slice::from_ref(&m.source), true));
+                        let sources = std::slice::from_ref(&m.source);
+                        parts.push(self.context_digest(local, sources, true));
                     }
                 }
             }

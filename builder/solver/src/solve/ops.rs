@@ -132,7 +132,10 @@ impl Solver<'_> {
         platform: Option<&Platform>,
     ) -> Result<Fs> {
         match &source.source {
-            Some(source_op::Source::Local(_)) => Ok(Fs::Context(self.options.context.clone())),
+            Some(source_op::Source::Local(local)) => {
+                self.local(&local.name)?;
+                Ok(Fs::Context(local.name.clone()))
+            }
             Some(source_op::Source::Image(img)) => {
                 let (name, image) = self.source_image(&img.reference, platform)?;
                 let layers = image
@@ -196,7 +199,7 @@ impl Solver<'_> {
         match usize::try_from(index).ok().and_then(|i| inputs.get(i)) {
             // Every read of the context goes through its view: what
             // `.dockerignore` excludes is not there, however it is named.
-            Some((Fs::Context(_), _)) => Ok(vec![self.context_view()?]),
+            Some((Fs::Context(name), _)) => Ok(vec![self.context_view(name)?]),
             Some((Fs::Fetched(fetched), _)) => Ok(vec![fetched.dir.clone()]),
             Some((Fs::Layers(chain), _)) if !chain.is_empty() => {
                 lowerdirs(self.store, &self.snapshots, chain)
@@ -336,8 +339,12 @@ impl Solver<'_> {
             actions.push(match &action.action {
                 Some(file_action::Action::Copy(c)) => {
                     let input = usize::try_from(c.input).ok().and_then(|i| inputs.get(i));
-                    let from_context = matches!(input, Some((Fs::Context(_), _)));
-                    let from_outside = from_context || matches!(input, Some((Fs::Fetched(_), _)));
+                    let local = match input {
+                        Some((Fs::Context(name), _)) => Some(self.local(name)?),
+                        _ => None,
+                    };
+                    let from_outside =
+                        local.is_some() || matches!(input, Some((Fs::Fetched(_), _)));
                     sources.push(self.input_dirs(inputs, c.input)?);
                     // Docker: files from the context or a URL belong to
                     // root unless --chown.
@@ -355,11 +362,9 @@ impl Solver<'_> {
                             unpack_archives: c.unpack_archives,
                             parents: c.parents,
                             excludes: c.exclude_patterns.clone(),
-                            root_excludes: if from_context {
-                                self.options.dockerignore.clone()
-                            } else {
-                                Vec::new()
-                            },
+                            root_excludes: local
+                                .map(|l| l.dockerignore.clone())
+                                .unwrap_or_default(),
                         },
                     }
                 }
@@ -426,16 +431,18 @@ impl Solver<'_> {
         Ok(step)
     }
 
-    /// The build context as every step sees it (COPY, ADD, RUN bind
-    /// mounts): without what `.dockerignore` excludes, as BuildKit, which
-    /// never sends those files. A symlink to an ignored file is copied as
-    /// the link (following it finds nothing), a hard link of one is left
-    /// out. Made once per build, and only when there are patterns.
-    pub(super) fn context_view(&self) -> Result<PathBuf> {
-        if self.dockerignore.is_empty() {
-            return Ok(self.options.context.clone());
+    /// The files from the client named `name` (the build context or a
+    /// named one) as every step sees them (COPY, ADD, RUN bind mounts):
+    /// without what `.dockerignore` excludes, as BuildKit, which never
+    /// sends those files. A symlink to an ignored file is copied as the
+    /// link (following it finds nothing), a hard link of one is left out.
+    /// Made once per build, and only when there are patterns.
+    pub(super) fn context_view(&self, name: &str) -> Result<PathBuf> {
+        let local = self.local(name)?;
+        if local.matcher.is_empty() {
+            return Ok(local.dir.clone());
         }
-        let view = self.context_view.get_or_init(|| {
+        let view = local.view.get_or_init(|| {
             let copy = FileAction::Copy {
                 source: 0,
                 request: CopyRequest {
@@ -447,18 +454,13 @@ impl Solver<'_> {
                     unpack_archives: false,
                     parents: false,
                     excludes: Vec::new(),
-                    root_excludes: self.options.dockerignore.clone(),
+                    root_excludes: local.dockerignore.clone(),
                     archive_owners: false,
                 },
             };
             let empty = empty_dir(self.store).map_err(|e| e.to_string())?;
-            self.file_job(
-                vec![empty],
-                vec![vec![self.options.context.clone()]],
-                vec![copy],
-                None,
-            )
-            .map_err(|e| e.to_string())
+            self.file_job(vec![empty], vec![vec![local.dir.clone()]], vec![copy], None)
+                .map_err(|e| e.to_string())
         });
         match view {
             Ok(dir) => Ok(dir.path().join("upper")),

@@ -9,9 +9,11 @@ use kiln_cache::Store;
 use kiln_proto::sandbox::SandboxOptions;
 use kiln_registry::cache::Direction;
 use kiln_solver::build::{BuildError, BuildRequest};
-use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context};
-use kiln_solver::context::{DockerfileSource, StdinContext, read_stdin_context};
+use kiln_solver::context::remote::{ContextArg, RemoteContext, fetch_context, fetch_named_context};
+use kiln_solver::context::{DockerfileSource, StdinContext, dir_dockerignore, read_stdin_context};
 use kiln_solver::entitlements::{Entitlement, Entitlements};
+use kiln_solver::pipeline::NamedContext;
+use kiln_solver::pipeline::contexts::ContextValue;
 use kiln_solver::pipeline::request::parse_cache;
 use kiln_solver::pipeline::request::{
     check_annotations, check_labels, check_lists, check_outputs_for_platforms, normalize_names,
@@ -46,6 +48,20 @@ pub(crate) struct Build {
     /// The stage to build; default: the last one.
     #[arg(long)]
     target: Option<String>,
+    /// An additional build context (repeated): `FROM NAME`, `COPY
+    /// --from=NAME` and `RUN --mount=from=NAME` read it before a stage or
+    /// an image of that name, and a stage named NAME is replaced by it.
+    /// VALUE: a directory (its own `.dockerignore` applies; in `FROM`, its
+    /// files are the root filesystem), `docker-image://REF` (pulled as
+    /// `--pull` says), `oci-layout://DIR[:TAG]` or
+    /// `oci-layout://DIR@sha256:…` (an OCI image layout, digests checked),
+    /// a Git repository (`https://host/repo.git#REF:DIR`, `git@host:repo`)
+    /// or an HTTP(S) URL (a directory holding the one file `context`).
+    /// NAME is an image reference (`alpine`, `alpine:3.19`, `builder`);
+    /// through kilnd, a directory is sent as the context is, only what
+    /// changed.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// The platforms to build for (`os/arch[/variant]`, a comma-separated
     /// list or repeated): several make one image index; default: this
     /// machine's. Foreign platforms' RUN steps run under emulation (`kiln
@@ -356,7 +372,71 @@ impl Context {
     }
 }
 
+/// The `--build-context`s made ready: URLs fetched (kept while this
+/// lives), directories checked and their `.dockerignore` read.
+struct NamedContexts {
+    contexts: std::collections::BTreeMap<String, NamedContext>,
+    _fetched: Vec<RemoteContext>,
+}
+
+/// A directory a `--build-context` names, canonical (embedded, the solver
+/// reads it by this path; through kilnd, the session is kept by it).
+fn context_dir(name: &str, path: &std::path::Path) -> Result<PathBuf> {
+    let dir = path
+        .canonicalize()
+        .with_context(|| format!("--build-context {name}={}", path.display()))?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--build-context {name}={}: not a directory",
+        path.display()
+    );
+    Ok(dir)
+}
+
 impl Build {
+    /// `--build-context`s: checked, and each made ready to read (a URL
+    /// fetched into `tmp`).
+    fn named_contexts(&self, tmp: &std::path::Path) -> Result<NamedContexts> {
+        let values = kiln_solver::pipeline::contexts::parse_all(&self.build_contexts)?;
+        let mut named = NamedContexts {
+            contexts: Default::default(),
+            _fetched: Vec::new(),
+        };
+        for (name, value) in values {
+            let context = match value {
+                ContextValue::Dir(path) => {
+                    let path = context_dir(&name, &path)?;
+                    let dockerignore = dir_dockerignore(&path)
+                        .with_context(|| format!("--build-context {name}={}", path.display()))?;
+                    NamedContext::Dir { path, dockerignore }
+                }
+                ContextValue::Image(reference) => NamedContext::Image(reference),
+                ContextValue::OciLayout { path, tag, digest } => NamedContext::OciLayout {
+                    path: context_dir(&name, &path)?,
+                    tag,
+                    digest,
+                },
+                ContextValue::Git(url) | ContextValue::Url(url) => {
+                    if !self.quiet {
+                        eprintln!("fetching the build context {name} from {url}");
+                    }
+                    let fetched = fetch_named_context(&ContextArg::parse(url.as_ref()), tmp)
+                        .with_context(|| format!("--build-context {name}={url}"))?;
+                    let path = fetched.dir.clone();
+                    named._fetched.push(fetched);
+                    // BuildKit applies no `.dockerignore` to a Git or HTTP
+                    // context.
+                    NamedContext::Dir {
+                        path,
+                        dockerignore: Vec::new(),
+                    }
+                }
+            };
+            named.contexts.insert(name, context);
+        }
+        Ok(named)
+    }
+
     /// `-` as the context: standard input holds a context archive, unpacked
     /// into `dir`, or (as docker takes it) a lone Dockerfile, returned, with
     /// an empty context.
@@ -572,6 +652,8 @@ impl Build {
                 .collect::<Result<_>>()?,
             ..Request::default()
         };
+        // Names and values checked before anything is read or fetched.
+        kiln_solver::pipeline::contexts::parse_all(&self.build_contexts)?;
         // As kilnd checks a client's: the same message both ways.
         check_lists(&request)?;
         check_outputs_for_platforms(&request)?;
@@ -586,6 +668,8 @@ impl Build {
         // here, then sent as a directory.
         let context = self.prepare_context(&std::env::temp_dir())?;
         context.fill(&mut request)?;
+        let named = self.named_contexts(&std::env::temp_dir())?;
+        request.named_contexts.clone_from(&named.contexts);
         let mut printer = Printer::new(self.progress, self.quiet);
         let result = remote.build(&request, &context.dir, &mut |r| printer.report(r));
         printer.finish();
@@ -637,6 +721,8 @@ impl Build {
         let store = Store::open(root)?;
         let context = self.prepare_context(&root.join("tmp"))?;
         context.fill(&mut request)?;
+        let named = self.named_contexts(&root.join("tmp"))?;
+        request.named_contexts.clone_from(&named.contexts);
         let env = Env {
             store: &store,
             context: context
