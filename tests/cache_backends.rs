@@ -355,10 +355,16 @@ fn a_hostile_local_cache_is_a_warning() {
     let layer = lying
         .join("blobs/sha256")
         .join(layer.strip_prefix("sha256:").unwrap());
-    fs::write(&layer, b"not the layer").unwrap();
+    // Of the size the manifest says (a longer or shorter one stops at
+    // the size), so that only the digest tells.
+    let size = fs::metadata(&layer).unwrap().len() as usize;
+    fs::write(&layer, vec![b'x'; size]).unwrap();
     let (log, _) = import(&lying);
     assert!(log.contains("importing cache from local"), "{log}");
     assert!(log.contains("mismatch") || log.contains("digest"), "{log}");
+    fs::write(&layer, b"not the layer").unwrap();
+    let (log, _) = import(&lying);
+    assert!(log.contains("where the manifest says"), "{log}");
 
     // A huge index.json is refused before it is read whole.
     let huge = copy("huge");

@@ -184,7 +184,23 @@ fn a_cache_only_build_tags_nothing() {
     }
     let both = BothWays::new();
     for (s, addr, _) in both.each() {
-        build(s, addr, &["-t", "ci-cache:1", "-o", "type=cacheonly"]);
+        let meta = s.dir.path().join("cacheonly.json");
+        let meta_arg = meta.display().to_string();
+        build(
+            s,
+            addr,
+            &[
+                "-t",
+                "ci-cache:1",
+                "-o",
+                "type=cacheonly",
+                "--metadata-file",
+                &meta_arg,
+            ],
+        );
+        let m = read_json(&meta);
+        assert!(m["buildx.build.ref"].is_string(), "{m}");
+        assert!(m.get("containerimage.digest").is_none(), "no image: {m}");
         let images = tagged(s, addr);
         assert!(
             !images.iter().any(|(n, _)| n.contains("ci-cache")),

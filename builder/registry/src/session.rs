@@ -49,6 +49,22 @@ pub(super) struct Session {
     authorization: Mutex<Option<String>>,
 }
 
+/// Redirects followed as reqwest's default (at most 10), but never from
+/// HTTPS to plain HTTP.
+fn no_downgrade() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("a redirect from HTTPS to plain HTTP")
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 impl Session {
     pub(super) fn new(
         registry: &str,
@@ -72,6 +88,10 @@ impl Session {
             .connect_timeout(Duration::from_secs(30))
             // Layers are big; only a stalled read gives up.
             .timeout(None)
+            // Registries send blob reads to their storage (a redirect);
+            // never from HTTPS down to plain HTTP, where anyone on the
+            // way, or a host nobody allowed, would answer.
+            .redirect(no_downgrade())
             .build()
             .map_err(|e| RegistryError::Failed {
                 registry: registry.to_owned(),

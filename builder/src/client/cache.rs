@@ -75,11 +75,23 @@ impl Client {
         result: &pb::BuildResult,
         on_report: &mut dyn FnMut(Report),
     ) -> Result<()> {
-        let locals = request
+        let locals: Vec<&CacheSpec> = request
             .cache_exports
             .iter()
-            .filter(|c| matches!(c.backend, Backend::Local { .. }));
-        for (cache, manifest) in locals.zip(&result.local_caches) {
+            .filter(|c| matches!(c.backend, Backend::Local { .. }))
+            .collect();
+        if locals.len() != result.local_caches.len() {
+            return Err(ClientError::Protocol(format!(
+                "kilnd made {} local caches where the build asked for {}",
+                result.local_caches.len(),
+                locals.len()
+            )));
+        }
+        for (cache, manifest) in locals.into_iter().zip(&result.local_caches) {
+            // None made (ignore-error=true): kilnd said why.
+            if manifest.is_empty() {
+                continue;
+            }
             let name = cache.name();
             match self.export_local(cache, manifest) {
                 Ok(()) => on_report(notice(

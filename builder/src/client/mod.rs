@@ -59,6 +59,9 @@ pub enum ClientError {
     },
     #[error("sending the build context: {0}")]
     Send(std::io::Error),
+    /// kilnd's answer does not fit the request.
+    #[error("kilnd's answer: {0}")]
+    Protocol(String),
     #[error("kilnd closed the build")]
     Closed,
     #[error("kilnd ended the build without a result")]

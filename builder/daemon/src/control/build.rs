@@ -369,8 +369,17 @@ fn run_build(
             media_type: metadata.media_type,
             size: metadata.size,
             created: metadata.created.unwrap_or_default(),
+            config: metadata
+                .config
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }),
-        local_caches: built.local_caches.iter().map(ToString::to_string).collect(),
+        local_caches: built
+            .local_caches
+            .iter()
+            .map(|c| c.as_ref().map(ToString::to_string).unwrap_or_default())
+            .collect(),
     })
 }
 

@@ -34,7 +34,10 @@ pub(super) struct Layout {
 
 fn how(flags: OFlag, mode: u32) -> OpenHow {
     OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        // O_NONBLOCK: a FIFO planted in the directory does not hang the
+        // open (it is then refused as no regular file); O_NOCTTY: a
+        // device node never becomes a terminal.
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
         .mode(Mode::from_bits_truncate(mode))
         .resolve(
             ResolveFlag::RESOLVE_BENEATH

@@ -281,16 +281,25 @@ pub(super) fn import(
     let (wanted, config) = chosen(&layout, tag, digest)?;
     let name = format!("local {}", dir.display());
     store.content.write_bytes(&config)?;
-    for (digest, _) in &wanted.layers {
+    for (digest, size) in &wanted.layers {
         if store.content.has(digest) {
             continue;
         }
-        let mut file = layout
+        let file = layout
             .blob(digest)
             .map_err(|e| failed(dir, &format!("reading blob {digest}"), e))?;
         let mut writer = store.content.writer()?;
-        std::io::copy(&mut file, &mut writer)
-            .map_err(|e| failed(dir, &format!("reading blob {digest}"), e))?;
+        // No more than the manifest says (a file that grows while read).
+        let copied = std::io::copy(
+            &mut std::io::Read::take(file, size.saturating_add(1)),
+            &mut writer,
+        )
+        .map_err(|e| failed(dir, &format!("reading blob {digest}"), e))?;
+        if copied != *size {
+            let short =
+                std::io::Error::other(format!("{copied} bytes where the manifest says {size}"));
+            return Err(failed(dir, &format!("reading blob {digest}"), short).into());
+        }
         // The store keeps nothing whose bytes are not its digest.
         writer.commit(Some(digest))?;
     }

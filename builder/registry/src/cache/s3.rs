@@ -49,6 +49,10 @@ impl<'a> Bucket<'a> {
         if spec.region.is_empty() {
             return Err(fail("region ($AWS_REGION) not set for s3 cache".into()).into());
         }
+        // Both become part of a host name (or a path): checked as S3 names
+        // them, so that neither can point a request anywhere else.
+        check_bucket(&spec.bucket).map_err(|e| fail(format!("bucket={}: {e}", spec.bucket)))?;
+        check_region(&spec.region).map_err(|e| fail(format!("region={}: {e}", spec.region)))?;
         let endpoint = spec
             .endpoint_url
             .clone()
@@ -83,6 +87,9 @@ impl<'a> Bucket<'a> {
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(None)
+            // S3 answers; it does not send a request elsewhere (a redirect
+            // could point kilnd at a host nobody allowed, in plain HTTP).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let credentials = spec.has_credentials().then(|| Credentials {
@@ -203,6 +210,31 @@ impl<'a> Bucket<'a> {
     }
 }
 
+/// S3's bucket naming rules: 3–63 lower-case letters, digits, dots and
+/// hyphens, starting and ending with a letter or digit.
+fn check_bucket(name: &str) -> std::result::Result<(), &'static str> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.contains("..");
+    ok.then_some(())
+        .ok_or("not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
+}
+
+/// A region name: lower-case letters, digits and hyphens, at most 32.
+fn check_region(name: &str) -> std::result::Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ok.then_some(())
+        .ok_or("not a region name (a-z, 0-9, '-', at most 32)")
+}
+
 /// Sends the artifact's blobs the bucket lacks, then its manifest under
 /// every name.
 pub(super) fn export(
@@ -260,14 +292,55 @@ pub(super) fn import(store: &Store, spec: &S3Spec, options: &Options) -> Result<
     let wanted = artifact::read(&cache, &manifest)?;
     let mut blobs = vec![wanted.config.clone()];
     blobs.extend(wanted.layers);
-    for (digest, _) in blobs.iter().filter(|(d, _)| !store.content.has(d)) {
+    for (digest, size) in blobs.iter().filter(|(d, _)| !store.content.has(d)) {
         let key = bucket.blob_key(digest);
-        let mut response = bucket.get(&key)?;
+        let response = bucket.get(&key)?;
         let mut writer = store.content.writer()?;
-        std::io::copy(&mut response, &mut writer)
+        // No more than the manifest says: a server that sends more is
+        // stopped at one byte over, before the disk fills.
+        let copied = std::io::copy(&mut response.take(size.saturating_add(1)), &mut writer)
             .map_err(|e| bucket.failed(&format!("reading {key}"), e))?;
+        if copied != *size {
+            return Err(bucket
+                .failed(
+                    &format!("reading {key}"),
+                    format!("{copied} bytes where the manifest says {size}"),
+                )
+                .into());
+        }
         // The store keeps nothing whose bytes are not its digest.
         writer.commit(Some(digest))?;
     }
     artifact::apply(store, &cache, &wanted.config.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bucket or region that would change the host a request goes to
+    /// (or its path) is refused before any request.
+    #[test]
+    fn names_that_would_move_the_request_are_refused() {
+        for good in ["kiln-cache", "ci.cache.example", "abc"] {
+            assert!(check_bucket(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "169.254.169.254/latest/meta-data/x?",
+            "a.evil#",
+            "UPPER",
+            "ab",
+            "-lead",
+            "trail.",
+            "a..b",
+            "host:80",
+            &"a".repeat(64),
+        ] {
+            assert!(check_bucket(bad).is_err(), "{bad}");
+        }
+        assert!(check_region("us-east-1").is_ok());
+        for bad in ["", "us-east-1.evil.com", "x/y", "US"] {
+            assert!(check_region(bad).is_err(), "{bad}");
+        }
+    }
 }

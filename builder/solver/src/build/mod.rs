@@ -168,8 +168,9 @@ pub struct Built {
     /// steps a `mode=min` cache export holds.
     pub image_layers: std::collections::BTreeSet<Digest>,
     /// Through kilnd: the manifests of the `type=local` cache exports, in
-    /// the request's order, made in the store for the client to fetch.
-    pub local_caches: Vec<Digest>,
+    /// the request's order, made in the store for the client to fetch
+    /// (`None`: one that failed with `ignore-error=true`).
+    pub local_caches: Vec<Option<Digest>>,
 }
 
 impl BuildRequest {

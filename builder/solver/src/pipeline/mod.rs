@@ -362,9 +362,10 @@ fn export_caches(
         let steps = kiln_registry::cache::steps_for(cache.mode, &built.steps, &built.image_layers);
         let mounts = cache.cache_mounts.then_some(&built.cache_mounts);
         let how = cache.compression.unwrap_or(request.compression);
-        let done = if is_local(cache) && !env.write_files {
+        let for_client = is_local(cache) && !env.write_files;
+        let done = if for_client {
             kiln_registry::cache::build_artifact(env.store, &steps, mounts, how).map(|a| {
-                built.local_caches.push(a.manifest_digest);
+                built.local_caches.push(Some(a.manifest_digest));
                 None
             })
         } else {
@@ -380,6 +381,10 @@ fn export_caches(
                 exported.skipped
             ),
             Err(e) if cache.ignore_error => {
+                if for_client {
+                    // Its place in the client's list stays, empty.
+                    built.local_caches.push(None);
+                }
                 let text = format!("exporting cache to {name}: {e} (ignore-error=true)");
                 tracing::warn!("{text}");
                 report(Report::Notice(Notice {

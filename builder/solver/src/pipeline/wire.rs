@@ -181,9 +181,12 @@ impl TryFrom<&pb::BuildResult> for Metadata {
         Ok(Self {
             build_ref: m.build_ref,
             digest: parse("BuildResult.manifest", &result.manifest)?,
-            config: (!index)
-                .then(|| parse("BuildResult.config", &result.config))
-                .transpose()?,
+            // The leaving image's; from an older kilnd, the store's.
+            config: match (index, m.config.as_str()) {
+                (true, _) => None,
+                (false, "") => Some(parse("BuildResult.config", &result.config)?),
+                (false, config) => Some(parse("BuildMetadata.config", config)?),
+            },
             media_type: m.media_type,
             size: m.size,
             created: (!m.created.is_empty()).then_some(m.created),

@@ -703,10 +703,21 @@ impl Build {
     /// `--metadata-file` and `--iidfile`, each written whole (beside, then
     /// renamed) into a directory that must exist, as buildx's.
     fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
+        // `type=cacheonly` alone made no image to name (buildx then writes
+        // only the build's ref, and no image ID).
+        let cache_only = Outputs::parse(&self.output_specs(), true).is_ok_and(|o| o.untagged);
         if let Some(path) = &self.metadata_file {
-            let mut text = serde_json::to_string_pretty(&metadata.to_json())?;
+            let json = if cache_only {
+                serde_json::json!({"buildx.build.ref": metadata.build_ref})
+            } else {
+                metadata.to_json()
+            };
+            let mut text = serde_json::to_string_pretty(&json)?;
             text.push('\n');
             write_whole(path, text.as_bytes()).context("--metadata-file")?;
+        }
+        if cache_only {
+            return Ok(());
         }
         if let Some(path) = &self.iidfile {
             write_whole(path, metadata.image_id().to_string().as_bytes()).context("--iidfile")?;
