@@ -531,3 +531,34 @@ fn a_missing_dockerfile_is_one_clear_line() {
         "the cause once, no daemon needed (an empty KILN_ADDR is unset)"
     );
 }
+
+/// A relative `KILN_ROOT` is the store beneath the working directory: RUN
+/// steps mount from it like from an absolute one.
+#[test]
+fn a_relative_root_is_taken_from_the_working_directory() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = base_tarball(dir.path());
+    let context = dir.path().join("context");
+    fs::create_dir_all(&context).unwrap();
+    fs::write(
+        context.join("Dockerfile"),
+        "FROM base:busybox\nRUN echo rel > /rel\n",
+    )
+    .unwrap();
+    let kiln = |args: &[&str]| {
+        let out = crate::harness::run(
+            crate::harness::kiln()
+                .current_dir(dir.path())
+                .env("KILN_ROOT", "relative-root")
+                .args(args),
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+    };
+    kiln(&["import", tarball.to_str().unwrap(), "base:busybox"]);
+    kiln(&["build", "-t", "rel:1", "context"]);
+    assert!(dir.path().join("relative-root/content").is_dir());
+}

@@ -92,6 +92,10 @@ impl Store {
                 source,
             }
         };
+        // Absolute: the store's paths go to the sandbox helper and to
+        // mounts, which do not share this process's working directory
+        // (a relative `KILN_ROOT` failed at the first RUN's mount).
+        let root = &std::path::absolute(root).map_err(io("resolving", root))?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(io("creating", parent))?;
         }
