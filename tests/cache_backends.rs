@@ -267,7 +267,7 @@ fn concurrent_local_exports_leave_a_valid_layout() {
 }
 
 fn assert_no_temp_files(dir: &Path) {
-    for entry in walk(dir) {
+    for entry in crate::kilnd::walk(dir) {
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
             !name.starts_with(".tmp-"),
@@ -275,19 +275,6 @@ fn assert_no_temp_files(dir: &Path) {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// A hostile cache directory fails the import with a warning naming it,

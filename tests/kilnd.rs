@@ -495,7 +495,8 @@ fn a_rebuild_sends_only_what_changed() {
     );
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+/// Every file beneath `dir` (not directories), recursively.
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();

@@ -339,11 +339,7 @@ pub fn write_tar(store: &Store, manifest: &Digest, out: &mut dyn std::io::Write)
     )
     .map_err(tar_error)?;
     for (digest, _) in std::iter::once(&wanted.config).chain(&wanted.layers) {
-        let file = store.content.open_blob(digest)?;
-        let size = file.metadata().map_err(tar_error)?.len();
-        let mut header = tar_header(size);
-        tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file)
-            .map_err(tar_error)?;
+        append_blob(&mut tar, digest, store.content.open_blob(digest)?).map_err(tar_error)?;
     }
     tar.into_inner()
         .map_err(tar_error)?
@@ -400,16 +396,24 @@ pub fn pack(
         let file = layout
             .blob(digest)
             .map_err(|e| failed(dir, &format!("reading blob {digest}"), e))?;
-        let size = file.metadata().map_err(tar_error)?.len();
-        let mut header = tar_header(size);
-        tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file)
-            .map_err(tar_error)?;
+        append_blob(&mut tar, digest, file).map_err(tar_error)?;
     }
     tar.into_inner()
         .map_err(tar_error)?
         .flush()
         .map_err(tar_error)?;
     Ok(())
+}
+
+/// `file` as the layout tar's `blobs/sha256/<hex>` of `digest`.
+fn append_blob<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    digest: &Digest,
+    file: std::fs::File,
+) -> std::io::Result<()> {
+    let size = file.metadata()?.len();
+    let mut header = tar_header(size);
+    tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file)
 }
 
 fn tar_header(size: u64) -> tar::Header {
