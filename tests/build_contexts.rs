@@ -382,8 +382,8 @@ fn a_git_repository_and_an_http_file() {
     });
 }
 
-/// Hostile values: a bad name, a name twice, too many contexts, a value
-/// buildx takes only in bake; a symlink in a named directory never leads
+/// Hostile values: a bad name, a name twice, too many contexts, a stage
+/// that is none or not there; a symlink in a named directory never leads
 /// out of it (COPY, a mount, FROM).
 #[test]
 fn hostile_named_contexts() {
@@ -413,11 +413,13 @@ fn hostile_named_contexts() {
         said.contains("--build-context: 65 given, over kiln's bound of 64"),
         "{said}"
     );
-    let said = failure(&s, dockerfile, &["--build-context", "a=target:base"]);
+    let said = failure(&s, dockerfile, &["--build-context", "a=target:../x"]);
     assert!(
-        said.contains("--build-context a=target:base: target:"),
+        said.contains("--build-context a=target:../x: \"../x\" is not a stage name"),
         "{said}"
     );
+    let said = failure(&s, dockerfile, &["--build-context", "a=target:nowhere"]);
+    assert!(said.contains("\"nowhere\" could not be found"), "{said}");
     let said = failure(&s, dockerfile, &["--build-context", "a=/no/such/dir"]);
     assert!(said.contains("--build-context a=/no/such/dir"), "{said}");
 
@@ -449,5 +451,29 @@ fn hostile_named_contexts() {
         let link = fs::read_link(out.join("out")).unwrap();
         assert_eq!(link, secret);
         assert!(fs::symlink_metadata(out.join("out")).unwrap().is_symlink());
+    });
+}
+
+/// `target:STAGE`: the name is the Dockerfile's stage — before an image or
+/// a stage of that name (which the stage replaces) — embedded and through
+/// kilnd.
+#[test]
+fn a_stage_under_another_name() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let dockerfile = "FROM base:busybox AS debian-base\nRUN echo from-the-stage > /which\n\
+                      FROM base:busybox AS base\nRUN echo never > /which\n\
+                      FROM base\nRUN cat /which > /got\n";
+    both_ways(&s, |global| {
+        let mut args = global.to_vec();
+        args.extend(["--build-context", "base=target:debian-base"]);
+        let (log, out) = build_to(&s, dockerfile, &args);
+        assert_eq!(read(&out, "got"), "from-the-stage\n", "{log}");
+        assert!(
+            !log.contains("echo never"),
+            "the stage it replaces never runs: {log}"
+        );
     });
 }

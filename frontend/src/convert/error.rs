@@ -17,6 +17,12 @@ pub enum ConvertErrorKind {
     TargetNotFound(String),
     #[error("circular dependency detected on stage: {0}")]
     Cycle(String),
+    /// `FROM NAME` where `--build-context NAME=target:STAGE` and STAGE is
+    /// not defined before.
+    #[error(
+        "{name} is the stage {stage:?} (--build-context {name}=target:{stage}), which needs to be defined before the stage that starts from it"
+    )]
+    NamedStageLater { name: String, stage: String },
     #[error(
         "cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}"
     )]

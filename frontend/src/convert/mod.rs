@@ -228,6 +228,7 @@ pub fn convert(
         }
     };
     let mut converter = Converter::new(instructions, options)?;
+    converter.check_stage_aliases()?;
     converter.stage(target)?;
 
     let mut warnings = Vec::new();
@@ -486,13 +487,11 @@ impl<'a> Converter<'a> {
     /// The stage a `--from` / `FROM` word names: by name, or (for `--from`)
     /// by index.
     fn find_stage(&self, word: &str, by_index: bool) -> Option<usize> {
-        let lower = word.to_ascii_lowercase();
-        if let Some(i) = self
-            .instructions
-            .stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(&lower))
-        {
+        // A named context first, as every name: `target:STAGE` is STAGE.
+        if let Some(stage) = self.stage_alias(word) {
+            return self.stage_named(stage);
+        }
+        if let Some(i) = self.stage_named(word) {
             return Some(i);
         }
         if by_index {
@@ -502,6 +501,15 @@ impl<'a> Converter<'a> {
                 .filter(|&i| i < self.instructions.stages.len());
         }
         None
+    }
+
+    /// The stage named `word` (names are lower case).
+    fn stage_named(&self, word: &str) -> Option<usize> {
+        let lower = word.to_ascii_lowercase();
+        self.instructions
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&lower))
     }
 
     fn dispatch_stage(&mut self, index: usize) -> Result<StageState, ConvertError> {
@@ -524,6 +532,15 @@ impl<'a> Converter<'a> {
             return Ok(replaced);
         }
         let earlier = self.find_stage(&base, false).filter(|&i| i < index);
+        if earlier.is_none()
+            && let Some(alias) = self.stage_alias(&base)
+        {
+            // As FROM of a later stage's name would be an image's: say so.
+            return Err(from_error(ConvertErrorKind::NamedStageLater {
+                name: base.clone(),
+                stage: alias.to_owned(),
+            }));
+        }
         let named = match earlier {
             Some(_) => None,
             None => self
@@ -598,7 +615,7 @@ impl<'a> Converter<'a> {
         let Some((key, context)) = stage
             .name
             .as_deref()
-            .and_then(|name| self.named_context(name))
+            .and_then(|name| self.named_entry(name))
             .map(|(key, context)| (key, context.clone()))
         else {
             return Ok(None);

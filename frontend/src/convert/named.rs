@@ -30,6 +30,11 @@ pub enum NamedContext {
     /// An image (`docker-image://REF`, or an OCI layout's image pinned by
     /// digest): resolved and read as a `FROM` image is.
     Image(String),
+    /// `target:STAGE`: the stage STAGE of this Dockerfile, under another
+    /// name (bake's `target:` names another build's result; one
+    /// Dockerfile's is one of its stages). Every use of the name reads the
+    /// stage ([`Converter::find_stage`]).
+    Stage(String),
 }
 
 /// The `LocalSource` name of the named context `name` (the build
@@ -102,8 +107,23 @@ fn valid_domain(domain: &str) -> bool {
 
 impl Converter<'_> {
     /// The named context `word` names, with its key; never for `scratch`
-    /// or `context`.
+    /// or `context`, nor a stage under another name (`target:STAGE`, which
+    /// [`Converter::stage_alias`] gives).
     pub(super) fn named_context(&self, word: &str) -> Option<(String, &NamedContext)> {
+        self.named_entry(word)
+            .filter(|(_, c)| !matches!(c, NamedContext::Stage(_)))
+    }
+
+    /// The stage a `target:STAGE` context named `word` stands for.
+    pub(super) fn stage_alias(&self, word: &str) -> Option<&str> {
+        match self.named_entry(word)? {
+            (_, NamedContext::Stage(stage)) => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// Any named context `word` names (a `target:STAGE` too).
+    pub(super) fn named_entry(&self, word: &str) -> Option<(String, &NamedContext)> {
         if self.options.named_contexts.is_empty()
             || word.eq_ignore_ascii_case("scratch")
             || word.eq_ignore_ascii_case("context")
@@ -113,6 +133,18 @@ impl Converter<'_> {
         let key = context_key(word)?;
         let context = self.options.named_contexts.get(&key)?;
         Some((key, context))
+    }
+
+    /// Every `target:STAGE` names a stage of the Dockerfile.
+    pub(super) fn check_stage_aliases(&self) -> Result<(), ConvertErrorKind> {
+        for context in self.options.named_contexts.values() {
+            if let NamedContext::Stage(stage) = context
+                && self.stage_named(stage).is_none()
+            {
+                return Err(ConvertErrorKind::TargetNotFound(stage.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// The source vertex of a local named context (added once).
@@ -146,6 +178,8 @@ impl Converter<'_> {
                     self.image_source(reference, &platform, state.index, &state.name, None)?;
                 Ok(image.digest)
             }
+            // `named_context` never gives one: `find_stage` reads it.
+            NamedContext::Stage(stage) => Err(ConvertErrorKind::TargetNotFound(stage.clone())),
         }
     }
 
@@ -163,6 +197,19 @@ impl Converter<'_> {
     ) -> Result<StageState, ConvertErrorKind> {
         let label = format!("{} 1/{total}", self.display_name(stage, &platform));
         match context {
+            NamedContext::Stage(target) => {
+                let target_index = self
+                    .stage_named(target)
+                    .ok_or_else(|| ConvertErrorKind::TargetNotFound(target.clone()))?;
+                if target_index == index {
+                    return Err(ConvertErrorKind::Cycle(target.clone()));
+                }
+                let base = self.stage(target_index).map_err(|e| match e.location {
+                    Some(_) => ConvertErrorKind::Located(Box::new(e)),
+                    None => e.kind,
+                })?;
+                Ok(StageState::from_stage(base, index, stage, total))
+            }
             NamedContext::Image(reference) => {
                 let image =
                     self.image_source(reference, &platform, index, &label, Some(stage.location))?;
@@ -331,6 +378,39 @@ mod tests {
             Some("docker.io/library/debian:12")
         );
         assert_eq!(sources(&g), ["docker.io/library/debian:12"]);
+    }
+
+    /// `target:STAGE`: every use of the name reads the stage, before an
+    /// image or a stage of that name, and a stage of that name is it.
+    #[test]
+    fn a_stage_under_another_name() {
+        let text = "FROM scratch AS build\nCOPY a /a\n\
+                    FROM busybox AS tools\nRUN false\n\
+                    FROM tools\nCOPY --from=tools /a /b\nRUN --mount=from=tools,target=/t true\n";
+        let g = build(text, &[("tools", NamedContext::Stage("build".into()))]);
+        assert!(
+            sources(&g).iter().all(|s| !s.contains("busybox")),
+            "{:?}",
+            sources(&g)
+        );
+        assert!(
+            g.vertices
+                .iter()
+                .all(|v| !v.meta.description.contains("RUN false"))
+        );
+        // A stage that is its own alias, or one never defined, is refused.
+        let mut options = ConvertOptions::new(&NoImages);
+        options.named_contexts = [("tools".to_owned(), NamedContext::Stage("nope".into()))].into();
+        let e = convert_dockerfile(text, &options).unwrap_err().to_string();
+        assert!(e.contains("\"nope\" could not be found"), "{e}");
+        options.named_contexts = [("tools".to_owned(), NamedContext::Stage("tools".into()))].into();
+        let e = convert_dockerfile(text, &options).unwrap_err().to_string();
+        assert!(e.contains("circular"), "{e}");
+        // FROM a later stage's alias says so.
+        let later = "FROM early AS a\nFROM scratch AS late\nFROM a\n";
+        options.named_contexts = [("early".to_owned(), NamedContext::Stage("late".into()))].into();
+        let e = convert_dockerfile(later, &options).unwrap_err().to_string();
+        assert!(e.contains("defined before"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub enum NamedInput {
     /// An image reference, resolved as a `FROM` image (pulled as `--pull`
     /// says, unless it is one of [`BuildRequest::local_images`]).
     Image(String),
+    /// `target:STAGE`: a stage of the Dockerfile under the name.
+    Stage(String),
 }
 
 impl BuildRequest {
@@ -123,6 +125,7 @@ impl BuildRequest {
                         exclude_patterns: dockerignore.clone(),
                     },
                     NamedInput::Image(reference) => convert::NamedContext::Image(reference.clone()),
+                    NamedInput::Stage(stage) => convert::NamedContext::Stage(stage.clone()),
                 };
                 (name.clone(), context)
             })
@@ -141,7 +144,7 @@ impl BuildRequest {
                         dockerignore: dockerignore.clone(),
                     },
                 )),
-                NamedInput::Image(_) => None,
+                NamedInput::Image(_) | NamedInput::Stage(_) => None,
             })
             .collect()
     }

@@ -3,10 +3,11 @@
 //! value one of a directory, `docker-image://REF`, `oci-layout://DIR[:TAG]`
 //! or `oci-layout://DIR@sha256:…`, a Git repository or an HTTP(S) URL.
 //!
-//! `target:STAGE` is refused: in buildx it names another target of a bake
-//! file (`docker buildx bake`), and `docker buildx build` passes it on to
-//! BuildKit's Dockerfile frontend, which refuses it ("unsupported context
-//! source target"); kiln has no bake, and says so when the flag is read.
+//! `target:STAGE` names a stage of this Dockerfile under the context's
+//! name. In buildx it names another target of a bake file (`docker buildx
+//! bake`: another build's result); one Dockerfile's results are its
+//! stages, so kiln reads it as one of them (`docker buildx build` passes it
+//! on to BuildKit's Dockerfile frontend, which refuses it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub enum NamedContext {
         /// `sha256:…`: wins over the tag.
         digest: Option<String>,
     },
+    /// `target:STAGE`: the stage, lower case as stage names are.
+    Stage(String),
 }
 
 /// What the flag's value says, before anything is read or fetched.
@@ -59,6 +62,8 @@ pub enum ContextValue {
     /// the one file `context` (BuildKit's `llb.HTTP(url,
     /// Filename("context"))`).
     Url(String),
+    /// `target:STAGE`.
+    Stage(String),
 }
 
 fn invalid(spec: &str, reason: impl Into<String>) -> RequestError {
@@ -110,11 +115,8 @@ fn parse_value(value: &str, spec: &str) -> Result<ContextValue> {
     if let Some(layout) = value.strip_prefix("oci-layout://") {
         return parse_oci_layout(layout, spec);
     }
-    if value.starts_with("target:") {
-        return Err(invalid(
-            spec,
-            "target: names another target of a bake file (docker buildx bake), which kiln does not have; `docker buildx build` refuses it too. Use a directory, docker-image://, oci-layout://, a Git or an HTTP(S) URL, or name the stage itself (FROM STAGE)",
-        ));
+    if let Some(stage) = value.strip_prefix("target:") {
+        return check_stage(stage, spec).map(ContextValue::Stage);
     }
     if kiln_frontend::gitref::is_git_url(value) {
         return Ok(ContextValue::Git(value.to_owned()));
@@ -123,6 +125,21 @@ fn parse_value(value: &str, spec: &str) -> Result<ContextValue> {
         return Ok(ContextValue::Url(value.to_owned()));
     }
     Ok(ContextValue::Dir(PathBuf::from(value)))
+}
+
+/// A stage name as a Dockerfile's `AS` takes it (BuildKit's
+/// `^[a-z][a-z0-9-_.]*$`, case-insensitive), lower-cased.
+pub fn check_stage(stage: &str, spec: &str) -> Result<String> {
+    let lower = stage.to_ascii_lowercase();
+    let ok = lower.starts_with(|c: char| c.is_ascii_lowercase())
+        && lower.len() <= 128
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !ok {
+        return Err(invalid(spec, format!("{stage:?} is not a stage name")));
+    }
+    Ok(lower)
 }
 
 /// `DIR`, `DIR:TAG`, `DIR@sha256:…` or `DIR:TAG@sha256:…` (buildx's
@@ -209,6 +226,9 @@ pub fn check(contexts: &BTreeMap<String, NamedContext>) -> Result<()> {
                     parse_oci_layout(&format!("x@{d}"), &spec)?;
                 }
             }
+            NamedContext::Stage(stage) => {
+                check_stage(stage, &spec)?;
+            }
             NamedContext::Dir { .. } => {}
         }
     }
@@ -262,7 +282,9 @@ mod tests {
             value("a=http://127.0.0.1:1/f.tar"),
             ContextValue::Url("http://127.0.0.1:1/f.tar".into())
         );
-        assert!(error("a=target:build").contains("bake"));
+        assert_eq!(value("a=target:Build"), ContextValue::Stage("build".into()));
+        assert!(error("a=target:../x").contains("not a stage name"));
+        assert!(error("a=target:").contains("not a stage name"));
     }
 
     #[test]

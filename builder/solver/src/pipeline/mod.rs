@@ -241,6 +241,7 @@ fn named_inputs(
                 dockerignore: dockerignore.clone(),
             },
             NamedContext::Image(reference) => NamedInput::Image(reference.clone()),
+            NamedContext::Stage(stage) => NamedInput::Stage(stage.clone()),
             NamedContext::OciLayout { path, tag, digest } => {
                 let failed = |source| PipelineError::Layout {
                     name: name.clone(),

@@ -206,6 +206,7 @@ fn named_message(name: &str, context: &NamedContext) -> pb::NamedContext {
     let source = match context {
         NamedContext::Dir { dockerignore, .. } => Source::Local(local(dockerignore)),
         NamedContext::Image(reference) => Source::Image(reference.clone()),
+        NamedContext::Stage(stage) => Source::Stage(stage.clone()),
         NamedContext::OciLayout { tag, digest, .. } => Source::OciLayout(pb::OciLayoutContext {
             files: Some(local(&[])),
             tag: tag.clone().unwrap_or_default(),
@@ -240,6 +241,9 @@ fn named_contexts(
                 dockerignore: local.dockerignore.clone(),
             },
             Some(Source::Image(reference)) => NamedContext::Image(reference.clone()),
+            Some(Source::Stage(stage)) => {
+                NamedContext::Stage(super::contexts::check_stage(stage, &spec)?)
+            }
             Some(Source::OciLayout(layout)) if layout.files.is_none() => {
                 return Err(invalid(
                     "an OCI layout without its files (OciLayoutContext.files)",

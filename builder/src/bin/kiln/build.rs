@@ -55,8 +55,9 @@ pub(crate) struct Build {
     /// files are the root filesystem), `docker-image://REF` (pulled as
     /// `--pull` says), `oci-layout://DIR[:TAG]` or
     /// `oci-layout://DIR@sha256:…` (an OCI image layout, digests checked),
-    /// a Git repository (`https://host/repo.git#REF:DIR`, `git@host:repo`)
-    /// or an HTTP(S) URL (a directory holding the one file `context`).
+    /// a Git repository (`https://host/repo.git#REF:DIR`, `git@host:repo`),
+    /// an HTTP(S) URL (a directory holding the one file `context`), or
+    /// `target:STAGE` (this Dockerfile's stage STAGE under the name).
     /// NAME is an image reference (`alpine`, `alpine:3.19`, `builder`);
     /// through kilnd, a directory is sent as the context is, only what
     /// changed.
@@ -411,6 +412,7 @@ impl Build {
                     NamedContext::Dir { path, dockerignore }
                 }
                 ContextValue::Image(reference) => NamedContext::Image(reference),
+                ContextValue::Stage(stage) => NamedContext::Stage(stage),
                 ContextValue::OciLayout { path, tag, digest } => NamedContext::OciLayout {
                     path: context_dir(&name, &path)?,
                     tag,
