@@ -289,3 +289,48 @@ fn a_cancelled_build_kills_its_farm_step_and_a_frozen_worker_is_dropped() {
         w.len() == 1 && w[0].1 == 0
     });
 }
+
+/// A worker kilnd refuses (a wrong token) exits at once, non-zero, with
+/// kilnd's reason — where it used to try again forever; a kilnd that is
+/// away is waited for.
+#[test]
+fn a_refused_worker_exits_with_the_reason() {
+    if !ready() {
+        return;
+    }
+    let s = Setup::new();
+    let token = s.dir.path().join("token");
+    fs::write(&token, "farm-secret\n").unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    let kilnd = Kilnd::start_with(&s, &["--worker-token-file", token.to_str().unwrap()]);
+    let wrong = s.dir.path().join("wrong");
+    fs::write(&wrong, "guess").unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    let worker = |kilnd_addr: &str| {
+        Command::new(binary("kiln-worker"))
+            .arg("--root")
+            .arg(s.dir.path().join("refused"))
+            .args(["--kilnd", kilnd_addr, "--id", "refused", "--token-file"])
+            .arg(&wrong)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = worker(&kilnd.addr());
+    wait_until(PATIENCE, "the refused worker to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused this worker"), "{said}");
+    assert!(said.contains("not kilnd's --worker-token"), "{said}");
+
+    // No kilnd at all: not a refusal; the worker keeps trying.
+    let away = format!("unix://{}", s.dir.path().join("nobody.sock").display());
+    let mut child = worker(&away);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "it waits for kilnd");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -113,7 +113,13 @@ fn mutual_tls_over_tcp() {
                 &c("client.key"),
             ]);
         }
-        command.stderr(Stdio::null()).spawn().unwrap()
+        // The one kilnd refuses says why on stderr.
+        let stderr = if identity {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        };
+        command.stderr(stderr).spawn().unwrap()
     };
     let mut with_cert = worker("tls-worker", true);
     let mut without = worker("no-cert-worker", false);
@@ -137,10 +143,17 @@ fn mutual_tls_over_tcp() {
         .unwrap_or_else(|| panic!("the worker with a certificate attached: {workers}"));
     assert!(row.ends_with(" 1"), "it ran the step: {workers}");
     assert!(!workers.contains("no-cert-worker"), "{workers}");
-    for w in [&mut with_cert, &mut without] {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    // Refused for its missing certificate, it exits with the reason
+    // instead of trying again forever.
+    wait_until(PATIENCE, "the worker without a certificate to exit", || {
+        without.try_wait().unwrap().is_some()
+    });
+    let out = without.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused this worker"), "{said}");
+    let _ = with_cert.kill();
+    let _ = with_cert.wait();
     let _ = kilnd.kill();
     let _ = kilnd.wait();
 }

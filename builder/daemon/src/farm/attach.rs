@@ -69,6 +69,20 @@ pub enum AttachError {
     Sandbox(#[from] kiln_proto::sandbox::SandboxOptionError),
 }
 
+impl AttachError {
+    /// Whether kilnd refused this worker itself (its token): attaching
+    /// again with the same settings cannot help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Status(s) if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            )
+        )
+    }
+}
+
 fn message(message: Message) -> pb::WorkerMessage {
     pb::WorkerMessage {
         message: Some(message),

@@ -114,6 +114,11 @@ async fn main() -> Result<()> {
             };
             let started = std::time::Instant::now();
             if let Err(e) = session.await {
+                // kilnd refused this worker (its token, its certificate):
+                // the same settings will be refused again.
+                if refused(&e) {
+                    return Err(e.context(format!("kilnd at {} refused this worker", args.kilnd)));
+                }
                 tracing::warn!(kilnd = args.kilnd, "{e:#}; attaching again in {wait:?}");
             }
             // A session that lasted starts the waiting over.
@@ -126,10 +131,25 @@ async fn main() -> Result<()> {
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        () = attach => {}
+        refused = attach => return refused,
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// Whether `e` is kilnd refusing this worker rather than kilnd being
+/// away: its token (`Unauthenticated`), or a TLS certificate either side
+/// would not take (rustls' alerts and verifier errors name certificates).
+fn refused(e: &anyhow::Error) -> bool {
+    if e.downcast_ref::<kiln_daemon::farm::attach::AttachError>()
+        .is_some_and(kiln_daemon::farm::attach::AttachError::is_refusal)
+    {
+        return true;
+    }
+    e.chain().any(|cause| {
+        let text = cause.to_string().to_ascii_lowercase();
+        text.contains("certificate") || text.contains("unknownca") || text.contains("unknown ca")
+    })
 }
