@@ -313,39 +313,20 @@ const MAX_TAR_ENTRIES: usize = artifact::MAX_RECORDS + 16;
 /// the store by the build) as a tar of an OCI layout holding it, for the
 /// client to write into its directory ([`receive_tar`]).
 pub fn write_tar(store: &Store, manifest: &Digest, out: &mut dyn std::io::Write) -> Result<()> {
-    let name = "kiln store";
+    let name = Path::new("kiln store");
     if store.content.size(manifest)? > image::MAX_METADATA {
-        return Err(invalid(Path::new(name), "manifest over 4 MiB").into());
+        return Err(invalid(name, "manifest over 4 MiB").into());
     }
     let bytes = store.content.read(manifest)?;
-    let wanted = artifact::read(name, &bytes)?;
-    let index = Index {
-        schema_version: 2,
-        media_type: image::OCI_INDEX.to_owned(),
-        manifests: vec![Entry {
-            media_type: image::OCI_MANIFEST.to_owned(),
-            digest: manifest.to_string(),
-            size: bytes.len() as u64,
-            annotations: Default::default(),
-        }],
+    let wanted = artifact::read("kiln store", &bytes)?;
+    let tar = LayoutTar {
+        manifest: (manifest, &bytes),
+        config: (&wanted.config.0, None),
+        layers: &wanted.layers,
     };
-    let tar_error = |e: std::io::Error| failed(Path::new(name), "writing the cache's tar", e);
-    let mut tar = tar::Builder::new(out);
-    append(&mut tar, "index.json", &image::canonical_json(&index)).map_err(tar_error)?;
-    append(
-        &mut tar,
-        &format!("blobs/sha256/{}", manifest.hex()),
-        &bytes,
-    )
-    .map_err(tar_error)?;
-    for (digest, _) in std::iter::once(&wanted.config).chain(&wanted.layers) {
-        append_blob(&mut tar, digest, store.content.open_blob(digest)?).map_err(tar_error)?;
-    }
-    tar.into_inner()
-        .map_err(tar_error)?
-        .flush()
-        .map_err(tar_error)?;
-    Ok(())
+    tar.write(out, (name, "writing the cache's tar"), &mut |digest| {
+        Ok(store.content.open_blob(digest)?)
+    })
 }
 
 /// Through kilnd, `--cache-from type=local`: the manifest `tag` or
@@ -367,42 +348,68 @@ pub fn pack(
         .manifest
         .clone()
         .ok_or_else(|| invalid(dir, "no manifest"))?;
-    let index = Index {
-        schema_version: 2,
-        media_type: image::OCI_INDEX.to_owned(),
-        manifests: vec![Entry {
-            media_type: image::OCI_MANIFEST.to_owned(),
-            digest: manifest.to_string(),
-            size: bytes.len() as u64,
-            annotations: Default::default(),
-        }],
+    let tar = LayoutTar {
+        manifest: (&manifest, &bytes),
+        config: (&wanted.config.0, Some(&config)),
+        layers: &wanted.layers,
     };
-    let tar_error = |e: std::io::Error| failed(dir, "packing the cache", e);
-    let mut tar = tar::Builder::new(out);
-    append(&mut tar, "index.json", &image::canonical_json(&index)).map_err(tar_error)?;
-    append(
-        &mut tar,
-        &format!("blobs/sha256/{}", manifest.hex()),
-        &bytes,
-    )
-    .map_err(tar_error)?;
-    let config_path = format!("blobs/sha256/{}", wanted.config.0.hex());
-    append(&mut tar, &config_path, &config).map_err(tar_error)?;
-    let mut seen = BTreeSet::new();
-    for (digest, _) in &wanted.layers {
-        if !seen.insert(digest) {
-            continue;
-        }
-        let file = layout
+    tar.write(out, (dir, "packing the cache"), &mut |digest| {
+        layout
             .blob(digest)
-            .map_err(|e| failed(dir, &format!("reading blob {digest}"), e))?;
-        append_blob(&mut tar, digest, file).map_err(tar_error)?;
+            .map_err(|e| failed(dir, &format!("reading blob {digest}"), e).into())
+    })
+}
+
+/// A tar of an OCI layout that holds one cache manifest: its `index.json`,
+/// the manifest, the config, and each layer's blob once.
+struct LayoutTar<'a> {
+    manifest: (&'a Digest, &'a [u8]),
+    /// The config's bytes when read already; else a blob `open` gives.
+    config: (&'a Digest, Option<&'a [u8]>),
+    layers: &'a [(Digest, u64)],
+}
+
+impl LayoutTar<'_> {
+    /// Writes the tar to `out`, each blob not in hand from `open`; a write
+    /// error is said of `context` (a path and what was done).
+    fn write(
+        &self,
+        out: &mut dyn std::io::Write,
+        (path, what): (&Path, &str),
+        open: &mut dyn FnMut(&Digest) -> Result<std::fs::File>,
+    ) -> Result<()> {
+        let tar_error = |e: std::io::Error| crate::RegistryError::from(failed(path, what, e));
+        let (manifest, bytes) = self.manifest;
+        let index = Index {
+            schema_version: 2,
+            media_type: image::OCI_INDEX.to_owned(),
+            manifests: vec![Entry {
+                media_type: image::OCI_MANIFEST.to_owned(),
+                digest: manifest.to_string(),
+                size: bytes.len() as u64,
+                annotations: Default::default(),
+            }],
+        };
+        let mut tar = tar::Builder::new(out);
+        append(&mut tar, "index.json", &image::canonical_json(&index)).map_err(tar_error)?;
+        let blob = |digest: &Digest| format!("blobs/sha256/{}", digest.hex());
+        append(&mut tar, &blob(manifest), bytes).map_err(tar_error)?;
+        match self.config {
+            (digest, Some(bytes)) => append(&mut tar, &blob(digest), bytes).map_err(tar_error)?,
+            (digest, None) => append_blob(&mut tar, digest, open(digest)?).map_err(tar_error)?,
+        }
+        let mut seen = BTreeSet::new();
+        for (digest, _) in self.layers {
+            if seen.insert(digest) {
+                append_blob(&mut tar, digest, open(digest)?).map_err(tar_error)?;
+            }
+        }
+        tar.into_inner()
+            .map_err(tar_error)?
+            .flush()
+            .map_err(tar_error)?;
+        Ok(())
     }
-    tar.into_inner()
-        .map_err(tar_error)?
-        .flush()
-        .map_err(tar_error)?;
-    Ok(())
 }
 
 /// `file` as the layout tar's `blobs/sha256/<hex>` of `digest`.
