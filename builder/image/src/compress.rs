@@ -772,12 +772,15 @@ pub fn distributed_with<E: From<ImageError>>(
     };
     let (manifest, _) =
         image::write_manifest_layers(store, how.media_types, (&config.0, config.1), &out)?;
-    // The store's manifest's annotations go along.
-    Ok(image::annotations::carried(
-        store,
-        &image.manifest_digest,
-        &manifest,
-    )?)
+    // The store's manifest's annotations go along (`image` has them read).
+    let own: std::collections::BTreeMap<String, String> = image
+        .manifest
+        .annotations()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(image::annotations::annotate(store, &manifest, &own)?.0)
 }
 
 /// `image`'s config with `diff_ids` in its `rootfs`, everything else as it

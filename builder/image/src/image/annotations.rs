@@ -217,6 +217,10 @@ pub fn annotate(
     digest: &Digest,
     add: &BTreeMap<String, String>,
 ) -> Result<(Digest, u64)> {
+    // Nothing to add: nothing to read (every build's manifest comes here).
+    if add.is_empty() {
+        return Ok((digest.clone(), store.content.size(digest)?));
+    }
     annotate_with(store, digest, &mut |doc| {
         merge(doc, add);
         Ok(())

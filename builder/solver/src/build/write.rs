@@ -44,13 +44,16 @@ pub fn write_image(
                 .iter()
                 .map(|w| (w.manifest.clone(), w.size, w.platform.clone()))
                 .collect();
-            let (index, _) = image::write_index(store, &entries)?;
-            let (index, _) = annotations::annotate_index(
-                store,
-                &index,
-                &annotations.on(Target::Index, None),
-                &|p| annotations.on(Target::ManifestDescriptor, p),
-            )?;
+            let (mut index, _) = image::write_index(store, &entries)?;
+            if !annotations.is_empty() {
+                index = annotations::annotate_index(
+                    store,
+                    &index,
+                    &annotations.on(Target::Index, None),
+                    &|p| annotations.on(Target::ManifestDescriptor, p),
+                )?
+                .0;
+            }
             (index.clone(), OCI_INDEX, index)
         }
     };

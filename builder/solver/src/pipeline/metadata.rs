@@ -41,9 +41,11 @@ impl Metadata {
         build_ref: String,
     ) -> Result<Self, ImageError> {
         let digest = built.leaving().clone();
-        let size = store.content.size(&digest)?;
+        // Its size and whether it is an index from one read; its media
+        // type as a tag records it (its JSON checked).
+        let bytes = image::read_metadata(store, &digest)?;
         let media_type = image::media_type_of(store, &digest)?;
-        let (config, created) = if image::is_index(store, &digest)? {
+        let (config, created) = if image::index::is_index(&bytes) {
             (None, None)
         } else {
             let img = image::read_image(store, &digest, &image::host_platform())?;
@@ -53,7 +55,7 @@ impl Metadata {
             build_ref,
             digest,
             media_type,
-            size,
+            size: bytes.len() as u64,
             config,
             created,
             names: names.to_vec(),
