@@ -401,6 +401,35 @@ mod tests {
         assert!(check_labels(&small).is_ok());
     }
 
+    /// Annotations from a command line or a kilnd client alike: within
+    /// their bound, an index's only with an index, never in Docker types.
+    #[test]
+    fn annotations_are_checked() {
+        let big = parse_annotations(&[format!("k={}", "v".repeat(MAX_ANNOTATION_BYTES))]).unwrap();
+        let request = Request {
+            annotations: big,
+            ..Request::default()
+        };
+        assert_eq!(
+            check_annotations(&request).unwrap_err().to_string(),
+            format!(
+                "--annotation: the annotations hold {} bytes, over kiln's bound of {MAX_ANNOTATION_BYTES}",
+                MAX_ANNOTATION_BYTES + 1
+            )
+        );
+        let index = Request {
+            annotations: parse_annotations(&["index:k=v".to_owned()]).unwrap(),
+            ..Request::default()
+        };
+        assert!(
+            check_annotations(&index)
+                .unwrap_err()
+                .to_string()
+                .contains("need an index")
+        );
+        assert!(parse_annotations(&["bogus:k=v".to_owned()]).is_err());
+    }
+
     #[test]
     fn lists_are_bounded() {
         let cache = parse_cache("--cache-from", Direction::Import, "r/c:1", &|_| None).unwrap();
