@@ -21,6 +21,7 @@ mod emulation;
 mod estargz;
 mod everyday;
 mod farm;
+mod farm_drain;
 mod git_query;
 mod harness;
 mod hostile_bounds;

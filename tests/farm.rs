@@ -51,21 +51,21 @@ pub(crate) fn workers(s: &Setup, addr: &str) -> Vec<(String, u32, u64)> {
     listing(s, addr)
         .into_iter()
         .map(|cols| {
-            let [id, _, _, _, running, steps] = cols;
+            let [id, _, _, _, running, steps, _] = cols;
             (id, running.parse().unwrap(), steps.parse().unwrap())
         })
         .collect()
 }
 
 /// `kiln workers` through kilnd: the columns of each farm worker (ID,
-/// PLATFORM, EMULATED, PARALLELISM, RUNNING, STEPS).
-pub(crate) fn listing(s: &Setup, addr: &str) -> Vec<[String; 6]> {
+/// PLATFORM, EMULATED, PARALLELISM, RUNNING, STEPS, STATUS).
+pub(crate) fn listing(s: &Setup, addr: &str) -> Vec<[String; 7]> {
     let (out, _) = s.ok(&["--addr", addr, "workers"]);
     out.lines()
         .skip(1)
         .filter_map(|line| {
             let cols: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-            let cols: [String; 6] = cols.try_into().ok()?;
+            let cols: [String; 7] = cols.try_into().ok()?;
             (cols[0] != "local").then_some(cols)
         })
         .collect()

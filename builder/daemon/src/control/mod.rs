@@ -470,6 +470,7 @@ impl Control for ControlService {
             parallelism: u32::try_from(w.parallelism).unwrap_or(u32::MAX),
             running: u32::try_from(w.running).unwrap_or(u32::MAX),
             steps_run: w.steps_run,
+            draining: w.draining,
             emulated: w.emulated,
         });
         Ok(Response::new(pb::ListWorkersResponse {
@@ -489,6 +490,7 @@ pub fn local_worker() -> pb::Worker {
         running: 0,
         steps_run: 0,
         emulated: kiln_worker::platforms::Platforms::detect().emulated_platforms(),
+        draining: false,
     }
 }
 

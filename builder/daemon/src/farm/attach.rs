@@ -4,10 +4,17 @@
 //! from kilnd by digest; its new layer is stored here (and kept unpacked,
 //! so that the next step on it starts at once) and sent to kilnd before the
 //! step is reported done.
+//!
+//! Its operator stops it through a [`Phase`]: `Drain` tells kilnd (no new
+//! steps), runs to the end every step it has or is still sent, and ends
+//! when kilnd ends the session (it runs nothing); `Stop` cancels the steps
+//! running without reporting them, so kilnd runs them elsewhere as for a
+//! lost worker.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kiln_cache::{ContentError, Digest, Store};
@@ -17,7 +24,7 @@ use kiln_worker::layer::LayerError;
 use kiln_worker::sandbox::{Cancel, Sandbox};
 use kiln_worker::snapshot::Snapshots;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -67,6 +74,21 @@ pub enum AttachError {
     Entitlement(#[from] EntitlementError),
     #[error("the step's sandbox: {0}")]
     Sandbox(#[from] kiln_proto::sandbox::SandboxOptionError),
+    #[error("stopped with {0} step(s) running: kilnd runs them elsewhere")]
+    Stopped(usize),
+}
+
+/// What this worker's operator asks of its session, in order: a phase
+/// never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Take and run kilnd's steps.
+    Run,
+    /// Take no new steps (kilnd is told), finish the running ones, then end.
+    Drain,
+    /// End now: the running steps are cancelled unreported (kilnd runs
+    /// them elsewhere, as for a lost worker).
+    Stop,
 }
 
 impl AttachError {
@@ -89,12 +111,17 @@ fn message(message: Message) -> pb::WorkerMessage {
     }
 }
 
+/// The steps running in a session, each cancellable.
+type Running = Arc<Mutex<HashMap<u64, Cancel>>>;
+
 /// Runs kilnd's steps over `channel` until the session ends (then the steps
-/// still running are killed: kilnd runs them elsewhere).
+/// still running are killed: kilnd runs them elsewhere). `Ok` when the
+/// session ended as `phase` asked: drained.
 pub async fn serve(
     store: Arc<Store>,
     channel: Channel,
     config: &WorkerConfig,
+    mut phase: watch::Receiver<Phase>,
 ) -> Result<(), AttachError> {
     let snapshots = Snapshots::open(store.snapshots_dir())?;
     snapshots.recover()?;
@@ -122,13 +149,47 @@ pub async fn serve(
         .into_inner();
     tracing::info!(id = config.id, "attached to kilnd");
     let heartbeat = tokio::spawn(heartbeats(tx.clone()));
-    let running: Arc<Mutex<HashMap<u64, Cancel>>> = Arc::default();
+    let running: Running = Arc::default();
+    // Set before a stop cancels the steps: their ends are not reported.
+    let abandoned = Arc::new(AtomicBool::new(false));
     let gc = Arc::new(Gc::new(config.keep_storage));
+    let mut draining = false;
     let ended = loop {
-        let next = match steps.message().await {
+        let now = *phase.borrow_and_update();
+        if now >= Phase::Drain && !draining {
+            draining = true;
+            tracing::info!(
+                running = lock(&running).len(),
+                "draining: no new steps; finishing the running ones"
+            );
+            if tx
+                .send(message(Message::Draining(pb::Draining {})))
+                .await
+                .is_err()
+            {
+                break Err(AttachError::Ended);
+            }
+        }
+        if now == Phase::Stop {
+            break Err(AttachError::Stopped(lock(&running).len()));
+        }
+        let next = tokio::select! {
+            next = steps.message() => next,
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // The operator's side is gone: nobody asks for more.
+                    break Err(AttachError::Stopped(lock(&running).len()));
+                }
+                continue;
+            }
+        };
+        let next = match next {
             Ok(Some(next)) => next,
-            Ok(None) => break AttachError::Ended,
-            Err(status) => break status.into(),
+            // kilnd ends a draining worker's session when it runs nothing
+            // (or kilnd stops: then what runs here is lost either way).
+            Ok(None) if draining => break Ok(()),
+            Ok(None) => break Err(AttachError::Ended),
+            Err(status) => break Err(status.into()),
         };
         match next.message {
             Some(pb::farm_message::Message::Run(step)) => {
@@ -140,7 +201,10 @@ pub async fn serve(
                     runtime: tokio::runtime::Handle::current(),
                     gc: Arc::clone(&gc),
                     allowed: config.insecure_entitlements.clone(),
+                    abandoned: Arc::clone(&abandoned),
                 };
+                // Draining or not: kilnd may have sent it before it read
+                // `Draining`, and a drain fails no step.
                 start_step(runner, step, &running);
             }
             Some(pb::farm_message::Message::Cancel(c)) => {
@@ -152,10 +216,16 @@ pub async fn serve(
         }
     };
     heartbeat.abort();
+    // Whatever still runs was not asked of it any more, or is given up:
+    // not reported (its killed end would fail the step), run elsewhere.
+    abandoned.store(true, Ordering::SeqCst);
     for cancel in lock(&running).values() {
         cancel.cancel();
     }
-    Err(ended)
+    if ended.is_ok() {
+        tracing::info!("drained: kilnd ended the session");
+    }
+    ended
 }
 
 /// Says the worker is alive every [`HEARTBEAT`] until the session ends.
@@ -174,7 +244,7 @@ async fn heartbeats(tx: mpsc::Sender<pb::WorkerMessage>) {
 
 /// Runs `step` on a blocking thread, cancellable through `running` while it
 /// runs; its end goes to kilnd.
-fn start_step(runner: StepRunner, step: pb::RunStep, running: &Arc<Mutex<HashMap<u64, Cancel>>>) {
+fn start_step(runner: StepRunner, step: pb::RunStep, running: &Running) {
     let cancel = Cancel::default();
     lock(running).insert(step.step, cancel.clone());
     let running = Arc::clone(running);
@@ -184,7 +254,11 @@ fn start_step(runner: StepRunner, step: pb::RunStep, running: &Arc<Mutex<HashMap
         let done = runner.run(step, &cancel);
         drop(step_running);
         lock(&running).remove(&id);
-        let _ = runner.tx.blocking_send(message(Message::Done(done)));
+        // A step cancelled by a stop is not over for kilnd: it runs it
+        // elsewhere (the session's end tells it).
+        if !runner.abandoned.load(Ordering::SeqCst) {
+            let _ = runner.tx.blocking_send(message(Message::Done(done)));
+        }
         runner.gc.after_step(&runner.store, &runner.snapshots);
     });
 }
@@ -203,6 +277,8 @@ struct StepRunner {
     gc: Arc<Gc>,
     /// This worker's `--allow-insecure-entitlement`.
     allowed: Entitlements,
+    /// The session gave its steps up (a stop): their ends are not sent.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl StepRunner {

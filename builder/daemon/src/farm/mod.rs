@@ -13,6 +13,11 @@
 //! (then the least busy). A worker that goes away
 //! mid-step (its call ends, or it misses three heartbeats) takes nothing
 //! with it: the step runs again elsewhere, up to [`ATTEMPTS`] times.
+//!
+//! A worker that is stopping says `Draining`: it gets no new steps
+//! ([`Attached::takes_steps`]), runs to the end the ones it has (and one sent
+//! before kilnd read its word), and kilnd detaches it once none is left, so
+//! that scaling the farm down loses no work.
 
 pub mod attach;
 mod gc;
@@ -86,6 +91,15 @@ struct Attached {
     running: HashMap<u64, mpsc::Sender<Update>>,
     to_worker: ToWorker,
     steps_run: u64,
+    /// It said it is stopping: it finishes its running steps, gets no new ones.
+    draining: bool,
+}
+
+impl Attached {
+    /// Whether new steps may be placed here (not a draining worker).
+    fn takes_steps(&self) -> bool {
+        !self.draining
+    }
 }
 
 #[derive(Default)]
@@ -107,6 +121,8 @@ pub struct WorkerInfo {
     pub parallelism: usize,
     pub running: usize,
     pub steps_run: u64,
+    /// Stopping: it finishes its running steps and takes no new ones.
+    pub draining: bool,
 }
 
 /// What a step run on the farm gave: its exit code, and its layer (in
@@ -186,6 +202,7 @@ impl Farm {
                 parallelism: w.parallelism,
                 running: w.running.len(),
                 steps_run: w.steps_run,
+                draining: w.draining,
             })
             .collect()
     }
@@ -275,7 +292,7 @@ impl Farm {
             let mut best: Option<(&String, i128, usize)> = None;
             let serves = Self::serving(&state, platform);
             for (id, w) in &state.workers {
-                if !serves(w) {
+                if !w.takes_steps() || !serves(w) {
                     continue;
                 }
                 any = true;
@@ -343,6 +360,7 @@ impl Farm {
         {
             w.running.remove(&step);
         }
+        Self::detach_drained(&mut state, worker);
         drop(state);
         self.changed.notify_all();
     }
@@ -391,6 +409,7 @@ impl Farm {
                 running: HashMap::new(),
                 to_worker,
                 steps_run: 0,
+                draining: false,
             },
         );
         drop(state);
@@ -424,6 +443,20 @@ impl Farm {
                 if let Some(waiter) = w.running.remove(&done.step) {
                     let _ = waiter.send(Update::Done(done));
                 }
+                Self::detach_drained(&mut state, worker);
+                drop(state);
+                self.changed.notify_all();
+            }
+            Some(pb::worker_message::Message::Draining(_)) => {
+                if !w.draining {
+                    tracing::info!(
+                        worker,
+                        running = w.running.len(),
+                        "a worker is draining: no new steps for it"
+                    );
+                }
+                w.draining = true;
+                Self::detach_drained(&mut state, worker);
                 drop(state);
                 self.changed.notify_all();
             }
@@ -447,6 +480,22 @@ impl Farm {
             }
         }
         self.changed.notify_all();
+    }
+
+    /// Detaches `worker` if it is draining and runs nothing now (every step
+    /// placed on it, sent or about to be, is in its `running`). Its call
+    /// then ends with OK once the last `ToWorker` clone is gone (each is
+    /// held only while one of its steps runs), which tells the worker its
+    /// drain is over.
+    fn detach_drained(state: &mut State, worker: &str) {
+        if state
+            .workers
+            .get(worker)
+            .is_some_and(|w| w.draining && w.running.is_empty())
+        {
+            state.workers.remove(worker);
+            tracing::info!(worker, "a worker drained and detached");
+        }
     }
 
     /// A worker's call ended: its running steps are lost (and retried).

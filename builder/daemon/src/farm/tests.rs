@@ -231,3 +231,65 @@ fn a_workers_emulated_platforms_are_checked_and_bounded() {
     assert_eq!(emulated.len(), MAX_EMULATED);
     assert!(emulated.iter().all(|p| p.len() < 32), "{emulated:?}");
 }
+
+fn draining() -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        message: Some(pb::worker_message::Message::Draining(pb::Draining {})),
+    }
+}
+
+/// A draining worker gets no new step (even the one holding its layers,
+/// with room), finishes the one it was sent before it said so — its end
+/// reaches the build as usual, nothing lost or retried — and is detached
+/// once it runs nothing: its call's stream of steps ends.
+#[test]
+fn a_draining_worker_finishes_its_steps_takes_none_and_is_detached() {
+    let farm = Farm::new(None);
+    let mut holds = hello("holds", &["base"]);
+    holds.parallelism = 2;
+    let (s1, mut rx1) = attach(&farm, &holds);
+    let (s2, mut rx2) = attach(&farm, &hello("other", &[]));
+    let layers = vec![("base".to_owned(), 1 << 30)];
+
+    let first = run(&farm, layers.clone());
+    let sent = received(&mut rx1);
+    farm.deliver("holds", s1, draining());
+    let listed = farm.workers();
+    assert!(listed[0].draining && listed[0].running == 1, "{listed:?}");
+    assert!(!listed[1].draining, "{listed:?}");
+
+    // Its layers and a free slot would win it the step; it drains.
+    let second = run(&farm, layers);
+    let elsewhere = received(&mut rx2);
+    farm.deliver("other", s2, done(elsewhere.step));
+    assert_eq!(second.join().unwrap().unwrap().unwrap().exit_code, 7);
+
+    farm.deliver("holds", s1, done(sent.step));
+    let outcome = first.join().unwrap().unwrap().unwrap();
+    assert_eq!(outcome.exit_code, 7, "the drained step's own end");
+    let ids: Vec<String> = farm.workers().into_iter().map(|w| w.id).collect();
+    assert_eq!(ids, ["other"], "detached once it ran nothing");
+    assert!(
+        rx1.blocking_recv().is_none(),
+        "its stream of steps ends (OK): the worker's drain is over"
+    );
+    // Its call ending later is no news.
+    farm.detach("holds", s1);
+    assert_eq!(farm.workers().len(), 1);
+}
+
+/// A worker that drains while idle is detached at once; a later one of
+/// the same name attaches and takes steps.
+#[test]
+fn an_idle_draining_worker_is_detached_at_once() {
+    let farm = Farm::new(None);
+    let (s1, mut rx1) = attach(&farm, &hello("w", &[]));
+    farm.deliver("w", s1, draining());
+    assert!(farm.workers().is_empty());
+    assert!(rx1.blocking_recv().is_none());
+    let (s2, mut rx2) = attach(&farm, &hello("w", &[]));
+    let step = run(&farm, Vec::new());
+    let sent = received(&mut rx2);
+    farm.deliver("w", s2, done(sent.step));
+    assert!(step.join().unwrap().unwrap().is_some());
+}

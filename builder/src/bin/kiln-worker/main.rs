@@ -2,7 +2,13 @@
 //! address the CLI uses: a Unix socket, or TCP with mutual TLS), runs the
 //! RUN steps kilnd sends in its own sandbox over its own store, and sends
 //! back the layers they make. When kilnd goes away it attaches again,
-//! waiting longer each time (up to 30 s); SIGTERM or Ctrl-C stops it.
+//! waiting longer each time (up to 30 s).
+//!
+//! SIGTERM or Ctrl-C drains it: kilnd places no new step here, the running
+//! steps finish (their layers reach kilnd), and it exits 0 — so scaling a
+//! farm down loses no work. The drain is bounded by `--drain-timeout`; a
+//! second signal stops at once. Either way the steps still running are
+//! cancelled and kilnd runs them elsewhere.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use kiln_daemon::farm::attach::{WorkerConfig, serve};
+use kiln_daemon::farm::attach::{AttachError, Phase, WorkerConfig, serve};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(name = "kiln-worker", version, about = "a worker of kiln's build farm")]
@@ -49,6 +56,26 @@ struct Args {
     /// whatever kilnd allows.
     #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
     allow_insecure_entitlement: Vec<String>,
+    /// How long a drain may last. SIGTERM (or Ctrl-C) drains the worker:
+    /// kilnd sends it no new steps, the running ones finish and it exits 0.
+    /// After this long (e.g. 90s, 10m, 1h) the steps still running are
+    /// cancelled, kilnd runs them elsewhere as for a lost worker, and it
+    /// exits 1. A second SIGTERM or Ctrl-C stops at once the same way (exit
+    /// 0). Give a pod a terminationGracePeriodSeconds above this.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = drain_timeout)]
+    drain_timeout: Duration,
+}
+
+/// `--drain-timeout`: a Go duration (as Kubernetes and Docker write them),
+/// above zero.
+fn drain_timeout(text: &str) -> Result<Duration, String> {
+    let nanos = kiln_frontend::instructions::parse_go_duration(text)
+        .map_err(|e| format!("{e} (e.g. 90s, 10m, 1h)"))?;
+    let nanos = u64::try_from(nanos)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or("a drain needs a timeout above zero")?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 fn host_name() -> String {
@@ -104,16 +131,27 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(store.root().join("tmp"))?;
     let store = Arc::new(store);
 
+    let (phase_tx, phase) = watch::channel(Phase::Run);
+    let timed_out = std::cell::Cell::new(false);
     let attach = async {
         let mut wait = Duration::from_secs(1);
         loop {
+            let mut asked = phase.clone();
             let session = async {
-                let channel = kiln_daemon::control::channel(&args.kilnd, tls.clone()).await?;
-                serve(Arc::clone(&store), channel, &config).await?;
+                let channel = tokio::select! {
+                    channel = kiln_daemon::control::channel(&args.kilnd, tls.clone()) => channel?,
+                    // Not attached: there is nothing to drain.
+                    _ = asked.wait_for(|p| *p != Phase::Run) => return Ok(()),
+                };
+                serve(Arc::clone(&store), channel, &config, phase.clone()).await?;
                 anyhow::Ok(())
             };
             let started = std::time::Instant::now();
-            if let Err(e) = session.await {
+            let ended = session.await;
+            if *phase.borrow() != Phase::Run {
+                return stopped(ended, timed_out.get(), args.drain_timeout);
+            }
+            if let Err(e) = ended {
                 // kilnd refused this worker (its token, its certificate):
                 // the same settings will be refused again.
                 if refused(&e) {
@@ -125,18 +163,69 @@ async fn main() -> Result<()> {
             if started.elapsed() > Duration::from_secs(30) {
                 wait = Duration::from_secs(1);
             }
-            tokio::time::sleep(wait).await;
+            let mut asked = phase.clone();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = asked.wait_for(|p| *p != Phase::Run) => return Ok(()),
+            }
             wait = (wait * 2).min(Duration::from_secs(30));
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signals = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!(
+            "draining (at most {}); a second SIGTERM or Ctrl-C stops at once",
+            humane(args.drain_timeout)
+        );
+        let _ = phase_tx.send(Phase::Drain);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("stopping at once"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("stopping at once"),
+            () = tokio::time::sleep(args.drain_timeout) => timed_out.set(true),
+        }
+        let _ = phase_tx.send(Phase::Stop);
+        // The session ends and `attach` returns.
+        std::future::pending::<Result<()>>().await
+    };
     tokio::select! {
-        refused = attach => return refused,
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        ended = attach => ended,
+        failed = signals => failed,
     }
-    tracing::info!("stopping");
-    Ok(())
+}
+
+/// How a session asked to drain ended: `Ok` once drained (or stopped at
+/// once by a second signal, as that asks), an error when the drain timed
+/// out or kilnd went away in the middle of it.
+fn stopped(ended: Result<()>, timed_out: bool, timeout: Duration) -> Result<()> {
+    match ended {
+        Ok(()) => {
+            tracing::info!("drained; stopping");
+            Ok(())
+        }
+        Err(e) if timed_out => Err(e.context(format!(
+            "the drain outlasted --drain-timeout {}",
+            humane(timeout)
+        ))),
+        Err(e) if matches!(e.downcast_ref(), Some(AttachError::Stopped(_))) => {
+            tracing::warn!("{e}");
+            Ok(())
+        }
+        Err(e) => Err(e.context("the session with kilnd ended mid-drain")),
+    }
+}
+
+/// A duration as a person reads it (`10m`, `90s`, `1.5s`).
+fn humane(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(60) && d.as_secs() > 0 {
+        format!("{}m", d.as_secs() / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 /// Whether `e` is kilnd refusing this worker rather than kilnd being

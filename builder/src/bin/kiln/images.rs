@@ -285,7 +285,7 @@ pub(crate) fn workers(backend: &mut dyn Backend) -> Result<()> {
 }
 
 fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
-    let rows: Vec<[String; 6]> = workers
+    let rows: Vec<[String; 7]> = workers
         .iter()
         .map(|w| {
             [
@@ -299,6 +299,8 @@ fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
                 w.parallelism.to_string(),
                 w.running.to_string(),
                 w.steps_run.to_string(),
+                // A draining worker finishes its steps and takes no new ones.
+                if w.draining { "draining" } else { "ready" }.to_owned(),
             ]
         })
         .collect();
@@ -310,6 +312,7 @@ fn print_workers(workers: &[kiln_proto::control::v1::Worker]) -> Result<()> {
             "PARALLELISM",
             "RUNNING",
             "STEPS",
+            "STATUS",
         ],
         &rows,
     ))

@@ -91,7 +91,8 @@ enum ImageCommand {
     /// Show disk space by kind.
     Du,
     /// List the workers that run steps: this machine's, and through kilnd
-    /// the attached `kiln-worker`s of the farm.
+    /// the attached `kiln-worker`s of the farm (STATUS `draining`: stopping,
+    /// it finishes its steps and takes no new ones).
     Workers,
 }
 
