@@ -13,6 +13,7 @@ mod ci_client;
 mod ci_parity;
 mod copy_meta;
 mod debug;
+mod deploy;
 mod differential;
 mod digests;
 mod docker;

@@ -83,6 +83,9 @@ pub enum Need {
     /// `python3` that imports moto's server (`moto[server]`): a real
     /// S3-compatible server on loopback for the `type=s3` cache tests.
     PythonMoto,
+    /// `python3` that imports yaml (Debian's python3-yaml): YAML read as a
+    /// full parser reads it (deploy/'s Kubernetes manifests).
+    PythonYaml,
     /// BuildKit's conformance data, [`conformance_dir`].
     Conformance,
     /// An arm64 busybox at [`ARM64_ROOTFS`] that this machine runs in a
@@ -160,6 +163,20 @@ impl Need {
                             "python3 with moto[server] \
                              (`import moto.server, flask` fails)"
                                 .into()
+                        })
+                    })
+                    .clone()
+            }
+            Self::PythonYaml => {
+                static IMPORTS: OnceLock<Result<(), String>> = OnceLock::new();
+                IMPORTS
+                    .get_or_init(|| {
+                        let imports = Command::new("python3")
+                            .args(["-c", "import yaml"])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                        ok_or(imports, || {
+                            "python3 with yaml (`import yaml` fails: python3-yaml)".into()
                         })
                     })
                     .clone()
